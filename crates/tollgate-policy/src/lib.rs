@@ -1,0 +1,31 @@
+//! Tollgate's policy language: parse (JSON, YAML, TOML), validate with file:line:column
+//! diagnostics, compile, and evaluate which rule decides a `tools/call`.
+//!
+//! This crate does no I/O: callers hand it text and facts about a call, and it answers with
+//! a rule and the counter hits the call needs. Counting itself is `tollgate-limiter`'s job.
+
+mod compile;
+mod document;
+mod error;
+mod glob;
+mod policy;
+mod source;
+
+pub use compile::{compile_str, compile_with_format, Compiled};
+pub use document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
+pub use error::{Diagnostic, Location, PolicyError};
+pub use glob::Glob;
+pub use policy::{Annotations, Call, Class, CounterHit, Limit, Policy, Rule};
+pub use source::Format;
+
+/// Reads and compiles a policy file.
+pub fn load_file(path: &std::path::Path) -> Result<Compiled, PolicyError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        errors: vec![Diagnostic {
+            location: Location { file: name.clone(), line: 1, column: 1 },
+            message: format!("cannot read policy file: {e}"),
+        }],
+    })?;
+    compile_str(&name, &text)
+}

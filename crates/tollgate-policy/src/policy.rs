@@ -1,0 +1,262 @@
+//! The compiled policy and its evaluation: which rule decides a call, and which counters
+//! the call must take a hit on.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
+use crate::glob::Glob;
+
+/// A compiled, validated policy. Cheap to share behind an `Arc`; evaluation does no I/O.
+#[derive(Debug)]
+pub struct Policy {
+    pub(crate) source: String,
+    pub(crate) default: Arc<Rule>,
+    pub(crate) tools: RuleSet,
+    pub(crate) servers: HashMap<String, Rules>,
+    pub(crate) grants: HashMap<String, Rules>,
+    pub(crate) classes: [Option<Arc<Rule>>; 3],
+}
+
+/// One rule of the policy, as compiled.
+#[derive(Debug)]
+pub struct Rule {
+    /// Where the rule sits in the policy, e.g. `tools["k8s_rollout_pause"]` or `default`.
+    pub label: String,
+    pub action: Action,
+    /// Text for the agent when the rule refuses a call.
+    pub reason: Option<String>,
+    pub limits: Vec<Limit>,
+    pub on_store_error: OnStoreError,
+    pub approval_timeout: Duration,
+}
+
+impl Rule {
+    pub(crate) fn default_rule(label: String, action: Action) -> Rule {
+        Rule {
+            label,
+            action,
+            reason: None,
+            limits: Vec::new(),
+            on_store_error: OnStoreError::Deny,
+            approval_timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// A rule is a fallback `default` rather than a rule naming tools.
+    pub fn is_default(&self) -> bool {
+        self.label == "default" || self.label.ends_with(".default")
+    }
+}
+
+/// One rate limit of a rule.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub counter: String,
+    pub window: Window,
+    pub max: u64,
+    pub cost: u64,
+    pub scope: Scope,
+    pub algorithm: Algorithm,
+}
+
+impl Limit {
+    /// "10 per minute per grant"
+    pub fn describe(&self) -> String {
+        let per = match self.window.label.as_str() {
+            "second" | "minute" | "hour" | "day" => format!("per {}", self.window.label),
+            other => format!("per {other}"),
+        };
+        let scope = match self.scope.0.as_slice() {
+            [ScopeDim::Global] => String::new(),
+            dims => {
+                let names: Vec<String> = dims.iter().map(ToString::to_string).collect();
+                format!(" per {}", names.join(" and "))
+            }
+        };
+        format!("{} {per}{scope}", self.max)
+    }
+}
+
+/// Rules keyed by tool name or pattern.
+#[derive(Debug, Default)]
+pub(crate) struct RuleSet {
+    pub(crate) exact: HashMap<String, Arc<Rule>>,
+    /// Sorted most specific first; equally specific patterns never overlap.
+    pub(crate) patterns: Vec<(Glob, Arc<Rule>)>,
+}
+
+impl RuleSet {
+    fn find(&self, tool: &str) -> Option<&Arc<Rule>> {
+        self.exact
+            .get(tool)
+            .or_else(|| self.patterns.iter().find(|(g, _)| g.matches(tool)).map(|(_, r)| r))
+    }
+
+    pub(crate) fn catches_all(&self) -> bool {
+        self.patterns.iter().any(|(g, _)| g.matches_everything())
+    }
+}
+
+/// The rules of one server or one grant.
+#[derive(Debug, Default)]
+pub(crate) struct Rules {
+    pub(crate) default: Option<Arc<Rule>>,
+    pub(crate) tools: RuleSet,
+}
+
+/// Risk classes, by MCP tool annotations. Order is precedence: when a tool is in several
+/// classes, the riskiest class's rule applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Destructive = 0,
+    OpenWorld = 1,
+    ReadOnly = 2,
+}
+
+impl Class {
+    pub(crate) fn parse(name: &str) -> Option<Class> {
+        match name {
+            "destructive" => Some(Class::Destructive),
+            "open_world" => Some(Class::OpenWorld),
+            "read_only" => Some(Class::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// MCP tool annotations as advertised by the upstream server; `None` means not stated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Annotations {
+    pub read_only: Option<bool>,
+    pub destructive: Option<bool>,
+    pub idempotent: Option<bool>,
+    pub open_world: Option<bool>,
+}
+
+impl Annotations {
+    /// Whether the tool is in `class`, reading unstated hints with the MCP defaults
+    /// (`readOnlyHint` false, `destructiveHint` true, `openWorldHint` true): a tool that says
+    /// nothing about itself is treated as the riskiest kind.
+    pub fn in_class(&self, class: Class) -> bool {
+        let read_only = self.read_only.unwrap_or(false);
+        match class {
+            Class::ReadOnly => read_only,
+            Class::Destructive => !read_only && self.destructive.unwrap_or(true),
+            Class::OpenWorld => self.open_world.unwrap_or(true),
+        }
+    }
+}
+
+/// The facts about one `tools/call` that a policy may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub server: &'a str,
+    pub tool: &'a str,
+    pub grant: &'a str,
+    pub agent: &'a str,
+    pub session: &'a str,
+    /// The call's `arguments` object (`Value::Null` when there were none).
+    pub arguments: &'a Value,
+    pub annotations: Annotations,
+}
+
+/// One counter hit a call needs: the limit and the concrete key for this call.
+#[derive(Debug, Clone)]
+pub struct CounterHit<'p> {
+    pub limit: &'p Limit,
+    pub key: String,
+}
+
+impl Policy {
+    /// The file or name the policy was loaded from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The rule that decides calls of `tool` on `server` by `grant`:
+    /// grant > server > top-level tool > class > default (grant's, server's, then top-level).
+    pub fn rule_for(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> &Arc<Rule> {
+        let grant_rules = self.grants.get(grant);
+        let server_rules = self.servers.get(server);
+        grant_rules
+            .and_then(|r| r.tools.find(tool))
+            .or_else(|| server_rules.and_then(|r| r.tools.find(tool)))
+            .or_else(|| self.tools.find(tool))
+            .or_else(|| {
+                [Class::Destructive, Class::OpenWorld, Class::ReadOnly]
+                    .into_iter()
+                    .filter(|c| annotations.in_class(*c))
+                    .find_map(|c| self.classes[c as usize].as_ref())
+            })
+            .or_else(|| grant_rules.and_then(|r| r.default.as_ref()))
+            .or_else(|| server_rules.and_then(|r| r.default.as_ref()))
+            .unwrap_or(&self.default)
+    }
+
+    /// Whether a caller could ever be allowed to call the tool: hidden from `tools/list`
+    /// when the rule that decides it denies.
+    pub fn is_visible(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> bool {
+        self.rule_for(server, tool, grant, annotations).action != Action::Deny
+    }
+
+    /// The counter hits a call must take under `rule`, with their keys.
+    ///
+    /// A key is the counter name followed by one `/dim=value` part per scope dimension.
+    /// Values are percent-encoded outside `[A-Za-z0-9_.-]`, so no grant name, session id or
+    /// argument value can forge another key's structure. Argument values that are not
+    /// strings are keyed by their JSON text behind a `#`; a missing argument is `!`.
+    pub fn counter_hits<'p>(&'p self, rule: &'p Rule, call: &Call<'_>) -> Vec<CounterHit<'p>> {
+        rule.limits
+            .iter()
+            .map(|limit| {
+                let mut key = limit.counter.clone();
+                for dim in &limit.scope.0 {
+                    key.push('/');
+                    match dim {
+                        ScopeDim::Global => key.push_str("global"),
+                        ScopeDim::Grant => push_part(&mut key, "grant", call.grant),
+                        ScopeDim::Agent => push_part(&mut key, "agent", call.agent),
+                        ScopeDim::Session => push_part(&mut key, "session", call.session),
+                        ScopeDim::Server => push_part(&mut key, "server", call.server),
+                        ScopeDim::Tool => push_part(&mut key, "tool", call.tool),
+                        ScopeDim::Argument(name) => {
+                            key.push_str("arg.");
+                            escape_into(&mut key, name);
+                            key.push('=');
+                            match call.arguments.get(name) {
+                                None => key.push('!'),
+                                Some(Value::String(s)) => escape_into(&mut key, s),
+                                Some(other) => {
+                                    key.push('#');
+                                    escape_into(&mut key, &other.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+                CounterHit { limit, key }
+            })
+            .collect()
+    }
+}
+
+fn push_part(key: &mut String, dim: &str, value: &str) {
+    key.push_str(dim);
+    key.push('=');
+    escape_into(key, value);
+}
+
+fn escape_into(out: &mut String, value: &str) {
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}

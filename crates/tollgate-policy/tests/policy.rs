@@ -1,0 +1,364 @@
+//! The policy language as SPEC §2 describes it: precedence, keys and diagnostics.
+
+use serde_json::{json, Value};
+use tollgate_policy::{compile_str, Action, Annotations, Call, Policy, PolicyError};
+
+const SEED: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": {
+      "limits": [
+        { "counter": "k8s_rollout_pause_rate", "window": "minute", "max": 10, "scope": "grant" }
+      ]
+    }
+  }
+}"#;
+
+fn policy(text: &str) -> Policy {
+    match compile_str("policy.json", text) {
+        Ok(c) => c.policy,
+        Err(e) => panic!("policy should compile:\n{e}"),
+    }
+}
+
+fn errors(name: &str, text: &str) -> PolicyError {
+    match compile_str(name, text) {
+        Ok(_) => panic!("policy should be rejected"),
+        Err(e) => e,
+    }
+}
+
+fn label(p: &Policy, server: &str, tool: &str, grant: &str) -> String {
+    p.rule_for(server, tool, grant, Annotations::default()).label.clone()
+}
+
+fn call<'a>(tool: &'a str, grant: &'a str, arguments: &'a Value) -> Call<'a> {
+    Call {
+        server: "k8s",
+        tool,
+        grant,
+        agent: "agent-1",
+        session: "s-1",
+        arguments,
+        annotations: Annotations::default(),
+    }
+}
+
+#[test]
+fn seed_policy_compiles_unchanged_and_means_what_it_says() {
+    let p = policy(SEED);
+    let pause = p.rule_for("k8s", "k8s_rollout_pause", "ci-bot", Annotations::default());
+    assert_eq!(pause.action, Action::Allow);
+    assert_eq!(pause.label, "tools[\"k8s_rollout_pause\"]");
+    assert_eq!(pause.limits.len(), 1);
+    assert_eq!(pause.limits[0].max, 10);
+    assert_eq!(pause.limits[0].window.duration.as_secs(), 60);
+    assert_eq!(pause.limits[0].describe(), "10 per minute per grant");
+    let other = p.rule_for("k8s", "k8s_get_pods", "ci-bot", Annotations::default());
+    assert_eq!(other.action, Action::Deny);
+    assert_eq!(other.label, "default");
+}
+
+#[test]
+fn missing_default_denies() {
+    let p = policy(r#"{"version": "1", "tools": {"a": {}}}"#);
+    assert_eq!(p.rule_for("s", "b", "g", Annotations::default()).action, Action::Deny);
+}
+
+#[test]
+fn exact_name_beats_any_pattern() {
+    let p = policy(r#"{"version":"1","tools":{"k8s_*":{"action":"deny"},"k8s_get_pods":{}}}"#);
+    assert_eq!(label(&p, "k8s", "k8s_get_pods", "g"), "tools[\"k8s_get_pods\"]");
+    assert_eq!(label(&p, "k8s", "k8s_scale", "g"), "tools[\"k8s_*\"]");
+}
+
+#[test]
+fn more_literal_characters_beat_fewer() {
+    let p = policy(r#"{"version":"1","tools":{"*":{},"k8s_*":{},"k8s_delete_*":{"action":"deny"}}}"#);
+    assert_eq!(label(&p, "k8s", "k8s_delete_namespace", "g"), "tools[\"k8s_delete_*\"]");
+    assert_eq!(label(&p, "k8s", "k8s_scale", "g"), "tools[\"k8s_*\"]");
+    assert_eq!(label(&p, "k8s", "helm_install", "g"), "tools[\"*\"]");
+}
+
+#[test]
+fn equally_specific_overlapping_patterns_are_an_error_with_location() {
+    let text = "{\n  \"version\": \"1\",\n  \"tools\": {\n    \"k8s_*\": {},\n    \"*_pod\": {}\n  }\n}";
+    let err = errors("p.json", text);
+    assert_eq!(err.errors.len(), 1, "{err}");
+    let d = &err.errors[0];
+    assert!(d.message.contains("\"*_pod\"") && d.message.contains("\"k8s_*\""), "{}", d.message);
+    assert!(d.message.contains("k8s_"), "names a witness: {}", d.message);
+    assert_eq!((d.location.file.as_str(), d.location.line), ("p.json", 4), "{d}");
+}
+
+#[test]
+fn equally_specific_disjoint_patterns_are_fine() {
+    let p = policy(r#"{"version":"1","tools":{"k8s_*":{},"gh_*":{"action":"deny"}}}"#);
+    assert_eq!(label(&p, "s", "gh_merge", "g"), "tools[\"gh_*\"]");
+}
+
+#[test]
+fn server_rules_beat_top_level_rules_for_their_server_only() {
+    let p = policy(
+        r#"{"version":"1","tools":{"k8s_scale":{}},
+            "servers":{"prod":{"tools":{"k8s_scale":{"action":"deny","reason":"not in prod"}}}}}"#,
+    );
+    assert_eq!(label(&p, "prod", "k8s_scale", "g"), "servers[\"prod\"].tools[\"k8s_scale\"]");
+    assert_eq!(label(&p, "dev", "k8s_scale", "g"), "tools[\"k8s_scale\"]");
+}
+
+#[test]
+fn grant_rules_beat_server_rules() {
+    let p = policy(
+        r#"{"version":"1",
+            "servers":{"prod":{"tools":{"k8s_scale":{"action":"deny"}}}},
+            "grants":{"sre":{"tools":{"k8s_*":{"action":"allow"}}}}}"#,
+    );
+    assert_eq!(label(&p, "prod", "k8s_scale", "sre"), "grants[\"sre\"].tools[\"k8s_*\"]");
+    assert_eq!(label(&p, "prod", "k8s_scale", "ci-bot"), "servers[\"prod\"].tools[\"k8s_scale\"]");
+}
+
+#[test]
+fn named_tool_rule_beats_class_rule_and_class_beats_default() {
+    let p = policy(
+        r#"{"version":"1","default":"allow",
+            "tools":{"k8s_delete_namespace":{"action":"require_approval"}},
+            "classes":{"destructive":{"action":"deny"},"read_only":{"action":"allow"}}}"#,
+    );
+    let destructive = Annotations { destructive: Some(true), ..Default::default() };
+    assert_eq!(
+        p.rule_for("k8s", "k8s_delete_namespace", "g", destructive).label,
+        "tools[\"k8s_delete_namespace\"]"
+    );
+    assert_eq!(p.rule_for("k8s", "k8s_drain", "g", destructive).label, "classes[\"destructive\"]");
+    let read_only = Annotations { read_only: Some(true), ..Default::default() };
+    assert_eq!(p.rule_for("k8s", "k8s_get_pods", "g", read_only).label, "classes[\"read_only\"]");
+}
+
+#[test]
+fn tools_without_annotations_count_as_destructive_per_mcp_defaults() {
+    let p = policy(r#"{"version":"1","default":"allow","classes":{"destructive":{"action":"deny"}}}"#);
+    assert_eq!(p.rule_for("k8s", "mystery", "g", Annotations::default()).action, Action::Deny);
+    let safe = Annotations { destructive: Some(false), ..Default::default() };
+    assert_eq!(p.rule_for("k8s", "mystery", "g", safe).action, Action::Allow);
+}
+
+#[test]
+fn destructive_class_beats_open_world_and_read_only() {
+    let p = policy(
+        r#"{"version":"1","classes":{"open_world":{"action":"require_approval"},"destructive":{"action":"deny"},"read_only":{}}}"#,
+    );
+    let both = Annotations { destructive: Some(true), open_world: Some(true), ..Default::default() };
+    assert_eq!(p.rule_for("s", "t", "g", both).label, "classes[\"destructive\"]");
+    let web = Annotations { read_only: Some(true), open_world: Some(true), ..Default::default() };
+    assert_eq!(p.rule_for("s", "t", "g", web).label, "classes[\"open_world\"]");
+}
+
+#[test]
+fn defaults_apply_grant_then_server_then_top_level() {
+    let p = policy(
+        r#"{"version":"1","default":"deny",
+            "servers":{"dev":{"default":"allow"}},
+            "grants":{"admin":{"default":"require_approval"}}}"#,
+    );
+    assert_eq!(label(&p, "dev", "x", "admin"), "grants[\"admin\"].default");
+    assert_eq!(label(&p, "dev", "x", "ci"), "servers[\"dev\"].default");
+    assert_eq!(label(&p, "prod", "x", "ci"), "default");
+}
+
+#[test]
+fn any_tool_rule_beats_every_default() {
+    let p = policy(
+        r#"{"version":"1","tools":{"k8s_delete_namespace":{"action":"deny"}},
+            "grants":{"admin":{"default":"allow"}}}"#,
+    );
+    assert_eq!(label(&p, "k8s", "k8s_delete_namespace", "admin"), "tools[\"k8s_delete_namespace\"]");
+}
+
+#[test]
+fn visibility_hides_denied_tools_only() {
+    let p = policy(
+        r#"{"version":"1","default":"deny","tools":{"a":{},"b":{"action":"require_approval"}}}"#,
+    );
+    assert!(p.is_visible("s", "a", "g", Annotations::default()));
+    assert!(p.is_visible("s", "b", "g", Annotations::default()));
+    assert!(!p.is_visible("s", "c", "g", Annotations::default()));
+}
+
+#[test]
+fn counter_keys_follow_scope_and_escape_values() {
+    let p = policy(
+        r#"{"version":"1","tools":{"t":{"limits":[
+            {"counter":"per_ns","window":"1h","max":5,"scope":["grant","argument:namespace"]},
+            {"counter":"all","window":"30s","max":100,"scope":"global"},
+            {"counter":"sess","window":60,"max":3,"scope":"session","cost":2}
+        ]}}}"#,
+    );
+    let rule = p.rule_for("k8s", "t", "ci/bot", Annotations::default());
+    let args = json!({"namespace": "kube-system/x"});
+    let hits = p.counter_hits(rule, &call("t", "ci/bot", &args));
+    let keys: Vec<&str> = hits.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(keys, ["per_ns/grant=ci%2Fbot/arg.namespace=kube-system%2Fx", "all/global", "sess/session=s-1"]);
+    assert_eq!(hits[2].limit.cost, 2);
+    assert_eq!(hits[2].limit.window.duration.as_secs(), 60);
+}
+
+#[test]
+fn argument_keys_distinguish_missing_strings_and_other_json() {
+    let p = policy(
+        r#"{"version":"1","tools":{"t":{"limits":[{"counter":"c","window":"1m","max":5,"scope":"argument:replicas"}]}}}"#,
+    );
+    let rule = p.rule_for("k8s", "t", "g", Annotations::default());
+    let key = |args: Value| p.counter_hits(rule, &call("t", "g", &args))[0].key.clone();
+    let (missing, number, text, bang) =
+        (key(json!({})), key(json!({"replicas": 3})), key(json!({"replicas": "3"})), key(json!({"replicas": "!"})));
+    assert_eq!(missing, "c/arg.replicas=!");
+    assert_eq!(number, "c/arg.replicas=#3");
+    assert_eq!(text, "c/arg.replicas=3");
+    assert_eq!(bang, "c/arg.replicas=%21");
+}
+
+#[test]
+fn grant_values_cannot_forge_a_composite_key() {
+    let p = policy(
+        r#"{"version":"1","tools":{"t":{"limits":[{"counter":"c","window":"1m","max":5,"scope":["grant","agent"]}]}}}"#,
+    );
+    let rule = p.rule_for("k8s", "t", "g", Annotations::default());
+    let args = json!({});
+    let mut a = call("t", "x/agent=y", &args);
+    a.agent = "z";
+    let mut b = call("t", "x", &args);
+    b.agent = "y/agent=z";
+    assert_ne!(p.counter_hits(rule, &a)[0].key, p.counter_hits(rule, &b)[0].key);
+}
+
+#[test]
+fn yaml_and_toml_policies_compile_to_the_same_rules() {
+    let yaml = "version: \"1\"\ndefault: deny\ntools:\n  k8s_rollout_pause:\n    limits:\n      - counter: k8s_rollout_pause_rate\n        window: minute\n        max: 10\n        scope: grant\n";
+    let toml = "version = \"1\"\ndefault = \"deny\"\n[[tools.k8s_rollout_pause.limits]]\ncounter = \"k8s_rollout_pause_rate\"\nwindow = \"minute\"\nmax = 10\nscope = \"grant\"\n";
+    for (name, text) in [("p.yaml", yaml), ("p.toml", toml)] {
+        let c = compile_str(name, text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = c.policy.rule_for("k8s", "k8s_rollout_pause", "g", Annotations::default());
+        assert_eq!(r.limits[0].describe(), "10 per minute per grant", "{name}");
+        assert_eq!(c.policy.rule_for("k8s", "other", "g", Annotations::default()).action, Action::Deny);
+    }
+}
+
+fn first_error(name: &str, text: &str) -> (usize, usize, String) {
+    let e = errors(name, text);
+    let d = &e.errors[0];
+    assert_eq!(d.location.file, name);
+    (d.location.line, d.location.column, d.message.clone())
+}
+
+#[test]
+fn syntax_errors_point_at_line_and_column_in_every_format() {
+    let (line, _, msg) = first_error("p.json", "{\n  \"version\": \"1\",\n  \"tools\": {,}\n}");
+    assert_eq!(line, 3, "{msg}");
+    let (line, _, msg) = first_error("p.yaml", "version: \"1\"\ntools:\n  a: [\n");
+    assert!(line >= 3, "{line}: {msg}");
+    let (line, _, msg) = first_error("p.toml", "version = \"1\"\n[tools\n");
+    assert_eq!(line, 2, "{msg}");
+}
+
+#[test]
+fn bad_values_are_reported_where_they_are_written() {
+    let text = "{\n \"version\": \"1\",\n \"tools\": {\"t\": {\"limits\": [\n   {\"counter\": \"c\", \"window\": \"7x\", \"max\": 1}\n ]}}\n}";
+    let (line, _, msg) = first_error("p.json", text);
+    assert_eq!(line, 4);
+    assert!(msg.contains("invalid window \"7x\""), "{msg}");
+
+    let text = "version: \"1\"\ntools:\n  t:\n    limits:\n      - {counter: c, window: minute, max: 1, scope: tenant}\n";
+    let (line, _, msg) = first_error("p.yaml", text);
+    assert_eq!(line, 5);
+    assert!(msg.contains("invalid scope \"tenant\""), "{msg}");
+
+    let text = "version = \"1\"\n[tools.t]\naction = \"maybe\"\n";
+    let (line, _, msg) = first_error("p.toml", text);
+    assert_eq!(line, 3);
+    assert!(msg.contains("maybe"), "{msg}");
+}
+
+#[test]
+fn unknown_fields_are_rejected_rather_than_ignored() {
+    let (_, _, msg) = first_error("p.json", r#"{"version":"1","tools":{"t":{"limts":[]}}}"#);
+    assert!(msg.contains("unknown field `limts`"), "{msg}");
+}
+
+#[test]
+fn duplicate_tool_keys_are_rejected() {
+    let (line, _, msg) = first_error("p.json", "{\"version\":\"1\",\n\"tools\":{\"t\":{},\n\"t\":{}}}");
+    assert!(msg.contains("duplicate key \"t\""), "{msg}");
+    assert_eq!(line, 3);
+}
+
+#[test]
+fn unsupported_version_is_rejected() {
+    let (_, _, msg) = first_error("p.json", r#"{"version":"2"}"#);
+    assert!(msg.contains("unsupported policy version \"2\""), "{msg}");
+    let (_, _, msg) = first_error("p.json", r#"{"tools":{}}"#);
+    assert!(msg.contains("missing field `version`"), "{msg}");
+}
+
+#[test]
+fn limit_errors_are_all_reported_together() {
+    let text = r#"{"version":"1","tools":{
+        "a":{"limits":[{"counter":"bad name","window":"1m","max":1}]},
+        "b":{"limits":[{"counter":"z","window":"1m","max":0}]},
+        "c":{"limits":[{"counter":"y","window":"1m","max":2,"cost":3}]},
+        "d":{"limits":[{"counter":"x","window":"1m","max":2,"cost":0}]}
+    }}"#;
+    let e = errors("p.json", text);
+    let all = e.to_string();
+    assert_eq!(e.errors.len(), 4, "{all}");
+    assert!(all.contains("invalid counter name \"bad name\""), "{all}");
+    assert!(all.contains("max 0"), "{all}");
+    assert!(all.contains("cost 3 above its max 2"), "{all}");
+    assert!(all.contains("cost 0"), "{all}");
+    assert!(all.starts_with("p.json:2:"), "sorted by position: {all}");
+}
+
+#[test]
+fn shared_counter_must_count_the_same_way() {
+    let text = r#"{"version":"1","tools":{
+        "a":{"limits":[{"counter":"shared","window":"1m","max":5}]},
+        "b":{"limits":[{"counter":"shared","window":"1h","max":5}]}
+    }}"#;
+    let msg = errors("p.json", text).to_string();
+    assert!(msg.contains("counter \"shared\""), "{msg}");
+
+    let ok = r#"{"version":"1","tools":{
+        "a":{"limits":[{"counter":"shared","window":"1m","max":5}]},
+        "b":{"limits":[{"counter":"shared","window":"60s","max":8}]}
+    }}"#;
+    let p = policy(ok);
+    let args = json!({});
+    let a = p.counter_hits(p.rule_for("s", "a", "g", Annotations::default()), &call("a", "g", &args));
+    let b = p.counter_hits(p.rule_for("s", "b", "g", Annotations::default()), &call("b", "g", &args));
+    assert_eq!(a[0].key, b[0].key, "same counter, same scope: one budget");
+}
+
+#[test]
+fn same_counter_twice_in_one_rule_is_an_error() {
+    let text = r#"{"version":"1","tools":{"a":{"limits":[
+        {"counter":"c","window":"1m","max":5},{"counter":"c","window":"1m","max":9}]}}}"#;
+    assert!(errors("p.json", text).to_string().contains("appears twice"));
+}
+
+#[test]
+fn unknown_class_is_an_error() {
+    let msg = errors("p.json", r#"{"version":"1","classes":{"dangerous":{}}}"#).to_string();
+    assert!(msg.contains("unknown class \"dangerous\""), "{msg}");
+}
+
+#[test]
+fn warnings_name_rules_that_can_never_apply() {
+    let text = r#"{"version":"1","default":"deny","tools":{"*":{"action":"allow"},"x":{"action":"deny","limits":[{"counter":"c","window":"1m","max":1}]}},
+                   "classes":{"destructive":{"action":"deny"}}}"#;
+    let c = compile_str("p.json", text).expect("warnings are not errors");
+    let all: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert!(all.iter().any(|w| w.contains("`default` never applies")), "{all:?}");
+    assert!(all.iter().any(|w| w.contains("class rules never apply")), "{all:?}");
+    assert!(all.iter().any(|w| w.contains("limits of a deny rule are never checked")), "{all:?}");
+}
