@@ -1,1 +1,93 @@
+//! Rate-limit counters: the [`CounterStore`] trait every backend implements, and the
+//! in-memory backend used by `tollgate up`.
+//!
+//! One call to [`CounterStore::acquire`] decides every counter of one tool call at once:
+//! either all of them take their hit or none does, so a refused call consumes nothing. The
+//! store keeps its own time, so callers with skewed clocks agree, and remembers recent
+//! request ids, so a retried request never takes a second hit.
 
+mod memory;
+
+use std::time::Duration;
+
+pub use memory::{Clock, ManualClock, MemoryStore, SystemClock};
+
+/// How a counter counts hits within its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Remembers every admitted hit: exact, memory bounded by `max` per key.
+    SlidingLog,
+    /// Current and previous fixed bucket, the previous weighted by how much of it the
+    /// sliding window still covers: O(1) memory per key, approximate.
+    SlidingWindow,
+}
+
+/// One counter a call must take a hit on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// The counter's concrete key (counter name plus scope values).
+    pub key: String,
+    pub window: Duration,
+    pub max: u64,
+    /// How many hits this call takes.
+    pub cost: u64,
+    pub algorithm: Algorithm,
+}
+
+/// What one counter looked like when the call was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterStatus {
+    /// Hits still available in the window (after this call, when it was admitted).
+    pub remaining: u64,
+    /// Time until the window holds no hits at all.
+    pub reset_after: Duration,
+    /// `None` when this counter had room; otherwise how long until it would have room for
+    /// this call's cost.
+    pub retry_after: Option<Duration>,
+}
+
+impl CounterStatus {
+    pub fn exceeded(&self) -> bool {
+        self.retry_after.is_some()
+    }
+}
+
+/// The answer for a whole call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// True when every counter took its hit; false when none did.
+    pub admitted: bool,
+    /// One status per [`Hit`], in the same order.
+    pub counters: Vec<CounterStatus>,
+}
+
+impl Admission {
+    /// How long until the refused call would be admitted by every counter that refused it.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.counters.iter().filter_map(|c| c.retry_after).max()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("counter store unavailable: {0}")]
+    Unavailable(String),
+    #[error("counter store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("counter store rejected the request: {0}")]
+    Rejected(String),
+}
+
+/// A place where rate-limit counters live.
+#[async_trait::async_trait]
+pub trait CounterStore: Send + Sync + 'static {
+    /// Checks every hit and, only if all of them have room, records all of them.
+    ///
+    /// Idempotent per `request_id`: a second call with the same id (a retry) returns the
+    /// first call's admission and records nothing, for at least as long as the longest
+    /// window among its hits.
+    async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError>;
+
+    /// A short name for logs and metrics, e.g. `memory`.
+    fn kind(&self) -> &'static str;
+}

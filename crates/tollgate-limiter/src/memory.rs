@@ -1,0 +1,447 @@
+//! The in-memory counter store: one process, no dependencies. `tollgate up` uses it, and
+//! it is the reference the Redis store is compared against.
+//!
+//! All counters sit behind one mutex: a call's check-then-record is trivially atomic, and
+//! the critical section is a few hash lookups, far cheaper than the network hop around it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
+
+/// How often expired counters and remembered request ids are swept away.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Request ids are remembered at least this long, even for calls with only short windows.
+const MIN_REQUEST_MEMORY: Duration = Duration::from_secs(60);
+
+/// The store's time source: a monotonic offset from an arbitrary start.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Duration;
+}
+
+/// Real time, from a monotonic clock.
+pub struct SystemClock(Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// Time that moves only when told to: for tests and simulations.
+#[derive(Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::SeqCst))
+    }
+}
+
+impl Clock for Arc<ManualClock> {
+    fn now(&self) -> Duration {
+        self.as_ref().now()
+    }
+}
+
+/// Counters in this process's memory.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    clock: Box<dyn Clock>,
+}
+
+#[derive(Default)]
+struct State {
+    counters: HashMap<String, Counter>,
+    requests: HashMap<String, (Admission, Duration)>,
+    next_sweep: Duration,
+}
+
+enum Counter {
+    Log(SlidingLog),
+    Window(SlidingWindow),
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new(SystemClock::default())
+    }
+}
+
+impl MemoryStore {
+    pub fn new(clock: impl Clock) -> Self {
+        MemoryStore {
+            state: Mutex::new(State::default()),
+            clock: Box::new(clock),
+        }
+    }
+
+    /// Number of live counter keys (for tests and memory measurements).
+    pub fn len(&self) -> usize {
+        self.lock().counters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a counter half-updated (updates happen
+        // only after every check passed), so a poisoned lock is safe to keep using.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The synchronous core of [`CounterStore::acquire`].
+    pub fn acquire_now(&self, request_id: &str, hits: &[Hit]) -> Admission {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if now >= state.next_sweep {
+            state.sweep(now);
+            state.next_sweep = now + SWEEP_INTERVAL;
+        }
+        if !request_id.is_empty() {
+            if let Some((admission, expires)) = state.requests.get(request_id) {
+                if *expires > now {
+                    return admission.clone();
+                }
+            }
+        }
+
+        let mut counters = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let status = match state.counters.get_mut(&hit.key) {
+                Some(Counter::Log(log)) => log.check(now, hit),
+                Some(Counter::Window(w)) => w.check(now, hit),
+                None => CounterStatus {
+                    remaining: hit.max.saturating_sub(hit.cost),
+                    reset_after: hit.window,
+                    retry_after: (hit.cost > hit.max).then_some(Duration::ZERO),
+                },
+            };
+            counters.push(status);
+        }
+        let admitted = counters.iter().all(|c| !c.exceeded());
+        if admitted {
+            for hit in hits {
+                let counter = state.counters.entry(hit.key.clone()).or_insert_with(|| match hit.algorithm {
+                    Algorithm::SlidingLog => Counter::Log(SlidingLog::default()),
+                    Algorithm::SlidingWindow => Counter::Window(SlidingWindow::default()),
+                });
+                match counter {
+                    Counter::Log(log) => log.record(now, hit),
+                    Counter::Window(w) => w.record(now, hit),
+                }
+            }
+        }
+        let admission = Admission { admitted, counters };
+        if !request_id.is_empty() {
+            let longest = hits.iter().map(|h| h.window).max().unwrap_or_default();
+            let expires = now + longest.max(MIN_REQUEST_MEMORY);
+            state.requests.insert(request_id.to_owned(), (admission.clone(), expires));
+        }
+        admission
+    }
+}
+
+impl State {
+    fn sweep(&mut self, now: Duration) {
+        self.counters.retain(|_, c| match c {
+            Counter::Log(log) => log.is_live(now),
+            Counter::Window(w) => w.is_live(now),
+        });
+        self.requests.retain(|_, (_, expires)| *expires > now);
+    }
+}
+
+#[async_trait::async_trait]
+impl CounterStore for MemoryStore {
+    async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
+        Ok(self.acquire_now(request_id, hits))
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// Every admitted hit with its time; at most `max` entries, since each costs at least 1.
+#[derive(Default)]
+struct SlidingLog {
+    window: Duration,
+    entries: VecDeque<(Duration, u64)>,
+    total: u64,
+}
+
+impl SlidingLog {
+    fn prune(&mut self, now: Duration) {
+        // A hit at `t` counts while `now < t + window`.
+        while let Some(&(at, cost)) = self.entries.front() {
+            if at + self.window > now {
+                break;
+            }
+            self.entries.pop_front();
+            self.total -= cost;
+        }
+    }
+
+    fn check(&mut self, now: Duration, hit: &Hit) -> CounterStatus {
+        self.window = hit.window;
+        self.prune(now);
+        let reset_after = self.entries.back().map_or(Duration::ZERO, |(at, _)| *at + self.window - now);
+        if self.total + hit.cost <= hit.max {
+            return CounterStatus {
+                remaining: hit.max - self.total - hit.cost,
+                reset_after: hit.window,
+                retry_after: None,
+            };
+        }
+        let retry_after = if hit.cost > hit.max {
+            Duration::ZERO
+        } else {
+            // Walk the oldest hits until enough of them have expired to make room.
+            let need = self.total + hit.cost - hit.max;
+            let mut freed = 0;
+            let mut at_expiry = Duration::ZERO;
+            for (at, cost) in &self.entries {
+                freed += cost;
+                if freed >= need {
+                    at_expiry = *at + self.window - now;
+                    break;
+                }
+            }
+            at_expiry
+        };
+        CounterStatus {
+            remaining: hit.max.saturating_sub(self.total),
+            reset_after,
+            retry_after: Some(retry_after),
+        }
+    }
+
+    fn record(&mut self, now: Duration, hit: &Hit) {
+        self.window = hit.window;
+        self.entries.push_back((now, hit.cost));
+        self.total += hit.cost;
+    }
+
+    fn is_live(&mut self, now: Duration) -> bool {
+        self.prune(now);
+        !self.entries.is_empty()
+    }
+}
+
+/// Hits in the current and previous fixed bucket of length `window`.
+#[derive(Default)]
+struct SlidingWindow {
+    window: Duration,
+    bucket: u128,
+    current: u64,
+    previous: u64,
+}
+
+impl SlidingWindow {
+    fn roll(&mut self, now: Duration, window: Duration) -> Duration {
+        self.window = window;
+        let w = window.as_micros().max(1);
+        let bucket = now.as_micros() / w;
+        if bucket == self.bucket + 1 {
+            self.previous = self.current;
+            self.current = 0;
+        } else if bucket != self.bucket {
+            self.previous = 0;
+            self.current = 0;
+        }
+        self.bucket = bucket;
+        Duration::from_micros((now.as_micros() - bucket * w) as u64)
+    }
+
+    fn check(&mut self, now: Duration, hit: &Hit) -> CounterStatus {
+        let elapsed = self.roll(now, hit.window);
+        let w = hit.window.as_secs_f64();
+        let weight = (w - elapsed.as_secs_f64()) / w;
+        let estimate = self.previous as f64 * weight + self.current as f64;
+        let max = hit.max as f64;
+        let cost = hit.cost as f64;
+        let reset_after = if self.current > 0 {
+            hit.window * 2 - elapsed
+        } else if self.previous > 0 {
+            hit.window - elapsed
+        } else {
+            Duration::ZERO
+        };
+        if estimate + cost <= max {
+            return CounterStatus {
+                remaining: (max - estimate - cost).floor() as u64,
+                reset_after: reset_after.max(hit.window - elapsed),
+                retry_after: None,
+            };
+        }
+        let until_next = (hit.window - elapsed).as_secs_f64();
+        let wait = if hit.cost > hit.max {
+            0.0
+        } else if self.current + hit.cost > hit.max {
+            // Wait for the next bucket, then for the current count (now the previous one)
+            // to fade enough.
+            let fade = 1.0 - (max - cost) / self.current as f64;
+            until_next + (w * fade).max(0.0)
+        } else {
+            // The previous bucket's weight must fall far enough within this bucket.
+            let room = max - self.current as f64 - cost;
+            (until_next - w * room / self.previous as f64).max(0.0)
+        };
+        CounterStatus {
+            remaining: (max - estimate).max(0.0).floor() as u64,
+            reset_after,
+            retry_after: Some(Duration::from_secs_f64(wait)),
+        }
+    }
+
+    fn record(&mut self, now: Duration, hit: &Hit) {
+        self.roll(now, hit.window);
+        self.current += hit.cost;
+    }
+
+    fn is_live(&mut self, now: Duration) -> bool {
+        let window = self.window;
+        self.roll(now, window);
+        self.current > 0 || self.previous > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn hit(key: &str, max: u64) -> Hit {
+        Hit {
+            key: key.into(),
+            window: MINUTE,
+            max,
+            cost: 1,
+            algorithm: Algorithm::SlidingLog,
+        }
+    }
+
+    fn store() -> (Arc<ManualClock>, MemoryStore) {
+        let clock = Arc::new(ManualClock::default());
+        (clock.clone(), MemoryStore::new(clock))
+    }
+
+    #[test]
+    fn admits_up_to_max_then_refuses_with_exact_retry_after() {
+        let (clock, store) = store();
+        for i in 0..10 {
+            let a = store.acquire_now("", &[hit("k", 10)]);
+            assert!(a.admitted, "call {i}");
+            assert_eq!(a.counters[0].remaining, 9 - i);
+            clock.advance(Duration::from_secs(1));
+        }
+        // First hit was at t=0; now t=10s: it frees at t=60s.
+        let refused = store.acquire_now("", &[hit("k", 10)]);
+        assert!(!refused.admitted);
+        assert_eq!(refused.counters[0].retry_after, Some(Duration::from_secs(50)));
+        assert_eq!(refused.counters[0].remaining, 0);
+
+        clock.advance(Duration::from_secs(50) - Duration::from_micros(1));
+        assert!(!store.acquire_now("", &[hit("k", 10)]).admitted, "not before retry-after");
+        clock.advance(Duration::from_micros(1));
+        assert!(store.acquire_now("", &[hit("k", 10)]).admitted, "right at retry-after");
+        assert!(!store.acquire_now("", &[hit("k", 10)]).admitted, "only one slot freed");
+    }
+
+    #[test]
+    fn all_or_nothing_across_counters() {
+        let (_, store) = store();
+        assert!(store.acquire_now("", &[hit("small", 1)]).admitted);
+        let a = store.acquire_now("", &[hit("big", 5), hit("small", 1)]);
+        assert!(!a.admitted);
+        assert!(!a.counters[0].exceeded());
+        assert!(a.counters[1].exceeded());
+        // The refused call took nothing from "big".
+        let b = store.acquire_now("", &[hit("big", 5)]);
+        assert_eq!(b.counters[0].remaining, 4);
+    }
+
+    #[test]
+    fn cost_counts_as_several_hits() {
+        let (_, store) = store();
+        let mut h = hit("k", 5);
+        h.cost = 2;
+        assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
+        assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
+        let third = store.acquire_now("", std::slice::from_ref(&h));
+        assert!(!third.admitted);
+        assert_eq!(third.counters[0].remaining, 1);
+        assert!(store.acquire_now("", &[hit("k", 5)]).admitted, "a cost-1 call still fits");
+    }
+
+    #[test]
+    fn same_request_id_is_decided_once() {
+        let (_, store) = store();
+        let first = store.acquire_now("req-1", &[hit("k", 2)]);
+        let retry = store.acquire_now("req-1", &[hit("k", 2)]);
+        assert_eq!(first, retry);
+        assert_eq!(store.acquire_now("req-2", &[hit("k", 2)]).counters[0].remaining, 0);
+    }
+
+    #[test]
+    fn expired_counters_are_swept() {
+        let (clock, store) = store();
+        for i in 0..100 {
+            store.acquire_now("", &[hit(&format!("k{i}"), 1)]);
+        }
+        assert_eq!(store.len(), 100);
+        clock.advance(MINUTE + SWEEP_INTERVAL);
+        store.acquire_now("", &[]);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn sliding_log_memory_is_bounded_by_max() {
+        let (clock, store) = store();
+        for _ in 0..1000 {
+            store.acquire_now("", &[hit("k", 10)]);
+            clock.advance(Duration::from_millis(10));
+        }
+        let state = store.lock();
+        let Some(Counter::Log(log)) = state.counters.get("k") else { panic!("log counter") };
+        assert!(log.entries.len() <= 10);
+    }
+
+    #[test]
+    fn sliding_window_weights_the_previous_bucket() {
+        let (clock, store) = store();
+        let mut h = hit("w", 10);
+        h.algorithm = Algorithm::SlidingWindow;
+        for _ in 0..10 {
+            assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
+        }
+        assert!(!store.acquire_now("", std::slice::from_ref(&h)).admitted);
+        // Half-way through the next bucket the previous 10 weigh 5.
+        clock.advance(MINUTE + MINUTE / 2);
+        for _ in 0..5 {
+            assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
+        }
+        let refused = store.acquire_now("", std::slice::from_ref(&h));
+        assert!(!refused.admitted);
+        let wait = refused.counters[0].retry_after.expect("refused");
+        clock.advance(wait + Duration::from_millis(1));
+        assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted, "admitted after {wait:?}");
+    }
+}
