@@ -1,1 +1,107 @@
-fn main() {}
+//! `tollgate`: one binary for every role. Parses arguments, loads the config, and hands
+//! over to the component crates; no request logic lives here.
+
+mod commands;
+mod config;
+mod shutdown;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tollgate: a policy gateway for MCP tool calls.
+///
+/// Agents connect to Tollgate's edge instead of their MCP servers. Every tools/call is
+/// checked against your policy (allow, deny, rate-limit, require approval) before it
+/// reaches the server, and tools/list only shows what the agent may call.
+#[derive(Parser)]
+#[command(name = "tollgate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Edge and decision service in one process with in-memory counters (laptop mode).
+    Up {
+        /// Config file (TOML); TOLLGATE_* environment variables override it.
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// Also run the bundled demo MCP server, so there is something to protect.
+        #[arg(long)]
+        demo: bool,
+        /// Where the demo MCP server listens (with --demo).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        demo_listen: String,
+    },
+    /// The edge proxy: MCP Streamable HTTP at /mcp/{server}, deciding through gRPC.
+    Edge {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+    },
+    /// The decision service: gRPC tollgate.v1.DecisionService and grpc.health.v1.
+    Decision {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+    },
+    /// A harmless MCP server with Kubernetes-style tools, at http://LISTEN/mcp.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// Answer POSTs as SSE streams instead of JSON (when the client accepts both).
+        #[arg(long)]
+        sse: bool,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Print a new random agent key and the key_sha256 line for its [[grants]] entry.
+    Keygen,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file; prints errors and warnings as FILE:LINE:COLUMN, exits 1 on errors.
+    Check { file: PathBuf },
+    /// Show which rule decides a call, and the counters it would take.
+    Explain {
+        file: PathBuf,
+        #[arg(long)]
+        tool: String,
+        #[arg(long)]
+        grant: String,
+        #[arg(long, default_value = "")]
+        server: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+        /// The call's arguments as a JSON object.
+        #[arg(long)]
+        args: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up { config, demo, demo_listen } => commands::up(&config, demo.then_some(demo_listen)),
+        Command::Edge { config } => commands::edge(&config),
+        Command::Decision { config } => commands::decision(&config),
+        Command::DemoUpstream { listen, sse } => commands::demo_upstream(&listen, sse),
+        Command::Policy { command: PolicyCommand::Check { file } } => return commands::policy_check(&file),
+        Command::Policy { command: PolicyCommand::Explain { file, tool, grant, server, agent, args } } => {
+            commands::policy_explain(&file, &server, &tool, &grant, &agent, args.as_deref())
+        }
+        Command::Keygen => commands::keygen(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

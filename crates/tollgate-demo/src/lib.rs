@@ -1,1 +1,189 @@
+//! `tollgate demo-upstream`: an MCP server (Streamable HTTP at `/mcp`) exposing
+//! Kubernetes-style tools that change nothing, so Tollgate has something to protect in the
+//! quick start and in tests. Every tool answers with text that echoes its arguments.
+//!
+//! Sessions: `initialize` hands out an `Mcp-Session-Id`; requests without one are served
+//! too (stateless), requests with an unknown one get 404, `DELETE` ends a session.
 
+mod tools;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// Protocol revisions this server speaks, newest first.
+const PROTOCOL_VERSIONS: [&str; 2] = ["2025-06-18", "2025-03-26"];
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// How the demo server answers POSTs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DemoOptions {
+    /// Answer requests as an SSE stream (when the client accepts it) instead of JSON.
+    pub sse: bool,
+}
+
+#[derive(Clone)]
+struct Demo {
+    options: DemoOptions,
+    sessions: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The demo server's routes, for embedding (`tollgate up --demo`) and tests.
+pub fn router(options: DemoOptions) -> Router {
+    let state = Demo { options, sessions: Arc::default() };
+    Router::new()
+        .route("/mcp", post(handle_post).get(handle_get).delete(handle_delete))
+        .with_state(state)
+}
+
+/// Serves the demo server on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, options: DemoOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(options)).with_graceful_shutdown(shutdown).await
+}
+
+impl Demo {
+    /// Checks the session header: `Err` with 404 for a session this server does not know.
+    fn check_session(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Ok(());
+        };
+        let known = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).contains(id);
+        if known {
+            Ok(())
+        } else {
+            Err(jsonrpc_error_response(StatusCode::NOT_FOUND, Value::Null, -32001, "session not found"))
+        }
+    }
+}
+
+async fn handle_post(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json").into_response();
+    }
+    let message: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return jsonrpc_error_response(StatusCode::BAD_REQUEST, Value::Null, -32700, &format!("parse error: {e}")),
+    };
+    let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+    if !is_initialize {
+        if let Err(response) = demo.check_session(&headers) {
+            return response;
+        }
+    }
+    let (batch, messages) = match message {
+        Value::Array(items) => (true, items),
+        single => (false, vec![single]),
+    };
+    let mut replies = Vec::new();
+    for m in &messages {
+        if let Some(reply) = handle_message(m) {
+            replies.push(reply);
+        }
+    }
+    if replies.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let mut extra = HeaderMap::new();
+    if is_initialize {
+        let id = uuid::Uuid::new_v4().to_string();
+        demo.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            extra.insert(SESSION_HEADER, v);
+        }
+    }
+    let accepts_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let mut response = if demo.options.sse && accepts_sse {
+        let events: String = replies.iter().map(|r| format!("event: message\ndata: {r}\n\n")).collect();
+        ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response()
+    } else {
+        let body = if batch { Value::Array(replies) } else { replies.remove(0) };
+        ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    };
+    response.headers_mut().extend(extra);
+    response
+}
+
+/// Answers one JSON-RPC message; `None` for notifications and responses.
+fn handle_message(message: &Value) -> Option<Value> {
+    let method = message.get("method").and_then(Value::as_str)?;
+    let id = message.get("id")?.clone();
+    let params = message.get("params").cloned().unwrap_or(Value::Null);
+    let result = match method {
+        "initialize" => {
+            let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
+            let version = PROTOCOL_VERSIONS.iter().find(|v| **v == asked).copied().unwrap_or(PROTOCOL_VERSIONS[0]);
+            Ok(json!({
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "tollgate-demo-upstream", "version": env!("CARGO_PKG_VERSION")},
+                "instructions": "A demo Kubernetes server: every tool only echoes what it would have done."
+            }))
+        }
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(json!({"tools": tools::definitions()})),
+        "tools/call" => tools::call(&params),
+        other => Err((-32601, format!("method not found: {other}"))),
+    };
+    Some(match result {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err((code, message)) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+    })
+}
+
+async fn handle_get(State(demo): State<Demo>, headers: HeaderMap) -> Response {
+    let accepts_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !accepts_sse {
+        return (StatusCode::NOT_ACCEPTABLE, "GET /mcp needs Accept: text/event-stream").into_response();
+    }
+    if let Err(response) = demo.check_session(&headers) {
+        return response;
+    }
+    let hello = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/message",
+        "params": {"level": "info", "logger": "demo-upstream", "data": "server-to-client stream open"}
+    });
+    let first = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(format!("event: message\ndata: {hello}\n\n"))) });
+    let keepalive = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(Duration::from_secs(15))),
+        |_| Ok(Bytes::from_static(b": keep-alive\n\n")),
+    );
+    let body = Body::from_stream(futures_util::StreamExt::chain(first, keepalive));
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn handle_delete(State(demo): State<Demo>, headers: HeaderMap) -> Response {
+    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return (StatusCode::BAD_REQUEST, "DELETE /mcp needs an Mcp-Session-Id header").into_response();
+    };
+    if demo.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(id) {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+fn jsonrpc_error_response(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}

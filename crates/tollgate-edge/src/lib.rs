@@ -1,1 +1,107 @@
+//! The edge: an axum server speaking MCP Streamable HTTP to agents at `/mcp/{server}`.
+//!
+//! A request passes the body limit and the bearer-key layer, then the MCP handlers
+//! ([`mcp`]): `tools/call` is decided before it is forwarded, `tools/list` is filtered on
+//! its way back, everything else streams through. The edge holds no state a request needs:
+//! any edge serves any session. `/healthz` and `/readyz` sit outside authentication.
 
+mod auth;
+mod jsonrpc;
+mod mcp;
+mod refusal;
+mod settings;
+mod sse;
+mod upstream;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tollgate_decision::proto::VisibleToolsRequest;
+use tollgate_decision::{Decider, PolicyStatus};
+
+pub use auth::{Caller, Keyring};
+pub use settings::{EdgeSettings, GrantSettings, RefusalMode, UpstreamSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("invalid edge configuration: {0}")]
+    Config(String),
+}
+
+/// Everything an edge is built from.
+pub struct EdgeParts {
+    pub settings: EdgeSettings,
+    pub upstreams: Vec<UpstreamSettings>,
+    pub grants: Vec<GrantSettings>,
+    pub decider: Arc<dyn Decider>,
+    /// When the policy is loaded in this process (`tollgate up`), its reload status is
+    /// shown on `/readyz`.
+    pub policy_status: Option<Arc<PolicyStatus>>,
+}
+
+/// Validates the configuration and builds the edge's routes.
+pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
+    if parts.upstreams.is_empty() {
+        return Err(EdgeError::Config("no [[upstreams]] configured: the edge would have nothing to serve".into()));
+    }
+    if parts.grants.is_empty() {
+        return Err(EdgeError::Config("no [[grants]] configured: no agent could authenticate".into()));
+    }
+    let mut upstreams = HashMap::new();
+    for u in &parts.upstreams {
+        let upstream = upstream::Upstream::new(u)?;
+        if upstreams.insert(u.name.clone(), upstream).is_some() {
+            return Err(EdgeError::Config(format!("two upstreams are named \"{}\"", u.name)));
+        }
+    }
+    let keyring = Arc::new(Keyring::new(&parts.grants)?);
+    let connect_timeout = Duration::from_millis(parts.settings.upstream_timeout_ms.min(10_000));
+    let client = upstream::http_client(connect_timeout);
+    let readiness = Arc::new(Readiness { decider: parts.decider.clone(), policy_status: parts.policy_status });
+    let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, client, parts.decider));
+
+    let mcp_routes = Router::new()
+        .route("/mcp/{server}", post(mcp::post).get(mcp::get).delete(mcp::delete))
+        .with_state(gateway)
+        .layer(axum::middleware::from_fn_with_state(keyring, auth::require_key));
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness);
+    Ok(mcp_routes.merge(health))
+}
+
+struct Readiness {
+    decider: Arc<dyn Decider>,
+    policy_status: Option<Arc<PolicyStatus>>,
+}
+
+/// Ready when a decision service answers; a rejected policy reload is reported but does not
+/// make the node unready, since the last good policy is still enforced.
+async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
+    let probe = r.decider.visible_tools(VisibleToolsRequest::default()).await;
+    let policy = match r.policy_status.as_ref().and_then(|s| s.last_error()) {
+        Some(error) => format!("last reload rejected, previous policy still in force: {error}"),
+        None => "ok".into(),
+    };
+    let (status, decision) = match probe {
+        Ok(_) => (StatusCode::OK, "ok".to_owned()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.0),
+    };
+    let body = json!({"ready": status == StatusCode::OK, "decision": decision, "policy": policy});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Serves `router` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

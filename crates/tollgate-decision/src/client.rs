@@ -1,0 +1,117 @@
+//! The edge's side of the gRPC hop: asks decision replicas, failing over between them
+//! within one deadline. Retries reuse the request id, so a replica that decided but whose
+//! answer was lost does not make the retry take a second hit.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::proto::decision_service_client::DecisionServiceClient;
+use crate::proto::{Decision, DecideRequest, VisibleToolsRequest, VisibleToolsResponse};
+use crate::{Decider, DecisionUnavailable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcDeciderError {
+    #[error("no decision service address configured (edge.decision is empty)")]
+    NoAddress,
+    #[error("invalid decision service address \"{address}\": {source}")]
+    BadAddress {
+        address: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// A client of one or more decision replicas.
+pub struct GrpcDecider {
+    replicas: Vec<(String, DecisionServiceClient<Channel>)>,
+    next: AtomicUsize,
+    deadline: Duration,
+}
+
+impl GrpcDecider {
+    /// Connects lazily: replicas that are down now are tried again on each call.
+    pub fn new(addresses: &[String], deadline: Duration) -> Result<Self, GrpcDeciderError> {
+        if addresses.is_empty() {
+            return Err(GrpcDeciderError::NoAddress);
+        }
+        let mut replicas = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let endpoint = Endpoint::from_shared(address.clone())
+                .map_err(|source| GrpcDeciderError::BadAddress { address: address.clone(), source })?
+                .connect_timeout(deadline)
+                .tcp_nodelay(true);
+            let client = DecisionServiceClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(16 * 1024 * 1024)
+                .max_encoding_message_size(16 * 1024 * 1024);
+            replicas.push((address.clone(), client));
+        }
+        Ok(GrpcDecider { replicas, next: AtomicUsize::new(0), deadline })
+    }
+
+    /// Tries replicas round-robin until one answers or the deadline passes. A replica gets
+    /// half of the remaining time while others are left to try, so one hung replica cannot
+    /// use up the whole deadline.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, DecisionUnavailable>
+    where
+        F: Fn(DecisionServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let end = Instant::now() + self.deadline;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.replicas.len();
+        let mut failures = Vec::new();
+        for attempt in 0..n {
+            let (address, client) = &self.replicas[(start + attempt) % n];
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let budget = if attempt + 1 < n { left / 2 } else { left };
+            match tokio::time::timeout(budget, op(client.clone())).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if retryable(status.code()) => {
+                    tracing::warn!(replica = %address, code = ?status.code(), "decision replica failed: {}", status.message());
+                    failures.push(format!("{address}: {}", status.message()));
+                }
+                Ok(Err(status)) => {
+                    return Err(DecisionUnavailable(format!("decision service {address} refused the request: {}", status.message())));
+                }
+                Err(_) => {
+                    tracing::warn!(replica = %address, "decision replica did not answer within {budget:?}");
+                    failures.push(format!("{address}: no answer within {} ms", budget.as_millis()));
+                }
+            }
+        }
+        Err(DecisionUnavailable(format!(
+            "no decision service answered within {} ms ({})",
+            self.deadline.as_millis(),
+            failures.join("; ")
+        )))
+    }
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted | Code::Internal)
+}
+
+#[async_trait::async_trait]
+impl Decider for GrpcDecider {
+    async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionUnavailable> {
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.decide(request).await }
+        })
+        .await
+    }
+
+    async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionUnavailable> {
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.visible_tools(request).await }
+        })
+        .await
+    }
+}

@@ -1,0 +1,287 @@
+//! Evaluation of one call: pick the rule, then deny, ask for approval, or take the rule's
+//! rate-limit hits atomically in the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+use tollgate_limiter::{Admission, CounterStore, Hit};
+use tollgate_policy::{Action, Annotations, Call, CounterHit, OnStoreError, Policy, Rule};
+
+use crate::proto::{self, Decision, DecideRequest, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
+use crate::{Decider, DecisionUnavailable};
+
+/// Evaluates calls against the current policy; the policy can be swapped at any time.
+pub struct Engine {
+    policy: ArcSwap<Policy>,
+    store: Arc<dyn CounterStore>,
+    store_timeout: Duration,
+}
+
+impl Engine {
+    pub fn new(policy: Policy, store: Arc<dyn CounterStore>, store_timeout: Duration) -> Self {
+        Engine {
+            policy: ArcSwap::from_pointee(policy),
+            store,
+            store_timeout,
+        }
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Installs a new policy; calls already being decided finish under the old one.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    pub async fn decide(&self, request: &DecideRequest) -> Decision {
+        let decision = self.evaluate(request).await;
+        tracing::info!(
+            target: "tollgate::audit",
+            decision_id = %decision.decision_id,
+            verdict = verdict_name(decision.verdict()),
+            rule = %decision.rule,
+            server = %request.server,
+            tool = %request.tool,
+            grant = %request.grant,
+            agent = %request.agent,
+            session = %request.session_id,
+            request_id = %request.request_id,
+            reason = %decision.reason,
+            "decision"
+        );
+        decision
+    }
+
+    async fn evaluate(&self, request: &DecideRequest) -> Decision {
+        let policy = self.policy.load();
+        let mut decision = Decision {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        };
+        let arguments = match parse_arguments(&request.arguments_json) {
+            Ok(v) => v,
+            Err(reason) => return decision.with(Verdict::Deny, "arguments", reason),
+        };
+        let call = Call {
+            server: &request.server,
+            tool: &request.tool,
+            grant: &request.grant,
+            agent: &request.agent,
+            session: &request.session_id,
+            arguments: &arguments,
+            annotations: annotations(request.annotations.as_ref()),
+        };
+        let rule = policy.rule_for(call.server, call.tool, call.grant, call.annotations);
+        decision.rule = rule.label.clone();
+        match rule.action {
+            Action::Deny => {
+                let reason = rule.reason.clone().unwrap_or_else(|| denial_text(rule, &call));
+                decision.with(Verdict::Deny, &rule.label, reason)
+            }
+            Action::RequireApproval => {
+                let reason = rule.reason.clone().unwrap_or_else(|| {
+                    format!(
+                        "calling \"{}\" requires human approval (policy rule {}); this Tollgate has no approval \
+                         workflow enabled, so the call was not forwarded",
+                        call.tool, rule.label
+                    )
+                });
+                decision.with(Verdict::ApprovalRequired, &rule.label, reason)
+            }
+            Action::Allow => {
+                let hits = policy.counter_hits(rule, &call);
+                if hits.is_empty() {
+                    return decision.with(Verdict::Allow, &rule.label, String::new());
+                }
+                self.take_hits(decision, rule, &request.request_id, &hits).await
+            }
+        }
+    }
+
+    async fn take_hits(&self, decision: Decision, rule: &Rule, request_id: &str, hits: &[CounterHit<'_>]) -> Decision {
+        let batch: Vec<Hit> = hits
+            .iter()
+            .map(|h| Hit {
+                key: h.key.clone(),
+                window: h.limit.window.duration,
+                max: h.limit.max,
+                cost: h.limit.cost,
+                algorithm: match h.limit.algorithm {
+                    tollgate_policy::Algorithm::SlidingLog => tollgate_limiter::Algorithm::SlidingLog,
+                    tollgate_policy::Algorithm::SlidingWindow => tollgate_limiter::Algorithm::SlidingWindow,
+                },
+            })
+            .collect();
+        let outcome = match tokio::time::timeout(self.store_timeout, self.store.acquire(request_id, &batch)).await {
+            Ok(Ok(admission)) => Ok(admission),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("counter store did not answer within {:?}", self.store_timeout)),
+        };
+        match outcome {
+            Ok(admission) => admitted_or_limited(decision, rule, hits, &admission),
+            Err(cause) => {
+                tracing::warn!(store = self.store.kind(), rule = %rule.label, "counter store error: {cause}");
+                match rule.on_store_error {
+                    OnStoreError::Deny => decision.with(
+                        Verdict::Deny,
+                        &rule.label,
+                        format!("{cause}; rule {} denies calls while the counter store is unavailable", rule.label),
+                    ),
+                    OnStoreError::Allow => decision.with(
+                        Verdict::Allow,
+                        &rule.label,
+                        format!("{cause}; admitted without counting (on_store_error: allow)"),
+                    ),
+                }
+            }
+        }
+    }
+
+    pub fn visible_tools(&self, request: &VisibleToolsRequest) -> VisibleToolsResponse {
+        let policy = self.policy.load();
+        let visible = request
+            .tools
+            .iter()
+            .filter(|t| policy.is_visible(&request.server, &t.name, &request.grant, annotations(t.annotations.as_ref())))
+            .map(|t| t.name.clone())
+            .collect();
+        VisibleToolsResponse { visible }
+    }
+}
+
+#[async_trait::async_trait]
+impl Decider for Engine {
+    async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionUnavailable> {
+        Ok(Engine::decide(self, &request).await)
+    }
+
+    async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionUnavailable> {
+        Ok(Engine::visible_tools(self, &request))
+    }
+}
+
+trait DecisionExt {
+    fn with(self, verdict: Verdict, rule: &str, reason: String) -> Decision;
+}
+
+impl DecisionExt for Decision {
+    fn with(mut self, verdict: Verdict, rule: &str, reason: String) -> Decision {
+        self.set_verdict(verdict);
+        self.rule = rule.to_owned();
+        self.reason = reason;
+        self
+    }
+}
+
+fn admitted_or_limited(mut decision: Decision, rule: &Rule, hits: &[CounterHit<'_>], admission: &Admission) -> Decision {
+    decision.limits = hits
+        .iter()
+        .zip(&admission.counters)
+        .map(|(hit, status)| LimitStatus {
+            counter: hit.limit.counter.clone(),
+            key: hit.key.clone(),
+            limit: hit.limit.max,
+            remaining: status.remaining,
+            reset_after_ms: ceil_ms(status.reset_after),
+            retry_after_ms: status.retry_after.map_or(0, ceil_ms),
+            window: hit.limit.window.label.clone(),
+            scope: hit.limit.scope.to_string(),
+            exceeded: status.exceeded(),
+        })
+        .collect();
+    if admission.admitted {
+        return decision.with(Verdict::Allow, &rule.label, String::new());
+    }
+    let retry_after = admission.retry_after().unwrap_or_default();
+    decision.retry_after_ms = ceil_ms(retry_after);
+    let exceeded: Vec<String> = hits
+        .iter()
+        .zip(&admission.counters)
+        .filter(|(_, s)| s.exceeded())
+        .map(|(h, _)| format!("rate limit {}: {}", h.limit.counter, h.limit.describe()))
+        .collect();
+    let reason = format!("{}; retry in {}", exceeded.join("; "), human_duration(retry_after));
+    decision.with(Verdict::RateLimited, &rule.label, reason)
+}
+
+fn denial_text(rule: &Rule, call: &Call<'_>) -> String {
+    if rule.is_default() {
+        format!(
+            "tool \"{}\" is not allowed: no policy rule names it, and the default is deny (rule {})",
+            call.tool, rule.label
+        )
+    } else {
+        format!("tool \"{}\" is denied by policy rule {}", call.tool, rule.label)
+    }
+}
+
+fn parse_arguments(json: &str) -> Result<Value, String> {
+    if json.is_empty() {
+        return Ok(Value::Null);
+    }
+    match serde_json::from_str::<Value>(json) {
+        Ok(v @ (Value::Object(_) | Value::Null)) => Ok(v),
+        Ok(_) => Err("tool arguments must be a JSON object".into()),
+        Err(e) => Err(format!("tool arguments are not valid JSON: {e}")),
+    }
+}
+
+fn annotations(a: Option<&proto::ToolAnnotations>) -> Annotations {
+    a.map_or_else(Annotations::default, |a| Annotations {
+        read_only: a.read_only_hint,
+        destructive: a.destructive_hint,
+        idempotent: a.idempotent_hint,
+        open_world: a.open_world_hint,
+    })
+}
+
+pub(crate) fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "ALLOW",
+        Verdict::Deny => "DENY",
+        Verdict::RateLimited => "RATE_LIMITED",
+        Verdict::ApprovalRequired => "APPROVAL_REQUIRED",
+        Verdict::Unspecified => "UNSPECIFIED",
+    }
+}
+
+fn ceil_ms(d: Duration) -> u64 {
+    d.as_micros().div_ceil(1000) as u64
+}
+
+/// "41 s", "350 ms", "2 min 5 s": how long an agent should wait, rounded up.
+fn human_duration(d: Duration) -> String {
+    let ms = ceil_ms(d);
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    let s = ms.div_ceil(1000);
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally_and_round_up() {
+        assert_eq!(human_duration(Duration::from_millis(350)), "350 ms");
+        assert_eq!(human_duration(Duration::from_micros(40_000_001)), "41 s");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2 min");
+        assert_eq!(human_duration(Duration::from_secs(125)), "2 min 5 s");
+        assert_eq!(human_duration(Duration::from_secs(3700)), "1 h 1 min");
+    }
+}

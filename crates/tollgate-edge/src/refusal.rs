@@ -1,0 +1,73 @@
+//! How a refused `tools/call` reaches the agent: by default a `CallToolResult` with
+//! `isError: true`, whose text the model reads and can act on, with machine-readable
+//! details under `_meta["tollgate/decision"]`; or, if configured, a JSON-RPC error.
+
+use serde_json::{json, Value};
+use tollgate_decision::proto::{Decision, Verdict};
+
+use crate::jsonrpc;
+use crate::settings::RefusalMode;
+
+pub const META_KEY: &str = "tollgate/decision";
+
+pub fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Allow => "ALLOW",
+        Verdict::Deny => "DENY",
+        Verdict::RateLimited => "RATE_LIMITED",
+        Verdict::ApprovalRequired => "APPROVAL_REQUIRED",
+        Verdict::Unspecified => "UNSPECIFIED",
+    }
+}
+
+/// The decision as the agent sees it under `_meta` (or `error.data`).
+pub fn details(decision: &Decision) -> Value {
+    let limits: Vec<Value> = decision
+        .limits
+        .iter()
+        .map(|l| {
+            json!({
+                "counter": l.counter, "scope": l.scope, "window": l.window, "limit": l.limit,
+                "remaining": l.remaining, "reset_after_ms": l.reset_after_ms,
+                "retry_after_ms": l.retry_after_ms, "exceeded": l.exceeded
+            })
+        })
+        .collect();
+    json!({
+        "verdict": verdict_name(decision.verdict()),
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "decision_id": decision.decision_id,
+        "retry_after_ms": decision.retry_after_ms,
+        "limits": limits,
+    })
+}
+
+/// The full JSON-RPC answer to a refused `tools/call` with id `id`.
+pub fn body(id: &Value, decision: &Decision, mode: RefusalMode) -> Value {
+    let text = format!("Tollgate refused this call: {}", decision.reason);
+    match mode {
+        RefusalMode::Result => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {
+                "content": [{"type": "text", "text": text}],
+                "isError": true,
+                "_meta": {META_KEY: details(decision)}
+            }
+        }),
+        RefusalMode::Error => jsonrpc::error_body(Some(id), jsonrpc::REFUSED, &text, Some(details(decision))),
+    }
+}
+
+/// The decision an edge makes for itself when no decision service answers (fail closed).
+pub fn unavailable(cause: &str) -> Decision {
+    let mut decision = Decision {
+        decision_id: uuid::Uuid::now_v7().to_string(),
+        rule: "edge.fail_open = false".into(),
+        reason: format!("the decision service is unavailable ({cause}), so the call was not forwarded; try again shortly"),
+        ..Default::default()
+    };
+    decision.set_verdict(Verdict::Deny);
+    decision
+}

@@ -1,0 +1,144 @@
+//! Talking to upstream MCP servers: which headers cross the edge in each direction, and
+//! turning transport failures into answers that name the upstream.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::settings::UpstreamSettings;
+use crate::EdgeError;
+
+/// Agent request headers passed to the upstream. Everything else, `Authorization` first of
+/// all, stays at the edge.
+const FORWARDED_REQUEST_HEADERS: [&str; 5] = ["accept", "content-type", "mcp-session-id", "mcp-protocol-version", "last-event-id"];
+/// Upstream response headers passed to the agent.
+const FORWARDED_RESPONSE_HEADERS: [&str; 4] = ["content-type", "mcp-session-id", "mcp-protocol-version", "cache-control"];
+
+pub type HttpClient = Client<HttpConnector, Body>;
+
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// One configured upstream MCP server.
+pub struct Upstream {
+    pub name: String,
+    uri: Uri,
+    injected: HeaderMap,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream MCP server \"{name}\" ({url}) is unreachable: {cause}")]
+    Unreachable { name: String, url: String, cause: String },
+    #[error("upstream MCP server \"{name}\" ({url}) did not answer within {ms} ms")]
+    Timeout { name: String, url: String, ms: u128 },
+    #[error("upstream MCP server \"{name}\" rejected the edge's credentials (HTTP {status}); check [[upstreams]] headers")]
+    Credentials { name: String, status: u16 },
+}
+
+impl UpstreamError {
+    /// HTTP status for the agent: 504 for timeouts, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, EdgeError> {
+        let bad = |why: String| EdgeError::Config(format!("upstream \"{}\": {why}", settings.name));
+        if settings.name.is_empty() || !settings.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+            return Err(bad("name must be letters, digits, '_', '-' or '.' (it becomes the path /mcp/{name})".into()));
+        }
+        let uri: Uri = settings.url.parse().map_err(|e| bad(format!("invalid url \"{}\": {e}", settings.url)))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad("https upstreams are not supported yet: reach the server over http inside its network, or through a TLS-terminating sidecar".into()));
+            }
+            _ => return Err(bad(format!("url \"{}\" must start with http://", settings.url))),
+        }
+        let mut injected = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let name = HeaderName::try_from(name.as_str()).map_err(|_| bad(format!("invalid header name \"{name}\"")))?;
+            let value = HeaderValue::try_from(value.as_str()).map_err(|_| bad(format!("invalid value for header \"{name}\"")))?;
+            injected.insert(name, value);
+        }
+        Ok(Upstream { name: settings.name.clone(), uri, injected })
+    }
+
+    pub fn url(&self) -> String {
+        self.uri.to_string()
+    }
+
+    /// Sends one request and waits (up to `timeout`) for the response head; the body
+    /// streams afterwards.
+    pub async fn send(
+        &self,
+        client: &HttpClient,
+        method: Method,
+        agent_headers: &HeaderMap,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut request = Request::builder().method(method).uri(self.uri.clone());
+        if let Some(headers) = request.headers_mut() {
+            for name in FORWARDED_REQUEST_HEADERS {
+                for value in agent_headers.get_all(name) {
+                    headers.append(name, value.clone());
+                }
+            }
+            for (name, value) in &self.injected {
+                headers.insert(name, value.clone());
+            }
+        }
+        let request = request.body(body).map_err(|e| self.unreachable(e.to_string()))?;
+        let response = match tokio::time::timeout(timeout, client.request(request)).await {
+            Err(_) => return Err(UpstreamError::Timeout { name: self.name.clone(), url: self.url(), ms: timeout.as_millis() }),
+            Ok(Err(e)) => return Err(self.unreachable(describe(&e))),
+            Ok(Ok(r)) => r,
+        };
+        if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(UpstreamError::Credentials { name: self.name.clone(), status: response.status().as_u16() });
+        }
+        Ok(response)
+    }
+
+    fn unreachable(&self, cause: String) -> UpstreamError {
+        UpstreamError::Unreachable { name: self.name.clone(), url: self.url(), cause }
+    }
+}
+
+/// The innermost cause of a client error ("connection refused"), which is what an operator
+/// needs; hyper's outer message is generic.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
+/// The response headers an agent may see.
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED_RESPONSE_HEADERS {
+        for value in upstream.get_all(name) {
+            headers.append(name, value.clone());
+        }
+    }
+    headers
+}

@@ -1,0 +1,217 @@
+//! One function per subcommand: load what it needs, start the components, wait.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tollgate_decision::{Engine, GrpcDecider, PolicyStatus};
+use tollgate_edge::EdgeParts;
+use tollgate_limiter::MemoryStore;
+use tollgate_policy::{Action, Annotations, Call};
+
+use crate::config::{Config, StoreKind};
+use crate::shutdown::Shutdown;
+
+/// The key the quick-start config's `demo` grant is made for (see examples/tollgate.toml).
+const DEMO_KEY: &str = "tg_demo_key";
+
+pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    init_logging(&config.log.level)?;
+    runtime()?.block_on(async move {
+        let shutdown = Shutdown::on_signals();
+        if let Some(listen) = &demo_listen {
+            let listener = bind(listen, "demo MCP server").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(tollgate_demo::serve(listener, Default::default(), shutdown.requested()));
+            println!("tollgate demo-upstream listening on http://{addr}/mcp");
+        }
+        let (engine, status) = start_engine(&config).await?;
+        let parts = EdgeParts {
+            settings: config.edge.clone(),
+            upstreams: config.upstreams.clone(),
+            grants: config.grants.clone(),
+            decider: engine,
+            policy_status: status,
+        };
+        let router = tollgate_edge::router(parts)?;
+        let listener = bind(&config.edge.listen.to_string(), "edge").await?;
+        let addr = listener.local_addr()?;
+        println!("tollgate up: edge + decision in one process, memory store, listening on http://{addr}");
+        print_endpoints(&config, addr, demo_listen.is_some());
+        let drain = Duration::from_millis(config.edge.drain_timeout_ms);
+        let served = shutdown.drain(drain, tollgate_edge::serve(listener, router, shutdown.requested())).await;
+        served.transpose()?;
+        Ok(())
+    })
+}
+
+pub fn edge(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    init_logging(&config.log.level)?;
+    runtime()?.block_on(async move {
+        let shutdown = Shutdown::on_signals();
+        let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
+        let decider = GrpcDecider::new(&config.edge.decision, timeout)?;
+        let parts = EdgeParts {
+            settings: config.edge.clone(),
+            upstreams: config.upstreams.clone(),
+            grants: config.grants.clone(),
+            decider: Arc::new(decider),
+            policy_status: None,
+        };
+        let router = tollgate_edge::router(parts)?;
+        let listener = bind(&config.edge.listen.to_string(), "edge").await?;
+        let addr = listener.local_addr()?;
+        println!("tollgate edge listening on http://{addr} (decision: {})", config.edge.decision.join(", "));
+        print_endpoints(&config, addr, false);
+        let drain = Duration::from_millis(config.edge.drain_timeout_ms);
+        let served = shutdown.drain(drain, tollgate_edge::serve(listener, router, shutdown.requested())).await;
+        served.transpose()?;
+        Ok(())
+    })
+}
+
+pub fn decision(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    init_logging(&config.log.level)?;
+    runtime()?.block_on(async move {
+        let shutdown = Shutdown::on_signals();
+        let settings = config.decision()?;
+        let (engine, _status) = start_engine(&config).await?;
+        let listener = bind(&settings.listen.to_string(), "decision service").await?;
+        let addr = listener.local_addr()?;
+        println!("tollgate decision listening on http://{addr} (store: {})", engine.store_kind());
+        let drain = Duration::from_millis(config.edge.drain_timeout_ms);
+        let served = shutdown.drain(drain, tollgate_decision::serve(listener, engine, shutdown.requested())).await;
+        served.transpose()?;
+        Ok(())
+    })
+}
+
+pub fn demo_upstream(listen: &str, sse: bool) -> anyhow::Result<()> {
+    init_logging("info")?;
+    runtime()?.block_on(async move {
+        let shutdown = Shutdown::on_signals();
+        let listener = bind(listen, "demo MCP server").await?;
+        println!("tollgate demo-upstream listening on http://{}/mcp", listener.local_addr()?);
+        let options = tollgate_demo::DemoOptions { sse };
+        shutdown.drain(Duration::from_secs(5), tollgate_demo::serve(listener, options, shutdown.requested())).await.transpose()?;
+        Ok(())
+    })
+}
+
+pub fn policy_check(file: &Path) -> ExitCode {
+    match tollgate_policy::load_file(file) {
+        Ok(compiled) => {
+            for w in &compiled.warnings {
+                println!("{w}");
+            }
+            println!("{}: ok ({} warning{})", file.display(), compiled.warnings.len(), if compiled.warnings.len() == 1 { "" } else { "s" });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: {} error{}", file.display(), e.errors.len(), if e.errors.len() == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn policy_explain(file: &Path, server: &str, tool: &str, grant: &str, agent: &str, args: Option<&str>) -> anyhow::Result<()> {
+    let compiled = tollgate_policy::load_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let arguments: serde_json::Value = match args {
+        Some(text) => serde_json::from_str(text).context("--args must be a JSON object")?,
+        None => serde_json::Value::Null,
+    };
+    if !(arguments.is_object() || arguments.is_null()) {
+        bail!("--args must be a JSON object");
+    }
+    let policy = &compiled.policy;
+    let annotations = Annotations::default();
+    let rule = policy.rule_for(server, tool, grant, annotations);
+    let agent = if agent.is_empty() { grant } else { agent };
+    let call = Call { server, tool, grant, agent, session: "", arguments: &arguments, annotations };
+    println!("rule:   {}", rule.label);
+    println!("action: {}", rule.action);
+    if let Some(reason) = &rule.reason {
+        println!("reason: {reason}");
+    }
+    if rule.action == Action::Allow {
+        let hits = policy.counter_hits(rule, &call);
+        if hits.is_empty() {
+            println!("limits: none: every call is admitted");
+        }
+        for hit in hits {
+            println!("limit:  {} = {} ({}, cost {}), key {}", hit.limit.counter, hit.limit.describe(), hit.limit.algorithm, hit.limit.cost, hit.key);
+        }
+    }
+    println!("(tool annotations are unknown here, so class rules see the MCP defaults: destructive, open world)");
+    Ok(())
+}
+
+pub fn keygen() -> anyhow::Result<()> {
+    let key = format!("tg_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    println!("key (give to the agent, store nowhere else): {key}");
+    println!("[[grants]] entry:\n  key_sha256 = \"{hash}\"");
+    Ok(())
+}
+
+async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Arc<PolicyStatus>>)> {
+    let settings = config.decision()?;
+    let compiled = tollgate_policy::load_file(&settings.policy).map_err(|e| anyhow::anyhow!("invalid policy, refusing to start:\n{e}"))?;
+    for w in &compiled.warnings {
+        tracing::warn!("policy warning: {w}");
+    }
+    let store = match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::default()),
+    };
+    let engine = Arc::new(Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms)));
+    tracing::info!(policy = %settings.policy.display(), "policy loaded");
+    let status = (settings.reload_interval_ms > 0).then(|| {
+        tollgate_decision::watch_policy(engine.clone(), settings.policy.clone(), Duration::from_millis(settings.reload_interval_ms))
+    });
+    Ok((engine, status))
+}
+
+fn print_endpoints(config: &Config, addr: SocketAddr, demo: bool) {
+    for u in &config.upstreams {
+        println!("  MCP endpoint http://{addr}/mcp/{}  ->  {}", u.name, u.url);
+    }
+    let demo_grant = config.grants.iter().find(|g| g.key_sha256.eq_ignore_ascii_case(&hex::encode(Sha256::digest(DEMO_KEY))));
+    if let (true, Some(grant), Some(upstream)) = (demo, demo_grant, config.upstreams.first()) {
+        println!("Try it (grant \"{}\"):", grant.name);
+        println!(
+            "  curl -s http://{addr}/mcp/{} -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' \
+             -H 'Accept: application/json, text/event-stream' \
+             -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"k8s_rollout_pause\",\"arguments\":{{\"namespace\":\"default\",\"name\":\"web\"}}}}}}'",
+            upstream.name
+        );
+    }
+}
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} for the {what}"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(from_env).context("invalid RUST_LOG")?,
+        _ => EnvFilter::try_new(level).with_context(|| format!("invalid log.level \"{level}\""))?,
+    };
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! One `Config` for every subcommand: a TOML file plus `TOLLGATE_*` environment variables
+//! (`__` separates levels: `TOLLGATE_EDGE__LISTEN=0.0.0.0:8080`). Validated once at start.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tollgate_decision::DecisionSettings;
+use tollgate_edge::{EdgeSettings, GrantSettings, UpstreamSettings};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub edge: EdgeSettings,
+    #[serde(default)]
+    pub decision: Option<DecisionSettings>,
+    #[serde(default)]
+    pub store: StoreSettings,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSettings>,
+    #[serde(default)]
+    pub grants: Vec<GrantSettings>,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// `[store]`: where rate-limit counters live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `memory` (default): counters in this process.
+    #[serde(default)]
+    pub kind: StoreKind,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Memory,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter, e.g. `info` or `tollgate=debug,info`. `RUST_LOG` wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { level: default_level() }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        if !path.exists() {
+            bail!("config file {} does not exist", path.display());
+        }
+        let source = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("TOLLGATE")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("edge.decision")
+                    .try_parsing(true),
+            )
+            .build()
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut config: Config = source
+            .try_deserialize()
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(decision) = &mut config.decision {
+            decision.policy = resolve(base, &decision.policy);
+        }
+        Ok(config)
+    }
+
+    /// The `[decision]` section, which `up` and `decision` need.
+    pub fn decision(&self) -> anyhow::Result<&DecisionSettings> {
+        self.decision
+            .as_ref()
+            .context("the config has no [decision] section: set at least decision.policy = \"policy.json\"")
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_owned() } else { base.join(path) }
+}
