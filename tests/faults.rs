@@ -1,0 +1,224 @@
+//! Bad input and faults (SPEC §6): each gets a clear, specific answer and nothing panics.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{refusal, run, text, write_config, Mcp, Proc, KEY_A};
+
+/// `tollgate up` in front of a JSON demo upstream, with the seed policy.
+fn gateway(tag: &str) -> (Proc, Proc, std::path::PathBuf) {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir(tag);
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy("minute"), "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    (upstream, up, dir)
+}
+
+async fn raw_post(url: &str, key: Option<&str>, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", content_type)
+        .header("Accept", "application/json, text/event-stream")
+        .body(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap_or_default())
+}
+
+fn error_code(body: &str) -> i64 {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON-RPC error body expected ({e}): {body}"));
+    v.pointer("/error/code").and_then(Value::as_i64).unwrap_or_else(|| panic!("no error code: {body}"))
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_messages_get_json_rpc_errors() {
+    let (_upstream, up, _dir) = gateway("malformed");
+    let url = up.url("/mcp/k8s");
+    let (status, _, body) = raw_post(&url, Some(KEY_A), "application/json", "{\"jsonrpc\": \"2.0\", ").await;
+    assert_eq!((status, error_code(&body)), (400, -32700), "{body}");
+
+    for bad in [json!({"id": 1, "method": "ping"}), json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"}), json!({"jsonrpc": "2.0", "id": 1}), json!(42), json!([])] {
+        let (status, _, body) = raw_post(&url, Some(KEY_A), "application/json", bad.to_string()).await;
+        assert_eq!((status, error_code(&body)), (400, -32600), "{bad} -> {body}");
+    }
+    let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "k8s_rollout_pause"}}]);
+    let (status, _, body) = raw_post(&url, Some(KEY_A), "application/json", batch.to_string()).await;
+    assert_eq!((status, error_code(&body)), (400, -32600));
+    assert!(body.contains("batch"), "{body}");
+
+    let (status, _, body) = raw_post(&url, Some(KEY_A), "text/plain", "{}").await;
+    assert_eq!((status, error_code(&body)), (415, -32600), "{body}");
+
+    let mut agent = Mcp::new(&url, KEY_A);
+    let answer = agent.request("tools/call", json!({"arguments": {}})).await;
+    assert_eq!(answer.message.pointer("/error/code"), Some(&json!(-32602)), "{}", answer.message);
+    let answer = agent.request("tools/call", json!({"name": "k8s_rollout_pause", "arguments": [1, 2]})).await;
+    assert_eq!(answer.message.pointer("/error/code"), Some(&json!(-32602)), "{}", answer.message);
+
+    // Still serving after all of that.
+    assert_eq!(reqwest::get(up.url("/healthz")).await.expect("healthz").status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn unknown_server_is_404_and_oversized_body_is_413() {
+    let (_upstream, up, _dir) = gateway("sizes");
+    let (status, _, body) = raw_post(&up.url("/mcp/nope"), Some(KEY_A), "application/json", "{}").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("unknown MCP server \\\"nope\\\"") && body.contains("k8s"), "{body}");
+
+    let padding = "x".repeat(4 * 1024 * 1024 + 1);
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "k8s_rollout_pause", "arguments": {"pad": padding}}});
+    let (status, _, _) = raw_post(&up.url("/mcp/k8s"), Some(KEY_A), "application/json", big.to_string()).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn missing_or_wrong_key_is_401_with_www_authenticate() {
+    let (_upstream, up, _dir) = gateway("auth");
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
+    for key in [None, Some("not-a-key")] {
+        let (status, headers, _) = raw_post(&up.url("/mcp/k8s"), key, "application/json", ping.clone()).await;
+        assert_eq!(status, 401, "key {key:?}");
+        let challenge = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(challenge.starts_with("Bearer realm=\"tollgate\""), "{challenge}");
+    }
+    // Unknown servers are not revealed to unauthenticated callers.
+    let (status, _, _) = raw_post(&up.url("/mcp/nope"), None, "application/json", ping).await;
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn invalid_policy_refuses_to_start_with_file_line_and_column() {
+    let dir = support::temp_dir("badpolicy");
+    let policy = "{\n  \"version\": \"1\",\n  \"tools\": {\n    \"t\": {\"limits\": [{\"counter\": \"c\", \"window\": \"7x\", \"max\": 1}]}\n  }\n}";
+    let config = write_config(&dir, "http://127.0.0.1:9/mcp", &[], policy, "");
+    let (code, _, stderr) = run(&["decision", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    let expected = format!("{}:4:", dir.join("policy.json").display());
+    assert!(stderr.contains(&expected) && stderr.contains("invalid window \"7x\""), "{stderr}");
+
+    let (code, _, stderr) = run(&["policy", "check", dir.join("policy.json").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains(&expected), "{stderr}");
+    let (code, stdout, _) = run(&["policy", "check", "examples/policy.json"]);
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_json_rpc_error_naming_the_upstream() {
+    let dir = support::temp_dir("upstream-down");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
+    let config = write_config(&dir, &format!("http://{dead}/mcp"), &[], &support::seed_policy("minute"), "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    let answer = agent.request("tools/call", json!({"name": "k8s_rollout_pause", "arguments": {"namespace": "a", "name": "b"}})).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.message["id"], json!(2), "the error answers the request's id");
+    let message = answer.message.pointer("/error/message").and_then(Value::as_str).unwrap_or_default();
+    assert!(message.contains("upstream MCP server \"k8s\"") && message.contains(&dead.to_string()), "{message}");
+}
+
+#[tokio::test]
+async fn decision_service_down_refuses_and_never_forwards() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("decision-down");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[format!("http://{dead}")], &support::seed_policy("minute"), "decision_timeout_ms = 500");
+    let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    let result = agent.call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"})).await;
+    let details = refusal(&result).unwrap_or_else(|| panic!("must be refused: {result}"));
+    assert_eq!(details["verdict"], "DENY");
+    assert!(text(&result).contains("decision service is unavailable") && text(&result).contains(&dead.to_string()), "{result}");
+    let ready = reqwest::get(edge.url("/readyz")).await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+}
+
+#[tokio::test]
+async fn edge_fails_over_to_a_live_decision_replica() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("failover");
+    let bootstrap = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy("minute"), "");
+    let live = Proc::start("decision", &["decision", "--config", bootstrap.to_str().unwrap()], &[]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
+    let replicas = [format!("http://{dead}"), live.url("")];
+    let config = write_config(&dir, &upstream.url("/mcp"), &replicas, &support::seed_policy("minute"), "");
+    let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    for i in 0..4 {
+        let result = agent.call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"})).await;
+        assert!(refusal(&result).is_none(), "call {i} answered by the live replica: {result}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_policy_on_reload_keeps_the_last_good_policy() {
+    let (_upstream, up, dir) = gateway("reload");
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    let args = json!({"namespace": "default"});
+    assert!(refusal(&agent.call("k8s_get_pods", args.clone()).await).is_some());
+
+    std::fs::write(dir.join("policy.json"), "{\"version\": \"1\", \"tools\": {\"k8s_get_pods\": {\"action\": \"maybe\"}}}").expect("write");
+    let mut detail = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let ready = reqwest::get(up.url("/readyz")).await.expect("readyz");
+        assert_eq!(ready.status().as_u16(), 200, "the old policy still serves");
+        detail = ready.text().await.unwrap_or_default();
+        if detail.contains("rejected") {
+            break;
+        }
+    }
+    assert!(detail.contains("last reload rejected") && detail.contains("policy.json:1:"), "{detail}");
+    assert!(refusal(&agent.call("k8s_get_pods", args.clone()).await).is_some(), "still the old policy");
+
+    let allow_reads = "{\"version\": \"1\", \"default\": \"deny\", \"tools\": {\"k8s_get_pods\": {}}}";
+    std::fs::write(dir.join("policy.json"), allow_reads).expect("write");
+    let mut admitted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if refusal(&agent.call("k8s_get_pods", args.clone()).await).is_none() {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "the corrected policy is picked up without a restart");
+}
+
+#[tokio::test]
+async fn get_stream_and_delete_pass_through_with_the_session() {
+    let (_upstream, up, _dir) = gateway("stream");
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let session = agent.session.clone().expect("session id");
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .get(up.url("/mcp/k8s"))
+        .bearer_auth(KEY_A)
+        .header("Accept", "text/event-stream")
+        .header("Mcp-Session-Id", &session)
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(stream.status().as_u16(), 200);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk()).await.expect("first event in time").expect("chunk").expect("data");
+    assert!(String::from_utf8_lossy(&first).contains("server-to-client stream open"));
+
+    let deleted = client.delete(up.url("/mcp/k8s")).bearer_auth(KEY_A).header("Mcp-Session-Id", &session).send().await.expect("DELETE");
+    assert_eq!(deleted.status().as_u16(), 200);
+    let after = agent.request("ping", json!({})).await;
+    assert_eq!(after.status, 404, "the upstream's answer for an ended session passes through");
+}
+
+#[test]
+fn sigterm_exits_cleanly() {
+    let dir = support::temp_dir("sigterm");
+    let config = write_config(&dir, "http://127.0.0.1:9/mcp", &[], &support::seed_policy("minute"), "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let status = up.terminate();
+    assert!(status.success(), "exit status {status:?}");
+}
