@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tollgate_decision::{Engine, GrpcDecider, PolicyStatus};
@@ -45,7 +45,9 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
         println!("tollgate up: edge + decision in one process, memory store, listening on http://{addr}");
         print_endpoints(&config, addr, demo_listen.is_some());
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
-        let served = shutdown.drain(drain, tollgate_edge::serve(listener, router, shutdown.requested())).await;
+        let served = shutdown
+            .drain(drain, tollgate_edge::serve(listener, router, shutdown.requested()))
+            .await;
         served.transpose()?;
         Ok(())
     })
@@ -68,10 +70,15 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
         let router = tollgate_edge::router(parts)?;
         let listener = bind(&config.edge.listen.to_string(), "edge").await?;
         let addr = listener.local_addr()?;
-        println!("tollgate edge listening on http://{addr} (decision: {})", config.edge.decision.join(", "));
+        println!(
+            "tollgate edge listening on http://{addr} (decision: {})",
+            config.edge.decision.join(", ")
+        );
         print_endpoints(&config, addr, false);
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
-        let served = shutdown.drain(drain, tollgate_edge::serve(listener, router, shutdown.requested())).await;
+        let served = shutdown
+            .drain(drain, tollgate_edge::serve(listener, router, shutdown.requested()))
+            .await;
         served.transpose()?;
         Ok(())
     })
@@ -86,9 +93,14 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let (engine, _status) = start_engine(&config).await?;
         let listener = bind(&settings.listen.to_string(), "decision service").await?;
         let addr = listener.local_addr()?;
-        println!("tollgate decision listening on http://{addr} (store: {})", engine.store_kind());
+        println!(
+            "tollgate decision listening on http://{addr} (store: {})",
+            engine.store_kind()
+        );
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
-        let served = shutdown.drain(drain, tollgate_decision::serve(listener, engine, shutdown.requested())).await;
+        let served = shutdown
+            .drain(drain, tollgate_decision::serve(listener, engine, shutdown.requested()))
+            .await;
         served.transpose()?;
         Ok(())
     })
@@ -99,9 +111,18 @@ pub fn demo_upstream(listen: &str, sse: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let shutdown = Shutdown::on_signals();
         let listener = bind(listen, "demo MCP server").await?;
-        println!("tollgate demo-upstream listening on http://{}/mcp", listener.local_addr()?);
+        println!(
+            "tollgate demo-upstream listening on http://{}/mcp",
+            listener.local_addr()?
+        );
         let options = tollgate_demo::DemoOptions { sse };
-        shutdown.drain(Duration::from_secs(5), tollgate_demo::serve(listener, options, shutdown.requested())).await.transpose()?;
+        shutdown
+            .drain(
+                Duration::from_secs(5),
+                tollgate_demo::serve(listener, options, shutdown.requested()),
+            )
+            .await
+            .transpose()?;
         Ok(())
     })
 }
@@ -112,18 +133,35 @@ pub fn policy_check(file: &Path) -> ExitCode {
             for w in &compiled.warnings {
                 println!("{w}");
             }
-            println!("{}: ok ({} warning{})", file.display(), compiled.warnings.len(), if compiled.warnings.len() == 1 { "" } else { "s" });
+            println!(
+                "{}: ok ({} warning{})",
+                file.display(),
+                compiled.warnings.len(),
+                if compiled.warnings.len() == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("{}: {} error{}", file.display(), e.errors.len(), if e.errors.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: {} error{}",
+                file.display(),
+                e.errors.len(),
+                if e.errors.len() == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }
 }
 
-pub fn policy_explain(file: &Path, server: &str, tool: &str, grant: &str, agent: &str, args: Option<&str>) -> anyhow::Result<()> {
+pub fn policy_explain(
+    file: &Path,
+    server: &str,
+    tool: &str,
+    grant: &str,
+    agent: &str,
+    args: Option<&str>,
+) -> anyhow::Result<()> {
     let compiled = tollgate_policy::load_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let arguments: serde_json::Value = match args {
         Some(text) => serde_json::from_str(text).context("--args must be a JSON object")?,
@@ -136,7 +174,15 @@ pub fn policy_explain(file: &Path, server: &str, tool: &str, grant: &str, agent:
     let annotations = Annotations::default();
     let rule = policy.rule_for(server, tool, grant, annotations);
     let agent = if agent.is_empty() { grant } else { agent };
-    let call = Call { server, tool, grant, agent, session: "", arguments: &arguments, annotations };
+    let call = Call {
+        server,
+        tool,
+        grant,
+        agent,
+        session: "",
+        arguments: &arguments,
+        annotations,
+    };
     println!("rule:   {}", rule.label);
     println!("action: {}", rule.action);
     if let Some(reason) = &rule.reason {
@@ -148,7 +194,14 @@ pub fn policy_explain(file: &Path, server: &str, tool: &str, grant: &str, agent:
             println!("limits: none: every call is admitted");
         }
         for hit in hits {
-            println!("limit:  {} = {} ({}, cost {}), key {}", hit.limit.counter, hit.limit.describe(), hit.limit.algorithm, hit.limit.cost, hit.key);
+            println!(
+                "limit:  {} = {} ({}, cost {}), key {}",
+                hit.limit.counter,
+                hit.limit.describe(),
+                hit.limit.algorithm,
+                hit.limit.cost,
+                hit.key
+            );
         }
     }
     println!("(tool annotations are unknown here, so class rules see the MCP defaults: destructive, open world)");
@@ -165,17 +218,26 @@ pub fn keygen() -> anyhow::Result<()> {
 
 async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Arc<PolicyStatus>>)> {
     let settings = config.decision()?;
-    let compiled = tollgate_policy::load_file(&settings.policy).map_err(|e| anyhow::anyhow!("invalid policy, refusing to start:\n{e}"))?;
+    let compiled = tollgate_policy::load_file(&settings.policy)
+        .map_err(|e| anyhow::anyhow!("invalid policy, refusing to start:\n{e}"))?;
     for w in &compiled.warnings {
         tracing::warn!("policy warning: {w}");
     }
     let store = match config.store.kind {
         StoreKind::Memory => Arc::new(MemoryStore::default()),
     };
-    let engine = Arc::new(Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms)));
+    let engine = Arc::new(Engine::new(
+        compiled.policy,
+        store,
+        Duration::from_millis(settings.store_timeout_ms),
+    ));
     tracing::info!(policy = %settings.policy.display(), "policy loaded");
     let status = (settings.reload_interval_ms > 0).then(|| {
-        tollgate_decision::watch_policy(engine.clone(), settings.policy.clone(), Duration::from_millis(settings.reload_interval_ms))
+        tollgate_decision::watch_policy(
+            engine.clone(),
+            settings.policy.clone(),
+            Duration::from_millis(settings.reload_interval_ms),
+        )
     });
     Ok((engine, status))
 }
@@ -184,7 +246,10 @@ fn print_endpoints(config: &Config, addr: SocketAddr, demo: bool) {
     for u in &config.upstreams {
         println!("  MCP endpoint http://{addr}/mcp/{}  ->  {}", u.name, u.url);
     }
-    let demo_grant = config.grants.iter().find(|g| g.key_sha256.eq_ignore_ascii_case(&hex::encode(Sha256::digest(DEMO_KEY))));
+    let demo_grant = config.grants.iter().find(|g| {
+        g.key_sha256
+            .eq_ignore_ascii_case(&hex::encode(Sha256::digest(DEMO_KEY)))
+    });
     if let (true, Some(grant), Some(upstream)) = (demo, demo_grant, config.upstreams.first()) {
         println!("Try it (grant \"{}\"):", grant.name);
         println!(
@@ -197,11 +262,16 @@ fn print_endpoints(config: &Config, addr: SocketAddr, demo: bool) {
 }
 
 async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} for the {what}"))
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for the {what}"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -212,6 +282,10 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     };
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
     Ok(())
 }

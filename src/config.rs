@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde::Deserialize;
 use tollgate_decision::DecisionSettings;
 use tollgate_edge::{EdgeSettings, GrantSettings, UpstreamSettings};
@@ -96,5 +96,9 @@ impl Config {
 }
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_owned() } else { base.join(path) }
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
 }

@@ -87,14 +87,28 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Up { config, demo, demo_listen } => commands::up(&config, demo.then_some(demo_listen)),
+        Command::Up {
+            config,
+            demo,
+            demo_listen,
+        } => commands::up(&config, demo.then_some(demo_listen)),
         Command::Edge { config } => commands::edge(&config),
         Command::Decision { config } => commands::decision(&config),
         Command::DemoUpstream { listen, sse } => commands::demo_upstream(&listen, sse),
-        Command::Policy { command: PolicyCommand::Check { file } } => return commands::policy_check(&file),
-        Command::Policy { command: PolicyCommand::Explain { file, tool, grant, server, agent, args } } => {
-            commands::policy_explain(&file, &server, &tool, &grant, &agent, args.as_deref())
-        }
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => return commands::policy_check(&file),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    file,
+                    tool,
+                    grant,
+                    server,
+                    agent,
+                    args,
+                },
+        } => commands::policy_explain(&file, &server, &tool, &grant, &agent, args.as_deref()),
         Command::Keygen => commands::keygen(),
     };
     match result {

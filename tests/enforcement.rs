@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{refusal, text, write_config, Mcp, Proc, KEY_A, KEY_B};
+use support::{KEY_A, KEY_B, Mcp, Proc, refusal, text, write_config};
 
 const WINDOW: &str = "3s";
 
@@ -16,7 +16,10 @@ async fn seed_policy_is_enforced(endpoints: &[String]) {
     let edge = |i: usize| endpoints[i % endpoints.len()].as_str();
     let mut a = Mcp::new(edge(0), KEY_A);
     let init = a.initialize().await;
-    assert_eq!(init.message.pointer("/result/serverInfo/name"), Some(&json!("tollgate-demo-upstream")));
+    assert_eq!(
+        init.message.pointer("/result/serverInfo/name"),
+        Some(&json!("tollgate-demo-upstream"))
+    );
     assert!(a.session.is_some(), "the upstream's Mcp-Session-Id reaches the agent");
 
     // tools/list shows only what the grant could ever call: the seed denies all but one.
@@ -28,7 +31,10 @@ async fn seed_policy_is_enforced(endpoints: &[String]) {
     let details = refusal(&denied).unwrap_or_else(|| panic!("k8s_get_pods must be refused: {denied}"));
     assert_eq!(details["verdict"], "DENY");
     assert_eq!(details["rule"], "default");
-    assert!(text(&denied).contains("k8s_get_pods") && text(&denied).contains("default is deny"), "{denied}");
+    assert!(
+        text(&denied).contains("k8s_get_pods") && text(&denied).contains("default is deny"),
+        "{denied}"
+    );
 
     // 10 calls per window for grant A, through both edges alternately; the 11th is refused.
     let args = json!({"namespace": "default", "name": "web"});
@@ -36,25 +42,41 @@ async fn seed_policy_is_enforced(endpoints: &[String]) {
         let mut client = a.via(edge(i));
         let result = client.call("k8s_rollout_pause", args.clone()).await;
         assert!(refusal(&result).is_none(), "call {} must be admitted: {result}", i + 1);
-        assert!(text(&result).contains("paused rollout of deployment default/web"), "{result}");
+        assert!(
+            text(&result).contains("paused rollout of deployment default/web"),
+            "{result}"
+        );
     }
     let limited = a.via(edge(10)).call("k8s_rollout_pause", args.clone()).await;
     let details = refusal(&limited).unwrap_or_else(|| panic!("11th call must be refused: {limited}"));
     assert_eq!(details["verdict"], "RATE_LIMITED");
     assert_eq!(details["rule"], "tools[\"k8s_rollout_pause\"]");
     let retry_after_ms = details["retry_after_ms"].as_u64().expect("retry_after_ms");
-    assert!(retry_after_ms > 0 && retry_after_ms <= 3000, "retry after {retry_after_ms} ms");
+    assert!(
+        retry_after_ms > 0 && retry_after_ms <= 3000,
+        "retry after {retry_after_ms} ms"
+    );
     assert_eq!(details["limits"][0]["remaining"], 0);
-    assert!(text(&limited).contains("rate limit k8s_rollout_pause_rate: 10 per 3s per grant; retry in"), "{limited}");
+    assert!(
+        text(&limited).contains("rate limit k8s_rollout_pause_rate: 10 per 3s per grant; retry in"),
+        "{limited}"
+    );
 
     // Grant B has its own budget.
     let mut b = Mcp::new(edge(1), KEY_B);
     b.initialize().await;
     for i in 0..10 {
         let result = b.via(edge(i)).call("k8s_rollout_pause", args.clone()).await;
-        assert!(refusal(&result).is_none(), "grant B call {} must be admitted: {result}", i + 1);
+        assert!(
+            refusal(&result).is_none(),
+            "grant B call {} must be admitted: {result}",
+            i + 1
+        );
     }
-    assert!(refusal(&b.call("k8s_rollout_pause", args.clone()).await).is_some(), "grant B's 11th is refused");
+    assert!(
+        refusal(&b.call("k8s_rollout_pause", args.clone()).await).is_some(),
+        "grant B's 11th is refused"
+    );
 
     // Once the window has slid past the first calls, A is admitted again.
     tokio::time::sleep(Duration::from_millis(retry_after_ms + 50)).await;
@@ -66,11 +88,21 @@ async fn seed_policy_is_enforced(endpoints: &[String]) {
 async fn split_deployment_two_edges_share_one_decision_service() {
     // The upstream answers with SSE streams, so pass-through and tools/list filtering of
     // event streams are exercised too.
-    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0", "--sse"], &[]);
+    let upstream = Proc::start(
+        "demo-upstream",
+        &["demo-upstream", "--listen", "127.0.0.1:0", "--sse"],
+        &[],
+    );
     let dir = support::temp_dir("split");
     let bootstrap = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy(WINDOW), "");
     let decision = Proc::start("decision", &["decision", "--config", bootstrap.to_str().unwrap()], &[]);
-    let config = write_config(&dir, &upstream.url("/mcp"), &[decision.url("")], &support::seed_policy(WINDOW), "");
+    let config = write_config(
+        &dir,
+        &upstream.url("/mcp"),
+        &[decision.url("")],
+        &support::seed_policy(WINDOW),
+        "",
+    );
     let edge1 = Proc::start("edge-1", &["edge", "--config", config.to_str().unwrap()], &[]);
     let edge2 = Proc::start("edge-2", &["edge", "--config", config.to_str().unwrap()], &[]);
     assert_ne!(edge1.pid(), edge2.pid());
@@ -90,21 +122,40 @@ async fn tollgate_up_enforces_the_seed_policy_in_one_process() {
 async fn quick_start_example_config_works_with_the_bundled_demo() {
     // The README's first command, with the example config pointed at free ports.
     let example = std::fs::read_to_string("examples/tollgate.toml").expect("examples/tollgate.toml");
-    let demo_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let demo_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let dir = support::temp_dir("quickstart");
     std::fs::copy("examples/policy.json", dir.join("policy.json")).expect("copy example policy");
     let config = example
         .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-        .replace("http://127.0.0.1:9000/mcp", &format!("http://127.0.0.1:{demo_port}/mcp"));
+        .replace(
+            "http://127.0.0.1:9000/mcp",
+            &format!("http://127.0.0.1:{demo_port}/mcp"),
+        );
     std::fs::write(dir.join("tollgate.toml"), config).expect("write config");
     let demo_listen = format!("127.0.0.1:{demo_port}");
     let config = dir.join("tollgate.toml");
-    let args = ["up", "--config", config.to_str().unwrap(), "--demo", "--demo-listen", &demo_listen];
+    let args = [
+        "up",
+        "--config",
+        config.to_str().unwrap(),
+        "--demo",
+        "--demo-listen",
+        &demo_listen,
+    ];
     let up = Proc::start_until("up --demo", &args, &[], "tollgate up:");
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), "tg_demo_key");
     agent.initialize().await;
-    let result = agent.call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"})).await;
+    let result = agent
+        .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+        .await;
     assert!(refusal(&result).is_none(), "{result}");
     let denied = agent.call("k8s_delete_namespace", json!({"namespace": "prod"})).await;
-    assert_eq!(refusal(&denied).map(|d| d["verdict"].clone()), Some(json!("DENY")), "{denied}");
+    assert_eq!(
+        refusal(&denied).map(|d| d["verdict"].clone()),
+        Some(json!("DENY")),
+        "{denied}"
+    );
 }

@@ -2,8 +2,8 @@
 
 mod support;
 
-use serde_json::{json, Value};
-use support::{refusal, run, text, write_config, Mcp, Proc, KEY_A};
+use serde_json::{Value, json};
+use support::{KEY_A, Mcp, Proc, refusal, run, text, write_config};
 
 /// `tollgate up` in front of a JSON demo upstream, with the seed policy.
 fn gateway(tag: &str) -> (Proc, Proc, std::path::PathBuf) {
@@ -14,7 +14,12 @@ fn gateway(tag: &str) -> (Proc, Proc, std::path::PathBuf) {
     (upstream, up, dir)
 }
 
-async fn raw_post(url: &str, key: Option<&str>, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, reqwest::header::HeaderMap, String) {
+async fn raw_post(
+    url: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let mut request = reqwest::Client::new()
         .post(url)
         .header("Content-Type", content_type)
@@ -31,7 +36,9 @@ async fn raw_post(url: &str, key: Option<&str>, content_type: &str, body: impl I
 
 fn error_code(body: &str) -> i64 {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON-RPC error body expected ({e}): {body}"));
-    v.pointer("/error/code").and_then(Value::as_i64).unwrap_or_else(|| panic!("no error code: {body}"))
+    v.pointer("/error/code")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| panic!("no error code: {body}"))
 }
 
 #[tokio::test]
@@ -41,7 +48,13 @@ async fn malformed_and_invalid_messages_get_json_rpc_errors() {
     let (status, _, body) = raw_post(&url, Some(KEY_A), "application/json", "{\"jsonrpc\": \"2.0\", ").await;
     assert_eq!((status, error_code(&body)), (400, -32700), "{body}");
 
-    for bad in [json!({"id": 1, "method": "ping"}), json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"}), json!({"jsonrpc": "2.0", "id": 1}), json!(42), json!([])] {
+    for bad in [
+        json!({"id": 1, "method": "ping"}),
+        json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"}),
+        json!({"jsonrpc": "2.0", "id": 1}),
+        json!(42),
+        json!([]),
+    ] {
         let (status, _, body) = raw_post(&url, Some(KEY_A), "application/json", bad.to_string()).await;
         assert_eq!((status, error_code(&body)), (400, -32600), "{bad} -> {body}");
     }
@@ -55,12 +68,31 @@ async fn malformed_and_invalid_messages_get_json_rpc_errors() {
 
     let mut agent = Mcp::new(&url, KEY_A);
     let answer = agent.request("tools/call", json!({"arguments": {}})).await;
-    assert_eq!(answer.message.pointer("/error/code"), Some(&json!(-32602)), "{}", answer.message);
-    let answer = agent.request("tools/call", json!({"name": "k8s_rollout_pause", "arguments": [1, 2]})).await;
-    assert_eq!(answer.message.pointer("/error/code"), Some(&json!(-32602)), "{}", answer.message);
+    assert_eq!(
+        answer.message.pointer("/error/code"),
+        Some(&json!(-32602)),
+        "{}",
+        answer.message
+    );
+    let answer = agent
+        .request("tools/call", json!({"name": "k8s_rollout_pause", "arguments": [1, 2]}))
+        .await;
+    assert_eq!(
+        answer.message.pointer("/error/code"),
+        Some(&json!(-32602)),
+        "{}",
+        answer.message
+    );
 
     // Still serving after all of that.
-    assert_eq!(reqwest::get(up.url("/healthz")).await.expect("healthz").status().as_u16(), 200);
+    assert_eq!(
+        reqwest::get(up.url("/healthz"))
+            .await
+            .expect("healthz")
+            .status()
+            .as_u16(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -68,7 +100,10 @@ async fn unknown_server_is_404_and_oversized_body_is_413() {
     let (_upstream, up, _dir) = gateway("sizes");
     let (status, _, body) = raw_post(&up.url("/mcp/nope"), Some(KEY_A), "application/json", "{}").await;
     assert_eq!(status, 404);
-    assert!(body.contains("unknown MCP server \\\"nope\\\"") && body.contains("k8s"), "{body}");
+    assert!(
+        body.contains("unknown MCP server \\\"nope\\\"") && body.contains("k8s"),
+        "{body}"
+    );
 
     let padding = "x".repeat(4 * 1024 * 1024 + 1);
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "k8s_rollout_pause", "arguments": {"pad": padding}}});
@@ -83,7 +118,10 @@ async fn missing_or_wrong_key_is_401_with_www_authenticate() {
     for key in [None, Some("not-a-key")] {
         let (status, headers, _) = raw_post(&up.url("/mcp/k8s"), key, "application/json", ping.clone()).await;
         assert_eq!(status, 401, "key {key:?}");
-        let challenge = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let challenge = headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         assert!(challenge.starts_with("Bearer realm=\"tollgate\""), "{challenge}");
     }
     // Unknown servers are not revealed to unauthenticated callers.
@@ -99,7 +137,10 @@ fn invalid_policy_refuses_to_start_with_file_line_and_column() {
     let (code, _, stderr) = run(&["decision", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
     let expected = format!("{}:4:", dir.join("policy.json").display());
-    assert!(stderr.contains(&expected) && stderr.contains("invalid window \"7x\""), "{stderr}");
+    assert!(
+        stderr.contains(&expected) && stderr.contains("invalid window \"7x\""),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = run(&["policy", "check", dir.join("policy.json").to_str().unwrap()]);
     assert_eq!(code, 1);
@@ -111,29 +152,62 @@ fn invalid_policy_refuses_to_start_with_file_line_and_column() {
 #[tokio::test]
 async fn upstream_down_is_a_json_rpc_error_naming_the_upstream() {
     let dir = support::temp_dir("upstream-down");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
-    let config = write_config(&dir, &format!("http://{dead}/mcp"), &[], &support::seed_policy("minute"), "");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let config = write_config(
+        &dir,
+        &format!("http://{dead}/mcp"),
+        &[],
+        &support::seed_policy("minute"),
+        "",
+    );
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
-    let answer = agent.request("tools/call", json!({"name": "k8s_rollout_pause", "arguments": {"namespace": "a", "name": "b"}})).await;
+    let answer = agent
+        .request(
+            "tools/call",
+            json!({"name": "k8s_rollout_pause", "arguments": {"namespace": "a", "name": "b"}}),
+        )
+        .await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.message["id"], json!(2), "the error answers the request's id");
-    let message = answer.message.pointer("/error/message").and_then(Value::as_str).unwrap_or_default();
-    assert!(message.contains("upstream MCP server \"k8s\"") && message.contains(&dead.to_string()), "{message}");
+    let message = answer
+        .message
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(
+        message.contains("upstream MCP server \"k8s\"") && message.contains(&dead.to_string()),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn decision_service_down_refuses_and_never_forwards() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("decision-down");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
-    let config = write_config(&dir, &upstream.url("/mcp"), &[format!("http://{dead}")], &support::seed_policy("minute"), "decision_timeout_ms = 500");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let config = write_config(
+        &dir,
+        &upstream.url("/mcp"),
+        &[format!("http://{dead}")],
+        &support::seed_policy("minute"),
+        "decision_timeout_ms = 500",
+    );
     let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
     let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
-    let result = agent.call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"})).await;
+    let result = agent
+        .call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"}))
+        .await;
     let details = refusal(&result).unwrap_or_else(|| panic!("must be refused: {result}"));
     assert_eq!(details["verdict"], "DENY");
-    assert!(text(&result).contains("decision service is unavailable") && text(&result).contains(&dead.to_string()), "{result}");
+    assert!(
+        text(&result).contains("decision service is unavailable") && text(&result).contains(&dead.to_string()),
+        "{result}"
+    );
     let ready = reqwest::get(edge.url("/readyz")).await.expect("readyz");
     assert_eq!(ready.status().as_u16(), 503);
 }
@@ -144,14 +218,27 @@ async fn edge_fails_over_to_a_live_decision_replica() {
     let dir = support::temp_dir("failover");
     let bootstrap = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy("minute"), "");
     let live = Proc::start("decision", &["decision", "--config", bootstrap.to_str().unwrap()], &[]);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
     let replicas = [format!("http://{dead}"), live.url("")];
-    let config = write_config(&dir, &upstream.url("/mcp"), &replicas, &support::seed_policy("minute"), "");
+    let config = write_config(
+        &dir,
+        &upstream.url("/mcp"),
+        &replicas,
+        &support::seed_policy("minute"),
+        "",
+    );
     let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
     let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
     for i in 0..4 {
-        let result = agent.call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"})).await;
-        assert!(refusal(&result).is_none(), "call {i} answered by the live replica: {result}");
+        let result = agent
+            .call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"}))
+            .await;
+        assert!(
+            refusal(&result).is_none(),
+            "call {i} answered by the live replica: {result}"
+        );
     }
 }
 
@@ -162,7 +249,11 @@ async fn invalid_policy_on_reload_keeps_the_last_good_policy() {
     let args = json!({"namespace": "default"});
     assert!(refusal(&agent.call("k8s_get_pods", args.clone()).await).is_some());
 
-    std::fs::write(dir.join("policy.json"), "{\"version\": \"1\", \"tools\": {\"k8s_get_pods\": {\"action\": \"maybe\"}}}").expect("write");
+    std::fs::write(
+        dir.join("policy.json"),
+        "{\"version\": \"1\", \"tools\": {\"k8s_get_pods\": {\"action\": \"maybe\"}}}",
+    )
+    .expect("write");
     let mut detail = String::new();
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -173,8 +264,14 @@ async fn invalid_policy_on_reload_keeps_the_last_good_policy() {
             break;
         }
     }
-    assert!(detail.contains("last reload rejected") && detail.contains("policy.json:1:"), "{detail}");
-    assert!(refusal(&agent.call("k8s_get_pods", args.clone()).await).is_some(), "still the old policy");
+    assert!(
+        detail.contains("last reload rejected") && detail.contains("policy.json:1:"),
+        "{detail}"
+    );
+    assert!(
+        refusal(&agent.call("k8s_get_pods", args.clone()).await).is_some(),
+        "still the old policy"
+    );
 
     let allow_reads = "{\"version\": \"1\", \"default\": \"deny\", \"tools\": {\"k8s_get_pods\": {}}}";
     std::fs::write(dir.join("policy.json"), allow_reads).expect("write");
@@ -205,13 +302,26 @@ async fn get_stream_and_delete_pass_through_with_the_session() {
         .await
         .expect("GET stream");
     assert_eq!(stream.status().as_u16(), 200);
-    let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk()).await.expect("first event in time").expect("chunk").expect("data");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("first event in time")
+        .expect("chunk")
+        .expect("data");
     assert!(String::from_utf8_lossy(&first).contains("server-to-client stream open"));
 
-    let deleted = client.delete(up.url("/mcp/k8s")).bearer_auth(KEY_A).header("Mcp-Session-Id", &session).send().await.expect("DELETE");
+    let deleted = client
+        .delete(up.url("/mcp/k8s"))
+        .bearer_auth(KEY_A)
+        .header("Mcp-Session-Id", &session)
+        .send()
+        .await
+        .expect("DELETE");
     assert_eq!(deleted.status().as_u16(), 200);
     let after = agent.request("ping", json!({})).await;
-    assert_eq!(after.status, 404, "the upstream's answer for an ended session passes through");
+    assert_eq!(
+        after.status, 404,
+        "the upstream's answer for an ended session passes through"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::Value;
-use support::{write_config, Proc, KEY_A};
+use support::{KEY_A, Proc, write_config};
 
 fn run_sdk_client(url: &str) -> Value {
     let interop = std::path::Path::new("tests/interop");
@@ -23,16 +23,31 @@ fn run_sdk_client(url: &str) -> Value {
         .output()
         .unwrap_or_else(|e| panic!("cannot run node ({e}): install Node.js 18+ or run scripts/test.sh"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "SDK client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "SDK client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("SDK client printed no JSON ({e}): {stdout}"))
 }
 
 fn check_sdk_view(seen: &Value) {
     assert_eq!(seen["server"]["name"], "tollgate-demo-upstream");
-    assert!(seen["sessionId"].as_str().is_some_and(|s| !s.is_empty()), "session id reached the SDK");
-    let tools: Vec<&str> = seen["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(
+        seen["sessionId"].as_str().is_some_and(|s| !s.is_empty()),
+        "session id reached the SDK"
+    );
+    let tools: Vec<&str> = seen["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
     assert_eq!(tools, ["k8s_rollout_pause"]);
-    assert_eq!(seen["tools"][0]["annotations"]["readOnlyHint"], false, "tool definitions pass unchanged");
+    assert_eq!(
+        seen["tools"][0]["annotations"]["readOnlyHint"], false,
+        "tool definitions pass unchanged"
+    );
     let pauses = seen["pauses"].as_array().expect("pauses");
     for (i, p) in pauses.iter().take(10).enumerate() {
         assert_ne!(p["isError"], true, "call {}: {p}", i + 1);
@@ -40,7 +55,12 @@ fn check_sdk_view(seen: &Value) {
     let limited = &pauses[10];
     assert_eq!(limited["isError"], true, "{limited}");
     assert_eq!(limited["_meta"]["tollgate/decision"]["verdict"], "RATE_LIMITED");
-    assert!(limited["content"][0]["text"].as_str().unwrap_or_default().contains("retry in"));
+    assert!(
+        limited["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retry in")
+    );
     assert_eq!(seen["denied"]["_meta"]["tollgate/decision"]["verdict"], "DENY");
 }
 
@@ -51,19 +71,33 @@ async fn typescript_sdk_client_through_tollgate_up() {
     let config = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy("minute"), "");
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let url = up.url("/mcp/k8s");
-    let seen = tokio::task::spawn_blocking(move || run_sdk_client(&url)).await.expect("sdk client task");
+    let seen = tokio::task::spawn_blocking(move || run_sdk_client(&url))
+        .await
+        .expect("sdk client task");
     check_sdk_view(&seen);
 }
 
 #[tokio::test]
 async fn typescript_sdk_client_through_an_edge_over_sse() {
-    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0", "--sse"], &[]);
+    let upstream = Proc::start(
+        "demo-upstream",
+        &["demo-upstream", "--listen", "127.0.0.1:0", "--sse"],
+        &[],
+    );
     let dir = support::temp_dir("sdk-edge");
     let bootstrap = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy("minute"), "");
     let decision = Proc::start("decision", &["decision", "--config", bootstrap.to_str().unwrap()], &[]);
-    let config = write_config(&dir, &upstream.url("/mcp"), &[decision.url("")], &support::seed_policy("minute"), "");
+    let config = write_config(
+        &dir,
+        &upstream.url("/mcp"),
+        &[decision.url("")],
+        &support::seed_policy("minute"),
+        "",
+    );
     let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
     let url = edge.url("/mcp/k8s");
-    let seen = tokio::task::spawn_blocking(move || run_sdk_client(&url)).await.expect("sdk client task");
+    let seen = tokio::task::spawn_blocking(move || run_sdk_client(&url))
+        .await
+        .expect("sdk client task");
     check_sdk_view(&seen);
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub const KEY_A: &str = "key-for-grant-a";
 pub const KEY_B: &str = "key-for-grant-b";
@@ -33,11 +33,17 @@ impl Proc {
     pub fn start_until(name: &str, args: &[&str], env: &[(&str, &str)], marker: &str) -> Proc {
         let marker = marker.to_owned();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).env("RUST_LOG", "warn");
+        command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("RUST_LOG", "warn");
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start tollgate {args:?}: {e}"));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tollgate {args:?}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -53,7 +59,11 @@ impl Proc {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Proc { child, addr, name: name.to_owned() },
+            Ok(addr) => Proc {
+                child,
+                addr,
+                name: name.to_owned(),
+            },
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -77,7 +87,10 @@ impl Proc {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().expect("wait for tollgate")
     }
 }
@@ -91,14 +104,25 @@ impl Drop for Proc {
 
 /// Runs `tollgate ARGS…` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).args(args).output().expect("run tollgate");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .expect("run tollgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// A fresh directory for one test's files.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("tollgate-test-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
@@ -128,9 +152,19 @@ pub fn seed_policy(window: &str) -> String {
 
 /// Writes `tollgate.toml` + `policy.json` into `dir`: one upstream `k8s`, grants `a` and `b`.
 /// `extra` is appended to the `[edge]` section.
-pub fn write_config(dir: &Path, upstream_url: &str, decision_urls: &[String], policy: &str, extra_edge: &str) -> PathBuf {
+pub fn write_config(
+    dir: &Path,
+    upstream_url: &str,
+    decision_urls: &[String],
+    policy: &str,
+    extra_edge: &str,
+) -> PathBuf {
     std::fs::write(dir.join("policy.json"), policy).expect("write policy");
-    let decision = decision_urls.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+    let decision = decision_urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let config = format!(
         r#"[edge]
 listen = "127.0.0.1:0"
@@ -182,12 +216,24 @@ pub struct Answer {
 
 impl Mcp {
     pub fn new(endpoint: &str, key: &str) -> Mcp {
-        Mcp { http: reqwest::Client::new(), endpoint: endpoint.to_owned(), key: key.to_owned(), session: None, next_id: 1 }
+        Mcp {
+            http: reqwest::Client::new(),
+            endpoint: endpoint.to_owned(),
+            key: key.to_owned(),
+            session: None,
+            next_id: 1,
+        }
     }
 
     /// The same session through another edge.
     pub fn via(&self, endpoint: &str) -> Mcp {
-        Mcp { endpoint: endpoint.to_owned(), session: self.session.clone(), key: self.key.clone(), http: self.http.clone(), next_id: self.next_id + 1000 }
+        Mcp {
+            endpoint: endpoint.to_owned(),
+            session: self.session.clone(),
+            key: self.key.clone(),
+            http: self.http.clone(),
+            next_id: self.next_id + 1000,
+        }
     }
 
     pub async fn post(&self, body: &Value) -> Answer {
@@ -205,43 +251,71 @@ impl Mcp {
         let response = request.send().await.expect("HTTP request to the edge");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         let text = response.text().await.expect("response body");
         let message = if content_type.starts_with("text/event-stream") {
             let id = body.get("id").cloned().unwrap_or(Value::Null);
-            sse_messages(&text).into_iter().find(|m| m.get("id") == Some(&id)).unwrap_or_else(|| panic!("no answer for id {id} in SSE stream:\n{text}"))
+            sse_messages(&text)
+                .into_iter()
+                .find(|m| m.get("id") == Some(&id))
+                .unwrap_or_else(|| panic!("no answer for id {id} in SSE stream:\n{text}"))
         } else if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"))
         };
-        Answer { status, headers, content_type, message }
+        Answer {
+            status,
+            headers,
+            content_type,
+            message,
+        }
     }
 
     pub async fn request(&mut self, method: &str, params: Value) -> Answer {
         self.next_id += 1;
-        self.post(&json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})).await
+        self.post(&json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}))
+            .await
     }
 
     pub async fn initialize(&mut self) -> Answer {
         let params = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "tollgate-tests", "version": "1"}});
         let answer = self.request("initialize", params).await;
         assert_eq!(answer.status, 200, "initialize: {}", answer.message);
-        self.session = answer.headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let note = self.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+        self.session = answer
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let note = self
+            .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
         assert_eq!(note.status, 202, "notifications/initialized is accepted");
         answer
     }
 
     pub async fn tool_names(&mut self) -> Vec<String> {
         let answer = self.request("tools/list", json!({})).await;
-        let tools = answer.message.pointer("/result/tools").and_then(Value::as_array).unwrap_or_else(|| panic!("tools/list result: {}", answer.message));
-        tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned)).collect()
+        let tools = answer
+            .message
+            .pointer("/result/tools")
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("tools/list result: {}", answer.message));
+        tools
+            .iter()
+            .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect()
     }
 
     /// `tools/call`; returns the JSON-RPC `result` (or the whole message on an error).
     pub async fn call(&mut self, tool: &str, arguments: Value) -> Value {
-        let answer = self.request("tools/call", json!({"name": tool, "arguments": arguments})).await;
+        let answer = self
+            .request("tools/call", json!({"name": tool, "arguments": arguments}))
+            .await;
         assert_eq!(answer.status, 200, "tools/call {tool}: {}", answer.message);
         answer.message.get("result").cloned().unwrap_or(answer.message)
     }
@@ -252,17 +326,29 @@ pub fn sse_messages(text: &str) -> Vec<Value> {
     text.replace("\r\n", "\n")
         .split("\n\n")
         .filter_map(|event| {
-            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
-            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).ok()).flatten()
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            (!data.is_empty())
+                .then(|| serde_json::from_str(&data.join("\n")).ok())
+                .flatten()
         })
         .collect()
 }
 
 /// Whether a `tools/call` result is a Tollgate refusal, and its decision details.
 pub fn refusal(result: &Value) -> Option<&Value> {
-    (result.get("isError") == Some(&Value::Bool(true))).then(|| result.pointer("/_meta/tollgate~1decision")).flatten()
+    (result.get("isError") == Some(&Value::Bool(true)))
+        .then(|| result.pointer("/_meta/tollgate~1decision"))
+        .flatten()
 }
 
 pub fn text(result: &Value) -> String {
-    result.pointer("/content/0/text").and_then(Value::as_str).unwrap_or_default().to_owned()
+    result
+        .pointer("/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::decision_service_client::DecisionServiceClient;
-use crate::proto::{Decision, DecideRequest, VisibleToolsRequest, VisibleToolsResponse};
+use crate::proto::{DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse};
 use crate::{Decider, DecisionUnavailable};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,10 @@ impl GrpcDecider {
         let mut replicas = Vec::with_capacity(addresses.len());
         for address in addresses {
             let endpoint = Endpoint::from_shared(address.clone())
-                .map_err(|source| GrpcDeciderError::BadAddress { address: address.clone(), source })?
+                .map_err(|source| GrpcDeciderError::BadAddress {
+                    address: address.clone(),
+                    source,
+                })?
                 .connect_timeout(deadline)
                 .tcp_nodelay(true);
             let client = DecisionServiceClient::new(endpoint.connect_lazy())
@@ -48,7 +51,11 @@ impl GrpcDecider {
                 .max_encoding_message_size(16 * 1024 * 1024);
             replicas.push((address.clone(), client));
         }
-        Ok(GrpcDecider { replicas, next: AtomicUsize::new(0), deadline })
+        Ok(GrpcDecider {
+            replicas,
+            next: AtomicUsize::new(0),
+            deadline,
+        })
     }
 
     /// Tries replicas round-robin until one answers or the deadline passes. A replica gets
@@ -77,7 +84,10 @@ impl GrpcDecider {
                     failures.push(format!("{address}: {}", status.message()));
                 }
                 Ok(Err(status)) => {
-                    return Err(DecisionUnavailable(format!("decision service {address} refused the request: {}", status.message())));
+                    return Err(DecisionUnavailable(format!(
+                        "decision service {address} refused the request: {}",
+                        status.message()
+                    )));
                 }
                 Err(_) => {
                     tracing::warn!(replica = %address, "decision replica did not answer within {budget:?}");
@@ -94,7 +104,15 @@ impl GrpcDecider {
 }
 
 fn retryable(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted | Code::Internal)
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Internal
+    )
 }
 
 #[async_trait::async_trait]

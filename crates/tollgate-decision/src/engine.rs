@@ -9,7 +9,7 @@ use serde_json::Value;
 use tollgate_limiter::{Admission, CounterStore, Hit};
 use tollgate_policy::{Action, Annotations, Call, CounterHit, OnStoreError, Policy, Rule};
 
-use crate::proto::{self, Decision, DecideRequest, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
+use crate::proto::{self, DecideRequest, Decision, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
 use crate::{Decider, DecisionUnavailable};
 
 /// Evaluates calls against the current policy; the policy can be swapped at any time.
@@ -133,7 +133,10 @@ impl Engine {
                     OnStoreError::Deny => decision.with(
                         Verdict::Deny,
                         &rule.label,
-                        format!("{cause}; rule {} denies calls while the counter store is unavailable", rule.label),
+                        format!(
+                            "{cause}; rule {} denies calls while the counter store is unavailable",
+                            rule.label
+                        ),
                     ),
                     OnStoreError::Allow => decision.with(
                         Verdict::Allow,
@@ -150,7 +153,14 @@ impl Engine {
         let visible = request
             .tools
             .iter()
-            .filter(|t| policy.is_visible(&request.server, &t.name, &request.grant, annotations(t.annotations.as_ref())))
+            .filter(|t| {
+                policy.is_visible(
+                    &request.server,
+                    &t.name,
+                    &request.grant,
+                    annotations(t.annotations.as_ref()),
+                )
+            })
             .map(|t| t.name.clone())
             .collect();
         VisibleToolsResponse { visible }
@@ -181,7 +191,12 @@ impl DecisionExt for Decision {
     }
 }
 
-fn admitted_or_limited(mut decision: Decision, rule: &Rule, hits: &[CounterHit<'_>], admission: &Admission) -> Decision {
+fn admitted_or_limited(
+    mut decision: Decision,
+    rule: &Rule,
+    hits: &[CounterHit<'_>],
+    admission: &Admission,
+) -> Decision {
     decision.limits = hits
         .iter()
         .zip(&admission.counters)

@@ -12,8 +12,8 @@ mod service;
 
 pub use client::{GrpcDecider, GrpcDeciderError};
 pub use engine::Engine;
-pub use reload::{watch_policy, PolicyStatus};
-pub use service::{serve, DecisionSettings};
+pub use reload::{PolicyStatus, watch_policy};
+pub use service::{DecisionSettings, serve};
 pub use tollgate_proto::v1 as proto;
 
 /// Why a decision could not be had at all.

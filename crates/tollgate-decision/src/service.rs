@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::proto::decision_service_server::{DecisionService, DecisionServiceServer};
-use crate::proto::{Decision, DecideRequest, VisibleToolsRequest, VisibleToolsResponse};
 use crate::Engine;
+use crate::proto::decision_service_server::{DecisionService, DecisionServiceServer};
+use crate::proto::{DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse};
 
 /// Largest gRPC message accepted: a call's arguments may be as large as the edge's body limit.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

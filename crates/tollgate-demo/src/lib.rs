@@ -12,13 +12,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 /// Protocol revisions this server speaks, newest first.
@@ -40,29 +40,32 @@ struct Demo {
 
 /// The demo server's routes, for embedding (`tollgate up --demo`) and tests.
 pub fn router(options: DemoOptions) -> Router {
-    let state = Demo { options, sessions: Arc::default() };
+    let state = Demo {
+        options,
+        sessions: Arc::default(),
+    };
     Router::new()
         .route("/mcp", post(handle_post).get(handle_get).delete(handle_delete))
         .with_state(state)
 }
 
 /// Serves the demo server on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, options: DemoOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(options)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: TcpListener,
+    options: DemoOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(options))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 impl Demo {
-    /// Checks the session header: `Err` with 404 for a session this server does not know.
-    fn check_session(&self, headers: &HeaderMap) -> Result<(), Response> {
-        let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-            return Ok(());
-        };
+    /// Checks the session header: the 404 answer for a session this server does not know.
+    fn unknown_session(&self, headers: &HeaderMap) -> Option<Response> {
+        let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())?;
         let known = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).contains(id);
-        if known {
-            Ok(())
-        } else {
-            Err(jsonrpc_error_response(StatusCode::NOT_FOUND, Value::Null, -32001, "session not found"))
-        }
+        (!known).then(|| jsonrpc_error_response(StatusCode::NOT_FOUND, Value::Null, -32001, "session not found"))
     }
 }
 
@@ -72,17 +75,26 @@ async fn handle_post(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json").into_response();
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+        )
+            .into_response();
     }
     let message: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return jsonrpc_error_response(StatusCode::BAD_REQUEST, Value::Null, -32700, &format!("parse error: {e}")),
+        Err(e) => {
+            return jsonrpc_error_response(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                -32700,
+                &format!("parse error: {e}"),
+            );
+        }
     };
     let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
-    if !is_initialize {
-        if let Err(response) = demo.check_session(&headers) {
-            return response;
-        }
+    if !is_initialize && let Some(response) = demo.unknown_session(&headers) {
+        return response;
     }
     let (batch, messages) = match message {
         Value::Array(items) => (true, items),
@@ -100,7 +112,10 @@ async fn handle_post(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) 
     let mut extra = HeaderMap::new();
     if is_initialize {
         let id = uuid::Uuid::new_v4().to_string();
-        demo.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+        demo.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
         if let Ok(v) = HeaderValue::from_str(&id) {
             extra.insert(SESSION_HEADER, v);
         }
@@ -110,10 +125,17 @@ async fn handle_post(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     let mut response = if demo.options.sse && accepts_sse {
-        let events: String = replies.iter().map(|r| format!("event: message\ndata: {r}\n\n")).collect();
+        let events: String = replies
+            .iter()
+            .map(|r| format!("event: message\ndata: {r}\n\n"))
+            .collect();
         ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response()
     } else {
-        let body = if batch { Value::Array(replies) } else { replies.remove(0) };
+        let body = if batch {
+            Value::Array(replies)
+        } else {
+            replies.remove(0)
+        };
         ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     };
     response.headers_mut().extend(extra);
@@ -128,7 +150,11 @@ fn handle_message(message: &Value) -> Option<Value> {
     let result = match method {
         "initialize" => {
             let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
-            let version = PROTOCOL_VERSIONS.iter().find(|v| **v == asked).copied().unwrap_or(PROTOCOL_VERSIONS[0]);
+            let version = PROTOCOL_VERSIONS
+                .iter()
+                .find(|v| **v == asked)
+                .copied()
+                .unwrap_or(PROTOCOL_VERSIONS[0]);
             Ok(json!({
                 "protocolVersion": version,
                 "capabilities": {"tools": {"listChanged": false}},
@@ -155,7 +181,7 @@ async fn handle_get(State(demo): State<Demo>, headers: HeaderMap) -> Response {
     if !accepts_sse {
         return (StatusCode::NOT_ACCEPTABLE, "GET /mcp needs Accept: text/event-stream").into_response();
     }
-    if let Err(response) = demo.check_session(&headers) {
+    if let Some(response) = demo.unknown_session(&headers) {
         return response;
     }
     let hello = json!({
@@ -163,13 +189,22 @@ async fn handle_get(State(demo): State<Demo>, headers: HeaderMap) -> Response {
         "method": "notifications/message",
         "params": {"level": "info", "logger": "demo-upstream", "data": "server-to-client stream open"}
     });
-    let first = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(format!("event: message\ndata: {hello}\n\n"))) });
+    let first = futures_util::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!("event: message\ndata: {hello}\n\n")))
+    });
     let keepalive = tokio_stream::StreamExt::map(
         tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(Duration::from_secs(15))),
         |_| Ok(Bytes::from_static(b": keep-alive\n\n")),
     );
     let body = Body::from_stream(futures_util::StreamExt::chain(first, keepalive));
-    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn handle_delete(State(demo): State<Demo>, headers: HeaderMap) -> Response {

@@ -1,7 +1,7 @@
 //! The demo's tools: definitions with MCP annotations, and handlers that only describe what
 //! they would have done.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 struct Tool {
     name: &'static str,
@@ -14,15 +14,71 @@ struct Tool {
     idempotent: bool,
 }
 
-const WORKLOAD: &[(&str, &str, bool)] = &[("namespace", "string", true), ("name", "string", true), ("kind", "string", false)];
+const WORKLOAD: &[(&str, &str, bool)] = &[
+    ("namespace", "string", true),
+    ("name", "string", true),
+    ("kind", "string", false),
+];
 
 const TOOLS: &[Tool] = &[
-    Tool { name: "k8s_list_namespaces", title: "List namespaces", description: "List the namespaces of the cluster.", arguments: &[], read_only: true, destructive: false, idempotent: true },
-    Tool { name: "k8s_get_pods", title: "Get pods", description: "List the pods of a namespace with their status.", arguments: &[("namespace", "string", true)], read_only: true, destructive: false, idempotent: true },
-    Tool { name: "k8s_rollout_pause", title: "Pause rollout", description: "Pause an in-progress rollout for a deployment, daemonset, or statefulset.", arguments: WORKLOAD, read_only: false, destructive: false, idempotent: true },
-    Tool { name: "k8s_rollout_resume", title: "Resume rollout", description: "Resume a paused rollout for a deployment, daemonset, or statefulset.", arguments: WORKLOAD, read_only: false, destructive: false, idempotent: true },
-    Tool { name: "k8s_scale", title: "Scale workload", description: "Set the number of replicas of a deployment or statefulset.", arguments: &[("namespace", "string", true), ("name", "string", true), ("replicas", "integer", true)], read_only: false, destructive: false, idempotent: true },
-    Tool { name: "k8s_delete_namespace", title: "Delete namespace", description: "Delete a namespace and everything in it.", arguments: &[("namespace", "string", true)], read_only: false, destructive: true, idempotent: true },
+    Tool {
+        name: "k8s_list_namespaces",
+        title: "List namespaces",
+        description: "List the namespaces of the cluster.",
+        arguments: &[],
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+    },
+    Tool {
+        name: "k8s_get_pods",
+        title: "Get pods",
+        description: "List the pods of a namespace with their status.",
+        arguments: &[("namespace", "string", true)],
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+    },
+    Tool {
+        name: "k8s_rollout_pause",
+        title: "Pause rollout",
+        description: "Pause an in-progress rollout for a deployment, daemonset, or statefulset.",
+        arguments: WORKLOAD,
+        read_only: false,
+        destructive: false,
+        idempotent: true,
+    },
+    Tool {
+        name: "k8s_rollout_resume",
+        title: "Resume rollout",
+        description: "Resume a paused rollout for a deployment, daemonset, or statefulset.",
+        arguments: WORKLOAD,
+        read_only: false,
+        destructive: false,
+        idempotent: true,
+    },
+    Tool {
+        name: "k8s_scale",
+        title: "Scale workload",
+        description: "Set the number of replicas of a deployment or statefulset.",
+        arguments: &[
+            ("namespace", "string", true),
+            ("name", "string", true),
+            ("replicas", "integer", true),
+        ],
+        read_only: false,
+        destructive: false,
+        idempotent: true,
+    },
+    Tool {
+        name: "k8s_delete_namespace",
+        title: "Delete namespace",
+        description: "Delete a namespace and everything in it.",
+        arguments: &[("namespace", "string", true)],
+        read_only: false,
+        destructive: true,
+        idempotent: true,
+    },
 ];
 
 pub fn definitions() -> Vec<Value> {
@@ -54,8 +110,14 @@ pub fn definitions() -> Vec<Value> {
 /// Runs a `tools/call`: `Err` is a JSON-RPC error (unknown tool), bad arguments are a tool
 /// result with `isError`, as MCP asks.
 pub fn call(params: &Value) -> Result<Value, (i64, String)> {
-    let name = params.get("name").and_then(Value::as_str).ok_or((-32602, "tools/call needs params.name".to_string()))?;
-    let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| (-32602, format!("unknown tool: {name}")))?;
+    let name = params
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or((-32602, "tools/call needs params.name".to_string()))?;
+    let tool = TOOLS
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| (-32602, format!("unknown tool: {name}")))?;
     let empty = Map::new();
     let args = params.get("arguments").and_then(Value::as_object).unwrap_or(&empty);
     for (arg, kind, required) in tool.arguments {
@@ -73,10 +135,26 @@ pub fn call(params: &Value) -> Result<Value, (i64, String)> {
     let kind = args.get("kind").and_then(Value::as_str).unwrap_or("deployment");
     let text = match name {
         "k8s_list_namespaces" => "namespaces: default, kube-system, payments, web".to_owned(),
-        "k8s_get_pods" => format!("pods in {}: web-7d9f8-abcde (Running), web-7d9f8-fghij (Running)", s("namespace")),
-        "k8s_rollout_pause" => format!("paused rollout of {kind} {}/{} (demo: nothing was changed)", s("namespace"), s("name")),
-        "k8s_rollout_resume" => format!("resumed rollout of {kind} {}/{} (demo: nothing was changed)", s("namespace"), s("name")),
-        "k8s_scale" => format!("scaled {}/{} to {} replicas (demo: nothing was changed)", s("namespace"), s("name"), args.get("replicas").unwrap_or(&Value::Null)),
+        "k8s_get_pods" => format!(
+            "pods in {}: web-7d9f8-abcde (Running), web-7d9f8-fghij (Running)",
+            s("namespace")
+        ),
+        "k8s_rollout_pause" => format!(
+            "paused rollout of {kind} {}/{} (demo: nothing was changed)",
+            s("namespace"),
+            s("name")
+        ),
+        "k8s_rollout_resume" => format!(
+            "resumed rollout of {kind} {}/{} (demo: nothing was changed)",
+            s("namespace"),
+            s("name")
+        ),
+        "k8s_scale" => format!(
+            "scaled {}/{} to {} replicas (demo: nothing was changed)",
+            s("namespace"),
+            s("name"),
+            args.get("replicas").unwrap_or(&Value::Null)
+        ),
         "k8s_delete_namespace" => format!("deleted namespace {} (demo: nothing was changed)", s("namespace")),
         _ => unreachable!("every tool in TOOLS has a handler"),
     };

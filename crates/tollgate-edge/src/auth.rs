@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use crate::EdgeError;
 use crate::jsonrpc;
 use crate::settings::GrantSettings;
-use crate::EdgeError;
 
 /// Who is calling: the grant their key maps to and the agent name behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +39,10 @@ impl Keyring {
                     g.name
                 ))
             })?;
-            let caller = Caller { grant: g.name.clone(), agent: g.agent.clone().unwrap_or_else(|| g.name.clone()) };
+            let caller = Caller {
+                grant: g.name.clone(),
+                agent: g.agent.clone().unwrap_or_else(|| g.name.clone()),
+            };
             if let Some(other) = by_hash.insert(hash, caller) {
                 return Err(EdgeError::Config(format!(
                     "grants \"{}\" and \"{}\" have the same key: each key must map to one grant",
@@ -58,7 +61,10 @@ impl Keyring {
 
 /// Layer body: rejects requests without a valid key, else attaches the [`Caller`].
 pub async fn require_key(State(keyring): State<Arc<Keyring>>, mut request: Request, next: Next) -> Response {
-    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let key = header.and_then(|h| {
         let (scheme, key) = h.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())

@@ -1,8 +1,8 @@
 //! JSON-RPC 2.0 as MCP uses it: classifying incoming messages and writing error answers.
 
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
@@ -18,7 +18,11 @@ pub const UPSTREAM_ERROR: i64 = -32003;
 /// One incoming JSON-RPC message, as far as the edge needs to know it.
 #[derive(Debug)]
 pub enum Message<'a> {
-    Request { id: &'a Value, method: &'a str, params: Option<&'a Value> },
+    Request {
+        id: &'a Value,
+        method: &'a str,
+        params: Option<&'a Value>,
+    },
     Notification,
     Response,
 }
@@ -42,13 +46,17 @@ pub fn classify(value: &Value) -> Result<Message<'_>, String> {
         return Err("missing \"jsonrpc\": \"2.0\"".into());
     }
     let id = object.get("id");
-    if let Some(id) = id {
-        if !(id.is_string() || id.is_number()) {
-            return Err("\"id\" must be a string or a number".into());
-        }
+    if let Some(id) = id
+        && !(id.is_string() || id.is_number())
+    {
+        return Err("\"id\" must be a string or a number".into());
     }
     match (object.get("method"), id) {
-        (Some(Value::String(method)), Some(id)) => Ok(Message::Request { id, method, params: object.get("params") }),
+        (Some(Value::String(method)), Some(id)) => Ok(Message::Request {
+            id,
+            method,
+            params: object.get("params"),
+        }),
         (Some(Value::String(_)), None) => Ok(Message::Notification),
         (Some(_), _) => Err("\"method\" must be a string".into()),
         (None, Some(_)) if object.contains_key("result") || object.contains_key("error") => Ok(Message::Response),
@@ -64,7 +72,13 @@ pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Option<Val
     json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error})
 }
 
-pub fn error_response(status: StatusCode, id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Response {
+pub fn error_response(
+    status: StatusCode,
+    id: Option<&Value>,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Response {
     json_response(status, &error_body(id, code, message, data))
 }
 
@@ -79,9 +93,21 @@ mod tests {
     #[test]
     fn classifies_the_four_shapes() {
         let req = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}});
-        assert!(matches!(classify(&req), Ok(Message::Request { method: "tools/call", .. })));
-        assert!(matches!(classify(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})), Ok(Message::Notification)));
-        assert!(matches!(classify(&json!({"jsonrpc": "2.0", "id": "a", "result": {}})), Ok(Message::Response)));
+        assert!(matches!(
+            classify(&req),
+            Ok(Message::Request {
+                method: "tools/call",
+                ..
+            })
+        ));
+        assert!(matches!(
+            classify(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})),
+            Ok(Message::Notification)
+        ));
+        assert!(matches!(
+            classify(&json!({"jsonrpc": "2.0", "id": "a", "result": {}})),
+            Ok(Message::Response)
+        ));
         assert!(classify(&json!({"jsonrpc": "1.0", "id": 1, "method": "x"})).is_err());
         assert!(classify(&json!({"jsonrpc": "2.0", "id": [1], "method": "x"})).is_err());
         assert!(classify(&json!({"jsonrpc": "2.0", "id": 1, "method": 7})).is_err());

@@ -18,11 +18,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tollgate_decision::proto::VisibleToolsRequest;
@@ -51,10 +51,14 @@ pub struct EdgeParts {
 /// Validates the configuration and builds the edge's routes.
 pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
     if parts.upstreams.is_empty() {
-        return Err(EdgeError::Config("no [[upstreams]] configured: the edge would have nothing to serve".into()));
+        return Err(EdgeError::Config(
+            "no [[upstreams]] configured: the edge would have nothing to serve".into(),
+        ));
     }
     if parts.grants.is_empty() {
-        return Err(EdgeError::Config("no [[grants]] configured: no agent could authenticate".into()));
+        return Err(EdgeError::Config(
+            "no [[grants]] configured: no agent could authenticate".into(),
+        ));
     }
     let mut upstreams = HashMap::new();
     for u in &parts.upstreams {
@@ -66,7 +70,10 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
     let keyring = Arc::new(Keyring::new(&parts.grants)?);
     let connect_timeout = Duration::from_millis(parts.settings.upstream_timeout_ms.min(10_000));
     let client = upstream::http_client(connect_timeout);
-    let readiness = Arc::new(Readiness { decider: parts.decider.clone(), policy_status: parts.policy_status });
+    let readiness = Arc::new(Readiness {
+        decider: parts.decider.clone(),
+        policy_status: parts.policy_status,
+    });
     let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, client, parts.decider));
 
     let mcp_routes = Router::new()
@@ -102,6 +109,10 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
 }
 
 /// Serves `router` until `shutdown` completes, then lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

@@ -3,20 +3,24 @@
 //! (`tools/list`). GET and DELETE pass straight through. The edge keeps no session state:
 //! `Mcp-Session-Id` travels end to end, so any edge can serve any request.
 
+// Helpers return a ready answer for the agent as their error (`Result<_, Response>`); it is
+// built only on the failing path, so its size costs nothing on the hot one.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_decision::proto::{DecideRequest, ToolAnnotations, Tool, Verdict, VisibleToolsRequest};
+use tollgate_decision::proto::{DecideRequest, Tool, ToolAnnotations, Verdict, VisibleToolsRequest};
 use tollgate_decision::{Decider, DecisionUnavailable};
 
 use crate::auth::Caller;
@@ -40,29 +44,59 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub(crate) fn new(settings: EdgeSettings, upstreams: HashMap<String, Upstream>, client: HttpClient, decider: Arc<dyn Decider>) -> Self {
-        Gateway { settings, upstreams, client, decider, annotations: RwLock::default() }
+    pub(crate) fn new(
+        settings: EdgeSettings,
+        upstreams: HashMap<String, Upstream>,
+        client: HttpClient,
+        decider: Arc<dyn Decider>,
+    ) -> Self {
+        Gateway {
+            settings,
+            upstreams,
+            client,
+            decider,
+            annotations: RwLock::default(),
+        }
     }
 
     fn upstream(&self, server: &str) -> Result<&Upstream, Response> {
         self.upstreams.get(server).ok_or_else(|| {
             let mut known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
             known.sort_unstable();
-            let message = format!("unknown MCP server \"{server}\"; this gateway serves: {}", known.join(", "));
+            let message = format!(
+                "unknown MCP server \"{server}\"; this gateway serves: {}",
+                known.join(", ")
+            );
             jsonrpc::error_response(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, &message, None)
         })
     }
 
-    async fn forward(&self, upstream: &Upstream, method: Method, headers: &HeaderMap, body: Body, id: Option<&Value>) -> Result<axum::http::Response<Incoming>, Response> {
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        method: Method,
+        headers: &HeaderMap,
+        body: Body,
+        id: Option<&Value>,
+    ) -> Result<axum::http::Response<Incoming>, Response> {
         let timeout = Duration::from_millis(self.settings.upstream_timeout_ms);
-        upstream.send(&self.client, method, headers, body, timeout).await.map_err(|e| {
-            tracing::warn!(upstream = %upstream.name, "{e}");
-            upstream_error(&e, id)
-        })
+        upstream
+            .send(&self.client, method, headers, body, timeout)
+            .await
+            .map_err(|e| {
+                tracing::warn!(upstream = %upstream.name, "{e}");
+                upstream_error(&e, id)
+            })
     }
 }
 
-pub async fn post(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let upstream = match gw.upstream(&server) {
         Ok(u) => u,
         Err(response) => return response,
@@ -72,7 +106,13 @@ pub async fn post(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, Ex
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
-        return jsonrpc::error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, None, jsonrpc::INVALID_REQUEST, "Content-Type must be application/json", None);
+        return jsonrpc::error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Content-Type must be application/json",
+            None,
+        );
     }
     let bytes = match read_body(body, gw.settings.max_body_bytes).await {
         Ok(b) => b,
@@ -80,19 +120,43 @@ pub async fn post(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, Ex
     };
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => return jsonrpc::error_response(StatusCode::BAD_REQUEST, None, jsonrpc::PARSE_ERROR, &format!("parse error: {e}"), None),
+        Err(e) => {
+            return jsonrpc::error_response(
+                StatusCode::BAD_REQUEST,
+                None,
+                jsonrpc::PARSE_ERROR,
+                &format!("parse error: {e}"),
+                None,
+            );
+        }
     };
 
     if let Value::Array(items) = &value {
         return match check_batch(items) {
             Ok(()) => pass_through(&gw, upstream, &headers, bytes, None).await,
-            Err(message) => jsonrpc::error_response(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, &message, None),
+            Err(message) => {
+                jsonrpc::error_response(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, &message, None)
+            }
         };
     }
     match jsonrpc::classify(&value) {
-        Err(message) => jsonrpc::error_response(StatusCode::BAD_REQUEST, value.get("id").filter(|id| id.is_string() || id.is_number()), jsonrpc::INVALID_REQUEST, &format!("invalid JSON-RPC message: {message}"), None),
-        Ok(Message::Request { id, method: "tools/call", params }) => call_tool(&gw, upstream, &caller, &headers, id, params, bytes).await,
-        Ok(Message::Request { id, method: "tools/list", .. }) => list_tools(&gw, upstream, &caller, &headers, id, bytes).await,
+        Err(message) => jsonrpc::error_response(
+            StatusCode::BAD_REQUEST,
+            value.get("id").filter(|id| id.is_string() || id.is_number()),
+            jsonrpc::INVALID_REQUEST,
+            &format!("invalid JSON-RPC message: {message}"),
+            None,
+        ),
+        Ok(Message::Request {
+            id,
+            method: "tools/call",
+            params,
+        }) => call_tool(&gw, upstream, &caller, &headers, id, params, bytes).await,
+        Ok(Message::Request {
+            id,
+            method: "tools/list",
+            ..
+        }) => list_tools(&gw, upstream, &caller, &headers, id, bytes).await,
         Ok(message) => pass_through(&gw, upstream, &headers, bytes, message.id()).await,
     }
 }
@@ -109,7 +173,10 @@ pub async fn get(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, hea
 
 pub async fn delete(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
     match gw.upstream(&server) {
-        Ok(upstream) => match gw.forward(upstream, Method::DELETE, &headers, Body::empty(), None).await {
+        Ok(upstream) => match gw
+            .forward(upstream, Method::DELETE, &headers, Body::empty(), None)
+            .await
+        {
             Ok(response) => stream_back(response),
             Err(response) => response,
         },
@@ -127,7 +194,13 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
             &format!("request body exceeds the limit of {limit} bytes"),
             None,
         )),
-        Err(e) => Err(jsonrpc::error_response(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, &format!("could not read the request body: {e}"), None)),
+        Err(e) => Err(jsonrpc::error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            &format!("could not read the request body: {e}"),
+            None,
+        )),
     }
 }
 
@@ -139,7 +212,10 @@ fn check_batch(items: &[Value]) -> Result<(), String> {
     for item in items {
         match jsonrpc::classify(item) {
             Err(message) => return Err(format!("invalid JSON-RPC message in batch: {message}")),
-            Ok(Message::Request { method: "tools/call" | "tools/list", .. }) => {
+            Ok(Message::Request {
+                method: "tools/call" | "tools/list",
+                ..
+            }) => {
                 return Err("Tollgate does not accept tools/call or tools/list inside a JSON-RPC batch: send them one per request".into());
             }
             Ok(_) => {}
@@ -148,20 +224,50 @@ fn check_batch(items: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
-async fn pass_through(gw: &Gateway, upstream: &Upstream, headers: &HeaderMap, bytes: Bytes, id: Option<&Value>) -> Response {
+async fn pass_through(
+    gw: &Gateway,
+    upstream: &Upstream,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    id: Option<&Value>,
+) -> Response {
     match gw.forward(upstream, Method::POST, headers, Body::from(bytes), id).await {
         Ok(response) => stream_back(response),
         Err(response) => response,
     }
 }
 
-async fn call_tool(gw: &Gateway, upstream: &Upstream, caller: &Caller, headers: &HeaderMap, id: &Value, params: Option<&Value>, bytes: Bytes) -> Response {
+async fn call_tool(
+    gw: &Gateway,
+    upstream: &Upstream,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: &Value,
+    params: Option<&Value>,
+    bytes: Bytes,
+) -> Response {
     let Some(tool) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
-        return jsonrpc::json_response(StatusCode::OK, &jsonrpc::error_body(Some(id), jsonrpc::INVALID_PARAMS, "tools/call needs params.name (a string)", None));
+        return jsonrpc::json_response(
+            StatusCode::OK,
+            &jsonrpc::error_body(
+                Some(id),
+                jsonrpc::INVALID_PARAMS,
+                "tools/call needs params.name (a string)",
+                None,
+            ),
+        );
     };
     let arguments = params.and_then(|p| p.get("arguments"));
     if arguments.is_some_and(|a| !a.is_object() && !a.is_null()) {
-        return jsonrpc::json_response(StatusCode::OK, &jsonrpc::error_body(Some(id), jsonrpc::INVALID_PARAMS, "tools/call params.arguments must be an object", None));
+        return jsonrpc::json_response(
+            StatusCode::OK,
+            &jsonrpc::error_body(
+                Some(id),
+                jsonrpc::INVALID_PARAMS,
+                "tools/call params.arguments must be an object",
+                None,
+            ),
+        );
     }
     let annotations = gw
         .annotations
@@ -197,14 +303,28 @@ async fn call_tool(gw: &Gateway, upstream: &Upstream, caller: &Caller, headers: 
     jsonrpc::json_response(StatusCode::OK, &refusal::body(id, &decision, gw.settings.refusal))
 }
 
-async fn list_tools(gw: &Arc<Gateway>, upstream: &Upstream, caller: &Caller, headers: &HeaderMap, id: &Value, bytes: Bytes) -> Response {
-    let response = match gw.forward(upstream, Method::POST, headers, Body::from(bytes), Some(id)).await {
+async fn list_tools(
+    gw: &Arc<Gateway>,
+    upstream: &Upstream,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: &Value,
+    bytes: Bytes,
+) -> Response {
+    let response = match gw
+        .forward(upstream, Method::POST, headers, Body::from(bytes), Some(id))
+        .await
+    {
         Ok(r) => r,
         Err(response) => return response,
     };
     let (parts, body) = response.into_parts();
     let out_headers = upstream::response_headers(&parts.headers);
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if content_type.starts_with("text/event-stream") {
         let body = filter_event_stream(gw.clone(), upstream.name.clone(), caller.clone(), id.clone(), body);
         return (parts.status, out_headers, body).into_response();
@@ -215,13 +335,31 @@ async fn list_tools(gw: &Arc<Gateway>, upstream: &Upstream, caller: &Caller, hea
     let bytes = match Limited::new(body, MAX_TOOLS_LIST_BYTES).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            let message = format!("upstream MCP server \"{}\" sent an unreadable tools/list answer: {e}", upstream.name);
-            return jsonrpc::error_response(StatusCode::BAD_GATEWAY, Some(id), jsonrpc::UPSTREAM_ERROR, &message, None);
+            let message = format!(
+                "upstream MCP server \"{}\" sent an unreadable tools/list answer: {e}",
+                upstream.name
+            );
+            return jsonrpc::error_response(
+                StatusCode::BAD_GATEWAY,
+                Some(id),
+                jsonrpc::UPSTREAM_ERROR,
+                &message,
+                None,
+            );
         }
     };
     let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
-        let message = format!("upstream MCP server \"{}\" answered tools/list with invalid JSON", upstream.name);
-        return jsonrpc::error_response(StatusCode::BAD_GATEWAY, Some(id), jsonrpc::UPSTREAM_ERROR, &message, None);
+        let message = format!(
+            "upstream MCP server \"{}\" answered tools/list with invalid JSON",
+            upstream.name
+        );
+        return jsonrpc::error_response(
+            StatusCode::BAD_GATEWAY,
+            Some(id),
+            jsonrpc::UPSTREAM_ERROR,
+            &message,
+            None,
+        );
     };
     filter_tools_answer(gw, &upstream.name, caller, &mut message).await;
     (parts.status, out_headers, message.to_string()).into_response()
@@ -238,7 +376,10 @@ async fn filter_tools_answer(gw: &Gateway, server: &str, caller: &Caller, messag
         .iter()
         .filter_map(|t| {
             let name = t.get("name")?.as_str()?.to_owned();
-            Some(Tool { name, annotations: Some(annotations_of(t)) })
+            Some(Tool {
+                name,
+                annotations: Some(annotations_of(t)),
+            })
         })
         .collect();
     {
@@ -250,28 +391,46 @@ async fn filter_tools_answer(gw: &Gateway, server: &str, caller: &Caller, messag
             }
         }
     }
-    let request = VisibleToolsRequest { server: server.to_owned(), grant: caller.grant.clone(), agent: caller.agent.clone(), tools: listed };
+    let request = VisibleToolsRequest {
+        server: server.to_owned(),
+        grant: caller.grant.clone(),
+        agent: caller.agent.clone(),
+        tools: listed,
+    };
     match gw.decider.visible_tools(request).await {
         Ok(answer) => {
             let visible: std::collections::HashSet<&str> = answer.visible.iter().map(String::as_str).collect();
             if let Some(Value::Array(tools)) = message.pointer_mut("/result/tools") {
-                tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(|n| visible.contains(n)));
+                tools.retain(|t| {
+                    t.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| visible.contains(n))
+                });
             }
         }
         Err(DecisionUnavailable(cause)) if gw.settings.fail_open => {
-            tracing::warn!(server, "decision service unavailable, tools/list unfiltered (edge.fail_open): {cause}");
+            tracing::warn!(
+                server,
+                "decision service unavailable, tools/list unfiltered (edge.fail_open): {cause}"
+            );
         }
         Err(DecisionUnavailable(cause)) => {
             tracing::error!(server, "decision service unavailable, refusing tools/list: {cause}");
             let id = message.get("id").cloned();
-            let text = format!("the decision service is unavailable ({cause}), so Tollgate cannot tell which tools you may use; try again shortly");
+            let text = format!(
+                "the decision service is unavailable ({cause}), so Tollgate cannot tell which tools you may use; try again shortly"
+            );
             *message = jsonrpc::error_body(id.as_ref(), jsonrpc::INTERNAL_ERROR, &text, None);
         }
     }
 }
 
 fn annotations_of(tool: &Value) -> ToolAnnotations {
-    let hint = |name: &str| tool.get("annotations").and_then(|a| a.get(name)).and_then(Value::as_bool);
+    let hint = |name: &str| {
+        tool.get("annotations")
+            .and_then(|a| a.get(name))
+            .and_then(Value::as_bool)
+    };
     ToolAnnotations {
         read_only_hint: hint("readOnlyHint"),
         destructive_hint: hint("destructiveHint"),
@@ -321,7 +480,12 @@ fn filter_event_stream(gw: Arc<Gateway>, server: String, caller: Caller, id: Val
 /// Streams an upstream answer back with only the headers agents may see.
 fn stream_back(response: axum::http::Response<Incoming>) -> Response {
     let (parts, body) = response.into_parts();
-    (parts.status, upstream::response_headers(&parts.headers), Body::new(body)).into_response()
+    (
+        parts.status,
+        upstream::response_headers(&parts.headers),
+        Body::new(body),
+    )
+        .into_response()
 }
 
 fn upstream_error(error: &UpstreamError, id: Option<&Value>) -> Response {
@@ -329,5 +493,9 @@ fn upstream_error(error: &UpstreamError, id: Option<&Value>) -> Response {
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> String {
-    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }

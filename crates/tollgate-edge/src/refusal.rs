@@ -2,7 +2,7 @@
 //! `isError: true`, whose text the model reads and can act on, with machine-readable
 //! details under `_meta["tollgate/decision"]`; or, if configured, a JSON-RPC error.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tollgate_decision::proto::{Decision, Verdict};
 
 use crate::jsonrpc;
@@ -65,7 +65,9 @@ pub fn unavailable(cause: &str) -> Decision {
     let mut decision = Decision {
         decision_id: uuid::Uuid::now_v7().to_string(),
         rule: "edge.fail_open = false".into(),
-        reason: format!("the decision service is unavailable ({cause}), so the call was not forwarded; try again shortly"),
+        reason: format!(
+            "the decision service is unavailable ({cause}), so the call was not forwarded; try again shortly"
+        ),
         ..Default::default()
     };
     decision.set_verdict(Verdict::Deny);

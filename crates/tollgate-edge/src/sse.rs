@@ -34,7 +34,9 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
         let eol = match buf[i] {
             b'\n' => Some(i + 1),
             b'\r' if buf.get(i + 1) == Some(&b'\n') => Some(i + 2),
-            // A lone \r at the very end may still be followed by \n: wait for more bytes.
+            // An empty line ends the event whatever follows; a lone \r ending a non-empty
+            // line at the very end may still be followed by \n: wait for more bytes.
+            b'\r' if i + 1 == buf.len() && i == line_start => Some(i + 1),
             b'\r' if i + 1 == buf.len() => return None,
             b'\r' => Some(i + 1),
             _ => None,
@@ -56,7 +58,9 @@ pub fn data(event: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(event).ok()?;
     let mut data: Option<String> = None;
     for line in text.split(['\n', '\r']) {
-        let Some(value) = line.strip_prefix("data:") else { continue };
+        let Some(value) = line.strip_prefix("data:") else {
+            continue;
+        };
         let value = value.strip_prefix(' ').unwrap_or(value);
         match &mut data {
             Some(d) => {
@@ -95,7 +99,10 @@ mod tests {
         s.push(b"event: message\ndata: {\"a\"");
         assert!(s.next_event().is_none());
         s.push(b":1}\n\nid: 7\r\ndata: x\r\n\r\n: comment\r");
-        assert_eq!(s.next_event().as_deref(), Some(&b"event: message\ndata: {\"a\":1}\n\n"[..]));
+        assert_eq!(
+            s.next_event().as_deref(),
+            Some(&b"event: message\ndata: {\"a\":1}\n\n"[..])
+        );
         assert_eq!(s.next_event().as_deref(), Some(&b"id: 7\r\ndata: x\r\n\r\n"[..]));
         assert!(s.next_event().is_none(), "lone \\r at the end waits");
         s.push(b"\r");
@@ -106,6 +113,9 @@ mod tests {
     fn joins_data_lines_and_rewrites_keeping_id() {
         assert_eq!(data(b"data: a\ndata:b\n\n").as_deref(), Some("a\nb"));
         assert_eq!(data(b": keep-alive\n\n"), None);
-        assert_eq!(&with_data(b"id: 3\nevent: message\ndata: old\n\n", "new")[..], b"id: 3\nevent: message\ndata: new\n\n");
+        assert_eq!(
+            &with_data(b"id: 3\nevent: message\ndata: old\n\n", "new")[..],
+            b"id: 3\nevent: message\ndata: new\n\n"
+        );
     }
 }

@@ -6,18 +6,29 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::settings::UpstreamSettings;
 use crate::EdgeError;
+use crate::settings::UpstreamSettings;
 
 /// Agent request headers passed to the upstream. Everything else, `Authorization` first of
 /// all, stays at the edge.
-const FORWARDED_REQUEST_HEADERS: [&str; 5] = ["accept", "content-type", "mcp-session-id", "mcp-protocol-version", "last-event-id"];
+const FORWARDED_REQUEST_HEADERS: [&str; 5] = [
+    "accept",
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
 /// Upstream response headers passed to the agent.
-const FORWARDED_RESPONSE_HEADERS: [&str; 4] = ["content-type", "mcp-session-id", "mcp-protocol-version", "cache-control"];
+const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "cache-control",
+];
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
@@ -43,7 +54,9 @@ pub enum UpstreamError {
     Unreachable { name: String, url: String, cause: String },
     #[error("upstream MCP server \"{name}\" ({url}) did not answer within {ms} ms")]
     Timeout { name: String, url: String, ms: u128 },
-    #[error("upstream MCP server \"{name}\" rejected the edge's credentials (HTTP {status}); check [[upstreams]] headers")]
+    #[error(
+        "upstream MCP server \"{name}\" rejected the edge's credentials (HTTP {status}); check [[upstreams]] headers"
+    )]
     Credentials { name: String, status: u16 },
 }
 
@@ -60,10 +73,20 @@ impl UpstreamError {
 impl Upstream {
     pub fn new(settings: &UpstreamSettings) -> Result<Self, EdgeError> {
         let bad = |why: String| EdgeError::Config(format!("upstream \"{}\": {why}", settings.name));
-        if settings.name.is_empty() || !settings.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-            return Err(bad("name must be letters, digits, '_', '-' or '.' (it becomes the path /mcp/{name})".into()));
+        if settings.name.is_empty()
+            || !settings
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(bad(
+                "name must be letters, digits, '_', '-' or '.' (it becomes the path /mcp/{name})".into(),
+            ));
         }
-        let uri: Uri = settings.url.parse().map_err(|e| bad(format!("invalid url \"{}\": {e}", settings.url)))?;
+        let uri: Uri = settings
+            .url
+            .parse()
+            .map_err(|e| bad(format!("invalid url \"{}\": {e}", settings.url)))?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => {
@@ -73,11 +96,17 @@ impl Upstream {
         }
         let mut injected = HeaderMap::new();
         for (name, value) in &settings.headers {
-            let name = HeaderName::try_from(name.as_str()).map_err(|_| bad(format!("invalid header name \"{name}\"")))?;
-            let value = HeaderValue::try_from(value.as_str()).map_err(|_| bad(format!("invalid value for header \"{name}\"")))?;
+            let name =
+                HeaderName::try_from(name.as_str()).map_err(|_| bad(format!("invalid header name \"{name}\"")))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| bad(format!("invalid value for header \"{name}\"")))?;
             injected.insert(name, value);
         }
-        Ok(Upstream { name: settings.name.clone(), uri, injected })
+        Ok(Upstream {
+            name: settings.name.clone(),
+            uri,
+            injected,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -107,18 +136,31 @@ impl Upstream {
         }
         let request = request.body(body).map_err(|e| self.unreachable(e.to_string()))?;
         let response = match tokio::time::timeout(timeout, client.request(request)).await {
-            Err(_) => return Err(UpstreamError::Timeout { name: self.name.clone(), url: self.url(), ms: timeout.as_millis() }),
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    name: self.name.clone(),
+                    url: self.url(),
+                    ms: timeout.as_millis(),
+                });
+            }
             Ok(Err(e)) => return Err(self.unreachable(describe(&e))),
             Ok(Ok(r)) => r,
         };
         if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            return Err(UpstreamError::Credentials { name: self.name.clone(), status: response.status().as_u16() });
+            return Err(UpstreamError::Credentials {
+                name: self.name.clone(),
+                status: response.status().as_u16(),
+            });
         }
         Ok(response)
     }
 
     fn unreachable(&self, cause: String) -> UpstreamError {
-        UpstreamError::Unreachable { name: self.name.clone(), url: self.url(), cause }
+        UpstreamError::Unreachable {
+            name: self.name.clone(),
+            url: self.url(),
+            cause,
+        }
     }
 }
 

@@ -113,12 +113,10 @@ impl MemoryStore {
             state.sweep(now);
             state.next_sweep = now + SWEEP_INTERVAL;
         }
-        if !request_id.is_empty() {
-            if let Some((admission, expires)) = state.requests.get(request_id) {
-                if *expires > now {
-                    return admission.clone();
-                }
-            }
+        if let Some((admission, expires)) = state.requests.get(request_id)
+            && *expires > now
+        {
+            return admission.clone();
         }
 
         let mut counters = Vec::with_capacity(hits.len());
@@ -137,10 +135,13 @@ impl MemoryStore {
         let admitted = counters.iter().all(|c| !c.exceeded());
         if admitted {
             for hit in hits {
-                let counter = state.counters.entry(hit.key.clone()).or_insert_with(|| match hit.algorithm {
-                    Algorithm::SlidingLog => Counter::Log(SlidingLog::default()),
-                    Algorithm::SlidingWindow => Counter::Window(SlidingWindow::default()),
-                });
+                let counter = state
+                    .counters
+                    .entry(hit.key.clone())
+                    .or_insert_with(|| match hit.algorithm {
+                        Algorithm::SlidingLog => Counter::Log(SlidingLog::default()),
+                        Algorithm::SlidingWindow => Counter::Window(SlidingWindow::default()),
+                    });
                 match counter {
                     Counter::Log(log) => log.record(now, hit),
                     Counter::Window(w) => w.record(now, hit),
@@ -151,7 +152,9 @@ impl MemoryStore {
         if !request_id.is_empty() {
             let longest = hits.iter().map(|h| h.window).max().unwrap_or_default();
             let expires = now + longest.max(MIN_REQUEST_MEMORY);
-            state.requests.insert(request_id.to_owned(), (admission.clone(), expires));
+            state
+                .requests
+                .insert(request_id.to_owned(), (admission.clone(), expires));
         }
         admission
     }
@@ -201,7 +204,10 @@ impl SlidingLog {
     fn check(&mut self, now: Duration, hit: &Hit) -> CounterStatus {
         self.window = hit.window;
         self.prune(now);
-        let reset_after = self.entries.back().map_or(Duration::ZERO, |(at, _)| *at + self.window - now);
+        let reset_after = self
+            .entries
+            .back()
+            .map_or(Duration::ZERO, |(at, _)| *at + self.window - now);
         if self.total + hit.cost <= hit.max {
             return CounterStatus {
                 remaining: hit.max - self.total - hit.cost,
@@ -359,7 +365,10 @@ mod tests {
         assert_eq!(refused.counters[0].remaining, 0);
 
         clock.advance(Duration::from_secs(50) - Duration::from_micros(1));
-        assert!(!store.acquire_now("", &[hit("k", 10)]).admitted, "not before retry-after");
+        assert!(
+            !store.acquire_now("", &[hit("k", 10)]).admitted,
+            "not before retry-after"
+        );
         clock.advance(Duration::from_micros(1));
         assert!(store.acquire_now("", &[hit("k", 10)]).admitted, "right at retry-after");
         assert!(!store.acquire_now("", &[hit("k", 10)]).admitted, "only one slot freed");
@@ -388,7 +397,10 @@ mod tests {
         let third = store.acquire_now("", std::slice::from_ref(&h));
         assert!(!third.admitted);
         assert_eq!(third.counters[0].remaining, 1);
-        assert!(store.acquire_now("", &[hit("k", 5)]).admitted, "a cost-1 call still fits");
+        assert!(
+            store.acquire_now("", &[hit("k", 5)]).admitted,
+            "a cost-1 call still fits"
+        );
     }
 
     #[test]
@@ -420,7 +432,9 @@ mod tests {
             clock.advance(Duration::from_millis(10));
         }
         let state = store.lock();
-        let Some(Counter::Log(log)) = state.counters.get("k") else { panic!("log counter") };
+        let Some(Counter::Log(log)) = state.counters.get("k") else {
+            panic!("log counter")
+        };
         assert!(log.entries.len() <= 10);
     }
 
@@ -442,6 +456,9 @@ mod tests {
         assert!(!refused.admitted);
         let wait = refused.counters[0].retry_after.expect("refused");
         clock.advance(wait + Duration::from_millis(1));
-        assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted, "admitted after {wait:?}");
+        assert!(
+            store.acquire_now("", std::slice::from_ref(&h)).admitted,
+            "admitted after {wait:?}"
+        );
     }
 }

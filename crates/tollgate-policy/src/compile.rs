@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::document::{
-    Action, Algorithm, LimitSpec, PolicyDocument, RuleSpec, Scope, ScopeDim, ScopeSpec, UniqueMap,
-    Window,
+    Action, Algorithm, LimitSpec, PolicyDocument, RuleSpec, Scope, ScopeDim, ScopeSpec, UniqueMap, Window,
 };
 use crate::error::{Diagnostic, PolicyError};
 use crate::glob::Glob;
@@ -34,8 +33,13 @@ pub fn compile_str(name: &str, text: &str) -> Result<Compiled, PolicyError> {
 pub fn compile_with_format(name: &str, text: &str, format: Format) -> Result<Compiled, PolicyError> {
     let source = Source { name, text, format };
     let document = source.parse()?;
-    Compiler { source: &source, errors: Vec::new(), warnings: Vec::new(), counters: HashMap::new() }
-        .compile(document)
+    Compiler {
+        source: &source,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        counters: HashMap::new(),
+    }
+    .compile(document)
 }
 
 struct CounterUse {
@@ -68,7 +72,10 @@ impl Compiler<'_, '_> {
         let tools = self.rule_set(&["tools"], "tools", &doc.tools);
         if tools.catches_all() {
             if doc.default.is_some() {
-                self.warn(&["default"], "`default` never applies: the pattern \"*\" in `tools` matches every tool".into());
+                self.warn(
+                    &["default"],
+                    "`default` never applies: the pattern \"*\" in `tools` matches every tool".into(),
+                );
             }
             if !doc.classes.0.is_empty() {
                 self.warn(&["classes"], "class rules never apply: the pattern \"*\" in `tools` matches every tool, and tool rules beat class rules".into());
@@ -77,11 +84,17 @@ impl Compiler<'_, '_> {
 
         let mut servers = HashMap::new();
         for (name, spec) in &doc.servers.0 {
-            servers.insert(name.clone(), self.scoped(&["servers", name], &format!("servers[\"{name}\"]"), spec));
+            servers.insert(
+                name.clone(),
+                self.scoped(&["servers", name], &format!("servers[\"{name}\"]"), spec),
+            );
         }
         let mut grants = HashMap::new();
         for (name, spec) in &doc.grants.0 {
-            grants.insert(name.clone(), self.scoped(&["grants", name], &format!("grants[\"{name}\"]"), spec));
+            grants.insert(
+                name.clone(),
+                self.scoped(&["grants", name], &format!("grants[\"{name}\"]"), spec),
+            );
         }
 
         let mut classes: [Option<Arc<Rule>>; 3] = Default::default();
@@ -102,7 +115,14 @@ impl Compiler<'_, '_> {
             return Err(PolicyError { errors: self.errors });
         }
         Ok(Compiled {
-            policy: Policy { source: self.source.name.to_owned(), default, tools, servers, grants, classes },
+            policy: Policy {
+                source: self.source.name.to_owned(),
+                default,
+                tools,
+                servers,
+                grants,
+                classes,
+            },
             warnings: self.warnings,
         })
     }
@@ -114,10 +134,15 @@ impl Compiler<'_, '_> {
         if spec.default.is_some() && tools.catches_all() {
             let mut p = path.to_vec();
             p.push("default");
-            self.warn(&p, format!("`{label}.default` never applies: the pattern \"*\" in its `tools` matches every tool"));
+            self.warn(
+                &p,
+                format!("`{label}.default` never applies: the pattern \"*\" in its `tools` matches every tool"),
+            );
         }
         Rules {
-            default: spec.default.map(|a| Arc::new(Rule::default_rule(format!("{label}.default"), a))),
+            default: spec
+                .default
+                .map(|a| Arc::new(Rule::default_rule(format!("{label}.default"), a))),
             tools,
         }
     }
@@ -138,9 +163,16 @@ impl Compiler<'_, '_> {
                 set.exact.insert(key.clone(), rule);
             }
         }
-        set.patterns.sort_by(|a, b| b.0.specificity().cmp(&a.0.specificity()).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+        set.patterns.sort_by(|a, b| {
+            b.0.specificity()
+                .cmp(&a.0.specificity())
+                .then_with(|| a.0.as_str().cmp(b.0.as_str()))
+        });
         for (i, (a, _)) in set.patterns.iter().enumerate() {
-            for (b, _) in set.patterns[i + 1..].iter().take_while(|(b, _)| b.specificity() == a.specificity()) {
+            for (b, _) in set.patterns[i + 1..]
+                .iter()
+                .take_while(|(b, _)| b.specificity() == a.specificity())
+            {
                 if let Some(witness) = a.overlap(b) {
                     let mut p = path.to_vec();
                     p.push(b.as_str());
@@ -161,7 +193,10 @@ impl Compiler<'_, '_> {
             self.warn(path, format!("{label}: limits of a deny rule are never checked"));
         }
         if action != Action::RequireApproval && spec.approval.is_some() {
-            self.warn(path, format!("{label}: `approval` only applies to rules with \"action\": \"require_approval\""));
+            self.warn(
+                path,
+                format!("{label}: `approval` only applies to rules with \"action\": \"require_approval\""),
+            );
         }
         let mut limits: Vec<Limit> = Vec::with_capacity(spec.limits.len());
         for (i, limit) in spec.limits.iter().enumerate() {
@@ -169,7 +204,10 @@ impl Compiler<'_, '_> {
             p.push("limits");
             if let Some(compiled) = self.limit(&p, &label, i, limit) {
                 if limits.iter().any(|l| l.counter == compiled.counter) {
-                    self.error(&p, format!("{label}: counter \"{}\" appears twice in one rule", compiled.counter));
+                    self.error(
+                        &p,
+                        format!("{label}: counter \"{}\" appears twice in one rule", compiled.counter),
+                    );
                 }
                 limits.push(compiled);
             }
@@ -180,7 +218,10 @@ impl Compiler<'_, '_> {
             reason: spec.reason.clone(),
             limits,
             on_store_error: spec.on_store_error.unwrap_or_default(),
-            approval_timeout: spec.approval.as_ref().map_or(DEFAULT_APPROVAL_TIMEOUT, |a| a.timeout.duration),
+            approval_timeout: spec
+                .approval
+                .as_ref()
+                .map_or(DEFAULT_APPROVAL_TIMEOUT, |a| a.timeout.duration),
         })
     }
 
@@ -189,17 +230,35 @@ impl Compiler<'_, '_> {
         let mut ok = true;
         let mut here = path.to_vec();
         here.push(counter);
-        if counter.is_empty() || !counter.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-            self.error(&here, format!("{label}: limit #{} has invalid counter name \"{counter}\": use letters, digits, '_', '-' and '.'", index + 1));
+        if counter.is_empty()
+            || !counter
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            self.error(
+                &here,
+                format!(
+                    "{label}: limit #{} has invalid counter name \"{counter}\": use letters, digits, '_', '-' and '.'",
+                    index + 1
+                ),
+            );
             ok = false;
         }
         if spec.max == 0 {
-            self.error(&here, format!("{label}: counter \"{counter}\" has max 0, which admits nothing: use \"action\": \"deny\" instead"));
+            self.error(
+                &here,
+                format!(
+                    "{label}: counter \"{counter}\" has max 0, which admits nothing: use \"action\": \"deny\" instead"
+                ),
+            );
             ok = false;
         }
         let cost = spec.cost.unwrap_or(1);
         if cost == 0 {
-            self.error(&here, format!("{label}: counter \"{counter}\" has cost 0: a cost must be at least 1"));
+            self.error(
+                &here,
+                format!("{label}: counter \"{counter}\" has cost 0: a cost must be at least 1"),
+            );
             ok = false;
         } else if spec.max > 0 && cost > spec.max {
             self.error(&here, format!("{label}: counter \"{counter}\" has cost {cost} above its max {}, so no call could ever be admitted", spec.max));
@@ -218,12 +277,22 @@ impl Compiler<'_, '_> {
             }
             Some(_) => {}
             None => {
-                self.counters.insert(counter.to_owned(), CounterUse { window: spec.window.duration, algorithm, first: label.to_owned() });
+                self.counters.insert(
+                    counter.to_owned(),
+                    CounterUse {
+                        window: spec.window.duration,
+                        algorithm,
+                        first: label.to_owned(),
+                    },
+                );
             }
         }
         ok.then(|| Limit {
             counter: counter.to_owned(),
-            window: Window { duration: spec.window.duration, label: spec.window.label.clone() },
+            window: Window {
+                duration: spec.window.duration,
+                label: spec.window.label.clone(),
+            },
             max: spec.max,
             cost,
             scope: spec.scope.clone().unwrap_or_else(|| Scope(vec![ScopeDim::Grant])),

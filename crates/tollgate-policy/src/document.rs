@@ -9,8 +9,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 /// The whole policy document.
 #[derive(Debug, Deserialize)]
@@ -305,7 +305,9 @@ impl<'de> Deserialize<'de> for Scope {
         let texts = match raw {
             Raw::One(t) => vec![t],
             Raw::Many(ts) if ts.is_empty() => {
-                return Err(de::Error::custom("invalid scope []: name at least one dimension, or use \"global\""));
+                return Err(de::Error::custom(
+                    "invalid scope []: name at least one dimension, or use \"global\"",
+                ));
             }
             Raw::Many(ts) => ts,
         };
@@ -318,7 +320,9 @@ impl<'de> Deserialize<'de> for Scope {
             dims.push(dim);
         }
         if dims.len() > 1 && dims.contains(&ScopeDim::Global) {
-            return Err(de::Error::custom("scope \"global\" cannot be combined with other dimensions"));
+            return Err(de::Error::custom(
+                "scope \"global\" cannot be combined with other dimensions",
+            ));
         }
         Ok(Scope(dims))
     }
@@ -367,10 +371,16 @@ mod tests {
     fn windows_accept_names_and_durations() {
         assert_eq!(Window::parse("minute").map(|w| w.duration), Ok(Duration::from_secs(60)));
         assert_eq!(Window::parse("30s").map(|w| w.duration), Ok(Duration::from_secs(30)));
-        assert_eq!(Window::parse("250ms").map(|w| w.duration), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            Window::parse("250ms").map(|w| w.duration),
+            Ok(Duration::from_millis(250))
+        );
         assert_eq!(Window::parse("5m").map(|w| w.duration), Ok(Duration::from_secs(300)));
         assert_eq!(Window::parse("1h").map(|w| w.duration), Ok(Duration::from_secs(3600)));
-        assert_eq!(Window::parse("2d").map(|w| w.duration), Ok(Duration::from_secs(172_800)));
+        assert_eq!(
+            Window::parse("2d").map(|w| w.duration),
+            Ok(Duration::from_secs(172_800))
+        );
         assert!(Window::parse("0s").is_err());
         assert!(Window::parse("5x").is_err());
         assert!(Window::parse("s").is_err());
@@ -380,7 +390,10 @@ mod tests {
 
     #[test]
     fn scope_dimensions_parse_and_print() {
-        assert_eq!(ScopeDim::parse("argument:namespace"), Ok(ScopeDim::Argument("namespace".into())));
+        assert_eq!(
+            ScopeDim::parse("argument:namespace"),
+            Ok(ScopeDim::Argument("namespace".into()))
+        );
         assert!(ScopeDim::parse("argument:").is_err());
         assert!(ScopeDim::parse("tenant").is_err());
         let s = Scope(vec![ScopeDim::Grant, ScopeDim::Argument("ns".into())]);

@@ -54,10 +54,7 @@ impl Glob {
 
     /// Number of literal characters: the higher, the more specific.
     pub fn specificity(&self) -> usize {
-        self.tokens
-            .iter()
-            .filter(|t| matches!(t, Token::Literal(_)))
-            .count()
+        self.tokens.iter().filter(|t| matches!(t, Token::Literal(_))).count()
     }
 
     /// True when the pattern matches every possible name (`*`).

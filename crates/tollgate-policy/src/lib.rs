@@ -11,7 +11,7 @@ mod glob;
 mod policy;
 mod source;
 
-pub use compile::{compile_str, compile_with_format, Compiled};
+pub use compile::{Compiled, compile_str, compile_with_format};
 pub use document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
@@ -23,7 +23,11 @@ pub fn load_file(path: &std::path::Path) -> Result<Compiled, PolicyError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
         errors: vec![Diagnostic {
-            location: Location { file: name.clone(), line: 1, column: 1 },
+            location: Location {
+                file: name.clone(),
+                line: 1,
+                column: 1,
+            },
             message: format!("cannot read policy file: {e}"),
         }],
     })?;

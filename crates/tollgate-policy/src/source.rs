@@ -100,8 +100,7 @@ fn find_key(text: &str, key: &str, from: usize) -> Option<usize> {
         let end = at + key.len();
         let quote = at.checked_sub(1).map(|i| bytes[i]);
         let quoted = matches!(quote, Some(b'"') | Some(b'\'')) && bytes.get(end) == quote.as_ref();
-        let bare_ok = !quoted
-            && quote.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
+        let bare_ok = !quoted && quote.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
         if quoted || bare_ok {
             let after = if quoted { end + 1 } else { end };
             let next = text[after..].trim_start_matches([' ', '\t']).bytes().next();
@@ -136,23 +135,39 @@ mod tests {
     #[test]
     fn locate_finds_nested_keys_in_each_format() {
         let json = "{\n  \"tools\": {\n    \"a\": {},\n    \"k8s_*\": {}\n  }\n}";
-        let src = Source { name: "p.json", text: json, format: Format::Json };
+        let src = Source {
+            name: "p.json",
+            text: json,
+            format: Format::Json,
+        };
         let at = src.locate(&["tools", "k8s_*"]);
         assert_eq!((at.line, at.column), (4, 5));
 
         let yaml = "version: \"1\"\ntools:\n  k8s_get: {}\n  'k8s_*': {}\n";
-        let src = Source { name: "p.yaml", text: yaml, format: Format::Yaml };
+        let src = Source {
+            name: "p.yaml",
+            text: yaml,
+            format: Format::Yaml,
+        };
         assert_eq!(src.locate(&["tools", "k8s_*"]).line, 4);
 
         let toml = "version = \"1\"\n[tools.k8s_get]\n[tools.\"k8s_*\"]\n";
-        let src = Source { name: "p.toml", text: toml, format: Format::Toml };
+        let src = Source {
+            name: "p.toml",
+            text: toml,
+            format: Format::Toml,
+        };
         assert_eq!(src.locate(&["tools", "k8s_*"]).line, 3);
     }
 
     #[test]
     fn locate_skips_values_that_merely_contain_the_key() {
         let json = "{\"reason\": \"tools are off\",\n \"tools\": {}}";
-        let src = Source { name: "p.json", text: json, format: Format::Json };
+        let src = Source {
+            name: "p.json",
+            text: json,
+            format: Format::Json,
+        };
         assert_eq!(src.locate(&["tools"]).line, 2);
     }
 }

@@ -1,7 +1,7 @@
 //! The policy language as SPEC §2 describes it: precedence, keys and diagnostics.
 
-use serde_json::{json, Value};
-use tollgate_policy::{compile_str, Action, Annotations, Call, Policy, PolicyError};
+use serde_json::{Value, json};
+use tollgate_policy::{Action, Annotations, Call, Policy, PolicyError, compile_str};
 
 const SEED: &str = r#"{
   "version": "1",
@@ -87,7 +87,11 @@ fn equally_specific_overlapping_patterns_are_an_error_with_location() {
     let err = errors("p.json", text);
     assert_eq!(err.errors.len(), 1, "{err}");
     let d = &err.errors[0];
-    assert!(d.message.contains("\"*_pod\"") && d.message.contains("\"k8s_*\""), "{}", d.message);
+    assert!(
+        d.message.contains("\"*_pod\"") && d.message.contains("\"k8s_*\""),
+        "{}",
+        d.message
+    );
     assert!(d.message.contains("k8s_"), "names a witness: {}", d.message);
     assert_eq!((d.location.file.as_str(), d.location.line), ("p.json", 4), "{d}");
 }
@@ -104,7 +108,10 @@ fn server_rules_beat_top_level_rules_for_their_server_only() {
         r#"{"version":"1","tools":{"k8s_scale":{}},
             "servers":{"prod":{"tools":{"k8s_scale":{"action":"deny","reason":"not in prod"}}}}}"#,
     );
-    assert_eq!(label(&p, "prod", "k8s_scale", "g"), "servers[\"prod\"].tools[\"k8s_scale\"]");
+    assert_eq!(
+        label(&p, "prod", "k8s_scale", "g"),
+        "servers[\"prod\"].tools[\"k8s_scale\"]"
+    );
     assert_eq!(label(&p, "dev", "k8s_scale", "g"), "tools[\"k8s_scale\"]");
 }
 
@@ -115,8 +122,14 @@ fn grant_rules_beat_server_rules() {
             "servers":{"prod":{"tools":{"k8s_scale":{"action":"deny"}}}},
             "grants":{"sre":{"tools":{"k8s_*":{"action":"allow"}}}}}"#,
     );
-    assert_eq!(label(&p, "prod", "k8s_scale", "sre"), "grants[\"sre\"].tools[\"k8s_*\"]");
-    assert_eq!(label(&p, "prod", "k8s_scale", "ci-bot"), "servers[\"prod\"].tools[\"k8s_scale\"]");
+    assert_eq!(
+        label(&p, "prod", "k8s_scale", "sre"),
+        "grants[\"sre\"].tools[\"k8s_*\"]"
+    );
+    assert_eq!(
+        label(&p, "prod", "k8s_scale", "ci-bot"),
+        "servers[\"prod\"].tools[\"k8s_scale\"]"
+    );
 }
 
 #[test]
@@ -126,21 +139,39 @@ fn named_tool_rule_beats_class_rule_and_class_beats_default() {
             "tools":{"k8s_delete_namespace":{"action":"require_approval"}},
             "classes":{"destructive":{"action":"deny"},"read_only":{"action":"allow"}}}"#,
     );
-    let destructive = Annotations { destructive: Some(true), ..Default::default() };
+    let destructive = Annotations {
+        destructive: Some(true),
+        ..Default::default()
+    };
     assert_eq!(
         p.rule_for("k8s", "k8s_delete_namespace", "g", destructive).label,
         "tools[\"k8s_delete_namespace\"]"
     );
-    assert_eq!(p.rule_for("k8s", "k8s_drain", "g", destructive).label, "classes[\"destructive\"]");
-    let read_only = Annotations { read_only: Some(true), ..Default::default() };
-    assert_eq!(p.rule_for("k8s", "k8s_get_pods", "g", read_only).label, "classes[\"read_only\"]");
+    assert_eq!(
+        p.rule_for("k8s", "k8s_drain", "g", destructive).label,
+        "classes[\"destructive\"]"
+    );
+    let read_only = Annotations {
+        read_only: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(
+        p.rule_for("k8s", "k8s_get_pods", "g", read_only).label,
+        "classes[\"read_only\"]"
+    );
 }
 
 #[test]
 fn tools_without_annotations_count_as_destructive_per_mcp_defaults() {
     let p = policy(r#"{"version":"1","default":"allow","classes":{"destructive":{"action":"deny"}}}"#);
-    assert_eq!(p.rule_for("k8s", "mystery", "g", Annotations::default()).action, Action::Deny);
-    let safe = Annotations { destructive: Some(false), ..Default::default() };
+    assert_eq!(
+        p.rule_for("k8s", "mystery", "g", Annotations::default()).action,
+        Action::Deny
+    );
+    let safe = Annotations {
+        destructive: Some(false),
+        ..Default::default()
+    };
     assert_eq!(p.rule_for("k8s", "mystery", "g", safe).action, Action::Allow);
 }
 
@@ -149,9 +180,17 @@ fn destructive_class_beats_open_world_and_read_only() {
     let p = policy(
         r#"{"version":"1","classes":{"open_world":{"action":"require_approval"},"destructive":{"action":"deny"},"read_only":{}}}"#,
     );
-    let both = Annotations { destructive: Some(true), open_world: Some(true), ..Default::default() };
+    let both = Annotations {
+        destructive: Some(true),
+        open_world: Some(true),
+        ..Default::default()
+    };
     assert_eq!(p.rule_for("s", "t", "g", both).label, "classes[\"destructive\"]");
-    let web = Annotations { read_only: Some(true), open_world: Some(true), ..Default::default() };
+    let web = Annotations {
+        read_only: Some(true),
+        open_world: Some(true),
+        ..Default::default()
+    };
     assert_eq!(p.rule_for("s", "t", "g", web).label, "classes[\"open_world\"]");
 }
 
@@ -173,14 +212,15 @@ fn any_tool_rule_beats_every_default() {
         r#"{"version":"1","tools":{"k8s_delete_namespace":{"action":"deny"}},
             "grants":{"admin":{"default":"allow"}}}"#,
     );
-    assert_eq!(label(&p, "k8s", "k8s_delete_namespace", "admin"), "tools[\"k8s_delete_namespace\"]");
+    assert_eq!(
+        label(&p, "k8s", "k8s_delete_namespace", "admin"),
+        "tools[\"k8s_delete_namespace\"]"
+    );
 }
 
 #[test]
 fn visibility_hides_denied_tools_only() {
-    let p = policy(
-        r#"{"version":"1","default":"deny","tools":{"a":{},"b":{"action":"require_approval"}}}"#,
-    );
+    let p = policy(r#"{"version":"1","default":"deny","tools":{"a":{},"b":{"action":"require_approval"}}}"#);
     assert!(p.is_visible("s", "a", "g", Annotations::default()));
     assert!(p.is_visible("s", "b", "g", Annotations::default()));
     assert!(!p.is_visible("s", "c", "g", Annotations::default()));
@@ -199,7 +239,14 @@ fn counter_keys_follow_scope_and_escape_values() {
     let args = json!({"namespace": "kube-system/x"});
     let hits = p.counter_hits(rule, &call("t", "ci/bot", &args));
     let keys: Vec<&str> = hits.iter().map(|h| h.key.as_str()).collect();
-    assert_eq!(keys, ["per_ns/grant=ci%2Fbot/arg.namespace=kube-system%2Fx", "all/global", "sess/session=s-1"]);
+    assert_eq!(
+        keys,
+        [
+            "per_ns/grant=ci%2Fbot/arg.namespace=kube-system%2Fx",
+            "all/global",
+            "sess/session=s-1"
+        ]
+    );
     assert_eq!(hits[2].limit.cost, 2);
     assert_eq!(hits[2].limit.window.duration.as_secs(), 60);
 }
@@ -211,8 +258,12 @@ fn argument_keys_distinguish_missing_strings_and_other_json() {
     );
     let rule = p.rule_for("k8s", "t", "g", Annotations::default());
     let key = |args: Value| p.counter_hits(rule, &call("t", "g", &args))[0].key.clone();
-    let (missing, number, text, bang) =
-        (key(json!({})), key(json!({"replicas": 3})), key(json!({"replicas": "3"})), key(json!({"replicas": "!"})));
+    let (missing, number, text, bang) = (
+        key(json!({})),
+        key(json!({"replicas": 3})),
+        key(json!({"replicas": "3"})),
+        key(json!({"replicas": "!"})),
+    );
     assert_eq!(missing, "c/arg.replicas=!");
     assert_eq!(number, "c/arg.replicas=#3");
     assert_eq!(text, "c/arg.replicas=3");
@@ -239,9 +290,14 @@ fn yaml_and_toml_policies_compile_to_the_same_rules() {
     let toml = "version = \"1\"\ndefault = \"deny\"\n[[tools.k8s_rollout_pause.limits]]\ncounter = \"k8s_rollout_pause_rate\"\nwindow = \"minute\"\nmax = 10\nscope = \"grant\"\n";
     for (name, text) in [("p.yaml", yaml), ("p.toml", toml)] {
         let c = compile_str(name, text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let r = c.policy.rule_for("k8s", "k8s_rollout_pause", "g", Annotations::default());
+        let r = c
+            .policy
+            .rule_for("k8s", "k8s_rollout_pause", "g", Annotations::default());
         assert_eq!(r.limits[0].describe(), "10 per minute per grant", "{name}");
-        assert_eq!(c.policy.rule_for("k8s", "other", "g", Annotations::default()).action, Action::Deny);
+        assert_eq!(
+            c.policy.rule_for("k8s", "other", "g", Annotations::default()).action,
+            Action::Deny
+        );
     }
 }
 
@@ -269,7 +325,8 @@ fn bad_values_are_reported_where_they_are_written() {
     assert_eq!(line, 4);
     assert!(msg.contains("invalid window \"7x\""), "{msg}");
 
-    let text = "version: \"1\"\ntools:\n  t:\n    limits:\n      - {counter: c, window: minute, max: 1, scope: tenant}\n";
+    let text =
+        "version: \"1\"\ntools:\n  t:\n    limits:\n      - {counter: c, window: minute, max: 1, scope: tenant}\n";
     let (line, _, msg) = first_error("p.yaml", text);
     assert_eq!(line, 5);
     assert!(msg.contains("invalid scope \"tenant\""), "{msg}");
@@ -334,8 +391,14 @@ fn shared_counter_must_count_the_same_way() {
     }}"#;
     let p = policy(ok);
     let args = json!({});
-    let a = p.counter_hits(p.rule_for("s", "a", "g", Annotations::default()), &call("a", "g", &args));
-    let b = p.counter_hits(p.rule_for("s", "b", "g", Annotations::default()), &call("b", "g", &args));
+    let a = p.counter_hits(
+        p.rule_for("s", "a", "g", Annotations::default()),
+        &call("a", "g", &args),
+    );
+    let b = p.counter_hits(
+        p.rule_for("s", "b", "g", Annotations::default()),
+        &call("b", "g", &args),
+    );
     assert_eq!(a[0].key, b[0].key, "same counter, same scope: one budget");
 }
 
@@ -360,5 +423,9 @@ fn warnings_name_rules_that_can_never_apply() {
     let all: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
     assert!(all.iter().any(|w| w.contains("`default` never applies")), "{all:?}");
     assert!(all.iter().any(|w| w.contains("class rules never apply")), "{all:?}");
-    assert!(all.iter().any(|w| w.contains("limits of a deny rule are never checked")), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|w| w.contains("limits of a deny rule are never checked")),
+        "{all:?}"
+    );
 }
