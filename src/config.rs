@@ -73,7 +73,8 @@ impl Config {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("edge.decision")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(section_overrides())),
             )
             .build()
             .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -93,6 +94,14 @@ impl Config {
             .as_ref()
             .context("the config has no [decision] section: set at least decision.policy = \"policy.json\"")
     }
+}
+
+/// The `TOLLGATE_SECTION__KEY` variables. Others, like `TOLLGATE_CONFIG` (the config file's
+/// path), are not configuration keys and must not be read as such.
+fn section_overrides() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("TOLLGATE_") && name.contains("__"))
+        .collect()
 }
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {

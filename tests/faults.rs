@@ -332,3 +332,35 @@ fn sigterm_exits_cleanly() {
     let status = up.terminate();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[test]
+fn environment_overrides_the_config_file() {
+    let dir = support::temp_dir("env");
+    let config = write_config(
+        &dir,
+        "http://127.0.0.1:9/mcp",
+        &["http://127.0.0.1:1".into()],
+        &support::seed_policy("minute"),
+        "",
+    );
+    // TOLLGATE_CONFIG names the file and is not itself read as a config key.
+    let env = [
+        ("TOLLGATE_CONFIG", config.to_str().unwrap()),
+        ("TOLLGATE_EDGE__DECISION", "http://127.0.0.1:2,http://127.0.0.1:3"),
+    ];
+    let _edge = Proc::start_until(
+        "edge",
+        &["edge"],
+        &env,
+        "(decision: http://127.0.0.1:2, http://127.0.0.1:3)",
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["edge", "--config", config.to_str().unwrap()])
+        .env("TOLLGATE_EDGE__MAX_BODY_BYTES", "lots")
+        .output()
+        .expect("run tollgate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("max_body_bytes"), "a bad override is named: {stderr}");
+}
