@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tollgate_decision::{Engine, GrpcDecider, PolicyStatus};
+use tollgate_decision::{Decider, Engine, GrpcDecider, PolicyStatus};
 use tollgate_edge::EdgeParts;
 use tollgate_limiter::MemoryStore;
 use tollgate_policy::{Action, Annotations, Call};
@@ -32,24 +32,9 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
             println!("tollgate demo-upstream listening on http://{addr}/mcp");
         }
         let (engine, status) = start_engine(&config).await?;
-        let parts = EdgeParts {
-            settings: config.edge.clone(),
-            upstreams: config.upstreams.clone(),
-            grants: config.grants.clone(),
-            decider: engine,
-            policy_status: status,
-        };
-        let router = tollgate_edge::router(parts)?;
-        let listener = bind(&config.edge.listen.to_string(), "edge").await?;
-        let addr = listener.local_addr()?;
-        println!("tollgate up: edge + decision in one process, memory store, listening on http://{addr}");
-        print_endpoints(&config, addr, demo_listen.is_some());
-        let drain = Duration::from_millis(config.edge.drain_timeout_ms);
-        let served = shutdown
-            .drain(drain, tollgate_edge::serve(listener, router, shutdown.requested()))
-            .await;
-        served.transpose()?;
-        Ok(())
+        let banner =
+            |addr| format!("tollgate up: edge + decision in one process, memory store, listening on http://{addr}");
+        run_edge(&config, engine, status, &shutdown, banner, demo_listen.is_some()).await
     })
 }
 
@@ -60,28 +45,40 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
         let shutdown = Shutdown::on_signals();
         let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
         let decider = GrpcDecider::new(&config.edge.decision, timeout)?;
-        let parts = EdgeParts {
-            settings: config.edge.clone(),
-            upstreams: config.upstreams.clone(),
-            grants: config.grants.clone(),
-            decider: Arc::new(decider),
-            policy_status: None,
-        };
-        let router = tollgate_edge::router(parts)?;
-        let listener = bind(&config.edge.listen.to_string(), "edge").await?;
-        let addr = listener.local_addr()?;
-        println!(
-            "tollgate edge listening on http://{addr} (decision: {})",
-            config.edge.decision.join(", ")
-        );
-        print_endpoints(&config, addr, false);
-        let drain = Duration::from_millis(config.edge.drain_timeout_ms);
-        let served = shutdown
-            .drain(drain, tollgate_edge::serve(listener, router, shutdown.requested()))
-            .await;
-        served.transpose()?;
-        Ok(())
+        let replicas = config.edge.decision.join(", ");
+        let banner = |addr| format!("tollgate edge listening on http://{addr} (decision: {replicas})");
+        run_edge(&config, Arc::new(decider), None, &shutdown, banner, false).await
     })
+}
+
+/// Builds the edge from `config`, prints `banner` and the endpoints, and serves until
+/// shutdown has been requested and in-flight requests have drained.
+async fn run_edge(
+    config: &Config,
+    decider: Arc<dyn Decider>,
+    policy_status: Option<Arc<PolicyStatus>>,
+    shutdown: &Shutdown,
+    banner: impl FnOnce(SocketAddr) -> String,
+    demo: bool,
+) -> anyhow::Result<()> {
+    let parts = EdgeParts {
+        settings: config.edge.clone(),
+        upstreams: config.upstreams.clone(),
+        grants: config.grants.clone(),
+        decider,
+        policy_status,
+    };
+    let router = tollgate_edge::router(parts)?;
+    let listener = bind(&config.edge.listen.to_string(), "edge").await?;
+    let addr = listener.local_addr()?;
+    println!("{}", banner(addr));
+    print_endpoints(config, addr, demo);
+    let drain = Duration::from_millis(config.edge.drain_timeout_ms);
+    let served = shutdown
+        .drain(drain, tollgate_edge::serve(listener, router, shutdown.requested()))
+        .await;
+    served.transpose()?;
+    Ok(())
 }
 
 pub fn decision(config_path: &Path) -> anyhow::Result<()> {

@@ -94,8 +94,7 @@ async fn split_deployment_two_edges_share_one_decision_service() {
         &[],
     );
     let dir = support::temp_dir("split");
-    let bootstrap = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy(WINDOW), "");
-    let decision = Proc::start("decision", &["decision", "--config", bootstrap.to_str().unwrap()], &[]);
+    let decision = support::start_decision(&dir, &upstream.url("/mcp"), &support::seed_policy(WINDOW));
     let config = write_config(
         &dir,
         &upstream.url("/mcp"),

@@ -216,8 +216,7 @@ async fn decision_service_down_refuses_and_never_forwards() {
 async fn edge_fails_over_to_a_live_decision_replica() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("failover");
-    let bootstrap = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy("minute"), "");
-    let live = Proc::start("decision", &["decision", "--config", bootstrap.to_str().unwrap()], &[]);
+    let live = support::start_decision(&dir, &upstream.url("/mcp"), &support::seed_policy("minute"));
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");

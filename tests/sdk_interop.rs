@@ -85,8 +85,7 @@ async fn typescript_sdk_client_through_an_edge_over_sse() {
         &[],
     );
     let dir = support::temp_dir("sdk-edge");
-    let bootstrap = write_config(&dir, &upstream.url("/mcp"), &[], &support::seed_policy("minute"), "");
-    let decision = Proc::start("decision", &["decision", "--config", bootstrap.to_str().unwrap()], &[]);
+    let decision = support::start_decision(&dir, &upstream.url("/mcp"), &support::seed_policy("minute"));
     let config = write_config(
         &dir,
         &upstream.url("/mcp"),

@@ -197,6 +197,13 @@ key_sha256 = "{}"
     path
 }
 
+/// Starts a `tollgate decision` serving `policy`, configured from `dir` (whose
+/// `tollgate.toml` is then free to be rewritten for the edges).
+pub fn start_decision(dir: &Path, upstream_url: &str, policy: &str) -> Proc {
+    let config = write_config(dir, upstream_url, &[], policy, "");
+    Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[])
+}
+
 /// A minimal MCP client: JSON-RPC over Streamable HTTP, accepting JSON or SSE answers.
 pub struct Mcp {
     http: reqwest::Client,

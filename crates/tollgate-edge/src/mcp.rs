@@ -162,24 +162,21 @@ pub async fn post(
 }
 
 pub async fn get(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
-    match gw.upstream(&server) {
-        Ok(upstream) => match gw.forward(upstream, Method::GET, &headers, Body::empty(), None).await {
-            Ok(response) => stream_back(response),
-            Err(response) => response,
-        },
-        Err(response) => response,
-    }
+    forward_bodyless(&gw, &server, Method::GET, &headers).await
 }
 
 pub async fn delete(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
-    match gw.upstream(&server) {
-        Ok(upstream) => match gw
-            .forward(upstream, Method::DELETE, &headers, Body::empty(), None)
-            .await
-        {
-            Ok(response) => stream_back(response),
-            Err(response) => response,
-        },
+    forward_bodyless(&gw, &server, Method::DELETE, &headers).await
+}
+
+/// GET (the server-to-client stream) and DELETE (end of session) pass straight through.
+async fn forward_bodyless(gw: &Gateway, server: &str, method: Method, headers: &HeaderMap) -> Response {
+    let upstream = match gw.upstream(server) {
+        Ok(u) => u,
+        Err(response) => return response,
+    };
+    match gw.forward(upstream, method, headers, Body::empty(), None).await {
+        Ok(response) => stream_back(response),
         Err(response) => response,
     }
 }
@@ -332,34 +329,22 @@ async fn list_tools(
     if !parts.status.is_success() {
         return (parts.status, out_headers, Body::new(body)).into_response();
     }
-    let bytes = match Limited::new(body, MAX_TOOLS_LIST_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            let message = format!(
-                "upstream MCP server \"{}\" sent an unreadable tools/list answer: {e}",
-                upstream.name
-            );
-            return jsonrpc::error_response(
-                StatusCode::BAD_GATEWAY,
-                Some(id),
-                jsonrpc::UPSTREAM_ERROR,
-                &message,
-                None,
-            );
-        }
-    };
-    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
-        let message = format!(
-            "upstream MCP server \"{}\" answered tools/list with invalid JSON",
-            upstream.name
-        );
-        return jsonrpc::error_response(
+    let bad_answer = |what: String| {
+        let message = format!("upstream MCP server \"{}\" sent {what}", upstream.name);
+        jsonrpc::error_response(
             StatusCode::BAD_GATEWAY,
             Some(id),
             jsonrpc::UPSTREAM_ERROR,
             &message,
             None,
-        );
+        )
+    };
+    let bytes = match Limited::new(body, MAX_TOOLS_LIST_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return bad_answer(format!("an unreadable tools/list answer: {e}")),
+    };
+    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+        return bad_answer("a tools/list answer that is not JSON".into());
     };
     filter_tools_answer(gw, &upstream.name, caller, &mut message).await;
     (parts.status, out_headers, message.to_string()).into_response()
