@@ -1,0 +1,48 @@
+-- Tollgate: give back hits that acquire.lua took, for a call whose counters span several
+-- Redis Cluster slots and that another slot refused (reserve-then-release). Releasing
+-- twice is harmless: sliding_log removes named members, and the request record is
+-- rewritten as refused so a retry of the call is neither charged nor released again.
+--
+-- KEYS[1]       request record of the call (as given to acquire.lua)
+-- KEYS[2..n+1]  counter keys
+-- ARGV[1]       request id; "" when the call had none
+-- ARGV[2]       request record TTL in milliseconds
+-- ARGV[3]       member prefix used by acquire.lua
+-- ARGV[4+3(i-1)..] per counter i: algorithm (0 sliding_log, 1 sliding_window), cost,
+--               bucket returned by acquire.lua
+--
+-- Returns the number of counters released.
+
+if ARGV[1] ~= '' then
+  local previous = redis.call('GET', KEYS[1])
+  if previous then
+    local record = cjson.decode(previous)
+    if record[1] == 0 then return 0 end
+    record[1] = 0
+    redis.call('SET', KEYS[1], cjson.encode(record), 'PX', ARGV[2])
+  end
+end
+
+local n = #KEYS - 1
+for i = 1, n do
+  local key = KEYS[i + 1]
+  local base = 4 + (i - 1) * 3
+  local cost = tonumber(ARGV[base + 1])
+  if tonumber(ARGV[base]) == 0 then
+    local members = {}
+    for unit = 1, cost do
+      members[#members + 1] = ARGV[3] .. ':' .. i .. ':' .. unit
+    end
+    redis.call('ZREM', key, unpack(members))
+  else
+    local bucket = tonumber(ARGV[base + 2])
+    local stored = tonumber(redis.call('HGET', key, 'b'))
+    local field = nil
+    if stored == bucket then field = 'c' elseif stored == bucket + 1 then field = 'p' end
+    if field then
+      local left = (tonumber(redis.call('HGET', key, field)) or 0) - cost
+      redis.call('HSET', key, field, math.max(left, 0))
+    end
+  end
+end
+return n
