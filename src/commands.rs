@@ -11,10 +11,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tollgate_decision::{Decider, Engine, GrpcDecider, PolicyStatus};
 use tollgate_edge::EdgeParts;
-use tollgate_limiter::MemoryStore;
 use tollgate_policy::{Action, Annotations, Call};
 
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 use crate::shutdown::Shutdown;
 
 /// The key the quick-start config's `demo` grant is made for (see examples/tollgate.toml).
@@ -32,8 +31,9 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
             println!("tollgate demo-upstream listening on http://{addr}/mcp");
         }
         let (engine, status) = start_engine(&config).await?;
+        let store = engine.store_kind();
         let banner =
-            |addr| format!("tollgate up: edge + decision in one process, memory store, listening on http://{addr}");
+            |addr| format!("tollgate up: edge + decision in one process, {store} store, listening on http://{addr}");
         run_edge(&config, engine, status, &shutdown, banner, demo_listen.is_some()).await
     })
 }
@@ -220,9 +220,7 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Ar
     for w in &compiled.warnings {
         tracing::warn!("policy warning: {w}");
     }
-    let store = match config.store.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::default()),
-    };
+    let store = config.store.build()?;
     let engine = Arc::new(Engine::new(
         compiled.policy,
         store,

@@ -2,11 +2,13 @@
 //! (`__` separates levels: `TOLLGATE_EDGE__LISTEN=0.0.0.0:8080`). Validated once at start.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use tollgate_decision::DecisionSettings;
 use tollgate_edge::{EdgeSettings, GrantSettings, UpstreamSettings};
+use tollgate_limiter::{CounterStore, MemoryStore, RedisSettings, RedisStore};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,9 +31,24 @@ pub struct Config {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
-    /// `memory` (default): counters in this process.
+    /// `memory` (default): counters in this process. `redis`: shared by every replica.
     #[serde(default)]
     pub kind: StoreKind,
+    /// Standalone Redis, e.g. `redis://127.0.0.1:6379` (kind = "redis").
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes (kind = "redis").
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// Most open Redis connections. Default 32.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Deadline to open a Redis connection or wait for a free one (ms). Default 1000.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// First part of every Redis key. Default `tollgate`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -39,6 +56,31 @@ pub struct StoreSettings {
 pub enum StoreKind {
     #[default]
     Memory,
+    Redis,
+}
+
+impl StoreSettings {
+    /// Builds the counter store these settings describe.
+    pub fn build(&self) -> anyhow::Result<Arc<dyn CounterStore>> {
+        Ok(match self.kind {
+            StoreKind::Memory => Arc::new(MemoryStore::default()),
+            StoreKind::Redis => {
+                let mut redis: RedisSettings = serde_json::from_value(serde_json::json!({}))?;
+                redis.url = self.url.clone();
+                redis.cluster = self.cluster.clone();
+                if let Some(size) = self.pool_size {
+                    redis.pool_size = size;
+                }
+                if let Some(ms) = self.connect_timeout_ms {
+                    redis.connect_timeout_ms = ms;
+                }
+                if let Some(prefix) = &self.key_prefix {
+                    redis.key_prefix = prefix.clone();
+                }
+                Arc::new(RedisStore::new(&redis)?)
+            }
+        })
+    }
 }
 
 /// `[log]`

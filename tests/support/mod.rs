@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod redis;
+
 pub const KEY_A: &str = "key-for-grant-a";
 pub const KEY_B: &str = "key-for-grant-b";
 

@@ -111,6 +111,7 @@ impl Engine {
             .iter()
             .map(|h| Hit {
                 key: h.key.clone(),
+                tag: h.tag().to_owned(),
                 window: h.limit.window.duration,
                 max: h.limit.max,
                 cost: h.limit.cost,

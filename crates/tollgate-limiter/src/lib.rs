@@ -7,10 +7,12 @@
 //! request ids, so a retried request never takes a second hit.
 
 mod memory;
+mod redis_store;
 
 use std::time::Duration;
 
 pub use memory::{Clock, ManualClock, MemoryStore, SystemClock};
+pub use redis_store::{RedisSettings, RedisStore};
 
 /// How a counter counts hits within its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +29,9 @@ pub enum Algorithm {
 pub struct Hit {
     /// The counter's concrete key (counter name plus scope values).
     pub key: String,
+    /// Counters with the same tag are stored together (one Redis Cluster slot), so a call
+    /// whose counters share a tag is decided by one atomic script.
+    pub tag: String,
     pub window: Duration,
     pub max: u64,
     /// How many hits this call takes.
@@ -76,6 +81,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("counter store rejected the request: {0}")]
     Rejected(String),
+    #[error("invalid counter store configuration: {0}")]
+    Config(String),
 }
 
 /// A place where rate-limit counters live.

@@ -337,6 +337,7 @@ mod tests {
     fn hit(key: &str, max: u64) -> Hit {
         Hit {
             key: key.into(),
+            tag: key.into(),
             window: MINUTE,
             max,
             cost: 1,

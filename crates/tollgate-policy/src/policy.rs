@@ -172,6 +172,15 @@ pub struct CounterHit<'p> {
     pub key: String,
 }
 
+impl CounterHit<'_> {
+    /// The part of the key that decides where the counter is stored: its first scope
+    /// dimension with its value (e.g. `grant=ci-bot`). Counters of one call whose scopes
+    /// start with the same dimension share it, and so one Redis Cluster slot.
+    pub fn tag(&self) -> &str {
+        self.key.split('/').nth(1).unwrap_or("global")
+    }
+}
+
 impl Policy {
     /// The file or name the policy was loaded from.
     pub fn source(&self) -> &str {

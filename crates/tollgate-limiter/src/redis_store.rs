@@ -1,0 +1,314 @@
+//! The Redis counter store: counters shared by every decision replica, on a standalone
+//! Redis or a Redis Cluster, decided by Lua scripts (`lua/acquire.lua`, `lua/release.lua`).
+//!
+//! A call's hits are grouped by tag; each group lives in one Cluster slot (the tag is the
+//! key's hash tag) and is decided by one atomic script run. A call that spans several slots
+//! reserves in each and releases the reservations if any slot refuses: it can briefly make
+//! another call see less room than there is (under-admission), never more.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use redis::Script;
+use serde::Deserialize;
+
+use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
+
+/// Request records are kept at least this long, even for calls with only short windows.
+const MIN_REQUEST_MEMORY: Duration = Duration::from_secs(60);
+
+/// `[store]` settings for `kind = "redis"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// A standalone server, e.g. `redis://127.0.0.1:6379`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes, e.g. `["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]`.
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// Most connections (or cluster clients) held open. Default 32.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Deadline to open a connection or wait for a free one, in milliseconds. Default 1000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// First part of every key. Default `tollgate`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_pool_size() -> usize {
+    32
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_key_prefix() -> String {
+    "tollgate".into()
+}
+
+enum Backend {
+    Standalone(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// Counters in Redis.
+pub struct RedisStore {
+    backend: Backend,
+    acquire: Script,
+    release: Script,
+    prefix: String,
+    errors: AtomicU64,
+}
+
+/// What one slot group's script run answered.
+struct GroupAnswer {
+    admitted: bool,
+    counters: Vec<(CounterStatus, i64)>,
+}
+
+impl RedisStore {
+    /// Builds the connection pool; connections are opened on first use, so a Redis that is
+    /// down now only makes calls fail (per `on_store_error`) until it is back.
+    pub fn new(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
+        let wait = Duration::from_millis(settings.connect_timeout_ms);
+        let mut pool = PoolConfig::new(settings.pool_size.max(1));
+        pool.timeouts = Timeouts {
+            wait: Some(wait),
+            create: Some(wait),
+            recycle: Some(wait),
+        };
+        let backend = match (&settings.url, settings.cluster.is_empty()) {
+            (Some(_), false) => {
+                return Err(StoreError::Config(
+                    "set either store.url (standalone) or store.cluster, not both".into(),
+                ));
+            }
+            (None, true) => {
+                return Err(StoreError::Config(
+                    "store.kind = \"redis\" needs store.url (standalone) or store.cluster (Redis Cluster)".into(),
+                ));
+            }
+            (Some(url), true) => {
+                let mut config = deadpool_redis::Config::from_url(url.clone());
+                config.pool = Some(pool);
+                let pool = config
+                    .create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
+                Backend::Standalone(pool)
+            }
+            (None, false) => {
+                let mut config = deadpool_redis::cluster::Config::from_urls(settings.cluster.clone());
+                config.pool = Some(pool);
+                let pool = config
+                    .create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| StoreError::Config(format!("store.cluster: {e}")))?;
+                Backend::Cluster(pool)
+            }
+        };
+        Ok(RedisStore {
+            backend,
+            acquire: Script::new(include_str!("../lua/acquire.lua")),
+            release: Script::new(include_str!("../lua/release.lua")),
+            prefix: settings.key_prefix.clone(),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Store errors so far (connection failures, timeouts inside the pool, script errors).
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn counter_key(&self, hit: &Hit) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, hit.tag, hit.key)
+    }
+
+    fn record_key(&self, tag: &str, request_id: &str) -> String {
+        let mut id = String::with_capacity(request_id.len());
+        for c in request_id.chars() {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                id.push(c);
+            } else {
+                id.push_str(&format!("%{:02X}", c as u32));
+            }
+        }
+        format!("{}:{{{tag}}}:req:{id}", self.prefix)
+    }
+
+    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Vec<i64>, StoreError> {
+        let answer = match &self.backend {
+            Backend::Standalone(pool) => {
+                let mut conn = pool.get().await.map_err(|e| self.fail(e.to_string()))?;
+                invocation.invoke_async(&mut conn).await
+            }
+            Backend::Cluster(pool) => {
+                let mut conn = pool.get().await.map_err(|e| self.fail(e.to_string()))?;
+                invocation.invoke_async(&mut conn).await
+            }
+        };
+        answer.map_err(|e| self.fail(e.to_string()))
+    }
+
+    fn fail(&self, cause: String) -> StoreError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        StoreError::Unavailable(format!("redis: {cause}"))
+    }
+
+    async fn acquire_group(
+        &self,
+        request_id: &str,
+        members: &str,
+        tag: &str,
+        hits: &[&Hit],
+    ) -> Result<GroupAnswer, StoreError> {
+        let mut invocation = self.acquire.prepare_invoke();
+        invocation.key(self.record_key(tag, request_id));
+        for hit in hits {
+            invocation.key(self.counter_key(hit));
+        }
+        invocation.arg(request_id).arg(record_ttl_ms(hits)).arg(members);
+        for hit in hits {
+            let algorithm = match hit.algorithm {
+                Algorithm::SlidingLog => 0,
+                Algorithm::SlidingWindow => 1,
+            };
+            invocation
+                .arg(algorithm)
+                .arg(hit.window.as_micros() as u64)
+                .arg(hit.max)
+                .arg(hit.cost);
+        }
+        let raw = self.run(&invocation).await?;
+        if raw.len() != 1 + 4 * hits.len() {
+            return Err(StoreError::Rejected(format!(
+                "unexpected answer from acquire.lua: {raw:?}"
+            )));
+        }
+        let counters = raw[1..]
+            .chunks(4)
+            .map(|c| {
+                let status = CounterStatus {
+                    remaining: c[0].max(0) as u64,
+                    reset_after: Duration::from_micros(c[1].max(0) as u64),
+                    retry_after: (c[2] >= 0).then(|| Duration::from_micros(c[2] as u64)),
+                };
+                (status, c[3])
+            })
+            .collect();
+        Ok(GroupAnswer {
+            admitted: raw[0] == 1,
+            counters,
+        })
+    }
+
+    async fn release_group(
+        &self,
+        request_id: &str,
+        members: &str,
+        tag: &str,
+        hits: &[&Hit],
+        buckets: &[i64],
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.release.prepare_invoke();
+        invocation.key(self.record_key(tag, request_id));
+        for hit in hits {
+            invocation.key(self.counter_key(hit));
+        }
+        invocation.arg(request_id).arg(record_ttl_ms(hits)).arg(members);
+        for (hit, bucket) in hits.iter().zip(buckets) {
+            let algorithm = u8::from(hit.algorithm == Algorithm::SlidingWindow);
+            invocation.arg(algorithm).arg(hit.cost).arg(*bucket);
+        }
+        self.run(&invocation).await.map(|_| ())
+    }
+}
+
+fn record_ttl_ms(hits: &[&Hit]) -> u64 {
+    let longest = hits.iter().map(|h| h.window).max().unwrap_or_default();
+    longest.max(MIN_REQUEST_MEMORY).as_millis() as u64
+}
+
+#[async_trait::async_trait]
+impl CounterStore for RedisStore {
+    async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
+        if hits.is_empty() {
+            return Ok(Admission {
+                admitted: true,
+                counters: Vec::new(),
+            });
+        }
+        let members = if request_id.is_empty() {
+            uuid::Uuid::new_v4().simple().to_string()
+        } else {
+            request_id.to_owned()
+        };
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, hit) in hits.iter().enumerate() {
+            groups.entry(hit.tag.as_str()).or_default().push(i);
+        }
+
+        // Reserve in every slot group; remember which groups took their hits.
+        let mut statuses: Vec<Option<CounterStatus>> = vec![None; hits.len()];
+        let mut taken: Vec<(&str, Vec<usize>, Vec<i64>)> = Vec::new();
+        let mut admitted = true;
+        let mut failure = None;
+        for (tag, indexes) in &groups {
+            let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
+            match self.acquire_group(request_id, &members, tag, &group).await {
+                Ok(answer) => {
+                    admitted &= answer.admitted;
+                    let buckets = answer.counters.iter().map(|(_, b)| *b).collect();
+                    for (&i, (status, _)) in indexes.iter().zip(answer.counters) {
+                        statuses[i] = Some(status);
+                    }
+                    if answer.admitted {
+                        taken.push((tag, indexes.clone(), buckets));
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    admitted = false;
+                    break;
+                }
+            }
+        }
+
+        // Refused (or failed) somewhere: give back what the other groups took.
+        if !admitted && groups.len() > 1 {
+            for (tag, indexes, buckets) in &taken {
+                let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
+                match self.release_group(request_id, &members, tag, &group, buckets).await {
+                    Ok(()) => {
+                        for &i in indexes {
+                            if let Some(s) = statuses[i].as_mut() {
+                                s.remaining = (s.remaining + hits[i].cost).min(hits[i].max);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(tag, "could not release a reservation (it expires with its window): {e}"),
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let counters = statuses
+            .into_iter()
+            .map(|s| s.ok_or_else(|| StoreError::Rejected("a counter got no answer".into())))
+            .collect::<Result<_, _>>()?;
+        Ok(Admission { admitted, counters })
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Standalone(_) => "redis",
+            Backend::Cluster(_) => "redis-cluster",
+        }
+    }
+}

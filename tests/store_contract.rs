@@ -1,0 +1,217 @@
+//! The counter-store contract, one suite for every backend: the in-memory store, a
+//! standalone Redis and a Redis Cluster, all on real time. Windows are short and the checks
+//! keep well clear of window edges, so scheduling jitter cannot flip an answer.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::redis::{RedisCluster, RedisServer};
+use tollgate_limiter::{Algorithm, CounterStore, Hit, MemoryStore, RedisSettings, RedisStore};
+
+fn hit(key: &str, tag: &str, window_ms: u64, max: u64) -> Hit {
+    Hit {
+        key: key.into(),
+        tag: tag.into(),
+        window: Duration::from_millis(window_ms),
+        max,
+        cost: 1,
+        algorithm: Algorithm::SlidingLog,
+    }
+}
+
+fn redis_settings(url: Option<String>, cluster: Vec<String>) -> RedisSettings {
+    let mut settings: RedisSettings = serde_json::from_value(serde_json::json!({})).expect("defaults");
+    settings.url = url;
+    settings.cluster = cluster;
+    settings
+}
+
+async fn take(store: &dyn CounterStore, hits: &[Hit]) -> tollgate_limiter::Admission {
+    store.acquire("", hits).await.expect("store answers")
+}
+
+/// Admits `max`, refuses the next with a retry-after that is exact: still refused shortly
+/// before it, admitted right after it.
+async fn retry_after_is_exact(store: &dyn CounterStore, p: &str) {
+    let h = [hit(&format!("{p}retry"), "grant=a", 1000, 3)];
+    let first = Instant::now();
+    for i in 0..3 {
+        assert!(take(store, &h).await.admitted, "call {i}");
+    }
+    let refused = take(store, &h).await;
+    let since_first = first.elapsed();
+    assert!(!refused.admitted);
+    let retry = refused.retry_after().expect("retry-after");
+    assert!(retry <= Duration::from_millis(1000), "{retry:?}");
+    assert!(
+        retry + since_first >= Duration::from_millis(990),
+        "retry {retry:?} + elapsed {since_first:?} ≈ window"
+    );
+    let asked = Instant::now();
+    tokio::time::sleep(retry.saturating_sub(Duration::from_millis(200))).await;
+    assert!(!take(store, &h).await.admitted, "not before retry-after");
+    tokio::time::sleep((asked + retry + Duration::from_millis(40)).saturating_duration_since(Instant::now())).await;
+    assert!(take(store, &h).await.admitted, "admitted right after retry-after");
+}
+
+/// Either every counter takes the hit or none does; the refused call consumes nothing.
+async fn all_or_nothing(store: &dyn CounterStore, p: &str, other_tag: &str) {
+    let big = hit(&format!("{p}big"), "grant=a", 60_000, 5);
+    let small = hit(&format!("{p}small"), other_tag, 60_000, 1);
+    assert!(take(store, std::slice::from_ref(&small)).await.admitted);
+    let refused = take(store, &[big.clone(), small.clone()]).await;
+    assert!(!refused.admitted);
+    assert!(!refused.counters[0].exceeded() && refused.counters[1].exceeded());
+    let after = take(store, &[big]).await;
+    assert_eq!(
+        after.counters[0].remaining, 4,
+        "the refused call took nothing from the other counter"
+    );
+}
+
+async fn costs_count_as_several_hits(store: &dyn CounterStore, p: &str) {
+    let mut h = hit(&format!("{p}cost"), "grant=a", 60_000, 5);
+    h.cost = 2;
+    assert!(take(store, std::slice::from_ref(&h)).await.admitted);
+    assert!(take(store, std::slice::from_ref(&h)).await.admitted);
+    let third = take(store, std::slice::from_ref(&h)).await;
+    assert!(!third.admitted);
+    assert_eq!(third.counters[0].remaining, 1);
+}
+
+async fn retries_are_idempotent(store: &dyn CounterStore, p: &str) {
+    let h = [hit(&format!("{p}idem"), "grant=a", 60_000, 2)];
+    let first = store.acquire(&format!("{p}req-1"), &h).await.expect("answer");
+    let retry = store.acquire(&format!("{p}req-1"), &h).await.expect("answer");
+    assert_eq!(first, retry);
+    let next = store.acquire(&format!("{p}req-2"), &h).await.expect("answer");
+    assert_eq!(next.counters[0].remaining, 0, "the retry took no second hit");
+}
+
+async fn sliding_window_limits_too(store: &dyn CounterStore, p: &str) {
+    let mut h = hit(&format!("{p}sw"), "grant=a", 60_000, 10);
+    h.algorithm = Algorithm::SlidingWindow;
+    for i in 0..10 {
+        assert!(take(store, std::slice::from_ref(&h)).await.admitted, "call {i}");
+    }
+    let refused = take(store, std::slice::from_ref(&h)).await;
+    assert!(!refused.admitted);
+    assert!(refused.retry_after().is_some_and(|r| r > Duration::ZERO));
+}
+
+async fn contract(store: &dyn CounterStore) {
+    let p = format!("t{}-", std::process::id());
+    retry_after_is_exact(store, &p).await;
+    all_or_nothing(store, &format!("{p}same-slot-"), "grant=a").await;
+    all_or_nothing(store, &format!("{p}cross-slot-"), "global").await;
+    costs_count_as_several_hits(store, &p).await;
+    retries_are_idempotent(store, &p).await;
+    sliding_window_limits_too(store, &p).await;
+}
+
+#[tokio::test]
+async fn memory_store_meets_the_contract() {
+    contract(&MemoryStore::default()).await;
+}
+
+#[tokio::test]
+async fn redis_store_meets_the_contract() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_store_meets_the_contract() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
+    contract(&store).await;
+    // Scripts vanish after a failover to a fresh node: EVALSHA falls back to loading them.
+    cluster.flush_scripts();
+    let h = [hit("after-flush", "grant=z", 60_000, 1)];
+    assert!(take(&store, &h).await.admitted);
+}
+
+#[tokio::test]
+async fn redis_keys_carry_the_hash_tag_and_expire_with_their_window() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    let mut sw = hit("sw/grant=a", "grant=a", 30_000, 10);
+    sw.algorithm = Algorithm::SlidingWindow;
+    assert!(
+        take(&store, &[hit("c/grant=a", "grant=a", 30_000, 10), sw])
+            .await
+            .admitted
+    );
+    let log_ttl: u64 = redis
+        .cli(&["PTTL", "tollgate:{grant=a}:c/grant=a"])
+        .trim()
+        .parse()
+        .expect("pttl");
+    assert!(
+        log_ttl > 29_000 && log_ttl <= 31_000,
+        "sliding_log key expires with its window: {log_ttl}"
+    );
+    let sw_ttl: u64 = redis
+        .cli(&["PTTL", "tollgate:{grant=a}:sw/grant=a"])
+        .trim()
+        .parse()
+        .expect("pttl");
+    assert!(
+        sw_ttl > 59_000 && sw_ttl <= 62_000,
+        "sliding_window key keeps two buckets: {sw_ttl}"
+    );
+    let record_ttl: i64 = {
+        store
+            .acquire("rid-1", &[hit("c/grant=a", "grant=a", 30_000, 10)])
+            .await
+            .expect("answer");
+        redis
+            .cli(&["PTTL", "tollgate:{grant=a}:req:rid-1"])
+            .trim()
+            .parse()
+            .expect("pttl")
+    };
+    assert!(record_ttl > 0, "request records expire too: {record_ttl}");
+}
+
+#[tokio::test]
+async fn redis_script_flush_is_recovered_from() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    let h = [hit("flush", "grant=a", 60_000, 3)];
+    assert!(take(&store, &h).await.admitted);
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    let after = take(&store, &h).await;
+    assert!(after.admitted);
+    assert_eq!(after.counters[0].remaining, 1);
+}
+
+#[tokio::test]
+async fn redis_going_away_is_an_error_and_its_return_is_recovered_from() {
+    let mut redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    let h = [hit("outage", "grant=a", 60_000, 3)];
+    assert!(take(&store, &h).await.admitted);
+    redis.kill();
+    let started = Instant::now();
+    let err = store.acquire("", &h).await.expect_err("no Redis, no answer");
+    assert!(err.to_string().contains("unavailable"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    assert!(store.error_count() > 0);
+    redis.restart();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if store.acquire("", &h).await.is_ok_and(|a| a.admitted) {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the same store works again once Redis is back");
+}
