@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite, from a fresh clone on a machine with only the Rust toolchain.
-# Installs what the tests need (Node.js for the official MCP SDK client), then checks
-# formatting and lints and runs every test. CI (.ci/run) calls exactly this.
+# Installs what the tests need (redis-server and redis-cli, libfaketime, Node.js for the
+# official MCP SDK client), then checks formatting and lints and runs every test.
+# CI (.ci/run) calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,17 @@ apt_install() {
   if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
+
+# Real Redis (standalone and Cluster) for the store tests; libfaketime skews a replica's clock.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+[ -e /usr/lib/"$(uname -m)"-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)"
+  apt_install "${missing[@]}"
+fi
+# The Debian package may start a system redis-server; the tests start their own on free ports.
 
 # Node.js + npm run the MCP TypeScript SDK client of tests/sdk_interop.rs.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
