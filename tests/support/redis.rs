@@ -51,7 +51,9 @@ impl RedisServer {
     fn start_node(cluster: bool) -> RedisServer {
         require("redis-server");
         let port = free_port();
-        let dir = super::temp_dir(&format!("redis-{port}"));
+        let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create redis dir");
         let mut server = RedisServer {
             child: None,
             port,

@@ -1,0 +1,82 @@
+//! One decision through the engine (policy evaluation + counter store), on the in-memory
+//! store and on a local Redis with one and with three counters per call.
+//!
+//! Run: `cargo bench --bench decision` (starts its own `redis-server` on a free port).
+
+#[allow(dead_code)] // the bench uses only the standalone server
+#[path = "../tests/support/redis.rs"]
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tollgate_decision::Engine;
+use tollgate_decision::proto::DecideRequest;
+use tollgate_limiter::{CounterStore, MemoryStore, RedisSettings, RedisStore};
+
+/// Limits that never refuse during a bench (so every decision does the full write path),
+/// with a short window so sliding logs stay small.
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "one": { "limits": [ { "counter": "one", "window": "1s", "max": 1000000000 } ] },
+    "three": { "limits": [
+      { "counter": "t1", "window": "1s", "max": 1000000000, "scope": "grant" },
+      { "counter": "t2", "window": "1s", "max": 1000000000, "scope": ["grant", "argument:namespace"] },
+      { "counter": "t3", "window": "1s", "max": 1000000000, "scope": ["grant", "tool"] }
+    ] }
+  }
+}"#;
+
+fn engine(store: Arc<dyn CounterStore>) -> Engine {
+    let policy = tollgate_policy::compile_str("bench.json", POLICY)
+        .expect("bench policy")
+        .policy;
+    Engine::new(policy, store, Duration::from_secs(1))
+}
+
+fn request(tool: &str) -> DecideRequest {
+    DecideRequest {
+        server: "k8s".into(),
+        tool: tool.into(),
+        grant: "bench".into(),
+        agent: "bench".into(),
+        arguments_json: r#"{"namespace":"default","name":"web"}"#.into(),
+        ..Default::default()
+    }
+}
+
+fn decisions(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redis = redis_support::RedisServer::start();
+    let mut settings: RedisSettings = serde_json::from_value(serde_json::json!({})).expect("defaults");
+    settings.url = Some(redis.url());
+    let stores: [(&str, Arc<dyn CounterStore>); 2] = [
+        ("memory", Arc::new(MemoryStore::default())),
+        ("redis", Arc::new(RedisStore::new(&settings).expect("redis store"))),
+    ];
+    let mut group = c.benchmark_group("decide");
+    group.throughput(Throughput::Elements(1));
+    for (name, store) in stores {
+        let engine = engine(store);
+        for tool in ["one", "three"] {
+            let req = request(tool);
+            group.bench_function(format!("{name}/{tool}_counter"), |b| {
+                b.to_async(&runtime).iter(|| async {
+                    let decision = engine.decide(&req).await;
+                    assert_eq!(decision.verdict, 1, "bench calls are admitted: {}", decision.reason);
+                    decision
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions);
+criterion_main!(benches);
