@@ -115,6 +115,7 @@ impl Config {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("edge.decision")
+                    .with_list_parse_key("store.cluster")
                     .try_parsing(true)
                     .source(Some(section_overrides())),
             )

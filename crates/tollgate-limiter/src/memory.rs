@@ -462,4 +462,84 @@ mod tests {
             "admitted after {wait:?}"
         );
     }
+
+    /// Most hits admitted in any sliding window of `window`, from admission times.
+    fn worst_window(admitted: &[Duration], window: Duration) -> usize {
+        let mut worst = 0;
+        let mut start = 0;
+        for (end, t) in admitted.iter().enumerate() {
+            while *t >= admitted[start] + window {
+                start += 1;
+            }
+            worst = worst.max(end - start + 1);
+        }
+        worst
+    }
+
+    /// Offers one call every `every` for `windows` windows; returns admission times.
+    fn offer(store: &MemoryStore, clock: &ManualClock, h: &Hit, every: Duration, total: Duration) -> Vec<Duration> {
+        let mut admitted = Vec::new();
+        let mut now = Duration::ZERO;
+        while now < total {
+            if store.acquire_now("", std::slice::from_ref(h)).admitted {
+                admitted.push(clock.now());
+            }
+            clock.advance(every);
+            now += every;
+        }
+        admitted
+    }
+
+    #[test]
+    fn sliding_window_stays_within_its_documented_error_bound() {
+        // Worst case: the previous bucket's hits all at its very end. Any true sliding
+        // window then holds strictly less than 2 × max; under even traffic, about max.
+        let max = 100;
+        let mut h = hit("bound", max);
+        h.algorithm = Algorithm::SlidingWindow;
+
+        let (clock, counters) = store();
+        clock.advance(MINUTE - Duration::from_millis(10));
+        let mut admitted = offer(
+            &counters,
+            &clock,
+            &h,
+            Duration::from_micros(50),
+            Duration::from_millis(10),
+        );
+        assert_eq!(admitted.len(), max as usize, "a burst at the end of a bucket fills it");
+        admitted.extend(offer(&counters, &clock, &h, Duration::from_millis(10), MINUTE * 3));
+        let worst = worst_window(&admitted, MINUTE);
+        assert!(worst < 2 * max as usize, "bound: {worst} < 2 × {max}");
+        assert!(
+            worst > max as usize * 3 / 2,
+            "the bound is approached, so the test can see a violation: {worst}"
+        );
+
+        let (clock, counters) = store();
+        let even = offer(&counters, &clock, &h, Duration::from_millis(100), MINUTE * 5);
+        let worst = worst_window(&even, MINUTE);
+        assert!(
+            worst <= max as usize + max as usize / 50,
+            "even traffic is within 2%: {worst}"
+        );
+
+        let mut exact = hit("exact", max);
+        exact.algorithm = Algorithm::SlidingLog;
+        let (clock, counters) = store();
+        clock.advance(MINUTE - Duration::from_millis(10));
+        let mut admitted = offer(
+            &counters,
+            &clock,
+            &exact,
+            Duration::from_micros(50),
+            Duration::from_millis(10),
+        );
+        admitted.extend(offer(&counters, &clock, &exact, Duration::from_millis(10), MINUTE * 3));
+        assert_eq!(
+            worst_window(&admitted, MINUTE),
+            max as usize,
+            "sliding_log is exact on the same traffic"
+        );
+    }
 }
