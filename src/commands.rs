@@ -21,8 +21,8 @@ const DEMO_KEY: &str = "tg_demo_key";
 
 pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    init_logging(&config.log.level)?;
     runtime()?.block_on(async move {
+        let telemetry = tollgate_telemetry::init(&config.telemetry, &config.log.level, "up")?;
         let shutdown = Shutdown::on_signals();
         if let Some(listen) = &demo_listen {
             let listener = bind(listen, "demo MCP server").await?;
@@ -34,20 +34,24 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
         let store = engine.store_kind();
         let banner =
             |addr| format!("tollgate up: edge + decision in one process, {store} store, listening on http://{addr}");
-        run_edge(&config, engine, status, &shutdown, banner, demo_listen.is_some()).await
+        let served = run_edge(&config, engine, status, &shutdown, banner, demo_listen.is_some()).await;
+        flush(telemetry).await;
+        served
     })
 }
 
 pub fn edge(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    init_logging(&config.log.level)?;
     runtime()?.block_on(async move {
+        let telemetry = tollgate_telemetry::init(&config.telemetry, &config.log.level, "edge")?;
         let shutdown = Shutdown::on_signals();
         let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
         let decider = GrpcDecider::new(&config.edge.decision, timeout)?;
         let replicas = config.edge.decision.join(", ");
         let banner = |addr| format!("tollgate edge listening on http://{addr} (decision: {replicas})");
-        run_edge(&config, Arc::new(decider), None, &shutdown, banner, false).await
+        let served = run_edge(&config, Arc::new(decider), None, &shutdown, banner, false).await;
+        flush(telemetry).await;
+        served
     })
 }
 
@@ -83,29 +87,34 @@ async fn run_edge(
 
 pub fn decision(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    init_logging(&config.log.level)?;
     runtime()?.block_on(async move {
+        let telemetry = tollgate_telemetry::init(&config.telemetry, &config.log.level, "decision")?;
         let shutdown = Shutdown::on_signals();
         let settings = config.decision()?;
         let (engine, _status) = start_engine(&config).await?;
         let listener = bind(&settings.listen.to_string(), "decision service").await?;
         let addr = listener.local_addr()?;
+        let metrics = bind(&settings.metrics_listen.to_string(), "decision metrics").await?;
+        let metrics_addr = metrics.local_addr()?;
+        let metrics_router = axum::Router::new().route("/metrics", axum::routing::get(tollgate_edge::metrics));
+        tokio::spawn(tollgate_edge::serve(metrics, metrics_router, shutdown.requested()));
         println!(
-            "tollgate decision listening on http://{addr} (store: {})",
+            "tollgate decision listening on http://{addr} (store: {}; metrics: http://{metrics_addr}/metrics)",
             engine.store_kind()
         );
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
         let served = shutdown
             .drain(drain, tollgate_decision::serve(listener, engine, shutdown.requested()))
             .await;
+        flush(telemetry).await;
         served.transpose()?;
         Ok(())
     })
 }
 
 pub fn demo_upstream(listen: &str, sse: bool) -> anyhow::Result<()> {
-    init_logging("info")?;
     runtime()?.block_on(async move {
+        let _telemetry = tollgate_telemetry::init(&Default::default(), "info", "demo-upstream")?;
         let shutdown = Shutdown::on_signals();
         let listener = bind(listen, "demo MCP server").await?;
         println!(
@@ -221,11 +230,10 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Ar
         tracing::warn!("policy warning: {w}");
     }
     let store = config.store.build()?;
-    let engine = Arc::new(Engine::new(
-        compiled.policy,
-        store,
-        Duration::from_millis(settings.store_timeout_ms),
-    ));
+    let engine = Arc::new(
+        Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
+            .with_recorded_arguments(config.telemetry.record_arguments),
+    );
     tracing::info!(policy = %settings.policy.display(), "policy loaded");
     let status = (settings.reload_interval_ms > 0).then(|| {
         tollgate_decision::watch_policy(
@@ -269,18 +277,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(from_env).context("invalid RUST_LOG")?,
-        _ => EnvFilter::try_new(level).with_context(|| format!("invalid log.level \"{level}\""))?,
-    };
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
-    Ok(())
+/// Exports the spans still queued before the process exits.
+async fn flush(telemetry: tollgate_telemetry::Telemetry) {
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
 }

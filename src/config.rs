@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tollgate_decision::DecisionSettings;
 use tollgate_edge::{EdgeSettings, GrantSettings, UpstreamSettings};
 use tollgate_limiter::{CounterStore, MemoryStore, RedisSettings, RedisStore};
+use tollgate_telemetry::TelemetrySettings;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +26,8 @@ pub struct Config {
     pub grants: Vec<GrantSettings>,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
 }
 
 /// `[store]`: where rate-limit counters live.

@@ -166,18 +166,20 @@ fn example_redis_configs_start_against_real_redis() {
     let url = redis.url();
     let env = [
         ("TOLLGATE_DECISION__LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE_DECISION__METRICS_LISTEN", "127.0.0.1:0"),
         ("TOLLGATE_STORE__URL", url.as_str()),
     ];
     let args = ["decision", "--config", "examples/tollgate-redis.toml"];
-    drop(Proc::start_until("decision", &args, &env, "(store: redis)"));
+    drop(Proc::start_until("decision", &args, &env, "(store: redis;"));
 
     let cluster = support::redis::RedisCluster::start();
     let seeds = cluster.urls().join(",");
     let env = [
         ("TOLLGATE_DECISION__LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE_DECISION__METRICS_LISTEN", "127.0.0.1:0"),
         ("TOLLGATE_STORE__CLUSTER", seeds.as_str()),
     ];
-    let marker = "(store: redis-cluster)";
+    let marker = "(store: redis-cluster;";
     let _decision = Proc::start_until(
         "decision",
         &["decision", "--config", "examples/tollgate-redis-cluster.toml"],

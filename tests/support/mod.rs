@@ -175,6 +175,7 @@ decision = [{decision}]
 
 [decision]
 listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
 policy = "policy.json"
 reload_interval_ms = 100
 

@@ -119,7 +119,8 @@ fn retryable(code: Code) -> bool {
 impl Decider for GrpcDecider {
     async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionUnavailable> {
         self.call(|mut c| {
-            let request = request.clone();
+            let mut request = tonic::Request::new(request.clone());
+            tollgate_telemetry::propagation::inject_current(request.metadata_mut());
             async move { c.decide(request).await }
         })
         .await

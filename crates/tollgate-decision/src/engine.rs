@@ -2,12 +2,16 @@
 //! rate-limit hits atomically in the store.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tollgate_limiter::{Admission, CounterStore, Hit};
 use tollgate_policy::{Action, Annotations, Call, CounterHit, OnStoreError, Policy, Rule};
+use tollgate_telemetry::metrics::metrics;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::proto::{self, DecideRequest, Decision, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
 use crate::{Decider, DecisionUnavailable};
@@ -17,6 +21,7 @@ pub struct Engine {
     policy: ArcSwap<Policy>,
     store: Arc<dyn CounterStore>,
     store_timeout: Duration,
+    record_arguments: bool,
 }
 
 impl Engine {
@@ -25,7 +30,14 @@ impl Engine {
             policy: ArcSwap::from_pointee(policy),
             store,
             store_timeout,
+            record_arguments: false,
         }
+    }
+
+    /// Puts the raw tool arguments on decision spans (by default only their SHA-256).
+    pub fn with_recorded_arguments(mut self, record: bool) -> Self {
+        self.record_arguments = record;
+        self
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -41,22 +53,76 @@ impl Engine {
         self.store.kind()
     }
 
+    /// Decides one call, as a child of the current span.
     pub async fn decide(&self, request: &DecideRequest) -> Decision {
-        let decision = self.evaluate(request).await;
-        tracing::info!(
+        self.decide_with_parent(request, None).await
+    }
+
+    /// Decides one call. The decision is an audit record: a `tollgate.decide` span (child of
+    /// `parent`, e.g. the edge's span received over gRPC), a log event on the
+    /// `tollgate::audit` target, and the decision metrics.
+    pub async fn decide_with_parent(
+        &self,
+        request: &DecideRequest,
+        parent: Option<opentelemetry::Context>,
+    ) -> Decision {
+        let span = tracing::info_span!(
             target: "tollgate::audit",
-            decision_id = %decision.decision_id,
-            verdict = verdict_name(decision.verdict()),
-            rule = %decision.rule,
-            server = %request.server,
-            tool = %request.tool,
-            grant = %request.grant,
-            agent = %request.agent,
-            session = %request.session_id,
-            request_id = %request.request_id,
-            reason = %decision.reason,
-            "decision"
+            "tollgate.decide",
+            otel.kind = "internal",
+            tollgate.verdict = Empty,
+            tollgate.rule = Empty,
+            tollgate.reason = Empty,
+            tollgate.decision_id = Empty,
+            tollgate.server = %request.server,
+            tollgate.grant = %request.grant,
+            tollgate.agent = %request.agent,
+            tollgate.request_id = %request.request_id,
+            tollgate.retry_after_ms = Empty,
+            tollgate.arguments.sha256 = %arguments_digest(&request.arguments_json),
+            tollgate.arguments = Empty,
+            gen_ai.tool.name = %request.tool,
+            mcp.method.name = "tools/call",
+            mcp.session.id = %request.session_id,
         );
+        tollgate_telemetry::propagation::set_parent(&span, parent);
+        if self.record_arguments {
+            span.record("tollgate.arguments", request.arguments_json.as_str());
+        }
+        let started = Instant::now();
+        let decision = tracing::Instrument::instrument(self.evaluate(request), span.clone()).await;
+        let verdict = verdict_name(decision.verdict());
+        metrics().observe_decision(verdict, &request.server, &request.tool, started.elapsed());
+        span.record("tollgate.verdict", verdict);
+        span.record("tollgate.rule", decision.rule.as_str());
+        span.record("tollgate.reason", decision.reason.as_str());
+        span.record("tollgate.decision_id", decision.decision_id.as_str());
+        if decision.retry_after_ms > 0 {
+            span.record("tollgate.retry_after_ms", decision.retry_after_ms);
+        }
+        for limit in &decision.limits {
+            span.set_attribute(
+                format!("tollgate.limit.{}.remaining", limit.counter),
+                limit.remaining as i64,
+            );
+            span.set_attribute(format!("tollgate.limit.{}.max", limit.counter), limit.limit as i64);
+        }
+        span.in_scope(|| {
+            tracing::info!(
+                target: "tollgate::audit",
+                decision_id = %decision.decision_id,
+                verdict,
+                rule = %decision.rule,
+                server = %request.server,
+                tool = %request.tool,
+                grant = %request.grant,
+                agent = %request.agent,
+                session = %request.session_id,
+                request_id = %request.request_id,
+                reason = %decision.reason,
+                "decision"
+            )
+        });
         decision
     }
 
@@ -121,7 +187,10 @@ impl Engine {
                 },
             })
             .collect();
-        let outcome = match tokio::time::timeout(self.store_timeout, self.store.acquire(request_id, &batch)).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.store_timeout, self.store.acquire(request_id, &batch)).await;
+        metrics().observe_store(self.store.kind(), started.elapsed(), !matches!(answer, Ok(Ok(_))));
+        let outcome = match answer {
             Ok(Ok(admission)) => Ok(admission),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("counter store did not answer within {:?}", self.store_timeout)),
@@ -236,6 +305,16 @@ fn denial_text(rule: &Rule, call: &Call<'_>) -> String {
         )
     } else {
         format!("tool \"{}\" is denied by policy rule {}", call.tool, rule.label)
+    }
+}
+
+/// SHA-256 of the arguments as canonical JSON (keys sorted, no whitespace), so equal
+/// arguments have equal digests whatever the agent's formatting; empty for no arguments.
+fn arguments_digest(json: &str) -> String {
+    match serde_json::from_str::<Value>(json) {
+        Ok(value) => hex::encode(Sha256::digest(value.to_string().as_bytes())),
+        Err(_) if json.is_empty() => String::new(),
+        Err(_) => hex::encode(Sha256::digest(json.as_bytes())),
     }
 }
 

@@ -56,11 +56,13 @@ pub fn watch_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration) -> A
                     }
                     engine.replace_policy(compiled.policy);
                     status.set(None);
+                    tollgate_telemetry::metrics::metrics().policy_reloaded(true);
                     tracing::info!(policy = %path.display(), "policy reloaded");
                 }
                 Ok(Err(e)) => {
                     tracing::error!(policy = %path.display(), "policy reload rejected, keeping the last good policy:\n{e}");
                     status.set(Some(e.to_string()));
+                    tollgate_telemetry::metrics::metrics().policy_reloaded(false);
                 }
                 Err(e) => tracing::error!("policy reload task failed: {e}"),
             }

@@ -32,6 +32,14 @@ pub struct DecisionSettings {
     /// Deadline for one counter-store round trip, in milliseconds.
     #[serde(default = "default_store_timeout_ms")]
     pub store_timeout_ms: u64,
+    /// HTTP address serving `/metrics` (Prometheus) for `tollgate decision`.
+    /// Default `127.0.0.1:9464`.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
 fn default_listen() -> SocketAddr {
@@ -53,11 +61,12 @@ struct DecisionGrpc {
 #[tonic::async_trait]
 impl DecisionService for DecisionGrpc {
     async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<Decision>, Status> {
+        let parent = tollgate_telemetry::propagation::from_grpc_metadata(request.metadata());
         let request = request.into_inner();
         if request.tool.is_empty() {
             return Err(Status::invalid_argument("DecideRequest.tool is empty"));
         }
-        Ok(Response::new(self.engine.decide(&request).await))
+        Ok(Response::new(self.engine.decide_with_parent(&request, parent).await))
     }
 
     async fn visible_tools(

@@ -82,6 +82,7 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
         .layer(axum::middleware::from_fn_with_state(keyring, auth::require_key));
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .with_state(readiness);
     Ok(mcp_routes.merge(health))
@@ -106,6 +107,19 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
     };
     let body = json!({"ready": status == StatusCode::OK, "decision": decision, "policy": policy});
     (status, axum::Json(body)).into_response()
+}
+
+/// Prometheus metrics of this process (OpenMetrics text format).
+pub async fn metrics() -> Response {
+    let body = tollgate_telemetry::metrics::metrics().encode();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Serves `router` until `shutdown` completes, then lets in-flight requests finish.

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
@@ -22,6 +22,9 @@ use serde_json::Value;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_decision::proto::{DecideRequest, Tool, ToolAnnotations, Verdict, VisibleToolsRequest};
 use tollgate_decision::{Decider, DecisionUnavailable};
+use tollgate_telemetry::metrics::metrics;
+use tollgate_telemetry::propagation;
+use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::jsonrpc::{self, Message};
@@ -80,13 +83,17 @@ impl Gateway {
         id: Option<&Value>,
     ) -> Result<axum::http::Response<Incoming>, Response> {
         let timeout = Duration::from_millis(self.settings.upstream_timeout_ms);
-        upstream
-            .send(&self.client, method, headers, body, timeout)
-            .await
-            .map_err(|e| {
-                tracing::warn!(upstream = %upstream.name, "{e}");
-                upstream_error(&e, id)
-            })
+        let started = Instant::now();
+        let result = upstream.send(&self.client, method, headers, body, timeout).await;
+        metrics().observe_upstream(
+            &upstream.name,
+            started.elapsed(),
+            result.as_ref().err().map(UpstreamError::kind),
+        );
+        result.map_err(|e| {
+            tracing::warn!(upstream = %upstream.name, "{e}");
+            upstream_error(&e, id)
+        })
     }
 }
 
@@ -139,7 +146,22 @@ pub async fn post(
             }
         };
     }
-    match jsonrpc::classify(&value) {
+    let span = request_span(&value, &server, &caller, &headers);
+    let _in_flight = InFlight::start();
+    handle_message(&gw, upstream, &caller, &headers, &value, bytes)
+        .instrument(span)
+        .await
+}
+
+async fn handle_message(
+    gw: &Arc<Gateway>,
+    upstream: &Upstream,
+    caller: &Caller,
+    headers: &HeaderMap,
+    value: &Value,
+    bytes: Bytes,
+) -> Response {
+    match jsonrpc::classify(value) {
         Err(message) => jsonrpc::error_response(
             StatusCode::BAD_REQUEST,
             value.get("id").filter(|id| id.is_string() || id.is_number()),
@@ -151,13 +173,13 @@ pub async fn post(
             id,
             method: "tools/call",
             params,
-        }) => call_tool(&gw, upstream, &caller, &headers, id, params, bytes).await,
+        }) => call_tool(gw, upstream, caller, headers, id, params, bytes).await,
         Ok(Message::Request {
             id,
             method: "tools/list",
             ..
-        }) => list_tools(&gw, upstream, &caller, &headers, id, bytes).await,
-        Ok(message) => pass_through(&gw, upstream, &headers, bytes, message.id()).await,
+        }) => list_tools(gw, upstream, caller, headers, id, bytes).await,
+        Ok(message) => pass_through(gw, upstream, headers, bytes, message.id()).await,
     }
 }
 
@@ -178,6 +200,55 @@ async fn forward_bodyless(gw: &Gateway, server: &str, method: Method, headers: &
     match gw.forward(upstream, method, headers, Body::empty(), None).await {
         Ok(response) => stream_back(response),
         Err(response) => response,
+    }
+}
+
+/// The span of one MCP request, named after its method (`mcp tools/call`), continuing the
+/// agent's trace: `params._meta.traceparent` when the request carries one, else the
+/// `traceparent` header.
+fn request_span(message: &Value, server: &str, caller: &Caller, headers: &HeaderMap) -> tracing::Span {
+    let method = message.get("method").and_then(Value::as_str).unwrap_or("response");
+    let span = tracing::info_span!(
+        "mcp",
+        otel.name = %format!("mcp {method}"),
+        otel.kind = "server",
+        mcp.method.name = %method,
+        mcp.session.id = %header_text(headers, "mcp-session-id"),
+        jsonrpc.request.id = %message.get("id").map(serde_json::Value::to_string).unwrap_or_default(),
+        gen_ai.tool.name = tracing::field::Empty,
+        tollgate.server = %server,
+        tollgate.grant = %caller.grant,
+        tollgate.agent = %caller.agent,
+    );
+    if method == "tools/call"
+        && let Some(tool) = message.pointer("/params/name").and_then(Value::as_str)
+    {
+        span.record("gen_ai.tool.name", tool);
+    }
+    let meta = message.pointer("/params/_meta");
+    let from_meta = meta
+        .and_then(|m| m.get("traceparent"))
+        .and_then(Value::as_str)
+        .and_then(|tp| {
+            propagation::from_traceparent(tp, meta.and_then(|m| m.get("tracestate")).and_then(Value::as_str))
+        });
+    propagation::set_parent(&span, from_meta.or_else(|| propagation::from_http_headers(headers)));
+    span
+}
+
+/// Counts a request in `tollgate_requests_in_flight` while it is alive.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        metrics().requests_in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().requests_in_flight.dec();
     }
 }
 
@@ -286,10 +357,12 @@ async fn call_tool(
     let decision = match gw.decider.decide(request).await {
         Ok(decision) => decision,
         Err(DecisionUnavailable(cause)) if gw.settings.fail_open => {
+            metrics().decision_unavailable.inc();
             tracing::warn!(tool, grant = %caller.grant, "decision service unavailable, forwarding unchecked (edge.fail_open): {cause}");
             return pass_through(gw, upstream, headers, bytes, Some(id)).await;
         }
         Err(DecisionUnavailable(cause)) => {
+            metrics().decision_unavailable.inc();
             tracing::error!(tool, grant = %caller.grant, "decision service unavailable, refusing the call: {cause}");
             refusal::unavailable(&cause)
         }

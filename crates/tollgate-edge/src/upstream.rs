@@ -61,6 +61,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable { .. } => "unreachable",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Credentials { .. } => "credentials",
+        }
+    }
+
     /// HTTP status for the agent: 504 for timeouts, 502 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -1,0 +1,233 @@
+//! The process's Prometheus metrics, served as text at `/metrics`. Labels stay bounded: no
+//! grant, session or argument values, and tool names only up to a fixed number of distinct
+//! values (the rest are counted as `_other`), since agents choose tool names.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Distinct tool names kept as label values; later ones become `_other`.
+const MAX_TOOL_LABELS: usize = 256;
+
+type Labels = Vec<(String, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    // 100 µs … ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric Tollgate exposes; one set per process (edge and decision share it in `up`).
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: Family<Labels, Counter>,
+    pub decision_seconds: Histograms,
+    pub store_seconds: Histograms,
+    pub store_errors: Family<Labels, Counter>,
+    pub policy_reloads: Family<Labels, Counter>,
+    pub upstream_seconds: Histograms,
+    pub upstream_errors: Family<Labels, Counter>,
+    pub decision_unavailable: Counter,
+    pub requests_in_flight: Gauge,
+    pub spans_exported: Counter,
+    pub spans_lost: Counter,
+    tools: Mutex<HashSet<String>>,
+    export_failure_logged: std::sync::atomic::AtomicBool,
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tollgate");
+        let m = Metrics {
+            decisions: Family::default(),
+            decision_seconds: Family::new_with_constructor(latency),
+            store_seconds: Family::new_with_constructor(latency),
+            store_errors: Family::default(),
+            policy_reloads: Family::default(),
+            upstream_seconds: Family::new_with_constructor(latency),
+            upstream_errors: Family::default(),
+            decision_unavailable: Counter::default(),
+            requests_in_flight: Gauge::default(),
+            spans_exported: Counter::default(),
+            spans_lost: Counter::default(),
+            tools: Mutex::default(),
+            export_failure_logged: Default::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "decisions",
+            "Decisions by verdict, server and tool",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide one call, store included",
+            m.decision_seconds.clone(),
+        );
+        registry.register(
+            "store_duration_seconds",
+            "Counter-store round trips by store",
+            m.store_seconds.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Counter-store failures and timeouts by store",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by result (ok, rejected)",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time until an upstream MCP server answered, by upstream",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by upstream and kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "decision_unavailable",
+            "Calls an edge could not get decided (refused, or forwarded with fail_open)",
+            m.decision_unavailable.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "MCP requests being handled by this edge",
+            m.requests_in_flight.clone(),
+        );
+        registry.register(
+            "spans_exported",
+            "Spans delivered to the OTLP collector",
+            m.spans_exported.clone(),
+        );
+        registry.register(
+            "spans_lost",
+            "Spans the OTLP collector did not accept (unreachable, slow or refusing)",
+            m.spans_lost.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// `tool` as a label value, or `_other` once too many distinct tools were seen.
+    pub fn tool_label(&self, tool: &str) -> String {
+        let mut seen = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(tool) {
+            return tool.to_owned();
+        }
+        if seen.len() < MAX_TOOL_LABELS {
+            seen.insert(tool.to_owned());
+            return tool.to_owned();
+        }
+        "_other".to_owned()
+    }
+
+    pub fn observe_decision(&self, verdict: &str, server: &str, tool: &str, took: Duration) {
+        let labels = vec![
+            ("verdict".into(), verdict.to_owned()),
+            ("server".into(), server.to_owned()),
+            ("tool".into(), self.tool_label(tool)),
+        ];
+        self.decisions.get_or_create(&labels).inc();
+        self.decision_seconds
+            .get_or_create(&Vec::new())
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_store(&self, store: &str, took: Duration, failed: bool) {
+        let labels = vec![("store".into(), store.to_owned())];
+        self.store_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        if failed {
+            self.store_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn observe_upstream(&self, upstream: &str, took: Duration, error: Option<&str>) {
+        let labels = vec![("upstream".into(), upstream.to_owned())];
+        self.upstream_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        if let Some(kind) = error {
+            let labels = vec![
+                ("upstream".into(), upstream.to_owned()),
+                ("kind".into(), kind.to_owned()),
+            ];
+            self.upstream_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn policy_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.policy_reloads
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
+    }
+
+    /// The Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Wraps the OTLP exporter to count what reaches the collector and what does not, and to
+/// log the first failure (not every one: a dead collector would flood the log).
+#[derive(Debug)]
+pub struct CountingExporter<E> {
+    inner: E,
+}
+
+impl<E> CountingExporter<E> {
+    pub fn new(inner: E) -> Self {
+        CountingExporter { inner }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        let m = metrics();
+        match &result {
+            Ok(()) => {
+                m.spans_exported.inc_by(n);
+            }
+            Err(e) => {
+                m.spans_lost.inc_by(n);
+                if !m.export_failure_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        "spans could not be exported to the OTLP collector ({e}); further failures are only counted in tollgate_spans_lost_total"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
