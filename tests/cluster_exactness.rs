@@ -3,19 +3,11 @@
 
 mod support;
 
-use std::path::Path;
-
 use serde_json::json;
 use support::redis::{RedisCluster, RedisServer};
-use support::{KEY_A, Mcp, Proc, refusal, write_config};
+use support::{KEY_A, Mcp, Proc, append, refusal, write_config};
 
 const CALLS: usize = 300;
-
-fn append(path: &Path, text: &str) {
-    let mut config = std::fs::read_to_string(path).expect("read config");
-    config.push_str(text);
-    std::fs::write(path, config).expect("write config");
-}
 
 /// Starts 2 decision replicas on `store` and 3 edges over them; returns the edges' MCP URLs
 /// and every process (kept alive by the caller).

@@ -23,6 +23,8 @@ pub struct Proc {
     child: Child,
     pub addr: String,
     pub name: String,
+    /// The `/metrics` URL from the ready line, for processes that print one there.
+    pub metrics_url: Option<String>,
 }
 
 impl Proc {
@@ -56,15 +58,20 @@ impl Proc {
                 }
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest.split(['/', ' ']).next().unwrap_or_default().to_owned();
-                    let _ = tx.send(addr);
+                    let metrics = line
+                        .split("metrics: ")
+                        .nth(1)
+                        .map(|m| m.trim_end_matches(')').to_owned());
+                    let _ = tx.send((addr, metrics));
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Proc {
+            Ok((addr, metrics_url)) => Proc {
                 child,
                 addr,
                 name: name.to_owned(),
+                metrics_url,
             },
             Err(_) => {
                 let _ = child.kill();
@@ -207,12 +214,21 @@ pub fn start_decision(dir: &Path, upstream_url: &str, policy: &str) -> Proc {
     Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[])
 }
 
+/// Appends `text` (e.g. a `[store]` or `[telemetry]` section) to a config file.
+pub fn append(path: &Path, text: &str) {
+    let mut config = std::fs::read_to_string(path).expect("read config");
+    config.push_str(text);
+    std::fs::write(path, config).expect("write config");
+}
+
 /// A minimal MCP client: JSON-RPC over Streamable HTTP, accepting JSON or SSE answers.
 pub struct Mcp {
     http: reqwest::Client,
     pub endpoint: String,
     pub key: String,
     pub session: Option<String>,
+    /// Sent as the W3C `traceparent` header when set.
+    pub traceparent: Option<String>,
     next_id: u64,
 }
 
@@ -231,6 +247,7 @@ impl Mcp {
             endpoint: endpoint.to_owned(),
             key: key.to_owned(),
             session: None,
+            traceparent: None,
             next_id: 1,
         }
     }
@@ -242,6 +259,7 @@ impl Mcp {
             session: self.session.clone(),
             key: self.key.clone(),
             http: self.http.clone(),
+            traceparent: self.traceparent.clone(),
             next_id: self.next_id + 1000,
         }
     }
@@ -257,6 +275,9 @@ impl Mcp {
             .body(body.to_string());
         if let Some(s) = &self.session {
             request = request.header("Mcp-Session-Id", s);
+        }
+        if let Some(tp) = &self.traceparent {
+            request = request.header("traceparent", tp);
         }
         let response = request.send().await.expect("HTTP request to the edge");
         let status = response.status().as_u16();

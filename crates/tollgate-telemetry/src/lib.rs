@@ -14,7 +14,7 @@ mod sampler;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
@@ -170,7 +170,6 @@ fn tracer_provider(
         .with_tonic()
         .with_endpoint(endpoint)
         .with_timeout(timeout)
-        .with_compression(opentelemetry_otlp::Compression::Gzip)
         .build()
         .map_err(|e| TelemetryError::Exporter {
             endpoint: endpoint.to_owned(),

@@ -1,0 +1,429 @@
+//! Audit and observability end to end (SPEC §7): spans received over real OTLP/gRPC by a
+//! collector built here from `opentelemetry-proto`, and `/metrics` parsed as Prometheus text.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::{Value, json};
+use support::{KEY_A, Mcp, Proc, append, refusal, write_config};
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "minute", "max": 1 }] },
+    "k8s_list_namespaces": {}
+  }
+}"#;
+
+/// A span as received, with the `service.name` of the process that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    span: Span,
+}
+
+impl Received {
+    fn attr(&self, key: &str) -> Option<String> {
+        self.span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+            .map(|v| match v {
+                AnyValue::StringValue(s) => s.clone(),
+                AnyValue::IntValue(i) => i.to_string(),
+                AnyValue::BoolValue(b) => b.to_string(),
+                AnyValue::DoubleValue(d) => d.to_string(),
+                other => format!("{other:?}"),
+            })
+    }
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("collector lock");
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    AnyValue::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    async fn start() -> (Collector, String) {
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind collector");
+        let addr = listener.local_addr().expect("collector addr");
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (collector, format!("http://{addr}"))
+    }
+
+    /// Waits until `n` spans named `name` arrived.
+    async fn wait_for(&self, name: &str, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found: Vec<Received> = self
+                .spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|r| r.span.name == name)
+                .cloned()
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.spans.lock().expect("lock").clone()
+    }
+}
+
+fn telemetry_section(endpoint: &str, extra: &str) -> String {
+    format!("\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n{extra}\n")
+}
+
+/// demo upstream + decision + edge, both exporting to `endpoint`.
+fn split(tag: &str, endpoint: &str, edge_extra: &str) -> (Proc, Proc, Proc) {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir(tag);
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    append(&config, &telemetry_section(endpoint, ""));
+    let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
+    let config = write_config(&dir, &upstream.url("/mcp"), &[decision.url("")], POLICY, "");
+    append(&config, &telemetry_section(endpoint, edge_extra));
+    let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
+    (upstream, decision, edge)
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const AGENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn every_decision_is_a_span_under_the_edge_span_in_the_agents_trace() {
+    let (collector, endpoint) = Collector::start().await;
+    let (_upstream, _decision, edge) = split("otel", &endpoint, "");
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    agent.traceparent = Some(format!("00-{TRACE_ID}-{AGENT_SPAN}-01"));
+    let args = json!({"namespace": "default", "name": "web"});
+    let allowed = agent.call("k8s_rollout_pause", args.clone()).await;
+    let limited = agent.call("k8s_rollout_pause", args.clone()).await;
+    let denied = agent.call("k8s_get_pods", json!({"namespace": "kube-system"})).await;
+    assert!(refusal(&allowed).is_none());
+
+    let decides = collector.wait_for("tollgate.decide", 3).await;
+    assert_eq!(
+        decides.len(),
+        3,
+        "one tollgate.decide span per tools/call: {:?}",
+        collector.all()
+    );
+    let edge_spans: HashMap<Vec<u8>, Received> = collector
+        .wait_for("mcp tools/call", 3)
+        .await
+        .into_iter()
+        .map(|r| (r.span.span_id.clone(), r))
+        .collect();
+    let mut by_verdict = HashMap::new();
+    for d in &decides {
+        assert_eq!(d.service, "tollgate-decision");
+        assert_eq!(
+            hex(&d.span.trace_id),
+            TRACE_ID,
+            "the decision continues the agent's trace"
+        );
+        let parent = edge_spans
+            .get(&d.span.parent_span_id)
+            .unwrap_or_else(|| panic!("parent of {d:?} is an edge span"));
+        assert_eq!(parent.service, "tollgate-edge");
+        assert_eq!(
+            hex(&parent.span.parent_span_id),
+            AGENT_SPAN,
+            "the edge span is a child of the agent's span"
+        );
+        assert_eq!(parent.attr("mcp.method.name").as_deref(), Some("tools/call"));
+        by_verdict.insert(d.attr("tollgate.verdict").expect("verdict"), d.clone());
+    }
+
+    let allow = &by_verdict["ALLOW"];
+    assert_eq!(allow.attr("gen_ai.tool.name").as_deref(), Some("k8s_rollout_pause"));
+    assert_eq!(allow.attr("mcp.method.name").as_deref(), Some("tools/call"));
+    assert_eq!(allow.attr("tollgate.server").as_deref(), Some("k8s"));
+    assert_eq!(allow.attr("tollgate.grant").as_deref(), Some("a"));
+    assert_eq!(allow.attr("tollgate.agent").as_deref(), Some("agent-a"));
+    assert_eq!(allow.attr("mcp.session.id"), agent.session.clone());
+    assert_eq!(
+        allow.attr("tollgate.rule").as_deref(),
+        Some("tools[\"k8s_rollout_pause\"]")
+    );
+    assert_eq!(allow.attr("tollgate.limit.pause.remaining").as_deref(), Some("0"));
+    assert_eq!(allow.attr("tollgate.limit.pause.max").as_deref(), Some("1"));
+    let digest = support::sha256_hex(&args.to_string());
+    assert_eq!(allow.attr("tollgate.arguments.sha256"), Some(digest));
+    assert_eq!(
+        allow.attr("tollgate.arguments"),
+        None,
+        "raw arguments are not recorded by default"
+    );
+
+    let limited_span = &by_verdict["RATE_LIMITED"];
+    let details = refusal(&limited).expect("refused");
+    assert_eq!(
+        limited_span.attr("tollgate.decision_id").as_deref(),
+        details["decision_id"].as_str()
+    );
+    assert!(
+        limited_span
+            .attr("tollgate.reason")
+            .is_some_and(|r| r.starts_with("rate limit pause"))
+    );
+    assert!(limited_span.attr("tollgate.retry_after_ms").is_some());
+
+    let deny = &by_verdict["DENY"];
+    assert_eq!(deny.attr("gen_ai.tool.name").as_deref(), Some("k8s_get_pods"));
+    assert_eq!(deny.attr("tollgate.rule").as_deref(), Some("default"));
+    assert_eq!(
+        deny.attr("tollgate.decision_id").as_deref(),
+        refusal(&denied).and_then(|d| d["decision_id"].as_str())
+    );
+}
+
+#[tokio::test]
+async fn sampling_never_drops_a_decision() {
+    let (collector, endpoint) = Collector::start().await;
+    let (_upstream, _decision, edge) = split("otel-sampled", &endpoint, "sample_ratio = 0.0");
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    for _ in 0..4 {
+        agent
+            .call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"}))
+            .await;
+    }
+    assert_eq!(collector.wait_for("tollgate.decide", 4).await.len(), 4);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let edge_spans = collector
+        .all()
+        .into_iter()
+        .filter(|r| r.service == "tollgate-edge")
+        .count();
+    assert_eq!(edge_spans, 0, "sample_ratio 0 drops the edge's own spans");
+}
+
+#[tokio::test]
+async fn raw_arguments_are_recorded_only_when_asked() {
+    let (collector, endpoint) = Collector::start().await;
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("otel-args");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    append(&config, &telemetry_section(&endpoint, "record_arguments = true"));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent
+        .call("k8s_rollout_pause", json!({"namespace": "prod", "name": "api"}))
+        .await;
+    let spans = collector.wait_for("tollgate.decide", 1).await;
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].service, "tollgate-up");
+    let raw: Value =
+        serde_json::from_str(&spans[0].attr("tollgate.arguments").expect("arguments recorded")).expect("JSON");
+    assert_eq!(raw, json!({"namespace": "prod", "name": "api"}));
+}
+
+/// Runs `n` allowed calls and returns how long they took.
+async fn timed_calls(agent: &mut Mcp, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        let result = agent.call("k8s_list_namespaces", json!({})).await;
+        assert!(refusal(&result).is_none(), "{result}");
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_dead_collector_neither_slows_requests_nor_loses_decisions() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let mut results = Vec::new();
+    for (tag, telemetry) in [
+        ("no-otel", String::new()),
+        ("dead-otel", telemetry_section(&format!("http://{dead}"), "")),
+    ] {
+        let dir = support::temp_dir(tag);
+        let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+        append(&config, &telemetry);
+        let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+        let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+        timed_calls(&mut agent, 10).await; // warm up
+        let took = timed_calls(&mut agent, 100).await;
+        // Limits still hold: one pause admitted, the next refused.
+        let args = json!({"namespace": "a", "name": "b"});
+        assert!(refusal(&agent.call("k8s_rollout_pause", args.clone()).await).is_none());
+        assert!(refusal(&agent.call("k8s_rollout_pause", args).await).is_some());
+        results.push((tag, took, up));
+    }
+    let (healthy, dead_collector) = (results[0].1, results[1].1);
+    assert!(
+        dead_collector < healthy * 3 + Duration::from_millis(300),
+        "100 calls took {dead_collector:?} with a dead collector, {healthy:?} without"
+    );
+    // The lost spans are counted.
+    let metrics_url = results[1].2.url("/metrics");
+    let mut lost = 0.0;
+    for _ in 0..50 {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        lost = sample(&text, "tollgate_spans_lost_total", &[]).unwrap_or(0.0);
+        if lost > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(lost > 0.0, "spans the collector did not take are counted");
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, parsed by `prometheus-parse`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_the_calls() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("metrics");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
+    let config = write_config(&dir, &upstream.url("/mcp"), &[decision.url("")], POLICY, "");
+    let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    let args = json!({"namespace": "a", "name": "b"});
+    for _ in 0..3 {
+        agent.call("k8s_rollout_pause", args.clone()).await;
+    }
+    for _ in 0..2 {
+        agent.call("k8s_get_pods", json!({})).await;
+    }
+    agent.call("k8s_list_namespaces", json!({})).await;
+
+    // The decision service's own /metrics: its address is in its ready line.
+    let line_addr = decision_metrics_url(&decision);
+    let text = reqwest::get(&line_addr)
+        .await
+        .expect("decision metrics")
+        .text()
+        .await
+        .expect("body");
+    let decided = |verdict: &str, tool: &str| {
+        sample(
+            &text,
+            "tollgate_decisions_total",
+            &[("verdict", verdict), ("tool", tool), ("server", "k8s")],
+        )
+    };
+    assert_eq!(decided("ALLOW", "k8s_rollout_pause"), Some(1.0), "{text}");
+    assert_eq!(decided("RATE_LIMITED", "k8s_rollout_pause"), Some(2.0));
+    assert_eq!(decided("DENY", "k8s_get_pods"), Some(2.0));
+    assert_eq!(decided("ALLOW", "k8s_list_namespaces"), Some(1.0));
+    assert_eq!(
+        sample(&text, "tollgate_decision_duration_seconds_count", &[]),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&text, "tollgate_store_duration_seconds_count", &[("store", "memory")]),
+        Some(3.0)
+    );
+
+    let text = reqwest::get(edge.url("/metrics"))
+        .await
+        .expect("edge metrics")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        sample(
+            &text,
+            "tollgate_upstream_duration_seconds_count",
+            &[("upstream", "k8s")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "tollgate_requests_in_flight", &[]), Some(0.0));
+    assert!(
+        !text.contains("grant=") && !text.contains("agent-a"),
+        "no grant or agent labels"
+    );
+}
+
+fn decision_metrics_url(decision: &Proc) -> String {
+    decision
+        .metrics_url
+        .clone()
+        .expect("decision prints its metrics address")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
