@@ -26,6 +26,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(policy: Policy, store: Arc<dyn CounterStore>, store_timeout: Duration) -> Self {
+        metrics().register_store(store.kind());
         Engine {
             policy: ArcSwap::from_pointee(policy),
             store,

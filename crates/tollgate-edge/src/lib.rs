@@ -63,6 +63,7 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
     let mut upstreams = HashMap::new();
     for u in &parts.upstreams {
         let upstream = upstream::Upstream::new(u)?;
+        tollgate_telemetry::metrics::metrics().register_upstream(&u.name);
         if upstreams.insert(u.name.clone(), upstream).is_some() {
             return Err(EdgeError::Config(format!("two upstreams are named \"{}\"", u.name)));
         }

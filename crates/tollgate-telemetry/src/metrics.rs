@@ -124,7 +124,29 @@ impl Metrics {
             "Spans the OTLP collector did not accept (unreachable, slow or refusing)",
             m.spans_lost.clone(),
         );
+        for result in ["ok", "rejected"] {
+            let _ = m.policy_reloads.get_or_create(&vec![("result".into(), result.into())]);
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Makes a store's error series exist at zero, so dashboards and alerts see it before
+    /// the first error.
+    pub fn register_store(&self, store: &str) {
+        let _ = self
+            .store_errors
+            .get_or_create(&vec![("store".into(), store.to_owned())]);
+    }
+
+    /// Makes an upstream's error series exist at zero, one per kind of failure.
+    pub fn register_upstream(&self, upstream: &str) {
+        for kind in ["unreachable", "timeout", "credentials"] {
+            let labels = vec![
+                ("upstream".into(), upstream.to_owned()),
+                ("kind".into(), kind.to_owned()),
+            ];
+            let _ = self.upstream_errors.get_or_create(&labels);
+        }
     }
 
     /// `tool` as a label value, or `_other` once too many distinct tools were seen.
