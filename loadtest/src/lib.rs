@@ -1,0 +1,548 @@
+//! `tollgate-loadtest`: drives real MCP Streamable HTTP traffic through one or more Tollgate
+//! edges (or straight at the upstream, as a baseline), and reports throughput, latency
+//! percentiles (HDR histogram), verdicts, errors, and whether any limit was exceeded.
+//!
+//! Two modes: `closed` (N clients, each sending its next call when the last is answered) and
+//! `open` (calls started at a fixed rate whatever the answers do; latency is measured from
+//! when a call was due, so a slow gateway cannot hide its latency by slowing the load).
+//! Runs are bounded in time and in calls, and only loopback targets are accepted.
+
+pub mod exactness;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A scenario file (TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// MCP endpoints of the edges, e.g. `http://127.0.0.1:8080/mcp/k8s`; calls go round-robin.
+    pub edges: Vec<String>,
+    /// The upstream's own MCP endpoint, for `--baseline`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Upstream name as the policy sees it. Default: the last path segment of the first edge.
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub load: Load,
+    /// Who calls: bearer keys with weights.
+    pub grants: Vec<GrantSpec>,
+    /// What is called: tools, arguments and weights.
+    pub calls: Vec<CallSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    /// `closed` (default) or `open`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Closed mode: concurrent clients. Default 16.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Open mode: calls started per second. Default 1000.
+    #[serde(default = "default_rate")]
+    pub rate: f64,
+    /// Open mode: MCP sessions the calls are spread over. Default 16.
+    #[serde(default = "default_concurrency")]
+    pub sessions: usize,
+    /// How long to send, in seconds. Default 10.
+    #[serde(default = "default_duration")]
+    pub duration_s: f64,
+    /// Stop after this many calls. Default 1,000,000.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: u64,
+    /// Deadline for one call, in milliseconds. Default 10000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            mode: Mode::Closed,
+            concurrency: default_concurrency(),
+            rate: default_rate(),
+            sessions: default_concurrency(),
+            duration_s: default_duration(),
+            max_requests: default_max_requests(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+fn default_rate() -> f64 {
+    1000.0
+}
+fn default_duration() -> f64 {
+    10.0
+}
+fn default_max_requests() -> u64 {
+    1_000_000
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Closed,
+    Open,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSpec {
+    /// Grant name as configured in Tollgate (for the exactness check's counter keys).
+    pub name: String,
+    /// The bearer key.
+    pub key: String,
+    /// Agent name of the grant. Default: the grant name.
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSpec {
+    pub tool: String,
+    #[serde(default)]
+    pub arguments: Option<toml::Table>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Scenario {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
+        let scenario: Scenario =
+            toml::from_str(&text).with_context(|| format!("invalid scenario {}", path.display()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.edges.is_empty() || self.grants.is_empty() || self.calls.is_empty() {
+            bail!("a scenario needs at least one of each: edges, [[grants]], [[calls]]");
+        }
+        for url in self.edges.iter().chain(&self.upstream) {
+            let host = url
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split(['/', ':']).next())
+                .unwrap_or_default();
+            let loopback = host == "localhost" || host.starts_with("127.") || url.contains("://[::1]");
+            if !loopback {
+                bail!("{url}: load is only sent to loopback addresses (127.0.0.0/8, localhost, [::1])");
+            }
+        }
+        if self.grants.iter().all(|g| g.weight == 0) || self.calls.iter().all(|c| c.weight == 0) {
+            bail!("every weight is 0: nothing would be called");
+        }
+        if !(self.load.duration_s > 0.0 && self.load.duration_s <= 600.0) {
+            bail!("load.duration_s must be within (0, 600]");
+        }
+        if self.load.mode == Mode::Open && !(self.load.rate > 0.0 && self.load.rate <= 200_000.0) {
+            bail!("load.rate must be within (0, 200000] calls per second");
+        }
+        Ok(())
+    }
+
+    /// The server name used for counter keys.
+    pub fn server(&self) -> String {
+        self.server.clone().unwrap_or_else(|| {
+            self.edges[0]
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+    }
+
+    /// Grant and call of the `i`-th call: the weighted mixes, interleaved deterministically.
+    fn pick(&self, i: u64) -> (&GrantSpec, &CallSpec) {
+        (
+            weighted(&self.grants, i, |g| g.weight),
+            weighted(&self.calls, i / 7 + i, |c| c.weight),
+        )
+    }
+}
+
+fn weighted<T>(items: &[T], i: u64, weight: impl Fn(&T) -> u32) -> &T {
+    let total: u64 = items.iter().map(|t| u64::from(weight(t))).sum();
+    let mut at = i % total.max(1);
+    for item in items {
+        let w = u64::from(weight(item));
+        if at < w {
+            return item;
+        }
+        at -= w;
+    }
+    &items[0]
+}
+
+/// Where the calls go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Gateway,
+    /// Straight to the upstream, no gateway: the baseline.
+    Direct,
+}
+
+/// What a run measured.
+pub struct Outcome {
+    pub target: Target,
+    pub mode: Mode,
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+    pub verdicts: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub admitted: Vec<exactness::Admitted>,
+}
+
+/// The figures of one run, as printed and written with `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub target: Target,
+    pub mode: Mode,
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub throughput: f64,
+    pub latency_ms: BTreeMap<String, f64>,
+    pub verdicts: BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    pub fn summary(&self) -> Summary {
+        let requests = self.latency.len();
+        let seconds = self.elapsed.as_secs_f64();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let mut latency_ms = BTreeMap::new();
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+            latency_ms.insert(name.to_owned(), ms(self.latency.value_at_quantile(q)));
+        }
+        latency_ms.insert("max".to_owned(), ms(self.latency.max()));
+        Summary {
+            target: self.target,
+            mode: self.mode,
+            requests,
+            errors: self.errors,
+            seconds,
+            throughput: if seconds > 0.0 { requests as f64 / seconds } else { 0.0 },
+            latency_ms,
+            verdicts: self.verdicts.clone(),
+        }
+    }
+}
+
+/// One MCP session: the endpoint, its `Mcp-Session-Id`, and the HTTP client.
+#[derive(Clone)]
+struct Session {
+    http: reqwest::Client,
+    url: String,
+    id: Option<String>,
+}
+
+impl Session {
+    async fn open(http: reqwest::Client, url: &str, key: &str) -> anyhow::Result<Session> {
+        let mut session = Session {
+            http,
+            url: url.to_owned(),
+            id: None,
+        };
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "tollgate-loadtest", "version": "1"}}});
+        let response = session
+            .send(key, &init)
+            .await
+            .with_context(|| format!("initialize at {url}"))?;
+        if !response.status().is_success() {
+            bail!("initialize at {url}: HTTP {}", response.status());
+        }
+        session.id = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let _ = response.bytes().await;
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let _ = session.send(key, &note).await?.bytes().await;
+        Ok(session)
+    }
+
+    async fn send(&self, key: &str, body: &Value) -> reqwest::Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(key)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2025-06-18")
+            .body(body.to_string());
+        if let Some(id) = &self.id {
+            request = request.header("Mcp-Session-Id", id);
+        }
+        request.send().await
+    }
+
+    /// One `tools/call`; returns the verdict (`ALLOW` when the upstream answered).
+    async fn call(&self, key: &str, id: u64, tool: &str, arguments: &Value) -> Result<String, String> {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}});
+        let response = self.send(key, &body).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        let message = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .chain(std::iter::once(text.as_str()))
+            .find_map(|candidate| serde_json::from_str::<Value>(candidate).ok())
+            .ok_or_else(|| "answer is not JSON".to_owned())?;
+        if let Some(error) = message.get("error") {
+            return Err(format!("JSON-RPC error {}", error.get("code").unwrap_or(&Value::Null)));
+        }
+        Ok(message
+            .pointer("/result/_meta/tollgate~1decision/verdict")
+            .and_then(Value::as_str)
+            .unwrap_or("ALLOW")
+            .to_owned())
+    }
+}
+
+struct Recorder {
+    started: Instant,
+    latency: Mutex<Histogram<u64>>,
+    verdicts: Mutex<BTreeMap<String, u64>>,
+    errors: AtomicU64,
+    admitted: Mutex<Vec<exactness::Admitted>>,
+}
+
+impl Recorder {
+    fn new() -> anyhow::Result<Recorder> {
+        Ok(Recorder {
+            started: Instant::now(),
+            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+            verdicts: Mutex::default(),
+            errors: AtomicU64::new(0),
+            admitted: Mutex::default(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        scenario: &Scenario,
+        grant: &GrantSpec,
+        call: &CallSpec,
+        arguments: &Value,
+        session: &Session,
+        due: Instant,
+        sent: Instant,
+        result: Result<String, String>,
+    ) {
+        let answered = Instant::now();
+        let micros = answered.duration_since(due).as_micros().max(1) as u64;
+        let _ = self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(micros.min(60_000_000));
+        match result {
+            Ok(verdict) => {
+                if verdict == "ALLOW" {
+                    self.admitted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(exactness::Admitted {
+                            server: scenario.server(),
+                            tool: call.tool.clone(),
+                            grant: grant.name.clone(),
+                            agent: grant.agent.clone().unwrap_or_else(|| grant.name.clone()),
+                            session: session.id.clone().unwrap_or_default(),
+                            arguments: arguments.clone(),
+                            sent: sent.duration_since(self.started),
+                            answered: answered.duration_since(self.started),
+                        });
+                }
+                *self
+                    .verdicts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(verdict)
+                    .or_default() += 1;
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn arguments_of(call: &CallSpec) -> Value {
+    call.arguments
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or_else(|| json!({}))
+}
+
+/// Runs the scenario against the gateway's edges or, for the baseline, the upstream.
+pub async fn run(scenario: &Scenario, target: Target) -> anyhow::Result<Outcome> {
+    scenario.validate()?;
+    let urls: Vec<String> = match target {
+        Target::Gateway => scenario.edges.clone(),
+        Target::Direct => vec![
+            scenario
+                .upstream
+                .clone()
+                .context("--baseline needs `upstream` in the scenario")?,
+        ],
+    };
+    let load = &scenario.load;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(load.timeout_ms))
+        .pool_max_idle_per_host(load.concurrency.max(load.sessions))
+        .build()?;
+    let sessions_wanted = match load.mode {
+        Mode::Closed => load.concurrency.max(1),
+        Mode::Open => load.sessions.max(1),
+    };
+    let mut sessions = Vec::with_capacity(sessions_wanted);
+    for i in 0..sessions_wanted {
+        let url = &urls[i % urls.len()];
+        sessions.push(Session::open(http.clone(), url, &scenario.grants[0].key).await?);
+    }
+    let recorder = Arc::new(Recorder::new()?);
+    let scenario = Arc::new(scenario.clone());
+    let deadline = recorder.started + Duration::from_secs_f64(load.duration_s);
+    let next = Arc::new(AtomicU64::new(0));
+    let max = load.max_requests;
+
+    let mut tasks = Vec::new();
+    match load.mode {
+        Mode::Closed => {
+            for session in sessions {
+                let (scenario, recorder, next) = (scenario.clone(), recorder.clone(), next.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= max || Instant::now() >= deadline {
+                            break;
+                        }
+                        let (grant, call) = scenario.pick(i);
+                        let arguments = arguments_of(call);
+                        let sent = Instant::now();
+                        let result = session.call(&grant.key, i + 1, &call.tool, &arguments).await;
+                        recorder.record(&scenario, grant, call, &arguments, &session, sent, sent, result);
+                    }
+                }));
+            }
+        }
+        Mode::Open => {
+            let interval = Duration::from_secs_f64(1.0 / load.rate);
+            let in_flight = Arc::new(AtomicU64::new(0));
+            let mut i = 0u64;
+            while i < max {
+                let due = recorder.started + interval.mul_f64(i as f64);
+                if due >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                if in_flight.load(Ordering::Relaxed) > 20_000 {
+                    bail!(
+                        "more than 20000 calls in flight: the target cannot keep up with rate {}",
+                        load.rate
+                    );
+                }
+                let session = sessions[(i as usize) % sessions.len()].clone();
+                let (scenario, recorder, in_flight) = (scenario.clone(), recorder.clone(), in_flight.clone());
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                tasks.push(tokio::spawn(async move {
+                    let (grant, call) = scenario.pick(i);
+                    let arguments = arguments_of(call);
+                    let sent = Instant::now();
+                    let result = session.call(&grant.key, i + 1, &call.tool, &arguments).await;
+                    recorder.record(&scenario, grant, call, &arguments, &session, due, sent, result);
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                }));
+                i += 1;
+            }
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = recorder.started.elapsed();
+    let recorder = Arc::try_unwrap(recorder).map_err(|_| anyhow::anyhow!("load tasks still running"))?;
+    Ok(Outcome {
+        target,
+        mode: load.mode,
+        elapsed,
+        latency: recorder.latency.into_inner().unwrap_or_else(|e| e.into_inner()),
+        verdicts: recorder.verdicts.into_inner().unwrap_or_else(|e| e.into_inner()),
+        errors: recorder.errors.into_inner(),
+        admitted: recorder.admitted.into_inner().unwrap_or_else(|e| e.into_inner()),
+    })
+}
+
+/// The summary as a table.
+pub fn table(s: &Summary) -> String {
+    let mut out = format!(
+        "{:<8} {:<6} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "target", "mode", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    let l = |k: &str| s.latency_ms.get(k).copied().unwrap_or_default();
+    let target = match s.target {
+        Target::Gateway => "gateway",
+        Target::Direct => "direct",
+    };
+    let mode = match s.mode {
+        Mode::Closed => "closed",
+        Mode::Open => "open",
+    };
+    out.push_str(&format!(
+        "{target:<8} {mode:<6} {:>9} {:>7} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}\n",
+        s.requests,
+        s.errors,
+        s.throughput,
+        l("p50"),
+        l("p90"),
+        l("p99"),
+        l("p99.9"),
+        l("max")
+    ));
+    let verdicts: Vec<String> = s.verdicts.iter().map(|(v, n)| format!("{v}={n}")).collect();
+    out.push_str(&format!(
+        "verdicts: {}\n",
+        if verdicts.is_empty() {
+            "-".into()
+        } else {
+            verdicts.join(" ")
+        }
+    ));
+    out
+}

@@ -1,0 +1,151 @@
+//! `tollgate-loadtest`: parse arguments, run the scenario, print and check the results.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use tollgate_loadtest::{Mode, Scenario, Target, exactness, run, table};
+
+/// Load harness for Tollgate.
+///
+/// Sends real MCP traffic (initialize, then tools/call with the scenario's mix of tools,
+/// grants and arguments) through one or more edges, and reports throughput, latency
+/// percentiles (p50, p90, p99, p99.9, max, from an HDR histogram), verdict counts and errors,
+/// as a table and optionally as JSON.
+///
+/// With --policy, checks from its own records that no sliding window admitted more than its
+/// limit (exit status 2 on any over-admission). With --baseline, runs the same scenario
+/// straight at the upstream too, and prints the gateway/direct ratios. Targets must be on
+/// loopback; runs are bounded by duration and request count.
+#[derive(Parser)]
+#[command(name = "tollgate-loadtest", version)]
+struct Cli {
+    /// Scenario file (TOML), e.g. loadtest/scenarios/seed.toml.
+    scenario: PathBuf,
+    /// The policy the gateway enforces, for the exactness check.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Also run against the upstream directly and print ratios.
+    #[arg(long)]
+    baseline: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Override load.mode.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Override load.duration_s.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Override load.concurrency (closed mode).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Override load.rate (open mode, calls per second).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Override load.max_requests.
+    #[arg(long)]
+    max_requests: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Closed,
+    Open,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => match runtime.block_on(main_async(cli)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tollgate-loadtest: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("tollgate-loadtest: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut scenario = Scenario::load(&cli.scenario)?;
+    if let Some(mode) = cli.mode {
+        scenario.load.mode = match mode {
+            ModeArg::Closed => Mode::Closed,
+            ModeArg::Open => Mode::Open,
+        };
+    }
+    if let Some(d) = cli.duration {
+        scenario.load.duration_s = d;
+    }
+    if let Some(c) = cli.concurrency {
+        scenario.load.concurrency = c;
+    }
+    if let Some(r) = cli.rate {
+        scenario.load.rate = r;
+    }
+    if let Some(m) = cli.max_requests {
+        scenario.load.max_requests = m;
+    }
+    let policy = match &cli.policy {
+        Some(path) => Some(
+            tollgate_policy::load_file(path)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .policy,
+        ),
+        None => None,
+    };
+
+    let mut results = Vec::new();
+    if cli.baseline {
+        let direct = run(&scenario, Target::Direct).await?;
+        print!("{}", table(&direct.summary()));
+        results.push(direct);
+    }
+    let gateway = run(&scenario, Target::Gateway).await?;
+    print!("{}", table(&gateway.summary()));
+
+    let mut report = json!({"scenario": cli.scenario.display().to_string(), "runs": []});
+    if let Some(direct) = results.first() {
+        let (g, d) = (gateway.summary(), direct.summary());
+        let throughput_ratio = if d.throughput > 0.0 {
+            g.throughput / d.throughput
+        } else {
+            0.0
+        };
+        let added_p50 = g.latency_ms["p50"] - d.latency_ms["p50"];
+        println!("gateway/direct: throughput ratio {throughput_ratio:.2}, added p50 {added_p50:.3} ms");
+        report["ratios"] = json!({"throughput": throughput_ratio, "added_p50_ms": added_p50});
+    }
+    let mut over_admitted = false;
+    if let Some(policy) = &policy {
+        let limits = exactness::check(policy, &gateway.admitted);
+        for l in &limits {
+            let status = if l.violations.is_empty() { "ok" } else { "OVER-ADMITTED" };
+            println!(
+                "limit {}: max {} per {} ms, most seen in one window {} ({status})",
+                l.counter, l.max, l.window_ms, l.max_observed
+            );
+            for key in &l.violations {
+                println!("  over-admitted key: {key}");
+            }
+        }
+        over_admitted = limits.iter().any(|l| !l.violations.is_empty());
+        report["exactness"] = serde_json::to_value(&limits)?;
+    }
+    results.push(gateway);
+    report["runs"] = serde_json::to_value(results.iter().map(|o| o.summary()).collect::<Vec<_>>())?;
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(if over_admitted {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
