@@ -1,5 +1,6 @@
 //! One decision through the engine (policy evaluation + counter store), on the in-memory
-//! store and on a local Redis with one and with three counters per call.
+//! store and on a local Redis with one and with three counters per call; and the same
+//! decision as a gRPC round trip over loopback (client with failover, tonic server, engine).
 //!
 //! Run: `cargo bench --bench decision` (starts its own `redis-server` on a free port).
 
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tollgate_decision::Engine;
 use tollgate_decision::proto::DecideRequest;
+use tollgate_decision::{Decider, Engine, GrpcDecider};
 use tollgate_limiter::{CounterStore, MemoryStore, RedisSettings, RedisStore};
 
 /// Limits that never refuse during a bench (so every decision does the full write path),
@@ -75,6 +76,22 @@ fn decisions(c: &mut Criterion) {
             });
         }
     }
+    group.finish();
+
+    let engine = Arc::new(engine(Arc::new(MemoryStore::default())));
+    let client = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(tollgate_decision::serve(listener, engine, std::future::pending()));
+        GrpcDecider::new(&[format!("http://{addr}")], Duration::from_secs(1)).expect("client")
+    });
+    let mut group = c.benchmark_group("grpc");
+    group.throughput(Throughput::Elements(1));
+    let req = request("one");
+    group.bench_function("decide/memory/one_counter", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { client.decide(req.clone()).await.expect("decided") })
+    });
     group.finish();
 }
 

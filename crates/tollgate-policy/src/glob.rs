@@ -63,8 +63,13 @@ impl Glob {
     }
 
     pub fn matches(&self, name: &str) -> bool {
+        self.matches_chars(&name.chars().collect::<Vec<char>>())
+    }
+
+    /// [`Glob::matches`] on a name already split into characters, so that trying many
+    /// patterns against one name decodes it once.
+    pub fn matches_chars(&self, name: &[char]) -> bool {
         // Classic wildcard matching with single backtrack point for `*`: O(n·m) worst case.
-        let name: Vec<char> = name.chars().collect();
         let (mut p, mut n) = (0usize, 0usize);
         let mut star: Option<(usize, usize)> = None;
         while n < name.len() {

@@ -92,9 +92,17 @@ pub(crate) struct RuleSet {
 
 impl RuleSet {
     fn find(&self, tool: &str) -> Option<&Arc<Rule>> {
-        self.exact
-            .get(tool)
-            .or_else(|| self.patterns.iter().find(|(g, _)| g.matches(tool)).map(|(_, r)| r))
+        if let Some(rule) = self.exact.get(tool) {
+            return Some(rule);
+        }
+        if self.patterns.is_empty() {
+            return None;
+        }
+        let name: Vec<char> = tool.chars().collect();
+        self.patterns
+            .iter()
+            .find(|(g, _)| g.matches_chars(&name))
+            .map(|(_, r)| r)
     }
 
     pub(crate) fn catches_all(&self) -> bool {
