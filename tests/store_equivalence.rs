@@ -51,11 +51,11 @@ fn hits(prefix: &str, call: &CallSpec) -> Vec<Hit> {
         .collect()
 }
 
-fn run(redis: &RedisStore, steps: &[(u32, Vec<CallSpec>)]) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    redis: &RedisStore,
+    steps: &[(u32, Vec<CallSpec>)],
+) -> Result<(), TestCaseError> {
     let clock = Arc::new(ManualClock::default());
     let memory = MemoryStore::new(clock.clone());
     let prefix = format!("{}:", uuid_like());
@@ -104,12 +104,17 @@ fn redis_store_agrees_with_the_memory_store() {
     let mut settings: RedisSettings = serde_json::from_value(serde_json::json!({})).expect("defaults");
     settings.url = Some(server.url());
     let redis = RedisStore::new(&settings).expect("store");
+    // One runtime for every case, as in a real process: kept Redis connections belong to it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let config = ProptestConfig {
         cases: 12,
         max_shrink_iters: 20,
         ..ProptestConfig::default()
     };
     proptest!(config, |(steps in scenario())| {
-        run(&redis, &steps)?;
+        run(&runtime, &redis, &steps)?;
     });
 }

@@ -73,7 +73,8 @@ async fn redis_outage_applies_on_store_error_and_recovers_without_restart() {
     assert!(recovered.is_some(), "calls are admitted again once Redis is back");
     // And counted again: the restarted Redis is empty, so 2 more fit before the limit.
     for _ in 0..2 {
-        assert!(refusal(&agent.call("k8s_rollout_pause", pause.clone()).await).is_none());
+        let again = agent.call("k8s_rollout_pause", pause.clone()).await;
+        assert!(refusal(&again).is_none(), "counted again after recovery: {again}");
     }
     let limited = agent.call("k8s_rollout_pause", pause.clone()).await;
     assert_eq!(

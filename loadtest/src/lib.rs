@@ -7,6 +7,7 @@
 //! when a call was due, so a slow gateway cannot hide its latency by slowing the load).
 //! Runs are bounded in time and in calls, and only loopback targets are accepted.
 
+pub mod decide;
 pub mod exactness;
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tollgate_loadtest::{Mode, Scenario, Target, exactness, run, table};
 
@@ -21,6 +21,29 @@ use tollgate_loadtest::{Mode, Scenario, Target, exactness, run, table};
 #[derive(Parser)]
 #[command(name = "tollgate-loadtest", version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Mcp(McpArgs),
+    Decide(DecideArgs),
+}
+
+/// MCP load through Tollgate's edges.
+///
+/// Sends real MCP traffic (initialize, then tools/call with the scenario's mix of tools,
+/// grants and arguments) through one or more edges, and reports throughput, latency
+/// percentiles (p50, p90, p99, p99.9, max, from an HDR histogram), verdict counts and errors,
+/// as a table and optionally as JSON.
+///
+/// With --policy, checks from its own records that no sliding window admitted more than its
+/// limit (exit status 2 on any over-admission). With --baseline, runs the same scenario
+/// straight at the upstream too, and prints the gateway/direct ratios. Targets must be on
+/// loopback; runs are bounded by duration and request count.
+#[derive(Args)]
+struct McpArgs {
     /// Scenario file (TOML), e.g. loadtest/scenarios/seed.toml.
     scenario: PathBuf,
     /// The policy the gateway enforces, for the exactness check.
@@ -49,6 +72,27 @@ struct Cli {
     max_requests: Option<u64>,
 }
 
+/// Decide RPCs straight at a decision service (no edge, no MCP).
+///
+/// N concurrent callers send Decide for one tool and grant for a fixed time; prints
+/// decisions per second, admitted, errors and latency percentiles. Used by
+/// loadtest/decision-vs-redis.sh to compare with redis-benchmark running the same Lua script.
+#[derive(Args)]
+struct DecideArgs {
+    /// The decision service, e.g. http://127.0.0.1:50051 (loopback only).
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    tool: String,
+    #[arg(long, default_value = "bench")]
+    grant: String,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds (at most 600).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
     Closed,
@@ -73,6 +117,37 @@ fn main() -> ExitCode {
 }
 
 async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Mcp(args) => mcp(args).await,
+        Command::Decide(args) => decide(args).await,
+    }
+}
+
+async fn decide(args: DecideArgs) -> anyhow::Result<ExitCode> {
+    if !(args.duration > 0.0 && args.duration <= 600.0) {
+        anyhow::bail!("--duration must be within (0, 600] seconds");
+    }
+    let duration = std::time::Duration::from_secs_f64(args.duration);
+    let out = tollgate_loadtest::decide::run(&args.url, &args.tool, &args.grant, args.concurrency, duration).await?;
+    let ms = |q: f64| out.latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "decisions {} in {:.1} s: {:.0} decisions/s, admitted {}, errors {}, p50 {:.3} ms, p99 {:.3} ms",
+        out.decisions,
+        out.elapsed.as_secs_f64(),
+        out.decisions as f64 / out.elapsed.as_secs_f64(),
+        out.admitted,
+        out.errors,
+        ms(0.5),
+        ms(0.99)
+    );
+    Ok(if out.errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn mcp(cli: McpArgs) -> anyhow::Result<ExitCode> {
     let mut scenario = Scenario::load(&cli.scenario)?;
     if let Some(mode) = cli.mode {
         scenario.load.mode = match mode {

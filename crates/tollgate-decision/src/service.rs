@@ -77,6 +77,17 @@ impl DecisionService for DecisionGrpc {
     }
 }
 
+/// Accepted connections with `TCP_NODELAY`: a gRPC answer is several HTTP/2 frames, and
+/// Nagle's algorithm would hold the later ones back until the client's delayed ACK (~40 ms).
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |stream| {
+        if let Ok(s) = &stream {
+            let _ = s.set_nodelay(true);
+        }
+        stream
+    })
+}
+
 /// Serves the engine on `listener` until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
     listener: TcpListener,
@@ -93,6 +104,6 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

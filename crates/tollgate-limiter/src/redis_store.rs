@@ -18,6 +18,8 @@ use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
 
 /// Request records are kept at least this long, even for calls with only short windows.
 const MIN_REQUEST_MEMORY: Duration = Duration::from_secs(60);
+/// Connections kept out of the pool for reuse (see [`Lanes`]).
+const LANES: usize = 4;
 
 /// `[store]` settings for `kind = "redis"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,8 +55,77 @@ fn default_key_prefix() -> String {
 }
 
 enum Backend {
-    Standalone(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    Standalone(deadpool_redis::Pool, Lanes<redis::aio::MultiplexedConnection>),
+    Cluster(
+        deadpool_redis::cluster::Pool,
+        Lanes<redis::cluster_async::ClusterConnection>,
+    ),
+}
+
+/// Connections taken from the pool once and reused. redis-rs connections multiplex: one
+/// carries any number of concurrent requests, pipelined. Checking a connection out of
+/// deadpool for every call would cost a health check (`UNWATCH` + `PING`, a full round trip)
+/// each time, doubling Redis round trips per decision. A lane whose connection fails is
+/// emptied (all lanes are) and refilled from the pool on next use, where deadpool's check weeds out
+/// broken connections and opens new ones.
+struct Lanes<C> {
+    slots: Vec<std::sync::Mutex<Option<C>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl<C: Clone> Lanes<C> {
+    fn new() -> Self {
+        Lanes {
+            slots: (0..LANES).map(|_| std::sync::Mutex::new(None)).collect(),
+            next: Default::default(),
+        }
+    }
+
+    fn slot(&self, lane: usize) -> std::sync::MutexGuard<'_, Option<C>> {
+        self.slots[lane].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next lane and its connection, if it has one.
+    fn pick(&self) -> (usize, Option<C>) {
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        (lane, self.slot(lane).clone())
+    }
+
+    fn fill(&self, lane: usize, conn: C) {
+        *self.slot(lane) = Some(conn);
+    }
+
+    /// Empties every lane: a failed connection usually means Redis restarted or failed
+    /// over, and then every kept connection is dead.
+    fn clear_all(&self) {
+        for lane in 0..self.slots.len() {
+            *self.slot(lane) = None;
+        }
+    }
+}
+
+impl<C: Clone + redis::aio::ConnectionLike + Send> Lanes<C> {
+    /// Runs a script on the next lane's connection, taking one from the pool (`checkout`)
+    /// when the lane is empty, and emptying every lane when the call or the checkout fails.
+    async fn invoke<F, Fut>(&self, invocation: &redis::ScriptInvocation<'_>, checkout: F) -> Result<Vec<i64>, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<C, String>>,
+    {
+        let (lane, conn) = self.pick();
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => {
+                let conn = checkout().await.inspect_err(|_| self.clear_all())?;
+                self.fill(lane, conn.clone());
+                conn
+            }
+        };
+        invocation.invoke_async(&mut conn).await.map_err(|e| {
+            self.clear_all();
+            e.to_string()
+        })
+    }
 }
 
 /// Counters in Redis.
@@ -100,7 +171,7 @@ impl RedisStore {
                 let pool = config
                     .create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
-                Backend::Standalone(pool)
+                Backend::Standalone(pool, Lanes::new())
             }
             (None, false) => {
                 let mut config = deadpool_redis::cluster::Config::from_urls(settings.cluster.clone());
@@ -108,7 +179,7 @@ impl RedisStore {
                 let pool = config
                     .create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| StoreError::Config(format!("store.cluster: {e}")))?;
-                Backend::Cluster(pool)
+                Backend::Cluster(pool, Lanes::new())
             }
         };
         Ok(RedisStore {
@@ -143,16 +214,22 @@ impl RedisStore {
 
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Vec<i64>, StoreError> {
         let answer = match &self.backend {
-            Backend::Standalone(pool) => {
-                let mut conn = pool.get().await.map_err(|e| self.fail(e.to_string()))?;
-                invocation.invoke_async(&mut conn).await
+            Backend::Standalone(pool, lanes) => {
+                lanes
+                    .invoke(invocation, || async {
+                        pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
+                    })
+                    .await
             }
-            Backend::Cluster(pool) => {
-                let mut conn = pool.get().await.map_err(|e| self.fail(e.to_string()))?;
-                invocation.invoke_async(&mut conn).await
+            Backend::Cluster(pool, lanes) => {
+                lanes
+                    .invoke(invocation, || async {
+                        pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
+                    })
+                    .await
             }
         };
-        answer.map_err(|e| self.fail(e.to_string()))
+        answer.map_err(|cause| self.fail(cause))
     }
 
     fn fail(&self, cause: String) -> StoreError {
@@ -307,8 +384,8 @@ impl CounterStore for RedisStore {
 
     fn kind(&self) -> &'static str {
         match self.backend {
-            Backend::Standalone(_) => "redis",
-            Backend::Cluster(_) => "redis-cluster",
+            Backend::Standalone(..) => "redis",
+            Backend::Cluster(..) => "redis-cluster",
         }
     }
 }
