@@ -5,49 +5,9 @@ mod support;
 
 use serde_json::json;
 use support::redis::{RedisCluster, RedisServer};
-use support::{KEY_A, Mcp, Proc, append, refusal, write_config};
+use support::{Deployment, KEY_A, Mcp, refusal};
 
 const CALLS: usize = 300;
-
-/// Starts 2 decision replicas on `store` and 3 edges over them; returns the edges' MCP URLs
-/// and every process (kept alive by the caller).
-fn gateway_cluster(tag: &str, store: &str) -> (Vec<String>, Vec<Proc>) {
-    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-    let dir = support::temp_dir(tag);
-    let policy = support::seed_policy("minute");
-    let mut procs = Vec::new();
-    let mut replicas = Vec::new();
-    for i in 0..2 {
-        let config = write_config(&dir, &upstream.url("/mcp"), &[], &policy, "");
-        append(&config, store);
-        let decision = Proc::start(
-            &format!("decision-{i}"),
-            &["decision", "--config", config.to_str().unwrap()],
-            &[],
-        );
-        replicas.push(decision.url(""));
-        procs.push(decision);
-    }
-    let config = write_config(
-        &dir,
-        &upstream.url("/mcp"),
-        &replicas,
-        &policy,
-        "decision_timeout_ms = 5000",
-    );
-    let mut edges = Vec::new();
-    for i in 0..3 {
-        let edge = Proc::start(
-            &format!("edge-{i}"),
-            &["edge", "--config", config.to_str().unwrap()],
-            &[],
-        );
-        edges.push(edge.url("/mcp/k8s"));
-        procs.push(edge);
-    }
-    procs.push(upstream);
-    (edges, procs)
-}
 
 /// Fires `CALLS` concurrent `k8s_rollout_pause` calls for one grant, spread over the edges;
 /// returns (admitted, rate limited).
@@ -77,11 +37,14 @@ async fn burst(edges: &[String]) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_edges_two_replicas_one_redis_admit_exactly_max() {
     let redis = RedisServer::start();
-    let (edges, _procs) = gateway_cluster(
+    let deployment = Deployment::start(
         "exact-redis",
+        &support::seed_policy("minute"),
         &format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url()),
+        2,
+        3,
     );
-    let (admitted, limited) = burst(&edges).await;
+    let (admitted, limited) = burst(&deployment.edges).await;
     assert_eq!((admitted, limited), (10, CALLS - 10));
 }
 
@@ -94,11 +57,14 @@ async fn three_edges_two_replicas_on_a_redis_cluster_admit_exactly_max() {
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let (edges, _procs) = gateway_cluster(
+    let deployment = Deployment::start(
         "exact-cluster",
+        &support::seed_policy("minute"),
         &format!("\n[store]\nkind = \"redis\"\ncluster = [{seeds}]\n"),
+        2,
+        3,
     );
-    let (admitted, limited) = burst(&edges).await;
+    let (admitted, limited) = burst(&deployment.edges).await;
     assert_eq!((admitted, limited), (10, CALLS - 10));
 }
 
@@ -106,7 +72,13 @@ async fn three_edges_two_replicas_on_a_redis_cluster_admit_exactly_max() {
 /// decision replica counts alone, so two replicas admit twice the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn control_memory_store_counts_per_replica() {
-    let (edges, _procs) = gateway_cluster("exact-memory", "\n[store]\nkind = \"memory\"\n");
-    let (admitted, _) = burst(&edges).await;
+    let deployment = Deployment::start(
+        "exact-memory",
+        &support::seed_policy("minute"),
+        "\n[store]\nkind = \"memory\"\n",
+        2,
+        3,
+    );
+    let (admitted, _) = burst(&deployment.edges).await;
     assert_eq!(admitted, 20, "each of the 2 replicas admitted its own 10");
 }

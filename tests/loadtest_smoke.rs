@@ -5,7 +5,7 @@
 mod support;
 
 use support::redis::RedisServer;
-use support::{KEY_A, KEY_B, Proc, append, write_config};
+use support::{Deployment, KEY_A, KEY_B, Proc, write_config};
 use tollgate_loadtest::{Load, Mode, Scenario, Target, exactness, run};
 
 fn scenario(edges: Vec<String>, upstream: String, mode: Mode) -> Scenario {
@@ -84,36 +84,11 @@ async fn harness_smoke_through_tollgate_up_closed_and_open_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_smoke_three_edges_two_replicas_one_redis() {
     let redis = RedisServer::start();
-    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-    let dir = support::temp_dir("smoke-cluster");
     let policy = support::seed_policy("minute");
     let store = format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
-    let mut procs = Vec::new();
-    let mut replicas = Vec::new();
-    for i in 0..2 {
-        let config = write_config(&dir, &upstream.url("/mcp"), &[], &policy, "");
-        append(&config, &store);
-        let decision = Proc::start(
-            &format!("decision-{i}"),
-            &["decision", "--config", config.to_str().unwrap()],
-            &[],
-        );
-        replicas.push(decision.url(""));
-        procs.push(decision);
-    }
-    let config = write_config(&dir, &upstream.url("/mcp"), &replicas, &policy, "");
-    let mut edges = Vec::new();
-    for i in 0..3 {
-        let edge = Proc::start(
-            &format!("edge-{i}"),
-            &["edge", "--config", config.to_str().unwrap()],
-            &[],
-        );
-        edges.push(edge.url("/mcp/k8s"));
-        procs.push(edge);
-    }
-    let outcome = run(&scenario(edges, upstream.url("/mcp"), Mode::Closed), Target::Gateway)
-        .await
-        .expect("load run");
+    let deployment = Deployment::start("smoke-cluster", &policy, &store, 2, 3);
+    assert_eq!(deployment.processes(), 6);
+    let scenario = scenario(deployment.edges.clone(), deployment.upstream.clone(), Mode::Closed);
+    let outcome = run(&scenario, Target::Gateway).await.expect("load run");
     check(&policy, &outcome);
 }

@@ -214,6 +214,65 @@ pub fn start_decision(dir: &Path, upstream_url: &str, policy: &str) -> Proc {
     Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[])
 }
 
+/// A split deployment on loopback: the demo upstream, decision replicas and edges.
+pub struct Deployment {
+    /// The edges' `/mcp/k8s` URLs.
+    pub edges: Vec<String>,
+    /// The demo upstream's own MCP URL.
+    pub upstream: String,
+    procs: Vec<Proc>,
+}
+
+impl Deployment {
+    /// Starts the demo upstream, `replicas` decision services with `store` (a `[store]`
+    /// section) and `edges` edges listing every replica, all serving `policy`.
+    pub fn start(tag: &str, policy: &str, store: &str, replicas: usize, edges: usize) -> Deployment {
+        let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+        let dir = temp_dir(tag);
+        let mut procs = Vec::new();
+        let mut decision_urls = Vec::new();
+        for i in 0..replicas {
+            let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
+            append(&config, store);
+            let decision = Proc::start(
+                &format!("decision-{i}"),
+                &["decision", "--config", config.to_str().unwrap()],
+                &[],
+            );
+            decision_urls.push(decision.url(""));
+            procs.push(decision);
+        }
+        let config = write_config(
+            &dir,
+            &upstream.url("/mcp"),
+            &decision_urls,
+            policy,
+            "decision_timeout_ms = 5000",
+        );
+        let mut edge_urls = Vec::new();
+        for i in 0..edges {
+            let edge = Proc::start(
+                &format!("edge-{i}"),
+                &["edge", "--config", config.to_str().unwrap()],
+                &[],
+            );
+            edge_urls.push(edge.url("/mcp/k8s"));
+            procs.push(edge);
+        }
+        let upstream_url = upstream.url("/mcp");
+        procs.push(upstream);
+        Deployment {
+            edges: edge_urls,
+            upstream: upstream_url,
+            procs,
+        }
+    }
+
+    pub fn processes(&self) -> usize {
+        self.procs.len()
+    }
+}
+
 /// Appends `text` (e.g. a `[store]` or `[telemetry]` section) to a config file.
 pub fn append(path: &Path, text: &str) {
     let mut config = std::fs::read_to_string(path).expect("read config");
