@@ -19,11 +19,14 @@ pub struct DecideOutcome {
     pub latency: Histogram<u64>,
 }
 
-/// Sends `Decide` for `tool` as `grant` from `concurrency` callers for `duration`.
+/// Sends `Decide` for `tool` from `concurrency` callers for `duration`, cycling through
+/// `grants` distinct grants (`{grant}-0`, `{grant}-1`, …; just `grant` when 1), so that a
+/// per-grant limit keeps that many counter keys alive.
 pub async fn run(
     url: &str,
     tool: &str,
     grant: &str,
+    grants: u64,
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<DecideOutcome> {
@@ -57,12 +60,17 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let n = seq.fetch_add(1, Ordering::Relaxed);
+                let grant = if grants > 1 {
+                    format!("{grant}-{}", n % grants)
+                } else {
+                    grant.clone()
+                };
                 let request = DecideRequest {
                     request_id: format!("load-{n}"),
                     server: "bench".into(),
                     tool: tool.clone(),
-                    grant: grant.clone(),
                     agent: grant.clone(),
+                    grant,
                     ..Default::default()
                 };
                 let sent = Instant::now();

@@ -86,6 +86,10 @@ struct DecideArgs {
     tool: String,
     #[arg(long, default_value = "bench")]
     grant: String,
+    /// Spread the calls over this many grants (GRANT-0, GRANT-1, …), e.g. to keep that many
+    /// per-grant counter keys alive.
+    #[arg(long, default_value_t = 1)]
+    grants: u64,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Seconds (at most 600).
@@ -128,7 +132,15 @@ async fn decide(args: DecideArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--duration must be within (0, 600] seconds");
     }
     let duration = std::time::Duration::from_secs_f64(args.duration);
-    let out = tollgate_loadtest::decide::run(&args.url, &args.tool, &args.grant, args.concurrency, duration).await?;
+    let out = tollgate_loadtest::decide::run(
+        &args.url,
+        &args.tool,
+        &args.grant,
+        args.grants.max(1),
+        args.concurrency,
+        duration,
+    )
+    .await?;
     let ms = |q: f64| out.latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "decisions {} in {:.1} s: {:.0} decisions/s, admitted {}, errors {}, p50 {:.3} ms, p99 {:.3} ms",

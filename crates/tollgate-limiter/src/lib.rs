@@ -90,9 +90,8 @@ pub enum StoreError {
 pub trait CounterStore: Send + Sync + 'static {
     /// Checks every hit and, only if all of them have room, records all of them.
     ///
-    /// Idempotent per `request_id`: a second call with the same id (a retry) returns the
-    /// first call's admission and records nothing, for at least as long as the longest
-    /// window among its hits.
+    /// Idempotent per `request_id`: a second call with the same id (a retry) within 30 s
+    /// returns the first call's admission and records nothing.
     async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError>;
 
     /// A short name for logs and metrics, e.g. `memory`.

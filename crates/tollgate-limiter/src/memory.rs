@@ -13,8 +13,11 @@ use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
 
 /// How often expired counters and remembered request ids are swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// Request ids are remembered at least this long, even for calls with only short windows.
-const MIN_REQUEST_MEMORY: Duration = Duration::from_secs(60);
+/// How long a request id is remembered, so that a retry of the same decision (an edge failing
+/// over to another replica within its deadline) is not charged twice. Retries come within
+/// the edge's decision deadline (1 s by default), so this is ample, and independent of the
+/// window: keeping every id for an hour-long window would cost memory per call for an hour.
+pub(crate) const REQUEST_MEMORY: Duration = Duration::from_secs(30);
 
 /// The store's time source: a monotonic offset from an arbitrary start.
 pub trait Clock: Send + Sync + 'static {
@@ -150,8 +153,7 @@ impl MemoryStore {
         }
         let admission = Admission { admitted, counters };
         if !request_id.is_empty() {
-            let longest = hits.iter().map(|h| h.window).max().unwrap_or_default();
-            let expires = now + longest.max(MIN_REQUEST_MEMORY);
+            let expires = now + REQUEST_MEMORY;
             state
                 .requests
                 .insert(request_id.to_owned(), (admission.clone(), expires));

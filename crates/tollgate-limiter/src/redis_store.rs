@@ -16,8 +16,7 @@ use serde::Deserialize;
 
 use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
 
-/// Request records are kept at least this long, even for calls with only short windows.
-const MIN_REQUEST_MEMORY: Duration = Duration::from_secs(60);
+use crate::memory::REQUEST_MEMORY;
 /// Connections kept out of the pool for reuse (see [`Lanes`]).
 const LANES: usize = 4;
 
@@ -249,7 +248,7 @@ impl RedisStore {
         for hit in hits {
             invocation.key(self.counter_key(hit));
         }
-        invocation.arg(request_id).arg(record_ttl_ms(hits)).arg(members);
+        invocation.arg(request_id).arg(record_ttl_ms()).arg(members);
         for hit in hits {
             let algorithm = match hit.algorithm {
                 Algorithm::SlidingLog => 0,
@@ -297,7 +296,7 @@ impl RedisStore {
         for hit in hits {
             invocation.key(self.counter_key(hit));
         }
-        invocation.arg(request_id).arg(record_ttl_ms(hits)).arg(members);
+        invocation.arg(request_id).arg(record_ttl_ms()).arg(members);
         for (hit, bucket) in hits.iter().zip(buckets) {
             let algorithm = u8::from(hit.algorithm == Algorithm::SlidingWindow);
             invocation.arg(algorithm).arg(hit.cost).arg(*bucket);
@@ -306,9 +305,8 @@ impl RedisStore {
     }
 }
 
-fn record_ttl_ms(hits: &[&Hit]) -> u64 {
-    let longest = hits.iter().map(|h| h.window).max().unwrap_or_default();
-    longest.max(MIN_REQUEST_MEMORY).as_millis() as u64
+fn record_ttl_ms() -> u64 {
+    REQUEST_MEMORY.as_millis() as u64
 }
 
 #[async_trait::async_trait]
