@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# A whole Tollgate cluster on loopback under load: starts redis-server, the demo upstream,
+# K decision replicas on that Redis and M edges over the replicas (free ports), runs a
+# scenario through all edges with the exactness check, and stops everything at the end.
+#
+# Usage: loadtest/cluster.sh [K=2] [M=3] [SECONDS=10] [CONCURRENCY=32]
+# Exit status 2 when a window admitted more than its limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+replicas=${1:-2}
+edges=${2:-3}
+seconds=${3:-10}
+concurrency=${4:-32}
+bin=$PWD/target/release
+
+cargo build --release --quiet -p tollgate -p tollgate-loadtest
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_for() { until grep -q "listening on" "$1" 2>/dev/null; do sleep 0.1; done; sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$1" | head -1; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
+until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+
+"$bin/tollgate" demo-upstream --listen 127.0.0.1:0 > "$work/upstream.out" 2>&1 &
+upstream=$(wait_for "$work/upstream.out")/mcp
+
+cp examples/policy.json "$work/policy.json"
+key_hash=$(printf %s tg_demo_key | sha256sum | cut -d' ' -f1)
+config() { # $1: edge.decision list
+  cat <<EOF
+[edge]
+listen = "127.0.0.1:0"
+decision = [$1]
+[decision]
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+policy = "policy.json"
+[store]
+kind = "redis"
+url = "redis://127.0.0.1:$redis_port"
+[log]
+level = "warn"
+[[upstreams]]
+name = "k8s"
+url = "$upstream"
+[[grants]]
+name = "demo"
+key_sha256 = "$key_hash"
+EOF
+}
+config "" > "$work/decision.toml"
+decisions=()
+for i in $(seq 1 "$replicas"); do
+  "$bin/tollgate" decision -c "$work/decision.toml" > "$work/decision-$i.out" 2>&1 &
+  decisions+=("\"$(wait_for "$work/decision-$i.out")\"")
+done
+config "$(IFS=,; echo "${decisions[*]}")" > "$work/edge.toml"
+edge_urls=()
+for i in $(seq 1 "$edges"); do
+  "$bin/tollgate" edge -c "$work/edge.toml" > "$work/edge-$i.out" 2>&1 &
+  edge_urls+=("\"$(wait_for "$work/edge-$i.out")/mcp/k8s\"")
+done
+
+cat > "$work/scenario.toml" <<EOF
+edges = [$(IFS=,; echo "${edge_urls[*]}")]
+upstream = "$upstream"
+[load]
+mode = "closed"
+concurrency = $concurrency
+duration_s = $seconds
+[[grants]]
+name = "demo"
+key = "tg_demo_key"
+[[calls]]
+tool = "k8s_rollout_pause"
+arguments = { namespace = "default", name = "web" }
+weight = 3
+[[calls]]
+tool = "k8s_get_pods"
+arguments = { namespace = "default" }
+EOF
+echo "== $edges edges x $replicas decision replicas x 1 Redis, $concurrency clients, ${seconds}s (policy: examples/policy.json)"
+"$bin/tollgate-loadtest" mcp "$work/scenario.toml" --policy "$work/policy.json"
