@@ -11,18 +11,9 @@ replicas=${1:-2}
 edges=${2:-3}
 seconds=${3:-10}
 concurrency=${4:-32}
-bin=$PWD/target/release
-
-cargo build --release --quiet -p tollgate -p tollgate-loadtest
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() { until grep -q "listening on" "$1" 2>/dev/null; do sleep 0.1; done; sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$1" | head -1; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+# shellcheck source=loadtest/common.sh
+source loadtest/common.sh
+start_redis
 
 "$bin/tollgate" demo-upstream --listen 127.0.0.1:0 > "$work/upstream.out" 2>&1 &
 upstream=$(wait_for "$work/upstream.out")/mcp

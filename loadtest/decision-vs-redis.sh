@@ -9,15 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrency=${1:-16}
 seconds=${2:-10}
-bin=target/release
-
-cargo build --release --quiet -p tollgate -p tollgate-loadtest
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
-until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+# shellcheck source=loadtest/common.sh
+source loadtest/common.sh
+start_redis
+port=$redis_port
 
 # One counter per call, 1 s window, a limit that never refuses: every call takes the write path.
 cat > "$work/policy.json" <<'EOF'
@@ -37,8 +32,7 @@ pool_size = $((concurrency * 2))
 level = "warn"
 EOF
 "$bin/tollgate" decision -c "$work/tollgate.toml" > "$work/decision.out" &
-until grep -q "listening on" "$work/decision.out" 2>/dev/null; do sleep 0.1; done
-addr=$(sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$work/decision.out")
+addr=$(wait_for "$work/decision.out")
 
 echo "== tollgate decision over gRPC (Redis store): $concurrency callers, ${seconds}s"
 "$bin/tollgate-loadtest" decide --url "$addr" --tool bench --concurrency "$concurrency" --duration "$seconds"
