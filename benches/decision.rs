@@ -55,8 +55,10 @@ fn decisions(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let redis = redis_support::RedisServer::start();
-    let mut settings: RedisSettings = serde_json::from_value(serde_json::json!({})).expect("defaults");
-    settings.url = Some(redis.url());
+    let settings = RedisSettings {
+        url: Some(redis.url()),
+        ..RedisSettings::default()
+    };
     let stores: [(&str, Arc<dyn CounterStore>); 2] = [
         ("memory", Arc::new(MemoryStore::default())),
         ("redis", Arc::new(RedisStore::new(&settings).expect("redis store"))),

@@ -68,18 +68,14 @@ impl StoreSettings {
         Ok(match self.kind {
             StoreKind::Memory => Arc::new(MemoryStore::default()),
             StoreKind::Redis => {
-                let mut redis: RedisSettings = serde_json::from_value(serde_json::json!({}))?;
-                redis.url = self.url.clone();
-                redis.cluster = self.cluster.clone();
-                if let Some(size) = self.pool_size {
-                    redis.pool_size = size;
-                }
-                if let Some(ms) = self.connect_timeout_ms {
-                    redis.connect_timeout_ms = ms;
-                }
-                if let Some(prefix) = &self.key_prefix {
-                    redis.key_prefix = prefix.clone();
-                }
+                let defaults = RedisSettings::default();
+                let redis = RedisSettings {
+                    url: self.url.clone(),
+                    cluster: self.cluster.clone(),
+                    pool_size: self.pool_size.unwrap_or(defaults.pool_size),
+                    connect_timeout_ms: self.connect_timeout_ms.unwrap_or(defaults.connect_timeout_ms),
+                    key_prefix: self.key_prefix.clone().unwrap_or(defaults.key_prefix),
+                };
                 Arc::new(RedisStore::new(&redis)?)
             }
         })

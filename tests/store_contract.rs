@@ -21,10 +21,11 @@ fn hit(key: &str, tag: &str, window_ms: u64, max: u64) -> Hit {
 }
 
 fn redis_settings(url: Option<String>, cluster: Vec<String>) -> RedisSettings {
-    let mut settings: RedisSettings = serde_json::from_value(serde_json::json!({})).expect("defaults");
-    settings.url = url;
-    settings.cluster = cluster;
-    settings
+    RedisSettings {
+        url,
+        cluster,
+        ..RedisSettings::default()
+    }
 }
 
 async fn take(store: &dyn CounterStore, hits: &[Hit]) -> tollgate_limiter::Admission {

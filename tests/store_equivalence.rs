@@ -101,8 +101,10 @@ fn uuid_like() -> String {
 #[test]
 fn redis_store_agrees_with_the_memory_store() {
     let server = RedisServer::start();
-    let mut settings: RedisSettings = serde_json::from_value(serde_json::json!({})).expect("defaults");
-    settings.url = Some(server.url());
+    let settings = RedisSettings {
+        url: Some(server.url()),
+        ..RedisSettings::default()
+    };
     let redis = RedisStore::new(&settings).expect("store");
     // One runtime for every case, as in a real process: kept Redis connections belong to it.
     let runtime = tokio::runtime::Builder::new_current_thread()

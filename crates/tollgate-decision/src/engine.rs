@@ -41,10 +41,6 @@ impl Engine {
         self
     }
 
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
-    }
-
     /// Installs a new policy; calls already being decided finish under the old one.
     pub fn replace_policy(&self, policy: Policy) {
         self.policy.store(Arc::new(policy));
@@ -339,7 +335,8 @@ fn annotations(a: Option<&proto::ToolAnnotations>) -> Annotations {
     })
 }
 
-pub(crate) fn verdict_name(v: Verdict) -> &'static str {
+/// The verdict as written in logs, spans, metrics and refusals (`ALLOW`, `DENY`, …).
+pub fn verdict_name(v: Verdict) -> &'static str {
     match v {
         Verdict::Allow => "ALLOW",
         Verdict::Deny => "DENY",

@@ -11,7 +11,7 @@ mod reload;
 mod service;
 
 pub use client::{GrpcDecider, GrpcDeciderError};
-pub use engine::Engine;
+pub use engine::{Engine, verdict_name};
 pub use reload::{PolicyStatus, watch_policy};
 pub use service::{DecisionSettings, serve};
 pub use tollgate_proto::v1 as proto;

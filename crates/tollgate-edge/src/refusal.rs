@@ -4,21 +4,12 @@
 
 use serde_json::{Value, json};
 use tollgate_decision::proto::{Decision, Verdict};
+use tollgate_decision::verdict_name;
 
 use crate::jsonrpc;
 use crate::settings::RefusalMode;
 
 pub const META_KEY: &str = "tollgate/decision";
-
-pub fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Allow => "ALLOW",
-        Verdict::Deny => "DENY",
-        Verdict::RateLimited => "RATE_LIMITED",
-        Verdict::ApprovalRequired => "APPROVAL_REQUIRED",
-        Verdict::Unspecified => "UNSPECIFIED",
-    }
-}
 
 /// The decision as the agent sees it under `_meta` (or `error.data`).
 pub fn details(decision: &Decision) -> Value {

@@ -41,6 +41,18 @@ pub struct RedisSettings {
     pub key_prefix: String,
 }
 
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: None,
+            cluster: Vec::new(),
+            pool_size: default_pool_size(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            key_prefix: default_key_prefix(),
+        }
+    }
+}
+
 fn default_pool_size() -> usize {
     32
 }

@@ -116,7 +116,6 @@ impl Compiler<'_, '_> {
         }
         Ok(Compiled {
             policy: Policy {
-                source: self.source.name.to_owned(),
                 default,
                 tools,
                 servers,

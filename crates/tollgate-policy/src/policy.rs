@@ -14,7 +14,6 @@ use crate::glob::Glob;
 /// A compiled, validated policy. Cheap to share behind an `Arc`; evaluation does no I/O.
 #[derive(Debug)]
 pub struct Policy {
-    pub(crate) source: String,
     pub(crate) default: Arc<Rule>,
     pub(crate) tools: RuleSet,
     pub(crate) servers: HashMap<String, Rules>,
@@ -190,11 +189,6 @@ impl CounterHit<'_> {
 }
 
 impl Policy {
-    /// The file or name the policy was loaded from.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// The rule that decides calls of `tool` on `server` by `grant`:
     /// grant > server > top-level tool > class > default (grant's, server's, then top-level).
     pub fn rule_for(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> &Arc<Rule> {
