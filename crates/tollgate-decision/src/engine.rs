@@ -76,18 +76,26 @@ impl Engine {
             tollgate.agent = %request.agent,
             tollgate.request_id = %request.request_id,
             tollgate.retry_after_ms = Empty,
-            tollgate.arguments.sha256 = %arguments_digest(&request.arguments_json),
+            tollgate.arguments.sha256 = Empty,
             tollgate.arguments = Empty,
             gen_ai.tool.name = %request.tool,
             mcp.method.name = "tools/call",
             mcp.session.id = %request.session_id,
         );
         tollgate_telemetry::propagation::set_parent(&span, parent);
-        if self.record_arguments {
-            span.record("tollgate.arguments", request.arguments_json.as_str());
+        let parsed = parse_json(&request.arguments_json);
+        if !span.is_disabled() {
+            span.record(
+                "tollgate.arguments.sha256",
+                arguments_digest(&parsed, &request.arguments_json),
+            );
+            if self.record_arguments {
+                span.record("tollgate.arguments", request.arguments_json.as_str());
+            }
         }
         let started = Instant::now();
-        let decision = tracing::Instrument::instrument(self.evaluate(request), span.clone()).await;
+        let decision =
+            tracing::Instrument::instrument(self.evaluate(request, call_arguments(parsed)), span.clone()).await;
         let verdict = verdict_name(decision.verdict());
         metrics().observe_decision(verdict, &request.server, &request.tool, started.elapsed());
         span.record("tollgate.verdict", verdict);
@@ -123,13 +131,13 @@ impl Engine {
         decision
     }
 
-    async fn evaluate(&self, request: &DecideRequest) -> Decision {
+    async fn evaluate(&self, request: &DecideRequest, arguments: Result<Value, String>) -> Decision {
         let policy = self.policy.load();
         let mut decision = Decision {
             decision_id: uuid::Uuid::now_v7().to_string(),
             ..Default::default()
         };
-        let arguments = match parse_arguments(&request.arguments_json) {
+        let arguments = match arguments {
             Ok(v) => v,
             Err(reason) => return decision.with(Verdict::Deny, "arguments", reason),
         };
@@ -305,24 +313,30 @@ fn denial_text(rule: &Rule, call: &Call<'_>) -> String {
     }
 }
 
+/// The call's `arguments_json`, parsed once for both the policy and the span's digest;
+/// `None` when the call has no arguments.
+fn parse_json(json: &str) -> Option<Result<Value, serde_json::Error>> {
+    (!json.is_empty()).then(|| serde_json::from_str(json))
+}
+
 /// SHA-256 of the arguments as canonical JSON (keys sorted, no whitespace), so equal
-/// arguments have equal digests whatever the agent's formatting; empty for no arguments.
-fn arguments_digest(json: &str) -> String {
-    match serde_json::from_str::<Value>(json) {
-        Ok(value) => hex::encode(Sha256::digest(value.to_string().as_bytes())),
-        Err(_) if json.is_empty() => String::new(),
-        Err(_) => hex::encode(Sha256::digest(json.as_bytes())),
+/// arguments have equal digests whatever the agent's formatting; of the raw text when it is
+/// not JSON; empty for no arguments.
+fn arguments_digest(parsed: &Option<Result<Value, serde_json::Error>>, raw: &str) -> String {
+    match parsed {
+        None => String::new(),
+        Some(Ok(value)) => hex::encode(Sha256::digest(value.to_string().as_bytes())),
+        Some(Err(_)) => hex::encode(Sha256::digest(raw.as_bytes())),
     }
 }
 
-fn parse_arguments(json: &str) -> Result<Value, String> {
-    if json.is_empty() {
-        return Ok(Value::Null);
-    }
-    match serde_json::from_str::<Value>(json) {
-        Ok(v @ (Value::Object(_) | Value::Null)) => Ok(v),
-        Ok(_) => Err("tool arguments must be a JSON object".into()),
-        Err(e) => Err(format!("tool arguments are not valid JSON: {e}")),
+/// The arguments as the policy sees them: an object, or `Null` when there are none.
+fn call_arguments(parsed: Option<Result<Value, serde_json::Error>>) -> Result<Value, String> {
+    match parsed {
+        None => Ok(Value::Null),
+        Some(Ok(v @ (Value::Object(_) | Value::Null))) => Ok(v),
+        Some(Ok(_)) => Err("tool arguments must be a JSON object".into()),
+        Some(Err(e)) => Err(format!("tool arguments are not valid JSON: {e}")),
     }
 }
 
