@@ -32,13 +32,13 @@ fn up_on_redis(tag: &str, redis: &RedisServer) -> (Proc, Proc) {
         "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nconnect_timeout_ms = 300\n",
         redis.url()
     );
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text = text.replace(
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace(
         "reload_interval_ms = 100",
         "reload_interval_ms = 100\nstore_timeout_ms = 500",
     );
-    text.push_str(&store);
     std::fs::write(&config, text).expect("config");
+    support::append(&config, &store);
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     (upstream, up)
 }
@@ -110,9 +110,10 @@ async fn decision_replica_an_hour_off_gives_the_same_verdicts() {
         ),
     ] {
         let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
-        let mut text = std::fs::read_to_string(&config).expect("config");
-        text.push_str(&format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url()));
-        std::fs::write(&config, text).expect("config");
+        support::append(
+            &config,
+            &format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url()),
+        );
         let decision = Proc::start(name, &["decision", "--config", config.to_str().unwrap()], &env);
         replicas.push(decision.url(""));
         procs.push(decision);
