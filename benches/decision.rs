@@ -84,8 +84,14 @@ fn decisions(c: &mut Criterion) {
     let client = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(tollgate_decision::serve(listener, engine, std::future::pending()));
-        GrpcDecider::new(&[format!("http://{addr}")], Duration::from_secs(1)).expect("client")
+        tokio::spawn(tollgate_decision::serve(
+            listener,
+            engine,
+            None,
+            Default::default(),
+            std::future::pending(),
+        ));
+        GrpcDecider::new(&[format!("http://{addr}")], Duration::from_secs(1), None).expect("client")
     });
     let mut group = c.benchmark_group("grpc");
     group.throughput(Throughput::Elements(1));

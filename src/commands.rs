@@ -46,7 +46,8 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
         let telemetry = tollgate_telemetry::init(&config.telemetry, &config.log.level, "edge")?;
         let shutdown = Shutdown::on_signals();
         let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
-        let decider = GrpcDecider::new(&config.edge.decision, timeout)?;
+        let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
+        let decider = GrpcDecider::new(&config.edge.decision, timeout, token)?;
         let replicas = config.edge.decision.join(", ");
         let banner = |addr| format!("tollgate edge listening on http://{addr} (decision: {replicas})");
         let served = run_edge(&config, Arc::new(decider), None, &shutdown, banner, false).await;
@@ -79,7 +80,10 @@ async fn run_edge(
     print_endpoints(config, addr, demo);
     let drain = Duration::from_millis(config.edge.drain_timeout_ms);
     let served = shutdown
-        .drain(drain, tollgate_edge::serve(listener, router, shutdown.requested()))
+        .drain(
+            drain,
+            tollgate_edge::serve(listener, router, config.edge.limits(), shutdown.requested()),
+        )
         .await;
     served.transpose()?;
     Ok(())
@@ -91,20 +95,29 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let telemetry = tollgate_telemetry::init(&config.telemetry, &config.log.level, "decision")?;
         let shutdown = Shutdown::on_signals();
         let settings = config.decision()?;
+        let token_hash = settings.token_hash().map_err(anyhow::Error::msg)?;
         let (engine, _status) = start_engine(&config).await?;
         let listener = bind(&settings.listen.to_string(), "decision service").await?;
         let addr = listener.local_addr()?;
         let metrics = bind(&settings.metrics_listen.to_string(), "decision metrics").await?;
         let metrics_addr = metrics.local_addr()?;
         let metrics_router = axum::Router::new().route("/metrics", axum::routing::get(tollgate_edge::metrics));
-        tokio::spawn(tollgate_edge::serve(metrics, metrics_router, shutdown.requested()));
+        tokio::spawn(tollgate_edge::serve(
+            metrics,
+            metrics_router,
+            settings.limits(),
+            shutdown.requested(),
+        ));
         println!(
             "tollgate decision listening on http://{addr} (store: {}; metrics: http://{metrics_addr}/metrics)",
             engine.store_kind()
         );
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
         let served = shutdown
-            .drain(drain, tollgate_decision::serve(listener, engine, shutdown.requested()))
+            .drain(
+                drain,
+                tollgate_decision::serve(listener, engine, token_hash, settings.limits(), shutdown.requested()),
+            )
             .await;
         flush(telemetry).await;
         served.transpose()?;

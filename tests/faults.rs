@@ -177,9 +177,10 @@ async fn upstream_down_is_a_json_rpc_error_naming_the_upstream() {
         .pointer("/error/message")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    assert!(message.contains("upstream MCP server \"k8s\""), "{message}");
     assert!(
-        message.contains("upstream MCP server \"k8s\"") && message.contains(&dead.to_string()),
-        "{message}"
+        !message.contains(&dead.to_string()) && !message.contains("127.0.0.1"),
+        "agents are not told internal addresses: {message}"
     );
 }
 
@@ -204,9 +205,10 @@ async fn decision_service_down_refuses_and_never_forwards() {
         .await;
     let details = refusal(&result).unwrap_or_else(|| panic!("must be refused: {result}"));
     assert_eq!(details["verdict"], "DENY");
+    assert!(text(&result).contains("decision service is unavailable"), "{result}");
     assert!(
-        text(&result).contains("decision service is unavailable") && text(&result).contains(&dead.to_string()),
-        "{result}"
+        !text(&result).contains(&dead.to_string()),
+        "agents are not told replica addresses: {result}"
     );
     let ready = reqwest::get(edge.url("/readyz")).await.expect("readyz");
     assert_eq!(ready.status().as_u16(), 503);
@@ -263,9 +265,10 @@ async fn invalid_policy_on_reload_keeps_the_last_good_policy() {
             break;
         }
     }
+    assert!(detail.contains("last reload rejected"), "{detail}");
     assert!(
-        detail.contains("last reload rejected") && detail.contains("policy.json:1:"),
-        "{detail}"
+        !detail.contains("policy.json") && !detail.contains("maybe"),
+        "the unauthenticated /readyz keeps policy diagnostics for the logs: {detail}"
     );
     assert!(
         refusal(&agent.call("k8s_get_pods", args.clone()).await).is_some(),

@@ -38,7 +38,7 @@ pub async fn run(
     if !(host == "localhost" || host.starts_with("127.")) {
         anyhow::bail!("{url}: load is only sent to loopback addresses");
     }
-    let client = Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5))?);
+    let client = Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5), None)?);
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let (admitted, errors, seq) = (
         Arc::new(AtomicU64::new(0)),

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Code;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::decision_service_client::DecisionServiceClient;
 use crate::proto::{DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse};
-use crate::{Decider, DecisionUnavailable};
+use crate::{Decider, DecisionError, MAX_MESSAGE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcDeciderError {
@@ -22,6 +23,8 @@ pub enum GrpcDeciderError {
         address: String,
         source: tonic::transport::Error,
     },
+    #[error("edge.decision_token must be printable ASCII")]
+    BadToken,
 }
 
 /// A client of one or more decision replicas.
@@ -29,11 +32,13 @@ pub struct GrpcDecider {
     replicas: Vec<(String, DecisionServiceClient<Channel>)>,
     next: AtomicUsize,
     deadline: Duration,
+    /// `authorization: Bearer <cluster token>`, sent with every call when configured.
+    authorization: Option<AsciiMetadataValue>,
 }
 
 impl GrpcDecider {
     /// Connects lazily: replicas that are down now are tried again on each call.
-    pub fn new(addresses: &[String], deadline: Duration) -> Result<Self, GrpcDeciderError> {
+    pub fn new(addresses: &[String], deadline: Duration, token: Option<&str>) -> Result<Self, GrpcDeciderError> {
         if addresses.is_empty() {
             return Err(GrpcDeciderError::NoAddress);
         }
@@ -47,21 +52,36 @@ impl GrpcDecider {
                 .connect_timeout(deadline)
                 .tcp_nodelay(true);
             let client = DecisionServiceClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(16 * 1024 * 1024)
-                .max_encoding_message_size(16 * 1024 * 1024);
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
             replicas.push((address.clone(), client));
         }
+        let authorization = token
+            .map(|t| format!("Bearer {t}").parse().map_err(|_| GrpcDeciderError::BadToken))
+            .transpose()?;
         Ok(GrpcDecider {
             replicas,
             next: AtomicUsize::new(0),
             deadline,
+            authorization,
         })
+    }
+
+    /// A request carrying the cluster token and the current trace context.
+    fn request<M>(&self, message: M) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        tollgate_telemetry::propagation::inject_current(request.metadata_mut());
+        request
     }
 
     /// Tries replicas round-robin until one answers or the deadline passes. A replica gets
     /// half of the remaining time while others are left to try, so one hung replica cannot
-    /// use up the whole deadline.
-    async fn call<T, F, Fut>(&self, op: F) -> Result<T, DecisionUnavailable>
+    /// use up the whole deadline. Only outages move on to the next replica; an error
+    /// answer (which the caller may have provoked) is final and never counts as an outage.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, DecisionError>
     where
         F: Fn(DecisionServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -79,13 +99,15 @@ impl GrpcDecider {
             let budget = if attempt + 1 < n { left / 2 } else { left };
             match tokio::time::timeout(budget, op(client.clone())).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) if retryable(status.code()) => {
+                Ok(Err(status)) if is_outage(status.code()) => {
                     tracing::warn!(replica = %address, code = ?status.code(), "decision replica failed: {}", status.message());
                     failures.push(format!("{address}: {}", status.message()));
                 }
                 Ok(Err(status)) => {
-                    return Err(DecisionUnavailable(format!(
-                        "decision service {address} refused the request: {}",
+                    tracing::error!(replica = %address, code = ?status.code(), "decision replica refused the request: {}", status.message());
+                    return Err(DecisionError::Failed(format!(
+                        "decision service {address} answered {:?}: {}",
+                        status.code(),
                         status.message()
                     )));
                 }
@@ -95,7 +117,7 @@ impl GrpcDecider {
                 }
             }
         }
-        Err(DecisionUnavailable(format!(
+        Err(DecisionError::Unavailable(format!(
             "no decision service answered within {} ms ({})",
             self.deadline.as_millis(),
             failures.join("; ")
@@ -103,32 +125,24 @@ impl GrpcDecider {
     }
 }
 
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Internal
-    )
+/// Codes that mean the replica could not be reached or did not answer in time.
+fn is_outage(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
 }
 
 #[async_trait::async_trait]
 impl Decider for GrpcDecider {
-    async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionUnavailable> {
+    async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionError> {
         self.call(|mut c| {
-            let mut request = tonic::Request::new(request.clone());
-            tollgate_telemetry::propagation::inject_current(request.metadata_mut());
+            let request = self.request(request.clone());
             async move { c.decide(request).await }
         })
         .await
     }
 
-    async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionUnavailable> {
+    async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionError> {
         self.call(|mut c| {
-            let request = request.clone();
+            let request = self.request(request.clone());
             async move { c.visible_tools(request).await }
         })
         .await

@@ -14,7 +14,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::proto::{self, DecideRequest, Decision, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
-use crate::{Decider, DecisionUnavailable};
+use crate::{Decider, DecisionError};
 
 /// Evaluates calls against the current policy; the policy can be swapped at any time.
 pub struct Engine {
@@ -244,11 +244,11 @@ impl Engine {
 
 #[async_trait::async_trait]
 impl Decider for Engine {
-    async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionUnavailable> {
+    async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionError> {
         Ok(Engine::decide(self, &request).await)
     }
 
-    async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionUnavailable> {
+    async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionError> {
         Ok(Engine::visible_tools(self, &request))
     }
 }
@@ -277,7 +277,6 @@ fn admitted_or_limited(
         .zip(&admission.counters)
         .map(|(hit, status)| LimitStatus {
             counter: hit.limit.counter.clone(),
-            key: hit.key.clone(),
             limit: hit.limit.max,
             remaining: status.remaining,
             reset_after_ms: ceil_ms(status.reset_after),

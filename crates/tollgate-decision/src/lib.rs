@@ -7,6 +7,7 @@
 
 mod client;
 mod engine;
+pub mod listener;
 mod reload;
 mod service;
 
@@ -16,18 +17,37 @@ pub use reload::{PolicyStatus, watch_policy};
 pub use service::{DecisionSettings, serve};
 pub use tollgate_proto::v1 as proto;
 
+/// Largest gRPC message either side accepts: a call's arguments may be as large as the
+/// edge's body limit.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Why a decision could not be had at all.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DecisionUnavailable(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    /// No replica answered: connection refused, unreachable, or past the deadline. Only
+    /// this may let `edge.fail_open` forward a call unchecked.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A replica answered with an error (invalid request, answer too large, internal
+    /// failure, unauthenticated). A caller may be able to provoke these, so they never
+    /// fail open.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DecisionError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DecisionError::Unavailable(_))
+    }
+}
 
 /// Something that decides tool calls: the engine itself, or a client of remote replicas.
 #[async_trait::async_trait]
 pub trait Decider: Send + Sync + 'static {
-    async fn decide(&self, request: proto::DecideRequest) -> Result<proto::Decision, DecisionUnavailable>;
+    async fn decide(&self, request: proto::DecideRequest) -> Result<proto::Decision, DecisionError>;
 
     async fn visible_tools(
         &self,
         request: proto::VisibleToolsRequest,
-    ) -> Result<proto::VisibleToolsResponse, DecisionUnavailable>;
+    ) -> Result<proto::VisibleToolsResponse, DecisionError>;
 }

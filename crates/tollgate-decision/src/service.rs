@@ -5,17 +5,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::Engine;
+use crate::listener::{self, ListenerLimits};
 use crate::proto::decision_service_server::{DecisionService, DecisionServiceServer};
 use crate::proto::{DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse};
+use crate::{Engine, MAX_MESSAGE_BYTES};
 
-/// Largest gRPC message accepted: a call's arguments may be as large as the edge's body limit.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Longest request id, server, grant, agent or session id a `Decide` may carry.
+const MAX_FIELD_BYTES: usize = 256;
 
 /// `[decision]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +39,61 @@ pub struct DecisionSettings {
     /// Default `127.0.0.1:9464`.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: SocketAddr,
+    /// Hex SHA-256 of the cluster token edges must present (`authorization: Bearer
+    /// <token>`; edges set `edge.decision_token`). Required when `listen` is not a
+    /// loopback address, unless `allow_unauthenticated` is set.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// Serve `Decide` without a cluster token on a non-loopback address (only behind a
+    /// network policy that admits nothing but the edges). Default false.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Most open connections on the gRPC listener. Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A new connection that sends nothing for this long is closed (ms). Default 10000.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+impl DecisionSettings {
+    /// The SHA-256 of the cluster token, or `None` when callers need none; refuses to
+    /// serve unauthenticated off loopback unless that was asked for explicitly.
+    pub fn token_hash(&self) -> Result<Option<[u8; 32]>, String> {
+        match &self.token_sha256 {
+            Some(hex_hash) => {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(hex_hash.trim(), &mut hash).map_err(|_| {
+                    "decision.token_sha256 must be 64 hex characters (the SHA-256 of the cluster token; \
+                     `tollgate keygen` makes one)"
+                        .to_owned()
+                })?;
+                Ok(Some(hash))
+            }
+            None if self.listen.ip().is_loopback() || self.allow_unauthenticated => Ok(None),
+            None => Err(format!(
+                "decision.listen = {} is reachable from other hosts, and anyone who reaches it could spend \
+                 every grant's budget: set decision.token_sha256 (and edge.decision_token on the edges), or \
+                 decision.allow_unauthenticated = true if a network policy already admits only the edges",
+                self.listen
+            )),
+        }
+    }
+
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_metrics_listen() -> SocketAddr {
@@ -63,9 +121,7 @@ impl DecisionService for DecisionGrpc {
     async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<Decision>, Status> {
         let parent = tollgate_telemetry::propagation::from_grpc_metadata(request.metadata());
         let request = request.into_inner();
-        if request.tool.is_empty() {
-            return Err(Status::invalid_argument("DecideRequest.tool is empty"));
-        }
+        check_request(&request).map_err(Status::invalid_argument)?;
         Ok(Response::new(self.engine.decide_with_parent(&request, parent).await))
     }
 
@@ -77,21 +133,58 @@ impl DecisionService for DecisionGrpc {
     }
 }
 
-/// Accepted connections with `TCP_NODELAY`: a gRPC answer is several HTTP/2 frames, and
-/// Nagle's algorithm would hold the later ones back until the client's delayed ACK (~40 ms).
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |stream| {
-        if let Ok(s) = &stream {
-            let _ = s.set_nodelay(true);
+/// What a `Decide` must look like before the engine sees it: bounded fields and a tool name
+/// that could be an MCP tool's (the edge checks the same; this guards against other callers).
+fn check_request(request: &DecideRequest) -> Result<(), String> {
+    tollgate_policy::check_tool_name(&request.tool).map_err(|e| format!("DecideRequest.tool: {e}"))?;
+    for (field, value) in [
+        ("request_id", &request.request_id),
+        ("server", &request.server),
+        ("grant", &request.grant),
+        ("agent", &request.agent),
+        ("session_id", &request.session_id),
+    ] {
+        if value.len() > MAX_FIELD_BYTES || value.chars().any(char::is_control) {
+            return Err(format!(
+                "DecideRequest.{field} must be at most {MAX_FIELD_BYTES} bytes without control characters"
+            ));
         }
-        stream
-    })
+    }
+    Ok(())
+}
+
+/// Admits a call when it carries the cluster token (compared by SHA-256, so the token
+/// itself is never stored), or when none is configured.
+#[derive(Clone)]
+struct ClusterToken(Option<[u8; 32]>);
+
+impl tonic::service::Interceptor for ClusterToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.0 else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if Sha256::digest(token.trim().as_bytes()).as_slice() == expected => Ok(request),
+            Some(_) => Err(Status::unauthenticated("invalid cluster token")),
+            None => Err(Status::unauthenticated(
+                "missing cluster token: send authorization: Bearer <token> (edge.decision_token)",
+            )),
+        }
+    }
 }
 
 /// Serves the engine on `listener` until `shutdown` completes, then drains in-flight calls.
+/// `token_hash` is [`DecisionSettings::token_hash`].
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    token_hash: Option<[u8; 32]>,
+    limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -101,9 +194,12 @@ pub async fn serve(
     let service = DecisionServiceServer::new(DecisionGrpc { engine })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(service, ClusterToken(token_hash));
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(listener::incoming(listener, limits), shutdown)
         .await
 }

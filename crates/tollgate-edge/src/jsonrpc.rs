@@ -1,8 +1,16 @@
-//! JSON-RPC 2.0 as MCP uses it: classifying incoming messages and writing error answers.
+//! JSON-RPC 2.0 as MCP uses it: parsing messages strictly, classifying them once, and
+//! writing error answers.
+//!
+//! Parsing is strict because the edge decides on what it parsed and an upstream acts on
+//! what it parses: a message two parsers could read differently (a duplicate key, a
+//! case-variant of a member name, a fractional id) is refused rather than guessed at.
+
+use std::fmt;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
@@ -15,7 +23,90 @@ pub const UNAUTHORIZED: i64 = -32002;
 /// The upstream MCP server could not be reached or failed.
 pub const UPSTREAM_ERROR: i64 = -32003;
 
-/// One incoming JSON-RPC message, as far as the edge needs to know it.
+/// The members of a JSON-RPC message; a key differing from one of them only in case is
+/// refused, since a lenient upstream might read it as the member.
+const ENVELOPE_MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// Longest method name accepted (MCP's are far shorter); it names spans and log lines.
+const MAX_METHOD_BYTES: usize = 128;
+/// Longest string id accepted; ids are echoed in spans.
+const MAX_ID_BYTES: usize = 256;
+
+/// MCP methods the edge decides or filters: they must arrive as requests, one per POST.
+pub const GUARDED_METHODS: [&str; 2] = ["tools/call", "tools/list"];
+
+/// Parses one JSON text, refusing duplicate object keys at any depth (serde_json alone keeps
+/// the last, other parsers keep the first). Nesting is bounded by serde_json's recursion
+/// limit (128).
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = deserializer.deserialize_any(StrictVisitor)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(
+                    "duplicate object key (Tollgate refuses messages that parsers could read differently)",
+                ));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+/// One incoming JSON-RPC message, classified once.
 #[derive(Debug)]
 pub enum Message<'a> {
     Request {
@@ -23,7 +114,9 @@ pub enum Message<'a> {
         method: &'a str,
         params: Option<&'a Value>,
     },
-    Notification,
+    Notification {
+        method: &'a str,
+    },
     Response,
 }
 
@@ -37,31 +130,97 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Checks the JSON-RPC 2.0 shape of one message.
+/// Checks the JSON-RPC 2.0 shape of one message from an agent.
 pub fn classify(value: &Value) -> Result<Message<'_>, String> {
     let Some(object) = value.as_object() else {
         return Err("a JSON-RPC message must be an object".into());
     };
+    for key in object.keys() {
+        if let Some(member) = ENVELOPE_MEMBERS
+            .iter()
+            .find(|m| key.eq_ignore_ascii_case(m) && key != *m)
+        {
+            return Err(format!(
+                "a member differs from \"{member}\" only in case; JSON-RPC member names are case-sensitive"
+            ));
+        }
+    }
     if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err("missing \"jsonrpc\": \"2.0\"".into());
     }
     let id = object.get("id");
     if let Some(id) = id
-        && !(id.is_string() || id.is_number())
+        && !valid_id(id)
     {
-        return Err("\"id\" must be a string or a number".into());
+        return Err(format!(
+            "\"id\" must be an integer or a string of at most {MAX_ID_BYTES} bytes"
+        ));
+    }
+    if let Some(Value::String(method)) = object.get("method")
+        && (method.is_empty() || method.len() > MAX_METHOD_BYTES || !method.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(format!(
+            "\"method\" must be 1 to {MAX_METHOD_BYTES} visible ASCII characters"
+        ));
     }
     match (object.get("method"), id) {
-        (Some(Value::String(method)), Some(id)) => Ok(Message::Request {
-            id,
-            method,
-            params: object.get("params"),
-        }),
-        (Some(Value::String(_)), None) => Ok(Message::Notification),
+        (Some(Value::String(method)), Some(id)) => {
+            let params = object.get("params");
+            if let Some(params) = params {
+                check_params(params)?;
+            }
+            Ok(Message::Request { id, method, params })
+        }
+        (Some(Value::String(method)), None) => {
+            if !method.starts_with("notifications/") {
+                return Err(format!(
+                    "a message without an \"id\" is a notification, and MCP notifications are named \
+                     notifications/*; send {} as a request with an id",
+                    printable(method, 64)
+                ));
+            }
+            Ok(Message::Notification { method })
+        }
         (Some(_), _) => Err("\"method\" must be a string".into()),
         (None, Some(_)) if object.contains_key("result") || object.contains_key("error") => Ok(Message::Response),
         (None, _) => Err("not a request, notification or response: no \"method\", \"result\" or \"error\"".into()),
     }
+}
+
+/// MCP ids are strings or integers; a fractional or out-of-range number could be read as
+/// another id by the upstream.
+fn valid_id(id: &Value) -> bool {
+    match id {
+        Value::String(s) => s.len() <= MAX_ID_BYTES,
+        Value::Number(n) => n.is_i64() || n.is_u64(),
+        _ => false,
+    }
+}
+
+/// `params` must be an object (or array) whose keys do not collide when case is ignored.
+fn check_params(params: &Value) -> Result<(), String> {
+    match params {
+        Value::Object(map) => {
+            let mut seen: Vec<String> = map.keys().map(|k| k.to_ascii_lowercase()).collect();
+            seen.sort_unstable();
+            if seen.windows(2).any(|w| w[0] == w[1]) {
+                return Err("two keys of \"params\" differ only in case".into());
+            }
+            Ok(())
+        }
+        Value::Array(_) => Ok(()),
+        _ => Err("\"params\" must be an object".into()),
+    }
+}
+
+/// Untrusted text as it may appear in a message or log: at most `max` characters, control
+/// characters and quotes escaped.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).flat_map(char::escape_default).collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
 }
 
 pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Value {
@@ -102,7 +261,7 @@ mod tests {
         ));
         assert!(matches!(
             classify(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})),
-            Ok(Message::Notification)
+            Ok(Message::Notification { .. })
         ));
         assert!(matches!(
             classify(&json!({"jsonrpc": "2.0", "id": "a", "result": {}})),
@@ -113,5 +272,31 @@ mod tests {
         assert!(classify(&json!({"jsonrpc": "2.0", "id": 1, "method": 7})).is_err());
         assert!(classify(&json!({"jsonrpc": "2.0", "id": 1})).is_err());
         assert!(classify(&json!("hello")).is_err());
+    }
+
+    #[test]
+    fn refuses_what_parsers_could_read_differently() {
+        let dup = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"secret","name":"ok"}}"#;
+        assert!(parse_strict(dup).is_err());
+        assert!(parse_strict(br#"{"a":{"b":[{"c":1,"c":2}]}}"#).is_err());
+        assert!(parse_strict(br#"{"a":1} {"b":2}"#).is_err(), "trailing data");
+        let case = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "Method": "ping"});
+        assert!(classify(&case).is_err());
+        let params = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "Name": "b"}});
+        assert!(classify(&params).is_err());
+        for id in [json!(1.5), json!(1.0), json!(1e30), json!(null), json!(true)] {
+            let m = json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+            assert!(classify(&m).is_err(), "id {id}");
+        }
+        for method in ["tools/call", "tools/list", "ping"] {
+            let m = json!({"jsonrpc": "2.0", "method": method});
+            assert!(classify(&m).is_err(), "notification {method}");
+        }
+    }
+
+    #[test]
+    fn printable_escapes_and_truncates() {
+        assert_eq!(printable("a\nb\"", 10), "a\\nb\\\"");
+        assert_eq!(printable("abcdef", 3), "abc…");
     }
 }

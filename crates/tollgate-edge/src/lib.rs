@@ -1,20 +1,24 @@
-//! The edge: an axum server speaking MCP Streamable HTTP to agents at `/mcp/{server}`.
+//! The edge: an HTTP server speaking MCP Streamable HTTP to agents at `/mcp/{server}`.
 //!
-//! A request passes the body limit and the bearer-key layer, then the MCP handlers
-//! ([`mcp`]): `tools/call` is decided before it is forwarded, `tools/list` is filtered on
-//! its way back, everything else streams through. The edge holds no state a request needs:
-//! any edge serves any session. `/healthz` and `/readyz` sit outside authentication.
+//! A connection is admitted within the listener's limits ([`server`]); a request passes
+//! the `Host`/`Origin` check ([`origin`]) and the bearer-key layer ([`auth`]), then the
+//! MCP handlers ([`mcp`]): `tools/call` is decided before it is forwarded, tools lists are
+//! filtered on their way back ([`guard`]), everything else streams through. The edge holds
+//! no state a request needs: any edge serves any session. `/healthz` and `/readyz` sit
+//! outside authentication.
 
 mod auth;
+mod guard;
 mod jsonrpc;
 mod mcp;
+mod origin;
 mod refusal;
+mod server;
 mod settings;
 mod sse;
 mod upstream;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +28,23 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tollgate_decision::listener::ListenerLimits;
 use tollgate_decision::proto::VisibleToolsRequest;
 use tollgate_decision::{Decider, PolicyStatus};
 
 pub use auth::{Caller, Keyring};
-pub use settings::{EdgeSettings, GrantSettings, RefusalMode, UpstreamSettings};
+pub use server::serve;
+pub use settings::{EdgeSettings, GrantSettings, RefusalMode, Secret, UpstreamSettings};
+
+impl EdgeSettings {
+    /// The bounds of the edge's listener.
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -75,6 +90,7 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
         decider: parts.decider.clone(),
         policy_status: parts.policy_status,
     });
+    let origins = Arc::new(origin::OriginPolicy::new(&parts.settings, parts.settings.listen));
     let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, client, parts.decider));
 
     let mcp_routes = Router::new()
@@ -86,7 +102,9 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .with_state(readiness);
-    Ok(mcp_routes.merge(health))
+    Ok(mcp_routes
+        .merge(health)
+        .layer(axum::middleware::from_fn_with_state(origins, origin::check)))
 }
 
 struct Readiness {
@@ -95,16 +113,21 @@ struct Readiness {
 }
 
 /// Ready when a decision service answers; a rejected policy reload is reported but does not
-/// make the node unready, since the last good policy is still enforced.
+/// make the node unready, since the last good policy is still enforced. The endpoint is
+/// unauthenticated, so it says only what state the node is in: the reasons (replica
+/// addresses, policy diagnostics) are in the logs.
 async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
     let probe = r.decider.visible_tools(VisibleToolsRequest::default()).await;
     let policy = match r.policy_status.as_ref().and_then(|s| s.last_error()) {
-        Some(error) => format!("last reload rejected, previous policy still in force: {error}"),
-        None => "ok".into(),
+        Some(_) => "last reload rejected, previous policy still in force (see the log)",
+        None => "ok",
     };
     let (status, decision) = match probe {
-        Ok(_) => (StatusCode::OK, "ok".to_owned()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.0),
+        Ok(_) => (StatusCode::OK, "ok"),
+        Err(e) => {
+            tracing::warn!("not ready: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable (see the log)")
+        }
     };
     let body = json!({"ready": status == StatusCode::OK, "decision": decision, "policy": policy});
     (status, axum::Json(body)).into_response()
@@ -121,13 +144,4 @@ pub async fn metrics() -> Response {
         body,
     )
         .into_response()
-}
-
-/// Serves `router` until `shutdown` completes, then lets in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

@@ -1,7 +1,10 @@
-//! The MCP endpoint `/mcp/{server}`: each POST is read, classified, and either forwarded
-//! untouched, decided first (`tools/call`), or forwarded and filtered on the way back
-//! (`tools/list`). GET and DELETE pass straight through. The edge keeps no session state:
-//! `Mcp-Session-Id` travels end to end, so any edge can serve any request.
+//! The MCP endpoint `/mcp/{server}`. Each POST is read within its limits, parsed strictly
+//! and classified once; then a `tools/call` is decided before it is forwarded, a
+//! `tools/list` is forwarded and its answer filtered, and everything else is forwarded.
+//! What is forwarded is always the message as the edge parsed and decided it,
+//! re-serialised, never the agent's raw bytes. GET and DELETE pass through; SSE answers
+//! on every path go through the list guard ([`crate::guard`]). The edge keeps no session
+//! state: `Mcp-Session-Id` travels end to end, so any edge can serve any request.
 
 // Helpers return a ready answer for the agent as their error (`Result<_, Response>`); it is
 // built only on the failing path, so its size costs nothing on the hot one.
@@ -14,26 +17,28 @@ use std::time::{Duration, Instant};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
-use tokio_stream::wrappers::ReceiverStream;
-use tollgate_decision::proto::{DecideRequest, Tool, ToolAnnotations, Verdict, VisibleToolsRequest};
-use tollgate_decision::{Decider, DecisionUnavailable};
+use tollgate_decision::Decider;
+use tollgate_decision::proto::{DecideRequest, Tool, ToolAnnotations, Verdict};
 use tollgate_telemetry::metrics::metrics;
 use tollgate_telemetry::propagation;
 use tracing::Instrument;
 
 use crate::auth::Caller;
-use crate::jsonrpc::{self, Message};
-use crate::settings::EdgeSettings;
+use crate::guard::{ListFilter, Refused};
+use crate::jsonrpc::{self, GUARDED_METHODS, Message};
+use crate::refusal;
+use crate::settings::{EdgeSettings, RefusalMode};
 use crate::upstream::{self, HttpClient, Upstream, UpstreamError};
-use crate::{refusal, sse};
 
-/// Largest upstream `tools/list` answer the edge will buffer to filter.
-const MAX_TOOLS_LIST_BYTES: usize = 32 * 1024 * 1024;
+/// Tools whose annotations one edge remembers per upstream.
+const MAX_LEARNED_TOOLS: usize = 4096;
+/// Longest `Mcp-Session-Id` accepted.
+const MAX_SESSION_ID_BYTES: usize = 256;
 
 /// Shared state of the MCP handlers.
 pub struct Gateway {
@@ -41,8 +46,8 @@ pub struct Gateway {
     pub(crate) upstreams: HashMap<String, Upstream>,
     pub(crate) client: HttpClient,
     pub(crate) decider: Arc<dyn Decider>,
-    /// Tool annotations per upstream, learnt from the `tools/list` answers this edge saw.
-    /// Only upstreams are trusted for them, never agents.
+    /// Tool annotations per upstream, learnt from the tools lists upstreams sent. Only
+    /// upstreams are trusted for them, never agents; a tool present here was listed.
     annotations: RwLock<HashMap<String, HashMap<String, ToolAnnotations>>>,
 }
 
@@ -67,11 +72,34 @@ impl Gateway {
             let mut known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
             known.sort_unstable();
             let message = format!(
-                "unknown MCP server \"{server}\"; this gateway serves: {}",
+                "unknown MCP server \"{}\"; this gateway serves: {}",
+                jsonrpc::printable(server, 64),
                 known.join(", ")
             );
             jsonrpc::error_response(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, &message, None)
         })
+    }
+
+    /// Remembers the annotations of tools an upstream listed (bounded per upstream).
+    pub(crate) fn learn_tools(&self, server: &str, tools: &[Tool]) {
+        let mut cache = self.annotations.write().unwrap_or_else(|e| e.into_inner());
+        let known = cache.entry(server.to_owned()).or_default();
+        for t in tools {
+            if let Some(a) = t.annotations
+                && (known.len() < MAX_LEARNED_TOOLS || known.contains_key(&t.name))
+            {
+                known.insert(t.name.clone(), a);
+            }
+        }
+    }
+
+    fn annotations(&self, server: &str, tool: &str) -> Option<ToolAnnotations> {
+        self.annotations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            .and_then(|tools| tools.get(tool))
+            .copied()
     }
 
     async fn forward(
@@ -92,8 +120,40 @@ impl Gateway {
         );
         result.map_err(|e| {
             tracing::warn!(upstream = %upstream.name, "{e}");
-            upstream_error(&e, id)
+            jsonrpc::error_response(e.status(), id, jsonrpc::UPSTREAM_ERROR, &e.public_message(), None)
         })
+    }
+}
+
+/// One POST being handled: who sent it, to which upstream, with which headers.
+struct Exchange<'a> {
+    gw: &'a Arc<Gateway>,
+    upstream: &'a Upstream,
+    caller: &'a Caller,
+    headers: &'a HeaderMap,
+}
+
+impl Exchange<'_> {
+    fn list_filter(&self) -> ListFilter {
+        ListFilter {
+            gw: self.gw.clone(),
+            server: self.upstream.name.clone(),
+            caller: self.caller.clone(),
+        }
+    }
+
+    /// Forwards `message` (re-serialised: the upstream receives exactly what was decided)
+    /// and streams the answer back through the list guard.
+    async fn forward(&self, message: &Value, id: Option<&Value>) -> Response {
+        let body = Body::from(message.to_string());
+        match self
+            .gw
+            .forward(self.upstream, Method::POST, self.headers, body, id)
+            .await
+        {
+            Ok(response) => guarded(response, self.list_filter(), id.cloned()),
+            Err(response) => response,
+        }
     }
 }
 
@@ -113,19 +173,19 @@ pub async fn post(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
-        return jsonrpc::error_response(
+        return bad_request(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            None,
-            jsonrpc::INVALID_REQUEST,
             "Content-Type must be application/json",
-            None,
         );
     }
-    let bytes = match read_body(body, gw.settings.max_body_bytes).await {
+    if let Err(response) = check_session_header(&headers) {
+        return response;
+    }
+    let bytes = match read_body(body, &gw.settings).await {
         Ok(b) => b,
         Err(response) => return response,
     };
-    let value: Value = match serde_json::from_slice(&bytes) {
+    let value = match jsonrpc::parse_strict(&bytes) {
         Ok(v) => v,
         Err(e) => {
             return jsonrpc::error_response(
@@ -137,101 +197,150 @@ pub async fn post(
             );
         }
     };
-
+    let exchange = Exchange {
+        gw: &gw,
+        upstream,
+        caller: &caller,
+        headers: &headers,
+    };
     if let Value::Array(items) = &value {
         return match check_batch(items) {
-            Ok(()) => pass_through(&gw, upstream, &headers, bytes, None).await,
-            Err(message) => {
-                jsonrpc::error_response(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, &message, None)
-            }
+            Ok(()) => exchange.forward(&value, None).await,
+            Err(message) => bad_request(StatusCode::BAD_REQUEST, &message),
         };
     }
-    let span = request_span(&value, &server, &caller, &headers);
+    let message = match jsonrpc::classify(&value) {
+        Ok(m) => m,
+        Err(message) => {
+            return jsonrpc::error_response(
+                StatusCode::BAD_REQUEST,
+                value
+                    .get("id")
+                    .filter(|id| id.is_string() || id.is_i64() || id.is_u64()),
+                jsonrpc::INVALID_REQUEST,
+                &format!("invalid JSON-RPC message: {message}"),
+                None,
+            );
+        }
+    };
+    let span = request_span(&message, &server, &caller, &headers);
     let _in_flight = InFlight::start();
-    handle_message(&gw, upstream, &caller, &headers, &value, bytes)
-        .instrument(span)
-        .await
-}
-
-async fn handle_message(
-    gw: &Arc<Gateway>,
-    upstream: &Upstream,
-    caller: &Caller,
-    headers: &HeaderMap,
-    value: &Value,
-    bytes: Bytes,
-) -> Response {
-    match jsonrpc::classify(value) {
-        Err(message) => jsonrpc::error_response(
-            StatusCode::BAD_REQUEST,
-            value.get("id").filter(|id| id.is_string() || id.is_number()),
-            jsonrpc::INVALID_REQUEST,
-            &format!("invalid JSON-RPC message: {message}"),
-            None,
-        ),
-        Ok(Message::Request {
-            id,
-            method: "tools/call",
-            params,
-        }) => call_tool(gw, upstream, caller, headers, id, params, bytes).await,
-        Ok(Message::Request {
-            id,
-            method: "tools/list",
-            ..
-        }) => list_tools(gw, upstream, caller, headers, id, bytes).await,
-        Ok(message) => pass_through(gw, upstream, headers, bytes, message.id()).await,
+    async {
+        match message {
+            Message::Request {
+                id,
+                method: "tools/call",
+                params,
+            } => call_tool(&exchange, &value, id, params).await,
+            Message::Request {
+                id,
+                method: "tools/list",
+                ..
+            } => list_tools(&exchange, &value, id).await,
+            message => exchange.forward(&value, message.id()).await,
+        }
     }
+    .instrument(span)
+    .await
 }
 
-pub async fn get(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
-    forward_bodyless(&gw, &server, Method::GET, &headers).await
-}
-
-pub async fn delete(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
-    forward_bodyless(&gw, &server, Method::DELETE, &headers).await
-}
-
-/// GET (the server-to-client stream) and DELETE (end of session) pass straight through.
-async fn forward_bodyless(gw: &Gateway, server: &str, method: Method, headers: &HeaderMap) -> Response {
-    let upstream = match gw.upstream(server) {
+pub async fn get(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let upstream = match gw.upstream(&server) {
         Ok(u) => u,
         Err(response) => return response,
     };
-    match gw.forward(upstream, method, headers, Body::empty(), None).await {
-        Ok(response) => stream_back(response),
+    if let Err(response) = check_session_header(&headers) {
+        return response;
+    }
+    // The server-to-client stream: replays (Last-Event-ID) and server messages are guarded
+    // like any other stream.
+    match gw.forward(upstream, Method::GET, &headers, Body::empty(), None).await {
+        Ok(response) => {
+            let filter = ListFilter {
+                gw: gw.clone(),
+                server: upstream.name.clone(),
+                caller,
+            };
+            guarded(response, filter, None)
+        }
         Err(response) => response,
     }
 }
 
+pub async fn delete(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
+    let upstream = match gw.upstream(&server) {
+        Ok(u) => u,
+        Err(response) => return response,
+    };
+    if let Err(response) = check_session_header(&headers) {
+        return response;
+    }
+    match gw
+        .forward(upstream, Method::DELETE, &headers, Body::empty(), None)
+        .await
+    {
+        Ok(response) => {
+            let (parts, _body) = response.into_parts();
+            (parts.status, upstream::response_headers(&parts.headers)).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+/// One `Mcp-Session-Id` at most, and a bounded one: the upstream must see the same single
+/// session the edge reports in spans and session-scoped counters.
+fn check_session_header(headers: &HeaderMap) -> Result<(), Response> {
+    let mut values = headers.get_all("mcp-session-id").iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(bad_request(
+            StatusCode::BAD_REQUEST,
+            "send one Mcp-Session-Id header, not several",
+        ));
+    }
+    if first.is_some_and(|v| v.len() > MAX_SESSION_ID_BYTES || v.to_str().is_err()) {
+        return Err(bad_request(
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id must be visible ASCII of at most 256 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn bad_request(status: StatusCode, message: &str) -> Response {
+    jsonrpc::error_response(status, None, jsonrpc::INVALID_REQUEST, message, None)
+}
+
 /// The span of one MCP request, named after its method (`mcp tools/call`), continuing the
 /// agent's trace: `params._meta.traceparent` when the request carries one, else the
-/// `traceparent` header.
-fn request_span(message: &Value, server: &str, caller: &Caller, headers: &HeaderMap) -> tracing::Span {
-    let method = message.get("method").and_then(Value::as_str).unwrap_or("response");
+/// `traceparent` header. Every field is bounded: the method and id were checked by
+/// [`jsonrpc::classify`], the session id by [`check_session_header`].
+fn request_span(message: &Message<'_>, server: &str, caller: &Caller, headers: &HeaderMap) -> tracing::Span {
+    let (method, params) = match message {
+        Message::Request { method, params, .. } => (*method, *params),
+        Message::Notification { method } => (*method, None),
+        Message::Response => ("response", None),
+    };
     let span = tracing::info_span!(
         "mcp",
         otel.name = %format!("mcp {method}"),
         otel.kind = "server",
         mcp.method.name = %method,
         mcp.session.id = %header_text(headers, "mcp-session-id"),
-        jsonrpc.request.id = %message.get("id").map(serde_json::Value::to_string).unwrap_or_default(),
+        jsonrpc.request.id = %message.id().map(serde_json::Value::to_string).unwrap_or_default(),
         gen_ai.tool.name = tracing::field::Empty,
         tollgate.server = %server,
         tollgate.grant = %caller.grant,
         tollgate.agent = %caller.agent,
     );
-    if method == "tools/call"
-        && let Some(tool) = message.pointer("/params/name").and_then(Value::as_str)
-    {
-        span.record("gen_ai.tool.name", tool);
-    }
-    let meta = message.pointer("/params/_meta");
-    let from_meta = meta
-        .and_then(|m| m.get("traceparent"))
-        .and_then(Value::as_str)
-        .and_then(|tp| {
-            propagation::from_traceparent(tp, meta.and_then(|m| m.get("tracestate")).and_then(Value::as_str))
-        });
+    let meta = params.and_then(|p| p.get("_meta"));
+    let text = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
+    let from_meta = text("traceparent").and_then(|tp| propagation::from_traceparent(tp, text("tracestate")));
     propagation::set_parent(&span, from_meta.or_else(|| propagation::from_http_headers(headers)));
     span
 }
@@ -252,27 +361,26 @@ impl Drop for InFlight {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(jsonrpc::error_response(
+/// Reads a request body within `edge.max_body_bytes` and `edge.body_read_timeout_ms`.
+async fn read_body(body: Body, settings: &EdgeSettings) -> Result<Bytes, Response> {
+    let limit = settings.max_body_bytes;
+    let timeout = Duration::from_millis(settings.body_read_timeout_ms);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(bad_request(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {} ms", timeout.as_millis()),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(bad_request(
             StatusCode::PAYLOAD_TOO_LARGE,
-            None,
-            jsonrpc::INVALID_REQUEST,
             &format!("request body exceeds the limit of {limit} bytes"),
-            None,
         )),
-        Err(e) => Err(jsonrpc::error_response(
-            StatusCode::BAD_REQUEST,
-            None,
-            jsonrpc::INVALID_REQUEST,
-            &format!("could not read the request body: {e}"),
-            None,
-        )),
+        Ok(Err(_)) => Err(bad_request(StatusCode::BAD_REQUEST, "could not read the request body")),
     }
 }
 
-/// Batches pass through, unless they hold something the edge must decide or filter.
+/// Batches are forwarded (re-serialised) unless they hold a message the edge must decide
+/// or filter, which must come one per request.
 fn check_batch(items: &[Value]) -> Result<(), String> {
     if items.is_empty() {
         return Err("invalid JSON-RPC message: empty batch".into());
@@ -280,10 +388,7 @@ fn check_batch(items: &[Value]) -> Result<(), String> {
     for item in items {
         match jsonrpc::classify(item) {
             Err(message) => return Err(format!("invalid JSON-RPC message in batch: {message}")),
-            Ok(Message::Request {
-                method: "tools/call" | "tools/list",
-                ..
-            }) => {
+            Ok(Message::Request { method, .. }) if GUARDED_METHODS.contains(&method) => {
                 return Err("Tollgate does not accept tools/call or tools/list inside a JSON-RPC batch: send them one per request".into());
             }
             Ok(_) => {}
@@ -292,262 +397,150 @@ fn check_batch(items: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
-async fn pass_through(
-    gw: &Gateway,
-    upstream: &Upstream,
-    headers: &HeaderMap,
-    bytes: Bytes,
-    id: Option<&Value>,
-) -> Response {
-    match gw.forward(upstream, Method::POST, headers, Body::from(bytes), id).await {
-        Ok(response) => stream_back(response),
-        Err(response) => response,
-    }
+/// What a `tools/call` asks for, checked before anything else looks at it.
+struct ToolCall<'a> {
+    name: &'a str,
+    arguments: Option<&'a Value>,
+    /// Task-augmented (`params.task`, protocol 2025-11-25): refusals must be JSON-RPC
+    /// errors, since such clients expect a task, not a tool result.
+    is_task: bool,
 }
 
-async fn call_tool(
-    gw: &Gateway,
-    upstream: &Upstream,
-    caller: &Caller,
-    headers: &HeaderMap,
-    id: &Value,
-    params: Option<&Value>,
-    bytes: Bytes,
-) -> Response {
-    let Some(tool) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
-        return jsonrpc::json_response(
-            StatusCode::OK,
-            &jsonrpc::error_body(
-                Some(id),
-                jsonrpc::INVALID_PARAMS,
-                "tools/call needs params.name (a string)",
-                None,
-            ),
-        );
+fn tool_call(params: Option<&Value>) -> Result<ToolCall<'_>, String> {
+    let Some(params) = params.and_then(Value::as_object) else {
+        return Err("tools/call needs params.name (a string)".into());
     };
-    let arguments = params.and_then(|p| p.get("arguments"));
-    if arguments.is_some_and(|a| !a.is_object() && !a.is_null()) {
-        return jsonrpc::json_response(
-            StatusCode::OK,
-            &jsonrpc::error_body(
-                Some(id),
-                jsonrpc::INVALID_PARAMS,
-                "tools/call params.arguments must be an object",
-                None,
-            ),
-        );
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return Err("tools/call needs params.name (a string)".into());
+    };
+    tollgate_policy::check_tool_name(name).map_err(|e| format!("invalid tool name: {e}"))?;
+    let arguments = params.get("arguments").filter(|a| !a.is_null());
+    if arguments.is_some_and(|a| !a.is_object()) {
+        return Err("tools/call params.arguments must be an object".into());
     }
-    let annotations = gw
-        .annotations
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&upstream.name)
-        .and_then(|tools| tools.get(tool))
-        .copied();
+    Ok(ToolCall {
+        name,
+        arguments,
+        is_task: params.get("task").is_some_and(|t| !t.is_null()),
+    })
+}
+
+async fn call_tool(exchange: &Exchange<'_>, message: &Value, id: &Value, params: Option<&Value>) -> Response {
+    let call = match tool_call(params) {
+        Ok(call) => call,
+        Err(text) => {
+            let body = jsonrpc::error_body(Some(id), jsonrpc::INVALID_PARAMS, &text, None);
+            return jsonrpc::json_response(StatusCode::OK, &body);
+        }
+    };
+    tracing::Span::current().record("gen_ai.tool.name", call.name);
+    let gw = exchange.gw;
+    let server = &exchange.upstream.name;
     let request = DecideRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
-        server: upstream.name.clone(),
-        tool: tool.to_owned(),
-        grant: caller.grant.clone(),
-        agent: caller.agent.clone(),
-        session_id: header_text(headers, "mcp-session-id"),
-        arguments_json: arguments.map(Value::to_string).unwrap_or_default(),
-        annotations,
+        server: server.clone(),
+        tool: call.name.to_owned(),
+        grant: exchange.caller.grant.clone(),
+        agent: exchange.caller.agent.clone(),
+        session_id: header_text(exchange.headers, "mcp-session-id"),
+        arguments_json: call.arguments.map(Value::to_string).unwrap_or_default(),
+        annotations: gw.annotations(server, call.name),
     };
     let decision = match gw.decider.decide(request).await {
         Ok(decision) => decision,
-        Err(DecisionUnavailable(cause)) if gw.settings.fail_open => {
+        Err(e) => {
             metrics().decision_unavailable.inc();
-            tracing::warn!(tool, grant = %caller.grant, "decision service unavailable, forwarding unchecked (edge.fail_open): {cause}");
-            return pass_through(gw, upstream, headers, bytes, Some(id)).await;
-        }
-        Err(DecisionUnavailable(cause)) => {
-            metrics().decision_unavailable.inc();
-            tracing::error!(tool, grant = %caller.grant, "decision service unavailable, refusing the call: {cause}");
-            refusal::unavailable(&cause)
+            let grant = &exchange.caller.grant;
+            // Only a real outage may fail open: an error answer may have been provoked.
+            if e.is_unavailable() && gw.settings.fail_open {
+                tracing::warn!(tool = call.name, %grant, "decision service unavailable, forwarding unchecked (edge.fail_open): {e}");
+                return exchange.forward(message, Some(id)).await;
+            }
+            tracing::error!(tool = call.name, %grant, "no decision, refusing the call: {e}");
+            refusal::unavailable(&e)
         }
     };
     if decision.verdict() == Verdict::Allow {
-        return pass_through(gw, upstream, headers, bytes, Some(id)).await;
+        return exchange.forward(message, Some(id)).await;
     }
-    jsonrpc::json_response(StatusCode::OK, &refusal::body(id, &decision, gw.settings.refusal))
+    let mode = if call.is_task {
+        RefusalMode::Error
+    } else {
+        gw.settings.refusal
+    };
+    jsonrpc::json_response(StatusCode::OK, &refusal::body(id, &decision, mode))
 }
 
-async fn list_tools(
-    gw: &Arc<Gateway>,
-    upstream: &Upstream,
-    caller: &Caller,
-    headers: &HeaderMap,
-    id: &Value,
-    bytes: Bytes,
-) -> Response {
+async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Response {
+    let gw = exchange.gw;
+    let upstream = exchange.upstream;
+    let body = Body::from(message.to_string());
     let response = match gw
-        .forward(upstream, Method::POST, headers, Body::from(bytes), Some(id))
+        .forward(upstream, Method::POST, exchange.headers, body, Some(id))
         .await
     {
         Ok(r) => r,
         Err(response) => return response,
     };
+    if is_event_stream(response.headers()) {
+        return guarded(response, exchange.list_filter(), Some(id.clone()));
+    }
     let (parts, body) = response.into_parts();
-    let out_headers = upstream::response_headers(&parts.headers);
-    let content_type = parts
-        .headers
+    // Nothing of an answer the edge could not check is passed on: not its body, and for a
+    // server error not its status either.
+    let fail = |what: &str| {
+        tracing::warn!(upstream = %upstream.name, status = parts.status.as_u16(), "upstream sent {what} to tools/list");
+        let status = if parts.status.is_client_error() {
+            parts.status
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        let message = format!(
+            "upstream MCP server \"{}\" answered tools/list with HTTP {} and {what}",
+            upstream.name,
+            parts.status.as_u16()
+        );
+        jsonrpc::error_response(status, Some(id), jsonrpc::UPSTREAM_ERROR, &message, None)
+    };
+    let limit = gw.settings.max_upstream_message_bytes;
+    let timeout = Duration::from_millis(gw.settings.upstream_timeout_ms);
+    let bytes = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => return fail("a body that could not be read within edge.max_upstream_message_bytes"),
+        Err(_) => return fail("a body that did not arrive within edge.upstream_timeout_ms"),
+    };
+    let mut answer = match jsonrpc::parse_strict(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return fail("JSON that is not one JSON-RPC message"),
+        Err(_) => return fail("a body that is not valid JSON"),
+    };
+    if let Err(Refused(why)) = exchange.list_filter().filter(&mut answer).await {
+        answer = jsonrpc::error_body(Some(id), jsonrpc::INTERNAL_ERROR, &why, None);
+    }
+    let mut headers = upstream::response_headers(&parts.headers);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (parts.status, headers, answer.to_string()).into_response()
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.starts_with("text/event-stream") {
-        let body = filter_event_stream(gw.clone(), upstream.name.clone(), caller.clone(), id.clone(), body);
-        return (parts.status, out_headers, body).into_response();
-    }
-    if !parts.status.is_success() {
-        return (parts.status, out_headers, Body::new(body)).into_response();
-    }
-    let bad_answer = |what: String| {
-        let message = format!("upstream MCP server \"{}\" sent {what}", upstream.name);
-        jsonrpc::error_response(
-            StatusCode::BAD_GATEWAY,
-            Some(id),
-            jsonrpc::UPSTREAM_ERROR,
-            &message,
-            None,
-        )
-    };
-    let bytes = match Limited::new(body, MAX_TOOLS_LIST_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => return bad_answer(format!("an unreadable tools/list answer: {e}")),
-    };
-    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
-        return bad_answer("a tools/list answer that is not JSON".into());
-    };
-    filter_tools_answer(gw, &upstream.name, caller, &mut message).await;
-    (parts.status, out_headers, message.to_string()).into_response()
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
-/// Filters the `tools` of a `tools/list` answer to what `caller` may call, learning the
-/// tools' annotations on the way. Without a decision service the answer becomes an error
-/// (fail closed) unless `edge.fail_open` is set.
-async fn filter_tools_answer(gw: &Gateway, server: &str, caller: &Caller, message: &mut Value) {
-    let Some(tools) = message.pointer("/result/tools").and_then(Value::as_array) else {
-        return;
-    };
-    let listed: Vec<Tool> = tools
-        .iter()
-        .filter_map(|t| {
-            let name = t.get("name")?.as_str()?.to_owned();
-            Some(Tool {
-                name,
-                annotations: Some(annotations_of(t)),
-            })
-        })
-        .collect();
-    {
-        let mut cache = gw.annotations.write().unwrap_or_else(|e| e.into_inner());
-        let known = cache.entry(server.to_owned()).or_default();
-        for t in &listed {
-            if let Some(a) = t.annotations {
-                known.insert(t.name.clone(), a);
-            }
-        }
-    }
-    let request = VisibleToolsRequest {
-        server: server.to_owned(),
-        grant: caller.grant.clone(),
-        agent: caller.agent.clone(),
-        tools: listed,
-    };
-    match gw.decider.visible_tools(request).await {
-        Ok(answer) => {
-            let visible: std::collections::HashSet<&str> = answer.visible.iter().map(String::as_str).collect();
-            if let Some(Value::Array(tools)) = message.pointer_mut("/result/tools") {
-                tools.retain(|t| {
-                    t.get("name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| visible.contains(n))
-                });
-            }
-        }
-        Err(DecisionUnavailable(cause)) if gw.settings.fail_open => {
-            tracing::warn!(
-                server,
-                "decision service unavailable, tools/list unfiltered (edge.fail_open): {cause}"
-            );
-        }
-        Err(DecisionUnavailable(cause)) => {
-            tracing::error!(server, "decision service unavailable, refusing tools/list: {cause}");
-            let id = message.get("id").cloned();
-            let text = format!(
-                "the decision service is unavailable ({cause}), so Tollgate cannot tell which tools you may use; try again shortly"
-            );
-            *message = jsonrpc::error_body(id.as_ref(), jsonrpc::INTERNAL_ERROR, &text, None);
-        }
-    }
-}
-
-fn annotations_of(tool: &Value) -> ToolAnnotations {
-    let hint = |name: &str| {
-        tool.get("annotations")
-            .and_then(|a| a.get(name))
-            .and_then(Value::as_bool)
-    };
-    ToolAnnotations {
-        read_only_hint: hint("readOnlyHint"),
-        destructive_hint: hint("destructiveHint"),
-        idempotent_hint: hint("idempotentHint"),
-        open_world_hint: hint("openWorldHint"),
-    }
-}
-
-/// Passes an SSE answer through event by event, rewriting only the `tools/list` response.
-fn filter_event_stream(gw: Arc<Gateway>, server: String, caller: Caller, id: Value, mut body: Incoming) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(async move {
-        let mut splitter = sse::EventSplitter::default();
-        while let Some(frame) = body.frame().await {
-            let chunk = match frame {
-                Ok(frame) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(_) => continue,
-                },
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e))).await;
-                    return;
-                }
-            };
-            splitter.push(&chunk);
-            while let Some(event) = splitter.next_event() {
-                let event = match sse::data(&event).and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
-                    Some(mut message) if message.get("id") == Some(&id) => {
-                        filter_tools_answer(&gw, &server, &caller, &mut message).await;
-                        sse::with_data(&event, &message.to_string())
-                    }
-                    _ => event,
-                };
-                if tx.send(Ok(event)).await.is_err() {
-                    return; // the agent went away
-                }
-            }
-        }
-        let rest = splitter.rest();
-        if !rest.is_empty() {
-            let _ = tx.send(Ok(rest)).await;
-        }
-    });
-    Body::from_stream(ReceiverStream::new(rx))
-}
-
-/// Streams an upstream answer back with only the headers agents may see.
-fn stream_back(response: axum::http::Response<Incoming>) -> Response {
+/// An upstream answer as the agent receives it: only the headers agents may see, and an
+/// SSE body through the list guard. A JSON body of anything but `tools/list` streams as it
+/// came (it answers the request it was sent for).
+fn guarded(response: axum::http::Response<Incoming>, filter: ListFilter, request_id: Option<Value>) -> Response {
+    let sse = is_event_stream(response.headers());
     let (parts, body) = response.into_parts();
-    (
-        parts.status,
-        upstream::response_headers(&parts.headers),
-        Body::new(body),
-    )
-        .into_response()
-}
-
-fn upstream_error(error: &UpstreamError, id: Option<&Value>) -> Response {
-    jsonrpc::error_response(error.status(), id, jsonrpc::UPSTREAM_ERROR, &error.to_string(), None)
+    let body = if sse {
+        filter.event_stream(request_id, body)
+    } else {
+        Body::new(body)
+    };
+    (parts.status, upstream::response_headers(&parts.headers), body).into_response()
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> String {

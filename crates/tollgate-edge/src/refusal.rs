@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use tollgate_decision::proto::{Decision, Verdict};
-use tollgate_decision::verdict_name;
+use tollgate_decision::{DecisionError, verdict_name};
 
 use crate::jsonrpc;
 use crate::settings::RefusalMode;
@@ -51,14 +51,23 @@ pub fn body(id: &Value, decision: &Decision, mode: RefusalMode) -> Value {
     }
 }
 
-/// The decision an edge makes for itself when no decision service answers (fail closed).
-pub fn unavailable(cause: &str) -> Decision {
+/// The decision an edge makes for itself when it has no decision (fail closed). The agent
+/// is not told replica addresses or error details; the edge logs them.
+pub fn unavailable(error: &DecisionError) -> Decision {
+    let (rule, reason) = match error {
+        DecisionError::Unavailable(_) => (
+            "edge.fail_open = false",
+            "the decision service is unavailable, so the call was not forwarded; try again shortly",
+        ),
+        DecisionError::Failed(_) => (
+            "edge",
+            "the decision service could not decide this call, so it was not forwarded",
+        ),
+    };
     let mut decision = Decision {
         decision_id: uuid::Uuid::now_v7().to_string(),
-        rule: "edge.fail_open = false".into(),
-        reason: format!(
-            "the decision service is unavailable ({cause}), so the call was not forwarded; try again shortly"
-        ),
+        rule: rule.into(),
+        reason: reason.into(),
         ..Default::default()
     };
     decision.set_verdict(Verdict::Deny);

@@ -35,6 +35,39 @@ pub struct EdgeSettings {
     /// How long SIGTERM waits for in-flight requests, in milliseconds. Default 10000.
     #[serde(default = "default_drain_ms")]
     pub drain_timeout_ms: u64,
+    /// Token presented to the decision service (`authorization: Bearer`), matching its
+    /// `decision.token_sha256` (`tollgate edge` only). Best set from the environment:
+    /// `TOLLGATE_EDGE__DECISION_TOKEN`.
+    #[serde(default)]
+    pub decision_token: Option<Secret>,
+    /// Most open agent connections; further clients wait in the kernel's backlog.
+    /// Default 4096.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and the longest an idle keep-alive
+    /// connection stays open, in milliseconds. Default 10000.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body, in milliseconds; slower ones get 408.
+    /// Default 30000.
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Largest upstream message the edge inspects: a `tools/list` answer, or one SSE event
+    /// of any upstream stream. Larger ones end the answer with an error. Default 16 MiB.
+    #[serde(default = "default_max_upstream_message_bytes")]
+    pub max_upstream_message_bytes: usize,
+    /// Browser origins (`scheme://host[:port]`) allowed to call the edge; requests with
+    /// any other `Origin` get 403 (DNS-rebinding protection, as MCP requires). Requests
+    /// without `Origin` (non-browser agents) are not affected. `["*"]` allows any.
+    /// Default: loopback origins (`localhost`, `127.0.0.1`, `[::1]`, any port) when
+    /// `listen` is a loopback address, none otherwise.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// `Host` values (`host` or `host:port`) the edge answers to; others get 403.
+    /// `["*"]` allows any. Default: loopback names when `listen` is a loopback address
+    /// (so a rebound DNS name cannot reach it), any otherwise.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl Default for EdgeSettings {
@@ -48,7 +81,25 @@ impl Default for EdgeSettings {
             refusal: RefusalMode::default(),
             fail_open: false,
             drain_timeout_ms: default_drain_ms(),
+            decision_token: None,
+            max_connections: default_max_connections(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            max_upstream_message_bytes: default_max_upstream_message_bytes(),
+            allowed_origins: None,
+            allowed_hosts: None,
         }
+    }
+}
+
+/// A configured secret: usable by the code, never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -107,4 +158,20 @@ fn default_max_body_bytes() -> usize {
 
 fn default_drain_ms() -> u64 {
     10_000
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_body_read_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_max_upstream_message_bytes() -> usize {
+    16 * 1024 * 1024
 }

@@ -3,54 +3,70 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// Splits a byte stream into SSE events (each ending with a blank line).
-#[derive(Default)]
+/// Splits a byte stream into SSE events (each ending with a blank line). Each byte is
+/// scanned once however the stream is chunked, and an event may not grow past `max_bytes`.
 pub struct EventSplitter {
     buffer: BytesMut,
+    /// How far `buffer` has been scanned without finding the end of the event.
+    scanned: usize,
+    /// Where the line being scanned starts.
+    line_start: usize,
+    max_bytes: usize,
 }
 
+/// An upstream event larger than the configured cap.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventTooLarge(pub usize);
+
 impl EventSplitter {
+    pub fn new(max_bytes: usize) -> Self {
+        EventSplitter {
+            buffer: BytesMut::new(),
+            scanned: 0,
+            line_start: 0,
+            max_bytes,
+        }
+    }
+
     pub fn push(&mut self, chunk: &[u8]) {
         self.buffer.extend_from_slice(chunk);
     }
 
     /// The next complete event, terminator included.
-    pub fn next_event(&mut self) -> Option<Bytes> {
-        let end = find_event_end(&self.buffer)?;
-        Some(self.buffer.split_to(end).freeze())
-    }
-
-    /// Whatever is left when the stream ends (an unterminated event).
-    pub fn rest(self) -> Bytes {
-        self.buffer.freeze()
-    }
-}
-
-fn find_event_end(buf: &[u8]) -> Option<usize> {
-    // An event ends at the first empty line; lines end with \n, \r\n or \r.
-    let mut i = 0;
-    let mut line_start = 0;
-    while i < buf.len() {
-        let eol = match buf[i] {
-            b'\n' => Some(i + 1),
-            b'\r' if buf.get(i + 1) == Some(&b'\n') => Some(i + 2),
-            // An empty line ends the event whatever follows; a lone \r ending a non-empty
-            // line at the very end may still be followed by \n: wait for more bytes.
-            b'\r' if i + 1 == buf.len() && i == line_start => Some(i + 1),
-            b'\r' if i + 1 == buf.len() => return None,
-            b'\r' => Some(i + 1),
-            _ => None,
-        };
-        match eol {
-            Some(next) if i == line_start => return Some(next),
-            Some(next) => {
-                line_start = next;
-                i = next;
+    pub fn next_event(&mut self) -> Result<Option<Bytes>, EventTooLarge> {
+        let buf = &self.buffer[..];
+        let mut i = self.scanned;
+        while i < buf.len() {
+            // An event ends at the first empty line; lines end with \n, \r\n or \r.
+            let eol = match buf[i] {
+                b'\n' => Some(i + 1),
+                b'\r' if buf.get(i + 1) == Some(&b'\n') => Some(i + 2),
+                // An empty line ends the event whatever follows; a lone \r ending a non-empty
+                // line at the very end may still be followed by \n: wait for more bytes.
+                b'\r' if i + 1 == buf.len() && i == self.line_start => Some(i + 1),
+                b'\r' if i + 1 == buf.len() => break,
+                b'\r' => Some(i + 1),
+                _ => None,
+            };
+            match eol {
+                Some(next) if i == self.line_start => {
+                    self.scanned = 0;
+                    self.line_start = 0;
+                    return Ok(Some(self.buffer.split_to(next).freeze()));
+                }
+                Some(next) => {
+                    self.line_start = next;
+                    i = next;
+                }
+                None => i += 1,
             }
-            None => i += 1,
         }
+        self.scanned = i;
+        if self.buffer.len() > self.max_bytes {
+            return Err(EventTooLarge(self.max_bytes));
+        }
+        Ok(None)
     }
-    None
 }
 
 /// The joined `data:` lines of an event, if it has any.
@@ -95,18 +111,48 @@ mod tests {
 
     #[test]
     fn splits_events_across_chunks_and_line_endings() {
-        let mut s = EventSplitter::default();
+        let mut s = EventSplitter::new(1024);
         s.push(b"event: message\ndata: {\"a\"");
-        assert!(s.next_event().is_none());
+        assert_eq!(s.next_event(), Ok(None));
         s.push(b":1}\n\nid: 7\r\ndata: x\r\n\r\n: comment\r");
         assert_eq!(
-            s.next_event().as_deref(),
+            s.next_event().unwrap().as_deref(),
             Some(&b"event: message\ndata: {\"a\":1}\n\n"[..])
         );
-        assert_eq!(s.next_event().as_deref(), Some(&b"id: 7\r\ndata: x\r\n\r\n"[..]));
-        assert!(s.next_event().is_none(), "lone \\r at the end waits");
+        assert_eq!(
+            s.next_event().unwrap().as_deref(),
+            Some(&b"id: 7\r\ndata: x\r\n\r\n"[..])
+        );
+        assert_eq!(s.next_event(), Ok(None), "lone \\r at the end waits");
         s.push(b"\r");
-        assert_eq!(s.next_event().as_deref(), Some(&b": comment\r\r"[..]));
+        assert_eq!(s.next_event().unwrap().as_deref(), Some(&b": comment\r\r"[..]));
+    }
+
+    #[test]
+    fn byte_at_a_time_finds_the_same_events() {
+        let stream = b"data: a\r\n\r\n: c\n\ndata: b\rdata: c\r\r";
+        let mut s = EventSplitter::new(1024);
+        let mut events = Vec::new();
+        for b in stream {
+            s.push(&[*b]);
+            while let Some(e) = s.next_event().unwrap() {
+                events.push(e);
+            }
+        }
+        // A CRLF split after its CR leaves the LF as a blank "event" of its own: harmless,
+        // since the bytes are relayed as they came.
+        assert_eq!(events.concat(), stream.to_vec());
+        let data: Vec<Option<String>> = events.iter().map(|e| data(e)).filter(|d| d.is_some()).collect();
+        assert_eq!(data, [Some("a".to_owned()), Some("b\nc".to_owned())]);
+    }
+
+    #[test]
+    fn an_event_over_the_cap_is_an_error() {
+        let mut s = EventSplitter::new(16);
+        s.push(b"data: 0123456789");
+        assert_eq!(s.next_event(), Ok(None));
+        s.push(b"abcdef");
+        assert_eq!(s.next_event(), Err(EventTooLarge(16)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -13,10 +13,11 @@ use hyper_util::rt::TokioExecutor;
 use crate::EdgeError;
 use crate::settings::UpstreamSettings;
 
-/// Agent request headers passed to the upstream. Everything else, `Authorization` first of
-/// all, stays at the edge.
-const FORWARDED_REQUEST_HEADERS: [&str; 5] = [
-    "accept",
+/// Agent request headers passed to the upstream, each as a single value (the first): the
+/// upstream must see the session the edge decided for, not one of several. `Accept` may
+/// list several values and passes whole. Everything else, `Authorization` first of all,
+/// stays at the edge.
+const FORWARDED_REQUEST_HEADERS: [&str; 4] = [
     "content-type",
     "mcp-session-id",
     "mcp-protocol-version",
@@ -67,6 +68,20 @@ impl UpstreamError {
             UpstreamError::Unreachable { .. } => "unreachable",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Credentials { .. } => "credentials",
+        }
+    }
+
+    /// What the agent is told: the upstream's name and what went wrong, without its
+    /// address or the transport's details (those are logged for operators).
+    pub fn public_message(&self) -> String {
+        match self {
+            UpstreamError::Unreachable { name, .. } => format!("upstream MCP server \"{name}\" is unreachable"),
+            UpstreamError::Timeout { name, ms, .. } => {
+                format!("upstream MCP server \"{name}\" did not answer within {ms} ms")
+            }
+            UpstreamError::Credentials { name, .. } => {
+                format!("upstream MCP server \"{name}\" refused the gateway's credentials")
+            }
         }
     }
 
@@ -134,9 +149,12 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = Request::builder().method(method).uri(self.uri.clone());
         if let Some(headers) = request.headers_mut() {
+            for value in agent_headers.get_all(header::ACCEPT) {
+                headers.append(header::ACCEPT, value.clone());
+            }
             for name in FORWARDED_REQUEST_HEADERS {
-                for value in agent_headers.get_all(name) {
-                    headers.append(name, value.clone());
+                if let Some(value) = agent_headers.get(name) {
+                    headers.insert(name, value.clone());
                 }
             }
             for (name, value) in &self.injected {

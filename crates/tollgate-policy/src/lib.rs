@@ -8,6 +8,7 @@ mod compile;
 mod document;
 mod error;
 mod glob;
+mod names;
 mod policy;
 mod source;
 
@@ -15,6 +16,7 @@ pub use compile::{Compiled, compile_str, compile_with_format};
 pub use document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
+pub use names::{MAX_TOOL_NAME_CHARS, check_tool_name};
 pub use policy::{Annotations, Call, Class, CounterHit, Limit, Policy, Rule};
 pub use source::Format;
 

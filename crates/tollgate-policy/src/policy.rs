@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
 use crate::glob::Glob;
@@ -221,6 +222,8 @@ impl Policy {
     /// Values are percent-encoded outside `[A-Za-z0-9_.-]`, so no grant name, session id or
     /// argument value can forge another key's structure. Argument values that are not
     /// strings are keyed by their JSON text behind a `#`; a missing argument is `!`.
+    /// A value longer than 64 bytes is keyed by `~` and 128 bits of its SHA-256 instead, so
+    /// a key stays short however large the caller makes the value.
     pub fn counter_hits<'p>(&'p self, rule: &'p Rule, call: &Call<'_>) -> Vec<CounterHit<'p>> {
         rule.limits
             .iter()
@@ -241,10 +244,10 @@ impl Policy {
                             key.push('=');
                             match call.arguments.get(name) {
                                 None => key.push('!'),
-                                Some(Value::String(s)) => escape_into(&mut key, s),
+                                Some(Value::String(s)) => value_into(&mut key, s),
                                 Some(other) => {
                                     key.push('#');
-                                    escape_into(&mut key, &other.to_string());
+                                    value_into(&mut key, &other.to_string());
                                 }
                             }
                         }
@@ -259,7 +262,24 @@ impl Policy {
 fn push_part(key: &mut String, dim: &str, value: &str) {
     key.push_str(dim);
     key.push('=');
-    escape_into(key, value);
+    value_into(key, value);
+}
+
+/// Values longer than this are keyed by their digest.
+const MAX_KEY_VALUE_BYTES: usize = 64;
+
+/// A scope value as part of a key: escaped, or `~` and a digest when long (`~` is always
+/// escaped in short values, so the two cannot collide).
+fn value_into(out: &mut String, value: &str) {
+    if value.len() <= MAX_KEY_VALUE_BYTES {
+        escape_into(out, value);
+        return;
+    }
+    let digest = Sha256::digest(value.as_bytes());
+    out.push('~');
+    for b in &digest[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
 }
 
 fn escape_into(out: &mut String, value: &str) {

@@ -1,0 +1,225 @@
+//! What comes back from upstreams: every tools list an upstream sends is filtered to what
+//! the caller may call, on every path it can take — a `tools/list` answer as JSON or SSE,
+//! an event replayed on the GET stream, a list inside any other SSE stream — and anything
+//! the edge cannot parse there is not passed on (fail closed).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tollgate_decision::proto::{Tool, ToolAnnotations, VisibleToolsRequest};
+
+use crate::auth::Caller;
+use crate::jsonrpc;
+use crate::mcp::Gateway;
+use crate::sse;
+
+/// Filters tools lists for one caller of one upstream.
+#[derive(Clone)]
+pub struct ListFilter {
+    pub gw: Arc<Gateway>,
+    pub server: String,
+    pub caller: Caller,
+}
+
+/// Why a message could not be passed on.
+pub struct Refused(pub String);
+
+impl ListFilter {
+    /// Filters every tools list in `message` (one message or a batch of them) in place.
+    /// `Ok(true)` when something was changed, `Ok(false)` when the message holds no list.
+    pub async fn filter(&self, message: &mut Value) -> Result<bool, Refused> {
+        match message {
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= Box::pin(self.filter(item)).await?;
+                }
+                Ok(changed)
+            }
+            Value::Object(object) => {
+                let Some(tools) = object.get_mut("result").and_then(|r| r.get_mut("tools")) else {
+                    return Ok(false);
+                };
+                let Value::Array(tools) = tools else {
+                    return Err(Refused("a tools list whose \"tools\" is not an array".into()));
+                };
+                self.retain_visible(tools).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Keeps the tools the caller may call. Tools whose names no agent could call through
+    /// the edge are dropped first; the annotations of the rest are remembered.
+    async fn retain_visible(&self, tools: &mut Vec<Value>) -> Result<(), Refused> {
+        tools.retain(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| tollgate_policy::check_tool_name(n).is_ok())
+        });
+        let listed: Vec<Tool> = tools
+            .iter()
+            .filter_map(|t| {
+                Some(Tool {
+                    name: t.get("name")?.as_str()?.to_owned(),
+                    annotations: Some(annotations_of(t)),
+                })
+            })
+            .collect();
+        self.gw.learn_tools(&self.server, &listed);
+        let request = VisibleToolsRequest {
+            server: self.server.clone(),
+            grant: self.caller.grant.clone(),
+            agent: self.caller.agent.clone(),
+            tools: listed,
+        };
+        match self.gw.decider.visible_tools(request).await {
+            Ok(answer) => {
+                let visible: HashSet<&str> = answer.visible.iter().map(String::as_str).collect();
+                tools.retain(|t| {
+                    t.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| visible.contains(n))
+                });
+                Ok(())
+            }
+            Err(e) if e.is_unavailable() && self.gw.settings.fail_open => {
+                tracing::warn!(server = %self.server, "decision service unavailable, tools list unfiltered (edge.fail_open): {e}");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(server = %self.server, "cannot filter a tools list, withholding it: {e}");
+                Err(Refused(
+                    "the decision service is unavailable, so Tollgate cannot tell which tools you may use; try again shortly"
+                        .into(),
+                ))
+            }
+        }
+    }
+
+    /// Guards an upstream SSE stream: events pass as they came unless they hold a tools
+    /// list (rewritten) or cannot be parsed (the stream ends with an error for
+    /// `request_id`, when the stream answers a request). No task is spawned: when the agent
+    /// goes away, the body is dropped and with it the upstream connection.
+    pub fn event_stream(self, request_id: Option<Value>, body: Incoming) -> Body {
+        let state = EventStream {
+            splitter: sse::EventSplitter::new(self.gw.settings.max_upstream_message_bytes),
+            filter: self,
+            request_id,
+            body,
+            out: VecDeque::new(),
+            done: false,
+        };
+        Body::from_stream(futures_util::stream::unfold(state, |mut s| async move {
+            let item = s.next().await?;
+            Some((item, s))
+        }))
+    }
+}
+
+struct EventStream {
+    filter: ListFilter,
+    request_id: Option<Value>,
+    splitter: sse::EventSplitter,
+    body: Incoming,
+    out: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl EventStream {
+    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            if let Some(event) = self.out.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            match self.body.frame().await {
+                // An unterminated event at the end is incomplete, and SSE discards it.
+                None => self.done = true,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(std::io::Error::other(e)));
+                }
+                Some(Ok(frame)) => {
+                    let Ok(chunk) = frame.into_data() else { continue };
+                    self.splitter.push(&chunk);
+                    loop {
+                        match self.splitter.next_event() {
+                            Ok(Some(event)) => {
+                                let guarded = self.guard(event).await;
+                                self.out.push_back(guarded);
+                                if self.done {
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(sse::EventTooLarge(max)) => {
+                                let why = format!("an event larger than edge.max_upstream_message_bytes ({max} bytes)");
+                                let error = self.fail(&why);
+                                self.out.push_back(error);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One event as it may reach the agent.
+    async fn guard(&mut self, event: Bytes) -> Bytes {
+        let Some(data) = sse::data(&event) else {
+            return event; // comments, keep-alives, retry and id-only events
+        };
+        if data.trim().is_empty() {
+            return event; // e.g. the priming event a resumable stream starts with
+        }
+        let mut message = match jsonrpc::parse_strict(data.as_bytes()) {
+            Ok(m) => m,
+            Err(e) => return self.fail(&format!("an event Tollgate cannot parse ({e})")),
+        };
+        match self.filter.filter(&mut message).await {
+            Ok(false) => event,
+            Ok(true) => sse::with_data(&event, &message.to_string()),
+            Err(Refused(why)) => {
+                let id = message.get("id").cloned();
+                let error = jsonrpc::error_body(id.as_ref(), jsonrpc::INTERNAL_ERROR, &why, None);
+                sse::with_data(b"event: message\n", &error.to_string())
+            }
+        }
+    }
+
+    /// Ends the stream: nothing after an event the edge could not check is passed on.
+    fn fail(&mut self, what: &str) -> Bytes {
+        self.done = true;
+        let server = &self.filter.server;
+        tracing::warn!(upstream = %server, "upstream sent {what}; ending the stream");
+        let text = format!("upstream MCP server \"{server}\" sent {what}");
+        let error = jsonrpc::error_body(self.request_id.as_ref(), jsonrpc::UPSTREAM_ERROR, &text, None);
+        match self.request_id {
+            Some(_) => sse::with_data(b"event: message\n", &error.to_string()),
+            None => Bytes::new(),
+        }
+    }
+}
+
+fn annotations_of(tool: &Value) -> ToolAnnotations {
+    let hint = |name: &str| {
+        tool.get("annotations")
+            .and_then(|a| a.get(name))
+            .and_then(Value::as_bool)
+    };
+    ToolAnnotations {
+        read_only_hint: hint("readOnlyHint"),
+        destructive_hint: hint("destructiveHint"),
+        idempotent_hint: hint("idempotentHint"),
+        open_world_hint: hint("openWorldHint"),
+    }
+}
