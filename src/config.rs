@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use tollgate_decision::DecisionSettings;
 use tollgate_edge::{EdgeSettings, GrantSettings, UpstreamSettings};
-use tollgate_limiter::{CounterStore, MemoryStore, RedisSettings, RedisStore};
+use tollgate_limiter::{CounterStore, DEFAULT_MAX_KEYS_PER_COUNTER, MemoryStore, RedisSettings, RedisStore};
 use tollgate_telemetry::TelemetrySettings;
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +52,12 @@ pub struct StoreSettings {
     /// First part of every Redis key. Default `tollgate`.
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// Live keys one counter may have in the memory store (scope values such as argument
+    /// values come from callers); a call needing one more is a store error, decided by the
+    /// rule's `on_store_error`. Default 100000. In Redis, keys are bounded by their TTL
+    /// and Redis's `maxmemory`.
+    #[serde(default)]
+    pub max_keys_per_counter: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -66,7 +72,10 @@ impl StoreSettings {
     /// Builds the counter store these settings describe.
     pub fn build(&self) -> anyhow::Result<Arc<dyn CounterStore>> {
         Ok(match self.kind {
-            StoreKind::Memory => Arc::new(MemoryStore::default()),
+            StoreKind::Memory => Arc::new(
+                MemoryStore::default()
+                    .with_max_keys_per_counter(self.max_keys_per_counter.unwrap_or(DEFAULT_MAX_KEYS_PER_COUNTER)),
+            ),
             StoreKind::Redis => {
                 let defaults = RedisSettings::default();
                 let redis = RedisSettings {

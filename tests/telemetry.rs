@@ -358,6 +358,9 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls() {
     let config = write_config(&dir, &upstream.url("/mcp"), &[decision.url("")], POLICY, "");
     let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
     let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    // Tools become metric labels once an upstream has listed them.
+    agent.initialize().await;
+    agent.tool_names().await;
     let args = json!({"namespace": "a", "name": "b"});
     for _ in 0..3 {
         agent.call("k8s_rollout_pause", args.clone()).await;
@@ -407,8 +410,8 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls() {
             "tollgate_upstream_duration_seconds_count",
             &[("upstream", "k8s")]
         ),
-        Some(2.0),
-        "{text}"
+        Some(5.0),
+        "initialize, initialized, tools/list and the 2 admitted calls: {text}"
     );
     assert_eq!(sample(&text, "tollgate_requests_in_flight", &[]), Some(0.0));
     assert!(

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod hostile;
 pub mod redis;
 
 pub const KEY_A: &str = "key-for-grant-a";

@@ -97,7 +97,14 @@ impl Engine {
         let decision =
             tracing::Instrument::instrument(self.evaluate(request, call_arguments(parsed)), span.clone()).await;
         let verdict = verdict_name(decision.verdict());
-        metrics().observe_decision(verdict, &request.server, &request.tool, started.elapsed());
+        // Only tools an upstream listed (the edge sends their annotations) become label
+        // values: agents choose the names of the rest.
+        let tool_label = if request.annotations.is_some() {
+            request.tool.as_str()
+        } else {
+            "_unlisted"
+        };
+        metrics().observe_decision(verdict, &request.server, tool_label, started.elapsed());
         span.record("tollgate.verdict", verdict);
         span.record("tollgate.rule", decision.rule.as_str());
         span.record("tollgate.reason", decision.reason.as_str());
@@ -113,18 +120,20 @@ impl Engine {
             span.set_attribute(format!("tollgate.limit.{}.max", limit.counter), limit.limit as i64);
         }
         span.in_scope(|| {
+            // Fields that came over the wire are logged with `?` (quoted and escaped): a
+            // value holding a newline cannot forge a log line, whatever the format.
             tracing::info!(
                 target: "tollgate::audit",
                 decision_id = %decision.decision_id,
                 verdict,
-                rule = %decision.rule,
-                server = %request.server,
-                tool = %request.tool,
-                grant = %request.grant,
-                agent = %request.agent,
-                session = %request.session_id,
-                request_id = %request.request_id,
-                reason = %decision.reason,
+                rule = ?decision.rule,
+                server = ?request.server,
+                tool = ?request.tool,
+                grant = ?request.grant,
+                agent = ?request.agent,
+                session = ?request.session_id,
+                request_id = ?request.request_id,
+                reason = ?decision.reason,
                 "decision"
             )
         });

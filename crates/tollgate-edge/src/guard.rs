@@ -7,6 +7,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -25,8 +26,12 @@ pub struct ListFilter {
     pub caller: Caller,
 }
 
-/// Why a message could not be passed on.
-pub struct Refused(pub String);
+/// Why a message could not be passed on, and the HTTP status that says so where the
+/// status is still the edge's to choose (JSON answers).
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+}
 
 impl ListFilter {
     /// Filters every tools list in `message` (one message or a batch of them) in place.
@@ -45,7 +50,13 @@ impl ListFilter {
                     return Ok(false);
                 };
                 let Value::Array(tools) = tools else {
-                    return Err(Refused("a tools list whose \"tools\" is not an array".into()));
+                    return Err(Refused {
+                        status: StatusCode::BAD_GATEWAY,
+                        message: format!(
+                            "upstream MCP server \"{}\" sent a tools list whose \"tools\" is not an array",
+                            self.server
+                        ),
+                    });
                 };
                 self.retain_visible(tools).await?;
                 Ok(true)
@@ -94,10 +105,12 @@ impl ListFilter {
             }
             Err(e) => {
                 tracing::error!(server = %self.server, "cannot filter a tools list, withholding it: {e}");
-                Err(Refused(
-                    "the decision service is unavailable, so Tollgate cannot tell which tools you may use; try again shortly"
+                Err(Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "the decision service is unavailable, so Tollgate cannot tell which tools you may use; \
+                              try again shortly"
                         .into(),
-                ))
+                })
             }
         }
     }
@@ -188,9 +201,9 @@ impl EventStream {
         match self.filter.filter(&mut message).await {
             Ok(false) => event,
             Ok(true) => sse::with_data(&event, &message.to_string()),
-            Err(Refused(why)) => {
+            Err(refused) => {
                 let id = message.get("id").cloned();
-                let error = jsonrpc::error_body(id.as_ref(), jsonrpc::INTERNAL_ERROR, &why, None);
+                let error = jsonrpc::error_body(id.as_ref(), jsonrpc::INTERNAL_ERROR, &refused.message, None);
                 sse::with_data(b"event: message\n", &error.to_string())
             }
         }

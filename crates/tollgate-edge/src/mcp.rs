@@ -487,7 +487,7 @@ async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Res
     }
     let (parts, body) = response.into_parts();
     // Nothing of an answer the edge could not check is passed on: not its body, and for a
-    // server error not its status either.
+    // server error not its status either. An error status never carries a list through.
     let fail = |what: &str| {
         tracing::warn!(upstream = %upstream.name, status = parts.status.as_u16(), "upstream sent {what} to tools/list");
         let status = if parts.status.is_client_error() {
@@ -502,6 +502,9 @@ async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Res
         );
         jsonrpc::error_response(status, Some(id), jsonrpc::UPSTREAM_ERROR, &message, None)
     };
+    if !parts.status.is_success() {
+        return fail("an error status");
+    }
     let limit = gw.settings.max_upstream_message_bytes;
     let timeout = Duration::from_millis(gw.settings.upstream_timeout_ms);
     let bytes = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
@@ -514,12 +517,16 @@ async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Res
         Ok(_) => return fail("JSON that is not one JSON-RPC message"),
         Err(_) => return fail("a body that is not valid JSON"),
     };
-    if let Err(Refused(why)) = exchange.list_filter().filter(&mut answer).await {
-        answer = jsonrpc::error_body(Some(id), jsonrpc::INTERNAL_ERROR, &why, None);
-    }
+    let status = match exchange.list_filter().filter(&mut answer).await {
+        Ok(_) => parts.status,
+        Err(Refused { status, message }) => {
+            answer = jsonrpc::error_body(Some(id), jsonrpc::INTERNAL_ERROR, &message, None);
+            status
+        }
+    };
     let mut headers = upstream::response_headers(&parts.headers);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    (parts.status, headers, answer.to_string()).into_response()
+    (status, headers, answer.to_string()).into_response()
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {

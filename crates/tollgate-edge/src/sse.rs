@@ -50,6 +50,9 @@ impl EventSplitter {
             };
             match eol {
                 Some(next) if i == self.line_start => {
+                    if next > self.max_bytes {
+                        return Err(EventTooLarge(self.max_bytes));
+                    }
                     self.scanned = 0;
                     self.line_start = 0;
                     return Ok(Some(self.buffer.split_to(next).freeze()));
@@ -153,6 +156,9 @@ mod tests {
         assert_eq!(s.next_event(), Ok(None));
         s.push(b"abcdef");
         assert_eq!(s.next_event(), Err(EventTooLarge(16)));
+        let mut s = EventSplitter::new(16);
+        s.push(b"data: 0123456789abcdef\n\n");
+        assert_eq!(s.next_event(), Err(EventTooLarge(16)), "complete in one chunk");
     }
 
     #[test]

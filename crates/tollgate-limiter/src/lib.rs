@@ -11,7 +11,7 @@ mod redis_store;
 
 use std::time::Duration;
 
-pub use memory::{Clock, ManualClock, MemoryStore, SystemClock};
+pub use memory::{Clock, DEFAULT_MAX_KEYS_PER_COUNTER, ManualClock, MemoryStore, SystemClock};
 pub use redis_store::{RedisSettings, RedisStore};
 
 /// How a counter counts hits within its window.
@@ -83,6 +83,8 @@ pub enum StoreError {
     Rejected(String),
     #[error("invalid counter store configuration: {0}")]
     Config(String),
+    #[error("counter store full: {0}")]
+    Full(String),
 }
 
 /// A place where rate-limit counters live.

@@ -61,17 +61,28 @@ impl Clock for Arc<ManualClock> {
     }
 }
 
+/// Live keys one counter may have by default (`store.max_keys_per_counter`).
+pub const DEFAULT_MAX_KEYS_PER_COUNTER: usize = 100_000;
+
 /// Counters in this process's memory.
 pub struct MemoryStore {
     state: Mutex<State>,
     clock: Box<dyn Clock>,
+    max_keys_per_counter: usize,
 }
 
 #[derive(Default)]
 struct State {
     counters: HashMap<String, Counter>,
+    /// Live keys per counter name (the key up to its first `/`): scope values come from
+    /// callers, so how many keys a counter may have is bounded by configuration.
+    keys_per_counter: HashMap<String, usize>,
     requests: HashMap<String, (Admission, Duration)>,
     next_sweep: Duration,
+}
+
+fn counter_name(key: &str) -> &str {
+    key.split('/').next().unwrap_or(key)
 }
 
 enum Counter {
@@ -90,7 +101,15 @@ impl MemoryStore {
         MemoryStore {
             state: Mutex::new(State::default()),
             clock: Box::new(clock),
+            max_keys_per_counter: DEFAULT_MAX_KEYS_PER_COUNTER,
         }
+    }
+
+    /// Caps the live keys of each counter; a call that would add one more is a store error
+    /// (decided by the rule's `on_store_error`) until old keys expire.
+    pub fn with_max_keys_per_counter(mut self, max: usize) -> Self {
+        self.max_keys_per_counter = max;
+        self
     }
 
     /// Number of live counter keys (for tests and memory measurements).
@@ -109,7 +128,7 @@ impl MemoryStore {
     }
 
     /// The synchronous core of [`CounterStore::acquire`].
-    pub fn acquire_now(&self, request_id: &str, hits: &[Hit]) -> Admission {
+    pub fn acquire_now(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
         let now = self.clock.now();
         let mut state = self.lock();
         if now >= state.next_sweep {
@@ -119,7 +138,18 @@ impl MemoryStore {
         if let Some((admission, expires)) = state.requests.get(request_id)
             && *expires > now
         {
-            return admission.clone();
+            return Ok(admission.clone());
+        }
+        for hit in hits {
+            let name = counter_name(&hit.key);
+            if !state.counters.contains_key(&hit.key)
+                && state.keys_per_counter.get(name).copied().unwrap_or(0) >= self.max_keys_per_counter
+            {
+                return Err(StoreError::Full(format!(
+                    "counter \"{name}\" already has {} live keys (store.max_keys_per_counter)",
+                    self.max_keys_per_counter
+                )));
+            }
         }
 
         let mut counters = Vec::with_capacity(hits.len());
@@ -138,6 +168,12 @@ impl MemoryStore {
         let admitted = counters.iter().all(|c| !c.exceeded());
         if admitted {
             for hit in hits {
+                if !state.counters.contains_key(&hit.key) {
+                    *state
+                        .keys_per_counter
+                        .entry(counter_name(&hit.key).to_owned())
+                        .or_default() += 1;
+                }
                 let counter = state
                     .counters
                     .entry(hit.key.clone())
@@ -158,16 +194,24 @@ impl MemoryStore {
                 .requests
                 .insert(request_id.to_owned(), (admission.clone(), expires));
         }
-        admission
+        Ok(admission)
     }
 }
 
 impl State {
     fn sweep(&mut self, now: Duration) {
-        self.counters.retain(|_, c| match c {
-            Counter::Log(log) => log.is_live(now),
-            Counter::Window(w) => w.is_live(now),
+        let per_counter = &mut self.keys_per_counter;
+        self.counters.retain(|key, c| {
+            let live = match c {
+                Counter::Log(log) => log.is_live(now),
+                Counter::Window(w) => w.is_live(now),
+            };
+            if !live && let Some(n) = per_counter.get_mut(counter_name(key)) {
+                *n = n.saturating_sub(1);
+            }
+            live
         });
+        per_counter.retain(|_, n| *n > 0);
         self.requests.retain(|_, (_, expires)| *expires > now);
     }
 }
@@ -175,7 +219,7 @@ impl State {
 #[async_trait::async_trait]
 impl CounterStore for MemoryStore {
     async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
-        Ok(self.acquire_now(request_id, hits))
+        self.acquire_now(request_id, hits)
     }
 
     fn kind(&self) -> &'static str {
@@ -353,40 +397,88 @@ mod tests {
     }
 
     #[test]
+    fn live_keys_per_counter_are_capped_until_they_expire() {
+        let clock = Arc::new(ManualClock::default());
+        let store = MemoryStore::new(clock.clone()).with_max_keys_per_counter(2);
+        let keyed = |key: &str| Hit {
+            key: key.into(),
+            ..hit("x", 10)
+        };
+        assert!(store.acquire_now("", &[keyed("c/arg.a=1")]).expect("room").admitted);
+        assert!(store.acquire_now("", &[keyed("c/arg.a=2")]).expect("room").admitted);
+        assert!(
+            store
+                .acquire_now("", &[keyed("c/arg.a=1")])
+                .expect("existing key")
+                .admitted
+        );
+        assert!(matches!(
+            store.acquire_now("", &[keyed("c/arg.a=3")]),
+            Err(StoreError::Full(_))
+        ));
+        assert!(
+            store
+                .acquire_now("", &[keyed("other/arg.a=3")])
+                .expect("another counter")
+                .admitted
+        );
+        clock.advance(Duration::from_secs(3600));
+        assert!(
+            store
+                .acquire_now("", &[keyed("c/arg.a=3")])
+                .expect("expired keys freed")
+                .admitted
+        );
+    }
+
+    #[test]
     fn admits_up_to_max_then_refuses_with_exact_retry_after() {
         let (clock, store) = store();
         for i in 0..10 {
-            let a = store.acquire_now("", &[hit("k", 10)]);
+            let a = store.acquire_now("", &[hit("k", 10)]).expect("room for keys");
             assert!(a.admitted, "call {i}");
             assert_eq!(a.counters[0].remaining, 9 - i);
             clock.advance(Duration::from_secs(1));
         }
         // First hit was at t=0; now t=10s: it frees at t=60s.
-        let refused = store.acquire_now("", &[hit("k", 10)]);
+        let refused = store.acquire_now("", &[hit("k", 10)]).expect("room for keys");
         assert!(!refused.admitted);
         assert_eq!(refused.counters[0].retry_after, Some(Duration::from_secs(50)));
         assert_eq!(refused.counters[0].remaining, 0);
 
         clock.advance(Duration::from_secs(50) - Duration::from_micros(1));
         assert!(
-            !store.acquire_now("", &[hit("k", 10)]).admitted,
+            !store.acquire_now("", &[hit("k", 10)]).expect("room for keys").admitted,
             "not before retry-after"
         );
         clock.advance(Duration::from_micros(1));
-        assert!(store.acquire_now("", &[hit("k", 10)]).admitted, "right at retry-after");
-        assert!(!store.acquire_now("", &[hit("k", 10)]).admitted, "only one slot freed");
+        assert!(
+            store.acquire_now("", &[hit("k", 10)]).expect("room for keys").admitted,
+            "right at retry-after"
+        );
+        assert!(
+            !store.acquire_now("", &[hit("k", 10)]).expect("room for keys").admitted,
+            "only one slot freed"
+        );
     }
 
     #[test]
     fn all_or_nothing_across_counters() {
         let (_, store) = store();
-        assert!(store.acquire_now("", &[hit("small", 1)]).admitted);
-        let a = store.acquire_now("", &[hit("big", 5), hit("small", 1)]);
+        assert!(
+            store
+                .acquire_now("", &[hit("small", 1)])
+                .expect("room for keys")
+                .admitted
+        );
+        let a = store
+            .acquire_now("", &[hit("big", 5), hit("small", 1)])
+            .expect("room for keys");
         assert!(!a.admitted);
         assert!(!a.counters[0].exceeded());
         assert!(a.counters[1].exceeded());
         // The refused call took nothing from "big".
-        let b = store.acquire_now("", &[hit("big", 5)]);
+        let b = store.acquire_now("", &[hit("big", 5)]).expect("room for keys");
         assert_eq!(b.counters[0].remaining, 4);
     }
 
@@ -395,13 +487,23 @@ mod tests {
         let (_, store) = store();
         let mut h = hit("k", 5);
         h.cost = 2;
-        assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
-        assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
-        let third = store.acquire_now("", std::slice::from_ref(&h));
+        assert!(
+            store
+                .acquire_now("", std::slice::from_ref(&h))
+                .expect("room for keys")
+                .admitted
+        );
+        assert!(
+            store
+                .acquire_now("", std::slice::from_ref(&h))
+                .expect("room for keys")
+                .admitted
+        );
+        let third = store.acquire_now("", std::slice::from_ref(&h)).expect("room for keys");
         assert!(!third.admitted);
         assert_eq!(third.counters[0].remaining, 1);
         assert!(
-            store.acquire_now("", &[hit("k", 5)]).admitted,
+            store.acquire_now("", &[hit("k", 5)]).expect("room for keys").admitted,
             "a cost-1 call still fits"
         );
     }
@@ -409,21 +511,30 @@ mod tests {
     #[test]
     fn same_request_id_is_decided_once() {
         let (_, store) = store();
-        let first = store.acquire_now("req-1", &[hit("k", 2)]);
-        let retry = store.acquire_now("req-1", &[hit("k", 2)]);
+        let first = store.acquire_now("req-1", &[hit("k", 2)]).expect("room for keys");
+        let retry = store.acquire_now("req-1", &[hit("k", 2)]).expect("room for keys");
         assert_eq!(first, retry);
-        assert_eq!(store.acquire_now("req-2", &[hit("k", 2)]).counters[0].remaining, 0);
+        assert_eq!(
+            store
+                .acquire_now("req-2", &[hit("k", 2)])
+                .expect("room for keys")
+                .counters[0]
+                .remaining,
+            0
+        );
     }
 
     #[test]
     fn expired_counters_are_swept() {
         let (clock, store) = store();
         for i in 0..100 {
-            store.acquire_now("", &[hit(&format!("k{i}"), 1)]);
+            store
+                .acquire_now("", &[hit(&format!("k{i}"), 1)])
+                .expect("room for keys");
         }
         assert_eq!(store.len(), 100);
         clock.advance(MINUTE + SWEEP_INTERVAL);
-        store.acquire_now("", &[]);
+        store.acquire_now("", &[]).expect("room for keys");
         assert_eq!(store.len(), 0);
     }
 
@@ -431,7 +542,7 @@ mod tests {
     fn sliding_log_memory_is_bounded_by_max() {
         let (clock, store) = store();
         for _ in 0..1000 {
-            store.acquire_now("", &[hit("k", 10)]);
+            store.acquire_now("", &[hit("k", 10)]).expect("room for keys");
             clock.advance(Duration::from_millis(10));
         }
         let state = store.lock();
@@ -447,20 +558,38 @@ mod tests {
         let mut h = hit("w", 10);
         h.algorithm = Algorithm::SlidingWindow;
         for _ in 0..10 {
-            assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
+            assert!(
+                store
+                    .acquire_now("", std::slice::from_ref(&h))
+                    .expect("room for keys")
+                    .admitted
+            );
         }
-        assert!(!store.acquire_now("", std::slice::from_ref(&h)).admitted);
+        assert!(
+            !store
+                .acquire_now("", std::slice::from_ref(&h))
+                .expect("room for keys")
+                .admitted
+        );
         // Half-way through the next bucket the previous 10 weigh 5.
         clock.advance(MINUTE + MINUTE / 2);
         for _ in 0..5 {
-            assert!(store.acquire_now("", std::slice::from_ref(&h)).admitted);
+            assert!(
+                store
+                    .acquire_now("", std::slice::from_ref(&h))
+                    .expect("room for keys")
+                    .admitted
+            );
         }
-        let refused = store.acquire_now("", std::slice::from_ref(&h));
+        let refused = store.acquire_now("", std::slice::from_ref(&h)).expect("room for keys");
         assert!(!refused.admitted);
         let wait = refused.counters[0].retry_after.expect("refused");
         clock.advance(wait + Duration::from_millis(1));
         assert!(
-            store.acquire_now("", std::slice::from_ref(&h)).admitted,
+            store
+                .acquire_now("", std::slice::from_ref(&h))
+                .expect("room for keys")
+                .admitted,
             "admitted after {wait:?}"
         );
     }
@@ -483,7 +612,11 @@ mod tests {
         let mut admitted = Vec::new();
         let mut now = Duration::ZERO;
         while now < total {
-            if store.acquire_now("", std::slice::from_ref(h)).admitted {
+            if store
+                .acquire_now("", std::slice::from_ref(h))
+                .expect("room for keys")
+                .admitted
+            {
                 admitted.push(clock.now());
             }
             clock.advance(every);

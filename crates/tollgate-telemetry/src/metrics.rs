@@ -1,6 +1,7 @@
 //! The process's Prometheus metrics, served as text at `/metrics`. Labels stay bounded: no
 //! grant, session or argument values, and tool names only up to a fixed number of distinct
-//! values (the rest are counted as `_other`), since agents choose tool names.
+//! values (the rest are counted as `_other`), since agents choose tool names; the decision
+//! service labels only tools an upstream listed (others are `_unlisted`).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
