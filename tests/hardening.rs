@@ -673,3 +673,39 @@ fn a_decision_service_off_loopback_needs_a_token() {
     assert!(!status.success());
     assert!(stderr.contains("decision.token_sha256"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_listeners_close_silent_connections() {
+    let upstream = Hostile::start(honest).await;
+    let dir = support::temp_dir("decision-silent");
+    let config = write_config(&dir, &upstream.url, &[], POLICY, "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "reload_interval_ms = 100",
+            "reload_interval_ms = 100\nhandshake_timeout_ms = 300\nmax_connections = 8",
+        ),
+    )
+    .expect("write");
+    let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
+    let metrics = decision.metrics_url.clone().expect("metrics url");
+    let metrics_addr = metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    for addr in [decision.addr.clone(), metrics_addr] {
+        // More silent connections than the cap: each is closed, and the listener serves again.
+        let mut silent = Vec::new();
+        for _ in 0..16 {
+            silent.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+        }
+        let mut buf = [0u8; 16];
+        for stream in &mut silent {
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{addr}: {read:?}");
+        }
+    }
+    let answer = reqwest::get(&metrics).await.expect("metrics after the flood");
+    assert_eq!(answer.status().as_u16(), 200);
+}

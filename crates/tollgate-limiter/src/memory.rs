@@ -391,6 +391,11 @@ mod tests {
         }
     }
 
+    /// Whether `store` admits `hits` (with room for their keys).
+    fn admits(store: &MemoryStore, hits: &[Hit]) -> bool {
+        store.acquire_now("", hits).expect("room for keys").admitted
+    }
+
     fn store() -> (Arc<ManualClock>, MemoryStore) {
         let clock = Arc::new(ManualClock::default());
         (clock.clone(), MemoryStore::new(clock))
@@ -447,30 +452,16 @@ mod tests {
         assert_eq!(refused.counters[0].remaining, 0);
 
         clock.advance(Duration::from_secs(50) - Duration::from_micros(1));
-        assert!(
-            !store.acquire_now("", &[hit("k", 10)]).expect("room for keys").admitted,
-            "not before retry-after"
-        );
+        assert!(!admits(&store, &[hit("k", 10)]), "not before retry-after");
         clock.advance(Duration::from_micros(1));
-        assert!(
-            store.acquire_now("", &[hit("k", 10)]).expect("room for keys").admitted,
-            "right at retry-after"
-        );
-        assert!(
-            !store.acquire_now("", &[hit("k", 10)]).expect("room for keys").admitted,
-            "only one slot freed"
-        );
+        assert!(admits(&store, &[hit("k", 10)]), "right at retry-after");
+        assert!(!admits(&store, &[hit("k", 10)]), "only one slot freed");
     }
 
     #[test]
     fn all_or_nothing_across_counters() {
         let (_, store) = store();
-        assert!(
-            store
-                .acquire_now("", &[hit("small", 1)])
-                .expect("room for keys")
-                .admitted
-        );
+        assert!(admits(&store, &[hit("small", 1)]));
         let a = store
             .acquire_now("", &[hit("big", 5), hit("small", 1)])
             .expect("room for keys");
@@ -487,25 +478,12 @@ mod tests {
         let (_, store) = store();
         let mut h = hit("k", 5);
         h.cost = 2;
-        assert!(
-            store
-                .acquire_now("", std::slice::from_ref(&h))
-                .expect("room for keys")
-                .admitted
-        );
-        assert!(
-            store
-                .acquire_now("", std::slice::from_ref(&h))
-                .expect("room for keys")
-                .admitted
-        );
+        assert!(admits(&store, std::slice::from_ref(&h)));
+        assert!(admits(&store, std::slice::from_ref(&h)));
         let third = store.acquire_now("", std::slice::from_ref(&h)).expect("room for keys");
         assert!(!third.admitted);
         assert_eq!(third.counters[0].remaining, 1);
-        assert!(
-            store.acquire_now("", &[hit("k", 5)]).expect("room for keys").admitted,
-            "a cost-1 call still fits"
-        );
+        assert!(admits(&store, &[hit("k", 5)]), "a cost-1 call still fits");
     }
 
     #[test]
@@ -558,40 +536,19 @@ mod tests {
         let mut h = hit("w", 10);
         h.algorithm = Algorithm::SlidingWindow;
         for _ in 0..10 {
-            assert!(
-                store
-                    .acquire_now("", std::slice::from_ref(&h))
-                    .expect("room for keys")
-                    .admitted
-            );
+            assert!(admits(&store, std::slice::from_ref(&h)));
         }
-        assert!(
-            !store
-                .acquire_now("", std::slice::from_ref(&h))
-                .expect("room for keys")
-                .admitted
-        );
+        assert!(!admits(&store, std::slice::from_ref(&h)));
         // Half-way through the next bucket the previous 10 weigh 5.
         clock.advance(MINUTE + MINUTE / 2);
         for _ in 0..5 {
-            assert!(
-                store
-                    .acquire_now("", std::slice::from_ref(&h))
-                    .expect("room for keys")
-                    .admitted
-            );
+            assert!(admits(&store, std::slice::from_ref(&h)));
         }
         let refused = store.acquire_now("", std::slice::from_ref(&h)).expect("room for keys");
         assert!(!refused.admitted);
         let wait = refused.counters[0].retry_after.expect("refused");
         clock.advance(wait + Duration::from_millis(1));
-        assert!(
-            store
-                .acquire_now("", std::slice::from_ref(&h))
-                .expect("room for keys")
-                .admitted,
-            "admitted after {wait:?}"
-        );
+        assert!(admits(&store, std::slice::from_ref(&h)), "admitted after {wait:?}");
     }
 
     /// Most hits admitted in any sliding window of `window`, from admission times.
@@ -612,11 +569,7 @@ mod tests {
         let mut admitted = Vec::new();
         let mut now = Duration::ZERO;
         while now < total {
-            if store
-                .acquire_now("", std::slice::from_ref(h))
-                .expect("room for keys")
-                .admitted
-            {
+            if admits(&store, std::slice::from_ref(h)) {
                 admitted.push(clock.now());
             }
             clock.advance(every);
