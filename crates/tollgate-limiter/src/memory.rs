@@ -569,7 +569,7 @@ mod tests {
         let mut admitted = Vec::new();
         let mut now = Duration::ZERO;
         while now < total {
-            if admits(&store, std::slice::from_ref(h)) {
+            if admits(store, std::slice::from_ref(h)) {
                 admitted.push(clock.now());
             }
             clock.advance(every);
