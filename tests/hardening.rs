@@ -316,36 +316,44 @@ async fn a_list_inside_a_call_stream_is_filtered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_lets_go_of_the_upstream_when_the_agent_leaves() {
+    // Streams that send one event and then nothing: a tools/list answer being filtered, and
+    // the GET stream.
     let upstream = Hostile::start(|method, message| {
-        if method == Method::GET {
+        if method == Method::GET || message.get("method").and_then(Value::as_str) == Some("tools/list") {
             return Reply::Hang(": open\n\n".into());
         }
         honest(method, message)
     })
     .await;
     let (up, _dir) = gateway("agent-leaves", &upstream, "");
-    for _ in 0..3 {
-        let mut response = reqwest::Client::new()
-            .get(up.url("/mcp/k8s"))
+    let http = reqwest::Client::new();
+    for i in 0..6 {
+        let request = if i % 2 == 0 {
+            http.post(up.url("/mcp/k8s")).body(list_request(""))
+        } else {
+            http.get(up.url("/mcp/k8s"))
+        };
+        let mut response = request
             .bearer_auth(KEY_A)
-            .header("Accept", "text/event-stream")
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
             .send()
             .await
-            .expect("GET");
+            .expect("request");
         assert_eq!(response.status().as_u16(), 200);
         let first = response.chunk().await.expect("first chunk").expect("bytes");
         assert!(first.starts_with(b": open"), "{first:?}");
         drop(response);
     }
     for _ in 0..100 {
-        if upstream.released() == 3 {
+        if upstream.released() == 6 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
         "the edge still holds {} idle upstream stream(s) of agents that left",
-        3 - upstream.released()
+        6 - upstream.released()
     );
 }
 
