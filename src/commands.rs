@@ -232,6 +232,7 @@ pub fn keygen() -> anyhow::Result<()> {
     let hash = hex::encode(Sha256::digest(key.as_bytes()));
     println!("key (give to the agent, store nowhere else): {key}");
     println!("[[grants]] entry:\n  key_sha256 = \"{hash}\"");
+    println!("or, as a cluster token: edge.decision_token = the key; decision.token_sha256 = \"{hash}\"");
     Ok(())
 }
 

@@ -59,7 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Print a new random agent key and the key_sha256 line for its [[grants]] entry.
+    /// Print a new random key and its SHA-256: an agent key for a [[grants]] entry
+    /// (key_sha256), or a cluster token (edge.decision_token on the edges,
+    /// decision.token_sha256 on the decision service).
     Keygen,
 }
 

@@ -271,18 +271,31 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
-    let upstream = match gw.upstream(&server) {
+    bodyless(&gw, &server, caller, &headers, Method::GET).await
+}
+
+pub async fn delete(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    bodyless(&gw, &server, caller, &headers, Method::DELETE).await
+}
+
+/// GET (the server-to-client stream; replays on `Last-Event-ID` and server messages are
+/// guarded like any other stream) and DELETE (end of session).
+async fn bodyless(gw: &Arc<Gateway>, server: &str, caller: Caller, headers: &HeaderMap, method: Method) -> Response {
+    let upstream = match gw.upstream(server) {
         Ok(u) => u,
         Err(response) => return response,
     };
-    if let Err(response) = check_session_header(&headers) {
+    if let Err(response) = check_session_header(headers) {
         return response;
     }
-    // The server-to-client stream: replays (Last-Event-ID) and server messages are guarded
-    // like any other stream.
-    let session = header_text(&headers, "mcp-session-id");
-    let opening = (!session.is_empty()).then(|| gw.order.opening(&caller.grant, &session));
-    let forwarded = gw.forward(upstream, Method::GET, &headers, Body::empty(), None).await;
+    let session = header_text(headers, "mcp-session-id");
+    let opening = (method == Method::GET && !session.is_empty()).then(|| gw.order.opening(&caller.grant, &session));
+    let forwarded = gw.forward(upstream, method, headers, Body::empty(), None).await;
     drop(opening);
     match forwarded {
         Ok(response) => {
@@ -292,26 +305,6 @@ pub async fn get(
                 caller,
             };
             guarded(response, filter, None)
-        }
-        Err(response) => response,
-    }
-}
-
-pub async fn delete(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
-    let upstream = match gw.upstream(&server) {
-        Ok(u) => u,
-        Err(response) => return response,
-    };
-    if let Err(response) = check_session_header(&headers) {
-        return response;
-    }
-    match gw
-        .forward(upstream, Method::DELETE, &headers, Body::empty(), None)
-        .await
-    {
-        Ok(response) => {
-            let (parts, _body) = response.into_parts();
-            (parts.status, upstream::response_headers(&parts.headers)).into_response()
         }
         Err(response) => response,
     }
