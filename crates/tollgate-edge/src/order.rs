@@ -24,7 +24,9 @@ use tokio::time::Instant;
 /// Longest a POST waits for a GET that is being opened.
 pub const OPENING_WAIT: Duration = Duration::from_secs(1);
 /// How long after `notifications/initialized` a POST waits for the GET stream to start.
-pub const INITIALIZED_WAIT: Duration = Duration::from_millis(100);
+/// Clients send the GET and their first call within a few milliseconds of each other; a
+/// client that opens no GET stream pays this once, on a call made right after initializing.
+pub const INITIALIZED_WAIT: Duration = Duration::from_millis(50);
 /// Sessions tracked at once; beyond it, new ones are not (they just lose the aid).
 const MAX_TRACKED: usize = 10_000;
 
@@ -109,7 +111,7 @@ impl StreamOrder {
 
     /// Waits while the session's GET stream is expected or being opened.
     pub async fn before_post(&self, grant: &str, session: &str) {
-        if session.is_empty() {
+        if session.is_empty() || self.lock().is_empty() {
             return;
         }
         let key = (grant.to_owned(), session.to_owned());
