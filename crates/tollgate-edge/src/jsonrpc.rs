@@ -189,7 +189,7 @@ pub fn classify(value: &Value) -> Result<Message<'_>, String> {
 
 /// MCP ids are strings or integers; a fractional or out-of-range number could be read as
 /// another id by the upstream.
-fn valid_id(id: &Value) -> bool {
+pub fn valid_id(id: &Value) -> bool {
     match id {
         Value::String(s) => s.len() <= MAX_ID_BYTES,
         Value::Number(n) => n.is_i64() || n.is_u64(),

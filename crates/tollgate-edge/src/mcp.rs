@@ -225,9 +225,7 @@ pub async fn post(
         Err(message) => {
             return jsonrpc::error_response(
                 StatusCode::BAD_REQUEST,
-                value
-                    .get("id")
-                    .filter(|id| id.is_string() || id.is_i64() || id.is_u64()),
+                value.get("id").filter(|id| jsonrpc::valid_id(id)),
                 jsonrpc::INVALID_REQUEST,
                 &format!("invalid JSON-RPC message: {message}"),
                 None,
