@@ -59,9 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Print a new random key and its SHA-256: an agent key for a [[grants]] entry
-    /// (key_sha256), or a cluster token (edge.decision_token on the edges,
-    /// decision.token_sha256 on the decision service).
+    /// Print a new random key and its SHA-256 (an agent key or a cluster token).
+    ///
+    /// As an agent key: give the key to the agent and put the hash in its [[grants]] entry
+    /// (key_sha256). As a cluster token: the key is edge.decision_token on the edges, the
+    /// hash is decision.token_sha256 on the decision service.
     Keygen,
 }
 
