@@ -52,10 +52,11 @@ pub struct StoreSettings {
     /// First part of every Redis key. Default `tollgate`.
     #[serde(default)]
     pub key_prefix: Option<String>,
-    /// Live keys one counter may have in the memory store (scope values such as argument
-    /// values come from callers); a call needing one more is a store error, decided by the
-    /// rule's `on_store_error`. Default 100000. In Redis, keys are bounded by their TTL
-    /// and Redis's `maxmemory`.
+    /// Live keys one counter may have (scope values such as argument values come from
+    /// callers); a call needing one more is a store error, decided by the rule's
+    /// `on_store_error`. Memory store: per counter. Redis: per counter and hash tag, i.e.
+    /// per grant, agent or server when the scope starts with one, else per counter.
+    /// Default 100000.
     #[serde(default)]
     pub max_keys_per_counter: Option<usize>,
 }
@@ -84,6 +85,7 @@ impl StoreSettings {
                     pool_size: self.pool_size.unwrap_or(defaults.pool_size),
                     connect_timeout_ms: self.connect_timeout_ms.unwrap_or(defaults.connect_timeout_ms),
                     key_prefix: self.key_prefix.clone().unwrap_or(defaults.key_prefix),
+                    max_keys_per_counter: self.max_keys_per_counter.unwrap_or(defaults.max_keys_per_counter),
                 };
                 Arc::new(RedisStore::new(&redis)?)
             }

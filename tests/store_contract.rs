@@ -216,3 +216,48 @@ async fn redis_going_away_is_an_error_and_its_return_is_recovered_from() {
     }
     assert!(recovered, "the same store works again once Redis is back");
 }
+
+/// With a cap of 2 live keys per counter and tag: a third key of the same counter and tag is
+/// a store error that writes nothing, existing keys keep working, other tags and counters
+/// have their own room, and a key frees its place when it expires.
+async fn live_keys_are_capped(store: &dyn CounterStore, p: &str) {
+    let keyed = |value: &str, tag: &str| hit(&format!("{p}args/arg.ns={value}"), tag, 300, 10);
+    assert!(take(store, &[keyed("a", "counter=args")]).await.admitted);
+    assert!(take(store, &[keyed("b", "counter=args")]).await.admitted);
+    let full = store.acquire("", &[keyed("c", "counter=args")]).await;
+    assert!(
+        matches!(&full, Err(tollgate_limiter::StoreError::Full(m)) if m.contains("max_keys_per_counter")),
+        "{full:?}"
+    );
+    assert!(
+        take(store, &[keyed("a", "counter=args")]).await.admitted,
+        "existing keys still count"
+    );
+    let other = hit(&format!("{p}other/arg.ns=c"), "counter=other", 300, 10);
+    assert!(take(store, &[other]).await.admitted, "another counter has its own room");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        take(store, &[keyed("c", "counter=args")]).await.admitted,
+        "expired keys free their place"
+    );
+}
+
+#[tokio::test]
+async fn live_keys_per_counter_are_capped_in_every_store() {
+    let memory = MemoryStore::default().with_max_keys_per_counter(2);
+    live_keys_are_capped(&memory, "m").await;
+
+    let capped = |url: Option<String>, cluster: Vec<String>| RedisSettings {
+        max_keys_per_counter: 2,
+        ..redis_settings(url, cluster)
+    };
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&capped(Some(redis.url()), vec![])).expect("store");
+    live_keys_are_capped(&store, "r").await;
+    let registry = redis.cli(&["ZCARD", "tollgate:{counter=args}:live:rargs"]);
+    assert_eq!(registry.trim(), "1", "the registry holds the live keys only");
+
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(&capped(None, cluster.urls())).expect("store");
+    live_keys_are_capped(&store, "c").await;
+}

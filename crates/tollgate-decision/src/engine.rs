@@ -191,7 +191,7 @@ impl Engine {
             .iter()
             .map(|h| Hit {
                 key: h.key.clone(),
-                tag: h.tag().to_owned(),
+                tag: h.tag().into_owned(),
                 window: h.limit.window.duration,
                 max: h.limit.max,
                 cost: h.limit.cost,

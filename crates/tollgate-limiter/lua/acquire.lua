@@ -6,14 +6,18 @@
 --
 -- KEYS[1]       request record: the answer to `request id`, so a retry is not charged twice
 -- KEYS[2..n+1]  counter keys
+-- KEYS[n+2..2n+1] per counter, its live-key registry: a sorted set of the counter's live keys
+--               in this slot, scored by when each expires (µs)
 -- ARGV[1]       request id; "" disables the request record
 -- ARGV[2]       request record TTL in milliseconds
 -- ARGV[3]       member prefix, unique to this call (sliding_log entries are "<prefix>:<i>:<unit>")
 -- ARGV[4+4(i-1)..] per counter i: algorithm (0 sliding_log, 1 sliding_window), window (µs),
 --               max, cost
+-- ARGV[4+4n]    most live keys a registry may hold
 --
 -- Returns {admitted (1|0), then per counter: remaining, reset_after_us,
---          retry_after_us (-1 when the counter had room), bucket (sliding_window only, else 0)}.
+--          retry_after_us (-1 when the counter had room), bucket (sliding_window only, else 0)},
+-- or {-1} when a counter key would be created while its registry is full (nothing written).
 --
 -- sliding_log: a sorted set, one member per hit unit scored by its time in µs; at most `max`
 --   members; a hit at t counts while now < t + window.
@@ -29,9 +33,22 @@ end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS - 1
+local n = (#KEYS - 1) / 2
+local max_keys = tonumber(ARGV[4 + 4 * n])
 local out = {1}
 local state = {}
+
+-- Scope values come from callers: a counter may create only so many keys.
+for i = 1, n do
+  local key = KEYS[i + 1]
+  if redis.call('EXISTS', key) == 0 then
+    local registry = KEYS[n + 1 + i]
+    redis.call('ZREMRANGEBYSCORE', registry, '-inf', now)
+    if not redis.call('ZSCORE', registry, key) and redis.call('ZCARD', registry) >= max_keys then
+      return {-1}
+    end
+  end
+end
 
 for i = 1, n do
   local key = KEYS[i + 1]
@@ -113,8 +130,14 @@ if out[1] == 1 then
       redis.call('PEXPIRE', key, ttl_ms)
     else
       local s = state[i]
+      ttl_ms = 2 * ttl_ms
       redis.call('HSET', key, 'b', s[1], 'c', s[2] + cost, 'p', s[3])
-      redis.call('PEXPIRE', key, 2 * ttl_ms)
+      redis.call('PEXPIRE', key, ttl_ms)
+    end
+    local registry = KEYS[n + 1 + i]
+    redis.call('ZADD', registry, now + ttl_ms * 1000, key)
+    if redis.call('PTTL', registry) < ttl_ms then
+      redis.call('PEXPIRE', registry, ttl_ms)
     end
   end
 end

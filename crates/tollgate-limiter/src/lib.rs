@@ -39,6 +39,13 @@ pub struct Hit {
     pub algorithm: Algorithm,
 }
 
+impl Hit {
+    /// The counter's name: its key up to the first `/`.
+    pub fn counter_name(&self) -> &str {
+        self.key.split('/').next().unwrap_or(&self.key)
+    }
+}
+
 /// What one counter looked like when the call was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterStatus {

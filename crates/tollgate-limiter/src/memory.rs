@@ -13,6 +13,8 @@ use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
 
 /// How often expired counters and remembered request ids are swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest time between two sweeps when a counter is at its key cap.
+const FORCED_SWEEP_GAP: Duration = Duration::from_millis(100);
 /// How long a request id is remembered, so that a retry of the same decision (an edge failing
 /// over to another replica within its deadline) is not charged twice. Retries come within
 /// the edge's decision deadline (1 s by default), so this is ample, and independent of the
@@ -81,6 +83,7 @@ struct State {
     next_sweep: Duration,
 }
 
+/// The counter's name: its key up to the first `/` (as [`Hit::counter_name`]).
 fn counter_name(key: &str) -> &str {
     key.split('/').next().unwrap_or(key)
 }
@@ -142,9 +145,17 @@ impl MemoryStore {
         }
         for hit in hits {
             let name = counter_name(&hit.key);
-            if !state.counters.contains_key(&hit.key)
-                && state.keys_per_counter.get(name).copied().unwrap_or(0) >= self.max_keys_per_counter
-            {
+            let full = |state: &State| {
+                !state.counters.contains_key(&hit.key)
+                    && state.keys_per_counter.get(name).copied().unwrap_or(0) >= self.max_keys_per_counter
+            };
+            // Expired keys may not have been swept yet: sweep early, but at most every
+            // FORCED_SWEEP_GAP, so calls at the cap cannot make every call a full sweep.
+            if full(&state) && now + SWEEP_INTERVAL >= state.next_sweep + FORCED_SWEEP_GAP {
+                state.sweep(now);
+                state.next_sweep = now + SWEEP_INTERVAL;
+            }
+            if full(&state) {
                 return Err(StoreError::Full(format!(
                     "counter \"{name}\" already has {} live keys (store.max_keys_per_counter)",
                     self.max_keys_per_counter

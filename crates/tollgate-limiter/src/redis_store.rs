@@ -39,6 +39,15 @@ pub struct RedisSettings {
     /// First part of every key. Default `tollgate`.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// Live keys one counter may have per first scope value (per grant for scopes that
+    /// start with `grant`); a call that would create one more is a store error. Default
+    /// 100000.
+    #[serde(default = "default_max_keys_per_counter")]
+    pub max_keys_per_counter: usize,
+}
+
+fn default_max_keys_per_counter() -> usize {
+    crate::DEFAULT_MAX_KEYS_PER_COUNTER
 }
 
 impl Default for RedisSettings {
@@ -49,6 +58,7 @@ impl Default for RedisSettings {
             pool_size: default_pool_size(),
             connect_timeout_ms: default_connect_timeout_ms(),
             key_prefix: default_key_prefix(),
+            max_keys_per_counter: default_max_keys_per_counter(),
         }
     }
 }
@@ -145,6 +155,7 @@ pub struct RedisStore {
     acquire: Script,
     release: Script,
     prefix: String,
+    max_keys_per_counter: usize,
     errors: AtomicU64,
 }
 
@@ -198,6 +209,7 @@ impl RedisStore {
             acquire: Script::new(include_str!("../lua/acquire.lua")),
             release: Script::new(include_str!("../lua/release.lua")),
             prefix: settings.key_prefix.clone(),
+            max_keys_per_counter: settings.max_keys_per_counter,
             errors: AtomicU64::new(0),
         })
     }
@@ -209,6 +221,11 @@ impl RedisStore {
 
     fn counter_key(&self, hit: &Hit) -> String {
         format!("{}:{{{}}}:{}", self.prefix, hit.tag, hit.key)
+    }
+
+    /// The registry of a counter's live keys in the hit's slot.
+    fn registry_key(&self, hit: &Hit) -> String {
+        format!("{}:{{{}}}:live:{}", self.prefix, hit.tag, hit.counter_name())
     }
 
     fn record_key(&self, tag: &str, request_id: &str) -> String {
@@ -260,6 +277,9 @@ impl RedisStore {
         for hit in hits {
             invocation.key(self.counter_key(hit));
         }
+        for hit in hits {
+            invocation.key(self.registry_key(hit));
+        }
         invocation.arg(request_id).arg(record_ttl_ms()).arg(members);
         for hit in hits {
             let algorithm = match hit.algorithm {
@@ -272,7 +292,14 @@ impl RedisStore {
                 .arg(hit.max)
                 .arg(hit.cost);
         }
+        invocation.arg(self.max_keys_per_counter);
         let raw = self.run(&invocation).await?;
+        if raw == [-1] {
+            return Err(StoreError::Full(format!(
+                "a counter already has {} live keys for {tag} (store.max_keys_per_counter)",
+                self.max_keys_per_counter
+            )));
+        }
         if raw.len() != 1 + 4 * hits.len() {
             return Err(StoreError::Rejected(format!(
                 "unexpected answer from acquire.lua: {raw:?}"
@@ -307,6 +334,9 @@ impl RedisStore {
         invocation.key(self.record_key(tag, request_id));
         for hit in hits {
             invocation.key(self.counter_key(hit));
+        }
+        for hit in hits {
+            invocation.key(self.registry_key(hit));
         }
         invocation.arg(request_id).arg(record_ttl_ms()).arg(members);
         for (hit, bucket) in hits.iter().zip(buckets) {

@@ -1,6 +1,7 @@
 //! The compiled policy and its evaluation: which rule decides a call, and which counters
 //! the call must take a hit on.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -183,9 +184,19 @@ pub struct CounterHit<'p> {
 impl CounterHit<'_> {
     /// The part of the key that decides where the counter is stored: its first scope
     /// dimension with its value (e.g. `grant=ci-bot`). Counters of one call whose scopes
-    /// start with the same dimension share it, and so one Redis Cluster slot.
-    pub fn tag(&self) -> &str {
-        self.key.split('/').nth(1).unwrap_or("global")
+    /// start with the same dimension share it, and so one Redis Cluster slot. When that
+    /// value is the caller's choice (a session id, tool name or argument), the counter's
+    /// name is the tag instead (`counter=<name>`): all its keys share one slot, where the
+    /// store can bound how many there are.
+    pub fn tag(&self) -> Cow<'_, str> {
+        match self.limit.scope.0.first() {
+            Some(ScopeDim::Session | ScopeDim::Tool | ScopeDim::Argument(_)) => {
+                let mut tag = String::from("counter=");
+                escape_into(&mut tag, &self.limit.counter);
+                Cow::Owned(tag)
+            }
+            _ => Cow::Borrowed(self.key.split('/').nth(1).unwrap_or("global")),
+        }
     }
 }
 
