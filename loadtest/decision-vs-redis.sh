@@ -42,5 +42,5 @@ echo "== tollgate decision over gRPC (Redis store): $concurrency callers, ${seco
 sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat crates/tollgate-limiter/lua/acquire.lua)")
 echo "== redis-benchmark EVALSHA acquire.lua: $concurrency connections"
 redis-benchmark -p "$port" -c "$concurrency" -n $((concurrency * 20000)) -r 1000000000 -q \
-  EVALSHA "$sha" 2 'tollgate:{grant=bench}:req:__rand_int__' 'tollgate:{grant=bench}:bench/grant=bench' \
-  'r__rand_int__' 60000 'm__rand_int__' 0 1000000 1000000000 1
+  EVALSHA "$sha" 3 'tollgate:{grant=bench}:req:__rand_int__' 'tollgate:{grant=bench}:bench/grant=bench' \
+  'tollgate:{grant=bench}:live:bench' 'r__rand_int__' 60000 'm__rand_int__' 0 1000000 1000000000 1 100000

@@ -7,7 +7,7 @@
 -- KEYS[1]       request record: the answer to `request id`, so a retry is not charged twice
 -- KEYS[2..n+1]  counter keys
 -- KEYS[n+2..2n+1] per counter, its live-key registry: a sorted set of the counter's live keys
---               in this slot, scored by when each expires (µs)
+--               in this slot, scored by a time (µs) after which each key is surely gone
 -- ARGV[1]       request id; "" disables the request record
 -- ARGV[2]       request record TTL in milliseconds
 -- ARGV[3]       member prefix, unique to this call (sliding_log entries are "<prefix>:<i>:<unit>")
@@ -134,10 +134,13 @@ if out[1] == 1 then
       redis.call('HSET', key, 'b', s[1], 'c', s[2] + cost, 'p', s[3])
       redis.call('PEXPIRE', key, ttl_ms)
     end
+    -- The registry entry outlives its key: it is set to expire two TTLs ahead, and renewed
+    -- only once less than one TTL is left (a read on most calls, a write once per TTL).
     local registry = KEYS[n + 1 + i]
-    redis.call('ZADD', registry, now + ttl_ms * 1000, key)
-    if redis.call('PTTL', registry) < ttl_ms then
-      redis.call('PEXPIRE', registry, ttl_ms)
+    local expires = tonumber(redis.call('ZSCORE', registry, key))
+    if not expires or expires < now + ttl_ms * 1000 then
+      redis.call('ZADD', registry, now + 2 * ttl_ms * 1000, key)
+      redis.call('PEXPIRE', registry, 2 * ttl_ms)
     end
   end
 end
