@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -189,27 +190,68 @@ async fn gateway(reference: &ReferenceServer, dir: &Path) -> (Proc, String) {
     (up, proxy)
 }
 
+/// Each scenario's outcome in a run of the suite: `✓ name: N passed, 0 failed` or `✗ …`.
+fn scenario_outcomes(text: &str) -> BTreeMap<String, bool> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let (passed, rest) = if let Some(rest) = line.strip_prefix("✓ ") {
+                (true, rest)
+            } else {
+                (false, line.strip_prefix("✗ ")?)
+            };
+            let (name, _) = rest.split_once(": ")?;
+            Some((name.to_owned(), passed))
+        })
+        .collect()
+}
+
+/// The whole suite against `url`, then each failed scenario alone, up to `retries` more
+/// times: the suite's own client races the server on the GET stream (it opens the stream and
+/// calls a tool at once), and on a loaded machine loses now and then even talking to the
+/// reference server directly. A scenario passes if one of its runs passes; the same rule
+/// applies directly and through the edge.
+fn suite_outcomes(url: &str, retries: usize) -> (BTreeMap<String, bool>, String) {
+    let (_, _, mut log) = run_suite(url, None);
+    let mut outcomes = scenario_outcomes(&log);
+    assert!(outcomes.len() >= 25, "too few scenarios in the suite's output:\n{log}");
+    for (name, passed) in outcomes.iter_mut() {
+        for _ in 0..retries {
+            if *passed {
+                break;
+            }
+            let (_, failed, text) = run_suite(url, Some(name));
+            log.push_str(&format!("\n--- {name} again ---\n{text}"));
+            *passed = failed == 0;
+        }
+    }
+    (outcomes, log)
+}
+
+/// The two tests each run Node processes that take a core: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_suite_passes_through_the_edge_as_it_does_directly() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let reference = ReferenceServer::start();
     let url = reference.url.clone();
-    let (direct_passed, direct_failed, direct) = tokio::task::spawn_blocking(move || run_suite(&url, None))
+    let (direct, direct_log) = tokio::task::spawn_blocking(move || suite_outcomes(&url, 2))
         .await
         .expect("suite");
     assert!(
-        direct_passed >= 40,
-        "the reference server passes the suite directly:\n{direct}"
+        direct.values().all(|passed| *passed),
+        "the reference server passes the suite directly:\n{direct_log}"
     );
 
     let dir = support::temp_dir("conformance");
     let (_up, proxy) = gateway(&reference, &dir).await;
-    let (passed, failed, through) = tokio::task::spawn_blocking(move || run_suite(&proxy, None))
+    let (through, through_log) = tokio::task::spawn_blocking(move || suite_outcomes(&proxy, 2))
         .await
         .expect("suite");
     assert_eq!(
-        (passed, failed),
-        (direct_passed, direct_failed),
-        "through Tollgate the suite must pass what it passes directly:\n{through}"
+        through, direct,
+        "through Tollgate the suite must pass what it passes directly:\n{through_log}"
     );
 }
 
@@ -217,6 +259,7 @@ async fn the_conformance_suite_passes_through_the_edge_as_it_does_directly() {
 /// that triggers them; repeated, so that a lost message shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_requests_on_the_get_stream_are_never_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let reference = ReferenceServer::start();
     let dir = support::temp_dir("conformance-race");
     let (_up, proxy) = gateway(&reference, &dir).await;

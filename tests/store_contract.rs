@@ -262,3 +262,52 @@ async fn live_keys_per_counter_are_capped_in_every_store() {
     let store = RedisStore::new(&capped(None, cluster.urls())).expect("store");
     live_keys_are_capped(&store, "c").await;
 }
+
+/// The longest window a policy allows (366 days) works exactly in every store; a window a
+/// store cannot represent exactly is refused as an error, never wrapped to a short one (it
+/// used to reach Redis as `as_micros() as u64`, wrapped to a few µs, admitting every call)
+/// and never a panic (the memory store's instant arithmetic).
+async fn windows_are_exact_up_to_the_largest_and_refused_beyond(store: &dyn CounterStore, p: &str) {
+    let year = Hit {
+        window: tollgate_policy::MAX_WINDOW,
+        ..hit(&format!("{p}year"), "grant=a", 1000, 2)
+    };
+    assert!(take(store, std::slice::from_ref(&year)).await.admitted);
+    assert!(take(store, std::slice::from_ref(&year)).await.admitted);
+    let refused = take(store, std::slice::from_ref(&year)).await;
+    assert!(!refused.admitted, "max 2 per 366 days");
+    let retry = refused.retry_after().expect("retry-after");
+    assert!(
+        retry > tollgate_policy::MAX_WINDOW - Duration::from_secs(60),
+        "retry-after is the whole window: {retry:?}"
+    );
+    for window in [
+        Duration::from_secs(u64::MAX),
+        // 2^64 µs + 1 µs: `as u64` on its microseconds used to wrap to 1 µs.
+        Duration::from_micros(u64::MAX) + Duration::from_micros(2),
+        Duration::from_micros((1 << 53) + 1),
+    ] {
+        let huge = Hit {
+            window,
+            ..hit(&format!("{p}huge"), "grant=a", 1000, 1)
+        };
+        for _ in 0..2 {
+            let answer = store.acquire("", std::slice::from_ref(&huge)).await;
+            assert!(
+                matches!(answer, Err(tollgate_limiter::StoreError::Rejected(_))),
+                "{window:?}: {answer:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn windows_are_bounded_in_every_store() {
+    windows_are_exact_up_to_the_largest_and_refused_beyond(&MemoryStore::default(), "m").await;
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    windows_are_exact_up_to_the_largest_and_refused_beyond(&store, "r").await;
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
+    windows_are_exact_up_to_the_largest_and_refused_beyond(&store, "c").await;
+}

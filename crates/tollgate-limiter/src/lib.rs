@@ -39,10 +39,32 @@ pub struct Hit {
     pub algorithm: Algorithm,
 }
 
+/// The longest window a store accepts, in microseconds: 2^53, the largest integer Lua's
+/// numbers (doubles) hold exactly (about 285 years). Policies allow far less (366 days);
+/// this bound keeps every conversion exact even for hits built by other callers.
+pub const MAX_WINDOW_MICROS: u64 = 1 << 53;
+
 impl Hit {
     /// The counter's name: its key up to the first `/`.
     pub fn counter_name(&self) -> &str {
         self.key.split('/').next().unwrap_or(&self.key)
+    }
+
+    /// The window in microseconds, checked: never wrapped, never zero, never inexact in Lua.
+    pub fn window_micros(&self) -> Result<u64, StoreError> {
+        match u64::try_from(self.window.as_micros()) {
+            Ok(us) if us > 0 && us <= MAX_WINDOW_MICROS => Ok(us),
+            _ => Err(StoreError::Rejected(format!(
+                "counter \"{}\": window {:?} is outside what a store accepts (1 µs to 2^53 µs)",
+                self.counter_name(),
+                self.window
+            ))),
+        }
+    }
+
+    /// Checks every hit of a call before a store takes any of them.
+    pub fn check_all(hits: &[Hit]) -> Result<(), StoreError> {
+        hits.iter().try_for_each(|h| h.window_micros().map(|_| ()))
     }
 }
 

@@ -132,6 +132,7 @@ impl MemoryStore {
 
     /// The synchronous core of [`CounterStore::acquire`].
     pub fn acquire_now(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
+        Hit::check_all(hits)?;
         let now = self.clock.now();
         let mut state = self.lock();
         if now >= state.next_sweep {

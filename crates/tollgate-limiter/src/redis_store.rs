@@ -288,7 +288,7 @@ impl RedisStore {
             };
             invocation
                 .arg(algorithm)
-                .arg(hit.window.as_micros() as u64)
+                .arg(hit.window_micros()?)
                 .arg(hit.max)
                 .arg(hit.cost);
         }
@@ -354,6 +354,7 @@ fn record_ttl_ms() -> u64 {
 #[async_trait::async_trait]
 impl CounterStore for RedisStore {
     async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
+        Hit::check_all(hits)?;
         if hits.is_empty() {
             return Ok(Admission {
                 admitted: true,

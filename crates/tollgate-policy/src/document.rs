@@ -157,7 +157,24 @@ pub struct Window {
     pub label: String,
 }
 
+/// The longest window: 366 days. Longer ones are refused, so that every conversion on the
+/// way to a store (microseconds in Redis, instants in memory) stays far from overflowing.
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
 impl Window {
+    /// A window of `duration`, refused when zero or longer than [`MAX_WINDOW`].
+    fn new(duration: Duration, label: String) -> Result<Window, String> {
+        if duration.is_zero() {
+            return Err(format!("invalid window \"{label}\": a window must be longer than zero"));
+        }
+        if duration > MAX_WINDOW {
+            return Err(format!(
+                "invalid window \"{label}\": a window may be at most 366 days (\"366d\")"
+            ));
+        }
+        Ok(Window { duration, label })
+    }
+
     /// Parses `second|minute|hour|day` or a duration: a whole number followed by
     /// `ms`, `s`, `m`, `h` or `d`.
     pub fn parse(text: &str) -> Result<Window, String> {
@@ -177,20 +194,18 @@ impl Window {
                 )
             })?,
         };
-        if duration.is_zero() {
-            return Err(format!("invalid window \"{text}\": a window must be longer than zero"));
-        }
-        Ok(Window {
-            duration,
-            label: text.to_owned(),
-        })
+        Window::new(duration, text.to_owned())
     }
 }
 
 fn parse_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
+    if number.is_empty() {
+        return None;
+    }
+    // Only digits: a parse error means too many of them.
+    let n: u64 = number.parse().unwrap_or(u64::MAX);
     let ms = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -199,7 +214,8 @@ fn parse_duration(text: &str) -> Option<Duration> {
         "d" => 86_400_000,
         _ => return None,
     };
-    n.checked_mul(ms).map(Duration::from_millis)
+    // Too long to count in milliseconds is too long for a window: Window::new says so.
+    Some(n.checked_mul(ms).map_or(Duration::MAX, Duration::from_millis))
 }
 
 impl<'de> Deserialize<'de> for Window {
@@ -214,11 +230,7 @@ impl<'de> Deserialize<'de> for Window {
             de::Error::custom("invalid window: expected a name such as \"minute\", a duration such as \"30s\", or a number of seconds")
         })? {
             Raw::Text(t) => Window::parse(&t).map_err(de::Error::custom),
-            Raw::Seconds(0) => Err(de::Error::custom("invalid window 0: a window must be longer than zero")),
-            Raw::Seconds(s) => Ok(Window {
-                duration: Duration::from_secs(s),
-                label: format!("{s}s"),
-            }),
+            Raw::Seconds(s) => Window::new(Duration::from_secs(s), format!("{s}s")).map_err(de::Error::custom),
         }
     }
 }
@@ -386,6 +398,12 @@ mod tests {
         assert!(Window::parse("s").is_err());
         assert!(Window::parse("fortnight").is_err());
         assert!(Window::parse("99999999999999999999d").is_err());
+        assert_eq!(Window::parse("366d").map(|w| w.duration), Ok(MAX_WINDOW));
+        assert!(Window::parse("367d").is_err());
+        assert!(
+            Window::parse("9999999999999d").is_err(),
+            "fits u64 ms, but is longer than a year"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod policy;
 mod source;
 
 pub use compile::{Compiled, compile_str, compile_with_format};
-pub use document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
+pub use document::{Action, Algorithm, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
 pub use names::{MAX_TOOL_NAME_CHARS, check_tool_name};

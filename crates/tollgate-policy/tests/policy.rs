@@ -429,3 +429,23 @@ fn warnings_name_rules_that_can_never_apply() {
         "{all:?}"
     );
 }
+
+#[test]
+fn windows_longer_than_a_year_are_errors_with_location() {
+    // 9999999999999d fits in u64 milliseconds, so it used to pass and then wrap on its way
+    // to Redis; 40000000 seconds is over a year, written as a number.
+    for (window, line) in [
+        ("\"9999999999999d\"", 2),
+        ("40000000", 2),
+        ("\"99999999999999999999d\"", 2),
+    ] {
+        let text = format!(
+            "{{\"version\":\"1\",\"tools\":{{\n  \"a\":{{\"limits\":[{{\"counter\":\"a\",\"window\":{window},\"max\":1}}]}}}}}}"
+        );
+        let all = errors("p.json", &text).to_string();
+        assert!(all.starts_with(&format!("p.json:{line}:")), "{window}: {all}");
+        assert!(all.contains("at most 366 days"), "{window}: {all}");
+    }
+    let ok = r#"{"version":"1","tools":{"a":{"limits":[{"counter":"a","window":"366d","max":1}]}}}"#;
+    assert!(tollgate_policy::compile_str("p.json", ok).is_ok());
+}
