@@ -25,9 +25,8 @@ use tokio::time::Instant;
 pub const OPENING_WAIT: Duration = Duration::from_secs(1);
 /// How long after `notifications/initialized` a POST waits for the GET stream to start.
 /// Clients send the GET and their first call within a few milliseconds of each other, but on
-/// a loaded machine the GET can trail by tens of milliseconds (50 ms lost the race once in a
-/// full test run); a client that opens no GET stream pays this once, on a call made right
-/// after initializing.
+/// a loaded machine the GET can trail by tens of milliseconds; a client that opens no GET
+/// stream pays this once, on a call made right after initializing.
 pub const INITIALIZED_WAIT: Duration = Duration::from_millis(250);
 /// Sessions tracked at once; beyond it, new ones are not (they just lose the aid).
 const MAX_TRACKED: usize = 10_000;
