@@ -39,12 +39,6 @@ pub struct Admitted {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Admitted {
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
-    }
-}
-
 /// Accepts on `listener` within `limits`. Connections come out once they have sent at least
 /// one byte; the accept loop ends when the returned stream is dropped.
 pub fn incoming(listener: TcpListener, limits: ListenerLimits) -> ReceiverStream<io::Result<Admitted>> {

@@ -89,11 +89,11 @@ impl DecisionSettings {
 }
 
 fn default_max_connections() -> usize {
-    1024
+    ListenerLimits::default().max_connections
 }
 
 fn default_handshake_timeout_ms() -> u64 {
-    10_000
+    ListenerLimits::default().handshake_timeout.as_millis() as u64
 }
 
 fn default_metrics_listen() -> SocketAddr {

@@ -179,11 +179,7 @@ pub async fn post(
         Ok(u) => u,
         Err(response) => return response,
     };
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-    if !is_json {
+    if !content_type_is(&headers, "application/json") {
         return bad_request(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",
@@ -494,7 +490,7 @@ async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Res
         Ok(r) => r,
         Err(response) => return response,
     };
-    if is_event_stream(response.headers()) {
+    if content_type_is(response.headers(), "text/event-stream") {
         return guarded(response, exchange.list_filter(), Some(id.clone()));
     }
     let (parts, body) = response.into_parts();
@@ -541,18 +537,19 @@ async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Res
     (status, headers, answer.to_string()).into_response()
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
+/// Whether `Content-Type` names `media_type` (case-insensitive, parameters allowed).
+fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(media_type))
 }
 
 /// An upstream answer as the agent receives it: only the headers agents may see, and an
 /// SSE body through the list guard. A JSON body of anything but `tools/list` streams as it
 /// came (it answers the request it was sent for).
 fn guarded(response: axum::http::Response<Incoming>, filter: ListFilter, request_id: Option<Value>) -> Response {
-    let sse = is_event_stream(response.headers());
+    let sse = content_type_is(response.headers(), "text/event-stream");
     let (parts, body) = response.into_parts();
     let body = if sse {
         filter.event_stream(request_id, body)

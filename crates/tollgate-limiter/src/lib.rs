@@ -44,10 +44,15 @@ pub struct Hit {
 /// this bound keeps every conversion exact even for hits built by other callers.
 pub const MAX_WINDOW_MICROS: u64 = 1 << 53;
 
+/// A counter key's counter name: the key up to its first `/`.
+pub(crate) fn counter_name(key: &str) -> &str {
+    key.split('/').next().unwrap_or(key)
+}
+
 impl Hit {
     /// The counter's name: its key up to the first `/`.
     pub fn counter_name(&self) -> &str {
-        self.key.split('/').next().unwrap_or(&self.key)
+        counter_name(&self.key)
     }
 
     /// The window in microseconds, checked: never wrapped, never zero, never inexact in Lua.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
+use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError, counter_name};
 
 /// How often expired counters and remembered request ids are swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -81,11 +81,6 @@ struct State {
     keys_per_counter: HashMap<String, usize>,
     requests: HashMap<String, (Admission, Duration)>,
     next_sweep: Duration,
-}
-
-/// The counter's name: its key up to the first `/` (as [`Hit::counter_name`]).
-fn counter_name(key: &str) -> &str {
-    key.split('/').next().unwrap_or(key)
 }
 
 enum Counter {
