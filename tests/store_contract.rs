@@ -7,7 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisServer};
-use tollgate_limiter::{Algorithm, CounterStore, Hit, MemoryStore, RedisSettings, RedisStore};
+use tollgate_limiter::{
+    Algorithm, CounterStore, Hit, MAX_COUNT, MAX_SLIDING_LOG_MAX, MemoryStore, RedisSettings, RedisStore, StoreError,
+};
 
 fn hit(key: &str, tag: &str, window_ms: u64, max: u64) -> Hit {
     Hit {
@@ -101,6 +103,120 @@ async fn sliding_window_limits_too(store: &dyn CounterStore, p: &str) {
     assert!(refused.retry_after().is_some_and(|r| r > Duration::ZERO));
 }
 
+/// The largest cost a `sliding_log` counter accepts (its largest max, 100000) is taken
+/// whole, beside another counter of the same script and one in another slot, and given back
+/// whole. It used to fail inside the script (Lua's unpack limit, from a cost of about 4000)
+/// after the other counters were charged. Hits beyond the bounds are refused before any
+/// counter is touched.
+async fn largest_costs_are_taken_and_given_back_whole(store: &dyn CounterStore, p: &str) {
+    let big = Hit {
+        cost: MAX_SLIDING_LOG_MAX,
+        ..hit(&format!("{p}big"), "grant=a", 60_000, MAX_SLIDING_LOG_MAX)
+    };
+    let small = hit(&format!("{p}beside"), "grant=a", 60_000, 3);
+    let elsewhere = hit(&format!("{p}elsewhere"), "global", 60_000, 3);
+    let call = [small.clone(), big.clone(), elsewhere.clone()];
+    let id = format!("{p}largest-1");
+    let first = store.acquire(&id, &call).await.expect("the largest cost is accepted");
+    assert!(first.admitted);
+    let remaining: Vec<u64> = first.counters.iter().map(|c| c.remaining).collect();
+    assert_eq!(remaining, [2, 0, 2]);
+
+    let one_more = Hit { cost: 1, ..big.clone() };
+    let refused = take(store, &[small.clone(), one_more]).await;
+    assert!(!refused.admitted, "the big counter is full");
+    assert_eq!(take(store, std::slice::from_ref(&small)).await.counters[0].remaining, 1);
+
+    // Given back (twice: the second does nothing), every counter has its room again.
+    store.release(&id, &call, &first).await.expect("release");
+    store.release(&id, &call, &first).await.expect("release again");
+    let after = take(store, &call).await;
+    assert!(after.admitted, "the released hits are free again: {after:?}");
+    let remaining: Vec<u64> = after.counters.iter().map(|c| c.remaining).collect();
+    assert_eq!(remaining, [1, 0, 2], "each counter gave back exactly once");
+    let retried = store.acquire(&id, &call).await.expect("answer");
+    assert!(
+        !retried.admitted,
+        "a retry of a released call is not admitted by its record"
+    );
+
+    for bad in [
+        Hit {
+            cost: 0,
+            ..small.clone()
+        },
+        Hit {
+            max: MAX_SLIDING_LOG_MAX + 1,
+            ..small.clone()
+        },
+        Hit {
+            max: MAX_COUNT + 1,
+            algorithm: Algorithm::SlidingWindow,
+            ..small.clone()
+        },
+        Hit {
+            cost: MAX_COUNT + 1,
+            max: MAX_COUNT,
+            algorithm: Algorithm::SlidingWindow,
+            ..small.clone()
+        },
+    ] {
+        let answer = store.acquire("", &[elsewhere.clone(), bad.clone()]).await;
+        assert!(matches!(answer, Err(StoreError::Rejected(_))), "{bad:?}: {answer:?}");
+    }
+    assert_eq!(
+        take(store, std::slice::from_ref(&elsewhere)).await.counters[0].remaining,
+        1,
+        "refused hits touched nothing: 3, less the call that kept its hit, less this one"
+    );
+}
+
+/// A counter whose algorithm changes between calls (a policy reload) keeps the hits it
+/// holds, in both directions, and so does a `sliding_window` counter whose window changes.
+/// Redis used to fail with WRONGTYPE until the old key expired; the memory store kept the
+/// old algorithm; a changed window started from zero.
+async fn algorithm_changes_keep_their_hits(store: &dyn CounterStore, p: &str) {
+    let log = hit(&format!("{p}algorithm"), "grant=a", 60_000, 5);
+    for i in 0..3 {
+        assert!(take(store, std::slice::from_ref(&log)).await.admitted, "log call {i}");
+    }
+    let window = Hit {
+        algorithm: Algorithm::SlidingWindow,
+        ..log.clone()
+    };
+    for i in 0..2 {
+        assert!(
+            take(store, std::slice::from_ref(&window)).await.admitted,
+            "window call {i}"
+        );
+    }
+    assert!(
+        !take(store, std::slice::from_ref(&window)).await.admitted,
+        "5 of 5 taken"
+    );
+    assert!(
+        !take(store, std::slice::from_ref(&log)).await.admitted,
+        "and back: still 5 of 5"
+    );
+
+    let resized = Hit {
+        algorithm: Algorithm::SlidingWindow,
+        ..hit(&format!("{p}resized"), "grant=a", 60_000, 5)
+    };
+    for i in 0..4 {
+        assert!(take(store, std::slice::from_ref(&resized)).await.admitted, "call {i}");
+    }
+    let wider = Hit {
+        window: Duration::from_secs(120),
+        ..resized
+    };
+    assert!(take(store, std::slice::from_ref(&wider)).await.admitted);
+    assert!(
+        !take(store, std::slice::from_ref(&wider)).await.admitted,
+        "the 4 hits counted under the old window still count"
+    );
+}
+
 async fn contract(store: &dyn CounterStore) {
     let p = format!("t{}-", std::process::id());
     retry_after_is_exact(store, &p).await;
@@ -109,6 +225,8 @@ async fn contract(store: &dyn CounterStore) {
     costs_count_as_several_hits(store, &p).await;
     retries_are_idempotent(store, &p).await;
     sliding_window_limits_too(store, &p).await;
+    largest_costs_are_taken_and_given_back_whole(store, &format!("{p}same-")).await;
+    algorithm_changes_keep_their_hits(store, &p).await;
 }
 
 #[tokio::test]

@@ -86,13 +86,7 @@ async fn redis_outage_applies_on_store_error_and_recovers_without_restart() {
 
 #[tokio::test]
 async fn decision_replica_an_hour_off_gives_the_same_verdicts() {
-    let libfaketime = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .expect("libfaketime is not installed: run scripts/test.sh, which installs Debian's faketime package");
+    let libfaketime = support::redis::libfaketime();
     let redis = RedisServer::start();
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("skew");

@@ -35,20 +35,48 @@ fn free_port() -> u16 {
     panic!("no free port pair for redis");
 }
 
-/// One `redis-server` process.
+/// libfaketime's preload library, which shifts a process's wall clock (Debian's `faketime`).
+pub fn libfaketime() -> &'static str {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libfaketime is not installed: run scripts/test.sh, which installs Debian's faketime package")
+}
+
+/// One `redis-server` process. `DEBUG` is enabled for local connections, so a test can
+/// make it slow (`DEBUG SLEEP`).
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
+    env: Vec<(String, String)>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        RedisServer::start_node(false)
+        RedisServer::start_node(false, Vec::new())
     }
 
-    fn start_node(cluster: bool) -> RedisServer {
+    /// A server whose wall clock (what `TIME` answers) is offset by the libfaketime spec in
+    /// the returned file (e.g. `+30s`, `-1h`), re-read on every clock read: rewriting the
+    /// file steps Redis's clock while it runs.
+    pub fn start_with_clock_file() -> (RedisServer, PathBuf) {
+        let file = std::env::temp_dir().join(format!("tollgate-redis-clock-{}-{}", std::process::id(), free_port()));
+        std::fs::write(&file, "+0s").expect("write clock file");
+        let env = vec![
+            ("LD_PRELOAD".to_owned(), libfaketime().to_owned()),
+            ("FAKETIME_TIMESTAMP_FILE".to_owned(), file.display().to_string()),
+            ("FAKETIME_NO_CACHE".to_owned(), "1".to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+        ];
+        (RedisServer::start_node(false, env), file)
+    }
+
+    fn start_node(cluster: bool, env: Vec<(String, String)>) -> RedisServer {
         require("redis-server");
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
@@ -59,6 +87,7 @@ impl RedisServer {
             port,
             dir,
             cluster,
+            env,
         };
         server.spawn();
         server
@@ -76,9 +105,12 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                "--enable-debug-command",
+                "local",
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {
@@ -118,6 +150,22 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Makes the server unresponsive for `seconds` (`DEBUG SLEEP`): every command sent
+    /// meanwhile waits. The command is written on its own connection, which is returned
+    /// (the sleep happens whether or not it is kept); 20 ms later the server has read it.
+    pub fn sleep(&self, seconds: f64) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        let seconds = seconds.to_string();
+        let command = format!(
+            "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{seconds}\r\n",
+            seconds.len()
+        );
+        conn.write_all(command.as_bytes()).expect("send DEBUG SLEEP");
+        std::thread::sleep(Duration::from_millis(20));
+        conn
+    }
+
     /// Kills the server (as a crash would: no shutdown, no save).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -148,7 +196,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         require("redis-cli");
-        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_node(true)).collect();
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_node(true, Vec::new())).collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")

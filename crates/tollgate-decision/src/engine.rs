@@ -2,6 +2,7 @@
 //! rate-limit hits atomically in the store.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -15,6 +16,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::proto::{self, DecideRequest, Decision, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
 use crate::{Decider, DecisionError};
+
+/// How long an acquire that missed its deadline is still waited for, to give back what it
+/// took. Past this (a store hung for half a minute), the hits stay charged until their
+/// window ends.
+const LATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 /// Evaluates calls against the current policy; the policy can be swapped at any time.
 pub struct Engine {
@@ -201,14 +207,17 @@ impl Engine {
                 },
             })
             .collect();
-        let started = Instant::now();
-        let answer = tokio::time::timeout(self.store_timeout, self.store.acquire(request_id, &batch)).await;
-        metrics().observe_store(self.store.kind(), started.elapsed(), !matches!(answer, Ok(Ok(_))));
-        let outcome = match answer {
-            Ok(Ok(admission)) => Ok(admission),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("counter store did not answer within {:?}", self.store_timeout)),
+        // A call without a request id still needs one in the store, so that hits taken
+        // after the deadline can be found and given back.
+        let store_id = if request_id.is_empty() {
+            decision.decision_id.clone()
+        } else {
+            request_id.to_owned()
         };
+        let started = Instant::now();
+        let keep_late_hits = rule.on_store_error == OnStoreError::Allow;
+        let outcome = self.acquire(store_id, batch, keep_late_hits).await;
+        metrics().observe_store(self.store.kind(), started.elapsed(), outcome.is_err());
         match outcome {
             Ok(admission) => admitted_or_limited(decision, rule, hits, &admission),
             Err(cause) => {
@@ -227,6 +236,68 @@ impl Engine {
                         &rule.label,
                         format!("{cause}; admitted without counting (on_store_error: allow)"),
                     ),
+                }
+            }
+        }
+    }
+
+    /// Takes the hits in the store, waiting at most `store_timeout` for its answer.
+    ///
+    /// The store is never interrupted mid-call: a script already sent to Redis runs whatever
+    /// the caller does, so dropping the request would leave its hits charged for a call that
+    /// was refused, and every retry would charge again. Instead the acquire runs in its own
+    /// task. When its answer comes after the deadline, the call has already been refused
+    /// (`on_store_error: deny`), so the task gives back whatever it took; with
+    /// `on_store_error: allow` the call went through uncounted, and the late hits are kept
+    /// (`keep_late_hits`), since the call did run. If the caller itself goes away (the
+    /// edge's deadline passed and it may be retrying the same request id on another
+    /// replica), the hits are kept too: the retry finds them and is not charged twice.
+    async fn acquire(&self, request_id: String, batch: Vec<Hit>, keep_late_hits: bool) -> Result<Admission, String> {
+        let store = self.store.clone();
+        let (answer_tx, mut answer_rx) = tokio::sync::oneshot::channel();
+        let give_back = Arc::new(AtomicBool::new(false));
+        let late = give_back.clone();
+        tokio::spawn(async move {
+            let Ok(answer) = tokio::time::timeout(LATE_ANSWER_WAIT, store.acquire(&request_id, &batch)).await else {
+                tracing::warn!(
+                    store = store.kind(),
+                    request_id = ?request_id,
+                    "the counter store did not answer within {LATE_ANSWER_WAIT:?}: if it took the hits of this \
+                     refused call, they stay charged until their window ends"
+                );
+                return;
+            };
+            // Sending fails only once the caller stopped waiting.
+            let Err(Ok(admission)) = answer_tx.send(answer) else {
+                return;
+            };
+            if !admission.admitted || !late.load(Ordering::SeqCst) {
+                return;
+            }
+            match store.release(&request_id, &batch, &admission).await {
+                Ok(()) => tracing::info!(
+                    store = store.kind(),
+                    request_id = ?request_id,
+                    "the counter store answered after the deadline: gave back the hits of the refused call"
+                ),
+                Err(e) => tracing::warn!(
+                    store = store.kind(),
+                    request_id = ?request_id,
+                    "the counter store answered after the deadline, and giving back the hits of the refused call \
+                     failed (they stay charged until their window ends): {e}"
+                ),
+            }
+        });
+        match tokio::time::timeout(self.store_timeout, &mut answer_rx).await {
+            Ok(Ok(answer)) => answer.map_err(|e| e.to_string()),
+            Ok(Err(_)) => Err("the counter store task failed".into()),
+            Err(_) => {
+                give_back.store(!keep_late_hits, Ordering::SeqCst);
+                answer_rx.close();
+                // An answer that arrived just as the deadline passed is still an answer.
+                match answer_rx.try_recv() {
+                    Ok(answer) => answer.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("counter store did not answer within {:?}", self.store_timeout)),
                 }
             }
         }

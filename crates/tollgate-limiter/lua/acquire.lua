@@ -12,7 +12,7 @@
 -- ARGV[2]       request record TTL in milliseconds
 -- ARGV[3]       member prefix, unique to this call (sliding_log entries are "<prefix>:<i>:<unit>")
 -- ARGV[4+4(i-1)..] per counter i: algorithm (0 sliding_log, 1 sliding_window), window (µs),
---               max, cost
+--               max, cost (the caller checked: 1 <= cost, max <= 100000 for sliding_log)
 -- ARGV[4+4n]    most live keys a registry may hold
 --
 -- Returns {admitted (1|0), then per counter: remaining, reset_after_us,
@@ -21,8 +21,75 @@
 --
 -- sliding_log: a sorted set, one member per hit unit scored by its time in µs; at most `max`
 --   members; a hit at t counts while now < t + window.
--- sliding_window: a hash {b = bucket index, c = hits in bucket b, p = hits in bucket b-1};
---   the estimate is p * (window - elapsed) / window + c.
+-- sliding_window: a hash {b = bucket index, c = hits in bucket b, p = hits in bucket b-1,
+--   w = window (µs) the buckets are measured in}; the estimate is
+--   p * (window - elapsed) / window + c. A bucket never moves backwards: when Redis's clock
+--   steps back, the counter stays in its stored bucket.
+--
+-- A counter whose algorithm or window changed (a policy reload) keeps its hits: its key is
+-- converted in place before it is checked (see log_from_window, window_from_log).
+--
+-- Every check happens before the first counter is written, and the writes cannot fail
+-- (members are added in chunks, far below Lua's unpack limit), so a call is never charged
+-- on some counters and not others.
+
+-- Members per ZADD / ZREM: Lua's unpack refuses a few thousand values.
+local CHUNK = 1000
+
+-- Adds members `prefix .. unit` for unit = 1..count, all scored `score`.
+local function add_units(key, score, prefix, count)
+  local args = {}
+  for unit = 1, count do
+    args[#args + 1] = score
+    args[#args + 1] = prefix .. unit
+    if #args == 2 * CHUNK then
+      redis.call('ZADD', key, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then redis.call('ZADD', key, unpack(args)) end
+end
+
+local function ttl_ms(window)
+  return math.ceil(window / 1000) + 1
+end
+
+-- The key holds a sliding_window hash; the policy now says sliding_log. The hash only has
+-- counts per bucket, so each hit is placed at the latest time it can have happened (it
+-- counts at least as long as it did), and at most `max` of them are kept, the latest first:
+-- with `max` entries the log refuses exactly as it would with more.
+local function log_from_window(key, now, window, max, prefix)
+  local h = redis.call('HMGET', key, 'b', 'c', 'p', 'w')
+  redis.call('DEL', key)
+  local b, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if not b then return end
+  local w = tonumber(h[4]) or window
+  local start = b * w
+  local current_at = math.max(math.min(now, start + w - 1), start)
+  local current = math.min(c, max)
+  local previous = math.min(p, max - current)
+  if current > 0 and current_at + window > now then
+    add_units(key, current_at, prefix .. ':c', current)
+  end
+  if previous > 0 and start - 1 + window > now then
+    add_units(key, start - 1, prefix .. ':p', previous)
+  end
+  redis.call('PEXPIRE', key, ttl_ms(window))
+end
+
+-- The key holds a sliding_log sorted set; the policy now says sliding_window: its hits are
+-- counted into the current and previous bucket, exactly as sliding_window would have.
+local function window_from_log(key, now, window)
+  local bucket = math.floor(now / window)
+  local start = bucket * window
+  local c = redis.call('ZCOUNT', key, start, '+inf')
+  local p = redis.call('ZCOUNT', key, start - window, start - 1)
+  redis.call('DEL', key)
+  if c + p > 0 then
+    redis.call('HSET', key, 'b', bucket, 'c', c, 'p', p, 'w', window)
+    redis.call('PEXPIRE', key, 2 * ttl_ms(window))
+  end
+end
 
 if ARGV[1] ~= '' then
   local previous = redis.call('GET', KEYS[1])
@@ -60,33 +127,50 @@ for i = 1, n do
   local remaining, reset, retry, bucket = 0, 0, -1, 0
 
   if algorithm == 0 then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local trimmed = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    if type(trimmed) == 'table' and trimmed.err then
+      log_from_window(key, now, window, max, 'moved:' .. ARGV[3] .. ':' .. i)
+    end
     local count = redis.call('ZCARD', key)
     if count + cost <= max then
       remaining, reset = max - count - cost, window
     else
       remaining = math.max(max - count, 0)
       local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-      if newest[2] then reset = tonumber(newest[2]) + window - now end
+      if newest[2] then reset = math.max(tonumber(newest[2]) + window - now, 0) end
       if cost > max then
         retry = 0
       else
         -- The call fits once the `need` oldest units have expired.
         local need = count + cost - max
         local entry = redis.call('ZRANGE', key, need - 1, need - 1, 'WITHSCORES')
-        retry = tonumber(entry[2]) + window - now
+        retry = math.max(tonumber(entry[2]) + window - now, 0)
       end
     end
   else
+    local h = redis.pcall('HMGET', key, 'b', 'c', 'p', 'w')
+    if h.err then
+      window_from_log(key, now, window)
+      h = redis.call('HMGET', key, 'b', 'c', 'p', 'w')
+    end
     bucket = math.floor(now / window)
-    local h = redis.call('HMGET', key, 'b', 'c', 'p')
-    local stored, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
-    if stored == bucket - 1 then
+    local stored, c, p, w = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4])
+    if stored and w and w ~= window then
+      -- The window changed: every hit still counting under the old window counts in the
+      -- current bucket of the new one.
+      local old_bucket = math.floor(now / w)
+      local live = 0
+      if stored >= old_bucket then live = c + p elseif stored == old_bucket - 1 then live = c end
+      stored, c, p = bucket, live, 0
+    end
+    if stored and stored > bucket then
+      bucket = stored
+    elseif stored == bucket - 1 then
       p, c = c, 0
     elseif stored ~= bucket then
       p, c = 0, 0
     end
-    local elapsed = now - bucket * window
+    local elapsed = math.max(now - bucket * window, 0)
     local estimate = p * (window - elapsed) / window + c
     if c > 0 then reset = 2 * window - elapsed elseif p > 0 then reset = window - elapsed end
     if estimate + cost <= max then
@@ -119,28 +203,23 @@ if out[1] == 1 then
     local base = 4 + (i - 1) * 4
     local window = tonumber(ARGV[base + 1])
     local cost = tonumber(ARGV[base + 3])
-    local ttl_ms = math.ceil(window / 1000) + 1
+    local ttl = ttl_ms(window)
     if tonumber(ARGV[base]) == 0 then
-      local args = {}
-      for unit = 1, cost do
-        args[#args + 1] = now
-        args[#args + 1] = ARGV[3] .. ':' .. i .. ':' .. unit
-      end
-      redis.call('ZADD', key, unpack(args))
-      redis.call('PEXPIRE', key, ttl_ms)
+      add_units(key, now, ARGV[3] .. ':' .. i .. ':', cost)
+      redis.call('PEXPIRE', key, ttl)
     else
       local s = state[i]
-      ttl_ms = 2 * ttl_ms
-      redis.call('HSET', key, 'b', s[1], 'c', s[2] + cost, 'p', s[3])
-      redis.call('PEXPIRE', key, ttl_ms)
+      ttl = 2 * ttl
+      redis.call('HSET', key, 'b', s[1], 'c', s[2] + cost, 'p', s[3], 'w', window)
+      redis.call('PEXPIRE', key, ttl)
     end
     -- The registry entry outlives its key: it is set to expire two TTLs ahead, and renewed
     -- only once less than one TTL is left (a read on most calls, a write once per TTL).
     local registry = KEYS[n + 1 + i]
     local expires = tonumber(redis.call('ZSCORE', registry, key))
-    if not expires or expires < now + ttl_ms * 1000 then
-      redis.call('ZADD', registry, now + 2 * ttl_ms * 1000, key)
-      redis.call('PEXPIRE', registry, 2 * ttl_ms)
+    if not expires or expires < now + ttl * 1000 then
+      redis.call('ZADD', registry, now + 2 * ttl * 1000, key)
+      redis.call('PEXPIRE', registry, 2 * ttl)
     end
   end
 end

@@ -1,5 +1,6 @@
 -- Tollgate: give back hits that acquire.lua took, for a call whose counters span several
--- Redis Cluster slots and that another slot refused (reserve-then-release). Releasing
+-- Redis Cluster slots and that another slot refused (reserve-then-release), or that the
+-- caller refused because the answer came after its deadline. Releasing
 -- twice is harmless: sliding_log removes named members, and the request record is
 -- rewritten as refused so a retry of the call is neither charged nor released again.
 --
@@ -29,11 +30,15 @@ for i = 1, n do
   local base = 4 + (i - 1) * 3
   local cost = tonumber(ARGV[base + 1])
   if tonumber(ARGV[base]) == 0 then
+    -- In chunks: Lua's unpack refuses a few thousand values.
     local members = {}
     for unit = 1, cost do
       members[#members + 1] = ARGV[3] .. ':' .. i .. ':' .. unit
+      if #members == 1000 or unit == cost then
+        redis.call('ZREM', key, unpack(members))
+        members = {}
+      end
     end
-    redis.call('ZREM', key, unpack(members))
   else
     local bucket = tonumber(ARGV[base + 2])
     local stored = tonumber(redis.call('HGET', key, 'b'))

@@ -15,6 +15,9 @@ pub use memory::{Clock, DEFAULT_MAX_KEYS_PER_COUNTER, ManualClock, MemoryStore, 
 pub use redis_store::{RedisSettings, RedisStore};
 
 /// How a counter counts hits within its window.
+///
+/// A counter's algorithm may change between calls (a policy reload): each store then
+/// carries the hits it holds over to the new algorithm, never handing out a fresh budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     /// Remembers every admitted hit: exact, memory bounded by `max` per key.
@@ -22,6 +25,15 @@ pub enum Algorithm {
     /// Current and previous fixed bucket, the previous weighted by how much of it the
     /// sliding window still covers: O(1) memory per key, approximate.
     SlidingWindow,
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Algorithm::SlidingLog => "sliding_log",
+            Algorithm::SlidingWindow => "sliding_window",
+        })
+    }
 }
 
 /// One counter a call must take a hit on.
@@ -43,6 +55,15 @@ pub struct Hit {
 /// numbers (doubles) hold exactly (about 285 years). Policies allow far less (366 days);
 /// this bound keeps every conversion exact even for hits built by other callers.
 pub const MAX_WINDOW_MICROS: u64 = 1 << 53;
+
+/// The largest `max` (and so `cost`) a `sliding_log` counter may have: the log keeps one
+/// entry per admitted hit unit (a sorted-set member in Redis), so this bounds a key's
+/// memory (about 10 MB in Redis) and the work of one script run.
+pub const MAX_SLIDING_LOG_MAX: u64 = 100_000;
+
+/// The largest `max` and `cost` of any counter: 2^53, so that every count is exact in
+/// Lua's numbers.
+pub const MAX_COUNT: u64 = 1 << 53;
 
 /// A counter key's counter name: the key up to its first `/`.
 pub(crate) fn counter_name(key: &str) -> &str {
@@ -67,9 +88,28 @@ impl Hit {
         }
     }
 
+    /// Checks that a store can count this hit exactly: window, `max` and `cost` in range.
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.window_micros()?;
+        let largest = match self.algorithm {
+            Algorithm::SlidingLog => MAX_SLIDING_LOG_MAX,
+            Algorithm::SlidingWindow => MAX_COUNT,
+        };
+        if self.max == 0 || self.max > largest || self.cost == 0 || self.cost > largest {
+            return Err(StoreError::Rejected(format!(
+                "counter \"{}\": max {} and cost {} must each be between 1 and {largest} for {}",
+                self.counter_name(),
+                self.max,
+                self.cost,
+                self.algorithm
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks every hit of a call before a store takes any of them.
     pub fn check_all(hits: &[Hit]) -> Result<(), StoreError> {
-        hits.iter().try_for_each(|h| h.window_micros().map(|_| ()))
+        hits.iter().try_for_each(Hit::check)
     }
 }
 
@@ -98,7 +138,14 @@ pub struct Admission {
     pub admitted: bool,
     /// One status per [`Hit`], in the same order.
     pub counters: Vec<CounterStatus>,
+    /// Where the store recorded the hits, for [`CounterStore::release`].
+    pub receipt: Receipt,
 }
+
+/// What a store needs to give an admission's hits back: per hit, where it was recorded
+/// (the store's time or bucket). Opaque outside the store that issued it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt(pub(crate) Vec<i64>);
 
 impl Admission {
     /// How long until the refused call would be admitted by every counter that refused it.
@@ -129,6 +176,14 @@ pub trait CounterStore: Send + Sync + 'static {
     /// Idempotent per `request_id`: a second call with the same id (a retry) within 30 s
     /// returns the first call's admission and records nothing.
     async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError>;
+
+    /// Gives back the hits an admitted [`CounterStore::acquire`] took, for a call that was
+    /// refused after all (the store answered after the caller's deadline). `hits` and
+    /// `admission` are the acquire's. Does nothing for a refused admission; releasing twice
+    /// with the same non-empty request id gives back once. The request id's remembered
+    /// answer becomes "refused", so a retry of the call is not admitted on the strength of
+    /// hits that were given back.
+    async fn release(&self, request_id: &str, hits: &[Hit], admission: &Admission) -> Result<(), StoreError>;
 
     /// A short name for logs and metrics, e.g. `memory`.
     fn kind(&self) -> &'static str;

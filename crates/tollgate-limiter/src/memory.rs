@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError, counter_name};
+use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, Receipt, StoreError, counter_name};
 
 /// How often expired counters and remembered request ids are swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,6 +48,15 @@ pub struct ManualClock(AtomicU64);
 impl ManualClock {
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Steps time back, as a wall clock can (NTP, a VM restored from a snapshot): the
+    /// store's own clock is monotonic, but its counters must not rely on that.
+    pub fn rewind(&self, by: Duration) {
+        let by = by.as_micros() as u64;
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| Some(now.saturating_sub(by)));
     }
 }
 
@@ -161,6 +170,9 @@ impl MemoryStore {
 
         let mut counters = Vec::with_capacity(hits.len());
         for hit in hits {
+            if let Some(counter) = state.counters.get_mut(&hit.key) {
+                counter.convert(now, hit);
+            }
             let status = match state.counters.get_mut(&hit.key) {
                 Some(Counter::Log(log)) => log.check(now, hit),
                 Some(Counter::Window(w)) => w.check(now, hit),
@@ -194,7 +206,12 @@ impl MemoryStore {
                 }
             }
         }
-        let admission = Admission { admitted, counters };
+        let at = i64::try_from(now.as_nanos()).unwrap_or(i64::MAX);
+        let admission = Admission {
+            admitted,
+            counters,
+            receipt: Receipt(vec![at; hits.len()]),
+        };
         if !request_id.is_empty() {
             let expires = now + REQUEST_MEMORY;
             state
@@ -202,6 +219,48 @@ impl MemoryStore {
                 .insert(request_id.to_owned(), (admission.clone(), expires));
         }
         Ok(admission)
+    }
+
+    /// The synchronous core of [`CounterStore::release`].
+    pub fn release_now(&self, request_id: &str, hits: &[Hit], admission: &Admission) -> Result<(), StoreError> {
+        if !admission.admitted {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if let Some((remembered, expires)) = state.requests.get_mut(request_id)
+            && *expires > now
+        {
+            if !remembered.admitted {
+                return Ok(()); // released already
+            }
+            remembered.admitted = false;
+        }
+        for (hit, &at) in hits.iter().zip(&admission.receipt.0) {
+            let at = Duration::from_nanos(u64::try_from(at).unwrap_or(0));
+            match state.counters.get_mut(&hit.key) {
+                Some(Counter::Log(log)) => log.remove(at, hit.cost),
+                Some(Counter::Window(w)) => w.remove(at, hit),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Counter {
+    /// Carries a counter over to the hit's algorithm when a policy reload changed it,
+    /// keeping every hit that still counts, so the change never hands out a fresh budget.
+    fn convert(&mut self, now: Duration, hit: &Hit) {
+        match (&*self, hit.algorithm) {
+            (Counter::Log(log), Algorithm::SlidingWindow) => {
+                *self = Counter::Window(SlidingWindow::from_log(log, now, hit.window));
+            }
+            (Counter::Window(w), Algorithm::SlidingLog) => {
+                *self = Counter::Log(SlidingLog::from_window(w, now, hit));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -227,6 +286,10 @@ impl State {
 impl CounterStore for MemoryStore {
     async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
         self.acquire_now(request_id, hits)
+    }
+
+    async fn release(&self, request_id: &str, hits: &[Hit], admission: &Admission) -> Result<(), StoreError> {
+        self.release_now(request_id, hits, admission)
     }
 
     fn kind(&self) -> &'static str {
@@ -297,6 +360,39 @@ impl SlidingLog {
         self.total += hit.cost;
     }
 
+    /// Removes one entry recorded at `at` with `cost` (the newest such, if several).
+    fn remove(&mut self, at: Duration, cost: u64) {
+        if let Some(i) = self.entries.iter().rposition(|&(t, c)| t == at && c == cost) {
+            self.entries.remove(i);
+            self.total -= cost;
+        }
+    }
+
+    /// The hits of a `sliding_window` counter as a log. The window kept only counts per
+    /// bucket, so each hit is placed at the latest time it can have happened: it counts at
+    /// least as long as it did. At most `max` of them are kept, the latest first: with that
+    /// many the log refuses exactly as it would with more.
+    fn from_window(w: &SlidingWindow, now: Duration, hit: &Hit) -> SlidingLog {
+        let mut log = SlidingLog {
+            window: hit.window,
+            ..Default::default()
+        };
+        let old = w.window.as_micros().max(1);
+        let start = w.bucket.saturating_mul(old);
+        let current_at = (now.as_micros()).clamp(start, start.saturating_add(old - 1));
+        let previous_at = start.saturating_sub(1);
+        let current = w.current.min(hit.max);
+        let previous = w.previous.min(hit.max - current);
+        for (at, n) in [(previous_at, previous), (current_at, current)] {
+            let at = Duration::from_micros(u64::try_from(at).unwrap_or(u64::MAX));
+            if n > 0 && at + hit.window > now {
+                log.entries.push_back((at, n));
+                log.total += n;
+            }
+        }
+        log
+    }
+
     fn is_live(&mut self, now: Duration) -> bool {
         self.prune(now);
         !self.entries.is_empty()
@@ -313,19 +409,70 @@ struct SlidingWindow {
 }
 
 impl SlidingWindow {
+    /// Moves to the bucket `now` falls in, and returns how far into it `now` is. A bucket
+    /// never moves backwards: when the clock steps back, the counter stays in its bucket
+    /// (at its start), so the hits it holds keep counting.
     fn roll(&mut self, now: Duration, window: Duration) -> Duration {
-        self.window = window;
         let w = window.as_micros().max(1);
+        if self.window != window && !self.window.is_zero() {
+            // The window changed (a policy reload): every hit that still counts under the
+            // old window counts in the current bucket of the new one.
+            let old_bucket = now.as_micros() / self.window.as_micros().max(1);
+            let live = if self.bucket >= old_bucket {
+                self.current + self.previous
+            } else if self.bucket + 1 == old_bucket {
+                self.current
+            } else {
+                0
+            };
+            self.current = live;
+            self.previous = 0;
+            self.bucket = now.as_micros() / w;
+        }
+        self.window = window;
         let bucket = now.as_micros() / w;
         if bucket == self.bucket + 1 {
             self.previous = self.current;
             self.current = 0;
-        } else if bucket != self.bucket {
+            self.bucket = bucket;
+        } else if bucket > self.bucket {
             self.previous = 0;
             self.current = 0;
+            self.bucket = bucket;
         }
-        self.bucket = bucket;
-        Duration::from_micros((now.as_micros() - bucket * w) as u64)
+        Duration::from_micros(u64::try_from(now.as_micros().saturating_sub(self.bucket * w)).unwrap_or(u64::MAX))
+    }
+
+    /// The hits of a `sliding_log` counter as two buckets of the new window.
+    fn from_log(log: &SlidingLog, now: Duration, window: Duration) -> SlidingWindow {
+        let w = window.as_micros().max(1);
+        let bucket = now.as_micros() / w;
+        let start = Duration::from_micros(u64::try_from(bucket * w).unwrap_or(u64::MAX));
+        let previous_start = start.saturating_sub(window);
+        let mut out = SlidingWindow {
+            window,
+            bucket,
+            current: 0,
+            previous: 0,
+        };
+        for &(at, cost) in &log.entries {
+            if at >= start {
+                out.current += cost;
+            } else if at >= previous_start {
+                out.previous += cost;
+            }
+        }
+        out
+    }
+
+    /// Gives back `hit.cost` recorded at `at`, from whichever bucket now holds it.
+    fn remove(&mut self, at: Duration, hit: &Hit) {
+        let bucket = at.as_micros() / self.window.as_micros().max(1);
+        if bucket == self.bucket {
+            self.current = self.current.saturating_sub(hit.cost);
+        } else if bucket + 1 == self.bucket {
+            self.previous = self.previous.saturating_sub(hit.cost);
+        }
     }
 
     fn check(&mut self, now: Duration, hit: &Hit) -> CounterStatus {
@@ -556,6 +703,82 @@ mod tests {
         let wait = refused.counters[0].retry_after.expect("refused");
         clock.advance(wait + Duration::from_millis(1));
         assert!(admits(&store, std::slice::from_ref(&h)), "admitted after {wait:?}");
+    }
+
+    #[test]
+    fn a_sliding_window_bucket_never_moves_backwards() {
+        // 5 per minute, taken 2 s into a bucket; the clock then steps back 4 s, across the
+        // bucket boundary. The counter used to start over (10 admitted in 3 s).
+        let (clock, store) = store();
+        let mut h = hit("stepped", 5);
+        h.algorithm = Algorithm::SlidingWindow;
+        clock.advance(MINUTE + Duration::from_secs(2));
+        for _ in 0..5 {
+            assert!(admits(&store, std::slice::from_ref(&h)));
+        }
+        clock.rewind(Duration::from_secs(4));
+        assert!(!admits(&store, std::slice::from_ref(&h)), "after the step back");
+        clock.advance(Duration::from_secs(3));
+        assert!(!admits(&store, std::slice::from_ref(&h)), "back in the bucket");
+        // A log keeps hits that a step back puts "in the future": they count for longer.
+        let mut log = hit("stepped-log", 2);
+        log.window = MINUTE;
+        assert!(admits(&store, std::slice::from_ref(&log)));
+        clock.rewind(Duration::from_secs(30));
+        assert!(admits(&store, std::slice::from_ref(&log)));
+        assert!(
+            !admits(&store, std::slice::from_ref(&log)),
+            "a log keeps hits from 'the future'"
+        );
+    }
+
+    #[test]
+    fn a_changed_algorithm_takes_the_counter_over() {
+        let (clock, store) = store();
+        let log = hit("switched", 5);
+        for _ in 0..3 {
+            assert!(admits(&store, std::slice::from_ref(&log)));
+        }
+        let mut window = log.clone();
+        window.algorithm = Algorithm::SlidingWindow;
+        assert!(admits(&store, std::slice::from_ref(&window)));
+        assert!(admits(&store, std::slice::from_ref(&window)));
+        assert!(!admits(&store, std::slice::from_ref(&window)));
+        // Counted as a sliding window now: a minute later the previous bucket's 5 hits
+        // still weigh 5 (a log would have forgotten them).
+        clock.advance(MINUTE);
+        assert!(!admits(&store, std::slice::from_ref(&window)));
+        // And back to a log: the window's hits are placed at the latest time they can have
+        // happened (the end of their bucket), so they count until a minute after it.
+        clock.advance(MINUTE / 2);
+        assert!(!admits(&store, std::slice::from_ref(&log)));
+        clock.advance(MINUTE / 2);
+        assert!(
+            admits(&store, std::slice::from_ref(&log)),
+            "a minute after the bucket ended"
+        );
+    }
+
+    #[test]
+    fn release_gives_back_exactly_what_was_taken() {
+        let (clock, store) = store();
+        let mut window = hit("w-release", 3);
+        window.algorithm = Algorithm::SlidingWindow;
+        let call = [hit("l-release", 3), window];
+        let first = store.acquire_now("r1", &call).expect("room");
+        clock.advance(Duration::from_secs(1));
+        let second = store.acquire_now("r2", &call).expect("room");
+        assert_eq!(second.counters[0].remaining, 1);
+        store.release_now("r1", &call, &first).expect("release");
+        store.release_now("r1", &call, &first).expect("twice is once");
+        let refused = store.acquire_now("r3", &[hit("other", 1)]).expect("room");
+        store.release_now("r3", &[hit("other", 1)], &refused).expect("a no-op");
+        let third = store.acquire_now("r4", &call).expect("room");
+        assert_eq!(third.counters.iter().map(|c| c.remaining).collect::<Vec<_>>(), [1, 1]);
+        assert!(
+            !store.acquire_now("r1", &call).expect("room").admitted,
+            "released is refused"
+        );
     }
 
     /// Most hits admitted in any sliding window of `window`, from admission times.

@@ -14,7 +14,7 @@ use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::Script;
 use serde::Deserialize;
 
-use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, StoreError};
+use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, Receipt, StoreError};
 
 use crate::memory::REQUEST_MEMORY;
 /// Connections kept out of the pool for reuse (see [`Lanes`]).
@@ -128,8 +128,9 @@ impl<C: Clone> Lanes<C> {
 impl<C: Clone + redis::aio::ConnectionLike + Send> Lanes<C> {
     /// Runs a script on the next lane's connection, taking one from the pool (`checkout`)
     /// when the lane is empty, and emptying every lane when the call or the checkout fails.
-    async fn invoke<F, Fut>(&self, invocation: &redis::ScriptInvocation<'_>, checkout: F) -> Result<Vec<i64>, String>
+    async fn invoke<T, F, Fut>(&self, invocation: &redis::ScriptInvocation<'_>, checkout: F) -> Result<T, String>
     where
+        T: redis::FromRedisValue,
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<C, String>>,
     {
@@ -240,7 +241,7 @@ impl RedisStore {
         format!("{}:{{{tag}}}:req:{id}", self.prefix)
     }
 
-    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Vec<i64>, StoreError> {
+    async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
         let answer = match &self.backend {
             Backend::Standalone(pool, lanes) => {
                 lanes
@@ -293,7 +294,7 @@ impl RedisStore {
                 .arg(hit.cost);
         }
         invocation.arg(self.max_keys_per_counter);
-        let raw = self.run(&invocation).await?;
+        let raw: Vec<i64> = self.run(&invocation).await?;
         if raw == [-1] {
             return Err(StoreError::Full(format!(
                 "a counter already has {} live keys for {tag} (store.max_keys_per_counter)",
@@ -335,16 +336,22 @@ impl RedisStore {
         for hit in hits {
             invocation.key(self.counter_key(hit));
         }
-        for hit in hits {
-            invocation.key(self.registry_key(hit));
-        }
         invocation.arg(request_id).arg(record_ttl_ms()).arg(members);
         for (hit, bucket) in hits.iter().zip(buckets) {
             let algorithm = u8::from(hit.algorithm == Algorithm::SlidingWindow);
             invocation.arg(algorithm).arg(hit.cost).arg(*bucket);
         }
-        self.run(&invocation).await.map(|_| ())
+        self.run::<i64>(&invocation).await.map(|_| ())
     }
+}
+
+/// A call's hits by tag (one Redis Cluster slot each), as indexes into `hits`.
+fn slot_groups(hits: &[Hit]) -> BTreeMap<&str, Vec<usize>> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, hit) in hits.iter().enumerate() {
+        groups.entry(hit.tag.as_str()).or_default().push(i);
+    }
+    groups
 }
 
 fn record_ttl_ms() -> u64 {
@@ -359,6 +366,7 @@ impl CounterStore for RedisStore {
             return Ok(Admission {
                 admitted: true,
                 counters: Vec::new(),
+                receipt: Receipt::default(),
             });
         }
         let members = if request_id.is_empty() {
@@ -366,13 +374,11 @@ impl CounterStore for RedisStore {
         } else {
             request_id.to_owned()
         };
-        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, hit) in hits.iter().enumerate() {
-            groups.entry(hit.tag.as_str()).or_default().push(i);
-        }
+        let groups = slot_groups(hits);
 
         // Reserve in every slot group; remember which groups took their hits.
         let mut statuses: Vec<Option<CounterStatus>> = vec![None; hits.len()];
+        let mut buckets = vec![0i64; hits.len()];
         let mut taken: Vec<(&str, Vec<usize>, Vec<i64>)> = Vec::new();
         let mut admitted = true;
         let mut failure = None;
@@ -381,12 +387,13 @@ impl CounterStore for RedisStore {
             match self.acquire_group(request_id, &members, tag, &group).await {
                 Ok(answer) => {
                     admitted &= answer.admitted;
-                    let buckets = answer.counters.iter().map(|(_, b)| *b).collect();
-                    for (&i, (status, _)) in indexes.iter().zip(answer.counters) {
+                    let group_buckets = answer.counters.iter().map(|(_, b)| *b).collect();
+                    for (&i, (status, bucket)) in indexes.iter().zip(answer.counters) {
                         statuses[i] = Some(status);
+                        buckets[i] = bucket;
                     }
                     if answer.admitted {
-                        taken.push((tag, indexes.clone(), buckets));
+                        taken.push((tag, indexes.clone(), group_buckets));
                     }
                 }
                 Err(e) => {
@@ -420,7 +427,36 @@ impl CounterStore for RedisStore {
             .into_iter()
             .map(|s| s.ok_or_else(|| StoreError::Rejected("a counter got no answer".into())))
             .collect::<Result<_, _>>()?;
-        Ok(Admission { admitted, counters })
+        Ok(Admission {
+            admitted,
+            counters,
+            receipt: Receipt(buckets),
+        })
+    }
+
+    async fn release(&self, request_id: &str, hits: &[Hit], admission: &Admission) -> Result<(), StoreError> {
+        if !admission.admitted || hits.is_empty() {
+            return Ok(());
+        }
+        if request_id.is_empty() {
+            // The members acquire added are named after a random prefix this store no
+            // longer knows: there is nothing it could remove by name.
+            return Err(StoreError::Rejected(
+                "hits taken without a request id cannot be given back".into(),
+            ));
+        }
+        let mut first_error = None;
+        for (tag, indexes) in slot_groups(hits) {
+            let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
+            let buckets: Vec<i64> = indexes
+                .iter()
+                .map(|&i| admission.receipt.0.get(i).copied().unwrap_or(0))
+                .collect();
+            if let Err(e) = self.release_group(request_id, request_id, tag, &group, &buckets).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn kind(&self) -> &'static str {
