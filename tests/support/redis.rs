@@ -53,30 +53,14 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
-    env: Vec<(String, String)>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        RedisServer::start_node(false, Vec::new())
+        RedisServer::start_node(false)
     }
 
-    /// A server whose wall clock (what `TIME` answers) is offset by the libfaketime spec in
-    /// the returned file (e.g. `+30s`, `-1h`), re-read on every clock read: rewriting the
-    /// file steps Redis's clock while it runs.
-    pub fn start_with_clock_file() -> (RedisServer, PathBuf) {
-        let file = std::env::temp_dir().join(format!("tollgate-redis-clock-{}-{}", std::process::id(), free_port()));
-        std::fs::write(&file, "+0s").expect("write clock file");
-        let env = vec![
-            ("LD_PRELOAD".to_owned(), libfaketime().to_owned()),
-            ("FAKETIME_TIMESTAMP_FILE".to_owned(), file.display().to_string()),
-            ("FAKETIME_NO_CACHE".to_owned(), "1".to_owned()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
-        ];
-        (RedisServer::start_node(false, env), file)
-    }
-
-    fn start_node(cluster: bool, env: Vec<(String, String)>) -> RedisServer {
+    fn start_node(cluster: bool) -> RedisServer {
         require("redis-server");
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
@@ -87,7 +71,6 @@ impl RedisServer {
             port,
             dir,
             cluster,
-            env,
         };
         server.spawn();
         server
@@ -110,7 +93,6 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {
@@ -196,7 +178,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         require("redis-cli");
-        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_node(true, Vec::new())).collect();
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_node(true)).collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")

@@ -12,7 +12,7 @@ mod redis_store;
 use std::time::Duration;
 
 pub use memory::{Clock, DEFAULT_MAX_KEYS_PER_COUNTER, ManualClock, MemoryStore, SystemClock};
-pub use redis_store::{RedisSettings, RedisStore};
+pub use redis_store::{ACQUIRE_SCRIPT, RedisSettings, RedisStore};
 
 /// How a counter counts hits within its window.
 ///

@@ -17,6 +17,9 @@ use serde::Deserialize;
 use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, Receipt, StoreError};
 
 use crate::memory::REQUEST_MEMORY;
+/// The script that checks and takes a call's hits (`lua/acquire.lua`).
+pub const ACQUIRE_SCRIPT: &str = include_str!("../lua/acquire.lua");
+
 /// Connections kept out of the pool for reuse (see [`Lanes`]).
 const LANES: usize = 4;
 
@@ -207,12 +210,20 @@ impl RedisStore {
         };
         Ok(RedisStore {
             backend,
-            acquire: Script::new(include_str!("../lua/acquire.lua")),
+            acquire: Script::new(ACQUIRE_SCRIPT),
             release: Script::new(include_str!("../lua/release.lua")),
             prefix: settings.key_prefix.clone(),
             max_keys_per_counter: settings.max_keys_per_counter,
             errors: AtomicU64::new(0),
         })
+    }
+
+    /// Runs `source` instead of [`ACQUIRE_SCRIPT`]: a test hook, for tests that give the
+    /// script a clock they can step (a copy of the script whose `TIME` line adds an offset).
+    #[doc(hidden)]
+    pub fn with_acquire_script(mut self, source: &str) -> Self {
+        self.acquire = Script::new(source);
+        self
     }
 
     /// Store errors so far (connection failures, timeouts inside the pool, script errors).
