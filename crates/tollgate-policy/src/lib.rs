@@ -4,6 +4,7 @@
 //! This crate does no I/O: callers hand it text and facts about a call, and it answers with
 //! a rule and the counter hits the call needs. Counting itself is `tollgate-limiter`'s job.
 
+mod canonical;
 mod compile;
 mod document;
 mod error;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::canonical::{Canonical, canonical};
 use crate::document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
 use crate::glob::Glob;
 
@@ -231,8 +232,10 @@ impl Policy {
     ///
     /// A key is the counter name followed by one `/dim=value` part per scope dimension.
     /// Values are percent-encoded outside `[A-Za-z0-9_.-]`, so no grant name, session id or
-    /// argument value can forge another key's structure. Argument values that are not
-    /// strings are keyed by their JSON text behind a `#`; a missing argument is `!`.
+    /// argument value can forge another key's structure. Argument values are canonical
+    /// (see `canonical.rs`: numbers by value, strings in NFC, numeric strings as numbers);
+    /// strings are keyed as text, other values as canonical JSON behind a `#`; a missing
+    /// argument is `!`.
     /// A value longer than 64 bytes is keyed by `~` and 128 bits of its SHA-256 instead, so
     /// a key stays short however large the caller makes the value.
     pub fn counter_hits<'p>(&'p self, rule: &'p Rule, call: &Call<'_>) -> Vec<CounterHit<'p>> {
@@ -253,12 +256,12 @@ impl Policy {
                             key.push_str("arg.");
                             escape_into(&mut key, name);
                             key.push('=');
-                            match call.arguments.get(name) {
+                            match call.arguments.get(name).map(canonical) {
                                 None => key.push('!'),
-                                Some(Value::String(s)) => value_into(&mut key, s),
-                                Some(other) => {
+                                Some(Canonical::Text(s)) => value_into(&mut key, &s),
+                                Some(Canonical::Json(json)) => {
                                     key.push('#');
-                                    value_into(&mut key, &other.to_string());
+                                    value_into(&mut key, &json);
                                 }
                             }
                         }

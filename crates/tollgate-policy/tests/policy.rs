@@ -251,23 +251,40 @@ fn counter_keys_follow_scope_and_escape_values() {
     assert_eq!(hits[2].limit.window.duration.as_secs(), 60);
 }
 
+/// Argument values are keyed canonically: spellings of one number (and strings that are
+/// that number) share a budget, as do NFC and NFD spellings of one string; a missing
+/// argument and the string "!" do not collide, nor do `true` and "true".
 #[test]
-fn argument_keys_distinguish_missing_strings_and_other_json() {
+fn argument_keys_are_canonical_values() {
     let p = policy(
         r#"{"version":"1","tools":{"t":{"limits":[{"counter":"c","window":"1m","max":5,"scope":"argument:replicas"}]}}}"#,
     );
     let rule = p.rule_for("k8s", "t", "g", Annotations::default());
-    let key = |args: Value| p.counter_hits(rule, &call("t", "g", &args))[0].key.clone();
-    let (missing, number, text, bang) = (
-        key(json!({})),
-        key(json!({"replicas": 3})),
-        key(json!({"replicas": "3"})),
-        key(json!({"replicas": "!"})),
+    let key = |args: &str| {
+        let args: Value = serde_json::from_str(args).expect("json");
+        p.counter_hits(rule, &call("t", "g", &args))[0].key.clone()
+    };
+    assert_eq!(key(r#"{}"#), "c/arg.replicas=!");
+    assert_eq!(key(r#"{"replicas": "!"}"#), "c/arg.replicas=%21");
+    for three in ["3", "3.0", "3e0", "0.3e1", "\"3\"", "\" 3.0\"", "\"+3\""] {
+        assert_eq!(
+            key(&format!(r#"{{"replicas": {three}}}"#)),
+            "c/arg.replicas=#3",
+            "{three}"
+        );
+    }
+    assert_eq!(key(r#"{"replicas": "web"}"#), "c/arg.replicas=web");
+    assert_eq!(
+        key(r#"{"replicas": "caf\u00e9"}"#),
+        key(r#"{"replicas": "cafe\u0301"}"#),
+        "NFC and NFD"
     );
-    assert_eq!(missing, "c/arg.replicas=!");
-    assert_eq!(number, "c/arg.replicas=#3");
-    assert_eq!(text, "c/arg.replicas=3");
-    assert_eq!(bang, "c/arg.replicas=%21");
+    assert_ne!(key(r#"{"replicas": true}"#), key(r#"{"replicas": "true"}"#));
+    assert_eq!(
+        key(r#"{"replicas": {"b": 1.0, "a": 2}}"#),
+        key(r#"{"replicas": {"a": "2", "b": 1}}"#),
+        "objects by canonical JSON"
+    );
 }
 
 #[test]

@@ -194,3 +194,65 @@ proptest! {
         check("p.json", &text[..cut], Format::Json)?;
     }
 }
+
+/// A counter keyed per `argument:n`, and the key one call's `n` gets.
+fn argument_key(json_value: &str) -> String {
+    let compiled = tollgate_policy::compile_str(
+        "p.json",
+        r#"{"version":"1","tools":{"t":{"limits":[{"counter":"c","window":"1m","max":5,"scope":"argument:n"}]}}}"#,
+    )
+    .expect("policy");
+    let arguments: Value = serde_json::from_str(&format!(r#"{{"n": {json_value}}}"#)).expect("json");
+    let call = Call {
+        server: "s",
+        tool: "t",
+        grant: "g",
+        agent: "g",
+        session: "",
+        arguments: &arguments,
+        annotations: Annotations::default(),
+    };
+    let rule = compiled.policy.rule_for("s", "t", "g", Annotations::default());
+    compiled.policy.counter_hits(rule, &call)[0].key.clone()
+}
+
+proptest! {
+    /// Every spelling of one number (integer, fraction, exponent, a string holding it) is
+    /// one counter key, and different numbers are different keys.
+    #[test]
+    fn numbers_are_keyed_by_value(a in any::<i32>(), b in any::<i32>(), scale in 0u32..4) {
+        let key = argument_key(&a.to_string());
+        let divisor = 10f64.powi(scale as i32);
+        let spellings = [
+            format!("{a}.0"),
+            format!("{a}e0"),
+            format!("{}e{scale}", f64::from(a) / divisor),
+            format!("\"{a}\""),
+            format!("\" {a}.000 \""),
+        ];
+        for spelling in spellings {
+            // Only spellings whose decimal text is exact (the scaled form may not be).
+            if spelling.contains('e') && !spelling.starts_with(&a.to_string()) {
+                let back: f64 = spelling.parse().unwrap_or(f64::NAN);
+                if back != f64::from(a) {
+                    continue;
+                }
+            }
+            prop_assert_eq!(&argument_key(&spelling), &key, "{}", spelling);
+        }
+        if a != b {
+            prop_assert_ne!(argument_key(&b.to_string()), key);
+        }
+    }
+
+    /// Doubles: equal values share a key whatever their spelling, different ones do not.
+    #[test]
+    fn doubles_are_keyed_by_value(x in any::<f64>().prop_filter("finite", |x| x.is_finite()), y in any::<f64>().prop_filter("finite", |x| x.is_finite())) {
+        let key = argument_key(&format!("{x:e}"));
+        prop_assert_eq!(&argument_key(&format!("{x}")), &key);
+        prop_assert_eq!(&argument_key(&format!("\"{x:E}\"")), &key);
+        if x != y {
+            prop_assert_ne!(argument_key(&format!("{y:e}")), key);
+        }
+    }
+}
