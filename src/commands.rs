@@ -223,6 +223,27 @@ pub fn policy_explain(
             );
         }
     }
+    let matching = policy.matching_rules(server, tool, grant, annotations);
+    if matching.len() > 1 {
+        println!("shadowed (these rules match the call too, and lose to the rule above):");
+        for shadowed in &matching[1..] {
+            let limits: Vec<String> = shadowed
+                .limits
+                .iter()
+                .map(|l| format!("{} = {}", l.counter, l.describe()))
+                .collect();
+            let limits = if limits.is_empty() || shadowed.action == Action::Deny {
+                String::new()
+            } else {
+                format!(", limits {}", limits.join("; "))
+            };
+            println!("  {}: {}{limits}", shadowed.label, shadowed.action);
+            // A tool rule beating a default is how a policy allows tools: nothing to note.
+            if let Some(widened) = rule.widens(shadowed).filter(|_| !shadowed.is_default()) {
+                println!("    not applied: {widened}");
+            }
+        }
+    }
     println!("(tool annotations are unknown here, so class rules see the MCP defaults: destructive, open world)");
     Ok(())
 }

@@ -149,6 +149,59 @@ fn invalid_policy_refuses_to_start_with_file_line_and_column() {
     assert_eq!(code, 0, "{stdout}");
 }
 
+/// `policy check` warns where a more specific rule silently widens access, at that rule's
+/// line; `policy explain` shows the shadowed rules and what of them is not applied.
+#[test]
+fn policy_check_and_explain_show_shadowed_rules() {
+    let dir = support::temp_dir("shadowed");
+    let file = dir.join("policy.json");
+    let policy = r#"{
+  "version": "1",
+  "tools": { "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "minute", "max": 10, "scope": "global" }] } },
+  "servers": { "k8s": { "tools": { "k8s_delete_*": { "action": "deny" } } } },
+  "grants": { "ci-bot": { "tools": {
+    "k8s_rollout_pause": { "reason": "CI pauses rollouts" },
+    "k8s_delete_namespace": {}
+  } } }
+}"#;
+    std::fs::write(&file, policy).expect("policy");
+    let path = file.to_str().expect("path");
+    let (code, stdout, stderr) = run(&["policy", "check", path]);
+    assert_eq!(code, 0, "warnings are not errors: {stderr}");
+    assert!(
+        stdout.contains(&format!("{path}:6:")) && stdout.contains("pause (10 per minute)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{path}:7:")) && stdout.contains("denies it"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok (2 warnings)"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&[
+        "policy",
+        "explain",
+        path,
+        "--server",
+        "k8s",
+        "--tool",
+        "k8s_rollout_pause",
+        "--grant",
+        "ci-bot",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("rule:   grants[\"ci-bot\"].tools[\"k8s_rollout_pause\"]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("shadowed"), "{stdout}");
+    assert!(
+        stdout.contains("  tools[\"k8s_rollout_pause\"]: allow, limits pause = 10 per minute"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("not applied:"), "{stdout}");
+}
+
 #[tokio::test]
 async fn upstream_down_is_a_json_rpc_error_naming_the_upstream() {
     let dir = support::temp_dir("upstream-down");

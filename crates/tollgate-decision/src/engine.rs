@@ -462,6 +462,17 @@ fn human_duration(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    /// What a policy accepts, every store counts exactly.
+    #[test]
+    fn policy_bounds_fit_the_stores() {
+        assert_eq!(
+            tollgate_policy::MAX_SLIDING_LOG_MAX,
+            tollgate_limiter::MAX_SLIDING_LOG_MAX
+        );
+        assert_eq!(tollgate_policy::MAX_COUNT, tollgate_limiter::MAX_COUNT);
+        assert!(tollgate_policy::MAX_WINDOW.as_micros() <= u128::from(tollgate_limiter::MAX_WINDOW_MICROS));
+    }
+
     #[test]
     fn durations_read_naturally_and_round_up() {
         assert_eq!(human_duration(Duration::from_millis(350)), "350 ms");

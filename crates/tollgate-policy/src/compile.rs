@@ -14,6 +14,13 @@ use crate::glob::Glob;
 use crate::policy::{Class, Limit, Policy, Rule, RuleSet, Rules};
 use crate::source::{Format, Source};
 
+/// The largest `max` of a `sliding_log` limit: the log keeps one entry per hit (a Redis
+/// sorted-set member), so this bounds a counter key's memory and one script run's work.
+pub const MAX_SLIDING_LOG_MAX: u64 = 100_000;
+
+/// The largest `max` of any limit (and so its `cost`): 2^53, counted exactly in Lua.
+pub const MAX_COUNT: u64 = 1 << 53;
+
 /// Approval requests expire after this long unless the rule says otherwise.
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -38,6 +45,7 @@ pub fn compile_with_format(name: &str, text: &str, format: Format) -> Result<Com
         errors: Vec::new(),
         warnings: Vec::new(),
         counters: HashMap::new(),
+        entries: Vec::new(),
     }
     .compile(document)
 }
@@ -48,11 +56,41 @@ struct CounterUse {
     first: String,
 }
 
+/// Which rule map a tool rule sits in; precedence is grant > server > top level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Grant,
+    Server,
+    Top,
+}
+
+/// A compiled tool rule and where it sits, for the shadowing analysis.
+struct Entry {
+    path: Vec<String>,
+    level: Level,
+    glob: Glob,
+    exact: bool,
+    rule: Arc<Rule>,
+}
+
+impl Entry {
+    /// Whether this entry beats `other` (of the same map) for a tool both match: an exact
+    /// name beats a pattern, a pattern with more literal characters beats one with fewer.
+    fn more_specific_than(&self, other: &Entry) -> bool {
+        match (self.exact, other.exact) {
+            (true, false) => true,
+            (false, false) => self.glob.specificity() > other.glob.specificity(),
+            _ => false,
+        }
+    }
+}
+
 struct Compiler<'s, 'a> {
     source: &'s Source<'a>,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
     counters: HashMap<String, CounterUse>,
+    entries: Vec<Entry>,
 }
 
 impl Compiler<'_, '_> {
@@ -69,7 +107,7 @@ impl Compiler<'_, '_> {
     fn compile(mut self, doc: PolicyDocument) -> Result<Compiled, PolicyError> {
         let default_action = doc.default.unwrap_or(Action::Deny);
         let default = Arc::new(Rule::default_rule("default".into(), default_action));
-        let tools = self.rule_set(&["tools"], "tools", &doc.tools);
+        let tools = self.rule_set(&["tools"], "tools", &doc.tools, Level::Top);
         if tools.catches_all() {
             if doc.default.is_some() {
                 self.warn(
@@ -86,14 +124,14 @@ impl Compiler<'_, '_> {
         for (name, spec) in &doc.servers.0 {
             servers.insert(
                 name.clone(),
-                self.scoped(&["servers", name], &format!("servers[\"{name}\"]"), spec),
+                self.scoped(&["servers", name], &format!("servers[\"{name}\"]"), spec, Level::Server),
             );
         }
         let mut grants = HashMap::new();
         for (name, spec) in &doc.grants.0 {
             grants.insert(
                 name.clone(),
-                self.scoped(&["grants", name], &format!("grants[\"{name}\"]"), spec),
+                self.scoped(&["grants", name], &format!("grants[\"{name}\"]"), spec, Level::Grant),
             );
         }
 
@@ -110,10 +148,13 @@ impl Compiler<'_, '_> {
             classes[class as usize] = Some(self.rule(&["classes", name], label, spec));
         }
 
+        self.shadowing(&classes, &default, &servers, &grants);
+
         if !self.errors.is_empty() {
             self.errors.sort_by_key(|d| (d.location.line, d.location.column));
             return Err(PolicyError { errors: self.errors });
         }
+        self.warnings.sort_by_key(|d| (d.location.line, d.location.column));
         Ok(Compiled {
             policy: Policy {
                 default,
@@ -126,10 +167,87 @@ impl Compiler<'_, '_> {
         })
     }
 
-    fn scoped(&mut self, path: &[&str], label: &str, spec: &ScopeSpec) -> Rules {
+    /// Warns where a more specific rule silently widens access: it beats a rule that
+    /// denies (or requires approval) without saying `"action"` itself, or it beats a rule
+    /// with limits without saying `"limits"` itself. Also a class rule without `"action"`
+    /// that allows what a `default: deny` would have denied. Saying `"action": "allow"` or
+    /// `"limits": []` states the intent and silences the warning.
+    fn shadowing(
+        &mut self,
+        classes: &[Option<Arc<Rule>>; 3],
+        default: &Rule,
+        servers: &HashMap<String, Rules>,
+        grants: &HashMap<String, Rules>,
+    ) {
+        let entries = std::mem::take(&mut self.entries);
+        let mut found: Vec<(Vec<String>, String)> = Vec::new();
+        for (i, winner) in entries.iter().enumerate() {
+            if winner.rule.action == Action::Deny || (winner.rule.action_stated && winner.rule.limits_stated) {
+                continue;
+            }
+            for (j, loser) in entries.iter().enumerate() {
+                let same_map = winner.level == loser.level
+                    && i != j
+                    && winner.path[..winner.path.len() - 1] == loser.path[..loser.path.len() - 1];
+                let widened = match (&winner.level, &loser.level) {
+                    (Level::Grant, Level::Server | Level::Top) | (Level::Server, Level::Top) => {
+                        winner.rule.widens(&loser.rule)
+                    }
+                    // Within one map only dropped limits count: a specific rule that allows
+                    // beside a broad deny is how a policy names what it allows.
+                    _ if same_map && winner.more_specific_than(loser) => winner.rule.drops_limits_of(&loser.rule),
+                    _ => None,
+                };
+                let Some(widened) = widened else {
+                    continue;
+                };
+                let Some(tool) = winner.glob.overlap(&loser.glob) else {
+                    continue;
+                };
+                found.push((
+                    winner.path.clone(),
+                    format!("for \"{tool}\", {widened}: {}", advice(&winner.rule)),
+                ));
+            }
+        }
+        let denying_defaults: Vec<&str> = std::iter::once(default)
+            .chain(
+                servers
+                    .values()
+                    .chain(grants.values())
+                    .filter_map(|r| r.default.as_deref()),
+            )
+            .filter(|d| d.action != Action::Allow)
+            .map(|d| d.label.as_str())
+            .collect();
+        for (name, class) in ["destructive", "open_world", "read_only"].iter().zip(classes) {
+            let Some(rule) = class else { continue };
+            if rule.action_stated || denying_defaults.is_empty() {
+                continue;
+            }
+            found.push((
+                vec!["classes".to_owned(), (*name).to_owned()],
+                format!(
+                    "{} has no \"action\", so it allows every {} tool that no tool rule names, although {} \
+                     would deny it (a class rule decides a call; it does not add limits to other rules): write \
+                     \"action\": \"allow\" if that is meant",
+                    rule.label,
+                    name.replace('_', "-"),
+                    denying_defaults.join(", ")
+                ),
+            ));
+        }
+        for (path, message) in found {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            self.warn(&path, message);
+        }
+        self.entries = entries;
+    }
+
+    fn scoped(&mut self, path: &[&str], label: &str, spec: &ScopeSpec, level: Level) -> Rules {
         let mut tools_path = path.to_vec();
         tools_path.push("tools");
-        let tools = self.rule_set(&tools_path, &format!("{label}.tools"), &spec.tools);
+        let tools = self.rule_set(&tools_path, &format!("{label}.tools"), &spec.tools, level);
         if spec.default.is_some() && tools.catches_all() {
             let mut p = path.to_vec();
             p.push("default");
@@ -146,7 +264,7 @@ impl Compiler<'_, '_> {
         }
     }
 
-    fn rule_set(&mut self, path: &[&str], label: &str, specs: &UniqueMap<RuleSpec>) -> RuleSet {
+    fn rule_set(&mut self, path: &[&str], label: &str, specs: &UniqueMap<RuleSpec>, level: Level) -> RuleSet {
         let mut set = RuleSet::default();
         for (key, spec) in &specs.0 {
             let mut p = path.to_vec();
@@ -156,6 +274,13 @@ impl Compiler<'_, '_> {
                 continue;
             }
             let rule = self.rule(&p, format!("{label}[\"{key}\"]"), spec);
+            self.entries.push(Entry {
+                path: p.iter().map(|s| (*s).to_owned()).collect(),
+                level: level.clone(),
+                glob: Glob::new(key),
+                exact: !Glob::is_pattern(key),
+                rule: rule.clone(),
+            });
             if Glob::is_pattern(key) {
                 set.patterns.push((Glob::new(key), rule));
             } else {
@@ -188,7 +313,8 @@ impl Compiler<'_, '_> {
 
     fn rule(&mut self, path: &[&str], label: String, spec: &RuleSpec) -> Arc<Rule> {
         let action = spec.action.unwrap_or(Action::Allow);
-        if action == Action::Deny && !spec.limits.is_empty() {
+        let specs = spec.limits.as_deref().unwrap_or_default();
+        if action == Action::Deny && !specs.is_empty() {
             self.warn(path, format!("{label}: limits of a deny rule are never checked"));
         }
         if action != Action::RequireApproval && spec.approval.is_some() {
@@ -197,8 +323,8 @@ impl Compiler<'_, '_> {
                 format!("{label}: `approval` only applies to rules with \"action\": \"require_approval\""),
             );
         }
-        let mut limits: Vec<Limit> = Vec::with_capacity(spec.limits.len());
-        for (i, limit) in spec.limits.iter().enumerate() {
+        let mut limits: Vec<Limit> = Vec::with_capacity(specs.len());
+        for (i, limit) in specs.iter().enumerate() {
             let mut p = path.to_vec();
             p.push("limits");
             if let Some(compiled) = self.limit(&p, &label, i, limit) {
@@ -221,6 +347,8 @@ impl Compiler<'_, '_> {
                 .approval
                 .as_ref()
                 .map_or(DEFAULT_APPROVAL_TIMEOUT, |a| a.timeout.duration),
+            action_stated: spec.action.is_some(),
+            limits_stated: spec.limits.is_some(),
         })
     }
 
@@ -264,6 +392,26 @@ impl Compiler<'_, '_> {
             ok = false;
         }
         let algorithm = spec.algorithm.unwrap_or_default();
+        let largest = match algorithm {
+            Algorithm::SlidingLog => MAX_SLIDING_LOG_MAX,
+            Algorithm::SlidingWindow => MAX_COUNT,
+        };
+        if spec.max > largest {
+            let hint = match algorithm {
+                Algorithm::SlidingLog => {
+                    ": sliding_log remembers every hit; use \"algorithm\": \"sliding_window\" for larger limits"
+                }
+                Algorithm::SlidingWindow => "",
+            };
+            self.error(
+                &here,
+                format!(
+                    "{label}: counter \"{counter}\" has max {} above {largest}, the largest {algorithm} counts{hint}",
+                    spec.max
+                ),
+            );
+            ok = false;
+        }
         match self.counters.get(counter) {
             Some(seen) if seen.window != spec.window.duration || seen.algorithm != algorithm => {
                 let message = format!(
@@ -297,5 +445,14 @@ impl Compiler<'_, '_> {
             scope: spec.scope.clone().unwrap_or_else(|| Scope(vec![ScopeDim::Grant])),
             algorithm,
         })
+    }
+}
+
+/// How to state the intent that silences a shadowing warning.
+fn advice(rule: &Rule) -> &'static str {
+    match (rule.action_stated, rule.limits_stated) {
+        (false, false) => "say \"action\" and \"limits\" in this rule (\"limits\": [] for none) to state what it means",
+        (false, true) => "write \"action\": \"allow\" if that is meant, or \"deny\"",
+        _ => "list the limits this rule keeps, or write \"limits\": [] if it should have none",
     }
 }

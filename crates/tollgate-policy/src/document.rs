@@ -49,8 +49,10 @@ pub struct RuleSpec {
     pub action: Option<Action>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// `None` when the rule does not mention limits (as opposed to `"limits": []`): such a
+    /// rule that shadows a rule with limits gets a warning.
     #[serde(default)]
-    pub limits: Vec<LimitSpec>,
+    pub limits: Option<Vec<LimitSpec>>,
     #[serde(default)]
     pub on_store_error: Option<OnStoreError>,
     #[serde(default)]

@@ -13,7 +13,7 @@ mod names;
 mod policy;
 mod source;
 
-pub use compile::{Compiled, compile_str, compile_with_format};
+pub use compile::{Compiled, MAX_COUNT, MAX_SLIDING_LOG_MAX, compile_str, compile_with_format};
 pub use document::{Action, Algorithm, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;

@@ -35,6 +35,10 @@ pub struct Rule {
     pub limits: Vec<Limit>,
     pub on_store_error: OnStoreError,
     pub approval_timeout: Duration,
+    /// The rule says `"action"` (a rule without one allows).
+    pub action_stated: bool,
+    /// The rule says `"limits"`, if only `[]`.
+    pub limits_stated: bool,
 }
 
 impl Rule {
@@ -46,12 +50,61 @@ impl Rule {
             limits: Vec::new(),
             on_store_error: OnStoreError::Deny,
             approval_timeout: Duration::from_secs(300),
+            action_stated: true,
+            limits_stated: true,
         }
     }
 
     /// A rule is a fallback `default` rather than a rule naming tools.
     pub fn is_default(&self) -> bool {
         self.label == "default" || self.label.ends_with(".default")
+    }
+
+    /// What this rule takes away, without saying so, from `shadowed` (a rule it beats for
+    /// some call): see [`Rule::allows_what_it_shadows`] and [`Rule::drops_limits_of`].
+    pub fn widens(&self, shadowed: &Rule) -> Option<String> {
+        self.allows_what_it_shadows(shadowed)
+            .or_else(|| self.drops_limits_of(shadowed))
+    }
+
+    /// `shadowed` denies (or requires approval), and this rule allows without saying
+    /// `"action"`.
+    pub fn allows_what_it_shadows(&self, shadowed: &Rule) -> Option<String> {
+        if self.action_stated || self.action != Action::Allow || shadowed.action == Action::Allow {
+            return None;
+        }
+        let what = if shadowed.action == Action::Deny {
+            "denies"
+        } else {
+            "requires approval for"
+        };
+        Some(format!(
+            "{} {what} it, but {} has no \"action\" and so allows it",
+            shadowed.label, self.label
+        ))
+    }
+
+    /// `shadowed` has limits, and this rule admits calls without saying `"limits"`, so
+    /// none of them apply.
+    pub fn drops_limits_of(&self, shadowed: &Rule) -> Option<String> {
+        if self.limits_stated
+            || self.action == Action::Deny
+            || shadowed.action == Action::Deny
+            || shadowed.limits.is_empty()
+        {
+            return None;
+        }
+        let dropped: Vec<String> = shadowed
+            .limits
+            .iter()
+            .map(|l| format!("{} ({})", l.counter, l.describe()))
+            .collect();
+        Some(format!(
+            "{} has no \"limits\", so the limits of {} do not apply: {}",
+            self.label,
+            shadowed.label,
+            dropped.join(", ")
+        ))
     }
 }
 
@@ -93,6 +146,17 @@ pub(crate) struct RuleSet {
 }
 
 impl RuleSet {
+    /// Every rule of the set that matches `tool`, the one that decides first.
+    fn find_all<'s>(&'s self, tool: &str) -> impl Iterator<Item = &'s Arc<Rule>> + 's {
+        let name: Vec<char> = tool.chars().collect();
+        self.exact.get(tool).into_iter().chain(
+            self.patterns
+                .iter()
+                .filter(move |(g, _)| g.matches_chars(&name))
+                .map(|(_, r)| r),
+        )
+    }
+
     fn find(&self, tool: &str) -> Option<&Arc<Rule>> {
         if let Some(rule) = self.exact.get(tool) {
             return Some(rule);
@@ -220,6 +284,28 @@ impl Policy {
             .or_else(|| grant_rules.and_then(|r| r.default.as_ref()))
             .or_else(|| server_rules.and_then(|r| r.default.as_ref()))
             .unwrap_or(&self.default)
+    }
+
+    /// Every rule that matches the call, in precedence order: the first decides it, the
+    /// others are shadowed by it (`policy explain` shows them, with what each would have
+    /// applied).
+    pub fn matching_rules(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> Vec<&Arc<Rule>> {
+        let grant_rules = self.grants.get(grant);
+        let server_rules = self.servers.get(server);
+        let mut out: Vec<&Arc<Rule>> = Vec::new();
+        out.extend(grant_rules.into_iter().flat_map(|r| r.tools.find_all(tool)));
+        out.extend(server_rules.into_iter().flat_map(|r| r.tools.find_all(tool)));
+        out.extend(self.tools.find_all(tool));
+        out.extend(
+            [Class::Destructive, Class::OpenWorld, Class::ReadOnly]
+                .into_iter()
+                .filter(|c| annotations.in_class(*c))
+                .filter_map(|c| self.classes[c as usize].as_ref()),
+        );
+        out.extend(grant_rules.and_then(|r| r.default.as_ref()));
+        out.extend(server_rules.and_then(|r| r.default.as_ref()));
+        out.push(&self.default);
+        out
     }
 
     /// Whether a caller could ever be allowed to call the tool: hidden from `tools/list`

@@ -466,3 +466,138 @@ fn windows_longer_than_a_year_are_errors_with_location() {
     let ok = r#"{"version":"1","tools":{"a":{"limits":[{"counter":"a","window":"366d","max":1}]}}}"#;
     assert!(tollgate_policy::compile_str("p.json", ok).is_ok());
 }
+
+fn warnings(text: &str) -> Vec<String> {
+    compile_str("p.json", text)
+        .expect("warnings are not errors")
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The three ways a more specific rule used to widen access without a word: a grant rule
+/// that only sets a `reason` drops the top-level limit; a grant rule allows a tool the
+/// server's rule denies; a class rule allows under `default: deny`. Each is a warning at
+/// the rule that widens, naming what it drops; stating the intent silences it.
+#[test]
+fn rules_that_silently_widen_access_are_warnings() {
+    let text = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "minute", "max": 10, "scope": "global" }] }
+  },
+  "servers": {
+    "k8s": { "tools": { "k8s_delete_*": { "action": "deny", "reason": "never" } } }
+  },
+  "grants": {
+    "ci-bot": { "tools": {
+      "k8s_rollout_pause": { "reason": "CI pauses rollouts" },
+      "k8s_delete_namespace": { "limits": [{ "counter": "del", "window": "hour", "max": 1 }] }
+    } }
+  },
+  "classes": {
+    "destructive": { "limits": [{ "counter": "destructive", "window": "minute", "max": 5 }] }
+  }
+}"#;
+    let all = warnings(text);
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let dropped = all
+        .iter()
+        .find(|w| w.contains("pause (10 per minute)"))
+        .expect("dropped limit");
+    assert!(dropped.starts_with("p.json:12:"), "at the grant rule: {dropped}");
+    assert!(
+        dropped.contains(r#"grants["ci-bot"].tools["k8s_rollout_pause"] has no "limits""#),
+        "{dropped}"
+    );
+    let allowed = all.iter().find(|w| w.contains("denies it")).expect("deny turned allow");
+    assert!(allowed.starts_with("p.json:13:"), "{allowed}");
+    assert!(
+        allowed.contains(r#"for "k8s_delete_namespace", servers["k8s"].tools["k8s_delete_*"] denies it"#),
+        "{allowed}"
+    );
+    let class = all
+        .iter()
+        .find(|w| w.contains("classes["))
+        .expect("class under default deny");
+    assert!(class.starts_with("p.json:17:"), "{class}");
+    assert!(class.contains("allows every destructive tool"), "{class}");
+
+    // Stating the intent silences each.
+    let stated = text
+        .replace(
+            r#"{ "reason": "CI pauses rollouts" }"#,
+            r#"{ "reason": "CI pauses rollouts", "limits": [] }"#,
+        )
+        .replace(
+            r#""k8s_delete_namespace": { "limits""#,
+            r#""k8s_delete_namespace": { "action": "allow", "limits""#,
+        )
+        .replace(
+            r#""destructive": { "limits""#,
+            r#""destructive": { "action": "allow", "limits""#,
+        );
+    assert_eq!(warnings(&stated), Vec::<String>::new());
+}
+
+/// Within one map, a specific rule that allows beside a broad deny is the ordinary way to
+/// name what is allowed; one that drops the broad rule's limits is a warning.
+#[test]
+fn within_one_map_only_dropped_limits_are_warnings() {
+    let ordinary = r#"{"version":"1","tools":{"*":{"action":"deny"},"k8s_get":{},"k8s_*":{"action":"require_approval"},"k8s_list":{}}}"#;
+    let all = warnings(ordinary);
+    assert_eq!(all, Vec::<String>::new());
+    let dropped = r#"{"version":"1","tools":{"*":{"limits":[{"counter":"all","window":"minute","max":100,"scope":"global"}]},"k8s_get":{}}}"#;
+    let all = warnings(dropped);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(
+        all[0].contains(r#"tools["k8s_get"] has no "limits", so the limits of tools["*"] do not apply"#),
+        "{all:?}"
+    );
+}
+
+/// `matching_rules` lists every rule that matches a call, the deciding one first, so that
+/// `policy explain` can show what was shadowed.
+#[test]
+fn matching_rules_lists_the_shadowed_rules_in_precedence_order() {
+    let text = r#"{"version":"1","default":"deny",
+        "tools":{"k8s_*":{"limits":[{"counter":"k","window":"minute","max":3}]},"k8s_get":{}},
+        "servers":{"k8s":{"default":"deny","tools":{"k8s_get":{"action":"deny"}}}},
+        "grants":{"ci":{"tools":{"k8s_get":{"action":"allow"}}}}}"#;
+    let c = compile_str("p.json", text).expect("policy");
+    let labels: Vec<&str> = c
+        .policy
+        .matching_rules("k8s", "k8s_get", "ci", Annotations::default())
+        .iter()
+        .map(|r| r.label.as_str())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            r#"grants["ci"].tools["k8s_get"]"#,
+            r#"servers["k8s"].tools["k8s_get"]"#,
+            r#"tools["k8s_get"]"#,
+            r#"tools["k8s_*"]"#,
+            r#"servers["k8s"].default"#,
+            "default"
+        ]
+    );
+}
+
+/// `sliding_log` keeps one entry per hit, so its `max` is capped; a larger limit must use
+/// `sliding_window` (capped at 2^53, exact in Lua).
+#[test]
+fn limits_larger_than_a_store_counts_are_errors_with_location() {
+    let log = r#"{"version":"1","tools":{
+  "a":{"limits":[{"counter":"a","window":"day","max":100001}]}}}"#;
+    let all = errors("p.json", log).to_string();
+    assert!(all.starts_with("p.json:2:"), "{all}");
+    assert!(all.contains("above 100000") && all.contains("sliding_window"), "{all}");
+    let window = r#"{"version":"1","tools":{"a":{"limits":[{"counter":"a","window":"day","max":9007199254740993,"algorithm":"sliding_window"}]}}}"#;
+    assert!(errors("p.json", window).to_string().contains("above 9007199254740992"));
+    let largest =
+        r#"{"version":"1","tools":{"a":{"limits":[{"counter":"a","window":"day","max":100000,"cost":100000}]}}}"#;
+    assert!(compile_str("p.json", largest).is_ok());
+}
