@@ -134,6 +134,27 @@ fn redis_store(url: Option<String>, cluster: Vec<String>) -> Arc<RedisStore> {
     Arc::new(RedisStore::new(&settings).expect("store"))
 }
 
+/// Opens every connection the store keeps (it uses a few in turn), so that the slow calls
+/// are slow in Redis, where the script has been sent, not in opening a connection.
+async fn warm_up(engine: &Engine) {
+    for _ in 0..8 {
+        let (v, decision) = verdict(engine, "pause", "warm-up").await;
+        assert_ne!(v, Verdict::Deny, "the store answers: {decision:?}");
+    }
+}
+
+/// Waits until every earlier `DEBUG SLEEP` has answered, so each slow call gets a sleep of
+/// its own (a sleep queued behind another would leave the call before it room to answer).
+fn awake(sleeping: &mut Vec<TcpStream>) {
+    use std::io::Read;
+    for mut conn in sleeping.drain(..) {
+        conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut reply = [0u8; 5];
+        conn.read_exact(&mut reply).expect("DEBUG SLEEP answers");
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+}
+
 #[tokio::test]
 async fn late_redis_answers_charge_only_calls_that_ran() {
     let redis = RedisServer::start();
@@ -142,12 +163,12 @@ async fn late_redis_answers_charge_only_calls_that_ran() {
         redis_store(Some(redis.url()), vec![]),
         STORE_TIMEOUT,
     );
-    // Warm the connection, so the first slow call is slow in Redis, not in connecting.
-    assert_eq!(verdict(&engine, "pause", "warm-up").await.0, Verdict::Allow);
+    warm_up(&engine).await;
     let sleeping: std::sync::Mutex<Vec<TcpStream>> = Default::default();
     late_answers_charge_only_calls_that_ran(&engine, &|| {
-        let conn = redis.sleep(SLOW.as_secs_f64());
-        sleeping.lock().expect("lock").push(conn);
+        let mut sleeping = sleeping.lock().expect("lock");
+        awake(&mut sleeping);
+        sleeping.push(redis.sleep(SLOW.as_secs_f64()));
     })
     .await;
 }
@@ -156,11 +177,12 @@ async fn late_redis_answers_charge_only_calls_that_ran() {
 async fn late_redis_cluster_answers_charge_only_calls_that_ran() {
     let cluster = RedisCluster::start();
     let engine = Engine::new(policy("sliding_log"), redis_store(None, cluster.urls()), STORE_TIMEOUT);
-    assert_eq!(verdict(&engine, "pause", "warm-up").await.0, Verdict::Allow);
+    warm_up(&engine).await;
     let sleeping: std::sync::Mutex<Vec<TcpStream>> = Default::default();
     late_answers_charge_only_calls_that_ran(&engine, &|| {
-        let conns = cluster.nodes.iter().map(|node| node.sleep(SLOW.as_secs_f64()));
-        sleeping.lock().expect("lock").extend(conns);
+        let mut sleeping = sleeping.lock().expect("lock");
+        awake(&mut sleeping);
+        sleeping.extend(cluster.nodes.iter().map(|node| node.sleep(SLOW.as_secs_f64())));
     })
     .await;
 }
