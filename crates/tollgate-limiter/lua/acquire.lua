@@ -15,7 +15,8 @@
 --               max, cost (the caller checked: 1 <= cost, max <= 100000 for sliding_log)
 -- ARGV[4+4n]    most live keys a registry may hold
 --
--- Returns {admitted (1|0), then per counter: remaining, reset_after_us,
+-- Returns {admitted (1|0), then per counter: remaining (after this call when admitted; as
+--          it is when refused), reset_after_us,
 --          retry_after_us (-1 when the counter had room), bucket (sliding_window only, else 0)},
 -- or {-1} when a counter key would be created while its registry is full (nothing written).
 --
@@ -77,9 +78,10 @@ local function log_from_window(key, now, window, max, prefix)
   redis.call('PEXPIRE', key, ttl_ms(window))
 end
 
--- The key holds a sliding_log sorted set; the policy now says sliding_window: its hits are
--- counted into the current and previous bucket, exactly as sliding_window would have.
+-- The key holds a sliding_log sorted set; the policy now says sliding_window: the hits that
+-- still count are counted into the current and previous bucket, as sliding_window would have.
 local function window_from_log(key, now, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local bucket = math.floor(now / window)
   local start = bucket * window
   local c = redis.call('ZCOUNT', key, start, '+inf')
@@ -197,7 +199,13 @@ for i = 1, n do
   out[#out + 1] = bucket
 end
 
-if out[1] == 1 then
+if out[1] == 0 then
+  -- Refused: nothing is taken, so a counter that had room keeps all of it.
+  for i = 1, n do
+    local at = 2 + 4 * (i - 1)
+    if out[at + 2] < 0 then out[at] = out[at] + tonumber(ARGV[4 + (i - 1) * 4 + 3]) end
+  end
+else
   for i = 1, n do
     local key = KEYS[i + 1]
     local base = 4 + (i - 1) * 4

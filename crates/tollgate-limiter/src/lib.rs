@@ -116,7 +116,8 @@ impl Hit {
 /// What one counter looked like when the call was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterStatus {
-    /// Hits still available in the window (after this call, when it was admitted).
+    /// Hits still available in the window: after this call when it was admitted; when it
+    /// was refused, as they are (a refused call takes nothing from any counter).
     pub remaining: u64,
     /// Time until the window holds no hits at all.
     pub reset_after: Duration,

@@ -176,15 +176,30 @@ impl MemoryStore {
             let status = match state.counters.get_mut(&hit.key) {
                 Some(Counter::Log(log)) => log.check(now, hit),
                 Some(Counter::Window(w)) => w.check(now, hit),
+                // A counter with no hits: refused only when the cost exceeds the max, and
+                // then all of its room is still there.
+                None if hit.cost > hit.max => CounterStatus {
+                    remaining: hit.max,
+                    reset_after: Duration::ZERO,
+                    retry_after: Some(Duration::ZERO),
+                },
                 None => CounterStatus {
-                    remaining: hit.max.saturating_sub(hit.cost),
+                    remaining: hit.max - hit.cost,
                     reset_after: hit.window,
-                    retry_after: (hit.cost > hit.max).then_some(Duration::ZERO),
+                    retry_after: None,
                 },
             };
             counters.push(status);
         }
         let admitted = counters.iter().all(|c| !c.exceeded());
+        if !admitted {
+            // Nothing is taken, so a counter that had room keeps all of it.
+            for (status, hit) in counters.iter_mut().zip(hits) {
+                if !status.exceeded() {
+                    status.remaining += hit.cost;
+                }
+            }
+        }
         if admitted {
             for hit in hits {
                 if !state.counters.contains_key(&hit.key) {
@@ -443,7 +458,7 @@ impl SlidingWindow {
         Duration::from_micros(u64::try_from(now.as_micros().saturating_sub(self.bucket * w)).unwrap_or(u64::MAX))
     }
 
-    /// The hits of a `sliding_log` counter as two buckets of the new window.
+    /// The hits of a `sliding_log` counter that still count, as two buckets of the window.
     fn from_log(log: &SlidingLog, now: Duration, window: Duration) -> SlidingWindow {
         let w = window.as_micros().max(1);
         let bucket = now.as_micros() / w;
@@ -455,7 +470,8 @@ impl SlidingWindow {
             current: 0,
             previous: 0,
         };
-        for &(at, cost) in &log.entries {
+        // Only the hits that still count (`at + window > now`) carry over.
+        for &(at, cost) in log.entries.iter().filter(|(at, _)| *at + window > now) {
             if at >= start {
                 out.current += cost;
             } else if at >= previous_start {
@@ -475,44 +491,46 @@ impl SlidingWindow {
         }
     }
 
+    /// The same arithmetic as `acquire.lua`, in microseconds as doubles, so both stores
+    /// agree to the last rounding.
     fn check(&mut self, now: Duration, hit: &Hit) -> CounterStatus {
         let elapsed = self.roll(now, hit.window);
-        let w = hit.window.as_secs_f64();
-        let weight = (w - elapsed.as_secs_f64()) / w;
-        let estimate = self.previous as f64 * weight + self.current as f64;
+        let w = hit.window.as_micros() as f64;
+        let e = elapsed.as_micros() as f64;
+        let (p, c) = (self.previous as f64, self.current as f64);
+        let estimate = p * (w - e) / w + c;
         let max = hit.max as f64;
         let cost = hit.cost as f64;
-        let reset_after = if self.current > 0 {
-            hit.window * 2 - elapsed
+        let micros = |us: f64| Duration::from_micros(us.max(0.0).ceil() as u64);
+        let reset = if self.current > 0 {
+            2.0 * w - e
         } else if self.previous > 0 {
-            hit.window - elapsed
+            w - e
         } else {
-            Duration::ZERO
+            0.0
         };
         if estimate + cost <= max {
             return CounterStatus {
                 remaining: (max - estimate - cost).floor() as u64,
-                reset_after: reset_after.max(hit.window - elapsed),
+                reset_after: micros(reset.max(w - e)),
                 retry_after: None,
             };
         }
-        let until_next = (hit.window - elapsed).as_secs_f64();
+        let until_next = w - e;
         let wait = if hit.cost > hit.max {
             0.0
         } else if self.current + hit.cost > hit.max {
             // Wait for the next bucket, then for the current count (now the previous one)
             // to fade enough.
-            let fade = 1.0 - (max - cost) / self.current as f64;
-            until_next + (w * fade).max(0.0)
+            until_next + (w * (1.0 - (max - cost) / c)).max(0.0)
         } else {
             // The previous bucket's weight must fall far enough within this bucket.
-            let room = max - self.current as f64 - cost;
-            (until_next - w * room / self.previous as f64).max(0.0)
+            (until_next - w * (max - c - cost) / p).max(0.0)
         };
         CounterStatus {
             remaining: (max - estimate).max(0.0).floor() as u64,
-            reset_after,
-            retry_after: Some(Duration::from_secs_f64(wait)),
+            reset_after: micros(reset),
+            retry_after: Some(micros(wait)),
         }
     }
 
