@@ -17,16 +17,16 @@ use tollgate_decision::{Decider, Engine, GrpcDecider};
 use tollgate_limiter::{CounterStore, MemoryStore, RedisSettings, RedisStore};
 
 /// Limits that never refuse during a bench (so every decision does the full write path),
-/// with a short window so sliding logs stay small.
+/// with a short window so sliding logs stay small (100000 is the largest `sliding_log` max).
 const POLICY: &str = r#"{
   "version": "1",
   "default": "deny",
   "tools": {
-    "one": { "limits": [ { "counter": "one", "window": "1s", "max": 1000000000 } ] },
+    "one": { "limits": [ { "counter": "one", "window": "10ms", "max": 100000 } ] },
     "three": { "limits": [
-      { "counter": "t1", "window": "1s", "max": 1000000000, "scope": "grant" },
-      { "counter": "t2", "window": "1s", "max": 1000000000, "scope": ["grant", "argument:namespace"] },
-      { "counter": "t3", "window": "1s", "max": 1000000000, "scope": ["grant", "tool"] }
+      { "counter": "t1", "window": "10ms", "max": 100000, "scope": "grant" },
+      { "counter": "t2", "window": "10ms", "max": 100000, "scope": ["grant", "argument:namespace"] },
+      { "counter": "t3", "window": "10ms", "max": 100000, "scope": ["grant", "tool"] }
     ] }
   }
 }"#;
@@ -36,6 +36,11 @@ fn engine(store: Arc<dyn CounterStore>) -> Engine {
         .expect("bench policy")
         .policy;
     Engine::new(policy, store, Duration::from_secs(1))
+}
+
+fn next_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("bench-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 fn request(tool: &str) -> DecideRequest {
@@ -71,7 +76,10 @@ fn decisions(c: &mut Criterion) {
             let req = request(tool);
             group.bench_function(format!("{name}/{tool}_counter"), |b| {
                 b.to_async(&runtime).iter(|| async {
-                    let decision = engine.decide(&req).await;
+                    // A fresh request id per call, as edges send: each call is a new decision.
+                    let mut call = req.clone();
+                    call.request_id = next_id();
+                    let decision = engine.decide(&call).await;
                     assert_eq!(decision.verdict, 1, "bench calls are admitted: {}", decision.reason);
                     decision
                 })
@@ -97,8 +105,11 @@ fn decisions(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let req = request("one");
     group.bench_function("decide/memory/one_counter", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { client.decide(req.clone()).await.expect("decided") })
+        b.to_async(&runtime).iter(|| async {
+            let mut call = req.clone();
+            call.request_id = next_id();
+            client.decide(call).await.expect("decided")
+        })
     });
     group.finish();
 }

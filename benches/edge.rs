@@ -18,7 +18,7 @@ use tollgate_limiter::MemoryStore;
 use tower::ServiceExt;
 
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"k8s_list_namespaces": {},
-    "k8s_rollout_pause": {"limits": [{"counter": "p", "window": "1s", "max": 1000000000}]}}}"#;
+    "k8s_rollout_pause": {"limits": [{"counter": "p", "window": "10ms", "max": 100000}]}}}"#;
 const KEY: &str = "bench-key";
 
 fn call(tool: &str) -> Request<Body> {

@@ -17,7 +17,7 @@ port=$redis_port
 # One counter per call, 1 s window, a limit that never refuses: every call takes the write path.
 cat > "$work/policy.json" <<'EOF'
 {"version": "1", "default": "deny",
- "tools": {"bench": {"limits": [{"counter": "bench", "window": "1s", "max": 1000000000}]}}}
+ "tools": {"bench": {"limits": [{"counter": "bench", "window": "1s", "max": 100000}]}}}
 EOF
 cat > "$work/tollgate.toml" <<EOF
 [decision]
@@ -43,4 +43,4 @@ sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat crates/tollgate-limiter/lua/acquir
 echo "== redis-benchmark EVALSHA acquire.lua: $concurrency connections"
 redis-benchmark -p "$port" -c "$concurrency" -n $((concurrency * 20000)) -r 1000000000 -q \
   EVALSHA "$sha" 3 'tollgate:{grant=bench}:req:__rand_int__' 'tollgate:{grant=bench}:bench/grant=bench' \
-  'tollgate:{grant=bench}:live:bench' 'r__rand_int__' 60000 'm__rand_int__' 0 1000000 1000000000 1 100000
+  'tollgate:{grant=bench}:live:bench' 'r__rand_int__' 60000 'm__rand_int__' 0 1000000 100000 1 100000

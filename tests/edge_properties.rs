@@ -23,7 +23,7 @@ use tower::ServiceExt;
 
 const KEY: &str = "property-key";
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"allowed": {}, "secret": {"action": "deny"},
-    "limited": {"limits": [{"counter": "c", "window": "1s", "max": 1000000, "scope": ["grant", "argument:ns"]}]}}}"#;
+    "limited": {"limits": [{"counter": "c", "window": "1s", "max": 100000, "scope": ["grant", "argument:ns"]}]}}}"#;
 
 struct Harness {
     runtime: tokio::runtime::Runtime,

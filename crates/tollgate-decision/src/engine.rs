@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_limiter::{Admission, CounterStore, Hit};
@@ -254,14 +255,23 @@ impl Engine {
     /// replica), the hits are kept too: the retry finds them and is not charged twice.
     async fn acquire(&self, request_id: String, batch: Vec<Hit>, keep_late_hits: bool) -> Result<Admission, String> {
         let store = self.store.clone();
+        let (kind, id) = (store.kind(), request_id.clone());
+        let mut acquire = Box::pin(async move {
+            let answer = store.acquire(&request_id, &batch).await;
+            (answer, store, request_id, batch)
+        });
+        // A store that answers at once (the memory store) needs no task.
+        if let Some((answer, ..)) = (&mut acquire).now_or_never() {
+            return answer.map_err(|e| e.to_string());
+        }
         let (answer_tx, mut answer_rx) = tokio::sync::oneshot::channel();
         let give_back = Arc::new(AtomicBool::new(false));
         let late = give_back.clone();
         tokio::spawn(async move {
-            let Ok(answer) = tokio::time::timeout(LATE_ANSWER_WAIT, store.acquire(&request_id, &batch)).await else {
+            let Ok((answer, store, request_id, batch)) = tokio::time::timeout(LATE_ANSWER_WAIT, acquire).await else {
                 tracing::warn!(
-                    store = store.kind(),
-                    request_id = ?request_id,
+                    store = kind,
+                    request_id = ?id,
                     "the counter store did not answer within {LATE_ANSWER_WAIT:?}: if it took the hits of this \
                      refused call, they stay charged until their window ends"
                 );
