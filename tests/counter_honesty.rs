@@ -92,6 +92,9 @@ async fn late_answers_charge_only_calls_that_ran(engine: &Engine, slow_down: &dy
     assert_eq!(verdict_read, Verdict::Allow, "on_store_error allow: {decision:?}");
     // Let every late answer arrive and be given back.
     tokio::time::sleep(SLOW * 5).await;
+    let store = engine.store_kind();
+    assert!(late_answers(store, "released") >= 3, "{}", late_answers_text());
+    assert!(late_answers(store, "kept") >= 1, "{}", late_answers_text());
 
     for i in 0..3 {
         let (v, decision) = verdict(engine, "pause", "late").await;
@@ -110,6 +113,25 @@ async fn late_answers_charge_only_calls_that_ran(engine: &Engine, slow_down: &dy
         Verdict::RateLimited,
         "the uncounted call that ran was counted once the store answered: {decision:?}"
     );
+}
+
+fn late_answers_text() -> String {
+    tollgate_telemetry::metrics::metrics()
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("tollgate_store_late_answers"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `tollgate_store_late_answers_total{store, outcome}` (process-wide: tests add up).
+fn late_answers(store: &str, outcome: &str) -> u64 {
+    let wanted = [format!("store=\"{store}\""), format!("outcome=\"{outcome}\"")];
+    late_answers_text()
+        .lines()
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[tokio::test]

@@ -275,27 +275,43 @@ impl Engine {
                     "the counter store did not answer within {LATE_ANSWER_WAIT:?}: if it took the hits of this \
                      refused call, they stay charged until their window ends"
                 );
+                metrics().late_store_answer(kind, "unanswered");
                 return;
             };
             // Sending fails only once the caller stopped waiting.
-            let Err(Ok(admission)) = answer_tx.send(answer) else {
+            let Err(answer) = answer_tx.send(answer) else {
                 return;
             };
-            if !admission.admitted || !late.load(Ordering::SeqCst) {
-                return;
+            let admission = match answer {
+                Ok(admission) if admission.admitted => admission,
+                _ => return metrics().late_store_answer(kind, "none_taken"),
+            };
+            if !late.load(Ordering::SeqCst) {
+                return metrics().late_store_answer(kind, "kept");
             }
-            match store.release(&request_id, &batch, &admission).await {
-                Ok(()) => tracing::info!(
-                    store = store.kind(),
-                    request_id = ?request_id,
-                    "the counter store answered after the deadline: gave back the hits of the refused call"
-                ),
-                Err(e) => tracing::warn!(
-                    store = store.kind(),
-                    request_id = ?request_id,
-                    "the counter store answered after the deadline, and giving back the hits of the refused call \
-                     failed (they stay charged until their window ends): {e}"
-                ),
+            let released = tokio::time::timeout(LATE_ANSWER_WAIT, store.release(&request_id, &batch, &admission)).await;
+            match released {
+                Ok(Ok(())) => {
+                    metrics().late_store_answer(kind, "released");
+                    tracing::info!(
+                        store = kind,
+                        request_id = ?request_id,
+                        "the counter store answered after the deadline: gave back the hits of the refused call"
+                    );
+                }
+                failed => {
+                    metrics().late_store_answer(kind, "release_failed");
+                    let cause = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {LATE_ANSWER_WAIT:?}"),
+                    };
+                    tracing::warn!(
+                        store = kind,
+                        request_id = ?request_id,
+                        "the counter store answered after the deadline, and giving back the hits of the refused call \
+                         failed (they stay charged until their window ends): {cause}"
+                    );
+                }
             }
         });
         match tokio::time::timeout(self.store_timeout, &mut answer_rx).await {

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub decision_seconds: Histograms,
     pub store_seconds: Histograms,
     pub store_errors: Family<Labels, Counter>,
+    pub store_late_answers: Family<Labels, Counter>,
     pub policy_reloads: Family<Labels, Counter>,
     pub upstream_seconds: Histograms,
     pub upstream_errors: Family<Labels, Counter>,
@@ -59,6 +60,7 @@ impl Metrics {
             decision_seconds: Family::new_with_constructor(latency),
             store_seconds: Family::new_with_constructor(latency),
             store_errors: Family::default(),
+            store_late_answers: Family::default(),
             policy_reloads: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency),
             upstream_errors: Family::default(),
@@ -89,6 +91,12 @@ impl Metrics {
             "store_errors",
             "Counter-store failures and timeouts by store",
             m.store_errors.clone(),
+        );
+        registry.register(
+            "store_late_answers",
+            "Counter-store answers that came after the deadline, by store and what became of their hits \
+             (released, kept, release_failed, none_taken, unanswered)",
+            m.store_late_answers.clone(),
         );
         registry.register(
             "policy_reloads",
@@ -181,6 +189,16 @@ impl Metrics {
         if failed {
             self.store_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// A store answer that came after the decision's deadline, and what became of its hits.
+    pub fn late_store_answer(&self, store: &str, outcome: &'static str) {
+        self.store_late_answers
+            .get_or_create(&vec![
+                ("store".into(), store.to_owned()),
+                ("outcome".into(), outcome.into()),
+            ])
+            .inc();
     }
 
     pub fn observe_upstream(&self, upstream: &str, took: Duration, error: Option<&str>) {
