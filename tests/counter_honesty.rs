@@ -319,3 +319,50 @@ async fn a_redis_clock_stepping_back_does_not_reset_a_sliding_window() {
     let a = store.acquire("", std::slice::from_ref(&log)).await.expect("answer");
     assert!(!a.admitted, "a sliding_log keeps its hits too");
 }
+
+/// Spellings of one argument value share one budget in every store: `1`, `1.0` and `"1"`
+/// (and NFC and NFD spellings of one string). They used to be separate budgets, so an agent
+/// could take `max` calls per spelling.
+async fn spellings_of_one_value_share_a_budget(engine: &Engine) {
+    let call = |arguments: &str| DecideRequest {
+        arguments_json: arguments.to_owned(),
+        ..call(if arguments.contains("name") { "rename" } else { "scale" }, "spelling")
+    };
+    for arguments in [r#"{"replicas": 1}"#, r#"{"replicas": 1.0}"#] {
+        let decision = engine.decide(&call(arguments)).await;
+        assert_eq!(decision.verdict(), Verdict::Allow, "{arguments}: {decision:?}");
+    }
+    for arguments in [r#"{"replicas": "1"}"#, r#"{"replicas": 1e0}"#, r#"{"replicas": " 1 "}"#] {
+        let decision = engine.decide(&call(arguments)).await;
+        assert_eq!(decision.verdict(), Verdict::RateLimited, "{arguments}: {decision:?}");
+    }
+    let decision = engine.decide(&call(r#"{"replicas": 2}"#)).await;
+    assert_eq!(decision.verdict(), Verdict::Allow, "another value: {decision:?}");
+    for (i, name) in ["caf\u{e9}", "cafe\u{301}", "caf\u{e9}"].iter().enumerate() {
+        let decision = engine.decide(&call(&format!(r#"{{"name": "{name}"}}"#))).await;
+        let expected = if i < 2 { Verdict::Allow } else { Verdict::RateLimited };
+        assert_eq!(decision.verdict(), expected, "{name:?}: {decision:?}");
+    }
+}
+
+fn scale_policy() -> Policy {
+    let text = r#"{"version": "1", "tools": {
+        "scale": {"limits": [{ "counter": "per_replicas", "window": "minute", "max": 2, "scope": "argument:replicas" }]},
+        "rename": {"limits": [{ "counter": "per_name", "window": "minute", "max": 2, "scope": "argument:name" }]}
+    }}"#;
+    tollgate_policy::compile_str("policy.json", text)
+        .expect("policy")
+        .policy
+}
+
+#[tokio::test]
+async fn spellings_of_one_value_share_a_budget_in_every_store() {
+    let memory = Engine::new(scale_policy(), Arc::new(MemoryStore::default()), STORE_TIMEOUT);
+    spellings_of_one_value_share_a_budget(&memory).await;
+    let redis = RedisServer::start();
+    let engine = Engine::new(scale_policy(), redis_store(Some(redis.url()), vec![]), STORE_TIMEOUT);
+    spellings_of_one_value_share_a_budget(&engine).await;
+    let cluster = RedisCluster::start();
+    let engine = Engine::new(scale_policy(), redis_store(None, cluster.urls()), STORE_TIMEOUT);
+    spellings_of_one_value_share_a_budget(&engine).await;
+}
