@@ -29,7 +29,13 @@ for i = 1, n do
   local key = KEYS[i + 1]
   local base = 4 + (i - 1) * 3
   local cost = tonumber(ARGV[base + 1])
-  if tonumber(ARGV[base]) == 0 then
+  local algorithm = tonumber(ARGV[base])
+  -- A key converted to the other algorithm since (a reload) carried its hits over without
+  -- their names: it is left as it is, which can only under-admit.
+  local kind = redis.call('TYPE', key).ok
+  if (algorithm == 0 and kind ~= 'zset') or (algorithm == 1 and kind ~= 'hash') then
+    -- nothing to give back here
+  elseif algorithm == 0 then
     -- In chunks: Lua's unpack refuses a few thousand values.
     local members = {}
     for unit = 1, cost do
