@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures_util::FutureExt as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_limiter::{Admission, CounterStore, Hit};
@@ -211,9 +210,9 @@ impl Engine {
         // A call without a request id still needs one in the store, so that hits taken
         // after the deadline can be found and given back.
         let store_id = if request_id.is_empty() {
-            decision.decision_id.clone()
+            decision.decision_id.as_str()
         } else {
-            request_id.to_owned()
+            request_id
         };
         let started = Instant::now();
         let keep_late_hits = rule.on_store_error == OnStoreError::Allow;
@@ -253,17 +252,17 @@ impl Engine {
     /// (`keep_late_hits`), since the call did run. If the caller itself goes away (the
     /// edge's deadline passed and it may be retrying the same request id on another
     /// replica), the hits are kept too: the retry finds them and is not charged twice.
-    async fn acquire(&self, request_id: String, batch: Vec<Hit>, keep_late_hits: bool) -> Result<Admission, String> {
+    async fn acquire(&self, request_id: &str, batch: Vec<Hit>, keep_late_hits: bool) -> Result<Admission, String> {
+        // A store in this process (the memory store) cannot be late: no task needed.
+        if self.store.answers_at_once() {
+            return self.store.acquire(request_id, &batch).await.map_err(|e| e.to_string());
+        }
         let store = self.store.clone();
-        let (kind, id) = (store.kind(), request_id.clone());
-        let mut acquire = Box::pin(async move {
+        let (kind, id, request_id) = (store.kind(), request_id.to_owned(), request_id.to_owned());
+        let acquire = async move {
             let answer = store.acquire(&request_id, &batch).await;
             (answer, store, request_id, batch)
-        });
-        // A store that answers at once (the memory store) needs no task.
-        if let Some((answer, ..)) = (&mut acquire).now_or_never() {
-            return answer.map_err(|e| e.to_string());
-        }
+        };
         let (answer_tx, mut answer_rx) = tokio::sync::oneshot::channel();
         let give_back = Arc::new(AtomicBool::new(false));
         let late = give_back.clone();

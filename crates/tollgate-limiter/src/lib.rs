@@ -143,10 +143,14 @@ pub struct Admission {
     pub receipt: Receipt,
 }
 
-/// What a store needs to give an admission's hits back: per hit, where it was recorded
-/// (the store's time or bucket). Opaque outside the store that issued it.
+/// What a store needs to give an admission's hits back: when they were recorded (memory:
+/// the store's time in ns) or, per hit, in which bucket (Redis). Opaque outside the store
+/// that issued it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Receipt(pub(crate) Vec<i64>);
+pub struct Receipt {
+    pub(crate) at: i64,
+    pub(crate) buckets: Vec<i64>,
+}
 
 impl Admission {
     /// How long until the refused call would be admitted by every counter that refused it.
@@ -188,4 +192,10 @@ pub trait CounterStore: Send + Sync + 'static {
 
     /// A short name for logs and metrics, e.g. `memory`.
     fn kind(&self) -> &'static str;
+
+    /// True for a store in this process that answers without I/O (the memory store): a call
+    /// to it is never late, so callers need no deadline or background task for it.
+    fn answers_at_once(&self) -> bool {
+        false
+    }
 }

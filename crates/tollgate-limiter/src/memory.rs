@@ -170,12 +170,14 @@ impl MemoryStore {
 
         let mut counters = Vec::with_capacity(hits.len());
         for hit in hits {
-            if let Some(counter) = state.counters.get_mut(&hit.key) {
-                counter.convert(now, hit);
-            }
             let status = match state.counters.get_mut(&hit.key) {
-                Some(Counter::Log(log)) => log.check(now, hit),
-                Some(Counter::Window(w)) => w.check(now, hit),
+                Some(counter) => {
+                    counter.convert(now, hit);
+                    match counter {
+                        Counter::Log(log) => log.check(now, hit),
+                        Counter::Window(w) => w.check(now, hit),
+                    }
+                }
                 // A counter with no hits: refused only when the cost exceeds the max, and
                 // then all of its room is still there.
                 None if hit.cost > hit.max => CounterStatus {
@@ -225,7 +227,10 @@ impl MemoryStore {
         let admission = Admission {
             admitted,
             counters,
-            receipt: Receipt(vec![at; hits.len()]),
+            receipt: Receipt {
+                at,
+                buckets: Vec::new(),
+            },
         };
         if !request_id.is_empty() {
             let expires = now + REQUEST_MEMORY;
@@ -251,8 +256,8 @@ impl MemoryStore {
             }
             remembered.admitted = false;
         }
-        for (hit, &at) in hits.iter().zip(&admission.receipt.0) {
-            let at = Duration::from_nanos(u64::try_from(at).unwrap_or(0));
+        let at = Duration::from_nanos(u64::try_from(admission.receipt.at).unwrap_or(0));
+        for hit in hits {
             match state.counters.get_mut(&hit.key) {
                 Some(Counter::Log(log)) => log.remove(at, hit.cost),
                 Some(Counter::Window(w)) => w.remove(at, hit),
@@ -309,6 +314,10 @@ impl CounterStore for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn answers_at_once(&self) -> bool {
+        true
     }
 }
 

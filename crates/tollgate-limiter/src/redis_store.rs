@@ -441,7 +441,7 @@ impl CounterStore for RedisStore {
         Ok(Admission {
             admitted,
             counters,
-            receipt: Receipt(buckets),
+            receipt: Receipt { at: 0, buckets },
         })
     }
 
@@ -461,7 +461,7 @@ impl CounterStore for RedisStore {
             let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
             let buckets: Vec<i64> = indexes
                 .iter()
-                .map(|&i| admission.receipt.0.get(i).copied().unwrap_or(0))
+                .map(|&i| admission.receipt.buckets.get(i).copied().unwrap_or(0))
                 .collect();
             if let Err(e) = self.release_group(request_id, request_id, tag, &group, &buckets).await {
                 first_error.get_or_insert(e);
