@@ -207,7 +207,20 @@ pub fn policy_explain(
     if let Some(reason) = &rule.reason {
         println!("reason: {reason}");
     }
-    if rule.action == Action::Allow {
+    let mut refused = rule.action == Action::Deny;
+    if let Some(schema) = rule.arguments.as_ref().filter(|_| !refused) {
+        match schema.check(&arguments) {
+            Ok(()) => println!("arguments: satisfy the rule's schema"),
+            Err(violations) => {
+                println!("arguments: rejected, so the call is denied: {violations}");
+                refused = true;
+            }
+        }
+    }
+    if rule.action == Action::RequireApproval && !refused {
+        println!("approval: required: the call is forwarded only once an operator approves it");
+    }
+    if rule.action != Action::Deny && !refused {
         let hits = policy.counter_hits(rule, &call);
         if hits.is_empty() {
             println!("limits: none: every call is admitted");

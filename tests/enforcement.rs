@@ -1,5 +1,6 @@
 //! The seed policy enforced end to end, through real processes: a split deployment (one
-//! decision service, two edges used alternately) and `tollgate up`.
+//! decision service, two edges used alternately) and `tollgate up`; argument rules and the
+//! seed page's `rate_limit` shorthand.
 
 mod support;
 
@@ -157,4 +158,72 @@ async fn quick_start_example_config_works_with_the_bundled_demo() {
         Some(json!("DENY")),
         "{denied}"
     );
+}
+
+/// Argument rules (a JSON Schema on the rule) and the seed page's `rate_limit` shorthand,
+/// through `tollgate up` and the demo upstream: a violation is refused before limits, naming
+/// the JSON pointer and the constraint, and takes nothing from the budget; the shorthand
+/// limits per session.
+#[tokio::test]
+async fn argument_rules_refuse_with_pointer_and_constraint_and_charge_nothing() {
+    let policy = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_scale": {
+      "arguments": {
+        "type": "object",
+        "required": ["namespace", "replicas"],
+        "properties": {
+          "namespace": { "not": { "const": "kube-system" } },
+          "replicas": { "type": "integer", "minimum": 0, "maximum": 10 }
+        }
+      },
+      "rate_limit": { "max": 1, "window": 60 }
+    }
+  }
+}"#;
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("arguments");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    assert!(agent.session.is_some(), "a session to count per");
+
+    for (arguments, expected) in [
+        (
+            json!({"namespace": "web", "replicas": 300}),
+            "/replicas: 300 is greater than the maximum of 10",
+        ),
+        (json!({"namespace": "kube-system", "replicas": 1}), "/namespace:"),
+        (json!({"namespace": "web"}), "\"replicas\" is a required property"),
+    ] {
+        let refused = agent.call("k8s_scale", arguments.clone()).await;
+        let details = refusal(&refused).unwrap_or_else(|| panic!("{arguments} is refused: {refused}"));
+        assert_eq!(details["verdict"], "DENY", "{refused}");
+        assert!(text(&refused).contains(expected), "{arguments}: {}", text(&refused));
+    }
+    // Nothing was charged: the one call a minute this session may make is still there.
+    let admitted = agent
+        .call("k8s_scale", json!({"namespace": "web", "name": "api", "replicas": 3}))
+        .await;
+    assert!(refusal(&admitted).is_none(), "{admitted}");
+    assert!(
+        text(&admitted).contains("replicas"),
+        "the upstream's real answer: {admitted}"
+    );
+    let limited = agent
+        .call("k8s_scale", json!({"namespace": "web", "name": "api", "replicas": 3}))
+        .await;
+    let details = refusal(&limited).unwrap_or_else(|| panic!("rate_limit holds: {limited}"));
+    assert_eq!(details["verdict"], "RATE_LIMITED", "{limited}");
+    assert!(text(&limited).contains("k8s_scale_rate"), "{}", text(&limited));
+    // Per session: a new session has its own budget.
+    let mut other = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    other.initialize().await;
+    let fresh = other
+        .call("k8s_scale", json!({"namespace": "web", "name": "api", "replicas": 3}))
+        .await;
+    assert!(refusal(&fresh).is_none(), "another session: {fresh}");
 }

@@ -167,6 +167,17 @@ impl Engine {
         };
         let rule = policy.rule_for(call.server, call.tool, call.grant, call.annotations);
         decision.rule = rule.label.clone();
+        // Arguments are checked before approvals and limits: a refused call takes nothing.
+        if rule.action != Action::Deny
+            && let Some(schema) = &rule.arguments
+            && let Err(violations) = schema.check(call.arguments)
+        {
+            let reason = match &rule.reason {
+                Some(reason) => format!("{reason}: {violations}"),
+                None => format!("arguments rejected by policy rule {}: {violations}", rule.label),
+            };
+            return decision.with(Verdict::Deny, &rule.label, reason);
+        }
         match rule.action {
             Action::Deny => {
                 let reason = rule.reason.clone().unwrap_or_else(|| denial_text(rule, &call));

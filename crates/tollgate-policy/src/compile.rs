@@ -11,7 +11,7 @@ use crate::document::{
 };
 use crate::error::{Diagnostic, PolicyError};
 use crate::glob::Glob;
-use crate::policy::{Class, Limit, Policy, Rule, RuleSet, Rules};
+use crate::policy::{ArgumentSchema, Class, Limit, Policy, Rule, RuleSet, Rules};
 use crate::source::{Format, Source};
 
 /// The largest `max` of a `sliding_log` limit: the log keeps one entry per hit (a Redis
@@ -145,7 +145,7 @@ impl Compiler<'_, '_> {
                 continue;
             };
             let label = format!("classes[\"{name}\"]");
-            classes[class as usize] = Some(self.rule(&["classes", name], label, spec));
+            classes[class as usize] = Some(self.rule(&["classes", name], name, label, spec));
         }
 
         self.shadowing(&classes, &default, &servers, &grants);
@@ -273,7 +273,7 @@ impl Compiler<'_, '_> {
                 self.error(&p, "empty tool name".into());
                 continue;
             }
-            let rule = self.rule(&p, format!("{label}[\"{key}\"]"), spec);
+            let rule = self.rule(&p, key, format!("{label}[\"{key}\"]"), spec);
             self.entries.push(Entry {
                 path: p.iter().map(|s| (*s).to_owned()).collect(),
                 level: level.clone(),
@@ -311,10 +311,11 @@ impl Compiler<'_, '_> {
         set
     }
 
-    fn rule(&mut self, path: &[&str], label: String, spec: &RuleSpec) -> Arc<Rule> {
+    /// Compiles one rule. `key` is the tool name, pattern or class it sits under.
+    fn rule(&mut self, path: &[&str], key: &str, label: String, spec: &RuleSpec) -> Arc<Rule> {
         let action = spec.action.unwrap_or(Action::Allow);
         let specs = spec.limits.as_deref().unwrap_or_default();
-        if action == Action::Deny && !specs.is_empty() {
+        if action == Action::Deny && (!specs.is_empty() || spec.rate_limit.is_some()) {
             self.warn(path, format!("{label}: limits of a deny rule are never checked"));
         }
         if action != Action::RequireApproval && spec.approval.is_some() {
@@ -337,6 +338,51 @@ impl Compiler<'_, '_> {
                 limits.push(compiled);
             }
         }
+        if let Some(shorthand) = &spec.rate_limit {
+            let mut p = path.to_vec();
+            p.push("rate_limit");
+            let as_limit = LimitSpec {
+                counter: format!("{key}_rate"),
+                window: shorthand.window.clone(),
+                max: shorthand.max,
+                scope: Some(
+                    shorthand
+                        .scope
+                        .clone()
+                        .unwrap_or_else(|| Scope(vec![ScopeDim::Session])),
+                ),
+                cost: None,
+                algorithm: None,
+            };
+            if Glob::is_pattern(key) {
+                self.error(
+                    &p,
+                    format!(
+                        "{label}: `rate_limit` names its counter after the tool, and \"{key}\" is a pattern: \
+                         write the limit under `limits` with a counter name"
+                    ),
+                );
+            } else if let Some(compiled) = self.limit(&p, &label, limits.len(), &as_limit) {
+                if limits.iter().any(|l| l.counter == compiled.counter) {
+                    self.error(
+                        &p,
+                        format!("{label}: counter \"{}\" appears twice in one rule", compiled.counter),
+                    );
+                }
+                limits.push(compiled);
+            }
+        }
+        let arguments = spec.arguments.as_ref().and_then(|schema| {
+            let mut p = path.to_vec();
+            p.push("arguments");
+            match ArgumentSchema::compile(schema) {
+                Ok(compiled) => Some(compiled),
+                Err(e) => {
+                    self.error(&p, format!("{label}: `arguments` is not a valid JSON Schema: {e}"));
+                    None
+                }
+            }
+        });
         Arc::new(Rule {
             label,
             action,
@@ -348,7 +394,8 @@ impl Compiler<'_, '_> {
                 .as_ref()
                 .map_or(DEFAULT_APPROVAL_TIMEOUT, |a| a.timeout.duration),
             action_stated: spec.action.is_some(),
-            limits_stated: spec.limits.is_some(),
+            limits_stated: spec.limits.is_some() || spec.rate_limit.is_some(),
+            arguments,
         })
     }
 

@@ -57,6 +57,22 @@ pub struct RuleSpec {
     pub on_store_error: Option<OnStoreError>,
     #[serde(default)]
     pub approval: Option<ApprovalSpec>,
+    /// A JSON Schema the call's arguments must satisfy.
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
+    /// The seed page's shorthand for one limit: `{"max": 10, "window": 60}`, counted per
+    /// session by default in a counter named `<tool>_rate`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub max: u64,
+    pub window: Window,
+    #[serde(default)]
+    pub scope: Option<Scope>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ pub use document::{Action, Algorithm, MAX_WINDOW, OnStoreError, Scope, ScopeDim,
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
 pub use names::{MAX_TOOL_NAME_CHARS, check_tool_name};
-pub use policy::{Annotations, Call, Class, CounterHit, Limit, Policy, Rule};
+pub use policy::{Annotations, ArgumentSchema, Call, Class, CounterHit, Limit, Policy, Rule};
 pub use source::Format;
 
 /// Reads and compiles a policy file.

@@ -37,8 +37,62 @@ pub struct Rule {
     pub approval_timeout: Duration,
     /// The rule says `"action"` (a rule without one allows).
     pub action_stated: bool,
-    /// The rule says `"limits"`, if only `[]`.
+    /// The rule says `"limits"` (if only `[]`) or `"rate_limit"`.
     pub limits_stated: bool,
+    /// The JSON Schema the call's arguments must satisfy, compiled.
+    pub arguments: Option<ArgumentSchema>,
+}
+
+/// A rule's `arguments` JSON Schema, compiled once when the policy loads. References are
+/// resolved only within the schema: nothing is fetched.
+#[derive(Debug, Clone)]
+pub struct ArgumentSchema(Arc<jsonschema::Validator>);
+
+/// At most this many violations are reported, each at most this many characters: the
+/// text goes back to the agent and into the audit trail.
+const MAX_VIOLATIONS: usize = 5;
+const MAX_VIOLATION_CHARS: usize = 200;
+
+impl ArgumentSchema {
+    pub(crate) fn compile(schema: &Value) -> Result<ArgumentSchema, String> {
+        jsonschema::validator_for(schema)
+            .map(|v| ArgumentSchema(Arc::new(v)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Checks a call's arguments (`{}` when it sent none). The error names each violation's
+    /// JSON pointer and constraint, e.g. `/replicas: 300 is greater than the maximum of 10`.
+    pub fn check(&self, arguments: &Value) -> Result<(), String> {
+        let empty = Value::Object(serde_json::Map::new());
+        let arguments = if arguments.is_null() { &empty } else { arguments };
+        let mut violations: Vec<String> = Vec::new();
+        let mut more = 0;
+        for error in self.0.iter_errors(arguments) {
+            if violations.len() == MAX_VIOLATIONS {
+                more += 1;
+                continue;
+            }
+            let pointer = error.instance_path().to_string();
+            let at = if pointer.is_empty() {
+                "arguments"
+            } else {
+                pointer.as_str()
+            };
+            let full = error.to_string();
+            let mut text: String = full.chars().take(MAX_VIOLATION_CHARS).collect();
+            if text.len() < full.len() {
+                text.push('…');
+            }
+            violations.push(format!("{at}: {text}"));
+        }
+        if violations.is_empty() {
+            return Ok(());
+        }
+        if more > 0 {
+            violations.push(format!("and {more} more"));
+        }
+        Err(violations.join("; "))
+    }
 }
 
 impl Rule {
@@ -52,6 +106,7 @@ impl Rule {
             approval_timeout: Duration::from_secs(300),
             action_stated: true,
             limits_stated: true,
+            arguments: None,
         }
     }
 

@@ -601,3 +601,71 @@ fn limits_larger_than_a_store_counts_are_errors_with_location() {
         r#"{"version":"1","tools":{"a":{"limits":[{"counter":"a","window":"day","max":100000,"cost":100000}]}}}"#;
     assert!(compile_str("p.json", largest).is_ok());
 }
+
+/// `arguments` is a JSON Schema compiled at load: an invalid one (or one that would fetch
+/// a remote reference) is an error at its line; a valid one names each violation's JSON
+/// pointer and constraint, and treats a call without arguments as `{}`.
+#[test]
+fn argument_schemas_are_compiled_at_load_and_name_pointer_and_constraint() {
+    let bad = "{\n  \"version\": \"1\",\n  \"tools\": {\n    \"a\": { \"arguments\": { \"type\": \"nonsense\" } },\n    \"b\": { \"arguments\": { \"$ref\": \"https://example.com/s.json\" } }\n  }\n}";
+    let all = errors("p.json", bad).to_string();
+    assert!(
+        all.contains("p.json:4:") && all.contains("`arguments` is not a valid JSON Schema"),
+        "{all}"
+    );
+    assert!(all.contains("p.json:5:"), "remote references are not fetched: {all}");
+
+    let text = r#"{"version":"1","tools":{"scale":{"arguments":{
+        "type":"object","required":["replicas"],
+        "properties":{"replicas":{"type":"integer","maximum":10},"namespace":{"not":{"const":"kube-system"}}}}}}}"#;
+    let c = compile_str("p.json", text).expect("policy");
+    let rule = c.policy.rule_for("k8s", "scale", "g", Annotations::default());
+    let schema = rule.arguments.as_ref().expect("schema");
+    assert_eq!(schema.check(&json!({"replicas": 3})), Ok(()));
+    assert_eq!(
+        schema.check(&json!({"replicas": 300})),
+        Err("/replicas: 300 is greater than the maximum of 10".to_owned())
+    );
+    let both = schema
+        .check(&json!({"replicas": "3", "namespace": "kube-system"}))
+        .expect_err("two violations");
+    assert!(both.contains("/replicas: ") && both.contains("/namespace: "), "{both}");
+    let none = schema.check(&Value::Null).expect_err("no arguments are {}");
+    assert!(none.starts_with("arguments: ") && none.contains("required"), "{none}");
+    let long = "x".repeat(10_000);
+    let bounded = schema.check(&json!({"replicas": long})).expect_err("not an integer");
+    assert!(
+        bounded.len() < 400,
+        "violation text is bounded: {} bytes",
+        bounded.len()
+    );
+}
+
+/// The seed page's FAQ: "add a rate_limit block … max: 10 and window: 60 … tracked per agent
+/// session". It is one limit in a counter named after the tool, per session by default.
+#[test]
+fn rate_limit_shorthand_is_one_limit_per_session() {
+    let text = r#"{"version":"1","default":"deny","tools":{
+        "k8s_rollout_pause":{"rate_limit":{"max":10,"window":60}},
+        "k8s_scale":{"rate_limit":{"max":2,"window":"hour","scope":"grant"},"limits":[{"counter":"all","window":"day","max":5}]}}}"#;
+    let c = compile_str("p.json", text).expect("policy");
+    assert_eq!(c.warnings.len(), 0, "{:?}", c.warnings);
+    let args = json!({});
+    let pause = c
+        .policy
+        .rule_for("k8s", "k8s_rollout_pause", "g", Annotations::default());
+    let mut call = call("k8s_rollout_pause", "g", &args);
+    call.session = "s1";
+    let hits = c.policy.counter_hits(pause, &call);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].key, "k8s_rollout_pause_rate/session=s1");
+    assert_eq!(hits[0].limit.max, 10);
+    assert_eq!(hits[0].limit.window.duration.as_secs(), 60);
+    let scale = c.policy.rule_for("k8s", "k8s_scale", "g", Annotations::default());
+    let counters: Vec<&str> = scale.limits.iter().map(|l| l.counter.as_str()).collect();
+    assert_eq!(counters, ["all", "k8s_scale_rate"]);
+    assert_eq!(scale.limits[1].scope.to_string(), "grant");
+
+    let pattern = r#"{"version":"1","tools":{"k8s_*":{"rate_limit":{"max":1,"window":60}}}}"#;
+    assert!(errors("p.json", pattern).to_string().contains("is a pattern"));
+}
