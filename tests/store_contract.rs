@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisServer};
 use tollgate_limiter::{
-    Algorithm, CounterStore, Hit, MAX_COUNT, MAX_SLIDING_LOG_MAX, MemoryStore, RedisSettings, RedisStore, StoreError,
+    Algorithm, ApprovalStatus, ApprovalStore, Claim, CounterStore, Hit, MAX_COUNT, MAX_SLIDING_LOG_MAX,
+    MemoryApprovals, MemoryStore, NewApproval, RedisSettings, RedisStore, Resolution, StoreError,
 };
 
 fn hit(key: &str, tag: &str, window_ms: u64, max: u64) -> Hit {
@@ -428,4 +429,143 @@ async fn windows_are_bounded_in_every_store() {
     let cluster = RedisCluster::start();
     let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
     windows_are_exact_up_to_the_largest_and_refused_beyond(&store, "c").await;
+}
+
+fn approval_call(p: &str, digest: &str, timeout: Duration) -> NewApproval {
+    NewApproval {
+        server: "k8s".into(),
+        tool: "k8s_delete_namespace".into(),
+        grant: "ci-bot".into(),
+        agent: "ci-bot".into(),
+        arguments: r#"{"namespace":"web"}"#.into(),
+        digest: format!("{p}{digest}"),
+        rule: r#"tools["k8s_delete_namespace"]"#.into(),
+        timeout,
+    }
+}
+
+/// The approval life cycle, the same in every store: an identical call finds the pending
+/// record; an approval is consumed by exactly one call; a denial and an expiry are told
+/// once, then the next call asks anew; another call shape never finds this record.
+async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStore, p: &str) {
+    let minute = Duration::from_secs(60);
+    let call = approval_call(p, "a", minute);
+    let Claim::Pending {
+        approval: first,
+        created: true,
+    } = store.claim(&call).await.expect("claim")
+    else {
+        panic!("a new call asks for approval")
+    };
+    assert!(first.id.starts_with("apr_") && first.id.len() == 36, "{}", first.id);
+    assert_eq!(first.arguments, r#"{"namespace":"web"}"#);
+    assert!(first.expires_ms >= first.created_ms + 59_000);
+    let again = store.claim(&call).await.expect("claim");
+    assert_eq!(
+        again,
+        Claim::Pending {
+            approval: first.clone(),
+            created: false
+        },
+        "an identical call finds the same record"
+    );
+    let other = store.claim(&approval_call(p, "b", minute)).await.expect("claim");
+    let Claim::Pending {
+        approval: other,
+        created: true,
+    } = other
+    else {
+        panic!("another shape asks on its own: {other:?}")
+    };
+    assert_ne!(other.id, first.id);
+
+    let Resolution::Resolved(approved) = store
+        .resolve(&first.id, true, "alice", "looks fine")
+        .await
+        .expect("resolve")
+    else {
+        panic!("pending is resolvable")
+    };
+    assert_eq!(approved.status, ApprovalStatus::Approved);
+    assert_eq!(approved.resolved_by.as_deref(), Some("alice"));
+    assert!(matches!(
+        store.resolve(&first.id, false, "bob", "").await.expect("resolve"),
+        Resolution::NotPending(_)
+    ));
+    assert_eq!(
+        store.resolve("apr_0000", true, "alice", "").await.expect("resolve"),
+        Resolution::NotFound
+    );
+    assert_eq!(
+        store.resolve("../../x", true, "alice", "").await.expect("resolve"),
+        Resolution::NotFound
+    );
+
+    let Claim::Approved(consumed) = store.claim(&call).await.expect("claim") else {
+        panic!("the approved call proceeds")
+    };
+    assert_eq!(consumed.id, first.id);
+    let Claim::Pending {
+        approval: next,
+        created: true,
+    } = store.claim(&call).await.expect("claim")
+    else {
+        panic!("single use: the next identical call asks anew")
+    };
+    assert_ne!(next.id, first.id);
+
+    store
+        .resolve(&next.id, false, "bob", "not during the freeze")
+        .await
+        .expect("deny");
+    let Claim::Denied(denied) = store.claim(&call).await.expect("claim") else {
+        panic!("a denied call is told so")
+    };
+    assert_eq!(denied.reason.as_deref(), Some("not during the freeze"));
+    assert!(matches!(
+        store.claim(&call).await.expect("claim"),
+        Claim::Pending { created: true, .. }
+    ));
+
+    let short = approval_call(p, "short", Duration::from_millis(300));
+    let Claim::Pending { approval: soon, .. } = store.claim(&short).await.expect("claim") else {
+        panic!("pending")
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        matches!(
+            store.resolve(&soon.id, true, "alice", "").await.expect("resolve"),
+            Resolution::NotPending(_)
+        ),
+        "too late to approve"
+    );
+    assert!(matches!(store.claim(&short).await.expect("claim"), Claim::Expired(_)));
+    assert!(matches!(
+        store.claim(&short).await.expect("claim"),
+        Claim::Pending { created: true, .. }
+    ));
+
+    let listed = store.list().await.expect("list");
+    let mine: Vec<_> = listed.iter().filter(|a| a.digest.starts_with(p)).collect();
+    assert!(mine.len() >= 6, "{mine:#?}");
+    assert!(
+        mine.windows(2).all(|w| w[0].created_ms >= w[1].created_ms),
+        "newest first"
+    );
+    let status = |id: &str| mine.iter().find(|a| a.id == id).map(|a| a.status);
+    assert_eq!(status(&first.id), Some(ApprovalStatus::Consumed));
+    assert_eq!(status(&next.id), Some(ApprovalStatus::Denied));
+    assert_eq!(status(&soon.id), Some(ApprovalStatus::Expired));
+    assert_eq!(status(&other.id), Some(ApprovalStatus::Pending));
+}
+
+#[tokio::test]
+async fn approvals_behave_the_same_in_every_store() {
+    approvals_are_single_use_and_bound_to_one_call(&MemoryApprovals::default(), "m").await;
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    approvals_are_single_use_and_bound_to_one_call(&store, "r").await;
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
+    approvals_are_single_use_and_bound_to_one_call(&store, "c").await;
 }

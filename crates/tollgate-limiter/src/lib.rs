@@ -6,11 +6,16 @@
 //! store keeps its own time, so callers with skewed clocks agree, and remembers recent
 //! request ids, so a retried request never takes a second hit.
 
+mod approvals;
 mod memory;
 mod redis_store;
 
 use std::time::Duration;
 
+pub use approvals::{
+    Approval, ApprovalStatus, ApprovalStore, Claim, MAX_LISTED, MAX_STORED_ARGUMENTS, MemoryApprovals, NewApproval,
+    RETENTION, Resolution,
+};
 pub use memory::{Clock, DEFAULT_MAX_KEYS_PER_COUNTER, ManualClock, MemoryStore, SystemClock};
 pub use redis_store::{ACQUIRE_SCRIPT, RedisSettings, RedisStore};
 

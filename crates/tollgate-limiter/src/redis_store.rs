@@ -14,6 +14,7 @@ use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::Script;
 use serde::Deserialize;
 
+use crate::approvals::{Approval, ApprovalStore, Claim, NewApproval, Resolution};
 use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, Receipt, StoreError};
 
 use crate::memory::REQUEST_MEMORY;
@@ -158,6 +159,7 @@ pub struct RedisStore {
     backend: Backend,
     acquire: Script,
     release: Script,
+    approval: Script,
     prefix: String,
     max_keys_per_counter: usize,
     errors: AtomicU64,
@@ -212,6 +214,7 @@ impl RedisStore {
             backend,
             acquire: Script::new(ACQUIRE_SCRIPT),
             release: Script::new(include_str!("../lua/release.lua")),
+            approval: Script::new(include_str!("../lua/approval.lua")),
             prefix: settings.key_prefix.clone(),
             max_keys_per_counter: settings.max_keys_per_counter,
             errors: AtomicU64::new(0),
@@ -353,6 +356,97 @@ impl RedisStore {
             invocation.arg(algorithm).arg(hit.cost).arg(*bucket);
         }
         self.run::<i64>(&invocation).await.map(|_| ())
+    }
+}
+
+impl RedisStore {
+    fn approval_key(&self, part: &str) -> String {
+        format!("{}:{{approvals}}:{part}", self.prefix)
+    }
+
+    async fn approval_script(&self, second_key: String, args: &[&str]) -> Result<Vec<String>, StoreError> {
+        let mut invocation = self.approval.prepare_invoke();
+        invocation.key(self.approval_key("index")).key(second_key);
+        let retention = crate::approvals::duration_ms(crate::approvals::RETENTION).to_string();
+        let record_prefix = self.approval_key("a:");
+        invocation.arg(args[0]).arg(&record_prefix).arg(&retention);
+        for arg in &args[1..] {
+            invocation.arg(*arg);
+        }
+        self.run(&invocation).await
+    }
+}
+
+fn parse_approval(json: &str) -> Result<Approval, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Rejected(format!("unreadable approval record: {e}")))
+}
+
+#[async_trait::async_trait]
+impl ApprovalStore for RedisStore {
+    async fn claim(&self, call: &NewApproval) -> Result<Claim, StoreError> {
+        let template =
+            serde_json::to_string(&call.record(String::new(), 0)).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let id = crate::approvals::new_id();
+        let timeout = crate::approvals::duration_ms(call.timeout).to_string();
+        let answer = self
+            .approval_script(
+                self.approval_key(&format!("bind:{}", call.digest)),
+                &["claim", &id, &template, &timeout],
+            )
+            .await?;
+        let [outcome, record] = answer.as_slice() else {
+            return Err(StoreError::Rejected(format!(
+                "unexpected answer from approval.lua: {answer:?}"
+            )));
+        };
+        let approval = parse_approval(record)?;
+        Ok(match outcome.as_str() {
+            "pending" => Claim::Pending {
+                approval,
+                created: false,
+            },
+            "created" => Claim::Pending {
+                approval,
+                created: true,
+            },
+            "approved" => Claim::Approved(approval),
+            "denied" => Claim::Denied(approval),
+            "expired" => Claim::Expired(approval),
+            other => return Err(StoreError::Rejected(format!("unexpected claim outcome {other:?}"))),
+        })
+    }
+
+    async fn resolve(&self, id: &str, approve: bool, by: &str, reason: &str) -> Result<Resolution, StoreError> {
+        // Ids are ours (`apr_` + hex): anything else cannot name a record.
+        if !id.starts_with("apr_") || !id[4..].bytes().all(|b| b.is_ascii_hexdigit()) || id.len() > 64 {
+            return Ok(Resolution::NotFound);
+        }
+        let status = if approve { "approved" } else { "denied" };
+        let answer = self
+            .approval_script(self.approval_key(&format!("a:{id}")), &["resolve", status, by, reason])
+            .await?;
+        let [outcome, record] = answer.as_slice() else {
+            return Err(StoreError::Rejected(format!(
+                "unexpected answer from approval.lua: {answer:?}"
+            )));
+        };
+        Ok(match outcome.as_str() {
+            "resolved" => Resolution::Resolved(parse_approval(record)?),
+            "not_pending" => Resolution::NotPending(parse_approval(record)?),
+            _ => Resolution::NotFound,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<Approval>, StoreError> {
+        let most = crate::approvals::MAX_LISTED.to_string();
+        let answer = self
+            .approval_script(self.approval_key("index"), &["list", &most])
+            .await?;
+        let now = crate::approvals::wall_clock_ms();
+        answer
+            .iter()
+            .map(|json| parse_approval(json).map(|a| a.as_seen_at(now)))
+            .collect()
     }
 }
 

@@ -1,0 +1,104 @@
+-- Tollgate: approval records (see src/approvals.rs). Every key carries the hash tag
+-- {approvals}, so a Redis Cluster keeps them in one slot and each run is atomic.
+--
+-- Records are JSON strings at "<prefix>a:<id>"; "<prefix>bind:<digest>" holds the id an
+-- identical call finds; "<prefix>index" is a sorted set of ids by creation time (ms).
+--
+-- KEYS[1]  the index
+-- KEYS[2]  claim: the binding key; resolve: the record key
+-- ARGV[1]  'claim' | 'resolve' | 'list'
+-- ARGV[2]  record key prefix ("<prefix>a:")
+-- ARGV[3]  retention after expiry, in ms
+--
+-- claim    ARGV[4] a new id, ARGV[5] the new record as JSON (times are set here),
+--          ARGV[6] timeout in ms. Returns {outcome, record JSON} with outcome one of
+--          'pending', 'created', 'approved' (now consumed), 'denied', 'expired'.
+-- resolve  ARGV[4] 'approved' | 'denied', ARGV[5] operator, ARGV[6] reason.
+--          Returns {'resolved' | 'not_pending' | 'not_found', record JSON or ''}.
+-- list     ARGV[4] most records. Returns the newest records' JSON, newest first.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mode, prefix, retention = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+local function save(key, record)
+  -- The record outlives its expiry by the retention, whatever happens to it.
+  local ttl = record.expires_ms + retention - now
+  if ttl < 1 then ttl = 1 end
+  redis.call('SET', key, cjson.encode(record), 'PX', math.floor(ttl))
+end
+
+if mode == 'claim' then
+  local id = redis.call('GET', KEYS[2])
+  if id then
+    local key = prefix .. id
+    local raw = redis.call('GET', key)
+    if raw then
+      local r = cjson.decode(raw)
+      local live = now < r.expires_ms
+      if r.status == 'pending' and live then
+        return {'pending', raw}
+      end
+      local outcome = nil
+      if r.status == 'approved' and live then
+        r.status = 'consumed'
+        outcome = 'approved'
+      elseif r.status == 'pending' or r.status == 'approved' then
+        r.status = 'expired'
+        outcome = 'expired'
+      elseif r.status == 'denied' or r.status == 'expired' then
+        outcome = r.status
+      end
+      redis.call('DEL', KEYS[2])
+      if outcome then
+        save(key, r)
+        return {outcome, cjson.encode(r)}
+      end
+    else
+      redis.call('DEL', KEYS[2])
+    end
+  end
+  local r = cjson.decode(ARGV[5])
+  r.id = ARGV[4]
+  r.status = 'pending'
+  r.created_ms = now
+  r.expires_ms = now + tonumber(ARGV[6])
+  save(prefix .. r.id, r)
+  redis.call('SET', KEYS[2], r.id, 'PX', tonumber(ARGV[6]) + retention)
+  redis.call('ZADD', KEYS[1], now, r.id)
+  -- Index entries whose records are surely gone (older than a year and the retention).
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention - 31622400000)
+  return {'created', cjson.encode(r)}
+end
+
+if mode == 'resolve' then
+  local raw = redis.call('GET', KEYS[2])
+  if not raw then return {'not_found', ''} end
+  local r = cjson.decode(raw)
+  if r.status == 'pending' and now >= r.expires_ms then
+    r.status = 'expired'
+    save(KEYS[2], r)
+    return {'not_pending', cjson.encode(r)}
+  end
+  if r.status ~= 'pending' then return {'not_pending', raw} end
+  r.status = ARGV[4]
+  r.resolved_ms = now
+  r.resolved_by = ARGV[5]
+  if ARGV[6] ~= '' then r.reason = ARGV[6] end
+  save(KEYS[2], r)
+  return {'resolved', cjson.encode(r)}
+end
+
+-- list
+local most = tonumber(ARGV[4])
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, most - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  local raw = redis.call('GET', prefix .. id)
+  if raw then
+    out[#out + 1] = raw
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
