@@ -28,6 +28,7 @@ decision = [$1]
 [decision]
 listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 policy = "policy.json"
 [store]
 kind = "redis"

@@ -31,6 +31,7 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
             println!("tollgate demo-upstream listening on http://{addr}/mcp");
         }
         let (engine, status) = start_engine(&config).await?;
+        serve_admin(&config, &engine, &shutdown).await?;
         let store = engine.store_kind();
         let banner =
             |addr| format!("tollgate up: edge + decision in one process, {store} store, listening on http://{addr}");
@@ -97,6 +98,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let settings = config.decision()?;
         let token_hash = settings.token_hash().map_err(anyhow::Error::msg)?;
         let (engine, _status) = start_engine(&config).await?;
+        serve_admin(&config, &engine, &shutdown).await?;
         let listener = bind(&settings.listen.to_string(), "decision service").await?;
         let addr = listener.local_addr()?;
         let metrics = bind(&settings.metrics_listen.to_string(), "decision metrics").await?;
@@ -123,6 +125,33 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         served.transpose()?;
         Ok(())
     })
+}
+
+/// Serves the operators' API (approvals) on `decision.admin_listen`.
+async fn serve_admin(config: &Config, engine: &Engine, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let settings = config.decision()?;
+    let router = crate::admin::router(engine.approvals().clone(), &config.operators)?;
+    let listener = bind(
+        &settings.admin_listen.to_string(),
+        "operators' API (decision.admin_listen)",
+    )
+    .await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(tollgate_edge::serve(
+        listener,
+        router,
+        settings.limits(),
+        shutdown.requested(),
+    ));
+    if config.operators.is_empty() {
+        println!("operators' API on http://{addr}/admin (no [[operators]] configured: every request is refused)");
+    } else {
+        println!(
+            "operators' API on http://{addr}/admin ({} operators)",
+            config.operators.len()
+        );
+    }
+    Ok(())
 }
 
 pub fn demo_upstream(listen: &str, sse: bool) -> anyhow::Result<()> {
@@ -261,12 +290,155 @@ pub fn policy_explain(
     Ok(())
 }
 
+pub enum ApprovalAction {
+    List { json: bool },
+    Resolve { id: String, approve: bool, reason: String },
+}
+
+/// `tollgate approvals …`: a client of the operators' API.
+pub fn approvals(
+    config_path: &Path,
+    url: Option<String>,
+    key: Option<String>,
+    action: ApprovalAction,
+) -> anyhow::Result<()> {
+    let base = match url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let config = Config::load(config_path).with_context(
+                || "the operators' API address comes from decision.admin_listen: pass --url or --config",
+            )?;
+            format!("http://{}", config.decision()?.admin_listen)
+        }
+    };
+    let key = key.ok_or_else(|| anyhow::anyhow!("an operator key is needed: --key or TOLLGATE_ADMIN_KEY"))?;
+    runtime()?.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("HTTP client")?;
+        let request = match &action {
+            ApprovalAction::List { .. } => client.get(format!("{base}/admin/approvals")),
+            ApprovalAction::Resolve { id, approve, reason } => {
+                let verb = if *approve { "approve" } else { "deny" };
+                let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                client
+                    .post(format!("{base}/admin/approvals/{id}/{verb}"))
+                    .json(&serde_json::json!({ "reason": reason }))
+            }
+        };
+        let response = request
+            .bearer_auth(key.trim())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the operators' API at {base}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("unreadable answer from {base} ({status})"))?;
+        if !status.is_success() {
+            let message = body["error"].as_str().unwrap_or("request refused");
+            bail!("{status}: {message}");
+        }
+        match action {
+            ApprovalAction::List { json: true } => {
+                let listed: Vec<tollgate_limiter::Approval> =
+                    serde_json::from_value(body).context("unreadable approval list")?;
+                let out: Vec<serde_json::Value> = listed.iter().map(approval_json).collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            ApprovalAction::List { json: false } => {
+                let listed: Vec<tollgate_limiter::Approval> =
+                    serde_json::from_value(body).context("unreadable approval list")?;
+                if listed.is_empty() {
+                    println!("no approvals");
+                }
+                for a in &listed {
+                    println!(
+                        "{}  {:<9} {}/{}  grant {} (agent {})  expires {}  arguments {}",
+                        a.id,
+                        format!("{:?}", a.status).to_lowercase(),
+                        a.server,
+                        a.tool,
+                        a.grant,
+                        a.agent,
+                        rfc3339(a.expires_ms),
+                        a.arguments.escape_debug()
+                    );
+                }
+            }
+            ApprovalAction::Resolve { approve, .. } => {
+                let a: tollgate_limiter::Approval = serde_json::from_value(body).context("unreadable approval")?;
+                println!(
+                    "{} {}: {}/{} for grant {} with {}",
+                    if approve { "approved" } else { "denied" },
+                    a.id,
+                    a.server,
+                    a.tool,
+                    a.grant,
+                    a.arguments.escape_debug()
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// An approval as `tollgate approvals list --json` prints it: the record, with the
+/// arguments as JSON and times as RFC 3339.
+fn approval_json(a: &tollgate_limiter::Approval) -> serde_json::Value {
+    let arguments: serde_json::Value =
+        serde_json::from_str(&a.arguments).unwrap_or_else(|_| serde_json::Value::String(a.arguments.clone()));
+    serde_json::json!({
+        "id": a.id,
+        "status": a.status,
+        "server": a.server,
+        "tool": a.tool,
+        "grant": a.grant,
+        "agent": a.agent,
+        "arguments": arguments,
+        "rule": a.rule,
+        "created_at": rfc3339(a.created_ms),
+        "expires_at": rfc3339(a.expires_ms),
+        "resolved_at": a.resolved_ms.map(rfc3339),
+        "resolved_by": a.resolved_by,
+        "reason": a.reason,
+    })
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC, e.g. `2026-12-04T10:15:00.123Z`.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        (rest % 3600) / 60,
+        rest % 60,
+        ms % 1000
+    )
+}
+
 pub fn keygen() -> anyhow::Result<()> {
     let key = format!("tg_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let hash = hex::encode(Sha256::digest(key.as_bytes()));
     println!("key (give to the agent, store nowhere else): {key}");
     println!("[[grants]] entry:\n  key_sha256 = \"{hash}\"");
     println!("or, as a cluster token: edge.decision_token = the key; decision.token_sha256 = \"{hash}\"");
+    println!(
+        "or, as an operator key: [[operators]] name = \"…\", key_sha256 = \"{hash}\" (give the key to the operator)"
+    );
     Ok(())
 }
 
@@ -277,9 +449,10 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Ar
     for w in &compiled.warnings {
         tracing::warn!("policy warning: {w}");
     }
-    let store = config.store.build()?;
+    let (store, approvals) = config.store.build()?;
     let engine = Arc::new(
         Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
+            .with_approvals(approvals)
             .with_recorded_arguments(config.telemetry.record_arguments),
     );
     tracing::info!(policy = %settings.policy.display(), "policy loaded");

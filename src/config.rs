@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use tollgate_decision::DecisionSettings;
 use tollgate_edge::{EdgeSettings, GrantSettings, UpstreamSettings};
-use tollgate_limiter::{CounterStore, DEFAULT_MAX_KEYS_PER_COUNTER, MemoryStore, RedisSettings, RedisStore};
+use tollgate_limiter::{
+    ApprovalStore, CounterStore, DEFAULT_MAX_KEYS_PER_COUNTER, MemoryApprovals, MemoryStore, RedisSettings, RedisStore,
+};
 use tollgate_telemetry::TelemetrySettings;
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +26,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSettings>,
     #[serde(default)]
     pub grants: Vec<GrantSettings>,
+    /// Who may approve or deny calls (`[[operators]] name = "…", key_sha256 = "…"`).
+    #[serde(default)]
+    pub operators: Vec<crate::admin::OperatorSettings>,
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
@@ -70,12 +75,16 @@ pub enum StoreKind {
 }
 
 impl StoreSettings {
-    /// Builds the counter store these settings describe.
-    pub fn build(&self) -> anyhow::Result<Arc<dyn CounterStore>> {
+    /// Builds the counter store these settings describe, and the approval store beside it
+    /// (the same Redis, or this process's memory).
+    pub fn build(&self) -> anyhow::Result<(Arc<dyn CounterStore>, Arc<dyn ApprovalStore>)> {
         Ok(match self.kind {
-            StoreKind::Memory => Arc::new(
-                MemoryStore::default()
-                    .with_max_keys_per_counter(self.max_keys_per_counter.unwrap_or(DEFAULT_MAX_KEYS_PER_COUNTER)),
+            StoreKind::Memory => (
+                Arc::new(
+                    MemoryStore::default()
+                        .with_max_keys_per_counter(self.max_keys_per_counter.unwrap_or(DEFAULT_MAX_KEYS_PER_COUNTER)),
+                ),
+                Arc::new(MemoryApprovals::default()),
             ),
             StoreKind::Redis => {
                 let defaults = RedisSettings::default();
@@ -87,7 +96,8 @@ impl StoreSettings {
                     key_prefix: self.key_prefix.clone().unwrap_or(defaults.key_prefix),
                     max_keys_per_counter: self.max_keys_per_counter.unwrap_or(defaults.max_keys_per_counter),
                 };
-                Arc::new(RedisStore::new(&redis)?)
+                let store = Arc::new(RedisStore::new(&redis)?);
+                (store.clone(), store)
             }
         })
     }

@@ -1,6 +1,7 @@
 //! `tollgate`: one binary for every role. Parses arguments, loads the config, and hands
 //! over to the component crates; no request logic lives here.
 
+mod admin;
 mod commands;
 mod config;
 mod shutdown;
@@ -54,6 +55,23 @@ enum Command {
         #[arg(long)]
         sse: bool,
     },
+    /// List, approve and deny calls waiting for an operator (require_approval rules).
+    ///
+    /// Talks to the operators' API of any decision replica (decision.admin_listen) with an
+    /// operator key ([[operators]], made by `tollgate keygen`).
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        /// Config file: the API address comes from decision.admin_listen.
+        #[arg(long, short, global = true, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// The operators' API, e.g. http://10.0.0.5:9465 (overrides the config file).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// Operator key.
+        #[arg(long, global = true, env = "TOLLGATE_ADMIN_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
     /// Work with policy files.
     Policy {
         #[command(subcommand)]
@@ -65,6 +83,30 @@ enum Command {
     /// (key_sha256). As a cluster token: the key is edge.decision_token on the edges, the
     /// hash is decision.token_sha256 on the decision service.
     Keygen,
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Every approval of the cluster, newest first: pending, and resolved within the last hour.
+    List {
+        /// One JSON array (id, server, tool, grant, agent, arguments, status, expires_at, …).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending call: its next identical call goes through (once).
+    Approve {
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny a pending call: the agent is told, with the reason.
+    Deny {
+        id: String,
+        /// Why (the agent sees it, and the audit trail records it).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +156,27 @@ fn main() -> ExitCode {
                 },
         } => commands::policy_explain(&file, &server, &tool, &grant, &agent, args.as_deref()),
         Command::Keygen => commands::keygen(),
+        Command::Approvals {
+            command,
+            config,
+            url,
+            key,
+        } => {
+            let action = match command {
+                ApprovalsCommand::List { json } => commands::ApprovalAction::List { json },
+                ApprovalsCommand::Approve { id, reason } => commands::ApprovalAction::Resolve {
+                    id,
+                    approve: true,
+                    reason,
+                },
+                ApprovalsCommand::Deny { id, reason } => commands::ApprovalAction::Resolve {
+                    id,
+                    approve: false,
+                    reason,
+                },
+            };
+            commands::approvals(&config, url, key, action)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

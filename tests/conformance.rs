@@ -175,7 +175,7 @@ async fn add_key(State(edge): State<String>, request: Request) -> Response {
 async fn gateway(reference: &ReferenceServer, dir: &Path) -> (Proc, String) {
     std::fs::write(dir.join("policy.json"), r#"{"version": "1", "default": "allow"}"#).expect("policy");
     let config = format!(
-        "[edge]\nlisten = \"127.0.0.1:0\"\n\n[decision]\npolicy = \"policy.json\"\n\n\
+        "[edge]\nlisten = \"127.0.0.1:0\"\n\n[decision]\npolicy = \"policy.json\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
          [[upstreams]]\nname = \"conf\"\nurl = \"{}\"\n\n[[grants]]\nname = \"conformance\"\nkey_sha256 = \"{}\"\n",
         reference.url,
         sha256_hex(KEY)

@@ -130,6 +130,7 @@ async fn quick_start_example_config_works_with_the_bundled_demo() {
     std::fs::copy("examples/policy.json", dir.join("policy.json")).expect("copy example policy");
     let config = example
         .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("[decision]", "[decision]\nadmin_listen = \"127.0.0.1:0\"")
         .replace(
             "http://127.0.0.1:9000/mcp",
             &format!("http://127.0.0.1:{demo_port}/mcp"),

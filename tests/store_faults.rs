@@ -163,6 +163,7 @@ fn example_redis_configs_start_against_real_redis() {
     let env = [
         ("TOLLGATE_DECISION__LISTEN", "127.0.0.1:0"),
         ("TOLLGATE_DECISION__METRICS_LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE_DECISION__ADMIN_LISTEN", "127.0.0.1:0"),
         ("TOLLGATE_STORE__URL", url.as_str()),
     ];
     let args = ["decision", "--config", "examples/tollgate-redis.toml"];
@@ -173,6 +174,7 @@ fn example_redis_configs_start_against_real_redis() {
     let env = [
         ("TOLLGATE_DECISION__LISTEN", "127.0.0.1:0"),
         ("TOLLGATE_DECISION__METRICS_LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE_DECISION__ADMIN_LISTEN", "127.0.0.1:0"),
         ("TOLLGATE_STORE__CLUSTER", seeds.as_str()),
     ];
     let marker = "(store: redis-cluster;";

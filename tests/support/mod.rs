@@ -26,6 +26,8 @@ pub struct Proc {
     pub name: String,
     /// The `/metrics` URL from the ready line, for processes that print one there.
     pub metrics_url: Option<String>,
+    /// The operators' API (`http://ADDR`), for processes that serve one.
+    pub admin_url: Option<String>,
 }
 
 impl Proc {
@@ -52,8 +54,12 @@ impl Proc {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut admin = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(rest) = line.split("operators' API on ").nth(1) {
+                    admin = rest.split("/admin").next().map(str::to_owned);
+                }
                 if !line.contains(&marker) {
                     continue;
                 }
@@ -63,16 +69,17 @@ impl Proc {
                         .split("metrics: ")
                         .nth(1)
                         .map(|m| m.trim_end_matches(')').to_owned());
-                    let _ = tx.send((addr, metrics));
+                    let _ = tx.send((addr, metrics, admin.clone()));
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((addr, metrics_url)) => Proc {
+            Ok((addr, metrics_url, admin_url)) => Proc {
                 child,
                 addr,
                 name: name.to_owned(),
                 metrics_url,
+                admin_url,
             },
             Err(_) => {
                 let _ = child.kill();
@@ -184,6 +191,7 @@ decision = [{decision}]
 [decision]
 listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 policy = "policy.json"
 reload_interval_ms = 100
 
@@ -221,6 +229,8 @@ pub struct Deployment {
     pub edges: Vec<String>,
     /// The demo upstream's own MCP URL.
     pub upstream: String,
+    /// The decision replicas' operators' APIs (`http://ADDR`).
+    pub admins: Vec<String>,
     procs: Vec<Proc>,
 }
 
@@ -232,6 +242,7 @@ impl Deployment {
         let dir = temp_dir(tag);
         let mut procs = Vec::new();
         let mut decision_urls = Vec::new();
+        let mut admins = Vec::new();
         for i in 0..replicas {
             let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
             append(&config, store);
@@ -241,6 +252,7 @@ impl Deployment {
                 &[],
             );
             decision_urls.push(decision.url(""));
+            admins.extend(decision.admin_url.clone());
             procs.push(decision);
         }
         let config = write_config(
@@ -265,6 +277,7 @@ impl Deployment {
         Deployment {
             edges: edge_urls,
             upstream: upstream_url,
+            admins,
             procs,
         }
     }

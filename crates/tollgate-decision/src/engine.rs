@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tollgate_limiter::{Admission, CounterStore, Hit};
+use tollgate_limiter::{Admission, ApprovalStore, Claim, CounterStore, Hit, MemoryApprovals, NewApproval};
 use tollgate_policy::{Action, Annotations, Call, CounterHit, OnStoreError, Policy, Rule};
 use tollgate_telemetry::metrics::metrics;
 use tracing::field::Empty;
@@ -26,6 +26,7 @@ const LATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
 pub struct Engine {
     policy: ArcSwap<Policy>,
     store: Arc<dyn CounterStore>,
+    approvals: Arc<dyn ApprovalStore>,
     store_timeout: Duration,
     record_arguments: bool,
 }
@@ -36,9 +37,22 @@ impl Engine {
         Engine {
             policy: ArcSwap::from_pointee(policy),
             store,
+            approvals: Arc::new(MemoryApprovals::default()),
             store_timeout,
             record_arguments: false,
         }
+    }
+
+    /// Keeps approval records in `approvals` (by default in this process's memory; a
+    /// cluster shares them in Redis, like its counters).
+    pub fn with_approvals(mut self, approvals: Arc<dyn ApprovalStore>) -> Self {
+        self.approvals = approvals;
+        self
+    }
+
+    /// Where approvals live, for the operators' API.
+    pub fn approvals(&self) -> &Arc<dyn ApprovalStore> {
+        &self.approvals
     }
 
     /// Puts the raw tool arguments on decision spans (by default only their SHA-256).
@@ -77,6 +91,7 @@ impl Engine {
             tollgate.rule = Empty,
             tollgate.reason = Empty,
             tollgate.decision_id = Empty,
+            tollgate.approval.id = Empty,
             tollgate.server = %request.server,
             tollgate.grant = %request.grant,
             tollgate.agent = %request.agent,
@@ -115,6 +130,9 @@ impl Engine {
         span.record("tollgate.rule", decision.rule.as_str());
         span.record("tollgate.reason", decision.reason.as_str());
         span.record("tollgate.decision_id", decision.decision_id.as_str());
+        if !decision.approval_id.is_empty() {
+            span.record("tollgate.approval.id", decision.approval_id.as_str());
+        }
         if decision.retry_after_ms > 0 {
             span.record("tollgate.retry_after_ms", decision.retry_after_ms);
         }
@@ -183,22 +201,114 @@ impl Engine {
                 let reason = rule.reason.clone().unwrap_or_else(|| denial_text(rule, &call));
                 decision.with(Verdict::Deny, &rule.label, reason)
             }
-            Action::RequireApproval => {
-                let reason = rule.reason.clone().unwrap_or_else(|| {
-                    format!(
-                        "calling \"{}\" requires human approval (policy rule {}); this Tollgate has no approval \
-                         workflow enabled, so the call was not forwarded",
-                        call.tool, rule.label
-                    )
-                });
-                decision.with(Verdict::ApprovalRequired, &rule.label, reason)
-            }
+            Action::RequireApproval => self.approval(decision, &policy, rule, &call, &request.request_id).await,
             Action::Allow => {
                 let hits = policy.counter_hits(rule, &call);
                 if hits.is_empty() {
                     return decision.with(Verdict::Allow, &rule.label, String::new());
                 }
                 self.take_hits(decision, rule, &request.request_id, &hits).await
+            }
+        }
+    }
+
+    /// A `require_approval` rule: the call proceeds (to the rule's limits) only by consuming
+    /// an approved record bound to exactly this call; otherwise it is refused, naming the
+    /// pending approval, or the denial or expiry of the last one.
+    async fn approval(
+        &self,
+        mut decision: Decision,
+        policy: &Policy,
+        rule: &Rule,
+        call: &Call<'_>,
+        request_id: &str,
+    ) -> Decision {
+        let arguments = if call.arguments.is_null() {
+            Value::Object(Default::default())
+        } else {
+            call.arguments.clone()
+        };
+        let canonical = tollgate_policy::canonical_json(&arguments);
+        let binding = serde_json::json!([call.grant, call.server, call.tool, canonical]).to_string();
+        let new = NewApproval {
+            server: call.server.to_owned(),
+            tool: call.tool.to_owned(),
+            grant: call.grant.to_owned(),
+            agent: call.agent.to_owned(),
+            arguments: arguments.to_string(),
+            digest: hex::encode(Sha256::digest(binding.as_bytes())),
+            rule: rule.label.clone(),
+            timeout: rule.approval_timeout,
+        };
+        let asked = match tokio::time::timeout(self.store_timeout, self.approvals.claim(&new)).await {
+            Ok(Ok(claim)) => claim,
+            Ok(Err(e)) => {
+                return decision.with(
+                    Verdict::Deny,
+                    &rule.label,
+                    format!("{e}; calls that need approval are refused meanwhile"),
+                );
+            }
+            Err(_) => {
+                return decision.with(
+                    Verdict::Deny,
+                    &rule.label,
+                    format!(
+                        "the approval store did not answer within {:?}; calls that need approval are refused meanwhile",
+                        self.store_timeout
+                    ),
+                );
+            }
+        };
+        let tool = call.tool;
+        match asked {
+            Claim::Approved(approval) => {
+                let hits = policy.counter_hits(rule, call);
+                let mut decided = if hits.is_empty() {
+                    decision.with(Verdict::Allow, &rule.label, String::new())
+                } else {
+                    self.take_hits(decision, rule, request_id, &hits).await
+                };
+                decided.approval_id = approval.id;
+                decided
+            }
+            Claim::Pending { approval, created } => {
+                if created {
+                    tracing::info!(target: "tollgate::audit", approval_id = %approval.id, server = ?call.server, tool = ?tool, grant = ?call.grant, "approval requested");
+                }
+                let wait = Duration::from_millis(approval.expires_ms.saturating_sub(wall_clock_ms()));
+                let asks = rule.reason.clone().unwrap_or_else(|| {
+                    format!(
+                        "calling \"{tool}\" needs an operator's approval (policy rule {})",
+                        rule.label
+                    )
+                });
+                let reason = format!(
+                    "{asks}: approval {} is pending for {} more; call again with the same arguments once an operator \
+                     has approved it",
+                    approval.id,
+                    human_duration(wait)
+                );
+                decision.approval_id = approval.id;
+                decision.with(Verdict::ApprovalRequired, &rule.label, reason)
+            }
+            Claim::Denied(approval) => {
+                let by = approval.resolved_by.as_deref().unwrap_or("an operator");
+                let why = approval.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                let reason = format!(
+                    "approval {} for this call was denied by {by}{why}; calling again asks for a new approval",
+                    approval.id
+                );
+                decision.approval_id = approval.id;
+                decision.with(Verdict::Deny, &rule.label, reason)
+            }
+            Claim::Expired(approval) => {
+                let reason = format!(
+                    "approval {} for this call expired before an operator decided; calling again asks for a new approval",
+                    approval.id
+                );
+                decision.approval_id = approval.id;
+                decision.with(Verdict::Deny, &rule.label, reason)
             }
         }
     }
@@ -473,6 +583,12 @@ pub fn verdict_name(v: Verdict) -> &'static str {
         Verdict::ApprovalRequired => "APPROVAL_REQUIRED",
         Verdict::Unspecified => "UNSPECIFIED",
     }
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn ceil_ms(d: Duration) -> u64 {

@@ -39,6 +39,10 @@ pub struct DecisionSettings {
     /// Default `127.0.0.1:9464`.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: SocketAddr,
+    /// HTTP address of the operators' API (approvals), served by `tollgate decision` and
+    /// `tollgate up`. Default `127.0.0.1:9465`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
     /// Hex SHA-256 of the cluster token edges must present (`authorization: Bearer
     /// <token>`; edges set `edge.decision_token`). Required when `listen` is not a
     /// loopback address, unless `allow_unauthenticated` is set.
@@ -94,6 +98,10 @@ fn default_max_connections() -> usize {
 
 fn default_handshake_timeout_ms() -> u64 {
     ListenerLimits::default().handshake_timeout.as_millis() as u64
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9465))
 }
 
 fn default_metrics_listen() -> SocketAddr {

@@ -24,14 +24,18 @@ pub fn details(decision: &Decision) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut details = json!({
         "verdict": verdict_name(decision.verdict()),
         "reason": decision.reason,
         "rule": decision.rule,
         "decision_id": decision.decision_id,
         "retry_after_ms": decision.retry_after_ms,
         "limits": limits,
-    })
+    });
+    if !decision.approval_id.is_empty() {
+        details["approval_id"] = json!(decision.approval_id);
+    }
+    details
 }
 
 /// The full JSON-RPC answer to a refused `tools/call` with id `id`.

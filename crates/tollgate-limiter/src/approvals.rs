@@ -161,9 +161,7 @@ pub(crate) fn duration_ms(d: Duration) -> u64 {
 }
 
 pub(crate) fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, duration_ms)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, duration_ms)
 }
 
 /// Approvals in this process (`tollgate up`).

@@ -48,6 +48,14 @@ fn nfc(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// The canonical JSON text of a value (see the module documentation): what approvals are
+/// bound to, so that spellings of one call share one approval.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_json(&mut out, value);
+    out
+}
+
 fn write_json(out: &mut String, value: &Value) {
     match value {
         Value::Null => out.push_str("null"),

@@ -5,6 +5,7 @@
 //! a rule and the counter hits the call needs. Counting itself is `tollgate-limiter`'s job.
 
 mod canonical;
+pub use canonical::canonical_json;
 mod compile;
 mod document;
 mod error;

@@ -1,0 +1,163 @@
+//! Human approvals end to end, through real processes: an agent's call needing approval is
+//! refused with an approval id; an operator lists and approves it with `tollgate approvals`
+//! on any decision replica; the identical call then goes through, once. Denials reach the
+//! agent with their reason; approvals expire; other arguments need their own approval. On
+//! Redis with 2 edges × 2 decision replicas, and in `tollgate up` on the memory store.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::{Deployment, KEY_A, Mcp, Proc, refusal, run, sha256_hex, text, write_config};
+
+const OPERATOR_KEY: &str = "tg_operator_alice_key";
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_scale": { "action": "require_approval", "approval": { "timeout": "5m" } },
+    "k8s_rollout_resume": { "action": "require_approval", "approval": { "timeout": "1s" } }
+  }
+}"#;
+
+fn operators() -> String {
+    format!(
+        "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n",
+        sha256_hex(OPERATOR_KEY)
+    )
+}
+
+/// `tollgate approvals ARGS… --url ADMIN --key KEY`: (exit code, stdout, stderr).
+fn approvals(admin: &str, key: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["approvals"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--url", admin, "--key", key]);
+    run(&all)
+}
+
+fn approval_id(result: &Value) -> String {
+    let details = refusal(result).unwrap_or_else(|| panic!("refused: {result}"));
+    assert_eq!(details["verdict"], "APPROVAL_REQUIRED", "{result}");
+    let id = details["approval_id"]
+        .as_str()
+        .expect("approval_id in _meta")
+        .to_owned();
+    assert!(
+        text(result).contains(&id),
+        "the model reads the id too: {}",
+        text(result)
+    );
+    id
+}
+
+fn scale(replicas: u64) -> Value {
+    json!({"namespace": "web", "name": "api", "replicas": replicas})
+}
+
+/// The whole flow. `edges` are `/mcp/k8s` URLs (calls alternate between them), `admins`
+/// the operators' APIs of the decision replicas (the last one approves).
+async fn approvals_flow(edges: &[String], admins: &[String]) {
+    let mut agent = Mcp::new(&edges[0], KEY_A);
+    agent.initialize().await;
+    let mut elsewhere = agent.via(&edges[edges.len() - 1]);
+    let admin = admins.last().expect("an operators' API");
+
+    let first = approval_id(&agent.call("k8s_scale", scale(3)).await);
+    assert_eq!(
+        approval_id(&elsewhere.call("k8s_scale", scale(3)).await),
+        first,
+        "an identical call waits for the same approval"
+    );
+
+    let (code, listed, stderr) = approvals(&admins[0], OPERATOR_KEY, &["list", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Vec<Value> = serde_json::from_str(&listed).expect("list --json is a JSON array");
+    let entry = listed
+        .iter()
+        .find(|a| a["id"] == first.as_str())
+        .expect("listed on any replica");
+    assert_eq!(entry["status"], "pending");
+    assert_eq!(entry["tool"], "k8s_scale");
+    assert_eq!(entry["server"], "k8s");
+    assert_eq!(entry["grant"], "a");
+    assert_eq!(entry["agent"], "agent-a");
+    assert_eq!(entry["arguments"]["replicas"], 3, "the approver sees the arguments");
+    assert!(
+        entry["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{entry}"
+    );
+
+    let (code, out, stderr) = approvals(admin, "not-a-key", &["approve", &first]);
+    assert_ne!(code, 0, "a wrong key is refused: {out}");
+    assert!(stderr.contains("401"), "{stderr}");
+    let (code, out, stderr) = approvals(admin, OPERATOR_KEY, &["approve", &first, "--reason", "planned change"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains(&format!("approved {first}")), "{out}");
+
+    // Other arguments are another call: the approval does not admit them.
+    let bigger = approval_id(&agent.call("k8s_scale", scale(300)).await);
+    assert_ne!(bigger, first);
+    // The approved call goes through, on another edge, with the upstream's real answer.
+    let admitted = elsewhere.call("k8s_scale", scale(3)).await;
+    assert!(refusal(&admitted).is_none(), "approved: {admitted}");
+    assert!(text(&admitted).contains("api"), "the upstream's answer: {admitted}");
+    // Single use: the next identical call needs a new approval.
+    let again = approval_id(&agent.call("k8s_scale", scale(3)).await);
+    assert_ne!(again, first);
+
+    // A denial reaches the agent with its reason, once; then the call asks anew.
+    let (code, _, stderr) = approvals(admin, OPERATOR_KEY, &["deny", &again, "--reason", "change freeze"]);
+    assert_eq!(code, 0, "{stderr}");
+    let denied = agent.call("k8s_scale", scale(3)).await;
+    let details = refusal(&denied).expect("denied");
+    assert_eq!(details["verdict"], "DENY", "{denied}");
+    assert!(
+        text(&denied).contains("denied by alice: change freeze"),
+        "{}",
+        text(&denied)
+    );
+    let (code, _, stderr) = approvals(admin, OPERATOR_KEY, &["approve", &again]);
+    assert_ne!(code, 0, "a resolved approval cannot be resolved again");
+    assert!(stderr.contains("409") || stderr.contains("not pending"), "{stderr}");
+    assert_ne!(approval_id(&agent.call("k8s_scale", scale(3)).await), again);
+
+    // Expiry: nobody decided within the rule's 1 s.
+    let resume = json!({"namespace": "web", "name": "api"});
+    let soon = approval_id(&agent.call("k8s_rollout_resume", resume.clone()).await);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (code, _, _) = approvals(admin, OPERATOR_KEY, &["approve", &soon]);
+    assert_ne!(code, 0, "too late to approve");
+    let expired = agent.call("k8s_rollout_resume", resume).await;
+    assert!(text(&expired).contains("expired"), "{}", text(&expired));
+
+    let (code, listed, _) = approvals(admin, OPERATOR_KEY, &["list"]);
+    assert_eq!(code, 0);
+    assert!(listed.contains(&first) && listed.contains("consumed"), "{listed}");
+}
+
+#[tokio::test]
+async fn approvals_work_across_two_edges_and_two_replicas_on_redis() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{}",
+        redis.url(),
+        operators()
+    );
+    let deployment = Deployment::start("approvals", POLICY, &store, 2, 2);
+    assert_eq!(deployment.admins.len(), 2);
+    approvals_flow(&deployment.edges, &deployment.admins).await;
+}
+
+#[tokio::test]
+async fn approvals_work_in_tollgate_up() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("approvals-up");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    support::append(&config, &operators());
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("tollgate up serves the operators' API");
+    approvals_flow(&[up.url("/mcp/k8s")], &[admin]).await;
+}
