@@ -84,7 +84,9 @@ impl Admin {
             )));
         }
         let Some(key) = presented else {
-            return Err(Box::new(unauthorized("send an operator key: Authorization: Bearer <key>")));
+            return Err(Box::new(unauthorized(
+                "send an operator key: Authorization: Bearer <key>",
+            )));
         };
         let hash: [u8; 32] = Sha256::digest(key.trim().as_bytes()).into();
         self.operators
