@@ -157,6 +157,7 @@ async fn resolve(
     let _entered = span.enter();
     match admin.approvals.resolve(&id, approve, &operator, &reason).await {
         Ok(Resolution::Resolved(approval)) => {
+            tollgate_telemetry::metrics::metrics().approval_event(outcome);
             tracing::info!(
                 target: "tollgate::audit",
                 approval_id = %approval.id,

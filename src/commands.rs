@@ -450,11 +450,13 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Ar
         tracing::warn!("policy warning: {w}");
     }
     let (store, approvals) = config.store.build()?;
-    let engine = Arc::new(
-        Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
-            .with_approvals(approvals)
-            .with_recorded_arguments(config.telemetry.record_arguments),
-    );
+    let mut engine = Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
+        .with_approvals(approvals)
+        .with_recorded_arguments(config.telemetry.record_arguments);
+    if let Some(notify) = crate::webhook::start(&config.approvals)? {
+        engine = engine.with_new_approvals(notify);
+    }
+    let engine = Arc::new(engine);
     tracing::info!(policy = %settings.policy.display(), "policy loaded");
     let status = (settings.reload_interval_ms > 0).then(|| {
         tollgate_decision::watch_policy(

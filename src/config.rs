@@ -30,6 +30,8 @@ pub struct Config {
     #[serde(default)]
     pub operators: Vec<crate::admin::OperatorSettings>,
     #[serde(default)]
+    pub approvals: crate::webhook::ApprovalSettings,
+    #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,

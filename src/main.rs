@@ -5,6 +5,7 @@ mod admin;
 mod commands;
 mod config;
 mod shutdown;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -151,13 +153,81 @@ async fn approvals_work_across_two_edges_and_two_replicas_on_redis() {
     approvals_flow(&deployment.edges, &deployment.admins).await;
 }
 
+/// A webhook receiver that fails its first POST (so the sender must retry) and records
+/// the bodies of the others.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let state = (received.clone(), calls);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            |axum::extract::State((received, calls)): axum::extract::State<(
+                Arc<Mutex<Vec<Value>>>,
+                Arc<AtomicUsize>,
+            )>,
+             axum::Json(body): axum::Json<Value>| async move {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                received.lock().expect("lock").push(body);
+                axum::http::StatusCode::NO_CONTENT
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app.with_state(state)).await });
+    (url, received)
+}
+
 #[tokio::test]
 async fn approvals_work_in_tollgate_up() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("approvals-up");
     let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
-    support::append(&config, &operators());
+    let (hook, received) = webhook_receiver().await;
+    support::append(
+        &config,
+        &format!("{}\n[approvals]\nwebhook_url = \"{hook}\"\n", operators()),
+    );
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let admin = up.admin_url.clone().expect("tollgate up serves the operators' API");
     approvals_flow(&[up.url("/mcp/k8s")], &[admin]).await;
+
+    // Every new pending approval was POSTed to the webhook (the first POST failed and was
+    // retried), with what an operator needs to decide.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = received.lock().expect("lock").clone();
+        let first = got.iter().find(|b| b["tool"] == "k8s_scale");
+        if let Some(first) = first {
+            assert_eq!(first["event"], "approval.pending");
+            assert!(first["id"].as_str().is_some_and(|id| id.starts_with("apr_")), "{first}");
+            assert_eq!(first["grant"], "a");
+            assert!(
+                first["arguments"].as_str().is_some_and(|a| a.contains("replicas")),
+                "{first}"
+            );
+            assert!(got.len() >= 4, "one POST per new approval: {got:#?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhook was not called: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(up.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for event in ["requested", "consumed", "approved", "denied", "expired", "notified"] {
+        assert!(
+            metrics.contains(&format!("tollgate_approvals_total{{event=\"{event}\"}}")),
+            "{event} in {metrics}"
+        );
+    }
 }

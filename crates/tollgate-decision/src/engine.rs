@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tollgate_limiter::{Admission, ApprovalStore, Claim, CounterStore, Hit, MemoryApprovals, NewApproval};
+use tollgate_limiter::{Admission, Approval, ApprovalStore, Claim, CounterStore, Hit, MemoryApprovals, NewApproval};
 use tollgate_policy::{Action, Annotations, Call, CounterHit, OnStoreError, Policy, Rule};
 use tollgate_telemetry::metrics::metrics;
 use tracing::field::Empty;
@@ -27,6 +27,8 @@ pub struct Engine {
     policy: ArcSwap<Policy>,
     store: Arc<dyn CounterStore>,
     approvals: Arc<dyn ApprovalStore>,
+    /// Told of every approval this replica creates (e.g. a webhook sender); never waited for.
+    new_approvals: Option<tokio::sync::mpsc::Sender<Approval>>,
     store_timeout: Duration,
     record_arguments: bool,
 }
@@ -38,6 +40,7 @@ impl Engine {
             policy: ArcSwap::from_pointee(policy),
             store,
             approvals: Arc::new(MemoryApprovals::default()),
+            new_approvals: None,
             store_timeout,
             record_arguments: false,
         }
@@ -47,6 +50,13 @@ impl Engine {
     /// cluster shares them in Redis, like its counters).
     pub fn with_approvals(mut self, approvals: Arc<dyn ApprovalStore>) -> Self {
         self.approvals = approvals;
+        self
+    }
+
+    /// Sends every approval this replica creates to `tx` (a bounded channel: when it is
+    /// full the notification is dropped, counted and logged; a decision never waits).
+    pub fn with_new_approvals(mut self, tx: tokio::sync::mpsc::Sender<Approval>) -> Self {
+        self.new_approvals = Some(tx);
         self
     }
 
@@ -263,6 +273,7 @@ impl Engine {
         let tool = call.tool;
         match asked {
             Claim::Approved(approval) => {
+                metrics().approval_event("consumed");
                 let hits = policy.counter_hits(rule, call);
                 let mut decided = if hits.is_empty() {
                     decision.with(Verdict::Allow, &rule.label, String::new())
@@ -275,6 +286,13 @@ impl Engine {
             Claim::Pending { approval, created } => {
                 if created {
                     tracing::info!(target: "tollgate::audit", approval_id = %approval.id, server = ?call.server, tool = ?tool, grant = ?call.grant, "approval requested");
+                    metrics().approval_event("requested");
+                    if let Some(tx) = &self.new_approvals
+                        && tx.try_send(approval.clone()).is_err()
+                    {
+                        metrics().approval_event("notification_dropped");
+                        tracing::warn!(approval_id = %approval.id, "approval notification queue full: this approval is not notified");
+                    }
                 }
                 let wait = Duration::from_millis(approval.expires_ms.saturating_sub(wall_clock_ms()));
                 let asks = rule.reason.clone().unwrap_or_else(|| {
@@ -303,6 +321,7 @@ impl Engine {
                 decision.with(Verdict::Deny, &rule.label, reason)
             }
             Claim::Expired(approval) => {
+                metrics().approval_event("expired");
                 let reason = format!(
                     "approval {} for this call expired before an operator decided; calling again asks for a new approval",
                     approval.id

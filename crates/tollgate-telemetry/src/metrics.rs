@@ -35,6 +35,7 @@ pub struct Metrics {
     pub store_seconds: Histograms,
     pub store_errors: Family<Labels, Counter>,
     pub store_late_answers: Family<Labels, Counter>,
+    pub approvals: Family<Labels, Counter>,
     pub policy_reloads: Family<Labels, Counter>,
     pub upstream_seconds: Histograms,
     pub upstream_errors: Family<Labels, Counter>,
@@ -61,6 +62,7 @@ impl Metrics {
             store_seconds: Family::new_with_constructor(latency),
             store_errors: Family::default(),
             store_late_answers: Family::default(),
+            approvals: Family::default(),
             policy_reloads: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency),
             upstream_errors: Family::default(),
@@ -97,6 +99,12 @@ impl Metrics {
             "Counter-store answers that came after the deadline, by store and what became of their hits \
              (released, kept, release_failed, none_taken, unanswered)",
             m.store_late_answers.clone(),
+        );
+        registry.register(
+            "approvals",
+            "Approval events seen by this process: requested, consumed, expired, approved, denied, \
+             notified, notification_failed, notification_dropped",
+            m.approvals.clone(),
         );
         registry.register(
             "policy_reloads",
@@ -189,6 +197,13 @@ impl Metrics {
         if failed {
             self.store_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// One approval event (see the `approvals` metric's help for the names).
+    pub fn approval_event(&self, event: &'static str) {
+        self.approvals
+            .get_or_create(&vec![("event".into(), event.into())])
+            .inc();
     }
 
     /// A store answer that came after the decision's deadline, and what became of its hits.
