@@ -153,6 +153,9 @@ async fn approvals_work_across_two_edges_and_two_replicas_on_redis() {
     approvals_flow(&deployment.edges, &deployment.admins).await;
 }
 
+/// What the webhook receiver keeps: the bodies, and how many POSTs came.
+type Receiver = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>);
+
 /// A webhook receiver that fails its first POST (so the sender must retry) and records
 /// the bodies of the others.
 async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -162,10 +165,7 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(
-            |axum::extract::State((received, calls)): axum::extract::State<(
-                Arc<Mutex<Vec<Value>>>,
-                Arc<AtomicUsize>,
-            )>,
+            |axum::extract::State((received, calls)): axum::extract::State<Receiver>,
              axum::Json(body): axum::Json<Value>| async move {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                     return axum::http::StatusCode::SERVICE_UNAVAILABLE;
