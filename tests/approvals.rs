@@ -231,3 +231,55 @@ async fn approvals_work_in_tollgate_up() {
         );
     }
 }
+
+/// An approved call that its rule's limits refuse does not use the approval up: the next
+/// identical call, once there is room, goes through on it.
+#[tokio::test]
+async fn an_approval_is_used_only_by_a_call_that_goes_through() {
+    use tollgate_decision::Engine;
+    use tollgate_decision::proto::{DecideRequest, Verdict};
+    use tollgate_limiter::{ApprovalStore, MemoryApprovals, MemoryStore};
+
+    let text = r#"{"version": "1", "tools": {"k8s_scale": {"action": "require_approval",
+        "limits": [{"counter": "scale", "window": "1s", "max": 1}]}}}"#;
+    let policy = tollgate_policy::compile_str("p.json", text).expect("policy").policy;
+    let approvals = Arc::new(MemoryApprovals::default());
+    let engine =
+        Engine::new(policy, Arc::new(MemoryStore::default()), Duration::from_secs(1)).with_approvals(approvals.clone());
+    let call = |replicas: u64| DecideRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        server: "k8s".into(),
+        tool: "k8s_scale".into(),
+        grant: "a".into(),
+        agent: "a".into(),
+        arguments_json: scale(replicas).to_string(),
+        ..Default::default()
+    };
+    let approve = |id: String| {
+        let approvals = approvals.clone();
+        async move { approvals.resolve(&id, true, "alice", "").await.expect("resolve") }
+    };
+
+    let asked = engine.decide(&call(3)).await;
+    assert_eq!(asked.verdict(), Verdict::ApprovalRequired);
+    approve(asked.approval_id.clone()).await;
+    assert_eq!(
+        engine.decide(&call(3)).await.verdict(),
+        Verdict::Allow,
+        "takes the 1 per second"
+    );
+
+    let second = engine.decide(&call(3)).await;
+    approve(second.approval_id.clone()).await;
+    let limited = engine.decide(&call(3)).await;
+    assert_eq!(limited.verdict(), Verdict::RateLimited, "{limited:?}");
+    assert!(limited.reason.contains("stays approved"), "{}", limited.reason);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = engine.decide(&call(3)).await;
+    assert_eq!(
+        later.verdict(),
+        Verdict::Allow,
+        "the kept approval is used now: {later:?}"
+    );
+    assert_eq!(later.approval_id, second.approval_id);
+}

@@ -505,6 +505,12 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
         panic!("the approved call proceeds")
     };
     assert_eq!(consumed.id, first.id);
+    // Put back (the call's limits refused it): the next identical call consumes it instead.
+    store.restore(&consumed).await.expect("restore");
+    let Claim::Approved(again) = store.claim(&call).await.expect("claim") else {
+        panic!("a restored approval is found again")
+    };
+    assert_eq!(again.id, first.id);
     let Claim::Pending {
         approval: next,
         created: true,
@@ -513,6 +519,14 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
         panic!("single use: the next identical call asks anew")
     };
     assert_ne!(next.id, first.id);
+    store.restore(&again).await.expect("restore while another is bound");
+    assert!(
+        matches!(
+            store.claim(&call).await.expect("claim"),
+            Claim::Pending { approval, created: false } if approval.id == next.id
+        ),
+        "a restore never displaces the approval bound to the call meanwhile"
+    );
 
     store
         .resolve(&next.id, false, "bob", "not during the freeze")

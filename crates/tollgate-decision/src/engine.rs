@@ -273,13 +273,28 @@ impl Engine {
         let tool = call.tool;
         match asked {
             Claim::Approved(approval) => {
-                metrics().approval_event("consumed");
                 let hits = policy.counter_hits(rule, call);
                 let mut decided = if hits.is_empty() {
                     decision.with(Verdict::Allow, &rule.label, String::new())
                 } else {
                     self.take_hits(decision, rule, request_id, &hits).await
                 };
+                if decided.verdict() != Verdict::Allow {
+                    // The call does not go through: its approval is not used up.
+                    match self.approvals.restore(&approval).await {
+                        Ok(()) => {
+                            decided.reason = format!(
+                                "{}; approval {} stays approved for the next identical call",
+                                decided.reason, approval.id
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(approval_id = %approval.id, "could not put back an approval whose call was refused: {e}")
+                        }
+                    }
+                } else {
+                    metrics().approval_event("consumed");
+                }
                 decided.approval_id = approval.id;
                 decided
             }

@@ -16,6 +16,9 @@
 -- resolve  ARGV[4] 'approved' | 'denied', ARGV[5] operator, ARGV[6] reason.
 --          Returns {'resolved' | 'not_pending' | 'not_found', record JSON or ''}.
 -- list     ARGV[4] most records. Returns the newest records' JSON, newest first.
+-- restore  KEYS[2] the record key; ARGV[4] the binding key prefix ("<prefix>bind:").
+--          A consumed, unexpired record becomes approved and bound again, unless another
+--          record is bound to its call meanwhile. Returns {'restored' | 'unchanged', ''}.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -87,6 +90,19 @@ if mode == 'resolve' then
   if ARGV[6] ~= '' then r.reason = ARGV[6] end
   save(KEYS[2], r)
   return {'resolved', cjson.encode(r)}
+end
+
+if mode == 'restore' then
+  local raw = redis.call('GET', KEYS[2])
+  if not raw then return {'unchanged', ''} end
+  local r = cjson.decode(raw)
+  if r.status ~= 'consumed' or now >= r.expires_ms then return {'unchanged', ''} end
+  local bind = ARGV[4] .. r.digest
+  if redis.call('EXISTS', bind) == 1 then return {'unchanged', ''} end
+  r.status = 'approved'
+  save(KEYS[2], r)
+  redis.call('SET', bind, r.id, 'PX', math.floor(r.expires_ms + retention - now))
+  return {'restored', ''}
 end
 
 -- list

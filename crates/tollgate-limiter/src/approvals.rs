@@ -150,6 +150,12 @@ pub trait ApprovalStore: Send + Sync + 'static {
 
     /// Every record, newest first (at most [`MAX_LISTED`]).
     async fn list(&self) -> Result<Vec<Approval>, StoreError>;
+
+    /// Puts back an approval that [`ApprovalStore::claim`] consumed for a call that did not
+    /// go through after all (its limits refused it, or the answer came too late): approved
+    /// again, and found by the next identical call. Does nothing unless the record is
+    /// consumed and unexpired, or when another approval is bound to the call meanwhile.
+    async fn restore(&self, approval: &Approval) -> Result<(), StoreError>;
 }
 
 pub(crate) fn new_id() -> String {
@@ -256,6 +262,26 @@ impl ApprovalStore for MemoryApprovals {
         record.resolved_by = Some(by.to_owned());
         record.reason = (!reason.is_empty()).then(|| reason.to_owned());
         Ok(Resolution::Resolved(record.clone()))
+    }
+
+    async fn restore(&self, approval: &Approval) -> Result<(), StoreError> {
+        let now = wall_clock_ms();
+        let mut state = self.lock();
+        let Some(record) = state.records.get_mut(&approval.id) else {
+            return Ok(());
+        };
+        if record.status != ApprovalStatus::Consumed || now >= record.expires_ms {
+            return Ok(());
+        }
+        let digest = record.digest.clone();
+        if state.bound.contains_key(&digest) {
+            return Ok(());
+        }
+        if let Some(record) = state.records.get_mut(&approval.id) {
+            record.status = ApprovalStatus::Approved;
+        }
+        state.bound.insert(digest, approval.id.clone());
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<Approval>, StoreError> {

@@ -437,6 +437,17 @@ impl ApprovalStore for RedisStore {
         })
     }
 
+    async fn restore(&self, approval: &Approval) -> Result<(), StoreError> {
+        let id = &approval.id;
+        if !id.starts_with("apr_") || !id[4..].bytes().all(|b| b.is_ascii_hexdigit()) || id.len() > 64 {
+            return Ok(());
+        }
+        let bind_prefix = self.approval_key("bind:");
+        self.approval_script(self.approval_key(&format!("a:{id}")), &["restore", &bind_prefix])
+            .await
+            .map(|_| ())
+    }
+
     async fn list(&self) -> Result<Vec<Approval>, StoreError> {
         let most = crate::approvals::MAX_LISTED.to_string();
         let answer = self
