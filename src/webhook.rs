@@ -73,15 +73,7 @@ pub fn start(settings: &ApprovalSettings) -> anyhow::Result<Option<mpsc::Sender<
 }
 
 async fn notify(client: reqwest::Client, url: String, approval: Approval, attempts: u32) {
-    let mut summary = approval.arguments.clone();
-    if summary.len() > ARGUMENTS_SUMMARY_BYTES {
-        let mut cut = ARGUMENTS_SUMMARY_BYTES;
-        while !summary.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        summary.truncate(cut);
-        summary.push('…');
-    }
+    let summary = tollgate_limiter::cut_short(&approval.arguments, ARGUMENTS_SUMMARY_BYTES);
     let body = serde_json::json!({
         "event": "approval.pending",
         "id": approval.id,

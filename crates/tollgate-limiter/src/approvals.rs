@@ -88,15 +88,7 @@ pub struct NewApproval {
 
 impl NewApproval {
     pub(crate) fn record(&self, id: String, now_ms: u64) -> Approval {
-        let mut arguments = self.arguments.clone();
-        if arguments.len() > MAX_STORED_ARGUMENTS {
-            let mut cut = MAX_STORED_ARGUMENTS;
-            while !arguments.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            arguments.truncate(cut);
-            arguments.push('…');
-        }
+        let arguments = cut_short(&self.arguments, MAX_STORED_ARGUMENTS);
         Approval {
             id,
             status: ApprovalStatus::Pending,
@@ -156,6 +148,27 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// again, and found by the next identical call. Does nothing unless the record is
     /// consumed and unexpired, or when another approval is bound to the call meanwhile.
     async fn restore(&self, approval: &Approval) -> Result<(), StoreError>;
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), with `…` when cut.
+pub fn cut_short(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
+/// Whether `id` has the shape of an approval id (`apr_` and hex): anything else names no
+/// record, and never reaches a store key.
+pub(crate) fn is_approval_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .strip_prefix("apr_")
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 pub(crate) fn new_id() -> String {

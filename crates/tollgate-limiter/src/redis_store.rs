@@ -418,7 +418,7 @@ impl ApprovalStore for RedisStore {
 
     async fn resolve(&self, id: &str, approve: bool, by: &str, reason: &str) -> Result<Resolution, StoreError> {
         // Ids are ours (`apr_` + hex): anything else cannot name a record.
-        if !id.starts_with("apr_") || !id[4..].bytes().all(|b| b.is_ascii_hexdigit()) || id.len() > 64 {
+        if !crate::approvals::is_approval_id(id) {
             return Ok(Resolution::NotFound);
         }
         let status = if approve { "approved" } else { "denied" };
@@ -439,7 +439,7 @@ impl ApprovalStore for RedisStore {
 
     async fn restore(&self, approval: &Approval) -> Result<(), StoreError> {
         let id = &approval.id;
-        if !id.starts_with("apr_") || !id[4..].bytes().all(|b| b.is_ascii_hexdigit()) || id.len() > 64 {
+        if !crate::approvals::is_approval_id(id) {
             return Ok(());
         }
         let bind_prefix = self.approval_key("bind:");
