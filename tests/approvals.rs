@@ -193,7 +193,51 @@ async fn approvals_work_in_tollgate_up() {
     );
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let admin = up.admin_url.clone().expect("tollgate up serves the operators' API");
-    approvals_flow(&[up.url("/mcp/k8s")], &[admin]).await;
+    approvals_flow(&[up.url("/mcp/k8s")], &[admin.clone()]).await;
+
+    // What a hostile caller of the operators' API gets: no key, a forged id, a reason that
+    // could forge log lines or is endless, a body that is not the expected JSON.
+    let client = reqwest::Client::new();
+    let listed = client
+        .get(format!("{admin}/admin/approvals"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(listed.status(), 401);
+    assert!(listed.headers().contains_key("www-authenticate"));
+    let post = |path: String, body: Value| {
+        client
+            .post(format!("{admin}{path}"))
+            .bearer_auth(OPERATOR_KEY)
+            .json(&body)
+            .send()
+    };
+    let forged = post("/admin/approvals/apr_..%2F..%2Fx/approve".into(), json!({}))
+        .await
+        .expect("send");
+    assert_eq!(forged.status(), 404);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let id = approval_id(&agent.call("k8s_scale", scale(7)).await);
+    for reason in ["line\nforged: yes".to_owned(), "x".repeat(2000)] {
+        let answer = post(format!("/admin/approvals/{id}/approve"), json!({"reason": reason}))
+            .await
+            .expect("send");
+        assert_eq!(answer.status(), 400, "{reason:.20}");
+    }
+    let unknown = post(
+        format!("/admin/approvals/{id}/approve"),
+        json!({"reason": 1, "extra": true}),
+    )
+    .await
+    .expect("send");
+    assert!(unknown.status().is_client_error(), "{}", unknown.status());
+    let (code, listed, _) = approvals(&admin, OPERATOR_KEY, &["list", "--json"]);
+    assert_eq!(code, 0);
+    assert!(
+        listed.contains(&id) && listed.contains("\"pending\""),
+        "nothing above resolved it"
+    );
 
     // Every new pending approval was POSTed to the webhook (the first POST failed and was
     // retried), with what an operator needs to decide.
