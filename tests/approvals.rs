@@ -193,7 +193,7 @@ async fn approvals_work_in_tollgate_up() {
     );
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let admin = up.admin_url.clone().expect("tollgate up serves the operators' API");
-    approvals_flow(&[up.url("/mcp/k8s")], &[admin.clone()]).await;
+    approvals_flow(&[up.url("/mcp/k8s")], std::slice::from_ref(&admin)).await;
 
     // What a hostile caller of the operators' API gets: no key, a forged id, a reason that
     // could forge log lines or is endless, a body that is not the expected JSON.
@@ -234,10 +234,9 @@ async fn approvals_work_in_tollgate_up() {
     assert!(unknown.status().is_client_error(), "{}", unknown.status());
     let (code, listed, _) = approvals(&admin, OPERATOR_KEY, &["list", "--json"]);
     assert_eq!(code, 0);
-    assert!(
-        listed.contains(&id) && listed.contains("\"pending\""),
-        "nothing above resolved it"
-    );
+    let listed: Vec<Value> = serde_json::from_str(&listed).expect("JSON");
+    let entry = listed.iter().find(|a| a["id"] == id.as_str()).expect("listed");
+    assert_eq!(entry["status"], "pending", "nothing above resolved it");
 
     // Every new pending approval was POSTed to the webhook (the first POST failed and was
     // retried), with what an operator needs to decide.
