@@ -309,7 +309,7 @@ impl Engine {
                         tracing::warn!(approval_id = %approval.id, "approval notification queue full: this approval is not notified");
                     }
                 }
-                let wait = Duration::from_millis(approval.expires_ms.saturating_sub(wall_clock_ms()));
+                let wait = Duration::from_millis(approval.expires_ms.saturating_sub(tollgate_limiter::wall_clock_ms()));
                 let asks = rule.reason.clone().unwrap_or_else(|| {
                     format!(
                         "calling \"{tool}\" needs an operator's approval (policy rule {})",
@@ -617,12 +617,6 @@ pub fn verdict_name(v: Verdict) -> &'static str {
         Verdict::ApprovalRequired => "APPROVAL_REQUIRED",
         Verdict::Unspecified => "UNSPECIFIED",
     }
-}
-
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn ceil_ms(d: Duration) -> u64 {

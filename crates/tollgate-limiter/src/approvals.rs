@@ -179,7 +179,8 @@ pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub(crate) fn wall_clock_ms() -> u64 {
+/// Wall-clock time in milliseconds since the Unix epoch (approval times are shown to people).
+pub fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, duration_ms)
 }
 
