@@ -583,3 +583,103 @@ async fn approvals_behave_the_same_in_every_store() {
     let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
     approvals_are_single_use_and_bound_to_one_call(&store, "c").await;
 }
+
+/// What a waiter on replica `waiter` hears when an operator resolves on replica `resolver`
+/// (the same store in memory; two stores on one Redis or Cluster): the approval's id, at
+/// once, and the record reads as resolved. An id it does not wait for is someone else's.
+async fn resolutions_wake_waiters_everywhere(resolver: &dyn ApprovalStore, waiter: &dyn ApprovalStore, p: &str) {
+    let mut wakeups = waiter.wakeups();
+    let Claim::Pending { approval, .. } = resolver
+        .claim(&approval_call(p, "wake", Duration::from_secs(60)))
+        .await
+        .expect("claim")
+    else {
+        panic!("a new call asks for approval")
+    };
+    // A Redis subscription is made in the background: wait for the first "recheck" that
+    // announces it, so the resolution below cannot be published before anyone listens.
+    let started = Instant::now();
+    if waiter.get(&approval.id).await.expect("get").map(|a| a.status) == Some(ApprovalStatus::Pending) {
+        let first = tokio::time::timeout(Duration::from_millis(300), wakeups.recv()).await;
+        if let Ok(Ok(id)) = first {
+            assert_eq!(
+                id,
+                tollgate_limiter::RECHECK_ALL,
+                "a fresh subscription asks for a recheck first"
+            );
+        }
+    }
+    let Resolution::Resolved(_) = resolver
+        .resolve(&approval.id, true, "alice", "ok")
+        .await
+        .expect("resolve")
+    else {
+        panic!("a pending approval can be approved")
+    };
+    let heard = loop {
+        let id = tokio::time::timeout(Duration::from_secs(2), wakeups.recv())
+            .await
+            .expect("a wake-up arrives within 2 s")
+            .expect("the wake-up channel is open");
+        if id != tollgate_limiter::RECHECK_ALL {
+            break id;
+        }
+    };
+    assert_eq!(heard, approval.id);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let seen = waiter.get(&approval.id).await.expect("get").expect("the record exists");
+    assert_eq!(seen.status, ApprovalStatus::Approved);
+    assert_eq!(seen.resolved_by.as_deref(), Some("alice"));
+    assert_eq!(waiter.get("apr_0000").await.expect("get"), None);
+    assert_eq!(waiter.get("not-an-id").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn resolutions_wake_waiters_in_every_store() {
+    let memory = MemoryApprovals::default();
+    resolutions_wake_waiters_everywhere(&memory, &memory, "m").await;
+    let redis = RedisServer::start();
+    let settings = redis_settings(Some(redis.url()), vec![]);
+    let (a, b) = (
+        RedisStore::new(&settings).expect("store"),
+        RedisStore::new(&settings).expect("store"),
+    );
+    resolutions_wake_waiters_everywhere(&a, &b, "r").await;
+    let cluster = RedisCluster::start();
+    let settings = redis_settings(None, cluster.urls());
+    let (a, b) = (
+        RedisStore::new(&settings).expect("store"),
+        RedisStore::new(&settings).expect("store"),
+    );
+    resolutions_wake_waiters_everywhere(&a, &b, "c").await;
+}
+
+/// A subscriber that loses its Redis connection subscribes again and asks every waiter to
+/// recheck (a resolution published meanwhile was missed, not lost).
+#[tokio::test]
+async fn a_lost_wakeup_subscription_is_made_again() {
+    let mut redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    let mut wakeups = store.wakeups();
+    let first = tokio::time::timeout(Duration::from_secs(2), wakeups.recv()).await;
+    assert_eq!(
+        first.ok().and_then(Result::ok).as_deref(),
+        Some(tollgate_limiter::RECHECK_ALL)
+    );
+    redis.restart();
+    let again = tokio::time::timeout(Duration::from_secs(10), wakeups.recv()).await;
+    assert_eq!(
+        again.ok().and_then(Result::ok).as_deref(),
+        Some(tollgate_limiter::RECHECK_ALL)
+    );
+    let Claim::Pending { approval, .. } = store
+        .claim(&approval_call("l", "x", Duration::from_secs(60)))
+        .await
+        .expect("claim")
+    else {
+        panic!("a new call asks for approval")
+    };
+    store.resolve(&approval.id, false, "bob", "").await.expect("resolve");
+    let heard = tokio::time::timeout(Duration::from_secs(2), wakeups.recv()).await;
+    assert_eq!(heard.ok().and_then(Result::ok), Some(approval.id));
+}

@@ -13,8 +13,10 @@
 -- claim    ARGV[4] a new id, ARGV[5] the new record as JSON (times are set here),
 --          ARGV[6] timeout in ms. Returns {outcome, record JSON} with outcome one of
 --          'pending', 'created', 'approved' (now consumed), 'denied', 'expired'.
--- resolve  ARGV[4] 'approved' | 'denied', ARGV[5] operator, ARGV[6] reason.
+-- resolve  ARGV[4] 'approved' | 'denied', ARGV[5] operator, ARGV[6] reason, ARGV[7] the
+--          channel to PUBLISH the id on, so calls held on any edge wake up at once.
 --          Returns {'resolved' | 'not_pending' | 'not_found', record JSON or ''}.
+-- get      KEYS[2] the record key. Returns {record JSON} or {}.
 -- list     ARGV[4] most records. Returns the newest records' JSON, newest first.
 -- restore  KEYS[2] the record key; ARGV[4] the binding key prefix ("<prefix>bind:").
 --          A consumed, unexpired record becomes approved and bound again, unless another
@@ -89,6 +91,7 @@ if mode == 'resolve' then
   r.resolved_by = ARGV[5]
   if ARGV[6] ~= '' then r.reason = ARGV[6] end
   save(KEYS[2], r)
+  redis.call('PUBLISH', ARGV[7], r.id)
   return {'resolved', cjson.encode(r)}
 end
 
@@ -103,6 +106,12 @@ if mode == 'restore' then
   save(KEYS[2], r)
   redis.call('SET', bind, r.id, 'PX', math.floor(r.expires_ms + retention - now))
   return {'restored', ''}
+end
+
+if mode == 'get' then
+  local raw = redis.call('GET', KEYS[2])
+  if raw then return {raw} end
+  return {}
 end
 
 -- list

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use crate::StoreError;
 
@@ -24,6 +25,13 @@ pub const MAX_STORED_ARGUMENTS: usize = 64 * 1024;
 
 /// Records a listing returns at most (the newest).
 pub const MAX_LISTED: usize = 1000;
+
+/// A wake-up that names no approval: some resolutions may have been missed (a
+/// subscription was lost and made again), so every waiter checks its approval.
+pub const RECHECK_ALL: &str = "*";
+
+/// Wake-ups buffered per waiter; one that falls further behind rechecks its approval.
+pub(crate) const WAKEUP_BUFFER: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,6 +151,16 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// Every record, newest first (at most [`MAX_LISTED`]).
     async fn list(&self) -> Result<Vec<Approval>, StoreError>;
 
+    /// One record as it stands now (pending past its expiry reads as expired).
+    async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+
+    /// Wake-ups: the id of every approval resolved from now on, by any replica of the
+    /// cluster, and [`RECHECK_ALL`] when some may have been missed. Delivery is at most
+    /// once: a receiver that lags behind must recheck what it waits for, and a waiter
+    /// checks its record after subscribing (a resolution just before is not announced
+    /// again). Expiry is not announced; waiters keep their own timer.
+    fn wakeups(&self) -> broadcast::Receiver<String>;
+
     /// Puts back an approval that [`ApprovalStore::claim`] consumed for a call that did not
     /// go through after all (its limits refused it, or the answer came too late): approved
     /// again, and found by the next identical call. Does nothing unless the record is
@@ -185,9 +203,18 @@ pub fn wall_clock_ms() -> u64 {
 }
 
 /// Approvals in this process (`tollgate up`).
-#[derive(Default)]
 pub struct MemoryApprovals {
     state: Mutex<Approvals>,
+    wakeups: broadcast::Sender<String>,
+}
+
+impl Default for MemoryApprovals {
+    fn default() -> Self {
+        MemoryApprovals {
+            state: Mutex::default(),
+            wakeups: broadcast::channel(WAKEUP_BUFFER).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -275,7 +302,11 @@ impl ApprovalStore for MemoryApprovals {
         record.resolved_ms = Some(now);
         record.resolved_by = Some(by.to_owned());
         record.reason = (!reason.is_empty()).then(|| reason.to_owned());
-        Ok(Resolution::Resolved(record.clone()))
+        let resolved = record.clone();
+        drop(state);
+        // Nobody waiting is fine: there is nothing to wake.
+        let _ = self.wakeups.send(resolved.id.clone());
+        Ok(Resolution::Resolved(resolved))
     }
 
     async fn restore(&self, approval: &Approval) -> Result<(), StoreError> {
@@ -296,6 +327,15 @@ impl ApprovalStore for MemoryApprovals {
         }
         state.bound.insert(digest, approval.id.clone());
         Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let now = wall_clock_ms();
+        Ok(self.lock().records.get(id).map(|r| r.clone().as_seen_at(now)))
+    }
+
+    fn wakeups(&self) -> broadcast::Receiver<String> {
+        self.wakeups.subscribe()
     }
 
     async fn list(&self) -> Result<Vec<Approval>, StoreError> {

@@ -7,14 +7,17 @@
 //! another call see less room than there is (under-admission), never more.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use futures_util::StreamExt;
 use redis::Script;
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
-use crate::approvals::{Approval, ApprovalStore, Claim, NewApproval, Resolution};
+use crate::approvals::{Approval, ApprovalStore, Claim, NewApproval, RECHECK_ALL, Resolution};
 use crate::{Admission, Algorithm, CounterStatus, CounterStore, Hit, Receipt, StoreError};
 
 use crate::memory::REQUEST_MEMORY;
@@ -163,6 +166,11 @@ pub struct RedisStore {
     prefix: String,
     max_keys_per_counter: usize,
     errors: AtomicU64,
+    /// Where approval wake-ups are subscribed: the standalone URL or the Cluster's seeds.
+    nodes: Vec<String>,
+    wakeups: Arc<broadcast::Sender<String>>,
+    /// Whether the wake-up subscriber runs (started by the first waiter).
+    subscribed: AtomicBool,
 }
 
 /// What one slot group's script run answered.
@@ -218,6 +226,9 @@ impl RedisStore {
             prefix: settings.key_prefix.clone(),
             max_keys_per_counter: settings.max_keys_per_counter,
             errors: AtomicU64::new(0),
+            nodes: settings.url.iter().chain(&settings.cluster).cloned().collect(),
+            wakeups: Arc::new(broadcast::channel(crate::approvals::WAKEUP_BUFFER).0),
+            subscribed: AtomicBool::new(false),
         })
     }
 
@@ -364,6 +375,12 @@ impl RedisStore {
         format!("{}:{{approvals}}:{part}", self.prefix)
     }
 
+    /// The channel `approval.lua` publishes resolved ids on. A Redis Cluster forwards
+    /// PUBLISH to every node, so a subscriber on any node hears every resolution.
+    fn wakeup_channel(&self) -> String {
+        self.approval_key("resolved")
+    }
+
     async fn approval_script(&self, second_key: String, args: &[&str]) -> Result<Vec<String>, StoreError> {
         let mut invocation = self.approval.prepare_invoke();
         invocation.key(self.approval_key("index")).key(second_key);
@@ -422,8 +439,12 @@ impl ApprovalStore for RedisStore {
             return Ok(Resolution::NotFound);
         }
         let status = if approve { "approved" } else { "denied" };
+        let channel = self.wakeup_channel();
         let answer = self
-            .approval_script(self.approval_key(&format!("a:{id}")), &["resolve", status, by, reason])
+            .approval_script(
+                self.approval_key(&format!("a:{id}")),
+                &["resolve", status, by, reason, &channel],
+            )
             .await?;
         let [outcome, record] = answer.as_slice() else {
             return Err(StoreError::Rejected(format!(
@@ -448,6 +469,32 @@ impl ApprovalStore for RedisStore {
             .map(|_| ())
     }
 
+    async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        if !crate::approvals::is_approval_id(id) {
+            return Ok(None);
+        }
+        let answer = self
+            .approval_script(self.approval_key(&format!("a:{id}")), &["get"])
+            .await?;
+        let now = crate::approvals::wall_clock_ms();
+        answer
+            .first()
+            .map(|json| parse_approval(json).map(|a| a.as_seen_at(now)))
+            .transpose()
+    }
+
+    fn wakeups(&self) -> broadcast::Receiver<String> {
+        let receiver = self.wakeups.subscribe();
+        if !self.subscribed.swap(true, Ordering::AcqRel) {
+            tokio::spawn(listen_for_wakeups(
+                self.nodes.clone(),
+                self.wakeup_channel(),
+                Arc::downgrade(&self.wakeups),
+            ));
+        }
+        receiver
+    }
+
     async fn list(&self) -> Result<Vec<Approval>, StoreError> {
         let most = crate::approvals::MAX_LISTED.to_string();
         let answer = self
@@ -458,6 +505,48 @@ impl ApprovalStore for RedisStore {
             .iter()
             .map(|json| parse_approval(json).map(|a| a.as_seen_at(now)))
             .collect()
+    }
+}
+
+/// Relays approval ids published on `channel` to `wakeups` until the store is dropped.
+/// Subscribes to one node at a time, moving to the next when the connection fails; after
+/// every (re)subscription it sends [`RECHECK_ALL`], since resolutions published while no
+/// subscription stood were missed.
+async fn listen_for_wakeups(nodes: Vec<String>, channel: String, wakeups: Weak<broadcast::Sender<String>>) {
+    let mut backoff = Duration::from_millis(100);
+    for node in nodes.iter().cycle() {
+        if wakeups.strong_count() == 0 {
+            return;
+        }
+        let subscribed = async {
+            let client = redis::Client::open(node.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
+            Ok(Ok(pubsub)) => {
+                backoff = Duration::from_millis(100);
+                tracing::debug!(node = %node, "listening for approval wake-ups");
+                let mut messages = pubsub.into_on_message();
+                let Some(sender) = wakeups.upgrade() else { return };
+                let _ = sender.send(RECHECK_ALL.to_owned());
+                drop(sender);
+                while let Some(message) = messages.next().await {
+                    let Some(sender) = wakeups.upgrade() else { return };
+                    if let Ok(id) = message.get_payload::<String>()
+                        && crate::approvals::is_approval_id(&id)
+                    {
+                        let _ = sender.send(id);
+                    }
+                }
+                tracing::warn!(node = %node, "lost the approval wake-up subscription; subscribing again");
+            }
+            Ok(Err(e)) => tracing::warn!(node = %node, "cannot subscribe to approval wake-ups: {e}"),
+            Err(_) => tracing::warn!(node = %node, "cannot subscribe to approval wake-ups: no answer within 5 s"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
