@@ -248,7 +248,7 @@ impl Engine {
             arguments: arguments.to_string(),
             digest: hex::encode(Sha256::digest(binding.as_bytes())),
             rule: rule.label.clone(),
-            timeout: rule.approval_timeout,
+            timeout: rule.approval.timeout,
         };
         let asked = match tokio::time::timeout(self.store_timeout, self.approvals.claim(&new)).await {
             Ok(Ok(claim)) => claim,

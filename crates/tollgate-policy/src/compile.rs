@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::document::{
+    ApprovalMode, ApprovalSpec,
     Action, Algorithm, LimitSpec, PolicyDocument, RuleSpec, Scope, ScopeDim, ScopeSpec, UniqueMap, Window,
 };
 use crate::error::{Diagnostic, PolicyError};
 use crate::glob::Glob;
-use crate::policy::{ArgumentSchema, Class, Limit, Policy, Rule, RuleSet, Rules};
+use crate::policy::{ApprovalPolicy, ArgumentSchema, Class, Limit, Policy, Rule, RuleSet, Rules};
 use crate::source::{Format, Source};
 
 /// The largest `max` of a `sliding_log` limit: the log keeps one entry per hit (a Redis
@@ -20,9 +21,6 @@ pub const MAX_SLIDING_LOG_MAX: u64 = 100_000;
 
 /// The largest `max` of any limit (and so its `cost`): 2^53, counted exactly in Lua.
 pub const MAX_COUNT: u64 = 1 << 53;
-
-/// Approval requests expire after this long unless the rule says otherwise.
-const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A compiled policy plus the warnings found while compiling it.
 #[derive(Debug)]
@@ -383,20 +381,56 @@ impl Compiler<'_, '_> {
                 }
             }
         });
+        let approval = self.approval(path, &label, spec.approval.as_ref());
         Arc::new(Rule {
             label,
             action,
             reason: spec.reason.clone(),
             limits,
             on_store_error: spec.on_store_error.unwrap_or_default(),
-            approval_timeout: spec
-                .approval
-                .as_ref()
-                .map_or(DEFAULT_APPROVAL_TIMEOUT, |a| a.timeout.duration),
+            approval,
             action_stated: spec.action.is_some(),
             limits_stated: spec.limits.is_some() || spec.rate_limit.is_some(),
             arguments,
         })
+    }
+
+    fn approval(&mut self, path: &[&str], label: &str, spec: Option<&ApprovalSpec>) -> ApprovalPolicy {
+        let Some(spec) = spec else {
+            return ApprovalPolicy::default();
+        };
+        let mut here = path.to_vec();
+        here.push("approval");
+        let timeout = spec
+            .timeout
+            .as_ref()
+            .map_or(ApprovalPolicy::DEFAULT_TIMEOUT, |w| w.duration);
+        let hold = match spec.mode.unwrap_or_default() {
+            ApprovalMode::Retry => {
+                if spec.hold.is_some() {
+                    self.warn(&here, format!("{label}: `hold` has no effect with \"mode\": \"retry\""));
+                }
+                None
+            }
+            ApprovalMode::Hold => {
+                let hold = spec.hold.as_ref().map_or(ApprovalPolicy::DEFAULT_HOLD, |w| w.duration);
+                if hold > timeout {
+                    if spec.hold.is_some() {
+                        self.warn(
+                            &here,
+                            format!(
+                                "{label}: `hold` is longer than `timeout`; calls are held only until the approval \
+                                 expires"
+                            ),
+                        );
+                    }
+                    Some(timeout)
+                } else {
+                    Some(hold)
+                }
+            }
+        };
+        ApprovalPolicy { timeout, hold }
     }
 
     fn limit(&mut self, path: &[&str], label: &str, index: usize, spec: &LimitSpec) -> Option<Limit> {

@@ -78,7 +78,27 @@ pub struct RateLimitSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalSpec {
-    pub timeout: Window,
+    /// How long an approval may stay pending (default 5 minutes).
+    #[serde(default)]
+    pub timeout: Option<Window>,
+    /// How long the edge holds a call open waiting for the approval (default 45 seconds).
+    #[serde(default)]
+    pub hold: Option<Window>,
+    #[serde(default)]
+    pub mode: Option<ApprovalMode>,
+}
+
+/// What the agent sees while an approval is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalMode {
+    /// The call is held open and goes through the moment an operator approves (for at
+    /// most `hold`, then as `retry`).
+    #[default]
+    Hold,
+    /// The call is refused at once, naming the approval; the same call made again once an
+    /// operator approved goes through.
+    Retry,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,11 +15,11 @@ mod policy;
 mod source;
 
 pub use compile::{Compiled, MAX_COUNT, MAX_SLIDING_LOG_MAX, compile_str, compile_with_format};
-pub use document::{Action, Algorithm, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
+pub use document::{Action, Algorithm, ApprovalMode, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
 pub use names::{MAX_TOOL_NAME_CHARS, check_tool_name};
-pub use policy::{Annotations, ArgumentSchema, Call, Class, CounterHit, Limit, Policy, Rule};
+pub use policy::{Annotations, ApprovalPolicy, ArgumentSchema, Call, Class, CounterHit, Limit, Policy, Rule};
 pub use source::Format;
 
 /// Reads and compiles a policy file.

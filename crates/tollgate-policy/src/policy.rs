@@ -34,13 +34,39 @@ pub struct Rule {
     pub reason: Option<String>,
     pub limits: Vec<Limit>,
     pub on_store_error: OnStoreError,
-    pub approval_timeout: Duration,
+    /// How a `require_approval` rule waits for its approval.
+    pub approval: ApprovalPolicy,
     /// The rule says `"action"` (a rule without one allows).
     pub action_stated: bool,
     /// The rule says `"limits"` (if only `[]`) or `"rate_limit"`.
     pub limits_stated: bool,
     /// The JSON Schema the call's arguments must satisfy, compiled.
     pub arguments: Option<ArgumentSchema>,
+}
+
+/// A `require_approval` rule's `approval` settings, as compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// How long an approval stays pending before it expires.
+    pub timeout: Duration,
+    /// How long the edge holds the call open waiting for it; `None` in `retry` mode (the
+    /// call is refused at once, naming the approval). Never longer than `timeout`.
+    pub hold: Option<Duration>,
+}
+
+impl ApprovalPolicy {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Under the 60 s request timeout common MCP clients use.
+    pub const DEFAULT_HOLD: Duration = Duration::from_secs(45);
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        ApprovalPolicy {
+            timeout: Self::DEFAULT_TIMEOUT,
+            hold: Some(Self::DEFAULT_HOLD),
+        }
+    }
 }
 
 /// A rule's `arguments` JSON Schema, compiled once when the policy loads. References are
@@ -103,7 +129,7 @@ impl Rule {
             reason: None,
             limits: Vec::new(),
             on_store_error: OnStoreError::Deny,
-            approval_timeout: Duration::from_secs(300),
+            approval: ApprovalPolicy::default(),
             action_stated: true,
             limits_stated: true,
             arguments: None,

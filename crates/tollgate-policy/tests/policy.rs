@@ -669,3 +669,54 @@ fn rate_limit_shorthand_is_one_limit_per_session() {
     let pattern = r#"{"version":"1","tools":{"k8s_*":{"rate_limit":{"max":1,"window":60}}}}"#;
     assert!(errors("p.json", pattern).to_string().contains("is a pattern"));
 }
+
+#[test]
+fn approvals_hold_by_default_and_retry_when_asked() {
+    use std::time::Duration;
+    use tollgate_policy::ApprovalPolicy;
+    let p = policy(
+        r#"{"version":"1","tools":{
+            "plain":{"action":"require_approval"},
+            "quick":{"action":"require_approval","approval":{"timeout":"2m","hold":"10s"}},
+            "later":{"action":"require_approval","approval":{"mode":"retry","timeout":"1h"}},
+            "short":{"action":"require_approval","approval":{"timeout":"20s"}}}}"#,
+    );
+    let approval = |tool: &str| p.rule_for("k8s", tool, "g", Annotations::default()).approval;
+    assert_eq!(approval("plain"), ApprovalPolicy::default());
+    assert_eq!(approval("plain").hold, Some(Duration::from_secs(45)));
+    assert_eq!(approval("plain").timeout, Duration::from_secs(300));
+    assert_eq!(
+        approval("quick"),
+        ApprovalPolicy {
+            timeout: Duration::from_secs(120),
+            hold: Some(Duration::from_secs(10))
+        }
+    );
+    assert_eq!(approval("later").hold, None);
+    assert_eq!(approval("later").timeout, Duration::from_secs(3600));
+    // The default hold never outlives the approval it waits for.
+    assert_eq!(approval("short").hold, Some(Duration::from_secs(20)));
+}
+
+#[test]
+fn approval_settings_that_cannot_work_are_named() {
+    let all = warnings(
+        r#"{"version":"1","tools":{
+  "a":{"action":"require_approval","approval":{"mode":"retry","hold":"5s"}},
+  "b":{"action":"require_approval","approval":{"timeout":"10s","hold":"1m"}}}}"#,
+    );
+    assert!(
+        all.iter().any(|w| w.contains(":2:") && w.contains("`hold` has no effect")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().any(|w| w.contains(":3:") && w.contains("`hold` is longer than `timeout`")),
+        "{all:?}"
+    );
+    let (line, _, message) = first_error(
+        "p.json",
+        "{\"version\":\"1\",\"tools\":{\n\"a\":{\"action\":\"require_approval\",\"approval\":{\"mode\":\"wait\"}}}}",
+    );
+    assert_eq!(line, 2, "{message}");
+    assert!(message.contains("hold") && message.contains("retry"), "{message}");
+}
