@@ -97,6 +97,7 @@ fn decisions(c: &mut Criterion) {
             engine,
             None,
             Default::default(),
+            Default::default(),
             std::future::pending(),
         ));
         GrpcDecider::new(&[format!("http://{addr}")], Duration::from_secs(1), None).expect("client")

@@ -118,7 +118,14 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let served = shutdown
             .drain(
                 drain,
-                tollgate_decision::serve(listener, engine, token_hash, settings.limits(), shutdown.requested()),
+                tollgate_decision::serve(
+                    listener,
+                    engine,
+                    token_hash,
+                    operators(&config)?,
+                    settings.limits(),
+                    shutdown.requested(),
+                ),
             )
             .await;
         flush(telemetry).await;
@@ -127,10 +134,15 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
     })
 }
 
+fn operators(config: &Config) -> anyhow::Result<tollgate_decision::Operators> {
+    tollgate_decision::Operators::new(&config.operators).map_err(anyhow::Error::msg)
+}
+
 /// Serves the operators' API (approvals) on `decision.admin_listen`.
-async fn serve_admin(config: &Config, engine: &Engine, shutdown: &Shutdown) -> anyhow::Result<()> {
+async fn serve_admin(config: &Config, engine: &Arc<Engine>, shutdown: &Shutdown) -> anyhow::Result<()> {
     let settings = config.decision()?;
-    let router = crate::admin::router(engine.approvals().clone(), &config.operators)?;
+    let router = crate::admin::router(engine.clone(), operators(config)?);
+    engine.spawn_pending_gauge();
     let listener = bind(
         &settings.admin_listen.to_string(),
         "operators' API (decision.admin_listen)",

@@ -28,7 +28,7 @@ pub struct Config {
     pub grants: Vec<GrantSettings>,
     /// Who may approve or deny calls (`[[operators]] name = "…", key_sha256 = "…"`).
     #[serde(default)]
-    pub operators: Vec<crate::admin::OperatorSettings>,
+    pub operators: Vec<tollgate_decision::OperatorSettings>,
     #[serde(default)]
     pub approvals: crate::webhook::ApprovalSettings,
     #[serde(default)]

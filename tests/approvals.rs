@@ -300,7 +300,7 @@ async fn an_approval_is_used_only_by_a_call_that_goes_through() {
     };
     let approve = |id: String| {
         let approvals = approvals.clone();
-        async move { approvals.resolve(&id, true, "alice", "").await.expect("resolve") }
+        async move { approvals.resolve(&id, true, "alice", "", "").await.expect("resolve") }
     };
 
     let asked = engine.decide(&call(3)).await;

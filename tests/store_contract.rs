@@ -480,7 +480,7 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
     assert_ne!(other.id, first.id);
 
     let Resolution::Resolved(approved) = store
-        .resolve(&first.id, true, "alice", "looks fine")
+        .resolve(&first.id, true, "alice", "looks fine", "")
         .await
         .expect("resolve")
     else {
@@ -489,15 +489,15 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
     assert_eq!(approved.status, ApprovalStatus::Approved);
     assert_eq!(approved.resolved_by.as_deref(), Some("alice"));
     assert!(matches!(
-        store.resolve(&first.id, false, "bob", "").await.expect("resolve"),
+        store.resolve(&first.id, false, "bob", "", "").await.expect("resolve"),
         Resolution::NotPending(_)
     ));
     assert_eq!(
-        store.resolve("apr_0000", true, "alice", "").await.expect("resolve"),
+        store.resolve("apr_0000", true, "alice", "", "").await.expect("resolve"),
         Resolution::NotFound
     );
     assert_eq!(
-        store.resolve("../../x", true, "alice", "").await.expect("resolve"),
+        store.resolve("../../x", true, "alice", "", "").await.expect("resolve"),
         Resolution::NotFound
     );
 
@@ -529,7 +529,7 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
     );
 
     store
-        .resolve(&next.id, false, "bob", "not during the freeze")
+        .resolve(&next.id, false, "bob", "not during the freeze", "")
         .await
         .expect("deny");
     let Claim::Denied(denied) = store.claim(&call).await.expect("claim") else {
@@ -548,7 +548,7 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         matches!(
-            store.resolve(&soon.id, true, "alice", "").await.expect("resolve"),
+            store.resolve(&soon.id, true, "alice", "", "").await.expect("resolve"),
             Resolution::NotPending(_)
         ),
         "too late to approve"
@@ -610,7 +610,7 @@ async fn resolutions_wake_waiters_everywhere(resolver: &dyn ApprovalStore, waite
         }
     }
     let Resolution::Resolved(_) = resolver
-        .resolve(&approval.id, true, "alice", "ok")
+        .resolve(&approval.id, true, "alice", "ok", "")
         .await
         .expect("resolve")
     else {
@@ -679,7 +679,7 @@ async fn a_lost_wakeup_subscription_is_made_again() {
     else {
         panic!("a new call asks for approval")
     };
-    store.resolve(&approval.id, false, "bob", "").await.expect("resolve");
+    store.resolve(&approval.id, false, "bob", "", "").await.expect("resolve");
     let heard = tokio::time::timeout(Duration::from_secs(2), wakeups.recv()).await;
     assert_eq!(heard.ok().and_then(Result::ok), Some(approval.id));
 }

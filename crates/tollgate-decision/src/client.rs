@@ -11,7 +11,9 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::decision_service_client::DecisionServiceClient;
-use crate::proto::{DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse};
+use crate::proto::{
+    Approval, ApprovalStatus, DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse, WaitApprovalRequest,
+};
 use crate::{Decider, DecisionError, MAX_MESSAGE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,5 +148,81 @@ impl Decider for GrpcDecider {
             async move { c.visible_tools(request).await }
         })
         .await
+    }
+
+    /// Follows the approval on one replica's `WaitApproval` stream; when that replica goes
+    /// away, follows it on the next (every replica hears every resolution).
+    async fn wait_approval(&self, id: &str, max: Duration) -> Result<Approval, DecisionError> {
+        let end = Instant::now() + max;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last: Option<Approval> = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = Vec::new();
+        for attempt in 0.. {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let (address, client) = &self.replicas[(start + attempt) % self.replicas.len()];
+            let request = self.request(WaitApprovalRequest {
+                approval_id: id.to_owned(),
+                max_wait_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+            });
+            let opened = tokio::time::timeout(self.deadline.min(left), client.clone().wait_approval(request)).await;
+            let mut updates = match opened {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) if !is_outage(status.code()) => {
+                    return Err(DecisionError::Failed(format!(
+                        "decision service {address} answered {:?}: {}",
+                        status.code(),
+                        status.message()
+                    )));
+                }
+                Ok(Err(status)) => {
+                    failures.push(format!("{address}: {}", status.message()));
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(_) => {
+                    failures.push(format!("{address}: no answer within {} ms", self.deadline.as_millis()));
+                    continue;
+                }
+            };
+            // The replica ends the stream itself at `max_wait_ms`; the grace covers the trip.
+            let give_up = Instant::now() + left + self.deadline;
+            loop {
+                match tokio::time::timeout_at(give_up, updates.message()).await {
+                    Ok(Ok(Some(update))) => {
+                        backoff = Duration::from_millis(50);
+                        let Some(approval) = update.approval else { continue };
+                        if approval.status() != ApprovalStatus::Pending {
+                            return Ok(approval);
+                        }
+                        last = Some(approval);
+                    }
+                    Ok(Ok(None)) => break,
+                    Ok(Err(status)) if is_outage(status.code()) => {
+                        tracing::warn!(replica = %address, "lost the approval stream: {}; following it on another replica", status.message());
+                        failures.push(format!("{address}: {}", status.message()));
+                        break;
+                    }
+                    Ok(Err(status)) => {
+                        return Err(DecisionError::Failed(format!(
+                            "decision service {address} answered {:?}: {}",
+                            status.code(),
+                            status.message()
+                        )));
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        last.ok_or_else(|| {
+            DecisionError::Unavailable(format!(
+                "no decision service followed approval {id} ({})",
+                failures.join("; ")
+            ))
+        })
     }
 }

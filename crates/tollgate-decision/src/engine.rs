@@ -76,6 +76,11 @@ impl Engine {
         self.policy.store(Arc::new(policy));
     }
 
+    /// Deadline of one store round trip.
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout
+    }
+
     pub fn store_kind(&self) -> &'static str {
         self.store.kind()
     }
@@ -273,6 +278,9 @@ impl Engine {
         let tool = call.tool;
         match asked {
             Claim::Approved(approval) => {
+                if let Some(trace) = &approval.resolved_trace {
+                    tollgate_telemetry::propagation::link_to(&tracing::Span::current(), trace);
+                }
                 let hits = policy.counter_hits(rule, call);
                 let mut decided = if hits.is_empty() {
                     decision.with(Verdict::Allow, &rule.label, String::new())
@@ -323,6 +331,7 @@ impl Engine {
                     human_duration(wait)
                 );
                 decision.approval_id = approval.id;
+                decision.hold_ms = rule.approval.hold.map_or(0, ceil_ms).min(ceil_ms(wait));
                 decision.with(Verdict::ApprovalRequired, &rule.label, reason)
             }
             Claim::Denied(approval) => {
@@ -510,6 +519,14 @@ impl Decider for Engine {
 
     async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionError> {
         Ok(Engine::visible_tools(self, &request))
+    }
+
+    async fn wait_approval(&self, id: &str, max: Duration) -> Result<proto::Approval, DecisionError> {
+        match Engine::wait_approval(self, id, max).await {
+            Ok(Some(approval)) => Ok(crate::approvals::approval_message(&approval, false)),
+            Ok(None) => Err(DecisionError::Failed(format!("no approval {id}"))),
+            Err(e) => Err(DecisionError::Unavailable(e.to_string())),
+        }
     }
 }
 

@@ -5,12 +5,16 @@
 //! (`tollgate up`), and [`GrpcDecider`] asks remote replicas over gRPC with failover.
 //! [`serve`] exposes an engine as the `tollgate.v1.DecisionService` gRPC service.
 
+mod approvals;
 mod client;
 mod engine;
 pub mod listener;
 mod reload;
 mod service;
 
+pub use approvals::{
+    MAX_REASON_BYTES, MAX_WAIT, OperatorRefusal, OperatorSettings, Operators, approval_message, check_reason,
+};
 pub use client::{GrpcDecider, GrpcDeciderError};
 pub use engine::{Engine, verdict_name};
 pub use reload::{PolicyStatus, watch_policy};
@@ -50,4 +54,9 @@ pub trait Decider: Send + Sync + 'static {
         &self,
         request: proto::VisibleToolsRequest,
     ) -> Result<proto::VisibleToolsResponse, DecisionError>;
+
+    /// Waits until approval `id` is no longer pending (an operator approved or denied it on
+    /// any replica, or it expired), for at most `max`: the record then, still pending when
+    /// `max` passed. The arguments are left out (the caller has the call).
+    async fn wait_approval(&self, id: &str, max: std::time::Duration) -> Result<proto::Approval, DecisionError>;
 }

@@ -14,8 +14,15 @@ use tonic::{Request, Response, Status};
 
 use crate::listener::{self, ListenerLimits};
 use crate::proto::decision_service_server::{DecisionService, DecisionServiceServer};
-use crate::proto::{DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse};
-use crate::{Engine, MAX_MESSAGE_BYTES};
+use crate::proto::{
+    ApprovalUpdate, DecideRequest, Decision, ListApprovalsRequest, ListApprovalsResponse, ResolveApprovalRequest,
+    ResolveApprovalResponse, VisibleToolsRequest, VisibleToolsResponse, WaitApprovalRequest,
+};
+use crate::{Engine, MAX_MESSAGE_BYTES, Operators, approval_message, check_reason};
+use tollgate_limiter::{ApprovalStatus, Resolution};
+
+/// Metadata that carries an operator key on the operators' gRPC calls.
+pub const OPERATOR_KEY_METADATA: &str = "x-tollgate-operator-key";
 
 /// Longest request id, server, grant, agent or session id a `Decide` may carry.
 const MAX_FIELD_BYTES: usize = 256;
@@ -122,6 +129,37 @@ fn default_store_timeout_ms() -> u64 {
 
 struct DecisionGrpc {
     engine: Arc<Engine>,
+    operators: Operators,
+}
+
+impl DecisionGrpc {
+    /// The operator presenting the request's key, or PERMISSION_DENIED / UNAUTHENTICATED.
+    fn operator<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let key = request
+            .metadata()
+            .get(OPERATOR_KEY_METADATA)
+            .and_then(|v| v.to_str().ok());
+        self.operators.who(key).map_err(|refusal| {
+            let message = match refusal {
+                crate::OperatorRefusal::Missing => {
+                    format!("operator calls need an operator key in {OPERATOR_KEY_METADATA}")
+                }
+                other => other.message().to_owned(),
+            };
+            Status::unauthenticated(message)
+        })
+    }
+}
+
+/// One `WaitApproval` stream: the record now, then once more when it leaves pending.
+enum Follow {
+    Now(WaitApprovalRequest),
+    Later(WaitApprovalRequest),
+    Done,
+}
+
+fn store_status(e: tollgate_limiter::StoreError) -> Status {
+    Status::unavailable(e.to_string())
 }
 
 #[tonic::async_trait]
@@ -138,6 +176,88 @@ impl DecisionService for DecisionGrpc {
         request: Request<VisibleToolsRequest>,
     ) -> Result<Response<VisibleToolsResponse>, Status> {
         Ok(Response::new(self.engine.visible_tools(&request.into_inner())))
+    }
+
+    type WaitApprovalStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ApprovalUpdate, Status>> + Send + 'static>>;
+
+    async fn wait_approval(
+        &self,
+        request: Request<WaitApprovalRequest>,
+    ) -> Result<Response<Self::WaitApprovalStream>, Status> {
+        let request = request.into_inner();
+        if !tollgate_limiter::is_approval_id(&request.approval_id) {
+            return Err(Status::not_found("no such approval"));
+        }
+        let engine = self.engine.clone();
+        // No task: when the edge goes away, tonic drops the stream and the wait with it.
+        let updates = futures_util::stream::unfold(Follow::Now(request), move |step| {
+            let engine = engine.clone();
+            async move {
+                let (found, request, first) = match step {
+                    Follow::Done => return None,
+                    Follow::Now(request) => {
+                        let now = engine.wait_approval(&request.approval_id, Duration::ZERO).await;
+                        (now, request, true)
+                    }
+                    Follow::Later(request) => {
+                        let max = Duration::from_millis(request.max_wait_ms);
+                        (engine.wait_approval(&request.approval_id, max).await, request, false)
+                    }
+                };
+                match found {
+                    Ok(Some(approval)) => {
+                        let next = if approval.status == ApprovalStatus::Pending && first {
+                            Follow::Later(request)
+                        } else {
+                            Follow::Done
+                        };
+                        let update = ApprovalUpdate {
+                            approval: Some(approval_message(&approval, false)),
+                        };
+                        Some((Ok(update), next))
+                    }
+                    Ok(None) => Some((Err(Status::not_found("no such approval")), Follow::Done)),
+                    Err(e) => Some((Err(store_status(e)), Follow::Done)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(updates)))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<ListApprovalsRequest>,
+    ) -> Result<Response<ListApprovalsResponse>, Status> {
+        self.operator(&request)?;
+        let all = self.engine.approvals().list().await.map_err(store_status)?;
+        Ok(Response::new(ListApprovalsResponse {
+            approvals: all.iter().map(|a| approval_message(a, true)).collect(),
+        }))
+    }
+
+    async fn resolve_approval(
+        &self,
+        request: Request<ResolveApprovalRequest>,
+    ) -> Result<Response<ResolveApprovalResponse>, Status> {
+        let operator = self.operator(&request)?;
+        let request = request.into_inner();
+        check_reason(&request.reason).map_err(Status::invalid_argument)?;
+        match self
+            .engine
+            .resolve_approval(&request.approval_id, request.approve, &operator, &request.reason)
+            .await
+            .map_err(store_status)?
+        {
+            Resolution::Resolved(approval) => Ok(Response::new(ResolveApprovalResponse {
+                approval: Some(approval_message(&approval, true)),
+            })),
+            Resolution::NotFound => Err(Status::not_found("no such approval")),
+            Resolution::NotPending(approval) => Err(Status::failed_precondition(format!(
+                "approval {} is not pending (it is {:?})",
+                approval.id, approval.status
+            ))),
+        }
     }
 }
 
@@ -187,11 +307,13 @@ impl tonic::service::Interceptor for ClusterToken {
 }
 
 /// Serves the engine on `listener` until `shutdown` completes, then drains in-flight calls.
-/// `token_hash` is [`DecisionSettings::token_hash`].
+/// `token_hash` is [`DecisionSettings::token_hash`]; `operators` may list and resolve
+/// approvals over gRPC.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     token_hash: Option<[u8; 32]>,
+    operators: Operators,
     limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -199,7 +321,7 @@ pub async fn serve(
     health_reporter
         .set_serving::<DecisionServiceServer<DecisionGrpc>>()
         .await;
-    let service = DecisionServiceServer::new(DecisionGrpc { engine })
+    let service = DecisionServiceServer::new(DecisionGrpc { engine, operators })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(service, ClusterToken(token_hash));

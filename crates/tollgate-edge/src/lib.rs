@@ -9,6 +9,7 @@
 
 mod auth;
 mod guard;
+mod held;
 mod jsonrpc;
 mod mcp;
 mod order;

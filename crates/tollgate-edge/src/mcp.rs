@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::guard::{ListFilter, Refused};
+use crate::held;
 use crate::jsonrpc::{self, GUARDED_METHODS, Message};
 use crate::order::StreamOrder;
 use crate::refusal;
@@ -130,15 +131,15 @@ impl Gateway {
 }
 
 /// One POST being handled: who sent it, to which upstream, with which headers.
-struct Exchange<'a> {
-    gw: &'a Arc<Gateway>,
-    upstream: &'a Upstream,
-    caller: &'a Caller,
-    headers: &'a HeaderMap,
+pub(crate) struct Exchange<'a> {
+    pub(crate) gw: &'a Arc<Gateway>,
+    pub(crate) upstream: &'a Upstream,
+    pub(crate) caller: &'a Caller,
+    pub(crate) headers: &'a HeaderMap,
 }
 
 impl Exchange<'_> {
-    fn list_filter(&self) -> ListFilter {
+    pub(crate) fn list_filter(&self) -> ListFilter {
         ListFilter {
             gw: self.gw.clone(),
             server: self.upstream.name.clone(),
@@ -148,7 +149,7 @@ impl Exchange<'_> {
 
     /// Sends `message` upstream, re-serialised: the upstream receives exactly what was
     /// decided, never the agent's bytes.
-    async fn send(&self, message: &Value, id: Option<&Value>) -> Result<axum::http::Response<Incoming>, Response> {
+    pub(crate) async fn send(&self, message: &Value, id: Option<&Value>) -> Result<axum::http::Response<Incoming>, Response> {
         self.gw
             .order
             .before_post(&self.caller.grant, &header_text(self.headers, "mcp-session-id"))
@@ -410,12 +411,14 @@ fn check_batch(items: &[Value]) -> Result<(), String> {
 }
 
 /// What a `tools/call` asks for, checked before anything else looks at it.
-struct ToolCall<'a> {
-    name: &'a str,
-    arguments: Option<&'a Value>,
+pub(crate) struct ToolCall<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) arguments: Option<&'a Value>,
     /// Task-augmented (`params.task`, protocol 2025-11-25): refusals must be JSON-RPC
     /// errors, since such clients expect a task, not a tool result.
-    is_task: bool,
+    pub(crate) is_task: bool,
+    /// `params._meta.progressToken`, when the agent asked for progress notifications.
+    pub(crate) progress_token: Option<&'a Value>,
 }
 
 fn tool_call(params: Option<&Value>) -> Result<ToolCall<'_>, String> {
@@ -430,10 +433,15 @@ fn tool_call(params: Option<&Value>) -> Result<ToolCall<'_>, String> {
     if arguments.is_some_and(|a| !a.is_object()) {
         return Err("tools/call params.arguments must be an object".into());
     }
+    let progress_token = params
+        .get("_meta")
+        .and_then(|m| m.get("progressToken"))
+        .filter(|t| t.as_str().is_some_and(|s| s.len() <= 256) || t.is_i64() || t.is_u64());
     Ok(ToolCall {
         name,
         arguments,
         is_task: params.get("task").is_some_and(|t| !t.is_null()),
+        progress_token,
     })
 }
 
@@ -447,17 +455,8 @@ async fn call_tool(exchange: &Exchange<'_>, message: &Value, id: &Value, params:
     };
     tracing::Span::current().record("gen_ai.tool.name", call.name);
     let gw = exchange.gw;
-    let server = &exchange.upstream.name;
-    let request = DecideRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        server: server.clone(),
-        tool: call.name.to_owned(),
-        grant: exchange.caller.grant.clone(),
-        agent: exchange.caller.agent.clone(),
-        session_id: header_text(exchange.headers, "mcp-session-id"),
-        arguments_json: call.arguments.map(Value::to_string).unwrap_or_default(),
-        annotations: gw.annotations(server, call.name),
-    };
+    let request_id = uuid::Uuid::new_v4();
+    let request = decide_request(exchange, &call, request_id.to_string());
     let decision = match gw.decider.decide(request).await {
         Ok(decision) => decision,
         Err(e) => {
@@ -475,12 +474,44 @@ async fn call_tool(exchange: &Exchange<'_>, message: &Value, id: &Value, params:
     if decision.verdict() == Verdict::Allow {
         return exchange.forward(message, Some(id)).await;
     }
+    if decision.verdict() == Verdict::ApprovalRequired
+        && decision.hold_ms > 0
+        && gw.settings.max_hold_ms > 0
+        && !call.is_task
+        && accepts_event_stream(exchange.headers)
+    {
+        return held::hold(exchange, &call, message, id, request_id, decision);
+    }
     let mode = if call.is_task {
         RefusalMode::Error
     } else {
         gw.settings.refusal
     };
     jsonrpc::json_response(StatusCode::OK, &refusal::body(id, &decision, mode))
+}
+
+/// What the decision service is asked about `call`.
+pub(crate) fn decide_request(exchange: &Exchange<'_>, call: &ToolCall<'_>, request_id: String) -> DecideRequest {
+    let server = &exchange.upstream.name;
+    DecideRequest {
+        request_id,
+        server: server.clone(),
+        tool: call.name.to_owned(),
+        grant: exchange.caller.grant.clone(),
+        agent: exchange.caller.agent.clone(),
+        session_id: header_text(exchange.headers, "mcp-session-id"),
+        arguments_json: call.arguments.map(Value::to_string).unwrap_or_default(),
+        annotations: exchange.gw.annotations(server, call.name),
+    }
+}
+
+/// Whether the agent takes an SSE answer (`Accept: text/event-stream`, as MCP clients
+/// must send); only such an agent's call can be held open.
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().to_ascii_lowercase().starts_with("text/event-stream")))
+    })
 }
 
 async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Response {
@@ -538,7 +569,7 @@ async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Res
 }
 
 /// Whether `Content-Type` names `media_type` (case-insensitive, parameters allowed).
-fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
+pub(crate) fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -548,7 +579,7 @@ fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
 /// An upstream answer as the agent receives it: only the headers agents may see, and an
 /// SSE body through the list guard. A JSON body of anything but `tools/list` streams as it
 /// came (it answers the request it was sent for).
-fn guarded(response: axum::http::Response<Incoming>, filter: ListFilter, request_id: Option<Value>) -> Response {
+pub(crate) fn guarded(response: axum::http::Response<Incoming>, filter: ListFilter, request_id: Option<Value>) -> Response {
     let sse = content_type_is(response.headers(), "text/event-stream");
     let (parts, body) = response.into_parts();
     let body = if sse {

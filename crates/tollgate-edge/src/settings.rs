@@ -68,6 +68,16 @@ pub struct EdgeSettings {
     /// (so a rebound DNS name cannot reach it), any otherwise.
     #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
+    /// Longest the edge holds a call open waiting for an operator's approval, whatever the
+    /// policy's `approval.hold` says, in milliseconds; 0 never holds (every call that needs
+    /// approval is answered at once, naming the approval). Default 300000.
+    #[serde(default = "default_max_hold_ms")]
+    pub max_hold_ms: u64,
+    /// How often a held call's stream carries a keep-alive, in milliseconds: an MCP
+    /// `notifications/progress` when the call has a `progressToken`, an SSE comment
+    /// otherwise. Default 10000.
+    #[serde(default = "default_hold_keepalive_ms")]
+    pub hold_keepalive_ms: u64,
 }
 
 impl Default for EdgeSettings {
@@ -88,6 +98,8 @@ impl Default for EdgeSettings {
             max_upstream_message_bytes: default_max_upstream_message_bytes(),
             allowed_origins: None,
             allowed_hosts: None,
+            max_hold_ms: default_max_hold_ms(),
+            hold_keepalive_ms: default_hold_keepalive_ms(),
         }
     }
 }
@@ -134,6 +146,14 @@ pub struct GrantSettings {
     pub agent: Option<String>,
     /// Hex SHA-256 of the bearer key (`printf %s "$KEY" | sha256sum`).
     pub key_sha256: String,
+}
+
+fn default_max_hold_ms() -> u64 {
+    300_000
+}
+
+fn default_hold_keepalive_ms() -> u64 {
+    10_000
 }
 
 fn default_listen() -> SocketAddr {

@@ -14,7 +14,8 @@
 --          ARGV[6] timeout in ms. Returns {outcome, record JSON} with outcome one of
 --          'pending', 'created', 'approved' (now consumed), 'denied', 'expired'.
 -- resolve  ARGV[4] 'approved' | 'denied', ARGV[5] operator, ARGV[6] reason, ARGV[7] the
---          channel to PUBLISH the id on, so calls held on any edge wake up at once.
+--          channel to PUBLISH the id on, so calls held on any edge wake up at once,
+--          ARGV[8] the traceparent of the operator's audit span ('' for none).
 --          Returns {'resolved' | 'not_pending' | 'not_found', record JSON or ''}.
 -- get      KEYS[2] the record key. Returns {record JSON} or {}.
 -- list     ARGV[4] most records. Returns the newest records' JSON, newest first.
@@ -90,6 +91,7 @@ if mode == 'resolve' then
   r.resolved_ms = now
   r.resolved_by = ARGV[5]
   if ARGV[6] ~= '' then r.reason = ARGV[6] end
+  if ARGV[8] ~= '' then r.resolved_trace = ARGV[8] end
   save(KEYS[2], r)
   redis.call('PUBLISH', ARGV[7], r.id)
   return {'resolved', cjson.encode(r)}

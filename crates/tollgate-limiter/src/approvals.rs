@@ -69,6 +69,10 @@ pub struct Approval {
     pub resolved_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// W3C `traceparent` of the operator's `tollgate.approval` span, so the decision that
+    /// consumes the approval can link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_trace: Option<String>,
 }
 
 impl Approval {
@@ -112,6 +116,7 @@ impl NewApproval {
             resolved_ms: None,
             resolved_by: None,
             reason: None,
+            resolved_trace: None,
         }
     }
 }
@@ -145,8 +150,16 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// pending record) when there is none or the last one was denied, expired or consumed.
     async fn claim(&self, call: &NewApproval) -> Result<Claim, StoreError>;
 
-    /// Approves (`approve`) or denies a pending approval, as operator `by`.
-    async fn resolve(&self, id: &str, approve: bool, by: &str, reason: &str) -> Result<Resolution, StoreError>;
+    /// Approves (`approve`) or denies a pending approval, as operator `by`; `trace` is the
+    /// `traceparent` of the operator's audit span (empty when not traced).
+    async fn resolve(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: &str,
+        trace: &str,
+    ) -> Result<Resolution, StoreError>;
 
     /// Every record, newest first (at most [`MAX_LISTED`]).
     async fn list(&self) -> Result<Vec<Approval>, StoreError>;
@@ -182,7 +195,7 @@ pub fn cut_short(text: &str, max: usize) -> String {
 
 /// Whether `id` has the shape of an approval id (`apr_` and hex): anything else names no
 /// record, and never reaches a store key.
-pub(crate) fn is_approval_id(id: &str) -> bool {
+pub fn is_approval_id(id: &str) -> bool {
     id.len() <= 64
         && id
             .strip_prefix("apr_")
@@ -282,7 +295,14 @@ impl ApprovalStore for MemoryApprovals {
         })
     }
 
-    async fn resolve(&self, id: &str, approve: bool, by: &str, reason: &str) -> Result<Resolution, StoreError> {
+    async fn resolve(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: &str,
+        trace: &str,
+    ) -> Result<Resolution, StoreError> {
         let now = wall_clock_ms();
         let mut state = self.lock();
         let Some(record) = state.records.get_mut(id) else {
@@ -302,6 +322,7 @@ impl ApprovalStore for MemoryApprovals {
         record.resolved_ms = Some(now);
         record.resolved_by = Some(by.to_owned());
         record.reason = (!reason.is_empty()).then(|| reason.to_owned());
+        record.resolved_trace = (!trace.is_empty()).then(|| trace.to_owned());
         let resolved = record.clone();
         drop(state);
         // Nobody waiting is fine: there is nothing to wake.

@@ -433,7 +433,14 @@ impl ApprovalStore for RedisStore {
         })
     }
 
-    async fn resolve(&self, id: &str, approve: bool, by: &str, reason: &str) -> Result<Resolution, StoreError> {
+    async fn resolve(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: &str,
+        trace: &str,
+    ) -> Result<Resolution, StoreError> {
         // Ids are ours (`apr_` + hex): anything else cannot name a record.
         if !crate::approvals::is_approval_id(id) {
             return Ok(Resolution::NotFound);
@@ -443,7 +450,7 @@ impl ApprovalStore for RedisStore {
         let answer = self
             .approval_script(
                 self.approval_key(&format!("a:{id}")),
-                &["resolve", status, by, reason, &channel],
+                &["resolve", status, by, reason, &channel, trace],
             )
             .await?;
         let [outcome, record] = answer.as_slice() else {

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub upstream_errors: Family<Labels, Counter>,
     pub decision_unavailable: Counter,
     pub requests_in_flight: Gauge,
+    pub held_calls: Gauge,
+    pub approvals_pending: Gauge,
     pub spans_exported: Counter,
     pub spans_lost: Counter,
     tools: Mutex<HashSet<String>>,
@@ -68,6 +70,8 @@ impl Metrics {
             upstream_errors: Family::default(),
             decision_unavailable: Counter::default(),
             requests_in_flight: Gauge::default(),
+            held_calls: Gauge::default(),
+            approvals_pending: Gauge::default(),
             spans_exported: Counter::default(),
             spans_lost: Counter::default(),
             tools: Mutex::default(),
@@ -130,6 +134,17 @@ impl Metrics {
             "requests_in_flight",
             "MCP requests being handled by this edge",
             m.requests_in_flight.clone(),
+        );
+        registry.register(
+            "held_calls",
+            "tools/call requests this edge holds open waiting for an operator's approval",
+            m.held_calls.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "Approvals pending across the cluster (counted in the store by each decision replica, \
+             refreshed every few seconds)",
+            m.approvals_pending.clone(),
         );
         registry.register(
             "spans_exported",

@@ -90,3 +90,25 @@ pub fn set_parent(span: &tracing::Span, parent: Option<Context>) {
         let _ = span.set_parent(parent);
     }
 }
+
+/// `span`'s W3C `traceparent`, when it is recorded in a trace (empty otherwise): kept with
+/// a record so that a later span can link to it.
+pub fn traceparent_of(span: &tracing::Span) -> String {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return String::new();
+    }
+    format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8())
+}
+
+/// Links `span` to the span a `traceparent` names (e.g. the operator's approval of the
+/// call it decides). Text that is not a valid `traceparent` is ignored.
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    if let Some(cx) = from_traceparent(traceparent, None) {
+        span.add_link(cx.span().span_context().clone());
+    }
+}
