@@ -1,11 +1,18 @@
-//! Human approvals end to end, through real processes: an agent's call needing approval is
-//! refused with an approval id; an operator lists and approves it with `tollgate approvals`
-//! on any decision replica; the identical call then goes through, once. Denials reach the
-//! agent with their reason; approvals expire; other arguments need their own approval. On
-//! Redis with 2 edges × 2 decision replicas, and in `tollgate up` on the memory store.
+//! Human approvals end to end, through real processes, on Redis with 2 edges × 2 decision
+//! replicas and in `tollgate up` on the memory store.
+//!
+//! Held calls (the default), driven by the official MCP TypeScript SDK client: the call
+//! waits on its edge with progress notifications; an operator approves it with
+//! `tollgate approvals` on another replica and the client receives the upstream's real
+//! answer at once. Answer-now mode (`"mode": "retry"`): the call is refused with an
+//! approval id; once approved, the identical call goes through, once. In both: denials
+//! reach the agent with their reason, approvals expire, other arguments need their own
+//! approval.
 
 mod support;
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +27,8 @@ const POLICY: &str = r#"{
   "version": "1",
   "default": "deny",
   "tools": {
-    "k8s_scale": { "action": "require_approval", "approval": { "timeout": "5m" } },
-    "k8s_rollout_resume": { "action": "require_approval", "approval": { "timeout": "1s" } }
+    "k8s_scale": { "action": "require_approval", "approval": { "timeout": "5m", "mode": "retry" } },
+    "k8s_rollout_resume": { "action": "require_approval", "approval": { "timeout": "1s", "mode": "retry" } }
   }
 }"#;
 
@@ -325,4 +332,460 @@ async fn an_approval_is_used_only_by_a_call_that_goes_through() {
         "the kept approval is used now: {later:?}"
     );
     assert_eq!(later.approval_id, second.approval_id);
+}
+
+/// Held by default: the rules of the held-call tests.
+const HELD_POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_scale": { "action": "require_approval", "approval": { "hold": "30s" } },
+    "k8s_delete_namespace": { "action": "require_approval", "approval": { "hold": "1s" } },
+    "k8s_rollout_resume": { "action": "require_approval", "approval": { "timeout": "2s" } }
+  }
+}"#;
+
+/// The MCP TypeScript SDK client of `tests/interop/held_client.mjs`, driven line by line.
+struct SdkClient {
+    child: Child,
+    stdin: ChildStdin,
+    lines: std::sync::mpsc::Receiver<Value>,
+    /// Lines read while looking for another tag's.
+    early: Vec<Value>,
+}
+
+impl SdkClient {
+    fn connect(url: &str) -> SdkClient {
+        let interop = std::path::Path::new("tests/interop");
+        assert!(
+            interop.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
+            "the MCP TypeScript SDK is not installed: run scripts/test.sh, or `npm ci --prefix tests/interop`"
+        );
+        let mut child = Command::new("node")
+            .arg(interop.join("held_client.mjs"))
+            .args([url, KEY_A])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run node ({e}): install Node.js 18+ or run scripts/test.sh"));
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parsed = serde_json::from_str(&line).unwrap_or_else(|_| json!({ "unparsed": line }));
+                if tx.send(parsed).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut client = SdkClient {
+            child,
+            stdin,
+            lines,
+            early: Vec::new(),
+        };
+        let ready = client.next(|l| l.get("ready").is_some(), Duration::from_secs(20));
+        assert_eq!(ready["ready"], true);
+        client
+    }
+
+    /// Starts a `tools/call` (answered later; see [`SdkClient::result`]).
+    fn call(&mut self, tag: &str, name: &str, arguments: Value, progress: bool) {
+        let command = json!({"op": "call", "tag": tag, "name": name, "arguments": arguments, "progress": progress});
+        writeln!(self.stdin, "{command}").expect("write to the SDK client");
+    }
+
+    /// The next line that `wanted` accepts, within `within`.
+    fn next(&mut self, wanted: impl Fn(&Value) -> bool, within: Duration) -> Value {
+        if let Some(i) = self.early.iter().position(&wanted) {
+            return self.early.remove(i);
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.get("error").is_some() && line.get("tag").is_none() => panic!("SDK client: {line}"),
+                Ok(line) if wanted(&line) => return line,
+                Ok(line) => self.early.push(line),
+                Err(_) => panic!(
+                    "the SDK client said nothing expected within {within:?}; it said: {:?}",
+                    self.early
+                ),
+            }
+        }
+    }
+
+    /// The approval id a held call's progress notifications name.
+    fn approval_of(&mut self, tag: &str) -> String {
+        let line = self.next(
+            |l| l["tag"] == tag && l.get("progress").is_some(),
+            Duration::from_secs(10),
+        );
+        let message = line["progress"]["message"].as_str().unwrap_or_default();
+        let id = message
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|w| w.starts_with("apr_"))
+            .unwrap_or_else(|| panic!("progress names the approval: {line}"));
+        id.to_owned()
+    }
+
+    /// The answer to call `tag`: (result, milliseconds the call took).
+    fn result(&mut self, tag: &str, within: Duration) -> (Value, u64) {
+        let line = self.next(
+            |l| l["tag"] == tag && (l.get("result").is_some() || l.get("error").is_some()),
+            within,
+        );
+        let result = line
+            .get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("call {tag} failed: {line}"));
+        (result, line["ms"].as_u64().unwrap_or_default())
+    }
+
+    /// Whether call `tag` has been answered yet (looks for `within`).
+    fn answered(&mut self, tag: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.early.push(line);
+            }
+        }
+        self.early
+            .iter()
+            .any(|l| l["tag"] == tag && (l.get("result").is_some() || l.get("error").is_some()))
+    }
+}
+
+impl Drop for SdkClient {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"op": "close"}));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of an unlabelled gauge in a Prometheus text page.
+fn gauge(metrics: &str, name: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn metrics_page(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Waits until `tollgate_held_calls` on `metrics_url` is `want`.
+async fn held_calls_become(metrics_url: &str, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = gauge(&metrics_page(metrics_url).await, "tollgate_held_calls");
+        if held == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tollgate_held_calls stayed at {held:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Held calls, the whole flow. `edges` are `/mcp/k8s` URLs (the SDK client uses the first,
+/// a raw client the last), `admins` the decision replicas' operators' APIs (the last one
+/// approves).
+async fn held_flow(edges: &[String], admins: &[String]) {
+    let admin = admins.last().expect("an operators' API");
+    let mut sdk = SdkClient::connect(&edges[0]);
+
+    // Held, then approved on another replica: the SDK receives the upstream's real answer,
+    // at once (well before the 30 s hold ends).
+    sdk.call("first", "k8s_scale", scale(3), true);
+    let first = sdk.approval_of("first");
+    assert!(
+        !sdk.answered("first", Duration::from_millis(500)),
+        "the call is held while pending"
+    );
+    let (code, _, stderr) = approvals(admin, OPERATOR_KEY, &["approve", &first]);
+    assert_eq!(code, 0, "{stderr}");
+    let approved_at = std::time::Instant::now();
+    let (result, _) = sdk.result("first", Duration::from_secs(10));
+    let woke = approved_at.elapsed();
+    assert!(refusal(&result).is_none(), "approved: {result}");
+    assert_ne!(result["isError"], true, "{result}");
+    assert!(text(&result).contains("api"), "the upstream's real answer: {result}");
+    assert!(woke < Duration::from_secs(3), "woken at once, not by a timer: {woke:?}");
+
+    // Single use, and bound to the arguments: the same call again and a call with other
+    // arguments each wait for their own approval; approving one admits only that one.
+    sdk.call("again", "k8s_scale", scale(3), true);
+    sdk.call("bigger", "k8s_scale", scale(300), true);
+    let again = sdk.approval_of("again");
+    let bigger = sdk.approval_of("bigger");
+    assert_ne!(again, first, "an approval is used once");
+    assert_ne!(bigger, again, "other arguments need their own approval");
+    let (code, _, stderr) = approvals(admin, OPERATOR_KEY, &["approve", &again]);
+    assert_eq!(code, 0, "{stderr}");
+    let (result, _) = sdk.result("again", Duration::from_secs(10));
+    assert!(refusal(&result).is_none(), "approved: {result}");
+    assert!(
+        !sdk.answered("bigger", Duration::from_millis(500)),
+        "replicas: 300 is still held"
+    );
+
+    // A denial reaches the held call with the operator's reason.
+    let (code, _, stderr) = approvals(
+        &admins[0],
+        OPERATOR_KEY,
+        &["deny", &bigger, "--reason", "change freeze"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (denied, _) = sdk.result("bigger", Duration::from_secs(10));
+    let details = refusal(&denied).unwrap_or_else(|| panic!("denied: {denied}"));
+    assert_eq!(details["verdict"], "DENY", "{denied}");
+    assert!(text(&denied).contains("denied by alice: change freeze"), "{denied}");
+
+    // Past its hold the call is answered now, naming the approval; approved later, the
+    // same call goes through at once (answer-now, the fallback).
+    sdk.call("late", "k8s_delete_namespace", json!({"namespace": "tmp"}), true);
+    let (late, took) = sdk.result("late", Duration::from_secs(10));
+    let late_id = approval_id(&late);
+    assert!(took >= 900, "held for its 1 s hold first: {took} ms");
+    let (code, _, stderr) = approvals(admin, OPERATOR_KEY, &["approve", &late_id]);
+    assert_eq!(code, 0, "{stderr}");
+    sdk.call("late-again", "k8s_delete_namespace", json!({"namespace": "tmp"}), false);
+    let (result, took) = sdk.result("late-again", Duration::from_secs(10));
+    assert!(refusal(&result).is_none(), "approved: {result}");
+    assert!(took < 1000, "an approved call is not held: {took} ms");
+
+    // Nobody decides: the approval expires, and the held call is told so.
+    sdk.call(
+        "expiring",
+        "k8s_rollout_resume",
+        json!({"namespace": "web", "name": "api"}),
+        true,
+    );
+    let (expired, took) = sdk.result("expiring", Duration::from_secs(10));
+    let details = refusal(&expired).unwrap_or_else(|| panic!("expired: {expired}"));
+    assert_eq!(details["verdict"], "DENY", "{expired}");
+    assert!(text(&expired).contains("expired"), "{expired}");
+    assert!(took >= 1900, "held until the approval expired: {took} ms");
+    drop(sdk);
+
+    // An agent that goes away while held leaves nothing behind on its edge.
+    let edge = edges.last().expect("an edge");
+    let metrics_url = edge.replace("/mcp/k8s", "/metrics");
+    held_calls_become(&metrics_url, 0).await;
+    let mut agent = Mcp::new(edge, KEY_A);
+    agent.initialize().await;
+    let mut response = reqwest::Client::new()
+        .post(edge)
+        .bearer_auth(KEY_A)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("Mcp-Session-Id", agent.session.clone().unwrap_or_default())
+        .body(
+            json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                     "params": {"name": "k8s_scale", "arguments": scale(5)}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/event-stream")),
+        "a held call is answered as an SSE stream"
+    );
+    let first_chunk = response.chunk().await.expect("read").expect("a keep-alive at once");
+    let first_chunk = String::from_utf8_lossy(&first_chunk);
+    assert!(first_chunk.starts_with(": waiting for an operator"), "{first_chunk}");
+    held_calls_become(&metrics_url, 1).await;
+    drop(response);
+    held_calls_become(&metrics_url, 0).await;
+}
+
+#[tokio::test]
+async fn held_calls_work_across_two_edges_and_two_replicas_on_redis() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{}",
+        redis.url(),
+        operators()
+    );
+    let deployment = Deployment::start("held", HELD_POLICY, &store, 2, 2);
+    held_flow(&deployment.edges, &deployment.admins).await;
+}
+
+#[tokio::test]
+async fn held_calls_work_in_tollgate_up() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("held-up");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], HELD_POLICY, "hold_keepalive_ms = 300");
+    support::append(&config, &operators());
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("tollgate up serves the operators' API");
+    held_flow(&[up.url("/mcp/k8s")], std::slice::from_ref(&admin)).await;
+    let metrics = metrics_page(&up.url("/metrics")).await;
+    assert!(
+        gauge(&metrics, "tollgate_approvals_pending").is_some(),
+        "the pending-approvals gauge is exported: {metrics}"
+    );
+}
+
+/// The decision service's approval API over gRPC: `WaitApproval` streams the record now and
+/// again the moment it is resolved (here through the HTTP API); `ListApprovals` and
+/// `ResolveApproval` need an operator key besides the cluster token.
+#[tokio::test]
+async fn the_grpc_approval_api_follows_lists_and_resolves_with_an_operator_key() {
+    use tollgate_decision::proto::decision_service_client::DecisionServiceClient;
+    use tollgate_decision::proto::{
+        ApprovalStatus, DecideRequest, ListApprovalsRequest, ResolveApprovalRequest, Verdict, WaitApprovalRequest,
+    };
+
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("approvals-grpc");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], HELD_POLICY, "");
+    support::append(&config, &operators());
+    let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
+    let admin = decision.admin_url.clone().expect("operators' API");
+    let mut client = DecisionServiceClient::connect(decision.url("")).await.expect("connect");
+    let ask = |replicas: u64| DecideRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        server: "k8s".into(),
+        tool: "k8s_scale".into(),
+        grant: "a".into(),
+        agent: "agent-a".into(),
+        arguments_json: scale(replicas).to_string(),
+        ..Default::default()
+    };
+    let asked = client.decide(ask(4)).await.expect("decide").into_inner();
+    assert_eq!(asked.verdict(), Verdict::ApprovalRequired);
+    assert_eq!(asked.hold_ms, 30_000, "the rule's hold reaches the edge");
+    let id = asked.approval_id.clone();
+
+    let mut updates = client
+        .wait_approval(WaitApprovalRequest {
+            approval_id: id.clone(),
+            max_wait_ms: 20_000,
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    let now = updates.message().await.expect("stream").expect("the record now");
+    assert_eq!(now.approval.as_ref().map(|a| a.status()), Some(ApprovalStatus::Pending));
+    assert_eq!(
+        now.approval.as_ref().map(|a| a.arguments_json.as_str()),
+        Some(""),
+        "edges are not sent the arguments"
+    );
+    let resolved = reqwest::Client::new()
+        .post(format!("{admin}/admin/approvals/{id}/deny"))
+        .bearer_auth(OPERATOR_KEY)
+        .json(&json!({"reason": "not now"}))
+        .send()
+        .await
+        .expect("deny");
+    assert_eq!(resolved.status(), 200);
+    let then = tokio::time::timeout(Duration::from_secs(3), updates.message())
+        .await
+        .expect("woken at once")
+        .expect("stream")
+        .expect("the resolution");
+    let record = then.approval.expect("record");
+    assert_eq!(record.status(), ApprovalStatus::Denied);
+    assert_eq!(
+        (record.resolved_by.as_str(), record.reason.as_str()),
+        ("alice", "not now")
+    );
+    assert!(
+        updates.message().await.expect("stream").is_none(),
+        "the stream ends after the resolution"
+    );
+
+    // Waiting for what does not exist is an error, not a hang.
+    let missing = client
+        .wait_approval(WaitApprovalRequest {
+            approval_id: "apr_00000000000000000000000000000000".into(),
+            max_wait_ms: 20_000,
+        })
+        .await;
+    let status = match missing {
+        Err(status) => status,
+        Ok(stream) => stream.into_inner().message().await.expect_err("no such approval"),
+    };
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    fn with_key<M>(message: M, key: &str) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("x-tollgate-operator-key", key.parse().expect("ascii"));
+        request
+    }
+    let refused = client
+        .list_approvals(ListApprovalsRequest {})
+        .await
+        .expect_err("no key");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = client
+        .list_approvals(with_key(ListApprovalsRequest {}, "wrong"))
+        .await
+        .expect_err("wrong key");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let second = client.decide(ask(5)).await.expect("decide").into_inner().approval_id;
+    let listed = client
+        .list_approvals(with_key(ListApprovalsRequest {}, OPERATOR_KEY))
+        .await
+        .expect("list")
+        .into_inner()
+        .approvals;
+    let entry = listed.iter().find(|a| a.id == second).expect("listed");
+    assert_eq!(entry.status(), ApprovalStatus::Pending);
+    assert!(
+        entry.arguments_json.contains("\"replicas\":5"),
+        "operators see the arguments"
+    );
+
+    let resolve = |id: &str, reason: &str| ResolveApprovalRequest {
+        approval_id: id.into(),
+        approve: true,
+        reason: reason.into(),
+    };
+    let refused = client.resolve_approval(resolve(&second, "")).await.expect_err("no key");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = client
+        .resolve_approval(with_key(resolve(&second, "a\nforged: line"), OPERATOR_KEY))
+        .await
+        .expect_err("control characters");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let refused = client
+        .resolve_approval(with_key(resolve("apr_0000", ""), OPERATOR_KEY))
+        .await
+        .expect_err("unknown");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    let approved = client
+        .resolve_approval(with_key(resolve(&second, "go"), OPERATOR_KEY))
+        .await
+        .expect("approve")
+        .into_inner()
+        .approval
+        .expect("record");
+    assert_eq!(approved.status(), ApprovalStatus::Approved);
+    assert_eq!(approved.resolved_by, "alice");
+    let refused = client
+        .resolve_approval(with_key(resolve(&second, ""), OPERATOR_KEY))
+        .await
+        .expect_err("not pending");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let admitted = client.decide(ask(5)).await.expect("decide").into_inner();
+    assert_eq!(admitted.verdict(), Verdict::Allow, "{}", admitted.reason);
 }

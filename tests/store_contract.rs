@@ -679,7 +679,10 @@ async fn a_lost_wakeup_subscription_is_made_again() {
     else {
         panic!("a new call asks for approval")
     };
-    store.resolve(&approval.id, false, "bob", "", "").await.expect("resolve");
+    store
+        .resolve(&approval.id, false, "bob", "", "")
+        .await
+        .expect("resolve");
     let heard = tokio::time::timeout(Duration::from_secs(2), wakeups.recv()).await;
     assert_eq!(heard.ok().and_then(Result::ok), Some(approval.id));
 }

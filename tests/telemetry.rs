@@ -430,3 +430,60 @@ fn decision_metrics_url(decision: &Proc) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Resolving an approval is a `tollgate.approval` span, and the decision that consumes the
+/// approval links to it: a trace shows who let the call through.
+#[tokio::test]
+async fn the_decision_that_consumes_an_approval_links_to_the_operators_span() {
+    let (collector, endpoint) = Collector::start().await;
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("otel-approval");
+    let policy =
+        r#"{"version": "1", "tools": {"k8s_scale": {"action": "require_approval", "approval": {"mode": "retry"}}}}"#;
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
+    let key = "tg_operator_key_for_spans";
+    append(
+        &config,
+        &format!(
+            "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n{}",
+            support::sha256_hex(key),
+            telemetry_section(&endpoint, "")
+        ),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("operators' API");
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    let arguments = json!({"namespace": "web", "name": "api", "replicas": 2});
+    let asked = agent.call("k8s_scale", arguments.clone()).await;
+    let id = support::refusal(&asked).expect("needs approval")["approval_id"]
+        .as_str()
+        .expect("approval id")
+        .to_owned();
+    let approved = reqwest::Client::new()
+        .post(format!("{admin}/admin/approvals/{id}/approve"))
+        .bearer_auth(key)
+        .json(&json!({"reason": "ok"}))
+        .send()
+        .await
+        .expect("approve");
+    assert_eq!(approved.status(), 200);
+    let admitted = agent.call("k8s_scale", arguments).await;
+    assert!(support::refusal(&admitted).is_none(), "{admitted}");
+
+    let approval = collector.wait_for("tollgate.approval", 1).await;
+    assert_eq!(approval.len(), 1, "one approval span");
+    assert_eq!(approval[0].attr("tollgate.approval.operator").as_deref(), Some("alice"));
+    assert_eq!(
+        approval[0].attr("tollgate.approval.outcome").as_deref(),
+        Some("approved")
+    );
+    let decides = collector.wait_for("tollgate.decide", 2).await;
+    let consuming = decides
+        .iter()
+        .find(|d| d.attr("tollgate.verdict").as_deref() == Some("ALLOW"))
+        .expect("the admitted call's decision");
+    assert_eq!(consuming.attr("tollgate.approval.id"), Some(id));
+    let link = consuming.span.links.first().expect("a span link");
+    assert_eq!(link.trace_id, approval[0].span.trace_id);
+    assert_eq!(link.span_id, approval[0].span.span_id);
+}

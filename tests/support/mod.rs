@@ -260,7 +260,7 @@ impl Deployment {
             &upstream.url("/mcp"),
             &decision_urls,
             policy,
-            "decision_timeout_ms = 5000",
+            "decision_timeout_ms = 5000\nhold_keepalive_ms = 300",
         );
         let mut edge_urls = Vec::new();
         for i in 0..edges {

@@ -173,7 +173,9 @@ impl Held {
                     self.decision = decision;
                 }
                 _ => {
-                    let _ = tx.send(event(&refusal::body(&self.id, &decision, self.gw.settings.refusal))).await;
+                    let _ = tx
+                        .send(event(&refusal::body(&self.id, &decision, self.gw.settings.refusal)))
+                        .await;
                     return;
                 }
             }
@@ -193,7 +195,9 @@ impl Held {
                     "message": format!("waiting for an operator to approve this call (approval {approval_id})"),
                 }
             })),
-            None => Bytes::from(format!(": waiting for an operator to approve this call (approval {approval_id})\n\n")),
+            None => Bytes::from(format!(
+                ": waiting for an operator to approve this call (approval {approval_id})\n\n"
+            )),
         };
         *beats += 1;
         tx.send(text).await.is_ok()

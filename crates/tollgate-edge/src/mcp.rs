@@ -149,7 +149,11 @@ impl Exchange<'_> {
 
     /// Sends `message` upstream, re-serialised: the upstream receives exactly what was
     /// decided, never the agent's bytes.
-    pub(crate) async fn send(&self, message: &Value, id: Option<&Value>) -> Result<axum::http::Response<Incoming>, Response> {
+    pub(crate) async fn send(
+        &self,
+        message: &Value,
+        id: Option<&Value>,
+    ) -> Result<axum::http::Response<Incoming>, Response> {
         self.gw
             .order
             .before_post(&self.caller.grant, &header_text(self.headers, "mcp-session-id"))
@@ -509,8 +513,10 @@ pub(crate) fn decide_request(exchange: &Exchange<'_>, call: &ToolCall<'_>, reque
 /// must send); only such an agent's call can be held open.
 fn accepts_event_stream(headers: &HeaderMap) -> bool {
     headers.get_all(header::ACCEPT).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().to_ascii_lowercase().starts_with("text/event-stream")))
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().to_ascii_lowercase().starts_with("text/event-stream"))
+        })
     })
 }
 
@@ -579,7 +585,11 @@ pub(crate) fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
 /// An upstream answer as the agent receives it: only the headers agents may see, and an
 /// SSE body through the list guard. A JSON body of anything but `tools/list` streams as it
 /// came (it answers the request it was sent for).
-pub(crate) fn guarded(response: axum::http::Response<Incoming>, filter: ListFilter, request_id: Option<Value>) -> Response {
+pub(crate) fn guarded(
+    response: axum::http::Response<Incoming>,
+    filter: ListFilter,
+    request_id: Option<Value>,
+) -> Response {
     let sse = content_type_is(response.headers(), "text/event-stream");
     let (parts, body) = response.into_parts();
     let body = if sse {

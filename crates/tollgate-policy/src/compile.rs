@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::document::{
-    ApprovalMode, ApprovalSpec,
-    Action, Algorithm, LimitSpec, PolicyDocument, RuleSpec, Scope, ScopeDim, ScopeSpec, UniqueMap, Window,
+    Action, Algorithm, ApprovalMode, ApprovalSpec, LimitSpec, PolicyDocument, RuleSpec, Scope, ScopeDim, ScopeSpec,
+    UniqueMap, Window,
 };
 use crate::error::{Diagnostic, PolicyError};
 use crate::glob::Glob;

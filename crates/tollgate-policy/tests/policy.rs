@@ -706,11 +706,13 @@ fn approval_settings_that_cannot_work_are_named() {
   "b":{"action":"require_approval","approval":{"timeout":"10s","hold":"1m"}}}}"#,
     );
     assert!(
-        all.iter().any(|w| w.contains(":2:") && w.contains("`hold` has no effect")),
+        all.iter()
+            .any(|w| w.contains(":2:") && w.contains("`hold` has no effect")),
         "{all:?}"
     );
     assert!(
-        all.iter().any(|w| w.contains(":3:") && w.contains("`hold` is longer than `timeout`")),
+        all.iter()
+            .any(|w| w.contains(":3:") && w.contains("`hold` is longer than `timeout`")),
         "{all:?}"
     );
     let (line, _, message) = first_error(
