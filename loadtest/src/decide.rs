@@ -30,14 +30,7 @@ pub async fn run(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<DecideOutcome> {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split([':', '/']).next())
-        .unwrap_or_default();
-    if !(host == "localhost" || host.starts_with("127.")) {
-        anyhow::bail!("{url}: load is only sent to loopback addresses");
-    }
+    crate::check_loopback(url)?;
     let client = Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5), None)?);
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let (admitted, errors, seq) = (

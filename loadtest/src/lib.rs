@@ -9,6 +9,20 @@
 
 pub mod decide;
 pub mod exactness;
+pub mod held;
+
+/// Load goes only to loopback addresses (127.0.0.0/8, localhost, [::1]).
+pub fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .unwrap_or_default();
+    if host == "localhost" || host.starts_with("127.") || url.contains("://[::1]") {
+        return Ok(());
+    }
+    anyhow::bail!("{url}: load is only sent to loopback addresses (127.0.0.0/8, localhost, [::1])")
+}
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,15 +160,7 @@ impl Scenario {
             bail!("a scenario needs at least one of each: edges, [[grants]], [[calls]]");
         }
         for url in self.edges.iter().chain(&self.upstream) {
-            let host = url
-                .split("://")
-                .nth(1)
-                .and_then(|rest| rest.split(['/', ':']).next())
-                .unwrap_or_default();
-            let loopback = host == "localhost" || host.starts_with("127.") || url.contains("://[::1]");
-            if !loopback {
-                bail!("{url}: load is only sent to loopback addresses (127.0.0.0/8, localhost, [::1])");
-            }
+            check_loopback(url)?;
         }
         if self.grants.iter().all(|g| g.weight == 0) || self.calls.iter().all(|c| c.weight == 0) {
             bail!("every weight is 0: nothing would be called");

@@ -29,6 +29,31 @@ struct Cli {
 enum Command {
     Mcp(McpArgs),
     Decide(DecideArgs),
+    Held(HeldArgs),
+}
+
+/// Memory of calls held for approval.
+///
+/// Opens N calls of a tool whose rule requires approval with a hold, each with its own
+/// arguments (so each asks for its own approval), one connection each, waits until every one
+/// is held, and prints the resident memory of the given processes before and while they are
+/// held, per held call. Loopback only.
+#[derive(Args)]
+struct HeldArgs {
+    /// The edge's MCP endpoint, e.g. http://127.0.0.1:8080/mcp/k8s.
+    #[arg(long)]
+    url: String,
+    /// The agent's bearer key.
+    #[arg(long)]
+    key: String,
+    #[arg(long, default_value = "k8s_scale")]
+    tool: String,
+    /// Calls to hold at once (at most 20000).
+    #[arg(long, default_value_t = 1000)]
+    calls: usize,
+    /// Processes whose memory to read (edge, decision service, or tollgate up).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
 }
 
 /// MCP load through Tollgate's edges.
@@ -124,7 +149,30 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Mcp(args) => mcp(args).await,
         Command::Decide(args) => decide(args).await,
+        Command::Held(args) => held(args).await,
     }
+}
+
+async fn held(args: HeldArgs) -> anyhow::Result<ExitCode> {
+    if args.calls == 0 || args.calls > 20_000 {
+        anyhow::bail!("--calls must be within 1..=20000");
+    }
+    let out = tollgate_loadtest::held::run(&args.url, &args.key, &args.tool, args.calls, &args.pids).await?;
+    println!(
+        "held {} calls at once (all held after {:.1} s)",
+        out.held,
+        out.took.as_secs_f64()
+    );
+    for (pid, before, during) in out.memory {
+        let per_call = (during.saturating_sub(before) as f64 * 1024.0) / out.held as f64;
+        println!(
+            "process {pid}: resident {:.1} MiB before, {:.1} MiB while held: {:.1} KiB per held call",
+            before as f64 / 1024.0,
+            during as f64 / 1024.0,
+            per_call / 1024.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn decide(args: DecideArgs) -> anyhow::Result<ExitCode> {
