@@ -625,6 +625,41 @@ async fn held_calls_work_across_two_edges_and_two_replicas_on_redis() {
     held_flow(&deployment.edges, &deployment.admins).await;
 }
 
+/// A held call outlives the decision replica it follows the approval on: the edge follows
+/// it on the other replica, which hears the resolution through Redis.
+#[tokio::test]
+async fn a_held_call_survives_the_loss_of_its_decision_replica() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{}",
+        redis.url(),
+        operators()
+    );
+    let mut deployment = Deployment::start("held-failover", HELD_POLICY, &store, 2, 1);
+    let mut sdk = SdkClient::connect(&deployment.edges[0]);
+    // The edge picks replicas round-robin for every request it makes (each held call: one
+    // Decide, then WaitApproval); a refused call in between puts the two waits on
+    // different replicas, so killing either replica takes one of them away.
+    sdk.call("one", "k8s_scale", scale(11), true);
+    let one = sdk.approval_of("one");
+    sdk.call("refused", "k8s_get_pods", json!({"namespace": "web"}), false);
+    let (refused, _) = sdk.result("refused", Duration::from_secs(10));
+    assert!(refusal(&refused).is_some(), "{refused}");
+    sdk.call("two", "k8s_scale", scale(12), true);
+    let two = sdk.approval_of("two");
+    deployment.kill_decision(0);
+    let survivor = deployment.admins[1].clone();
+    for id in [&one, &two] {
+        let (code, _, stderr) = approvals(&survivor, OPERATOR_KEY, &["approve", id]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    for tag in ["one", "two"] {
+        let (result, _) = sdk.result(tag, Duration::from_secs(15));
+        assert!(refusal(&result).is_none(), "call {tag} went through: {result}");
+        assert!(text(&result).contains("api"), "{result}");
+    }
+}
+
 #[tokio::test]
 async fn held_calls_work_in_tollgate_up() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);

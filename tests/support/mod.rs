@@ -285,6 +285,12 @@ impl Deployment {
     pub fn processes(&self) -> usize {
         self.procs.len()
     }
+
+    /// SIGKILLs decision replica `i` (replicas are started first, in order).
+    pub fn kill_decision(&mut self, i: usize) {
+        assert!(i < self.admins.len(), "no decision replica {i}");
+        self.procs[i].kill();
+    }
 }
 
 /// Appends `text` (e.g. a `[store]` or `[telemetry]` section) to a config file.

@@ -202,7 +202,9 @@ impl Decider for GrpcDecider {
                         last = Some(approval);
                     }
                     Ok(Ok(None)) => break,
-                    Ok(Err(status)) if is_outage(status.code()) => {
+                    // A replica that dies mid-stream surfaces as an h2 error (`Unknown`),
+                    // which the service itself never answers.
+                    Ok(Err(status)) if is_outage(status.code()) || status.code() == Code::Unknown => {
                         tracing::warn!(replica = %address, "lost the approval stream: {}; following it on another replica", status.message());
                         failures.push(format!("{address}: {}", status.message()));
                         break;
