@@ -23,6 +23,10 @@ pub struct ApprovalSettings {
     /// POSTs per approval at most, 1 s, 2 s, 4 s … apart. Default 5.
     #[serde(default = "default_attempts")]
     pub webhook_attempts: u32,
+    /// Approvals one grant may have pending at once; calls that would ask for more are
+    /// refused, so an agent cannot flood the operators' queue. Default 100.
+    #[serde(default = "default_max_pending_per_grant")]
+    pub max_pending_per_grant: usize,
 }
 
 impl Default for ApprovalSettings {
@@ -31,12 +35,17 @@ impl Default for ApprovalSettings {
             webhook_url: None,
             webhook_timeout_ms: default_timeout_ms(),
             webhook_attempts: default_attempts(),
+            max_pending_per_grant: default_max_pending_per_grant(),
         }
     }
 }
 
 fn default_timeout_ms() -> u64 {
     5000
+}
+
+fn default_max_pending_per_grant() -> usize {
+    tollgate_limiter::DEFAULT_MAX_PENDING_PER_GRANT
 }
 
 fn default_attempts() -> u32 {

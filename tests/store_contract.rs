@@ -441,6 +441,7 @@ fn approval_call(p: &str, digest: &str, timeout: Duration) -> NewApproval {
         digest: format!("{p}{digest}"),
         rule: r#"tools["k8s_delete_namespace"]"#.into(),
         timeout,
+        max_pending: 100,
     }
 }
 
@@ -571,6 +572,70 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
     assert_eq!(status(&next.id), Some(ApprovalStatus::Denied));
     assert_eq!(status(&soon.id), Some(ApprovalStatus::Expired));
     assert_eq!(status(&other.id), Some(ApprovalStatus::Pending));
+}
+
+/// A grant may have only so many approvals pending: one more is refused and creates
+/// nothing; identical calls still find theirs; resolving or expiry frees a place; other
+/// grants are not affected.
+async fn pending_approvals_are_capped_per_grant(store: &dyn ApprovalStore, p: &str) {
+    let capped = |digest: &str, grant: &str, timeout_ms: u64| NewApproval {
+        grant: grant.into(),
+        max_pending: 2,
+        ..approval_call(p, digest, Duration::from_millis(timeout_ms))
+    };
+    let created = |claim: Claim| match claim {
+        Claim::Pending {
+            approval,
+            created: true,
+        } => approval,
+        other => panic!("expected a new pending approval, got {other:?}"),
+    };
+    let first = created(store.claim(&capped("cap1", "flood", 60_000)).await.expect("claim"));
+    let _short = created(store.claim(&capped("cap2", "flood", 400)).await.expect("claim"));
+    assert_eq!(
+        store.claim(&capped("cap3", "flood", 60_000)).await.expect("claim"),
+        Claim::TooMany
+    );
+    let Claim::Pending {
+        approval,
+        created: false,
+    } = store.claim(&capped("cap1", "flood", 60_000)).await.expect("claim")
+    else {
+        panic!("an identical call finds its pending approval")
+    };
+    assert_eq!(approval.id, first.id);
+    created(
+        store
+            .claim(&capped("cap1-other", "other-grant", 60_000))
+            .await
+            .expect("claim"),
+    );
+    // The short one expires: its place is free.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = created(store.claim(&capped("cap3", "flood", 60_000)).await.expect("claim"));
+    assert_eq!(
+        store.claim(&capped("cap4", "flood", 60_000)).await.expect("claim"),
+        Claim::TooMany
+    );
+    // Resolving one frees a place.
+    store.resolve(&third.id, false, "bob", "", "").await.expect("resolve");
+    created(store.claim(&capped("cap4", "flood", 60_000)).await.expect("claim"));
+    let listed = store.list().await.expect("list");
+    assert!(
+        !listed.iter().any(|a| a.digest == format!("{p}cap5")),
+        "a refused call created nothing"
+    );
+}
+
+#[tokio::test]
+async fn pending_approvals_are_capped_per_grant_in_every_store() {
+    pending_approvals_are_capped_per_grant(&MemoryApprovals::default(), "m").await;
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    pending_approvals_are_capped_per_grant(&store, "r").await;
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
+    pending_approvals_are_capped_per_grant(&store, "c").await;
 }
 
 #[tokio::test]

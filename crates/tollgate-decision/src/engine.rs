@@ -31,6 +31,7 @@ pub struct Engine {
     new_approvals: Option<tokio::sync::mpsc::Sender<Approval>>,
     store_timeout: Duration,
     record_arguments: bool,
+    max_pending_per_grant: usize,
 }
 
 impl Engine {
@@ -43,6 +44,7 @@ impl Engine {
             new_approvals: None,
             store_timeout,
             record_arguments: false,
+            max_pending_per_grant: tollgate_limiter::DEFAULT_MAX_PENDING_PER_GRANT,
         }
     }
 
@@ -57,6 +59,13 @@ impl Engine {
     /// full the notification is dropped, counted and logged; a decision never waits).
     pub fn with_new_approvals(mut self, tx: tokio::sync::mpsc::Sender<Approval>) -> Self {
         self.new_approvals = Some(tx);
+        self
+    }
+
+    /// Most approvals one grant may have pending at once (`[approvals]
+    /// max_pending_per_grant`); calls that would ask for more are refused.
+    pub fn with_max_pending_per_grant(mut self, max: usize) -> Self {
+        self.max_pending_per_grant = max;
         self
     }
 
@@ -254,6 +263,7 @@ impl Engine {
             digest: hex::encode(Sha256::digest(binding.as_bytes())),
             rule: rule.label.clone(),
             timeout: rule.approval.timeout,
+            max_pending: self.max_pending_per_grant,
         };
         let asked = match tokio::time::timeout(self.store_timeout, self.approvals.claim(&new)).await {
             Ok(Ok(claim)) => claim,
@@ -343,6 +353,19 @@ impl Engine {
                 );
                 decision.approval_id = approval.id;
                 decision.with(Verdict::Deny, &rule.label, reason)
+            }
+            Claim::TooMany => {
+                metrics().approval_event("refused_too_many");
+                tracing::warn!(target: "tollgate::audit", grant = ?call.grant, tool = ?tool, "approval refused: the grant has too many pending");
+                decision.with(
+                    Verdict::Deny,
+                    &rule.label,
+                    format!(
+                        "this grant already has {} approvals waiting for an operator (the most allowed); \
+                         wait until some are resolved",
+                        self.max_pending_per_grant
+                    ),
+                )
             }
             Claim::Expired(approval) => {
                 metrics().approval_event("expired");

@@ -11,11 +11,14 @@
 -- ARGV[3]  retention after expiry, in ms
 --
 -- claim    ARGV[4] a new id, ARGV[5] the new record as JSON (times are set here),
---          ARGV[6] timeout in ms. Returns {outcome, record JSON} with outcome one of
---          'pending', 'created', 'approved' (now consumed), 'denied', 'expired'.
+--          ARGV[6] timeout in ms, ARGV[7] most pending approvals per grant, ARGV[8] the
+--          prefix of the per-grant pending sets ("<prefix>pending:", then the SHA-1 of the
+--          grant). Returns {outcome, record JSON} with outcome one of 'pending',
+--          'created', 'approved' (now consumed), 'denied', 'expired', or {'too_many', ''}.
 -- resolve  ARGV[4] 'approved' | 'denied', ARGV[5] operator, ARGV[6] reason, ARGV[7] the
 --          channel to PUBLISH the id on, so calls held on any edge wake up at once,
---          ARGV[8] the traceparent of the operator's audit span ('' for none).
+--          ARGV[8] the traceparent of the operator's audit span ('' for none), ARGV[9] the
+--          prefix of the per-grant pending sets.
 --          Returns {'resolved' | 'not_pending' | 'not_found', record JSON or ''}.
 -- get      KEYS[2] the record key. Returns {record JSON} or {}.
 -- list     ARGV[4] most records. Returns the newest records' JSON, newest first.
@@ -64,6 +67,12 @@ if mode == 'claim' then
       redis.call('DEL', KEYS[2])
     end
   end
+  -- A grant's pending approvals: ids scored by expiry; expired ones drop out here.
+  local pending = ARGV[8] .. redis.sha1hex(cjson.decode(ARGV[5]).grant)
+  redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
+  if redis.call('ZCARD', pending) >= tonumber(ARGV[7]) then
+    return {'too_many', ''}
+  end
   local r = cjson.decode(ARGV[5])
   r.id = ARGV[4]
   r.status = 'pending'
@@ -72,6 +81,8 @@ if mode == 'claim' then
   save(prefix .. r.id, r)
   redis.call('SET', KEYS[2], r.id, 'PX', tonumber(ARGV[6]) + retention)
   redis.call('ZADD', KEYS[1], now, r.id)
+  redis.call('ZADD', pending, r.expires_ms, r.id)
+  redis.call('PEXPIRE', pending, tonumber(ARGV[6]) + retention)
   -- Index entries whose records are surely gone (older than a year and the retention).
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention - 31622400000)
   return {'created', cjson.encode(r)}
@@ -93,6 +104,7 @@ if mode == 'resolve' then
   if ARGV[6] ~= '' then r.reason = ARGV[6] end
   if ARGV[8] ~= '' then r.resolved_trace = ARGV[8] end
   save(KEYS[2], r)
+  redis.call('ZREM', ARGV[9] .. redis.sha1hex(r.grant), r.id)
   redis.call('PUBLISH', ARGV[7], r.id)
   return {'resolved', cjson.encode(r)}
 end

@@ -96,7 +96,14 @@ pub struct NewApproval {
     pub digest: String,
     pub rule: String,
     pub timeout: Duration,
+    /// Most approvals one grant may have pending at once; a call that would ask for one
+    /// more is refused ([`Claim::TooMany`]), so an agent cannot flood the operators' queue
+    /// or the store.
+    pub max_pending: usize,
 }
+
+/// Pending approvals one grant may have at once unless configured otherwise.
+pub const DEFAULT_MAX_PENDING_PER_GRANT: usize = 100;
 
 impl NewApproval {
     pub(crate) fn record(&self, id: String, now_ms: u64) -> Approval {
@@ -132,6 +139,8 @@ pub enum Claim {
     Denied(Approval),
     /// Nobody decided in time; the next identical call asks anew.
     Expired(Approval),
+    /// The grant already has `max_pending` approvals pending: nothing was created.
+    TooMany,
 }
 
 /// What resolving an approval did.
@@ -285,6 +294,14 @@ impl ApprovalStore for MemoryApprovals {
             if let Some(found) = found {
                 return Ok(found);
             }
+        }
+        let pending = state
+            .records
+            .values()
+            .filter(|r| r.grant == call.grant && r.status == ApprovalStatus::Pending && now < r.expires_ms)
+            .count();
+        if pending >= call.max_pending {
+            return Ok(Claim::TooMany);
         }
         let approval = call.record(new_id(), now);
         state.bound.insert(call.digest.clone(), approval.id.clone());

@@ -13,8 +13,8 @@ mod redis_store;
 use std::time::Duration;
 
 pub use approvals::{
-    Approval, ApprovalStatus, ApprovalStore, Claim, MAX_LISTED, MAX_STORED_ARGUMENTS, MemoryApprovals, NewApproval,
-    RECHECK_ALL, RETENTION, Resolution, cut_short, is_approval_id, wall_clock_ms,
+    Approval, ApprovalStatus, ApprovalStore, Claim, DEFAULT_MAX_PENDING_PER_GRANT, MAX_LISTED, MAX_STORED_ARGUMENTS,
+    MemoryApprovals, NewApproval, RECHECK_ALL, RETENTION, Resolution, cut_short, is_approval_id, wall_clock_ms,
 };
 pub use memory::{Clock, DEFAULT_MAX_KEYS_PER_COUNTER, ManualClock, MemoryStore, SystemClock};
 pub use redis_store::{ACQUIRE_SCRIPT, RedisSettings, RedisStore};

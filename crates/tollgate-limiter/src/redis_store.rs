@@ -405,10 +405,12 @@ impl ApprovalStore for RedisStore {
             serde_json::to_string(&call.record(String::new(), 0)).map_err(|e| StoreError::Rejected(e.to_string()))?;
         let id = crate::approvals::new_id();
         let timeout = crate::approvals::duration_ms(call.timeout).to_string();
+        let max_pending = call.max_pending.to_string();
+        let pending_prefix = self.approval_key("pending:");
         let answer = self
             .approval_script(
                 self.approval_key(&format!("bind:{}", call.digest)),
-                &["claim", &id, &template, &timeout],
+                &["claim", &id, &template, &timeout, &max_pending, &pending_prefix],
             )
             .await?;
         let [outcome, record] = answer.as_slice() else {
@@ -416,6 +418,9 @@ impl ApprovalStore for RedisStore {
                 "unexpected answer from approval.lua: {answer:?}"
             )));
         };
+        if outcome == "too_many" {
+            return Ok(Claim::TooMany);
+        }
         let approval = parse_approval(record)?;
         Ok(match outcome.as_str() {
             "pending" => Claim::Pending {
@@ -450,7 +455,15 @@ impl ApprovalStore for RedisStore {
         let answer = self
             .approval_script(
                 self.approval_key(&format!("a:{id}")),
-                &["resolve", status, by, reason, &channel, trace],
+                &[
+                    "resolve",
+                    status,
+                    by,
+                    reason,
+                    &channel,
+                    trace,
+                    &self.approval_key("pending:"),
+                ],
             )
             .await?;
         let [outcome, record] = answer.as_slice() else {
