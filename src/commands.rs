@@ -259,7 +259,16 @@ pub fn policy_explain(
         }
     }
     if rule.action == Action::RequireApproval && !refused {
-        println!("approval: required: the call is forwarded only once an operator approves it");
+        let approval = rule.approval;
+        let wait = match approval.hold {
+            Some(hold) => format!("held open up to {} waiting for it", seconds(hold)),
+            None => "answered at once, naming the approval (mode retry)".to_owned(),
+        };
+        println!(
+            "approval: required: the call is forwarded only once an operator approves it; {wait}; \
+             the approval expires after {}",
+            seconds(approval.timeout)
+        );
     }
     if rule.action != Action::Deny && !refused {
         let hits = policy.counter_hits(rule, &call);
@@ -305,6 +314,16 @@ pub fn policy_explain(
 pub enum ApprovalAction {
     List { json: bool },
     Resolve { id: String, approve: bool, reason: String },
+}
+
+/// A duration as policies write it: `45s`, `5m`, `1.5s`.
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{}m", s / 60.0)
+    } else {
+        format!("{s}s")
+    }
 }
 
 /// `tollgate approvals …`: a client of the operators' API.

@@ -419,3 +419,46 @@ fn environment_overrides_the_config_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("max_body_bytes"), "a bad override is named: {stderr}");
 }
+
+/// `tollgate policy explain --args`: the argument schema's verdict, and whether (and how)
+/// the call would wait for an operator.
+#[test]
+fn policy_explain_reports_argument_rules_and_approvals() {
+    let dir = support::temp_dir("explain-args");
+    let file = dir.join("policy.json");
+    let policy = r#"{"version": "1", "tools": {
+  "k8s_scale": {"action": "require_approval", "approval": {"timeout": "10m", "hold": "30s"},
+                "arguments": {"properties": {"replicas": {"maximum": 10}}}},
+  "k8s_delete_namespace": {"action": "require_approval", "approval": {"mode": "retry"}}
+}}"#;
+    std::fs::write(&file, policy).expect("policy");
+    let path = file.to_str().expect("path");
+    let explain = |tool: &str, args: &str| {
+        let (code, stdout, stderr) = run(&[
+            "policy", "explain", path, "--server", "k8s", "--tool", tool, "--grant", "ci", "--args", args,
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+    let refused = explain("k8s_scale", r#"{"replicas": 300}"#);
+    assert!(
+        refused.contains("/replicas: 300 is greater than the maximum of 10"),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains("approval: required"),
+        "a refused call asks no one: {refused}"
+    );
+    let held = explain("k8s_scale", r#"{"replicas": 3}"#);
+    assert!(
+        held.contains("approval: required")
+            && held.contains("held open up to 30s")
+            && held.contains("expires after 10m"),
+        "{held}"
+    );
+    let retry = explain("k8s_delete_namespace", r#"{"namespace": "tmp"}"#);
+    assert!(
+        retry.contains("answered at once, naming the approval (mode retry)"),
+        "{retry}"
+    );
+}
