@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tollgate_decision::proto::{DecideRequest, Decision, Verdict};
-use tollgate_telemetry::metrics::metrics;
+use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 
 use crate::auth::Caller;
@@ -63,7 +63,7 @@ pub(crate) fn hold(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_EVENTS);
     let task = async move {
-        let _gauge = HeldGauge::start();
+        let _held = GaugeUnit::hold(&metrics().held_calls);
         tokio::select! {
             () = tx.closed() => {
                 tracing::info!("the agent went away while its call was held for approval");
@@ -77,22 +77,6 @@ pub(crate) fn hold(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     (StatusCode::OK, headers, body).into_response()
-}
-
-/// Counts a held call in `tollgate_held_calls` while its task lives.
-struct HeldGauge;
-
-impl HeldGauge {
-    fn start() -> HeldGauge {
-        metrics().held_calls.inc();
-        HeldGauge
-    }
-}
-
-impl Drop for HeldGauge {
-    fn drop(&mut self) {
-        metrics().held_calls.dec();
-    }
 }
 
 /// Everything a held call needs once its request handler has returned.

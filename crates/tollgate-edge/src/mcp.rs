@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tollgate_decision::Decider;
 use tollgate_decision::proto::{DecideRequest, Tool, ToolAnnotations, Verdict};
-use tollgate_telemetry::metrics::metrics;
+use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tollgate_telemetry::propagation;
 use tracing::Instrument;
 
@@ -234,7 +234,7 @@ pub async fn post(
         }
     };
     let span = request_span(&message, &server, &caller, &headers);
-    let _in_flight = InFlight::start();
+    let _in_flight = GaugeUnit::hold(&metrics().requests_in_flight);
     async {
         match message {
             Message::Request {
@@ -360,22 +360,6 @@ fn request_span(message: &Message<'_>, server: &str, caller: &Caller, headers: &
     let from_meta = text("traceparent").and_then(|tp| propagation::from_traceparent(tp, text("tracestate")));
     propagation::set_parent(&span, from_meta.or_else(|| propagation::from_http_headers(headers)));
     span
-}
-
-/// Counts a request in `tollgate_requests_in_flight` while it is alive.
-struct InFlight;
-
-impl InFlight {
-    fn start() -> InFlight {
-        metrics().requests_in_flight.inc();
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        metrics().requests_in_flight.dec();
-    }
 }
 
 /// Reads a request body within `edge.max_body_bytes` and `edge.body_read_timeout_ms`.

@@ -50,6 +50,22 @@ pub struct Metrics {
 }
 
 /// The process-wide metrics.
+/// One unit of a gauge, held while this value lives (a request in flight, a held call).
+pub struct GaugeUnit(&'static Gauge);
+
+impl GaugeUnit {
+    pub fn hold(gauge: &'static Gauge) -> GaugeUnit {
+        gauge.inc();
+        GaugeUnit(gauge)
+    }
+}
+
+impl Drop for GaugeUnit {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
