@@ -63,7 +63,7 @@ fn edge(c: &mut Criterion) {
             upstreams: vec![UpstreamSettings {
                 name: "k8s".into(),
                 url: upstream,
-                headers: Default::default(),
+                ..Default::default()
             }],
             grants: vec![GrantSettings {
                 name: "bench".into(),

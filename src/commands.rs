@@ -1,7 +1,7 @@
 //! One function per subcommand: load what it needs, start the components, wait.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +33,10 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
         let (engine, status) = start_engine(&config).await?;
         serve_admin(&config, &engine, &shutdown).await?;
         let store = engine.store_kind();
-        let banner =
-            |addr| format!("tollgate up: edge + decision in one process, {store} store, listening on http://{addr}");
+        let scheme = scheme(&config);
+        let banner = |addr| {
+            format!("tollgate up: edge + decision in one process, {store} store, listening on {scheme}://{addr}")
+        };
         let served = run_edge(&config, engine, status, &shutdown, banner, demo_listen.is_some()).await;
         flush(telemetry).await;
         served
@@ -50,7 +52,8 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
         let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
         let decider = GrpcDecider::new(&config.edge.decision, timeout, token)?;
         let replicas = config.edge.decision.join(", ");
-        let banner = |addr| format!("tollgate edge listening on http://{addr} (decision: {replicas})");
+        let scheme = scheme(&config);
+        let banner = |addr| format!("tollgate edge listening on {scheme}://{addr} (decision: {replicas})");
         let served = run_edge(&config, Arc::new(decider), None, &shutdown, banner, false).await;
         flush(telemetry).await;
         served
@@ -75,6 +78,7 @@ async fn run_edge(
         policy_status,
     };
     let router = tollgate_edge::router(parts)?;
+    let tls = config.edge.tls()?;
     let listener = bind(&config.edge.listen.to_string(), "edge").await?;
     let addr = listener.local_addr()?;
     println!("{}", banner(addr));
@@ -83,7 +87,7 @@ async fn run_edge(
     let served = shutdown
         .drain(
             drain,
-            tollgate_edge::serve(listener, router, config.edge.limits(), shutdown.requested()),
+            tollgate_edge::serve_tls(listener, router, config.edge.limits(), tls, shutdown.requested()),
         )
         .await;
     served.transpose()?;
@@ -166,20 +170,44 @@ async fn serve_admin(config: &Config, engine: &Arc<Engine>, shutdown: &Shutdown)
     Ok(())
 }
 
-pub fn demo_upstream(listen: &str, sse: bool) -> anyhow::Result<()> {
+/// `http` or `https`, as the edge serves agents.
+fn scheme(config: &Config) -> &'static str {
+    if config.edge.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+pub fn demo_upstream(
+    listen: &str,
+    sse: bool,
+    tls: Option<(PathBuf, PathBuf)>,
+    client_ca: Option<PathBuf>,
+) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let _telemetry = tollgate_telemetry::init(&Default::default(), "info", "demo-upstream")?;
         let shutdown = Shutdown::on_signals();
+        let tls = match &tls {
+            Some((cert, key)) => Some(tollgate_tls::server_config(
+                cert,
+                key,
+                client_ca.as_deref(),
+                &[b"http/1.1"],
+            )?),
+            None => None,
+        };
         let listener = bind(listen, "demo MCP server").await?;
         println!(
-            "tollgate demo-upstream listening on http://{}/mcp",
+            "tollgate demo-upstream listening on {}://{}/mcp",
+            if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?
         );
-        let options = tollgate_demo::DemoOptions { sse };
+        let router = tollgate_demo::router(tollgate_demo::DemoOptions { sse });
         shutdown
             .drain(
                 Duration::from_secs(5),
-                tollgate_demo::serve(listener, options, shutdown.requested()),
+                tollgate_edge::serve_tls(listener, router, Default::default(), tls, shutdown.requested()),
             )
             .await
             .transpose()?;

@@ -150,6 +150,16 @@ impl Config {
         if let Some(decision) = &mut config.decision {
             decision.policy = resolve(base, &decision.policy);
         }
+        // Every file a config names is relative to the config file.
+        let files = [&mut config.edge.tls_cert, &mut config.edge.tls_key].into_iter().chain(
+            config
+                .upstreams
+                .iter_mut()
+                .flat_map(|u| [&mut u.ca_file, &mut u.client_cert, &mut u.client_key]),
+        );
+        for file in files.flatten() {
+            *file = resolve(base, file);
+        }
         Ok(config)
     }
 

@@ -55,6 +55,15 @@ enum Command {
         /// Answer POSTs as SSE streams instead of JSON (when the client accepts both).
         #[arg(long)]
         sse: bool,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// With TLS: accept only clients presenting a certificate signed by this CA (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// List, approve and deny calls waiting for an operator (require_approval rules).
     ///
@@ -141,7 +150,13 @@ fn main() -> ExitCode {
         } => commands::up(&config, demo.then_some(demo_listen)),
         Command::Edge { config } => commands::edge(&config),
         Command::Decision { config } => commands::decision(&config),
-        Command::DemoUpstream { listen, sse } => commands::demo_upstream(&listen, sse),
+        Command::DemoUpstream {
+            listen,
+            sse,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+        } => commands::demo_upstream(&listen, sse, tls_cert.zip(tls_key), tls_client_ca),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => return commands::policy_check(&file),

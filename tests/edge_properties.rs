@@ -68,7 +68,7 @@ fn harness() -> Harness {
             upstreams: vec![UpstreamSettings {
                 name: "k8s".into(),
                 url: upstream.url.clone(),
-                headers: Default::default(),
+                ..Default::default()
             }],
             grants: vec![GrantSettings {
                 name: "g".into(),

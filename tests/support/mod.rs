@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub mod hostile;
+pub mod pki;
 pub mod redis;
 
 pub const KEY_A: &str = "key-for-grant-a";
@@ -23,6 +24,8 @@ pub const KEY_B: &str = "key-for-grant-b";
 pub struct Proc {
     child: Child,
     pub addr: String,
+    /// `http` or `https`.
+    pub scheme: String,
     pub name: String,
     /// The `/metrics` URL from the ready line, for processes that print one there.
     pub metrics_url: Option<String>,
@@ -31,9 +34,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `tollgate ARGS…` and waits for its "listening on http://ADDR" line.
+    /// Starts `tollgate ARGS…` and waits for its "listening on http(s)://ADDR" line.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        Proc::start_until(name, args, env, "listening on http://")
+        Proc::start_until(name, args, env, "listening on ")
     }
 
     /// Like [`Proc::start`], waiting for the listening line that also contains `marker`.
@@ -63,19 +66,23 @@ impl Proc {
                 if !line.contains(&marker) {
                     continue;
                 }
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some((scheme, rest)) = rest.split_once("://")
+                {
                     let addr = rest.split(['/', ' ']).next().unwrap_or_default().to_owned();
+                    let scheme = scheme.rsplit(' ').next().unwrap_or(scheme).to_owned();
                     let metrics = line
                         .split("metrics: ")
                         .nth(1)
                         .map(|m| m.trim_end_matches(')').to_owned());
-                    let _ = tx.send((addr, metrics, admin.clone()));
+                    let _ = tx.send((scheme, addr, metrics, admin.clone()));
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((addr, metrics_url, admin_url)) => Proc {
+            Ok((scheme, addr, metrics_url, admin_url)) => Proc {
                 child,
+                scheme,
                 addr,
                 name: name.to_owned(),
                 metrics_url,
@@ -89,8 +96,9 @@ impl Proc {
         }
     }
 
+    /// `scheme://host:port` followed by `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn pid(&self) -> u32 {
@@ -328,6 +336,14 @@ impl Mcp {
             session: None,
             traceparent: None,
             next_id: 1,
+        }
+    }
+
+    /// A client that uses `http` (e.g. one that trusts a test CA).
+    pub fn with_client(endpoint: &str, key: &str, http: reqwest::Client) -> Mcp {
+        Mcp {
+            http,
+            ..Mcp::new(endpoint, key)
         }
     }
 

@@ -35,7 +35,7 @@ use tollgate_decision::proto::VisibleToolsRequest;
 use tollgate_decision::{Decider, PolicyStatus};
 
 pub use auth::{Caller, Keyring};
-pub use server::serve;
+pub use server::{serve, serve_tls};
 pub use settings::{EdgeSettings, GrantSettings, RefusalMode, Secret, UpstreamSettings};
 
 impl EdgeSettings {
@@ -77,23 +77,22 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
             "no [[grants]] configured: no agent could authenticate".into(),
         ));
     }
+    let connect_timeout = Duration::from_millis(parts.settings.upstream_timeout_ms.min(10_000));
     let mut upstreams = HashMap::new();
     for u in &parts.upstreams {
-        let upstream = upstream::Upstream::new(u)?;
+        let upstream = upstream::Upstream::new(u, connect_timeout)?;
         tollgate_telemetry::metrics::metrics().register_upstream(&u.name);
         if upstreams.insert(u.name.clone(), upstream).is_some() {
             return Err(EdgeError::Config(format!("two upstreams are named \"{}\"", u.name)));
         }
     }
     let keyring = Arc::new(Keyring::new(&parts.grants)?);
-    let connect_timeout = Duration::from_millis(parts.settings.upstream_timeout_ms.min(10_000));
-    let client = upstream::http_client(connect_timeout);
     let readiness = Arc::new(Readiness {
         decider: parts.decider.clone(),
         policy_status: parts.policy_status,
     });
     let origins = Arc::new(origin::OriginPolicy::new(&parts.settings, parts.settings.listen));
-    let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, client, parts.decider));
+    let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, parts.decider));
 
     let mcp_routes = Router::new()
         .route("/mcp/{server}", post(mcp::post).get(mcp::get).delete(mcp::delete))

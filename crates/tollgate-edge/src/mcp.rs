@@ -35,7 +35,7 @@ use crate::jsonrpc::{self, GUARDED_METHODS, Message};
 use crate::order::StreamOrder;
 use crate::refusal;
 use crate::settings::{EdgeSettings, RefusalMode};
-use crate::upstream::{self, HttpClient, Upstream, UpstreamError};
+use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Tools whose annotations one edge remembers per upstream.
 const MAX_LEARNED_TOOLS: usize = 4096;
@@ -46,7 +46,6 @@ const MAX_SESSION_ID_BYTES: usize = 256;
 pub struct Gateway {
     pub(crate) settings: EdgeSettings,
     pub(crate) upstreams: HashMap<String, Upstream>,
-    pub(crate) client: HttpClient,
     pub(crate) decider: Arc<dyn Decider>,
     /// Tool annotations per upstream, learnt from the tools lists upstreams sent. Only
     /// upstreams are trusted for them, never agents; a tool present here was listed.
@@ -56,16 +55,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub(crate) fn new(
-        settings: EdgeSettings,
-        upstreams: HashMap<String, Upstream>,
-        client: HttpClient,
-        decider: Arc<dyn Decider>,
-    ) -> Self {
+    pub(crate) fn new(settings: EdgeSettings, upstreams: HashMap<String, Upstream>, decider: Arc<dyn Decider>) -> Self {
         Gateway {
             settings,
             upstreams,
-            client,
             decider,
             annotations: RwLock::default(),
             order: StreamOrder::default(),
@@ -117,7 +110,7 @@ impl Gateway {
     ) -> Result<axum::http::Response<Incoming>, Response> {
         let timeout = Duration::from_millis(self.settings.upstream_timeout_ms);
         let started = Instant::now();
-        let result = upstream.send(&self.client, method, headers, body, timeout).await;
+        let result = upstream.send(method, headers, body, timeout).await;
         metrics().observe_upstream(
             &upstream.name,
             started.elapsed(),

@@ -1,10 +1,12 @@
 //! The HTTP server under every Tollgate HTTP listener (edge, metrics): HTTP/1.1 with a
 //! header-read timeout that also closes idle keep-alive connections, on connections
-//! accepted within [`ListenerLimits`], and a graceful stop that lets in-flight requests
-//! finish while the caller's drain deadline runs.
+//! accepted within [`ListenerLimits`], optionally over TLS (the handshake bounded by the
+//! same timeout), and a graceful stop that lets in-flight requests finish while the
+//! caller's drain deadline runs.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -24,6 +26,19 @@ pub async fn serve(
     limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is set (`tollgate_tls::server_config`: the certificate
+/// is re-read when its files change, so the next handshake after a rotation uses it).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: ListenerLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut incoming = listener::incoming(listener, limits);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
@@ -35,24 +50,17 @@ pub async fn serve(
             accepted = incoming.next() => {
                 let Some(Ok(connection)) = accepted else { break };
                 let router = router.clone();
-                let mut stopped = stopped.clone();
+                let stopped = stopped.clone();
+                let acceptor = acceptor.clone();
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                        let router = router.clone();
-                        async move { Ok::<_, Infallible>(router.oneshot(request.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
-                    });
-                    let mut builder = hyper::server::conn::http1::Builder::new();
-                    builder
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(limits.handshake_timeout)
-                        .keep_alive(true);
-                    let connection = builder.serve_connection(TokioIo::new(connection), service);
-                    let mut connection = std::pin::pin!(connection);
-                    tokio::select! {
-                        _ = connection.as_mut() => {}
-                        _ = stopped.changed() => {
-                            connection.as_mut().graceful_shutdown();
-                            let _ = connection.await;
+                    match acceptor {
+                        None => serve_connection(connection, router, limits, stopped).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(connection)).await {
+                                Ok(Ok(tls)) => serve_connection(tls, router, limits, stopped).await,
+                                Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                                Err(_) => tracing::debug!("TLS handshake did not finish within the handshake timeout"),
+                            }
                         }
                     }
                 });
@@ -63,4 +71,40 @@ pub async fn serve(
     let _ = stop.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// HTTP/1.1 on one accepted connection (plain or TLS) until it closes or the server stops.
+async fn serve_connection<IO>(
+    io: IO,
+    router: Router,
+    limits: ListenerLimits,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let router = router.clone();
+        async move {
+            Ok::<_, Infallible>(
+                router
+                    .oneshot(request.map(Body::new))
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .keep_alive(true);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -78,6 +79,14 @@ pub struct EdgeSettings {
     /// otherwise. Default 10000.
     #[serde(default = "default_hold_keepalive_ms")]
     pub hold_keepalive_ms: u64,
+    /// Serve agents over HTTPS with this certificate chain (PEM); needs `tls_key`. The files
+    /// are re-read when they change (checked at most once a second), so a rotation needs
+    /// no restart.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for EdgeSettings {
@@ -100,6 +109,23 @@ impl Default for EdgeSettings {
             allowed_hosts: None,
             max_hold_ms: default_max_hold_ms(),
             hold_keepalive_ms: default_hold_keepalive_ms(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl EdgeSettings {
+    /// The TLS configuration of the agents' listener, when `tls_cert` and `tls_key` are set.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, crate::EdgeError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => tollgate_tls::server_config(cert, key, None, &[b"http/1.1"])
+                .map(Some)
+                .map_err(|e| crate::EdgeError::Config(format!("edge TLS: {e}"))),
+            (None, None) => Ok(None),
+            _ => Err(crate::EdgeError::Config(
+                "edge TLS: set edge.tls_cert and edge.tls_key together".into(),
+            )),
         }
     }
 }
@@ -124,7 +150,7 @@ pub enum RefusalMode {
 }
 
 /// One `[[upstreams]]` entry: an MCP server the edge fronts at `/mcp/{name}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSettings {
     pub name: String,
@@ -134,6 +160,15 @@ pub struct UpstreamSettings {
     /// `Authorization`. Never shown to agents.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// For `https://` urls: a PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// For `https://` urls: a client certificate (PEM chain) presented to the upstream.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 /// One `[[grants]]` entry: a bearer key and who presents it.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -31,12 +32,20 @@ const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
     "cache-control",
 ];
 
-pub type HttpClient = Client<HttpConnector, Body>;
+/// An upstream's HTTP client: plain HTTP, or HTTPS with the upstream's TLS settings.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
+/// A client with its own connection pool; `tls` is used for `https://` URLs.
+fn http_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector)
@@ -47,6 +56,7 @@ pub struct Upstream {
     pub name: String,
     uri: Uri,
     injected: HeaderMap,
+    client: HttpClient,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +65,12 @@ pub enum UpstreamError {
     Unreachable { name: String, url: String, cause: String },
     #[error("upstream MCP server \"{name}\" ({url}) did not answer within {ms} ms")]
     Timeout { name: String, url: String, ms: u128 },
+    #[error(
+        "upstream MCP server \"{name}\" ({url}): TLS failed: {cause} (the upstream's certificate must be signed \
+         by a system root or by [[upstreams]] ca_file, and name the url's host; a server that asks for a client \
+         certificate needs client_cert and client_key)"
+    )]
+    Tls { name: String, url: String, cause: String },
     #[error(
         "upstream MCP server \"{name}\" rejected the edge's credentials (HTTP {status}); check [[upstreams]] headers"
     )]
@@ -67,6 +83,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Unreachable { .. } => "unreachable",
             UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Tls { .. } => "tls",
             UpstreamError::Credentials { .. } => "credentials",
         }
     }
@@ -82,6 +99,9 @@ impl UpstreamError {
             UpstreamError::Credentials { name, .. } => {
                 format!("upstream MCP server \"{name}\" refused the gateway's credentials")
             }
+            UpstreamError::Tls { name, .. } => {
+                format!("upstream MCP server \"{name}\" could not be reached securely (TLS handshake failed)")
+            }
         }
     }
 
@@ -95,7 +115,8 @@ impl UpstreamError {
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, EdgeError> {
+    /// Checks the settings and builds the upstream's client (reading its TLS files).
+    pub fn new(settings: &UpstreamSettings, connect_timeout: Duration) -> Result<Self, EdgeError> {
         let bad = |why: String| EdgeError::Config(format!("upstream \"{}\": {why}", settings.name));
         if settings.name.is_empty()
             || !settings
@@ -111,13 +132,29 @@ impl Upstream {
             .url
             .parse()
             .map_err(|e| bad(format!("invalid url \"{}\": {e}", settings.url)))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad("https upstreams are not supported yet: reach the server over http inside its network, or through a TLS-terminating sidecar".into()));
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(bad(format!(
+                    "url \"{}\" must start with http:// or https://",
+                    settings.url
+                )));
             }
-            _ => return Err(bad(format!("url \"{}\" must start with http://", settings.url))),
+        };
+        let identity = match (&settings.client_cert, &settings.client_key) {
+            (Some(cert), Some(key)) => Some(tollgate_tls::Identity {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => return Err(bad("set client_cert and client_key together".into())),
+        };
+        if !https && (settings.ca_file.is_some() || identity.is_some()) {
+            return Err(bad("ca_file, client_cert and client_key need an https:// url".into()));
         }
+        let tls = tollgate_tls::client_config(settings.ca_file.as_deref(), identity.as_ref(), &[])
+            .map_err(|e| bad(e.to_string()))?;
         let mut injected = HeaderMap::new();
         for (name, value) in &settings.headers {
             let name =
@@ -130,6 +167,7 @@ impl Upstream {
             name: settings.name.clone(),
             uri,
             injected,
+            client: http_client(connect_timeout, tls),
         })
     }
 
@@ -141,7 +179,6 @@ impl Upstream {
     /// streams afterwards.
     pub async fn send(
         &self,
-        client: &HttpClient,
         method: Method,
         agent_headers: &HeaderMap,
         body: Body,
@@ -162,7 +199,7 @@ impl Upstream {
             }
         }
         let request = request.body(body).map_err(|e| self.unreachable(e.to_string()))?;
-        let response = match tokio::time::timeout(timeout, client.request(request)).await {
+        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => {
                 return Err(UpstreamError::Timeout {
                     name: self.name.clone(),
@@ -170,7 +207,18 @@ impl Upstream {
                     ms: timeout.as_millis(),
                 });
             }
-            Ok(Err(e)) => return Err(self.unreachable(describe(&e))),
+            Ok(Err(e)) => {
+                let (cause, tls) = describe(&e);
+                return Err(if tls {
+                    UpstreamError::Tls {
+                        name: self.name.clone(),
+                        url: self.url(),
+                        cause,
+                    }
+                } else {
+                    self.unreachable(cause)
+                });
+            }
             Ok(Ok(r)) => r,
         };
         if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
@@ -192,13 +240,20 @@ impl Upstream {
 }
 
 /// The innermost cause of a client error ("connection refused"), which is what an operator
-/// needs; hyper's outer message is generic.
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
+/// needs (hyper's outer message is generic), and whether TLS failed.
+fn describe(error: &hyper_util::client::legacy::Error) -> (String, bool) {
     let mut cause: &dyn std::error::Error = error;
-    while let Some(inner) = cause.source() {
-        cause = inner;
+    let mut tls = false;
+    loop {
+        tls |= cause.downcast_ref::<rustls::Error>().is_some();
+        match cause.source() {
+            Some(inner) => cause = inner,
+            None => break,
+        }
     }
-    cause.to_string()
+    let text = cause.to_string();
+    let tls = tls || text.contains("certificate") || text.contains("TLS");
+    (text, tls)
 }
 
 /// The response headers an agent may see.

@@ -221,9 +221,12 @@ fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError>
         .load_private_key(private)
         .map_err(|e| file_error(key, format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(certs, signing);
-    certified
-        .keys_match()
-        .map_err(|e| file_error(key, format!("does not match the certificate in {}: {e}", cert.display())))?;
+    certified.keys_match().map_err(|e| {
+        file_error(
+            key,
+            format!("does not match the certificate in {}: {e}", cert.display()),
+        )
+    })?;
     Ok(Arc::new(certified))
 }
 
@@ -275,7 +278,10 @@ mod tests {
         let junk = dir.join("junk.pem");
         std::fs::write(&junk, "not pem").expect("write");
         let e = read_certs(&junk).expect_err("junk");
-        assert!(e.to_string().contains("junk.pem") && e.to_string().contains("no certificate"), "{e}");
+        assert!(
+            e.to_string().contains("junk.pem") && e.to_string().contains("no certificate"),
+            "{e}"
+        );
         let e = read_key(&junk).expect_err("junk key");
         assert!(e.to_string().contains("junk.pem"), "{e}");
         let (cert, _, _) = write_pair(&dir, "c");

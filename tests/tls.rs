@@ -1,0 +1,216 @@
+//! TLS on every hop, with certificates made in the test: an https upstream reached through
+//! the gateway (with its CA, and with a client certificate when it asks for one), clear
+//! errors for a certificate the gateway does not trust, and the edge serving agents over
+//! https with a certificate that is replaced on disk while it runs.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::pki::Ca;
+use support::{KEY_A, Mcp, Proc, refusal, seed_policy, text, write_config};
+
+fn https_client(ca: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("read CA");
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA certificate"))
+        .build()
+        .expect("client")
+}
+
+/// Adds `lines` to the `[[upstreams]]` entry of a config written by `write_config`.
+fn upstream_settings(config: &Path, lines: &str) {
+    let text = std::fs::read_to_string(config).expect("read config");
+    let text = text.replacen("\n[[grants]]", &format!("{lines}\n\n[[grants]]"), 1);
+    std::fs::write(config, text).expect("write config");
+}
+
+fn toml_path(path: &Path) -> String {
+    format!("\"{}\"", path.display())
+}
+
+#[tokio::test]
+async fn https_upstreams_are_reached_with_their_ca_and_refused_without_it() {
+    let dir = support::temp_dir("tls-upstream");
+    let ca = Ca::new(&dir, "upstream");
+    let server = ca.server("upstream");
+    let upstream = Proc::start(
+        "demo-upstream",
+        &[
+            "demo-upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            server.cert.to_str().unwrap(),
+            "--tls-key",
+            server.key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(upstream.scheme, "https");
+    let url = upstream.url("/mcp");
+
+    // Trusted through ca_file: the call goes through and the upstream answers.
+    let trusted = support::temp_dir("tls-upstream-trusted");
+    let config = write_config(&trusted, &url, &[], &seed_policy("minute"), "");
+    upstream_settings(&config, &format!("ca_file = {}", toml_path(&ca.pem)));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let paused = agent
+        .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+        .await;
+    assert!(refusal(&paused).is_none(), "{paused}");
+    assert!(
+        text(&paused).contains("api"),
+        "the upstream's answer over https: {paused}"
+    );
+    drop(up);
+
+    // Another CA: nothing is forwarded, and the agent is told it was TLS, naming the
+    // upstream (the operator's log has the certificate error itself).
+    let other = support::temp_dir("tls-upstream-other");
+    let wrong = Ca::new(&other, "other");
+    let config = write_config(&other, &url, &[], &seed_policy("minute"), "");
+    upstream_settings(&config, &format!("ca_file = {}", toml_path(&wrong.pem)));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    let answer = agent
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .await;
+    assert_eq!(answer.status, 502, "{}", answer.message);
+    let message = answer.message["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"k8s\"") && message.contains("TLS"),
+        "the agent learns which upstream and that TLS failed: {message}"
+    );
+    let metrics = reqwest::get(up.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("tollgate_upstream_errors_total{upstream=\"k8s\",kind=\"tls\"}"),
+        "{metrics}"
+    );
+
+    // A config that cannot work is refused at start, naming the file.
+    let broken = support::temp_dir("tls-upstream-broken");
+    let config = write_config(&broken, &url, &[], &seed_policy("minute"), "");
+    upstream_settings(&config, "ca_file = \"missing-ca.pem\"");
+    let (code, _, stderr) = support::run(&["up", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("upstream \"k8s\"") && stderr.contains("missing-ca.pem"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_wants_a_client_certificate_gets_the_configured_one() {
+    let dir = support::temp_dir("tls-mtls-upstream");
+    let ca = Ca::new(&dir, "mesh");
+    let server = ca.server("upstream");
+    let client = ca.issue("gateway", &["tollgate-gateway"]);
+    let upstream = Proc::start(
+        "demo-upstream",
+        &[
+            "demo-upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            server.cert.to_str().unwrap(),
+            "--tls-key",
+            server.key.to_str().unwrap(),
+            "--tls-client-ca",
+            ca.pem.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let url = upstream.url("/mcp");
+    let config = write_config(&dir, &url, &[], &seed_policy("minute"), "");
+    upstream_settings(&config, &format!("ca_file = {}", toml_path(&ca.pem)));
+    let without = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let refused = Mcp::new(&without.url("/mcp/k8s"), KEY_A)
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .await;
+    assert_eq!(
+        refused.status, 502,
+        "no client certificate, no connection: {}",
+        refused.message
+    );
+    drop(without);
+
+    upstream_settings(
+        &config,
+        &format!(
+            "client_cert = {}\nclient_key = {}",
+            toml_path(&client.cert),
+            toml_path(&client.key)
+        ),
+    );
+    let with = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&with.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let listed = agent.tool_names().await;
+    assert!(listed.contains(&"k8s_rollout_pause".to_owned()), "{listed:?}");
+}
+
+#[tokio::test]
+async fn the_edge_serves_https_and_picks_up_a_replaced_certificate() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("tls-edge");
+    let ca = Ca::new(&dir, "edge");
+    let first = ca.server("edge-first");
+    let (cert, key) = (dir.join("edge.crt"), dir.join("edge.key"));
+    std::fs::copy(&first.cert, &cert).expect("copy");
+    std::fs::copy(&first.key, &key).expect("copy");
+    let config = write_config(
+        &dir,
+        &upstream.url("/mcp"),
+        &[],
+        &seed_policy("minute"),
+        "tls_cert = \"edge.crt\"\ntls_key = \"edge.key\"",
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(up.scheme, "https", "the edge says it serves https");
+    let endpoint = up.url("/mcp/k8s");
+    let mut agent = Mcp::with_client(&endpoint, KEY_A, https_client(&ca.pem));
+    agent.initialize().await;
+    let paused = agent
+        .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+        .await;
+    assert!(refusal(&paused).is_none(), "{paused}");
+    assert_eq!(served_certificate(&up.addr, &ca.pem).await, first.der);
+
+    // Plain HTTP to the TLS port gets nowhere.
+    let plain = reqwest::Client::new()
+        .post(endpoint.replace("https://", "http://"))
+        .body("{}")
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+
+    // cert-manager style rotation: new files in place; the next connection gets them.
+    let second = ca.server("edge-second");
+    std::fs::copy(&second.cert, &cert).expect("copy");
+    std::fs::copy(&second.key, &key).expect("copy");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(served_certificate(&up.addr, &ca.pem).await, second.der);
+    let mut again = Mcp::with_client(&endpoint, KEY_A, https_client(&ca.pem));
+    again.initialize().await;
+}
+
+/// The leaf certificate a TLS server at `addr` presents, checked against `ca`.
+async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
+    let config = tollgate_tls::client_config(Some(ca), None, &[b"http/1.1"]).expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
+}
