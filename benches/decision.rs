@@ -98,9 +98,10 @@ fn decisions(c: &mut Criterion) {
             None,
             Default::default(),
             Default::default(),
+            None,
             std::future::pending(),
         ));
-        GrpcDecider::new(&[format!("http://{addr}")], Duration::from_secs(1), None).expect("client")
+        GrpcDecider::new(&[format!("http://{addr}")], Duration::from_secs(1), None, None).expect("client")
     });
     let mut group = c.benchmark_group("grpc");
     group.throughput(Throughput::Elements(1));

@@ -50,7 +50,7 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
         let shutdown = Shutdown::on_signals();
         let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
         let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
-        let decider = GrpcDecider::new(&config.edge.decision, timeout, token)?;
+        let decider = GrpcDecider::new(&config.edge.decision, timeout, token, decision_tls(&config)?)?;
         let replicas = config.edge.decision.join(", ");
         let scheme = scheme(&config);
         let banner = |addr| format!("tollgate edge listening on {scheme}://{addr} (decision: {replicas})");
@@ -101,6 +101,8 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let shutdown = Shutdown::on_signals();
         let settings = config.decision()?;
         let token_hash = settings.token_hash().map_err(anyhow::Error::msg)?;
+        let tls = settings.server_tls().map_err(anyhow::Error::msg)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (engine, _status) = start_engine(&config).await?;
         serve_admin(&config, &engine, &shutdown).await?;
         let listener = bind(&settings.listen.to_string(), "decision service").await?;
@@ -115,7 +117,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
             shutdown.requested(),
         ));
         println!(
-            "tollgate decision listening on http://{addr} (store: {}; metrics: http://{metrics_addr}/metrics)",
+            "tollgate decision listening on {scheme}://{addr} (store: {}; metrics: http://{metrics_addr}/metrics)",
             engine.store_kind()
         );
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
@@ -128,6 +130,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
                     token_hash,
                     operators(&config)?,
                     settings.limits(),
+                    tls,
                     shutdown.requested(),
                 ),
             )
@@ -168,6 +171,40 @@ async fn serve_admin(config: &Config, engine: &Arc<Engine>, shutdown: &Shutdown)
         );
     }
     Ok(())
+}
+
+/// TLS to the decision services (`edge.decision_ca_file`, `decision_client_cert`/`_key`).
+fn decision_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let edge = &config.edge;
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("edge TLS to the decision service: cannot read {}", path.display()))
+    };
+    if edge.decision_ca_file.is_none() && edge.decision_client_cert.is_none() && edge.decision_client_key.is_none() {
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new();
+    match &edge.decision_ca_file {
+        Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => tls = tls.with_native_roots(),
+    }
+    match (&edge.decision_client_cert, &edge.decision_client_key) {
+        (Some(cert), Some(key)) => {
+            // The same checks as every other TLS client (names the file that is wrong).
+            tollgate_tls::client_config(
+                edge.decision_ca_file.as_deref(),
+                Some(&tollgate_tls::Identity {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                &[],
+            )?;
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("set edge.decision_client_cert and edge.decision_client_key together"),
+    }
+    Ok(Some(tls))
 }
 
 /// `http` or `https`, as the edge serves agents.

@@ -620,7 +620,7 @@ async fn the_decision_service_serves_only_callers_with_the_cluster_token() {
     // A stranger talking gRPC directly is refused too, and its errors are not outages.
     let (decision, _edge) = split("token-grpc", &upstream, "");
     let stranger =
-        tollgate_decision::GrpcDecider::new(&[decision.url("")], Duration::from_secs(5), None).expect("client");
+        tollgate_decision::GrpcDecider::new(&[decision.url("")], Duration::from_secs(5), None, None).expect("client");
     let request = tollgate_decision::proto::DecideRequest {
         tool: "allowed".into(),
         grant: "a".into(),
@@ -631,9 +631,13 @@ async fn the_decision_service_serves_only_callers_with_the_cluster_token() {
         matches!(&refused, Err(tollgate_decision::DecisionError::Failed(m)) if m.contains("cluster token")),
         "{refused:?}"
     );
-    let member =
-        tollgate_decision::GrpcDecider::new(&[decision.url("")], Duration::from_secs(5), Some("cluster-secret"))
-            .expect("client");
+    let member = tollgate_decision::GrpcDecider::new(
+        &[decision.url("")],
+        Duration::from_secs(5),
+        Some("cluster-secret"),
+        None,
+    )
+    .expect("client");
     let forged = tollgate_decision::proto::DecideRequest {
         tool: "allowed\nforged".into(),
         ..request

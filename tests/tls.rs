@@ -214,3 +214,89 @@ async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
     let tls = connector.connect(name, tcp).await.expect("handshake");
     tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
 }
+
+/// Edge ↔ decision over mutual TLS: an edge with a client certificate the decision service's
+/// CA signed is served; one without is refused (and fails closed), and so is a direct gRPC
+/// caller without one.
+#[tokio::test]
+async fn the_decision_service_serves_only_edges_with_a_client_certificate() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("tls-mtls-decision");
+    let ca = Ca::new(&dir, "cluster");
+    let server = ca.server("decision");
+    let edge_cert = ca.issue("edge", &["tollgate-edge"]);
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], &seed_policy("minute"), "");
+    let text = std::fs::read_to_string(&config).expect("read");
+    let text = text.replacen(
+        "reload_interval_ms = 100\n",
+        &format!(
+            "reload_interval_ms = 100\ntls_cert = {}\ntls_key = {}\ntls_client_ca = {}\n",
+            toml_path(&server.cert),
+            toml_path(&server.key),
+            toml_path(&ca.pem)
+        ),
+        1,
+    );
+    std::fs::write(&config, text).expect("write");
+    let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(decision.scheme, "https");
+
+    let edge_config = |tag: &str, extra: String| {
+        let dir = support::temp_dir(tag);
+        write_config(
+            &dir,
+            &upstream.url("/mcp"),
+            &[decision.url("")],
+            &seed_policy("minute"),
+            &extra,
+        )
+    };
+    let member = edge_config(
+        "tls-mtls-edge",
+        format!(
+            "decision_ca_file = {}\ndecision_client_cert = {}\ndecision_client_key = {}",
+            toml_path(&ca.pem),
+            toml_path(&edge_cert.cert),
+            toml_path(&edge_cert.key)
+        ),
+    );
+    let edge = Proc::start("edge", &["edge", "--config", member.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let paused = agent
+        .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+        .await;
+    assert!(refusal(&paused).is_none(), "decided over mutual TLS: {paused}");
+
+    let stranger = edge_config(
+        "tls-mtls-stranger",
+        format!("decision_ca_file = {}", toml_path(&ca.pem)),
+    );
+    let edge = Proc::start("edge", &["edge", "--config", stranger.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let refused = agent
+        .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+        .await;
+    let details = refusal(&refused).unwrap_or_else(|| panic!("no client certificate, no decision: {refused}"));
+    assert_eq!(details["verdict"], "DENY", "{refused}");
+
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(
+        std::fs::read(&ca.pem).expect("read"),
+    ));
+    let direct = tollgate_decision::GrpcDecider::new(&[decision.url("")], Duration::from_secs(2), None, Some(tls))
+        .expect("client");
+    let answer = tollgate_decision::Decider::decide(
+        &direct,
+        tollgate_decision::proto::DecideRequest {
+            tool: "k8s_rollout_pause".into(),
+            grant: "a".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        answer.is_err(),
+        "a caller without a client certificate is not served: {answer:?}"
+    );
+}

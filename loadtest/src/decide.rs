@@ -31,7 +31,7 @@ pub async fn run(
     duration: Duration,
 ) -> anyhow::Result<DecideOutcome> {
     crate::check_loopback(url)?;
-    let client = Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5), None)?);
+    let client = Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5), None, None)?);
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let (admitted, errors, seq) = (
         Arc::new(AtomicU64::new(0)),

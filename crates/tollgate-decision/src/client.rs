@@ -27,6 +27,11 @@ pub enum GrpcDeciderError {
     },
     #[error("edge.decision_token must be printable ASCII")]
     BadToken,
+    #[error("TLS to the decision service \"{address}\": {source}")]
+    Tls {
+        address: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// A client of one or more decision replicas.
@@ -39,20 +44,35 @@ pub struct GrpcDecider {
 }
 
 impl GrpcDecider {
-    /// Connects lazily: replicas that are down now are tried again on each call.
-    pub fn new(addresses: &[String], deadline: Duration, token: Option<&str>) -> Result<Self, GrpcDeciderError> {
+    /// Connects lazily: replicas that are down now are tried again on each call. `https://`
+    /// addresses use `tls` (the system's roots when `None`).
+    pub fn new(
+        addresses: &[String],
+        deadline: Duration,
+        token: Option<&str>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, GrpcDeciderError> {
         if addresses.is_empty() {
             return Err(GrpcDeciderError::NoAddress);
         }
         let mut replicas = Vec::with_capacity(addresses.len());
         for address in addresses {
-            let endpoint = Endpoint::from_shared(address.clone())
+            let mut endpoint = Endpoint::from_shared(address.clone())
                 .map_err(|source| GrpcDeciderError::BadAddress {
                     address: address.clone(),
                     source,
                 })?
                 .connect_timeout(deadline)
                 .tcp_nodelay(true);
+            if address.starts_with("https://") {
+                let config = tls
+                    .clone()
+                    .unwrap_or_else(|| tonic::transport::ClientTlsConfig::new().with_native_roots());
+                endpoint = endpoint.tls_config(config).map_err(|source| GrpcDeciderError::Tls {
+                    address: address.clone(),
+                    source,
+                })?;
+            }
             let client = DecisionServiceClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);

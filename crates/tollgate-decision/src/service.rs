@@ -65,6 +65,17 @@ pub struct DecisionSettings {
     /// A new connection that sends nothing for this long is closed (ms). Default 10000.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs `tls_key`. Edges then
+    /// use `https://` addresses.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: only callers presenting a client certificate signed by this CA (PEM)
+    /// are served. With it, a cluster token is not required off loopback.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl DecisionSettings {
@@ -81,14 +92,42 @@ impl DecisionSettings {
                 })?;
                 Ok(Some(hash))
             }
-            None if self.listen.ip().is_loopback() || self.allow_unauthenticated => Ok(None),
+            None if self.listen.ip().is_loopback() || self.allow_unauthenticated || self.tls_client_ca.is_some() => {
+                Ok(None)
+            }
             None => Err(format!(
                 "decision.listen = {} is reachable from other hosts, and anyone who reaches it could spend \
                  every grant's budget: set decision.token_sha256 (and edge.decision_token on the edges), or \
-                 decision.allow_unauthenticated = true if a network policy already admits only the edges",
+                 mutual TLS (decision.tls_client_ca), or decision.allow_unauthenticated = true if a network \
+                 policy already admits only the edges",
                 self.listen
             )),
         }
+    }
+
+    /// The gRPC listener's TLS, when `tls_cert` and `tls_key` are set (files are read now,
+    /// so a bad path stops the start with its name).
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("decision TLS: cannot read {}: {e}", path.display()))
+        };
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if self.tls_client_ca.is_none() => return Ok(None),
+            (None, None) => return Err("decision.tls_client_ca needs decision.tls_cert and decision.tls_key".into()),
+            _ => return Err("decision TLS: set decision.tls_cert and decision.tls_key together".into()),
+        };
+        // The same checks as every other listener (names the file that is wrong).
+        tollgate_tls::server_config(cert, key, self.tls_client_ca.as_deref(), &[b"h2"])
+            .map_err(|e| format!("decision TLS: {e}"))?;
+        let mut tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(cert)?, read(key)?))
+            .timeout(Duration::from_millis(self.handshake_timeout_ms));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(tls))
     }
 
     pub fn limits(&self) -> ListenerLimits {
@@ -315,6 +354,7 @@ pub async fn serve(
     token_hash: Option<[u8; 32]>,
     operators: Operators,
     limits: ListenerLimits,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -325,7 +365,11 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(service, ClusterToken(token_hash));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)

@@ -87,6 +87,16 @@ pub struct EdgeSettings {
     /// The private key of `tls_cert` (PEM).
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// For `https://` decision addresses: CA certificates (PEM) that signed the decision
+    /// services' certificates (default: the system's roots).
+    #[serde(default)]
+    pub decision_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to decision services that require mutual TLS.
+    #[serde(default)]
+    pub decision_client_cert: Option<PathBuf>,
+    /// The private key of `decision_client_cert` (PEM).
+    #[serde(default)]
+    pub decision_client_key: Option<PathBuf>,
 }
 
 impl Default for EdgeSettings {
@@ -111,6 +121,9 @@ impl Default for EdgeSettings {
             hold_keepalive_ms: default_hold_keepalive_ms(),
             tls_cert: None,
             tls_key: None,
+            decision_ca_file: None,
+            decision_client_cert: None,
+            decision_client_key: None,
         }
     }
 }
