@@ -66,6 +66,15 @@ pub struct StoreSettings {
     /// Default 100000.
     #[serde(default)]
     pub max_keys_per_counter: Option<usize>,
+    /// For `rediss://` URLs: CA certificates (PEM) besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// For `rediss://` URLs: a client certificate (PEM), for servers that require one.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -97,6 +106,9 @@ impl StoreSettings {
                     connect_timeout_ms: self.connect_timeout_ms.unwrap_or(defaults.connect_timeout_ms),
                     key_prefix: self.key_prefix.clone().unwrap_or(defaults.key_prefix),
                     max_keys_per_counter: self.max_keys_per_counter.unwrap_or(defaults.max_keys_per_counter),
+                    ca_file: self.ca_file.clone(),
+                    client_cert: self.client_cert.clone(),
+                    client_key: self.client_key.clone(),
                 };
                 let store = Arc::new(RedisStore::new(&redis)?);
                 (store.clone(), store)

@@ -751,3 +751,71 @@ async fn a_lost_wakeup_subscription_is_made_again() {
     let heard = tokio::time::timeout(Duration::from_secs(2), wakeups.recv()).await;
     assert_eq!(heard.ok().and_then(Result::ok), Some(approval.id));
 }
+
+/// `rediss://`: the whole contract, approvals and their wake-ups over TLS, with the
+/// server's CA from `store.ca_file`; a client certificate where the server asks for one;
+/// and a server certificate the store does not trust is an error, not a silent fallback.
+#[tokio::test]
+async fn redis_over_tls_meets_the_contract() {
+    let dir = support::temp_dir("redis-tls");
+    let ca = support::pki::Ca::new(&dir, "redis");
+    let server = ca.server("redis");
+    let redis = RedisServer::start_tls(&server.cert, &server.key, &ca.pem, false);
+    let settings = RedisSettings {
+        ca_file: Some(ca.pem.clone()),
+        ..redis_settings(Some(redis.tls_url()), vec![])
+    };
+    let store = RedisStore::new(&settings).expect("store");
+    contract(&store).await;
+    let other = RedisStore::new(&settings).expect("store");
+    resolutions_wake_waiters_everywhere(&store, &other, "t").await;
+
+    let wrong_ca = support::pki::Ca::new(&dir, "wrong");
+    let untrusting = RedisStore::new(&RedisSettings {
+        ca_file: Some(wrong_ca.pem.clone()),
+        ..redis_settings(Some(redis.tls_url()), vec![])
+    })
+    .expect("store");
+    let refused = untrusting.acquire("", &[hit("tls-k", "tls", 60_000, 5)]).await;
+    let Err(StoreError::Unavailable(why)) = refused else {
+        panic!("an untrusted server is an outage, not an answer: {refused:?}")
+    };
+    assert!(why.to_lowercase().contains("certificate"), "{why}");
+
+    let mutual = RedisServer::start_tls(&server.cert, &server.key, &ca.pem, true);
+    let anonymous = RedisStore::new(&RedisSettings {
+        ca_file: Some(ca.pem.clone()),
+        ..redis_settings(Some(mutual.tls_url()), vec![])
+    })
+    .expect("store");
+    assert!(anonymous.acquire("", &[hit("tls-m", "tls", 60_000, 5)]).await.is_err());
+    let client = ca.issue("tollgate-client", &["tollgate"]);
+    let identified = RedisStore::new(&RedisSettings {
+        ca_file: Some(ca.pem.clone()),
+        client_cert: Some(client.cert.clone()),
+        client_key: Some(client.key.clone()),
+        ..redis_settings(Some(mutual.tls_url()), vec![])
+    })
+    .expect("store");
+    assert!(take(&identified, &[hit("tls-m", "tls", 60_000, 5)]).await.admitted);
+
+    // Settings that cannot work are refused up front, naming what is wrong.
+    let plain = RedisStore::new(&RedisSettings {
+        ca_file: Some(ca.pem.clone()),
+        ..redis_settings(Some(redis.url()), vec![])
+    });
+    assert!(
+        matches!(&plain, Err(StoreError::Config(m)) if m.contains("rediss://")),
+        "{:?}",
+        plain.err()
+    );
+    let missing = RedisStore::new(&RedisSettings {
+        ca_file: Some(dir.join("nope.pem")),
+        ..redis_settings(Some(redis.tls_url()), vec![])
+    });
+    assert!(
+        matches!(&missing, Err(StoreError::Config(m)) if m.contains("nope.pem")),
+        "{:?}",
+        missing.err()
+    );
+}

@@ -53,11 +53,58 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
+    tls: Option<Tls>,
+}
+
+/// A TLS port beside the plain one (which the harness itself keeps using).
+struct Tls {
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    require_client_cert: bool,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
         RedisServer::start_node(false)
+    }
+
+    /// A server that also listens for TLS (`--tls-port`) with `cert`/`key`; with
+    /// `require_client_cert`, TLS clients must present a certificate `ca` signed. Fails
+    /// loudly when this `redis-server` was built without TLS.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        require_client_cert: bool,
+    ) -> RedisServer {
+        require("redis-server");
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            cluster: false,
+            tls: Some(Tls {
+                port: free_port(),
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                ca: ca.to_owned(),
+                require_client_cert,
+            }),
+        };
+        server.spawn();
+        server
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{}", tls.port)
     }
 
     fn start_node(cluster: bool) -> RedisServer {
@@ -71,6 +118,7 @@ impl RedisServer {
             port,
             dir,
             cluster,
+            tls: None,
         };
         server.spawn();
         server
@@ -95,6 +143,19 @@ impl RedisServer {
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(tls) = &self.tls {
+            command
+                .args(["--tls-port", &tls.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", if tls.require_client_cert { "yes" } else { "no" }])
+                .arg("--logfile")
+                .arg(self.dir.join("redis.log"));
+        }
         if self.cluster {
             command.args([
                 "--cluster-enabled",
@@ -105,9 +166,17 @@ impl RedisServer {
                 "2000",
             ]);
         }
-        self.child = Some(command.spawn().expect("start redis-server"));
+        let mut child = command.spawn().expect("start redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.cli(&["PING"]).trim() != "PONG" {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                panic!(
+                    "redis-server on port {} exited ({status}); a TLS test needs a redis-server built with TLS \
+                     (Debian's is):\n{log}",
+                    self.port
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server on port {} did not answer PING",
@@ -115,6 +184,7 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
     }
 
     pub fn url(&self) -> String {

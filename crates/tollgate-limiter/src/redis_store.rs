@@ -7,6 +7,7 @@
 //! another call see less room than there is (under-admission), never more.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -51,7 +52,89 @@ pub struct RedisSettings {
     /// 100000.
     #[serde(default = "default_max_keys_per_counter")]
     pub max_keys_per_counter: usize,
+    /// For `rediss://` URLs: CA certificates (PEM) that signed the servers' certificates
+    /// (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// For `rediss://` URLs: a client certificate (PEM) for servers that require one.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
+
+impl RedisSettings {
+    /// The TLS material for `rediss://` URLs, read now (errors name the file).
+    fn tls(&self) -> Result<Option<redis::TlsCertificates>, StoreError> {
+        let urls: Vec<&String> = self.url.iter().chain(&self.cluster).collect();
+        let secure = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+        if secure != 0 && secure != urls.len() {
+            return Err(StoreError::Config(
+                "mix of redis:// and rediss:// URLs: use one scheme for every node".into(),
+            ));
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| StoreError::Config(format!("cannot read {}: {e}", path.display())))
+        };
+        let client_tls = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(StoreError::Config(
+                    "set store.client_cert and store.client_key together".into(),
+                ));
+            }
+        };
+        let root_cert = self.ca_file.as_ref().map(read).transpose()?;
+        if root_cert.is_none() && client_tls.is_none() {
+            return Ok(None);
+        }
+        if secure == 0 {
+            return Err(StoreError::Config(
+                "store.ca_file, client_cert and client_key need rediss:// URLs".into(),
+            ));
+        }
+        Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
+    }
+}
+
+/// A client for one node, with the store's TLS material when it has some.
+fn node_client(url: &str, tls: Option<&redis::TlsCertificates>) -> redis::RedisResult<redis::Client> {
+    match tls {
+        Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
+        None => redis::Client::open(url),
+    }
+}
+
+/// Redis Cluster connections for the pool, from a client that carries the store's TLS
+/// material (deadpool-redis's own cluster manager cannot take certificates).
+struct ClusterManager {
+    client: redis::cluster::ClusterClient,
+}
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = redis::cluster_async::ClusterConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<Self::Type, Self::Error> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut Self::Type,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<Self::Error> {
+        redis::cmd("PING").query_async::<String>(conn).await?;
+        Ok(())
+    }
+}
+
+type ClusterPool = deadpool::managed::Pool<ClusterManager>;
 
 fn default_max_keys_per_counter() -> usize {
     crate::DEFAULT_MAX_KEYS_PER_COUNTER
@@ -66,6 +149,9 @@ impl Default for RedisSettings {
             connect_timeout_ms: default_connect_timeout_ms(),
             key_prefix: default_key_prefix(),
             max_keys_per_counter: default_max_keys_per_counter(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -84,10 +170,7 @@ fn default_key_prefix() -> String {
 
 enum Backend {
     Standalone(deadpool_redis::Pool, Lanes<redis::aio::MultiplexedConnection>),
-    Cluster(
-        deadpool_redis::cluster::Pool,
-        Lanes<redis::cluster_async::ClusterConnection>,
-    ),
+    Cluster(ClusterPool, Lanes<redis::cluster_async::ClusterConnection>),
 }
 
 /// Connections taken from the pool once and reused. redis-rs connections multiplex: one
@@ -171,6 +254,8 @@ pub struct RedisStore {
     wakeups: Arc<broadcast::Sender<String>>,
     /// Whether the wake-up subscriber runs (started by the first waiter).
     subscribed: AtomicBool,
+    /// TLS material for `rediss://` nodes.
+    tls: Option<redis::TlsCertificates>,
 }
 
 /// What one slot group's script run answered.
@@ -190,6 +275,7 @@ impl RedisStore {
             create: Some(wait),
             recycle: Some(wait),
         };
+        let tls = settings.tls()?;
         let backend = match (&settings.url, settings.cluster.is_empty()) {
             (Some(_), false) => {
                 return Err(StoreError::Config(
@@ -202,18 +288,29 @@ impl RedisStore {
                 ));
             }
             (Some(url), true) => {
-                let mut config = deadpool_redis::Config::from_url(url.clone());
-                config.pool = Some(pool);
-                let pool = config
-                    .create_pool(Some(Runtime::Tokio1))
+                let client = node_client(url, tls.as_ref())
+                    .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
+                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+                    .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
+                let pool = deadpool_redis::Pool::builder(manager)
+                    .config(pool)
+                    .runtime(Runtime::Tokio1)
+                    .build()
                     .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
                 Backend::Standalone(pool, Lanes::new())
             }
             (None, false) => {
-                let mut config = deadpool_redis::cluster::Config::from_urls(settings.cluster.clone());
-                config.pool = Some(pool);
-                let pool = config
-                    .create_pool(Some(Runtime::Tokio1))
+                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.cluster.clone());
+                if let Some(certs) = &tls {
+                    builder = builder.certs(certs.clone());
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| StoreError::Config(format!("store.cluster: {e}")))?;
+                let pool = deadpool::managed::Pool::builder(ClusterManager { client })
+                    .config(pool)
+                    .runtime(Runtime::Tokio1)
+                    .build()
                     .map_err(|e| StoreError::Config(format!("store.cluster: {e}")))?;
                 Backend::Cluster(pool, Lanes::new())
             }
@@ -227,6 +324,7 @@ impl RedisStore {
             max_keys_per_counter: settings.max_keys_per_counter,
             errors: AtomicU64::new(0),
             nodes: settings.url.iter().chain(&settings.cluster).cloned().collect(),
+            tls,
             wakeups: Arc::new(broadcast::channel(crate::approvals::WAKEUP_BUFFER).0),
             subscribed: AtomicBool::new(false),
         })
@@ -508,6 +606,7 @@ impl ApprovalStore for RedisStore {
         if !self.subscribed.swap(true, Ordering::AcqRel) {
             tokio::spawn(listen_for_wakeups(
                 self.nodes.clone(),
+                self.tls.clone(),
                 self.wakeup_channel(),
                 Arc::downgrade(&self.wakeups),
             ));
@@ -532,14 +631,19 @@ impl ApprovalStore for RedisStore {
 /// Subscribes to one node at a time, moving to the next when the connection fails; after
 /// every (re)subscription it sends [`RECHECK_ALL`], since resolutions published while no
 /// subscription stood were missed.
-async fn listen_for_wakeups(nodes: Vec<String>, channel: String, wakeups: Weak<broadcast::Sender<String>>) {
+async fn listen_for_wakeups(
+    nodes: Vec<String>,
+    tls: Option<redis::TlsCertificates>,
+    channel: String,
+    wakeups: Weak<broadcast::Sender<String>>,
+) {
     let mut backoff = Duration::from_millis(100);
     for node in nodes.iter().cycle() {
         if wakeups.strong_count() == 0 {
             return;
         }
         let subscribed = async {
-            let client = redis::Client::open(node.as_str())?;
+            let client = node_client(node, tls.as_ref())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
