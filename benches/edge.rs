@@ -72,6 +72,7 @@ fn edge(c: &mut Criterion) {
             }],
             decider: engine,
             policy_status: None,
+            identity: Default::default(),
         })
         .expect("edge")
     });

@@ -76,6 +76,7 @@ async fn run_edge(
         grants: config.grants.clone(),
         decider,
         policy_status,
+        identity: config.identity.clone(),
     };
     let router = tollgate_edge::router(parts)?;
     let tls = config.edge.tls()?;

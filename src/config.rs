@@ -31,6 +31,9 @@ pub struct Config {
     pub operators: Vec<tollgate_decision::OperatorSettings>,
     #[serde(default)]
     pub approvals: crate::webhook::ApprovalSettings,
+    /// How agents may authenticate besides static keys (`[[identity.jwt]]` issuers).
+    #[serde(default)]
+    pub identity: tollgate_edge::IdentitySettings,
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]

@@ -77,6 +77,7 @@ fn harness() -> Harness {
             }],
             decider: engine,
             policy_status: None,
+            identity: Default::default(),
         })
         .expect("router");
         (router, upstream)

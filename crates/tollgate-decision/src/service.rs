@@ -310,6 +310,8 @@ fn check_request(request: &DecideRequest) -> Result<(), String> {
         ("grant", &request.grant),
         ("agent", &request.agent),
         ("session_id", &request.session_id),
+        ("subject", &request.subject),
+        ("issuer", &request.issuer),
     ] {
         if value.len() > MAX_FIELD_BYTES || value.chars().any(char::is_control) {
             return Err(format!(

@@ -1,25 +1,38 @@
-//! Agent authentication: `Authorization: Bearer <key>`, matched by SHA-256 against the
-//! configured grants. Keys are never stored in plain text. Runs as a layer in front of
+//! Agent authentication: `Authorization: Bearer <credential>`, either a static key matched
+//! by SHA-256 against the configured grants (keys are never stored in plain text), or a JWT
+//! access token from a configured issuer ([`crate::identity`]). Runs as a layer in front of
 //! every `/mcp` route; handlers receive the [`Caller`].
+//!
+//! With JWT issuers configured the edge is an OAuth 2.1 protected resource as the MCP
+//! authorization spec describes: 401 answers carry `WWW-Authenticate: Bearer
+//! resource_metadata="…"` pointing at the Protected Resource Metadata (RFC 9728) served at
+//! `/.well-known/oauth-protected-resource/mcp/{server}`, and a token without a required
+//! scope gets 403 `insufficient_scope`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::EdgeError;
+use crate::identity::{Rejected, Verifier};
 use crate::jsonrpc;
 use crate::settings::GrantSettings;
 
-/// Who is calling: the grant their key maps to and the agent name behind it.
+/// Who is calling: the grant their key maps to and the agent name behind it; for a token,
+/// also its subject and issuer (for the audit trail; never the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub grant: String,
     pub agent: String,
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
 }
 
 /// Bearer-key hashes to callers.
@@ -42,6 +55,8 @@ impl Keyring {
             let caller = Caller {
                 grant: g.name.clone(),
                 agent: g.agent.clone().unwrap_or_else(|| g.name.clone()),
+                subject: None,
+                issuer: None,
             };
             if let Some(other) = by_hash.insert(hash, caller) {
                 return Err(EdgeError::Config(format!(
@@ -59,35 +74,174 @@ impl Keyring {
     }
 }
 
-/// Layer body: rejects requests without a valid key, else attaches the [`Caller`].
-pub async fn require_key(State(keyring): State<Arc<Keyring>>, mut request: Request, next: Next) -> Response {
+/// Everything the authentication layer needs.
+pub struct Authenticator {
+    pub(crate) keyring: Keyring,
+    pub(crate) verifier: Verifier,
+    pub(crate) required_scopes: BTreeMap<String, Vec<String>>,
+    /// `identity.public_url`, without a trailing slash.
+    pub(crate) public_url: Option<String>,
+    /// `https` when the edge serves TLS.
+    pub(crate) scheme: &'static str,
+}
+
+impl Authenticator {
+    /// The Protected Resource Metadata URL of `server`, as agents reach this edge.
+    fn metadata_url(&self, headers: &HeaderMap, server: &str) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp/{server}",
+            self.base_url(headers)
+        )
+    }
+
+    /// The edge's public base URL: configured, or the request's scheme and `Host` (already
+    /// checked against `edge.allowed_hosts`).
+    pub(crate) fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(url) = &self.public_url {
+            return url.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| h.chars().all(|c| c.is_ascii_graphic()) && !h.contains('"'))
+            .unwrap_or("localhost");
+        format!("{}://{host}", self.scheme)
+    }
+}
+
+/// The upstream a `/mcp/{server}` path names.
+fn server_of(path: &str) -> &str {
+    path.strip_prefix("/mcp/")
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// Layer body: rejects requests without a valid credential, else attaches the [`Caller`].
+pub async fn require_key(State(auth): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let key = header.and_then(|h| {
-        let (scheme, key) = h.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-    });
-    let caller = match key {
-        None => return unauthorized("missing bearer key: send Authorization: Bearer <key>", None),
-        Some(key) => match keyring.authenticate(key) {
+    let credential = header
+        .and_then(|h| {
+            let (scheme, key) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+        })
+        .map(str::to_owned);
+    let credential = credential.as_deref();
+    let server = server_of(request.uri().path()).to_owned();
+    let metadata = (!auth.verifier.is_empty()).then(|| auth.metadata_url(request.headers(), &server));
+    let challenge = |error: Option<(&str, &str)>| {
+        let mut parts = vec!["Bearer realm=\"tollgate\"".to_owned()];
+        if let Some(url) = &metadata {
+            parts.push(format!("resource_metadata=\"{url}\""));
+        }
+        if let Some((error, description)) = error {
+            parts.push(format!("error=\"{error}\""));
+            parts.push(format!("error_description=\"{description}\""));
+        }
+        parts.join(", ")
+    };
+    let caller = match credential {
+        None => {
+            let text = challenge(None);
+            return unauthorized(
+                "missing bearer credential: send Authorization: Bearer <key or token>",
+                &text,
+            );
+        }
+        Some(credential) => match auth.keyring.authenticate(credential) {
             Some(caller) => caller.clone(),
-            None => return unauthorized("invalid bearer key", Some("invalid_token")),
+            None if !auth.verifier.is_empty() && looks_like_jwt(credential) => {
+                match auth.verifier.verify(credential).await {
+                    Ok(identity) => {
+                        let required = auth.required_scopes.get(&server).map(Vec::as_slice).unwrap_or_default();
+                        let missing: Vec<&str> = required
+                            .iter()
+                            .filter(|s| !identity.scopes.contains(s))
+                            .map(String::as_str)
+                            .collect();
+                        if !missing.is_empty() {
+                            tracing::info!(issuer = ?identity.issuer, subject = ?identity.subject, server = %server, "token lacks required scopes");
+                            let text = format!(
+                                "{}, scope=\"{}\"",
+                                challenge(Some(("insufficient_scope", "the token lacks a required scope"))),
+                                required.join(" ")
+                            );
+                            return refused(
+                                StatusCode::FORBIDDEN,
+                                &format!("the token lacks the scopes {}", missing.join(", ")),
+                                &text,
+                            );
+                        }
+                        Caller {
+                            grant: identity.grant,
+                            agent: identity.agent,
+                            subject: Some(identity.subject),
+                            issuer: Some(identity.issuer),
+                        }
+                    }
+                    Err(Rejected(reason)) => {
+                        tracing::info!(server = %server, "bearer token refused: {reason}");
+                        let text = challenge(Some(("invalid_token", reason)));
+                        return unauthorized(&format!("invalid bearer token: {reason}"), &text);
+                    }
+                }
+            }
+            None => {
+                let text = challenge(Some(("invalid_token", "unknown key")));
+                return unauthorized("invalid bearer key", &text);
+            }
         },
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
-fn unauthorized(message: &str, error: Option<&str>) -> Response {
-    let challenge = match error {
-        Some(e) => format!("Bearer realm=\"tollgate\", error=\"{e}\""),
-        None => "Bearer realm=\"tollgate\"".to_owned(),
-    };
-    let mut response = jsonrpc::error_response(StatusCode::UNAUTHORIZED, None, jsonrpc::UNAUTHORIZED, message, None);
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
+/// Three base64url parts: a JWS, as opposed to a static key.
+fn looks_like_jwt(credential: &str) -> bool {
+    credential.split('.').count() == 3
+        && credential
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+}
+
+fn unauthorized(message: &str, challenge: &str) -> Response {
+    refused(StatusCode::UNAUTHORIZED, message, challenge)
+}
+
+fn refused(status: StatusCode, message: &str, challenge: &str) -> Response {
+    let mut response = jsonrpc::error_response(status, None, jsonrpc::UNAUTHORIZED, message, None);
+    if let Ok(v) = HeaderValue::from_str(challenge) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     response.into_response()
+}
+
+/// `GET /.well-known/oauth-protected-resource/mcp/{server}`: Protected Resource Metadata
+/// (RFC 9728) for one upstream, listing the authorization servers and its scopes.
+pub async fn resource_metadata(
+    State(state): State<(Arc<Authenticator>, Arc<Vec<String>>)>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (auth, servers) = state;
+    if auth.verifier.is_empty() || !servers.contains(&server) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let scopes = auth.required_scopes.get(&server).cloned().unwrap_or_default();
+    let body = serde_json::json!({
+        "resource": format!("{}/mcp/{server}", auth.base_url(&headers)),
+        "authorization_servers": auth.verifier.authorization_servers(),
+        "scopes_supported": scopes,
+        "bearer_methods_supported": ["header"],
+        "resource_name": format!("Tollgate: {server}"),
+    });
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    response
 }

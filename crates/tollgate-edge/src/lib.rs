@@ -10,6 +10,7 @@
 mod auth;
 mod guard;
 mod held;
+mod identity;
 mod jsonrpc;
 mod mcp;
 mod order;
@@ -35,6 +36,7 @@ use tollgate_decision::proto::VisibleToolsRequest;
 use tollgate_decision::{Decider, PolicyStatus};
 
 pub use auth::{Caller, Keyring};
+pub use identity::{IdentitySettings, JwtSettings};
 pub use server::{serve, serve_tls};
 pub use settings::{EdgeSettings, GrantSettings, RefusalMode, Secret, UpstreamSettings};
 
@@ -63,6 +65,8 @@ pub struct EdgeParts {
     /// When the policy is loaded in this process (`tollgate up`), its reload status is
     /// shown on `/readyz`.
     pub policy_status: Option<Arc<PolicyStatus>>,
+    /// `[identity]`: JWT issuers and required scopes, besides the grants' static keys.
+    pub identity: IdentitySettings,
 }
 
 /// Validates the configuration and builds the edge's routes.
@@ -72,7 +76,7 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
             "no [[upstreams]] configured: the edge would have nothing to serve".into(),
         ));
     }
-    if parts.grants.is_empty() {
+    if parts.grants.is_empty() && parts.identity.jwt.is_empty() {
         return Err(EdgeError::Config(
             "no [[grants]] configured: no agent could authenticate".into(),
         ));
@@ -86,7 +90,29 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
             return Err(EdgeError::Config(format!("two upstreams are named \"{}\"", u.name)));
         }
     }
-    let keyring = Arc::new(Keyring::new(&parts.grants)?);
+    for server in parts.identity.required_scopes.keys() {
+        if !upstreams.contains_key(server) {
+            return Err(EdgeError::Config(format!(
+                "identity.required_scopes names \"{server}\", which is no [[upstreams]] entry"
+            )));
+        }
+    }
+    let auth = Arc::new(auth::Authenticator {
+        keyring: Keyring::new(&parts.grants)?,
+        verifier: identity::Verifier::new(&parts.identity)?,
+        required_scopes: parts.identity.required_scopes.clone(),
+        public_url: parts
+            .identity
+            .public_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_owned()),
+        scheme: if parts.settings.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+    });
+    let servers: Arc<Vec<String>> = Arc::new(upstreams.keys().cloned().collect());
     let readiness = Arc::new(Readiness {
         decider: parts.decider.clone(),
         policy_status: parts.policy_status,
@@ -97,13 +123,20 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
     let mcp_routes = Router::new()
         .route("/mcp/{server}", post(mcp::post).get(mcp::get).delete(mcp::delete))
         .with_state(gateway)
-        .layer(axum::middleware::from_fn_with_state(keyring, auth::require_key));
+        .layer(axum::middleware::from_fn_with_state(auth.clone(), auth::require_key));
+    let metadata = Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource/mcp/{server}",
+            get(auth::resource_metadata),
+        )
+        .with_state((auth, servers));
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .with_state(readiness);
     Ok(mcp_routes
+        .merge(metadata)
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(origins, origin::check)))
 }

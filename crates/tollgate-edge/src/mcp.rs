@@ -347,6 +347,8 @@ fn request_span(message: &Message<'_>, server: &str, caller: &Caller, headers: &
         tollgate.server = %server,
         tollgate.grant = %caller.grant,
         tollgate.agent = %caller.agent,
+        enduser.id = caller.subject.as_deref().unwrap_or_default(),
+        tollgate.token.issuer = caller.issuer.as_deref().unwrap_or_default(),
     );
     let meta = params.and_then(|p| p.get("_meta"));
     let text = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
@@ -483,6 +485,8 @@ pub(crate) fn decide_request(exchange: &Exchange<'_>, call: &ToolCall<'_>, reque
         session_id: header_text(exchange.headers, "mcp-session-id"),
         arguments_json: call.arguments.map(Value::to_string).unwrap_or_default(),
         annotations: exchange.gw.annotations(server, call.name),
+        subject: exchange.caller.subject.clone().unwrap_or_default(),
+        issuer: exchange.caller.issuer.clone().unwrap_or_default(),
     }
 }
 

@@ -36,7 +36,7 @@ const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// A client with its own connection pool; `tls` is used for `https://` URLs.
-fn http_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> HttpClient {
+pub(crate) fn http_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));

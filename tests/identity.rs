@@ -1,0 +1,396 @@
+//! Agents with JWT access tokens (the MCP authorization spec's OAuth 2.1 bearer tokens),
+//! with keys made in the test and a JWKS served by the test: valid tokens admitted under the
+//! mapped grant (sharing its limits with the grant's static key), every kind of bad token
+//! refused with 401 and a reason in `WWW-Authenticate`, key rotation picked up without a
+//! restart, missing scopes refused with 403, Protected Resource Metadata served, and the
+//! token never forwarded upstream.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use support::hostile::{Hostile, Reply};
+use support::{KEY_A, Proc, refusal, seed_policy, write_config};
+
+const ISSUER: &str = "https://auth.example.test/realms/agents";
+const AUDIENCE: &str = "https://mcp.example.test/mcp/k8s";
+
+/// A signing key and its public JWK.
+struct SigningKey {
+    kid: String,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    jwk: Value,
+    /// The public key as PEM, for the HMAC-with-a-public-key attack.
+    public_pem: String,
+}
+
+fn es256(kid: &str) -> SigningKey {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let raw = key.public_key_raw();
+    SigningKey {
+        kid: kid.into(),
+        alg: Algorithm::ES256,
+        encoding: EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("encoding key"),
+        jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                    "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65])}),
+        public_pem: key.public_key_pem(),
+    }
+}
+
+fn eddsa(kid: &str) -> SigningKey {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+    SigningKey {
+        kid: kid.into(),
+        alg: Algorithm::EdDSA,
+        encoding: EncodingKey::from_ed_pem(key.serialize_pem().as_bytes()).expect("encoding key"),
+        jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA", "x": B64.encode(key.public_key_raw())}),
+        public_pem: key.public_key_pem(),
+    }
+}
+
+fn rs256(kid: &str) -> SigningKey {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    use rsa::traits::PublicKeyParts;
+    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
+    let public = private.to_public_key();
+    let pem = private.to_pkcs8_pem(LineEnding::LF).expect("pem");
+    SigningKey {
+        kid: kid.into(),
+        alg: Algorithm::RS256,
+        encoding: EncodingKey::from_rsa_pem(pem.as_bytes()).expect("encoding key"),
+        jwk: json!({"kty": "RSA", "kid": kid, "alg": "RS256",
+                    "n": B64.encode(public.n().to_bytes_be()), "e": B64.encode(public.e().to_bytes_be())}),
+        public_pem: public.to_public_key_pem(LineEnding::LF).expect("pem"),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
+
+fn claims() -> Value {
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "agent-7", "tenant": "acme",
+           "scope": "openid mcp:k8s", "iat": now(), "exp": now() + 600})
+}
+
+fn sign(key: &SigningKey, claims: &Value) -> String {
+    let mut header = Header::new(key.alg);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &key.encoding).expect("sign")
+}
+
+/// A JWS made by hand: `header` as given, `signature` as given.
+fn forged(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string()),
+        B64.encode(signature)
+    )
+}
+
+type JwksState = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>);
+
+/// The issuer's JWKS endpoint: the keys can change while the gateway runs; fetches are
+/// counted.
+struct Jwks {
+    url: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Jwks {
+    async fn start(keys: Vec<Value>) -> Jwks {
+        let keys = Arc::new(Mutex::new(keys));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let state = (keys.clone(), fetches.clone());
+        let app = axum::Router::new()
+            .route(
+                "/jwks",
+                axum::routing::get(
+                    |axum::extract::State((keys, fetches)): axum::extract::State<JwksState>| async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        axum::Json(json!({"keys": keys.lock().expect("lock").clone()}))
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Jwks { url, keys, fetches }
+    }
+}
+
+fn identity_section(jwks: &str) -> String {
+    format!(
+        r#"
+[identity]
+public_url = "https://mcp.example.test"
+
+[identity.required_scopes]
+k8s = ["mcp:k8s"]
+
+[[identity.jwt]]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+jwks_url = "{jwks}"
+grant_claim = "tenant"
+grants = {{ acme = "a" }}
+min_refetch_s = 1
+"#
+    )
+}
+
+struct Answer {
+    status: u16,
+    challenge: String,
+    body: Value,
+}
+
+async fn call(endpoint: &str, bearer: &str, id: u64) -> Answer {
+    let response = reqwest::Client::new()
+        .post(endpoint)
+        .bearer_auth(bearer)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                   "params": {"name": "k8s_rollout_pause", "arguments": {"namespace": "web", "name": "api"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.text().await.expect("body");
+    let body = if text.starts_with('{') {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    } else {
+        support::sse_messages(&text).into_iter().next().unwrap_or(Value::Null)
+    };
+    Answer {
+        status,
+        challenge,
+        body,
+    }
+}
+
+fn assert_refused(answer: &Answer, reason: &str) {
+    assert_eq!(answer.status, 401, "{reason}: {}", answer.body);
+    assert!(
+        answer.challenge.contains("error=\"invalid_token\"") && answer.challenge.contains(reason),
+        "WWW-Authenticate names the reason \"{reason}\": {}",
+        answer.challenge
+    );
+    assert!(
+        answer
+            .challenge
+            .contains("resource_metadata=\"https://mcp.example.test/.well-known/oauth-protected-resource/mcp/k8s\""),
+        "{}",
+        answer.challenge
+    );
+}
+
+#[tokio::test]
+async fn jwt_agents_are_admitted_under_their_grant_and_bad_tokens_are_refused() {
+    let es = es256("ec-1");
+    let ed = eddsa("ed-1");
+    let rs = rs256("rsa-1");
+    let jwks = Jwks::start(vec![es.jwk.clone(), ed.jwk.clone(), rs.jwk.clone()]).await;
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("jwt");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], &seed_policy("minute"), "");
+    support::append(&config, &identity_section(&jwks.url));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let endpoint = up.url("/mcp/k8s");
+
+    // Valid tokens of each algorithm are admitted as grant "a", and share its budget (10
+    // per minute per grant) with the grant's static key.
+    let mut id = 0;
+    for key in [&es, &ed, &rs] {
+        for _ in 0..3 {
+            id += 1;
+            let answer = call(&endpoint, &sign(key, &claims()), id).await;
+            assert_eq!(answer.status, 200, "{:?}: {}", key.alg, answer.body);
+            assert!(refusal(&answer.body["result"]).is_none(), "{}", answer.body);
+        }
+    }
+    let answer = call(&endpoint, KEY_A, 100).await;
+    assert!(
+        refusal(&answer.body["result"]).is_none(),
+        "the 10th call, by static key: {}",
+        answer.body
+    );
+    let answer = call(&endpoint, &sign(&es, &claims()), 101).await;
+    let limited =
+        refusal(&answer.body["result"]).unwrap_or_else(|| panic!("the 11th call is limited: {}", answer.body));
+    assert_eq!(limited["verdict"], "RATE_LIMITED");
+
+    // Every kind of bad token: 401, the reason in WWW-Authenticate.
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut c = claims();
+        change(&mut c);
+        c
+    };
+    let expired = with(&|c| {
+        c["exp"] = json!(now() - 3600);
+        c["iat"] = json!(now() - 7200);
+    });
+    assert_refused(&call(&endpoint, &sign(&es, &expired), 1).await, "token expired");
+    let other_issuer = with(&|c| c["iss"] = json!("https://evil.example.test"));
+    assert_refused(
+        &call(&endpoint, &sign(&es, &other_issuer), 1).await,
+        "issuer this gateway does not trust",
+    );
+    let other_audience = with(&|c| c["aud"] = json!("https://other.example.test/mcp"));
+    assert_refused(&call(&endpoint, &sign(&es, &other_audience), 1).await, "wrong audience");
+    let stranger = es256("not-published");
+    assert_refused(
+        &call(&endpoint, &sign(&stranger, &claims()), 1).await,
+        "unknown signing key",
+    );
+    let none = forged(&json!({"alg": "none", "typ": "JWT", "kid": "ec-1"}), &claims(), b"");
+    assert_refused(&call(&endpoint, &none, 1).await, "");
+    for key in [&rs, &es] {
+        // HMAC "signed" with the public key, as in the classic key-confusion attack.
+        let header = json!({"alg": "HS256", "typ": "JWT", "kid": key.kid});
+        let unsigned = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims().to_string())
+        );
+        let mac = hmac_sha256(key.public_pem.as_bytes(), unsigned.as_bytes());
+        let token = format!("{unsigned}.{}", B64.encode(mac));
+        assert_refused(&call(&endpoint, &token, 1).await, "algorithm not accepted");
+    }
+    let tampered = {
+        let token = sign(&es, &claims());
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1] = B64.encode(with(&|c| c["tenant"] = json!("other")).to_string());
+        parts.join(".")
+    };
+    assert_refused(&call(&endpoint, &tampered, 1).await, "invalid signature");
+    let unmapped = with(&|c| c["tenant"] = json!("initech"));
+    assert_refused(&call(&endpoint, &sign(&es, &unmapped), 1).await, "names no grant");
+
+    // Missing scope: 403 insufficient_scope, naming the scope.
+    let unscoped = with(&|c| c["scope"] = json!("openid"));
+    let answer = call(&endpoint, &sign(&es, &unscoped), 1).await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(
+        answer.challenge.contains("error=\"insufficient_scope\"") && answer.challenge.contains("scope=\"mcp:k8s\""),
+        "{}",
+        answer.challenge
+    );
+
+    // No credential: 401 pointing at the metadata, which lists the issuer and scopes.
+    let answer = reqwest::Client::new()
+        .post(&endpoint)
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 401);
+    let challenge = answer.headers()["www-authenticate"].to_str().expect("ascii").to_owned();
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    let metadata: Value = reqwest::get(up.url("/.well-known/oauth-protected-resource/mcp/k8s"))
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(metadata["resource"], "https://mcp.example.test/mcp/k8s");
+    assert_eq!(metadata["authorization_servers"], json!([ISSUER]));
+    assert_eq!(metadata["scopes_supported"], json!(["mcp:k8s"]));
+    let unknown = reqwest::get(up.url("/.well-known/oauth-protected-resource/mcp/nope"))
+        .await
+        .expect("metadata");
+    assert_eq!(unknown.status(), 404);
+
+    // Rotation: a new key published later is picked up without a restart; unknown kids
+    // fetch the JWKS again at most once per min_refetch_s.
+    let before = jwks.fetches.load(Ordering::SeqCst);
+    for i in 0..5 {
+        assert_refused(
+            &call(&endpoint, &sign(&stranger, &claims()), 200 + i).await,
+            "unknown signing key",
+        );
+    }
+    assert!(
+        jwks.fetches.load(Ordering::SeqCst) - before <= 1,
+        "unknown kids do not hammer the issuer: {} fetches",
+        jwks.fetches.load(Ordering::SeqCst) - before
+    );
+    let rotated = es256("ec-2");
+    jwks.keys.lock().expect("lock").push(rotated.jwk.clone());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let other_grant = with(&|c| c["tenant"] = json!("acme"));
+    let answer = call(&endpoint, &sign(&rotated, &other_grant), 300).await;
+    assert_eq!(answer.status, 200, "the rotated key is accepted: {}", answer.body);
+}
+
+/// HMAC-SHA256, for the forged tokens above.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let inner: Vec<u8> = block.iter().map(|b| b ^ 0x36).collect();
+    let outer: Vec<u8> = block.iter().map(|b| b ^ 0x5c).collect();
+    let mut h = Sha256::new();
+    h.update(&inner);
+    h.update(message);
+    let inner_hash = h.finalize();
+    let mut h = Sha256::new();
+    h.update(&outer);
+    h.update(inner_hash);
+    h.finalize().to_vec()
+}
+
+/// The token stays at the edge: the upstream sees neither it nor any Authorization header.
+#[tokio::test]
+async fn tokens_are_never_forwarded_upstream() {
+    let es = es256("ec-1");
+    let jwks = Jwks::start(vec![es.jwk.clone()]).await;
+    let upstream = Hostile::start(|_, message| {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        Reply::Json(
+            200,
+            json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}}).to_string(),
+        )
+    })
+    .await;
+    let dir = support::temp_dir("jwt-forward");
+    let config = write_config(&dir, &upstream.url, &[], &seed_policy("minute"), "");
+    support::append(&config, &identity_section(&jwks.url));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let token = sign(&es, &claims());
+    let answer = call(&up.url("/mcp/k8s"), &token, 1).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let received = upstream.received();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].headers.get("authorization").is_none(),
+        "no Authorization header upstream"
+    );
+    let everything = format!("{:?}{}", received[0].headers, received[0].body);
+    assert!(!everything.contains(&token[..20]), "the token is not forwarded");
+}
