@@ -12,14 +12,23 @@ use serde_json::Value;
 use support::{KEY_A, Proc, write_config};
 
 fn run_sdk_client(url: &str) -> Value {
+    run_sdk_client_as(url, KEY_A, None)
+}
+
+/// The SDK client with `bearer` as its credential; `extra_ca` is trusted for https (Node's
+/// `NODE_EXTRA_CA_CERTS`).
+fn run_sdk_client_as(url: &str, bearer: &str, extra_ca: Option<&std::path::Path>) -> Value {
     let interop = std::path::Path::new("tests/interop");
     assert!(
         interop.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
         "the MCP TypeScript SDK is not installed: run scripts/test.sh, or `npm ci --prefix tests/interop`"
     );
-    let out = Command::new("node")
-        .arg(interop.join("sdk_client.mjs"))
-        .args([url, KEY_A])
+    let mut node = Command::new("node");
+    node.arg(interop.join("sdk_client.mjs")).args([url, bearer]);
+    if let Some(ca) = extra_ca {
+        node.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let out = node
         .output()
         .unwrap_or_else(|e| panic!("cannot run node ({e}): install Node.js 18+ or run scripts/test.sh"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -96,6 +105,40 @@ async fn typescript_sdk_client_through_an_edge_over_sse() {
     let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
     let url = edge.url("/mcp/k8s");
     let seen = tokio::task::spawn_blocking(move || run_sdk_client(&url))
+        .await
+        .expect("sdk client task");
+    check_sdk_view(&seen);
+}
+
+/// The SDK client, holding a JWT access token instead of a static key, through an edge that
+/// serves https with a certificate from a private CA.
+#[tokio::test]
+async fn typescript_sdk_client_with_a_bearer_token_through_an_https_edge() {
+    use support::jwt::{Jwks, claims, es256, identity_section, sign};
+    let key = es256("sdk-key");
+    let jwks = Jwks::start(vec![key.jwk.clone()]).await;
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("sdk-https-jwt");
+    let ca = support::pki::Ca::new(&dir, "edge");
+    let cert = ca.server("edge");
+    let config = write_config(
+        &dir,
+        &upstream.url("/mcp"),
+        &[],
+        &support::seed_policy("minute"),
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.cert.display(),
+            cert.key.display()
+        ),
+    );
+    support::append(&config, &identity_section(&jwks.url));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(up.scheme, "https");
+    let url = up.url("/mcp/k8s").replace("127.0.0.1", "localhost");
+    let token = sign(&key, &claims());
+    let ca_file = ca.pem.clone();
+    let seen = tokio::task::spawn_blocking(move || run_sdk_client_as(&url, &token, Some(&ca_file)))
         .await
         .expect("sdk client task");
     check_sdk_view(&seen);

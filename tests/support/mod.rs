@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub mod hostile;
+pub mod jwt;
 pub mod pki;
 pub mod redis;
 
