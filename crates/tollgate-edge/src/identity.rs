@@ -31,6 +31,12 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest claim value used as a grant, agent, subject or issuer.
 const MAX_CLAIM_CHARS: usize = 256;
+/// Validated tokens remembered (by SHA-256 of the whole token): an agent sends the same
+/// token with every call, and checking a signature costs 50–350 µs.
+const TOKEN_CACHE_ENTRIES: usize = 10_000;
+/// A remembered token is checked again after this long (or at its `exp`, if sooner), so a
+/// key withdrawn from the JWKS stops admitting its tokens within this time.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// `[identity]`: how agents may prove who they are besides static keys.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,6 +138,8 @@ pub struct Rejected(pub &'static str);
 /// The configured issuers.
 pub struct Verifier {
     issuers: Vec<Arc<Issuer>>,
+    /// SHA-256 of a validated token → what it proved, until when.
+    cache: std::sync::Mutex<HashMap<[u8; 32], (TokenIdentity, Instant)>>,
 }
 
 struct Issuer {
@@ -155,7 +163,10 @@ impl Verifier {
         for jwt in &settings.jwt {
             issuers.push(Arc::new(Issuer::new(jwt)?));
         }
-        Ok(Verifier { issuers })
+        Ok(Verifier {
+            issuers,
+            cache: std::sync::Mutex::default(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,8 +186,36 @@ impl Verifier {
             .collect()
     }
 
-    /// Validates `token` against the issuer it names.
+    /// Validates `token` against the issuer it names; a token validated in the last
+    /// [`TOKEN_CACHE_TTL`] and not yet expired is not checked again.
     pub async fn verify(&self, token: &str) -> Result<TokenIdentity, Rejected> {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Some((identity, until)) = self.lock_cache().get(&digest)
+            && now < *until
+        {
+            return Ok(identity.clone());
+        }
+        let (identity, expires_in) = self.verify_uncached(token).await?;
+        let until = now + expires_in.min(TOKEN_CACHE_TTL);
+        let mut cache = self.lock_cache();
+        if cache.len() >= TOKEN_CACHE_ENTRIES {
+            cache.retain(|_, (_, until)| now < *until);
+            if cache.len() >= TOKEN_CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (identity.clone(), until));
+        Ok(identity)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (TokenIdentity, Instant)>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The identity a token proves, and how long it stays valid.
+    async fn verify_uncached(&self, token: &str) -> Result<(TokenIdentity, Duration), Rejected> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejected("malformed token"))?;
         // The issuer picks the keys; the signature, checked next, proves the claim.
         let unverified =
@@ -263,7 +302,11 @@ impl Issuer {
         Ok(issuer)
     }
 
-    async fn verify(self: &Arc<Self>, token: &str, header: &jsonwebtoken::Header) -> Result<TokenIdentity, Rejected> {
+    async fn verify(
+        self: &Arc<Self>,
+        token: &str,
+        header: &jsonwebtoken::Header,
+    ) -> Result<(TokenIdentity, Duration), Rejected> {
         if !self.algorithms.contains(&header.alg) {
             return Err(Rejected("token algorithm not accepted"));
         }
@@ -298,7 +341,12 @@ impl Issuer {
                 _ => "invalid token",
             })
         })?;
-        self.identity(&data.claims)
+        let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expires_in = Duration::from_secs(exp.saturating_sub(now));
+        Ok((self.identity(&data.claims)?, expires_in))
     }
 
     /// Grant, agent, subject and scopes from verified claims.
