@@ -56,7 +56,10 @@ fn tokens(dir: &std::path::Path) -> (tollgate_edge::IdentitySettings, Vec<(&'sta
     let rsa_key = {
         use rsa::pkcs8::{EncodePrivateKey, LineEnding};
         let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
-        (private.to_public_key(), private.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string())
+        (
+            private.to_public_key(),
+            private.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string(),
+        )
     };
     let es_raw = es.public_key_raw();
     let jwks = {
@@ -86,9 +89,30 @@ fn tokens(dir: &std::path::Path) -> (tollgate_edge::IdentitySettings, Vec<(&'sta
         jsonwebtoken::encode(&header, &claims, &key).expect("sign")
     };
     let tokens = vec![
-        ("es256", sign(Algorithm::ES256, "es", EncodingKey::from_ec_pem(es.serialize_pem().as_bytes()).expect("key"))),
-        ("eddsa", sign(Algorithm::EdDSA, "ed", EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).expect("key"))),
-        ("rs256", sign(Algorithm::RS256, "rs", EncodingKey::from_rsa_pem(rsa_key.1.as_bytes()).expect("key"))),
+        (
+            "es256",
+            sign(
+                Algorithm::ES256,
+                "es",
+                EncodingKey::from_ec_pem(es.serialize_pem().as_bytes()).expect("key"),
+            ),
+        ),
+        (
+            "eddsa",
+            sign(
+                Algorithm::EdDSA,
+                "ed",
+                EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).expect("key"),
+            ),
+        ),
+        (
+            "rs256",
+            sign(
+                Algorithm::RS256,
+                "rs",
+                EncodingKey::from_rsa_pem(rsa_key.1.as_bytes()).expect("key"),
+            ),
+        ),
     ];
     (identity, tokens)
 }
@@ -204,11 +228,25 @@ fn edge(c: &mut Criterion) {
         let secure = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let urls = (
             format!("http://{}/mcp/k8s", plain.local_addr().expect("addr")),
-            format!("https://localhost:{}/mcp/k8s", secure.local_addr().expect("addr").port()),
+            format!(
+                "https://localhost:{}/mcp/k8s",
+                secure.local_addr().expect("addr").port()
+            ),
         );
         let limits = EdgeSettings::default().limits();
-        tokio::spawn(tollgate_edge::serve(plain, router.clone(), limits, std::future::pending()));
-        tokio::spawn(tollgate_edge::serve_tls(secure, router.clone(), limits, Some(tls), std::future::pending()));
+        tokio::spawn(tollgate_edge::serve(
+            plain,
+            router.clone(),
+            limits,
+            std::future::pending(),
+        ));
+        tokio::spawn(tollgate_edge::serve_tls(
+            secure,
+            router.clone(),
+            limits,
+            Some(tls),
+            std::future::pending(),
+        ));
         urls
     });
     let client = reqwest::Client::builder()

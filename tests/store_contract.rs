@@ -819,3 +819,22 @@ async fn redis_over_tls_meets_the_contract() {
         missing.err()
     );
 }
+
+/// A Redis Cluster over TLS (`rediss://` seeds; the nodes tell TLS clients their TLS
+/// ports): the whole contract, and approvals with their wake-ups.
+#[tokio::test]
+async fn redis_cluster_over_tls_meets_the_contract() {
+    let dir = support::temp_dir("redis-cluster-tls");
+    let ca = support::pki::Ca::new(&dir, "redis-cluster");
+    let server = ca.server("redis-cluster");
+    let cluster = RedisCluster::start_tls(&server.cert, &server.key, &ca.pem);
+    let settings = RedisSettings {
+        ca_file: Some(ca.pem.clone()),
+        ..redis_settings(None, cluster.tls_urls())
+    };
+    let store = RedisStore::new(&settings).expect("store");
+    contract(&store).await;
+    approvals_are_single_use_and_bound_to_one_call(&store, "ct").await;
+    let other = RedisStore::new(&settings).expect("store");
+    resolutions_wake_waiters_everywhere(&store, &other, "ctw").await;
+}

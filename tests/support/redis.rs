@@ -108,6 +108,10 @@ impl RedisServer {
     }
 
     fn start_node(cluster: bool) -> RedisServer {
+        RedisServer::start_with(cluster, None)
+    }
+
+    fn start_with(cluster: bool, tls: Option<Tls>) -> RedisServer {
         require("redis-server");
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
@@ -118,7 +122,7 @@ impl RedisServer {
             port,
             dir,
             cluster,
-            tls: None,
+            tls,
         };
         server.spawn();
         server
@@ -155,6 +159,10 @@ impl RedisServer {
                 .args(["--tls-auth-clients", if tls.require_client_cert { "yes" } else { "no" }])
                 .arg("--logfile")
                 .arg(self.dir.join("redis.log"));
+            if self.cluster {
+                // The bus and replication over TLS too; TLS clients are told TLS ports.
+                command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
         }
         if self.cluster {
             command.args([
@@ -247,8 +255,34 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_nodes(|| RedisServer::start_node(true))
+    }
+
+    /// A cluster whose nodes also serve TLS (clients, bus and replication), with
+    /// `cert`/`key` signed by `ca`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> RedisCluster {
+        RedisCluster::start_nodes(|| {
+            RedisServer::start_with(
+                true,
+                Some(Tls {
+                    port: free_port(),
+                    cert: cert.to_owned(),
+                    key: key.to_owned(),
+                    ca: ca.to_owned(),
+                    require_client_cert: false,
+                }),
+            )
+        })
+    }
+
+    /// The nodes' `rediss://` URLs (clusters made with [`RedisCluster::start_tls`]).
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::tls_url).collect()
+    }
+
+    fn start_nodes(start: impl Fn() -> RedisServer) -> RedisCluster {
         require("redis-cli");
-        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_node(true)).collect();
+        let nodes: Vec<RedisServer> = (0..6).map(|_| start()).collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
