@@ -487,3 +487,49 @@ async fn the_decision_that_consumes_an_approval_links_to_the_operators_span() {
     assert_eq!(link.trace_id, approval[0].span.trace_id);
     assert_eq!(link.span_id, approval[0].span.span_id);
 }
+
+/// An agent with a JWT: its subject and issuer are on the edge's span and the decision's,
+/// and the token itself is on no span.
+#[tokio::test]
+async fn token_subject_and_issuer_are_audited_and_the_token_is_not() {
+    use support::jwt::{ISSUER, Jwks, claims, es256, identity_section, sign};
+    let (collector, endpoint) = Collector::start().await;
+    let key = es256("audit-key");
+    let jwks = Jwks::start(vec![key.jwk.clone()]).await;
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("otel-jwt");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    append(
+        &config,
+        &format!("{}{}", identity_section(&jwks.url), telemetry_section(&endpoint, "")),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let token = sign(&key, &claims());
+    let agent = Mcp::new(&up.url("/mcp/k8s"), &token);
+    let answer = agent
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "k8s_rollout_pause", "arguments": {"namespace": "a", "name": "b"}}}))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.message);
+    let decides = collector.wait_for("tollgate.decide", 1).await;
+    assert_eq!(decides.len(), 1);
+    assert_eq!(decides[0].attr("enduser.id").as_deref(), Some("agent-7"));
+    assert_eq!(decides[0].attr("tollgate.token.issuer").as_deref(), Some(ISSUER));
+    assert_eq!(
+        decides[0].attr("tollgate.grant").as_deref(),
+        Some("a"),
+        "the mapped grant"
+    );
+    let edge_span = collector
+        .wait_for("mcp tools/call", 1)
+        .await
+        .into_iter()
+        .next()
+        .expect("the edge's span");
+    assert_eq!(edge_span.attr("enduser.id").as_deref(), Some("agent-7"));
+    let signature = token.rsplit('.').next().expect("signature");
+    for span in collector.all() {
+        let text = format!("{:?}", span.span);
+        assert!(!text.contains(signature), "span {} carries the token", span.span.name);
+    }
+}
