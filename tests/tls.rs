@@ -27,6 +27,25 @@ fn upstream_settings(config: &Path, lines: &str) {
     std::fs::write(config, text).expect("write config");
 }
 
+/// The demo MCP server over https with `server`'s certificate; with `client_ca`, it asks
+/// clients for a certificate that CA signed.
+fn https_upstream(server: &support::pki::Leaf, client_ca: Option<&Path>) -> Proc {
+    let mut args = vec![
+        "demo-upstream".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        server.cert.display().to_string(),
+        "--tls-key".into(),
+        server.key.display().to_string(),
+    ];
+    if let Some(ca) = client_ca {
+        args.extend(["--tls-client-ca".to_owned(), ca.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::start("demo-upstream", &args, &[])
+}
+
 fn toml_path(path: &Path) -> String {
     format!("\"{}\"", path.display())
 }
@@ -36,19 +55,7 @@ async fn https_upstreams_are_reached_with_their_ca_and_refused_without_it() {
     let dir = support::temp_dir("tls-upstream");
     let ca = Ca::new(&dir, "upstream");
     let server = ca.server("upstream");
-    let upstream = Proc::start(
-        "demo-upstream",
-        &[
-            "demo-upstream",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            server.cert.to_str().unwrap(),
-            "--tls-key",
-            server.key.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let upstream = https_upstream(&server, None);
     assert_eq!(upstream.scheme, "https");
     let url = upstream.url("/mcp");
 
@@ -116,21 +123,7 @@ async fn an_upstream_that_wants_a_client_certificate_gets_the_configured_one() {
     let ca = Ca::new(&dir, "mesh");
     let server = ca.server("upstream");
     let client = ca.issue("gateway", &["tollgate-gateway"]);
-    let upstream = Proc::start(
-        "demo-upstream",
-        &[
-            "demo-upstream",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            server.cert.to_str().unwrap(),
-            "--tls-key",
-            server.key.to_str().unwrap(),
-            "--tls-client-ca",
-            ca.pem.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let upstream = https_upstream(&server, Some(&ca.pem));
     let url = upstream.url("/mcp");
     let config = write_config(&dir, &url, &[], &seed_policy("minute"), "");
     upstream_settings(&config, &format!("ca_file = {}", toml_path(&ca.pem)));

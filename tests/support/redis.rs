@@ -65,6 +65,19 @@ struct Tls {
     require_client_cert: bool,
 }
 
+impl Tls {
+    /// TLS settings on a free port.
+    fn new(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path, require_client_cert: bool) -> Tls {
+        Tls {
+            port: free_port(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            ca: ca.to_owned(),
+            require_client_cert,
+        }
+    }
+}
+
 impl RedisServer {
     pub fn start() -> RedisServer {
         RedisServer::start_node(false)
@@ -261,18 +274,7 @@ impl RedisCluster {
     /// A cluster whose nodes also serve TLS (clients, bus and replication), with
     /// `cert`/`key` signed by `ca`.
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> RedisCluster {
-        RedisCluster::start_nodes(|| {
-            RedisServer::start_with(
-                true,
-                Some(Tls {
-                    port: free_port(),
-                    cert: cert.to_owned(),
-                    key: key.to_owned(),
-                    ca: ca.to_owned(),
-                    require_client_cert: false,
-                }),
-            )
-        })
+        RedisCluster::start_nodes(|| RedisServer::start_with(true, Some(Tls::new(cert, key, ca, false))))
     }
 
     /// The nodes' `rediss://` URLs (clusters made with [`RedisCluster::start_tls`]).
