@@ -14,6 +14,7 @@ use serde_json::Value;
 use tollgate_decision::proto::{Tool, ToolAnnotations, VisibleToolsRequest};
 
 use crate::auth::Caller;
+use crate::calls::{WithoutDecision, without_decision};
 use crate::jsonrpc;
 use crate::mcp::Gateway;
 use crate::sse;
@@ -99,12 +100,11 @@ impl ListFilter {
                 });
                 Ok(())
             }
-            Err(e) if e.is_unavailable() && self.gw.settings.fail_open => {
-                tracing::warn!(server = %self.server, "decision service unavailable, tools list unfiltered (edge.fail_open): {e}");
-                Ok(())
-            }
             Err(e) => {
-                tracing::error!(server = %self.server, "cannot filter a tools list, withholding it: {e}");
+                let what = format!("the tools list of {} for grant {}", self.server, self.caller.grant);
+                if without_decision(&self.gw.settings, &e, &what) == WithoutDecision::ForwardUnchecked {
+                    return Ok(());
+                }
                 Err(Refused {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     message: "the decision service is unavailable, so Tollgate cannot tell which tools you may use; \

@@ -30,9 +30,11 @@ use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 
 use crate::auth::Caller;
+use crate::calls::{ToolCall, decide_request};
 use crate::jsonrpc;
-use crate::mcp::{Exchange, Gateway, ToolCall, content_type_is, decide_request, guarded};
+use crate::mcp::{Exchange, Gateway, guarded};
 use crate::refusal;
+use crate::request::content_type_is;
 
 /// Events queued for a held call's stream before the task waits for the agent to read.
 const QUEUED_EVENTS: usize = 16;

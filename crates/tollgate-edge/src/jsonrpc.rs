@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 
+use crate::method::McpMethod;
+
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
@@ -31,9 +33,6 @@ const ENVELOPE_MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "params", "resul
 const MAX_METHOD_BYTES: usize = 128;
 /// Longest string id accepted; ids are echoed in spans.
 const MAX_ID_BYTES: usize = 256;
-
-/// MCP methods the edge decides or filters: they must arrive as requests, one per POST.
-pub const GUARDED_METHODS: [&str; 2] = ["tools/call", "tools/list"];
 
 /// Parses one JSON text, refusing duplicate object keys at any depth (serde_json alone keeps
 /// the last, other parsers keep the first). Nesting is bounded by serde_json's recursion
@@ -106,16 +105,19 @@ impl<'de> serde::Deserialize<'de> for Strict {
     }
 }
 
-/// One incoming JSON-RPC message, classified once.
-#[derive(Debug)]
+/// One incoming JSON-RPC message, classified once: its kind, and its MCP method as a type
+/// (`name` is the method name as sent, for spans and forwarding).
+#[derive(Debug, PartialEq)]
 pub enum Message<'a> {
     Request {
         id: &'a Value,
-        method: &'a str,
+        method: McpMethod,
+        name: &'a str,
         params: Option<&'a Value>,
     },
     Notification {
-        method: &'a str,
+        method: McpMethod,
+        name: &'a str,
     },
     Response,
 }
@@ -169,7 +171,12 @@ pub fn classify(value: &Value) -> Result<Message<'_>, String> {
             if let Some(params) = params {
                 check_params(params)?;
             }
-            Ok(Message::Request { id, method, params })
+            Ok(Message::Request {
+                id,
+                method: McpMethod::of(method),
+                name: method,
+                params,
+            })
         }
         (Some(Value::String(method)), None) => {
             if !method.starts_with("notifications/") {
@@ -179,7 +186,10 @@ pub fn classify(value: &Value) -> Result<Message<'_>, String> {
                     printable(method, 64)
                 ));
             }
-            Ok(Message::Notification { method })
+            Ok(Message::Notification {
+                method: McpMethod::of(method),
+                name: method,
+            })
         }
         (Some(_), _) => Err("\"method\" must be a string".into()),
         (None, Some(_)) if object.contains_key("result") || object.contains_key("error") => Ok(Message::Response),
@@ -255,13 +265,17 @@ mod tests {
         assert!(matches!(
             classify(&req),
             Ok(Message::Request {
-                method: "tools/call",
+                method: McpMethod::ToolsCall,
+                name: "tools/call",
                 ..
             })
         ));
         assert!(matches!(
             classify(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})),
-            Ok(Message::Notification { .. })
+            Ok(Message::Notification {
+                method: McpMethod::NotificationsInitialized,
+                ..
+            })
         ));
         assert!(matches!(
             classify(&json!({"jsonrpc": "2.0", "id": "a", "result": {}})),

@@ -8,16 +8,21 @@
 //! outside authentication.
 
 mod auth;
+mod calls;
 mod guard;
 mod held;
 mod identity;
 mod jsonrpc;
+mod lists;
 mod mcp;
+mod method;
 mod order;
 mod origin;
 mod refusal;
+mod request;
 mod server;
 mod settings;
+mod spans;
 mod sse;
 mod upstream;
 

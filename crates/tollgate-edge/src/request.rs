@@ -1,0 +1,108 @@
+//! Checks every MCP POST passes before anything looks at its content: content type, one
+//! bounded `Mcp-Session-Id`, a body read within its size and time limits, batches that
+//! hold nothing the edge must decide one at a time; and the header helpers the handlers
+//! share.
+
+// Helpers return a ready answer for the agent as their error (`Result<_, Response>`).
+#![allow(clippy::result_large_err)]
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+
+use crate::jsonrpc::{self, Message};
+use crate::settings::EdgeSettings;
+
+/// Longest `Mcp-Session-Id` accepted.
+const MAX_SESSION_ID_BYTES: usize = 256;
+
+/// One `Mcp-Session-Id` at most, and a bounded one: the upstream must see the same single
+/// session the edge reports in spans and session-scoped counters.
+pub(crate) fn check_session_header(headers: &HeaderMap) -> Result<(), Response> {
+    let mut values = headers.get_all("mcp-session-id").iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(bad_request(
+            StatusCode::BAD_REQUEST,
+            "send one Mcp-Session-Id header, not several",
+        ));
+    }
+    if first.is_some_and(|v| v.len() > MAX_SESSION_ID_BYTES || v.to_str().is_err()) {
+        return Err(bad_request(
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id must be visible ASCII of at most 256 bytes",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn bad_request(status: StatusCode, message: &str) -> Response {
+    jsonrpc::error_response(status, None, jsonrpc::INVALID_REQUEST, message, None)
+}
+
+/// Reads a request body within `edge.max_body_bytes` and `edge.body_read_timeout_ms`.
+pub(crate) async fn read_body(body: Body, settings: &EdgeSettings) -> Result<Bytes, Response> {
+    let limit = settings.max_body_bytes;
+    let timeout = Duration::from_millis(settings.body_read_timeout_ms);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(bad_request(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {} ms", timeout.as_millis()),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(bad_request(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body exceeds the limit of {limit} bytes"),
+        )),
+        Ok(Err(_)) => Err(bad_request(StatusCode::BAD_REQUEST, "could not read the request body")),
+    }
+}
+
+/// Batches are forwarded (re-serialised) unless they hold a message the edge must decide
+/// or filter, which must come one per request.
+pub(crate) fn check_batch(items: &[Value]) -> Result<(), String> {
+    if items.is_empty() {
+        return Err("invalid JSON-RPC message: empty batch".into());
+    }
+    for item in items {
+        match jsonrpc::classify(item) {
+            Err(message) => return Err(format!("invalid JSON-RPC message in batch: {message}")),
+            Ok(Message::Request { method, .. }) if method.is_guarded() => {
+                return Err("Tollgate does not accept tools/call or tools/list inside a JSON-RPC batch: send them one per request".into());
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether the agent takes an SSE answer (`Accept: text/event-stream`, as MCP clients
+/// must send); only such an agent's call can be held open.
+pub(crate) fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().to_ascii_lowercase().starts_with("text/event-stream"))
+        })
+    })
+}
+
+/// Whether `Content-Type` names `media_type` (case-insensitive, parameters allowed).
+pub(crate) fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(media_type))
+}
+
+pub(crate) fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -1,0 +1,40 @@
+//! The span of each MCP request, in the agent's trace.
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use tollgate_telemetry::propagation;
+
+use crate::auth::Caller;
+use crate::jsonrpc::Message;
+use crate::request::header_text;
+
+/// The span of one MCP request, named after its method (`mcp tools/call`), continuing the
+/// agent's trace: `params._meta.traceparent` when the request carries one, else the
+/// `traceparent` header. Every field is bounded: the method and id were checked by
+/// [`jsonrpc::classify`], the session id by [`crate::request::check_session_header`].
+pub(crate) fn request_span(message: &Message<'_>, server: &str, caller: &Caller, headers: &HeaderMap) -> tracing::Span {
+    let (method, params) = match message {
+        Message::Request { name, params, .. } => (*name, *params),
+        Message::Notification { name, .. } => (*name, None),
+        Message::Response => ("response", None),
+    };
+    let span = tracing::info_span!(
+        "mcp",
+        otel.name = %format!("mcp {method}"),
+        otel.kind = "server",
+        mcp.method.name = %method,
+        mcp.session.id = %header_text(headers, "mcp-session-id"),
+        jsonrpc.request.id = %message.id().map(serde_json::Value::to_string).unwrap_or_default(),
+        gen_ai.tool.name = tracing::field::Empty,
+        tollgate.server = %server,
+        tollgate.grant = %caller.grant,
+        tollgate.agent = %caller.agent,
+        enduser.id = caller.subject.as_deref().unwrap_or_default(),
+        tollgate.token.issuer = caller.issuer.as_deref().unwrap_or_default(),
+    );
+    let meta = params.and_then(|p| p.get("_meta"));
+    let text = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
+    let from_meta = text("traceparent").and_then(|tp| propagation::from_traceparent(tp, text("tracestate")));
+    propagation::set_parent(&span, from_meta.or_else(|| propagation::from_http_headers(headers)));
+    span
+}
