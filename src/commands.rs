@@ -75,7 +75,7 @@ async fn run_edge(
         upstreams: config.upstreams.clone(),
         grants: config.grants.clone(),
         decider,
-        policy_status,
+        policy_status: policy_status.map(|s| s as Arc<dyn tollgate_decision::PolicyHealth>),
         identity: config.identity.clone(),
     };
     let router = tollgate_edge::router(parts)?;

@@ -15,7 +15,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::proto::{self, DecideRequest, Decision, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
-use crate::{Decider, DecisionError};
+use crate::{Decider, DecisionError, verdict_name};
 
 /// How long an acquire that missed its deadline is still waited for, to give back what it
 /// took. Past this (a store hung for half a minute), the hits stay charged until their
@@ -653,16 +653,6 @@ fn annotations(a: Option<&proto::ToolAnnotations>) -> Annotations {
 }
 
 /// The verdict as written in logs, spans, metrics and refusals (`ALLOW`, `DENY`, …).
-pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "ALLOW",
-        Verdict::Deny => "DENY",
-        Verdict::RateLimited => "RATE_LIMITED",
-        Verdict::ApprovalRequired => "APPROVAL_REQUIRED",
-        Verdict::Unspecified => "UNSPECIFIED",
-    }
-}
-
 fn ceil_ms(d: Duration) -> u64 {
     d.as_micros().div_ceil(1000) as u64
 }

@@ -70,3 +70,9 @@ pub fn watch_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration) -> A
     });
     reported
 }
+
+impl crate::PolicyHealth for PolicyStatus {
+    fn last_error(&self) -> Option<String> {
+        PolicyStatus::last_error(self)
+    }
+}

@@ -303,7 +303,7 @@ impl DecisionService for DecisionGrpc {
 /// What a `Decide` must look like before the engine sees it: bounded fields and a tool name
 /// that could be an MCP tool's (the edge checks the same; this guards against other callers).
 fn check_request(request: &DecideRequest) -> Result<(), String> {
-    tollgate_policy::check_tool_name(&request.tool).map_err(|e| format!("DecideRequest.tool: {e}"))?;
+    crate::check_tool_name(&request.tool).map_err(|e| format!("DecideRequest.tool: {e}"))?;
     for (field, value) in [
         ("request_id", &request.request_id),
         ("server", &request.server),

@@ -5,8 +5,8 @@
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
-use tollgate_decision::DecisionError;
-use tollgate_decision::proto::{DecideRequest, Verdict};
+use tollgate_api::DecisionError;
+use tollgate_api::proto::{DecideRequest, Verdict};
 use tollgate_telemetry::metrics::metrics;
 
 use crate::held;
@@ -55,7 +55,7 @@ pub(crate) fn tool_call(params: Option<&Value>) -> Result<ToolCall<'_>, String> 
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Err("tools/call needs params.name (a string)".into());
     };
-    tollgate_policy::check_tool_name(name).map_err(|e| format!("invalid tool name: {e}"))?;
+    tollgate_api::check_tool_name(name).map_err(|e| format!("invalid tool name: {e}"))?;
     let arguments = params.get("arguments").filter(|a| !a.is_null());
     if arguments.is_some_and(|a| !a.is_object()) {
         return Err("tools/call params.arguments must be an object".into());

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
-use tollgate_decision::proto::{Tool, ToolAnnotations, VisibleToolsRequest};
+use tollgate_api::proto::{Tool, ToolAnnotations, VisibleToolsRequest};
 
 use crate::auth::Caller;
 use crate::calls::{WithoutDecision, without_decision};
@@ -72,7 +72,7 @@ impl ListFilter {
         tools.retain(|t| {
             t.get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|n| tollgate_policy::check_tool_name(n).is_ok())
+                .is_some_and(|n| tollgate_api::check_tool_name(n).is_ok())
         });
         let listed: Vec<Tool> = tools
             .iter()

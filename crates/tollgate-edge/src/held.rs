@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tollgate_decision::proto::{DecideRequest, Decision, Verdict};
+use tollgate_api::proto::{DecideRequest, Decision, Verdict};
 use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 

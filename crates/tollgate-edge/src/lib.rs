@@ -36,9 +36,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tollgate_decision::listener::ListenerLimits;
-use tollgate_decision::proto::VisibleToolsRequest;
-use tollgate_decision::{Decider, PolicyStatus};
+use tollgate_api::listener::ListenerLimits;
+use tollgate_api::proto::VisibleToolsRequest;
+use tollgate_api::{Decider, PolicyHealth};
 
 pub use auth::{Caller, Keyring};
 pub use identity::{IdentitySettings, JwtSettings};
@@ -69,7 +69,7 @@ pub struct EdgeParts {
     pub decider: Arc<dyn Decider>,
     /// When the policy is loaded in this process (`tollgate up`), its reload status is
     /// shown on `/readyz`.
-    pub policy_status: Option<Arc<PolicyStatus>>,
+    pub policy_status: Option<Arc<dyn PolicyHealth>>,
     /// `[identity]`: JWT issuers and required scopes, besides the grants' static keys.
     pub identity: IdentitySettings,
 }
@@ -148,7 +148,7 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
 
 struct Readiness {
     decider: Arc<dyn Decider>,
-    policy_status: Option<Arc<PolicyStatus>>,
+    policy_status: Option<Arc<dyn PolicyHealth>>,
 }
 
 /// Ready when a decision service answers; a rejected policy reload is reported but does not

@@ -23,8 +23,8 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
-use tollgate_decision::Decider;
-use tollgate_decision::proto::{Tool, ToolAnnotations};
+use tollgate_api::Decider;
+use tollgate_api::proto::{Tool, ToolAnnotations};
 use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 

@@ -3,8 +3,8 @@
 //! details under `_meta["tollgate/decision"]`; or, if configured, a JSON-RPC error.
 
 use serde_json::{Value, json};
-use tollgate_decision::proto::{Decision, Verdict};
-use tollgate_decision::{DecisionError, verdict_name};
+use tollgate_api::proto::{Decision, Verdict};
+use tollgate_api::{DecisionError, verdict_name};
 
 use crate::jsonrpc;
 use crate::settings::RefusalMode;

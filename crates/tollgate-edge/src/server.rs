@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
-use tollgate_decision::listener::{self, ListenerLimits};
+use tollgate_api::listener::{self, ListenerLimits};
 use tower::ServiceExt;
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the open

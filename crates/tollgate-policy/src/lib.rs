@@ -10,7 +10,6 @@ mod compile;
 mod document;
 mod error;
 mod glob;
-mod names;
 mod policy;
 mod source;
 
@@ -18,7 +17,6 @@ pub use compile::{Compiled, MAX_COUNT, MAX_SLIDING_LOG_MAX, compile_str, compile
 pub use document::{Action, Algorithm, ApprovalMode, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
-pub use names::{MAX_TOOL_NAME_CHARS, check_tool_name};
 pub use policy::{Annotations, ApprovalPolicy, ArgumentSchema, Call, Class, CounterHit, Limit, Policy, Rule};
 pub use source::Format;
 
