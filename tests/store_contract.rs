@@ -617,9 +617,18 @@ async fn pending_approvals_are_capped_per_grant(store: &dyn ApprovalStore, p: &s
         store.claim(&capped("cap4", "flood", 60_000)).await.expect("claim"),
         Claim::TooMany
     );
+    // Pending across every grant: cap1 (flood), cap1-other, cap3: the short one expired.
+    let before = store.count_pending().await.expect("count");
+    assert_eq!(before, 3, "every grant's unexpired pending approvals");
     // Resolving one frees a place.
     store.resolve(&third.id, false, "bob", "", "").await.expect("resolve");
+    assert_eq!(
+        store.count_pending().await.expect("count"),
+        before - 1,
+        "a resolved approval is not pending"
+    );
     created(store.claim(&capped("cap4", "flood", 60_000)).await.expect("claim"));
+    assert_eq!(store.count_pending().await.expect("count"), before);
     let listed = store.list().await.expect("list");
     assert!(
         !listed.iter().any(|a| a.digest == format!("{p}cap5")),

@@ -196,9 +196,10 @@ impl Engine {
             loop {
                 tick.tick().await;
                 let Some(engine) = engine.upgrade() else { return };
-                if let Ok(all) = engine.approvals().list().await {
-                    let pending = all.iter().filter(|a| a.status == ApprovalStatus::Pending).count();
-                    metrics().approvals_pending.set(pending as i64);
+                if let Ok(pending) = engine.approvals().count_pending().await {
+                    metrics()
+                        .approvals_pending
+                        .set(i64::try_from(pending).unwrap_or(i64::MAX));
                 }
             }
         });

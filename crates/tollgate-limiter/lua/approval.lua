@@ -21,6 +21,8 @@
 --          prefix of the per-grant pending sets.
 --          Returns {'resolved' | 'not_pending' | 'not_found', record JSON or ''}.
 -- get      KEYS[2] the record key. Returns {record JSON} or {}.
+-- pending  ARGV[4] the prefix of the pending sets. Returns the number of approvals pending
+--          in the whole cluster (the set "<prefix>pending:all", ids scored by expiry).
 -- list     ARGV[4] most records. Returns the newest records' JSON, newest first.
 -- restore  KEYS[2] the record key; ARGV[4] the binding key prefix ("<prefix>bind:").
 --          A consumed, unexpired record becomes approved and bound again, unless another
@@ -83,6 +85,9 @@ if mode == 'claim' then
   redis.call('ZADD', KEYS[1], now, r.id)
   redis.call('ZADD', pending, r.expires_ms, r.id)
   redis.call('PEXPIRE', pending, tonumber(ARGV[6]) + retention)
+  -- Every grant's pending approvals together, for the pending gauge.
+  redis.call('ZREMRANGEBYSCORE', ARGV[8] .. 'all', '-inf', now)
+  redis.call('ZADD', ARGV[8] .. 'all', r.expires_ms, r.id)
   -- Index entries whose records are surely gone (older than a year and the retention).
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention - 31622400000)
   return {'created', cjson.encode(r)}
@@ -105,6 +110,7 @@ if mode == 'resolve' then
   if ARGV[8] ~= '' then r.resolved_trace = ARGV[8] end
   save(KEYS[2], r)
   redis.call('ZREM', ARGV[9] .. redis.sha1hex(r.grant), r.id)
+  redis.call('ZREM', ARGV[9] .. 'all', r.id)
   redis.call('PUBLISH', ARGV[7], r.id)
   return {'resolved', cjson.encode(r)}
 end
@@ -120,6 +126,12 @@ if mode == 'restore' then
   save(KEYS[2], r)
   redis.call('SET', bind, r.id, 'PX', math.floor(r.expires_ms + retention - now))
   return {'restored', ''}
+end
+
+if mode == 'pending' then
+  local all = ARGV[4] .. 'all'
+  redis.call('ZREMRANGEBYSCORE', all, '-inf', now)
+  return {tostring(redis.call('ZCARD', all))}
 end
 
 if mode == 'get' then

@@ -176,6 +176,9 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// One record as it stands now (pending past its expiry reads as expired).
     async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError>;
 
+    /// How many approvals are pending (and unexpired) in the whole store, every grant's.
+    async fn count_pending(&self) -> Result<usize, StoreError>;
+
     /// Wake-ups: the id of every approval resolved from now on, by any replica of the
     /// cluster, and [`RECHECK_ALL`] when some may have been missed. Delivery is at most
     /// once: a receiver that lags behind must recheck what it waits for, and a waiter
@@ -374,6 +377,16 @@ impl ApprovalStore for MemoryApprovals {
 
     fn wakeups(&self) -> broadcast::Receiver<String> {
         self.wakeups.subscribe()
+    }
+
+    async fn count_pending(&self) -> Result<usize, StoreError> {
+        let now = wall_clock_ms();
+        Ok(self
+            .lock()
+            .records
+            .values()
+            .filter(|r| r.status == ApprovalStatus::Pending && now < r.expires_ms)
+            .count())
     }
 
     async fn list(&self) -> Result<Vec<Approval>, StoreError> {

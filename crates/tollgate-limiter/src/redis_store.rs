@@ -601,6 +601,17 @@ impl ApprovalStore for RedisStore {
             .transpose()
     }
 
+    async fn count_pending(&self) -> Result<usize, StoreError> {
+        let prefix = self.approval_key("pending:");
+        let answer = self
+            .approval_script(self.approval_key("index"), &["pending", &prefix])
+            .await?;
+        answer
+            .first()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| StoreError::Rejected(format!("unexpected answer from approval.lua: {answer:?}")))
+    }
+
     fn wakeups(&self) -> broadcast::Receiver<String> {
         let receiver = self.wakeups.subscribe();
         if !self.subscribed.swap(true, Ordering::AcqRel) {
