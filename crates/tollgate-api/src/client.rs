@@ -152,6 +152,13 @@ fn is_outage(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
 }
 
+/// For a long-lived stream, also a replica that dies while the stream opens or runs: that
+/// surfaces as an h2 error (`Unknown`), which the service itself never answers. A held call
+/// then follows its approval on another replica.
+fn stream_outage(code: Code) -> bool {
+    is_outage(code) || code == Code::Unknown
+}
+
 #[async_trait::async_trait]
 impl Decider for GrpcDecider {
     async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionError> {
@@ -191,7 +198,7 @@ impl Decider for GrpcDecider {
             let opened = tokio::time::timeout(self.deadline.min(left), client.clone().wait_approval(request)).await;
             let mut updates = match opened {
                 Ok(Ok(response)) => response.into_inner(),
-                Ok(Err(status)) if !is_outage(status.code()) => {
+                Ok(Err(status)) if !stream_outage(status.code()) => {
                     return Err(DecisionError::Failed(format!(
                         "decision service {address} answered {:?}: {}",
                         status.code(),
@@ -222,9 +229,7 @@ impl Decider for GrpcDecider {
                         last = Some(approval);
                     }
                     Ok(Ok(None)) => break,
-                    // A replica that dies mid-stream surfaces as an h2 error (`Unknown`),
-                    // which the service itself never answers.
-                    Ok(Err(status)) if is_outage(status.code()) || status.code() == Code::Unknown => {
+                    Ok(Err(status)) if stream_outage(status.code()) => {
                         tracing::warn!(replica = %address, "lost the approval stream: {}; following it on another replica", status.message());
                         failures.push(format!("{address}: {}", status.message()));
                         break;
