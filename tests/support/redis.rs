@@ -92,26 +92,7 @@ impl RedisServer {
         ca: &std::path::Path,
         require_client_cert: bool,
     ) -> RedisServer {
-        require("redis-server");
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create redis dir");
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            cluster: false,
-            tls: Some(Tls {
-                port: free_port(),
-                cert: cert.to_owned(),
-                key: key.to_owned(),
-                ca: ca.to_owned(),
-                require_client_cert,
-            }),
-        };
-        server.spawn();
-        server
+        RedisServer::start_with(false, Some(Tls::new(cert, key, ca, require_client_cert)))
     }
 
     /// `rediss://127.0.0.1:TLS_PORT` of a server started with [`RedisServer::start_tls`].
