@@ -473,6 +473,12 @@ impl RedisStore {
         format!("{}:{{approvals}}:{part}", self.prefix)
     }
 
+    /// The prefix of the pending-approval sets `approval.lua` keeps: one per grant (then the
+    /// grant's SHA-1) and `all`. Claim, resolve and count must agree on it.
+    fn pending_prefix(&self) -> String {
+        self.approval_key("pending:")
+    }
+
     /// The channel `approval.lua` publishes resolved ids on. A Redis Cluster forwards
     /// PUBLISH to every node, so a subscriber on any node hears every resolution.
     fn wakeup_channel(&self) -> String {
@@ -504,7 +510,7 @@ impl ApprovalStore for RedisStore {
         let id = crate::approvals::new_id();
         let timeout = crate::approvals::duration_ms(call.timeout).to_string();
         let max_pending = call.max_pending.to_string();
-        let pending_prefix = self.approval_key("pending:");
+        let pending_prefix = self.pending_prefix();
         let answer = self
             .approval_script(
                 self.approval_key(&format!("bind:{}", call.digest)),
@@ -553,15 +559,7 @@ impl ApprovalStore for RedisStore {
         let answer = self
             .approval_script(
                 self.approval_key(&format!("a:{id}")),
-                &[
-                    "resolve",
-                    status,
-                    by,
-                    reason,
-                    &channel,
-                    trace,
-                    &self.approval_key("pending:"),
-                ],
+                &["resolve", status, by, reason, &channel, trace, &self.pending_prefix()],
             )
             .await?;
         let [outcome, record] = answer.as_slice() else {
@@ -602,7 +600,7 @@ impl ApprovalStore for RedisStore {
     }
 
     async fn count_pending(&self) -> Result<usize, StoreError> {
-        let prefix = self.approval_key("pending:");
+        let prefix = self.pending_prefix();
         let answer = self
             .approval_script(self.approval_key("index"), &["pending", &prefix])
             .await?;
