@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tollgate_decision::{Decider, Engine, GrpcDecider, PolicyStatus};
 use tollgate_edge::EdgeParts;
-use tollgate_policy::{Action, Annotations, Call};
+use tollgate_policy::{Action, Annotations, Call, Kind};
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
@@ -283,7 +283,7 @@ pub fn policy_check(file: &Path) -> ExitCode {
 pub fn policy_explain(
     file: &Path,
     server: &str,
-    tool: &str,
+    (kind, tool): (Kind, String),
     grant: &str,
     agent: &str,
     args: Option<&str>,
@@ -296,9 +296,23 @@ pub fn policy_explain(
     if !(arguments.is_object() || arguments.is_null()) {
         bail!("--args must be a JSON object");
     }
+    if kind == Kind::Resource && !arguments.is_null() {
+        bail!("a resources/read has no arguments: leave out --args");
+    }
+    let tool = tool.as_str();
     let policy = &compiled.policy;
+    if !policy.covers(kind) {
+        println!("rule:   none: the policy has no `{}` section", kind.section());
+        println!(
+            "action: allow: every {} passes unchecked (and is still audited) until the policy has a `{}` \
+             section, if only `{{}}`",
+            tollgate_api_method(kind),
+            kind.section()
+        );
+        return Ok(());
+    }
     let annotations = Annotations::default();
-    let rule = policy.rule_for(server, tool, grant, annotations);
+    let rule = policy.rule_for_subject(kind, server, tool, grant, annotations);
     let agent = if agent.is_empty() { grant } else { agent };
     let call = Call {
         server,
@@ -352,7 +366,7 @@ pub fn policy_explain(
             );
         }
     }
-    let matching = policy.matching_rules(server, tool, grant, annotations);
+    let matching = policy.matching_rules_for_subject(kind, server, tool, grant, annotations);
     if matching.len() > 1 {
         println!("shadowed (these rules match the call too, and lose to the rule above):");
         for shadowed in &matching[1..] {
@@ -373,8 +387,18 @@ pub fn policy_explain(
             }
         }
     }
-    println!("(tool annotations are unknown here, so class rules see the MCP defaults: destructive, open world)");
+    if kind == Kind::Tool {
+        println!("(tool annotations are unknown here, so class rules see the MCP defaults: destructive, open world)");
+    }
     Ok(())
+}
+
+fn tollgate_api_method(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Tool => "tools/call",
+        Kind::Resource => "resources/read",
+        Kind::Prompt => "prompts/get",
+    }
 }
 
 pub enum ApprovalAction {

@@ -123,11 +123,19 @@ enum ApprovalsCommand {
 enum PolicyCommand {
     /// Check a policy file; prints errors and warnings as FILE:LINE:COLUMN, exits 1 on errors.
     Check { file: PathBuf },
-    /// Show which rule decides a call, and the counters it would take.
+    /// Show which rule decides a call (a tools/call, resources/read or prompts/get), and the
+    /// counters it would take.
     Explain {
         file: PathBuf,
+        /// The tool of a `tools/call` (one of --tool, --resource, --prompt).
+        #[arg(long, required_unless_present_any = ["resource", "prompt"], conflicts_with_all = ["resource", "prompt"])]
+        tool: Option<String>,
+        /// The URI of a `resources/read`.
+        #[arg(long, conflicts_with = "prompt")]
+        resource: Option<String>,
+        /// The name of a `prompts/get`.
         #[arg(long)]
-        tool: String,
+        prompt: Option<String>,
         #[arg(long)]
         grant: String,
         #[arg(long, default_value = "")]
@@ -165,12 +173,22 @@ fn main() -> ExitCode {
                 PolicyCommand::Explain {
                     file,
                     tool,
+                    resource,
+                    prompt,
                     grant,
                     server,
                     agent,
                     args,
                 },
-        } => commands::policy_explain(&file, &server, &tool, &grant, &agent, args.as_deref()),
+        } => {
+            let subject = match (tool, resource, prompt) {
+                (Some(tool), _, _) => (tollgate_policy::Kind::Tool, tool),
+                (_, Some(uri), _) => (tollgate_policy::Kind::Resource, uri),
+                (_, _, Some(name)) => (tollgate_policy::Kind::Prompt, name),
+                (None, None, None) => unreachable!("clap requires one of --tool, --resource, --prompt"),
+            };
+            commands::policy_explain(&file, &server, subject, &grant, &agent, args.as_deref())
+        }
         Command::Keygen => commands::keygen(),
         Command::Approvals {
             command,

@@ -462,3 +462,42 @@ fn policy_explain_reports_argument_rules_and_approvals() {
         "{retry}"
     );
 }
+
+#[test]
+fn policy_explain_decides_resource_reads_and_prompt_gets() {
+    let dir = support::temp_dir("explain-kinds");
+    let file = dir.join("policy.json");
+    let policy = r#"{"version": "1", "default": "allow",
+  "resources": {"file:///secrets/*": {"action": "deny", "reason": "no secrets"}},
+  "prompts": {"triage": {"arguments": {"properties": {"severity": {"enum": ["low", "high"]}}}}}
+}"#;
+    std::fs::write(&file, policy).expect("policy");
+    let seed = dir.join("seed.json");
+    std::fs::write(&seed, support::seed_policy("minute")).expect("seed");
+    let explain = |args: &[&str]| {
+        let mut all = vec!["policy", "explain"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--grant", "ci"]);
+        run(&all)
+    };
+    let path = file.to_str().expect("path");
+    let (code, out, err) = explain(&[path, "--resource", "file:///secrets/db"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rule:   resources[\"file:///secrets/*\"]") && out.contains("reason: no secrets"),
+        "{out}"
+    );
+    let (_, out, _) = explain(&[path, "--prompt", "triage", "--args", r#"{"severity": "urgent"}"#]);
+    assert!(
+        out.contains("rule:   prompts[\"triage\"]") && out.contains("/severity"),
+        "{out}"
+    );
+    let (_, out, _) = explain(&[seed.to_str().expect("path"), "--resource", "file:///secrets/db"]);
+    assert!(
+        out.contains("no `resources` section") && out.contains("passes unchecked"),
+        "{out}"
+    );
+    let (code, _, err) = explain(&[path, "--resource", "file:///a", "--args", "{}"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no arguments"), "{err}");
+}

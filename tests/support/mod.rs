@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod everything;
 pub mod hostile;
 pub mod jwt;
 pub mod pki;

@@ -1,14 +1,17 @@
 //! The decision API as an edge sees it, without the engine, the policy or the stores: the
 //! [`Decider`] trait (what an edge asks), [`GrpcDecider`] (asking remote replicas over gRPC
 //! with failover), the generated `tollgate.v1` types, the bounded listener every Tollgate
-//! listener uses, and what a tool name may be.
+//! listener uses, and what tool names, prompt names and resource URIs may be.
 
 mod client;
 pub mod listener;
 mod names;
 
 pub use client::{GrpcDecider, GrpcDeciderError};
-pub use names::{MAX_TOOL_NAME_CHARS, check_tool_name};
+pub use names::{
+    MAX_RESOURCE_URI_BYTES, MAX_TOOL_NAME_CHARS, check_prompt_name, check_resource_uri, check_subject, check_tool_name,
+    subject_label, subject_method,
+};
 pub use tollgate_proto::v1 as proto;
 
 /// Largest gRPC message either side accepts: a call's arguments may be as large as the

@@ -1,7 +1,17 @@
-//! What a tool name may be. Tool names come from agents, reach logs, metric labels, span
-//! attributes and counter keys, so the edge and the decision service refuse names that no
-//! MCP server would publish before anything else sees them: 1 to 128 characters of ASCII
-//! letters, digits, `_`, `-`, `.` and `/` (the MCP specification's set, plus `/`).
+//! What a tool name, prompt name and resource URI may be. They come from agents, reach
+//! logs, span attributes, counter keys and policy patterns, so the edge and the decision
+//! service refuse what no MCP server would publish before anything else sees it.
+//!
+//! Tool and prompt names: 1 to 128 characters of ASCII letters, digits, `_`, `-`, `.` and
+//! `/` (the MCP specification's set for tool names, plus `/`).
+//!
+//! Resource URIs must be in the normal form RFC 3986 gives them, because policy patterns
+//! match their text: a URI that names the same resource as another in a different spelling
+//! (`FILE:///etc/passwd`, `file:///tmp/../etc/passwd`, `file:///%65tc/passwd`,
+//! `file:///etc%2Fpasswd`) could otherwise slip past a rule written for the plain spelling.
+//! Such URIs are refused, not rewritten: the upstream receives exactly what was decided.
+
+use crate::proto::SubjectKind;
 
 /// Longest tool name accepted.
 pub const MAX_TOOL_NAME_CHARS: usize = 128;
@@ -24,9 +34,158 @@ pub fn check_tool_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Longest resource URI accepted, in bytes.
+pub const MAX_RESOURCE_URI_BYTES: usize = 2048;
+
+/// Checks a prompt name: the same rules as tool names.
+pub fn check_prompt_name(name: &str) -> Result<(), &'static str> {
+    check_tool_name(name).map_err(|e| match e {
+        "the tool name is empty" => "the prompt name is empty",
+        "the tool name is longer than 128 characters" => "the prompt name is longer than 128 characters",
+        _ => "a prompt name may only hold ASCII letters, digits, '_', '-', '.' and '/'",
+    })
+}
+
+/// Checks that `uri` is an absolute URI in normal form: printable ASCII without spaces or
+/// `\`, a lowercase scheme, a lowercase authority, no `.` or `..` path segments, and
+/// percent-encoding only where it is needed (never of a letter, digit, `-`, `.`, `_`, `~`,
+/// `/` or `\`). The error says why, without repeating the URI.
+pub fn check_resource_uri(uri: &str) -> Result<(), &'static str> {
+    if uri.is_empty() {
+        return Err("the resource URI is empty");
+    }
+    if uri.len() > MAX_RESOURCE_URI_BYTES {
+        return Err("the resource URI is longer than 2048 bytes");
+    }
+    if !uri.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+        return Err("a resource URI may only hold printable ASCII without spaces or '\\' (percent-encode the rest)");
+    }
+    let Some(colon) = uri.find(':') else {
+        return Err("the resource URI has no scheme");
+    };
+    let scheme = &uri[..colon];
+    let scheme_ok = scheme.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.'));
+    if !scheme_ok {
+        return Err("the resource URI's scheme must be lowercase letters, digits, '+', '-' and '.'");
+    }
+    let bytes = uri.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+                return Err("the resource URI has a '%' that is not followed by two hex digits");
+            };
+            let decoded = (hi * 16 + lo) as u8;
+            if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\') {
+                return Err("the resource URI percent-encodes a character that must be written as it is");
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let rest = &uri[colon + 1..];
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let mut path = &rest[..end];
+    if let Some(after) = path.strip_prefix("//") {
+        let authority_end = after.find('/').unwrap_or(after.len());
+        if after[..authority_end].bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err("the resource URI's host must be lowercase");
+        }
+        path = &after[authority_end..];
+    }
+    if path.split('/').any(|segment| segment == "." || segment == "..") {
+        return Err("the resource URI has '.' or '..' path segments");
+    }
+    Ok(())
+}
+
+/// Checks the name a decision is about, by its kind.
+pub fn check_subject(kind: SubjectKind, name: &str) -> Result<(), &'static str> {
+    match kind {
+        SubjectKind::Tool => check_tool_name(name),
+        SubjectKind::Resource => check_resource_uri(name),
+        SubjectKind::Prompt => check_prompt_name(name),
+    }
+}
+
+/// The MCP method a decision of `kind` is for.
+pub fn subject_method(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::Tool => "tools/call",
+        SubjectKind::Resource => "resources/read",
+        SubjectKind::Prompt => "prompts/get",
+    }
+}
+
+/// How a subject is named where all kinds meet (approval records, approval bindings): the
+/// tool name as it is, `resources/read <uri>` and `prompts/get <name>` for the others. No
+/// tool name holds a space, so the three never collide.
+pub fn subject_label(kind: SubjectKind, name: &str) -> String {
+    match kind {
+        SubjectKind::Tool => name.to_owned(),
+        other => format!("{} {name}", subject_method(other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_uris_must_be_in_normal_form() {
+        for ok in [
+            "test://static/resource/1",
+            "file:///etc/passwd",
+            "https://example.com/a/b?x=1#y",
+            "demo://notes/caf%C3%A9",
+            "urn:isbn:0451450523",
+            "file:///a%20b",
+            "file:///a/..b/c.",
+        ] {
+            assert_eq!(check_resource_uri(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "no-scheme",
+            "FILE:///etc/passwd",
+            "file:///tmp/../etc/passwd",
+            "file:///./etc/passwd",
+            "file:///etc/..",
+            "file:///%65tc/passwd",
+            "file:///etc%2Fpasswd",
+            "file:///etc%2fpasswd",
+            "file:///a%2",
+            "file:///a%zz",
+            "file:///a b",
+            "file:///a\\b",
+            "file:///caf\u{e9}",
+            "file:///a\nb",
+            "https://EXAMPLE.com/x",
+            ":nothing",
+            &format!("file:///{}", "a".repeat(2048)),
+        ] {
+            assert!(check_resource_uri(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn subjects_are_checked_and_labelled_by_kind() {
+        assert!(check_subject(SubjectKind::Resource, "file:///x").is_ok());
+        assert!(check_subject(SubjectKind::Tool, "file:///x").is_err());
+        assert!(check_subject(SubjectKind::Prompt, "simple_prompt").is_ok());
+        assert_eq!(check_prompt_name(""), Err("the prompt name is empty"));
+        assert_eq!(subject_label(SubjectKind::Tool, "t"), "t");
+        assert_eq!(
+            subject_label(SubjectKind::Resource, "file:///x"),
+            "resources/read file:///x"
+        );
+        assert_eq!(subject_label(SubjectKind::Prompt, "p"), "prompts/get p");
+    }
 
     #[test]
     fn accepts_mcp_names_and_refuses_the_rest() {

@@ -9,12 +9,14 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_limiter::{Admission, Approval, ApprovalStore, Claim, CounterStore, Hit, MemoryApprovals, NewApproval};
-use tollgate_policy::{Action, Annotations, Call, CounterHit, OnStoreError, Policy, Rule};
+use tollgate_policy::{Action, Annotations, Call, CounterHit, Kind, OnStoreError, Policy, Rule};
 use tollgate_telemetry::metrics::metrics;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::proto::{self, DecideRequest, Decision, LimitStatus, Verdict, VisibleToolsRequest, VisibleToolsResponse};
+use crate::proto::{
+    self, DecideRequest, Decision, LimitStatus, SubjectKind, Verdict, VisibleToolsRequest, VisibleToolsResponse,
+};
 use crate::{Decider, DecisionError, verdict_name};
 
 /// How long an acquire that missed its deadline is still waited for, to give back what it
@@ -125,10 +127,18 @@ impl Engine {
             tollgate.retry_after_ms = Empty,
             tollgate.arguments.sha256 = Empty,
             tollgate.arguments = Empty,
-            gen_ai.tool.name = %request.tool,
-            mcp.method.name = "tools/call",
+            gen_ai.tool.name = Empty,
+            gen_ai.prompt.name = Empty,
+            mcp.resource.uri = Empty,
+            mcp.method.name = tollgate_api::subject_method(request.kind()),
             mcp.session.id = %request.session_id,
         );
+        let subject_field = match request.kind() {
+            SubjectKind::Tool => "gen_ai.tool.name",
+            SubjectKind::Resource => "mcp.resource.uri",
+            SubjectKind::Prompt => "gen_ai.prompt.name",
+        };
+        span.record(subject_field, request.tool.as_str());
         tollgate_telemetry::propagation::set_parent(&span, parent);
         let parsed = parse_json(&request.arguments_json);
         if !span.is_disabled() {
@@ -145,11 +155,12 @@ impl Engine {
             tracing::Instrument::instrument(self.evaluate(request, call_arguments(parsed)), span.clone()).await;
         let verdict = verdict_name(decision.verdict());
         // Only tools an upstream listed (the edge sends their annotations) become label
-        // values: agents choose the names of the rest.
-        let tool_label = if request.annotations.is_some() {
-            request.tool.as_str()
-        } else {
-            "_unlisted"
+        // values: agents choose the names of the rest, and of every resource and prompt.
+        let tool_label = match request.kind() {
+            SubjectKind::Tool if request.annotations.is_some() => request.tool.as_str(),
+            SubjectKind::Tool => "_unlisted",
+            SubjectKind::Resource => "_resource",
+            SubjectKind::Prompt => "_prompt",
         };
         metrics().observe_decision(verdict, &request.server, tool_label, started.elapsed());
         span.record("tollgate.verdict", verdict);
@@ -177,6 +188,7 @@ impl Engine {
                 decision_id = %decision.decision_id,
                 verdict,
                 rule = ?decision.rule,
+                method = tollgate_api::subject_method(request.kind()),
                 server = ?request.server,
                 tool = ?request.tool,
                 grant = ?request.grant,
@@ -211,7 +223,18 @@ impl Engine {
             arguments: &arguments,
             annotations: annotations(request.annotations.as_ref()),
         };
-        let rule = policy.rule_for(call.server, call.tool, call.grant, call.annotations);
+        let kind = policy_kind(request.kind());
+        if !policy.covers(kind) {
+            // Documented: a policy without a `resources` (`prompts`) section leaves reads
+            // (gets) as they were before policies covered them. Still audited.
+            let rule = format!("(no {} section)", kind.section());
+            return decision.with(Verdict::Allow, &rule, String::new());
+        }
+        let subject = Subject {
+            kind: request.kind(),
+            name: &request.tool,
+        };
+        let rule = policy.rule_for_subject(kind, call.server, call.tool, call.grant, call.annotations);
         decision.rule = rule.label.clone();
         // Arguments are checked before approvals and limits: a refused call takes nothing.
         if rule.action != Action::Deny
@@ -226,10 +249,13 @@ impl Engine {
         }
         match rule.action {
             Action::Deny => {
-                let reason = rule.reason.clone().unwrap_or_else(|| denial_text(rule, &call));
+                let reason = rule.reason.clone().unwrap_or_else(|| denial_text(rule, &subject));
                 decision.with(Verdict::Deny, &rule.label, reason)
             }
-            Action::RequireApproval => self.approval(decision, &policy, rule, &call, &request.request_id).await,
+            Action::RequireApproval => {
+                self.approval(decision, &policy, rule, &call, subject, &request.request_id)
+                    .await
+            }
             Action::Allow => {
                 let hits = policy.counter_hits(rule, &call);
                 if hits.is_empty() {
@@ -249,18 +275,22 @@ impl Engine {
         policy: &Policy,
         rule: &Rule,
         call: &Call<'_>,
+        subject: Subject<'_>,
         request_id: &str,
     ) -> Decision {
+        // Approvals name (and are bound to) the kind with the name: an approval to get
+        // prompt "x" can never let tool "x" through.
+        let label = tollgate_api::subject_label(subject.kind, subject.name);
         let arguments = if call.arguments.is_null() {
             Value::Object(Default::default())
         } else {
             call.arguments.clone()
         };
         let canonical = tollgate_policy::canonical_json(&arguments);
-        let binding = serde_json::json!([call.grant, call.server, call.tool, canonical]).to_string();
+        let binding = serde_json::json!([call.grant, call.server, label, canonical]).to_string();
         let new = NewApproval {
             server: call.server.to_owned(),
-            tool: call.tool.to_owned(),
+            tool: label.clone(),
             grant: call.grant.to_owned(),
             agent: call.agent.to_owned(),
             arguments: arguments.to_string(),
@@ -289,7 +319,7 @@ impl Engine {
                 );
             }
         };
-        let tool = call.tool;
+        let tool = label.as_str();
         match asked {
             Claim::Approved(approval) => {
                 if let Some(trace) = &approval.resolved_trace {
@@ -334,7 +364,8 @@ impl Engine {
                 let wait = Duration::from_millis(approval.expires_ms.saturating_sub(tollgate_limiter::wall_clock_ms()));
                 let asks = rule.reason.clone().unwrap_or_else(|| {
                     format!(
-                        "calling \"{tool}\" needs an operator's approval (policy rule {})",
+                        "{} needs an operator's approval (policy rule {})",
+                        subject.action_text(),
                         rule.label
                     )
                 });
@@ -521,11 +552,13 @@ impl Engine {
 
     pub fn visible_tools(&self, request: &VisibleToolsRequest) -> VisibleToolsResponse {
         let policy = self.policy.load();
+        let kind = policy_kind(request.kind());
         let visible = request
             .tools
             .iter()
             .filter(|t| {
-                policy.is_visible(
+                policy.is_visible_subject(
+                    kind,
                     &request.server,
                     &t.name,
                     &request.grant,
@@ -605,14 +638,45 @@ fn admitted_or_limited(
     decision.with(Verdict::RateLimited, &rule.label, reason)
 }
 
-fn denial_text(rule: &Rule, call: &Call<'_>) -> String {
+/// What a decision is about, for texts and approvals.
+#[derive(Clone, Copy)]
+struct Subject<'a> {
+    kind: SubjectKind,
+    name: &'a str,
+}
+
+impl Subject<'_> {
+    fn noun(&self) -> &'static str {
+        policy_kind(self.kind).noun()
+    }
+
+    /// "calling \"t\"", "reading resource \"u\"", "getting prompt \"p\"".
+    fn action_text(&self) -> String {
+        match self.kind {
+            SubjectKind::Tool => format!("calling \"{}\"", self.name),
+            SubjectKind::Resource => format!("reading resource \"{}\"", self.name),
+            SubjectKind::Prompt => format!("getting prompt \"{}\"", self.name),
+        }
+    }
+}
+
+fn policy_kind(kind: SubjectKind) -> Kind {
+    match kind {
+        SubjectKind::Tool => Kind::Tool,
+        SubjectKind::Resource => Kind::Resource,
+        SubjectKind::Prompt => Kind::Prompt,
+    }
+}
+
+fn denial_text(rule: &Rule, subject: &Subject<'_>) -> String {
+    let (noun, name) = (subject.noun(), subject.name);
     if rule.is_default() {
         format!(
-            "tool \"{}\" is not allowed: no policy rule names it, and the default is deny (rule {})",
-            call.tool, rule.label
+            "{noun} \"{name}\" is not allowed: no policy rule names it, and the default is deny (rule {})",
+            rule.label
         )
     } else {
-        format!("tool \"{}\" is denied by policy rule {}", call.tool, rule.label)
+        format!("{noun} \"{name}\" is denied by policy rule {}", rule.label)
     }
 }
 

@@ -18,6 +18,6 @@ pub use engine::Engine;
 pub use reload::{PolicyStatus, watch_policy};
 pub use service::{DecisionSettings, serve};
 pub use tollgate_api::{
-    Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth, check_tool_name, listener,
-    proto, verdict_name,
+    Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth, check_subject,
+    check_tool_name, listener, proto, verdict_name,
 };

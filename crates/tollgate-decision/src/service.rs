@@ -214,7 +214,14 @@ impl DecisionService for DecisionGrpc {
         &self,
         request: Request<VisibleToolsRequest>,
     ) -> Result<Response<VisibleToolsResponse>, Status> {
-        Ok(Response::new(self.engine.visible_tools(&request.into_inner())))
+        let request = request.into_inner();
+        if crate::proto::SubjectKind::try_from(request.kind).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "VisibleToolsRequest.kind {} is not a kind this service knows",
+                request.kind
+            )));
+        }
+        Ok(Response::new(self.engine.visible_tools(&request)))
     }
 
     type WaitApprovalStream =
@@ -300,10 +307,13 @@ impl DecisionService for DecisionGrpc {
     }
 }
 
-/// What a `Decide` must look like before the engine sees it: bounded fields and a tool name
-/// that could be an MCP tool's (the edge checks the same; this guards against other callers).
+/// What a `Decide` must look like before the engine sees it: a kind this service knows,
+/// bounded fields, and a tool name (resource URI, prompt name) that could be an MCP server's
+/// (the edge checks the same; this guards against other callers).
 fn check_request(request: &DecideRequest) -> Result<(), String> {
-    crate::check_tool_name(&request.tool).map_err(|e| format!("DecideRequest.tool: {e}"))?;
+    let kind = crate::proto::SubjectKind::try_from(request.kind)
+        .map_err(|_| format!("DecideRequest.kind {} is not a kind this service knows", request.kind))?;
+    crate::check_subject(kind, &request.tool).map_err(|e| format!("DecideRequest.tool: {e}"))?;
     for (field, value) in [
         ("request_id", &request.request_id),
         ("server", &request.server),

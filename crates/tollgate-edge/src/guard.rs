@@ -1,7 +1,7 @@
-//! What comes back from upstreams: every tools list an upstream sends is filtered to what
-//! the caller may call, on every path it can take — a `tools/list` answer as JSON or SSE,
-//! an event replayed on the GET stream, a list inside any other SSE stream — and anything
-//! the edge cannot parse there is not passed on (fail closed).
+//! What comes back from upstreams: every tools, resources and prompts list an upstream
+//! sends is filtered to what the caller may call (read, get), on every path it can take — a
+//! list answer as JSON or SSE, an event replayed on the GET stream, a list inside any other
+//! SSE stream — and anything the edge cannot parse there is not passed on (fail closed).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
-use tollgate_api::proto::{Tool, ToolAnnotations, VisibleToolsRequest};
+use tollgate_api::proto::{SubjectKind, Tool, ToolAnnotations, VisibleToolsRequest};
 
 use crate::auth::Caller;
 use crate::calls::{WithoutDecision, without_decision};
@@ -19,7 +19,14 @@ use crate::jsonrpc;
 use crate::mcp::Gateway;
 use crate::sse;
 
-/// Filters tools lists for one caller of one upstream.
+/// The lists a result may hold: its field, the field naming each entry, and their kind.
+const LISTS: [(&str, &str, SubjectKind); 3] = [
+    ("tools", "name", SubjectKind::Tool),
+    ("resources", "uri", SubjectKind::Resource),
+    ("prompts", "name", SubjectKind::Prompt),
+];
+
+/// Filters tools, resources and prompts lists for one caller of one upstream.
 #[derive(Clone)]
 pub struct ListFilter {
     pub gw: Arc<Gateway>,
@@ -35,8 +42,9 @@ pub struct Refused {
 }
 
 impl ListFilter {
-    /// Filters every tools list in `message` (one message or a batch of them) in place.
-    /// `Ok(true)` when something was changed, `Ok(false)` when the message holds no list.
+    /// Filters every tools, resources and prompts list in `message` (one message or a batch
+    /// of them) in place. `Ok(true)` when something was changed, `Ok(false)` when the message
+    /// holds no list.
     pub async fn filter(&self, message: &mut Value) -> Result<bool, Refused> {
         match message {
             Value::Array(items) => {
@@ -47,69 +55,88 @@ impl ListFilter {
                 Ok(changed)
             }
             Value::Object(object) => {
-                let Some(tools) = object.get_mut("result").and_then(|r| r.get_mut("tools")) else {
+                let Some(Value::Object(result)) = object.get_mut("result") else {
                     return Ok(false);
                 };
-                let Value::Array(tools) = tools else {
-                    return Err(Refused {
-                        status: StatusCode::BAD_GATEWAY,
-                        message: format!(
-                            "upstream MCP server \"{}\" sent a tools list whose \"tools\" is not an array",
-                            self.server
-                        ),
-                    });
-                };
-                self.retain_visible(tools).await?;
-                Ok(true)
+                let mut changed = false;
+                for (field, key, kind) in LISTS {
+                    let Some(items) = result.get_mut(field) else {
+                        continue;
+                    };
+                    let Value::Array(items) = items else {
+                        return Err(Refused {
+                            status: StatusCode::BAD_GATEWAY,
+                            message: format!(
+                                "upstream MCP server \"{}\" sent a result whose \"{field}\" is not an array",
+                                self.server
+                            ),
+                        });
+                    };
+                    self.retain_visible(kind, key, items).await?;
+                    changed = true;
+                }
+                Ok(changed)
             }
             _ => Ok(false),
         }
     }
 
-    /// Keeps the tools the caller may call. Tools whose names no agent could call through
-    /// the edge are dropped first; the annotations of the rest are remembered.
-    async fn retain_visible(&self, tools: &mut Vec<Value>) -> Result<(), Refused> {
-        tools.retain(|t| {
-            t.get("name")
+    /// Keeps the entries (tools, resources, prompts: named by their `key` field) the caller
+    /// may use. Entries no agent could use through the edge (a name or URI it refuses) are
+    /// dropped first; the annotations of the tools that remain are remembered.
+    async fn retain_visible(&self, kind: SubjectKind, key: &str, items: &mut Vec<Value>) -> Result<(), Refused> {
+        let name_of = |item: &Value| item.get(key).and_then(Value::as_str).map(str::to_owned);
+        items.retain(|item| {
+            item.get(key)
                 .and_then(Value::as_str)
-                .is_some_and(|n| tollgate_api::check_tool_name(n).is_ok())
+                .is_some_and(|n| tollgate_api::check_subject(kind, n).is_ok())
         });
-        let listed: Vec<Tool> = tools
+        let listed: Vec<Tool> = items
             .iter()
-            .filter_map(|t| {
+            .filter_map(|item| {
                 Some(Tool {
-                    name: t.get("name")?.as_str()?.to_owned(),
-                    annotations: Some(annotations_of(t)),
+                    name: name_of(item)?,
+                    annotations: (kind == SubjectKind::Tool).then(|| annotations_of(item)),
                 })
             })
             .collect();
-        self.gw.learn_tools(&self.server, &listed);
-        let request = VisibleToolsRequest {
+        if kind == SubjectKind::Tool {
+            self.gw.learn_tools(&self.server, &listed);
+        }
+        let mut request = VisibleToolsRequest {
             server: self.server.clone(),
             grant: self.caller.grant.clone(),
             agent: self.caller.agent.clone(),
             tools: listed,
+            ..Default::default()
         };
+        request.set_kind(kind);
         match self.gw.decider.visible_tools(request).await {
             Ok(answer) => {
                 let visible: HashSet<&str> = answer.visible.iter().map(String::as_str).collect();
-                tools.retain(|t| {
-                    t.get("name")
+                items.retain(|item| {
+                    item.get(key)
                         .and_then(Value::as_str)
                         .is_some_and(|n| visible.contains(n))
                 });
                 Ok(())
             }
             Err(e) => {
-                let what = format!("the tools list of {} for grant {}", self.server, self.caller.grant);
+                let list = match kind {
+                    SubjectKind::Tool => "tools",
+                    SubjectKind::Resource => "resources",
+                    SubjectKind::Prompt => "prompts",
+                };
+                let what = format!("the {list} list of {} for grant {}", self.server, self.caller.grant);
                 if without_decision(&self.gw.settings, &e, &what) == WithoutDecision::ForwardUnchecked {
                     return Ok(());
                 }
                 Err(Refused {
                     status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: "the decision service is unavailable, so Tollgate cannot tell which tools you may use; \
-                              try again shortly"
-                        .into(),
+                    message: format!(
+                        "the decision service is unavailable, so Tollgate cannot tell which {list} you may use; \
+                         try again shortly"
+                    ),
                 })
             }
         }

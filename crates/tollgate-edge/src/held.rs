@@ -30,20 +30,21 @@ use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 
 use crate::auth::Caller;
-use crate::calls::{ToolCall, decide_request};
+use crate::calls::{Subject, decide_request};
 use crate::jsonrpc;
 use crate::mcp::{Exchange, Gateway, guarded};
 use crate::refusal;
 use crate::request::content_type_is;
+use crate::settings::RefusalMode;
 
 /// Events queued for a held call's stream before the task waits for the agent to read.
 const QUEUED_EVENTS: usize = 16;
 
-/// Answers `message` (a `tools/call` whose first decision was APPROVAL_REQUIRED with a
+/// Answers `message` (a `tools/call`, `resources/read` or `prompts/get` whose first decision was APPROVAL_REQUIRED with a
 /// hold) with an SSE stream, and spawns the task that follows the approval.
 pub(crate) fn hold(
     exchange: &Exchange<'_>,
-    call: &ToolCall<'_>,
+    call: &Subject<'_>,
     message: &Value,
     id: &Value,
     request_id: uuid::Uuid,
@@ -61,6 +62,7 @@ pub(crate) fn hold(
         request: decide_request(exchange, call, String::new()),
         request_id,
         progress_token: call.progress_token.cloned(),
+        refusal: call.refusal_mode(&gw.settings),
         decision,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_EVENTS);
@@ -87,13 +89,15 @@ struct Held {
     server: String,
     caller: Caller,
     headers: HeaderMap,
-    /// The `tools/call` as parsed and decided.
+    /// The call (read, get) as parsed and decided.
     message: Value,
     id: Value,
     /// The first decision's request; later decisions use derived request ids.
     request: DecideRequest,
     request_id: uuid::Uuid,
     progress_token: Option<Value>,
+    /// How a refusal reaches the agent.
+    refusal: RefusalMode,
     /// The latest decision: APPROVAL_REQUIRED, naming the approval followed.
     decision: Decision,
 }
@@ -159,9 +163,7 @@ impl Held {
                     self.decision = decision;
                 }
                 _ => {
-                    let _ = tx
-                        .send(event(&refusal::body(&self.id, &decision, self.gw.settings.refusal)))
-                        .await;
+                    let _ = tx.send(event(&refusal::body(&self.id, &decision, self.refusal))).await;
                     return;
                 }
             }

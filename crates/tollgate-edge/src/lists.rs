@@ -1,5 +1,6 @@
-//! `tools/list`: forwarded, and its answer filtered to the tools the caller could ever
-//! call ([`crate::guard`]); an answer the edge cannot check is not passed on.
+//! `tools/list`, `resources/list` and `prompts/list`: forwarded, and the answer filtered to
+//! what the caller could ever call, read or get ([`crate::guard`]); an answer the edge cannot
+//! check is not passed on.
 
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use crate::mcp::{Exchange, guarded};
 use crate::request::content_type_is;
 use crate::upstream;
 
-pub(crate) async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Response {
+/// `method` is the list method's name, for messages.
+pub(crate) async fn list(exchange: &Exchange<'_>, method: &str, message: &Value, id: &Value) -> Response {
     let gw = exchange.gw;
     let upstream = exchange.upstream;
     let response = match exchange.send(message, Some(id)).await {
@@ -28,14 +30,14 @@ pub(crate) async fn list_tools(exchange: &Exchange<'_>, message: &Value, id: &Va
     // Nothing of an answer the edge could not check is passed on: not its body, and for a
     // server error not its status either. An error status never carries a list through.
     let fail = |what: &str| {
-        tracing::warn!(upstream = %upstream.name, status = parts.status.as_u16(), "upstream sent {what} to tools/list");
+        tracing::warn!(upstream = %upstream.name, status = parts.status.as_u16(), "upstream sent {what} to {method}");
         let status = if parts.status.is_client_error() {
             parts.status
         } else {
             StatusCode::BAD_GATEWAY
         };
         let message = format!(
-            "upstream MCP server \"{}\" answered tools/list with HTTP {} and {what}",
+            "upstream MCP server \"{}\" answered {method} with HTTP {} and {what}",
             upstream.name,
             parts.status.as_u16()
         );

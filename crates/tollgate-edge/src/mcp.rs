@@ -1,8 +1,8 @@
 //! The MCP endpoint `/mcp/{server}`. Each POST is read within its limits
 //! ([`crate::request`]), parsed strictly and classified once into a typed
-//! [`McpMethod`]; then a `tools/call` is decided before it is forwarded
-//! ([`crate::calls`]), a `tools/list` is forwarded and its answer filtered
-//! ([`crate::lists`]), and everything else is forwarded.
+//! [`McpMethod`]; then a `tools/call`, `resources/read` or `prompts/get` is decided before it
+//! is forwarded ([`crate::calls`]), a `tools/list`, `resources/list` or `prompts/list` is
+//! forwarded and its answer filtered ([`crate::lists`]), and everything else is forwarded.
 //! What is forwarded is always the message as the edge parsed and decided it,
 //! re-serialised, never the agent's raw bytes. GET and DELETE pass through; SSE answers
 //! on every path go through the list guard ([`crate::guard`]). The edge keeps no session
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tollgate_api::Decider;
-use tollgate_api::proto::{Tool, ToolAnnotations};
+use tollgate_api::proto::{SubjectKind, Tool, ToolAnnotations};
 use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 
@@ -231,15 +231,23 @@ pub async fn post(
         match message {
             Message::Request {
                 id,
-                method: McpMethod::ToolsCall,
+                method: method @ (McpMethod::ToolsCall | McpMethod::ResourcesRead | McpMethod::PromptsGet),
                 params,
                 ..
-            } => calls::call_tool(&exchange, &value, id, params).await,
+            } => {
+                let kind = match method {
+                    McpMethod::ResourcesRead => SubjectKind::Resource,
+                    McpMethod::PromptsGet => SubjectKind::Prompt,
+                    _ => SubjectKind::Tool,
+                };
+                calls::decide_and_forward(&exchange, kind, &value, id, params).await
+            }
             Message::Request {
                 id,
-                method: McpMethod::ToolsList,
+                method: McpMethod::ToolsList | McpMethod::ResourcesList | McpMethod::PromptsList,
+                name,
                 ..
-            } => lists::list_tools(&exchange, &value, id).await,
+            } => lists::list(&exchange, name, &value, id).await,
             Message::Notification {
                 method: McpMethod::NotificationsInitialized,
                 ..
@@ -304,8 +312,8 @@ async fn bodyless(gw: &Arc<Gateway>, server: &str, caller: Caller, headers: &Hea
 }
 
 /// An upstream answer as the agent receives it: only the headers agents may see, and an
-/// SSE body through the list guard. A JSON body of anything but `tools/list` streams as it
-/// came (it answers the request it was sent for).
+/// SSE body through the list guard. A JSON body of anything but the list methods streams as
+/// it came (it answers the request it was sent for).
 pub(crate) fn guarded(
     response: axum::http::Response<Incoming>,
     filter: ListFilter,

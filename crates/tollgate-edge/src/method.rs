@@ -61,7 +61,15 @@ impl McpMethod {
     /// Methods the edge decides or filters: they must come as requests, one per POST, never
     /// inside a batch.
     pub fn is_guarded(self) -> bool {
-        matches!(self, McpMethod::ToolsCall | McpMethod::ToolsList)
+        matches!(
+            self,
+            McpMethod::ToolsCall
+                | McpMethod::ToolsList
+                | McpMethod::ResourcesRead
+                | McpMethod::ResourcesList
+                | McpMethod::PromptsGet
+                | McpMethod::PromptsList
+        )
     }
 }
 
@@ -77,6 +85,7 @@ mod tests {
         assert_eq!(McpMethod::of("Tools/Call"), McpMethod::Other);
         assert_eq!(McpMethod::of("tools/call "), McpMethod::Other);
         assert!(McpMethod::of("tools/call").is_guarded() && McpMethod::of("tools/list").is_guarded());
-        assert!(!McpMethod::of("resources/read").is_guarded());
+        assert!(McpMethod::of("resources/read").is_guarded() && McpMethod::of("prompts/get").is_guarded());
+        assert!(!McpMethod::of("resources/templates/list").is_guarded());
     }
 }

@@ -12,7 +12,7 @@ use crate::document::{
 };
 use crate::error::{Diagnostic, PolicyError};
 use crate::glob::Glob;
-use crate::policy::{ApprovalPolicy, ArgumentSchema, Class, Limit, Policy, Rule, RuleSet, Rules};
+use crate::policy::{ApprovalPolicy, ArgumentSchema, Class, Kind, Limit, Policy, Rule, RuleSet, Rules};
 use crate::source::{Format, Source};
 
 /// The largest `max` of a `sliding_log` limit: the log keeps one entry per hit (a Redis
@@ -44,6 +44,7 @@ pub fn compile_with_format(name: &str, text: &str, format: Format) -> Result<Com
         warnings: Vec::new(),
         counters: HashMap::new(),
         entries: Vec::new(),
+        covers: [true, false, false],
     }
     .compile(document)
 }
@@ -62,9 +63,10 @@ enum Level {
     Top,
 }
 
-/// A compiled tool rule and where it sits, for the shadowing analysis.
+/// A compiled tool (resource, prompt) rule and where it sits, for the shadowing analysis.
 struct Entry {
     path: Vec<String>,
+    kind: Kind,
     level: Level,
     glob: Glob,
     exact: bool,
@@ -89,6 +91,17 @@ struct Compiler<'s, 'a> {
     warnings: Vec<Diagnostic>,
     counters: HashMap<String, CounterUse>,
     entries: Vec<Entry>,
+    /// Per [`Kind`]: whether the policy has a section for it anywhere.
+    covers: [bool; 3],
+}
+
+/// A scope's (or the top level's) rule maps, per [`Kind`].
+fn sections<'d>(
+    tools: &'d UniqueMap<RuleSpec>,
+    resources: &'d Option<UniqueMap<RuleSpec>>,
+    prompts: &'d Option<UniqueMap<RuleSpec>>,
+) -> [Option<&'d UniqueMap<RuleSpec>>; 3] {
+    [Some(tools), resources.as_ref(), prompts.as_ref()]
 }
 
 impl Compiler<'_, '_> {
@@ -105,9 +118,17 @@ impl Compiler<'_, '_> {
     fn compile(mut self, doc: PolicyDocument) -> Result<Compiled, PolicyError> {
         let default_action = doc.default.unwrap_or(Action::Deny);
         let default = Arc::new(Rule::default_rule("default".into(), default_action));
-        let tools = self.rule_set(&["tools"], "tools", &doc.tools, Level::Top);
+        for kind in [Kind::Resource, Kind::Prompt] {
+            let k = kind as usize;
+            let scoped = |s: &ScopeSpec| sections(&s.tools, &s.resources, &s.prompts)[k].is_some();
+            self.covers[k] = sections(&doc.tools, &doc.resources, &doc.prompts)[k].is_some()
+                || doc.servers.0.values().any(scoped)
+                || doc.grants.0.values().any(scoped);
+        }
+        let sets = self.rule_sets(&[], "", sections(&doc.tools, &doc.resources, &doc.prompts), Level::Top);
+        let tools = &sets[Kind::Tool as usize];
         if tools.catches_all() {
-            if doc.default.is_some() {
+            if doc.default.is_some() && !self.covers[Kind::Resource as usize] && !self.covers[Kind::Prompt as usize] {
                 self.warn(
                     &["default"],
                     "`default` never applies: the pattern \"*\" in `tools` matches every tool".into(),
@@ -143,7 +164,7 @@ impl Compiler<'_, '_> {
                 continue;
             };
             let label = format!("classes[\"{name}\"]");
-            classes[class as usize] = Some(self.rule(&["classes", name], name, label, spec));
+            classes[class as usize] = Some(self.rule(&["classes", name], name, label, spec, Kind::Tool));
         }
 
         self.shadowing(&classes, &default, &servers, &grants);
@@ -156,10 +177,11 @@ impl Compiler<'_, '_> {
         Ok(Compiled {
             policy: Policy {
                 default,
-                tools,
+                sets,
                 servers,
                 grants,
                 classes,
+                covers: self.covers,
             },
             warnings: self.warnings,
         })
@@ -184,6 +206,9 @@ impl Compiler<'_, '_> {
                 continue;
             }
             for (j, loser) in entries.iter().enumerate() {
+                if winner.kind != loser.kind {
+                    continue;
+                }
                 let same_map = winner.level == loser.level
                     && i != j
                     && winner.path[..winner.path.len() - 1] == loser.path[..loser.path.len() - 1];
@@ -243,10 +268,14 @@ impl Compiler<'_, '_> {
     }
 
     fn scoped(&mut self, path: &[&str], label: &str, spec: &ScopeSpec, level: Level) -> Rules {
-        let mut tools_path = path.to_vec();
-        tools_path.push("tools");
-        let tools = self.rule_set(&tools_path, &format!("{label}.tools"), &spec.tools, level);
-        if spec.default.is_some() && tools.catches_all() {
+        let sets = self.rule_sets(
+            path,
+            label,
+            sections(&spec.tools, &spec.resources, &spec.prompts),
+            level,
+        );
+        let others_covered = self.covers[Kind::Resource as usize] || self.covers[Kind::Prompt as usize];
+        if spec.default.is_some() && sets[Kind::Tool as usize].catches_all() && !others_covered {
             let mut p = path.to_vec();
             p.push("default");
             self.warn(
@@ -258,22 +287,53 @@ impl Compiler<'_, '_> {
             default: spec
                 .default
                 .map(|a| Arc::new(Rule::default_rule(format!("{label}.default"), a))),
-            tools,
+            sets,
         }
     }
 
-    fn rule_set(&mut self, path: &[&str], label: &str, specs: &UniqueMap<RuleSpec>, level: Level) -> RuleSet {
+    /// The rule maps of one scope (`label` empty for the top level), per [`Kind`].
+    fn rule_sets(
+        &mut self,
+        path: &[&str],
+        label: &str,
+        specs: [Option<&UniqueMap<RuleSpec>>; 3],
+        level: Level,
+    ) -> [RuleSet; 3] {
+        let mut sets: [RuleSet; 3] = Default::default();
+        for kind in Kind::ALL {
+            let Some(specs) = specs[kind as usize] else { continue };
+            let mut here = path.to_vec();
+            here.push(kind.section());
+            let label = if label.is_empty() {
+                kind.section().to_owned()
+            } else {
+                format!("{label}.{}", kind.section())
+            };
+            sets[kind as usize] = self.rule_set(&here, &label, specs, level.clone(), kind);
+        }
+        sets
+    }
+
+    fn rule_set(
+        &mut self,
+        path: &[&str],
+        label: &str,
+        specs: &UniqueMap<RuleSpec>,
+        level: Level,
+        kind: Kind,
+    ) -> RuleSet {
         let mut set = RuleSet::default();
         for (key, spec) in &specs.0 {
             let mut p = path.to_vec();
             p.push(key);
             if key.is_empty() {
-                self.error(&p, "empty tool name".into());
+                self.error(&p, format!("empty {} name", kind.noun()));
                 continue;
             }
-            let rule = self.rule(&p, key, format!("{label}[\"{key}\"]"), spec);
+            let rule = self.rule(&p, key, format!("{label}[\"{key}\"]"), spec, kind);
             self.entries.push(Entry {
                 path: p.iter().map(|s| (*s).to_owned()).collect(),
+                kind,
                 level: level.clone(),
                 glob: Glob::new(key),
                 exact: !Glob::is_pattern(key),
@@ -300,7 +360,8 @@ impl Compiler<'_, '_> {
                     p.push(b.as_str());
                     let message = format!(
                         "patterns \"{a}\" and \"{b}\" in {label} are equally specific and both match \"{witness}\": \
-                         name that tool exactly or make one pattern more specific"
+                         name that {} exactly or make one pattern more specific",
+                        kind.noun()
                     );
                     self.error(&p, message);
                 }
@@ -309,9 +370,13 @@ impl Compiler<'_, '_> {
         set
     }
 
-    /// Compiles one rule. `key` is the tool name, pattern or class it sits under.
-    fn rule(&mut self, path: &[&str], key: &str, label: String, spec: &RuleSpec) -> Arc<Rule> {
+    /// Compiles one rule. `key` is the tool name (resource URI, prompt name), pattern or class
+    /// it sits under.
+    fn rule(&mut self, path: &[&str], key: &str, label: String, spec: &RuleSpec, kind: Kind) -> Arc<Rule> {
         let action = spec.action.unwrap_or(Action::Allow);
+        if kind == Kind::Resource {
+            self.resource_rule_checks(path, &label, spec);
+        }
         let specs = spec.limits.as_deref().unwrap_or_default();
         if action == Action::Deny && (!specs.is_empty() || spec.rate_limit.is_some()) {
             self.warn(path, format!("{label}: limits of a deny rule are never checked"));
@@ -339,8 +404,12 @@ impl Compiler<'_, '_> {
         if let Some(shorthand) = &spec.rate_limit {
             let mut p = path.to_vec();
             p.push("rate_limit");
+            let counter = match kind {
+                Kind::Prompt => format!("prompt.{key}_rate"),
+                _ => format!("{key}_rate"),
+            };
             let as_limit = LimitSpec {
-                counter: format!("{key}_rate"),
+                counter,
                 window: shorthand.window.clone(),
                 max: shorthand.max,
                 scope: Some(
@@ -352,12 +421,15 @@ impl Compiler<'_, '_> {
                 cost: None,
                 algorithm: None,
             };
-            if Glob::is_pattern(key) {
+            if kind == Kind::Resource {
+                // Reported by resource_rule_checks.
+            } else if Glob::is_pattern(key) {
                 self.error(
                     &p,
                     format!(
-                        "{label}: `rate_limit` names its counter after the tool, and \"{key}\" is a pattern: \
-                         write the limit under `limits` with a counter name"
+                        "{label}: `rate_limit` names its counter after the {}, and \"{key}\" is a pattern: \
+                         write the limit under `limits` with a counter name",
+                        kind.noun()
                     ),
                 );
             } else if let Some(compiled) = self.limit(&p, &label, limits.len(), &as_limit) {
@@ -393,6 +465,50 @@ impl Compiler<'_, '_> {
             limits_stated: spec.limits.is_some() || spec.rate_limit.is_some(),
             arguments,
         })
+    }
+
+    /// A `resources/read` has no arguments: a resource rule that looks at them could never
+    /// do what it says.
+    fn resource_rule_checks(&mut self, path: &[&str], label: &str, spec: &RuleSpec) {
+        let mut here = path.to_vec();
+        if spec.arguments.is_some() {
+            here.push("arguments");
+            self.error(
+                &here,
+                format!("{label}: a resource read has no arguments, so a resource rule cannot have `arguments`"),
+            );
+            here.pop();
+        }
+        if spec.rate_limit.is_some() {
+            here.push("rate_limit");
+            self.error(
+                &here,
+                format!(
+                    "{label}: `rate_limit` names its counter after the rule's key, and a URI is not a counter name: \
+                     write the limit under `limits` with a counter name"
+                ),
+            );
+            here.pop();
+        }
+        here.push("limits");
+        for limit in spec.limits.as_deref().unwrap_or_default() {
+            if let Some(dim) = limit
+                .scope
+                .iter()
+                .flat_map(|s| &s.0)
+                .find(|d| matches!(d, ScopeDim::Argument(_)))
+            {
+                let mut at = here.clone();
+                at.push(&limit.counter);
+                self.error(
+                    &at,
+                    format!(
+                        "{label}: counter \"{}\" is scoped by \"{dim}\", but a resource read has no arguments",
+                        limit.counter
+                    ),
+                );
+            }
+        }
     }
 
     fn approval(&mut self, path: &[&str], label: &str, spec: Option<&ApprovalSpec>) -> ApprovalPolicy {

@@ -23,6 +23,13 @@ pub struct PolicyDocument {
     pub default: Option<Action>,
     #[serde(default)]
     pub tools: UniqueMap<RuleSpec>,
+    /// Rules for `resources/read`, keyed by URI or URI pattern. `None` (as opposed to `{}`)
+    /// when the document has no such section.
+    #[serde(default)]
+    pub resources: Option<UniqueMap<RuleSpec>>,
+    /// Rules for `prompts/get`, keyed by prompt name or pattern.
+    #[serde(default)]
+    pub prompts: Option<UniqueMap<RuleSpec>>,
     #[serde(default)]
     pub servers: UniqueMap<ScopeSpec>,
     #[serde(default)]
@@ -39,9 +46,14 @@ pub struct ScopeSpec {
     pub default: Option<Action>,
     #[serde(default)]
     pub tools: UniqueMap<RuleSpec>,
+    #[serde(default)]
+    pub resources: Option<UniqueMap<RuleSpec>>,
+    #[serde(default)]
+    pub prompts: Option<UniqueMap<RuleSpec>>,
 }
 
-/// One rule: what happens to calls of the tools it names.
+/// One rule: what happens to calls of the tools it names (or reads of the resources, or
+/// gets of the prompts).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {

@@ -1,5 +1,6 @@
 //! Tollgate's policy language: parse (JSON, YAML, TOML), validate with file:line:column
-//! diagnostics, compile, and evaluate which rule decides a `tools/call`.
+//! diagnostics, compile, and evaluate which rule decides a `tools/call` (or a `resources/read`, or a
+//! `prompts/get`).
 //!
 //! This crate does no I/O: callers hand it text and facts about a call, and it answers with
 //! a rule and the counter hits the call needs. Counting itself is `tollgate-limiter`'s job.
@@ -17,7 +18,7 @@ pub use compile::{Compiled, MAX_COUNT, MAX_SLIDING_LOG_MAX, compile_str, compile
 pub use document::{Action, Algorithm, ApprovalMode, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
-pub use policy::{Annotations, ApprovalPolicy, ArgumentSchema, Call, Class, CounterHit, Limit, Policy, Rule};
+pub use policy::{Annotations, ApprovalPolicy, ArgumentSchema, Call, Class, CounterHit, Kind, Limit, Policy, Rule};
 pub use source::Format;
 
 /// Reads and compiles a policy file.

@@ -18,10 +18,47 @@ use crate::glob::Glob;
 #[derive(Debug)]
 pub struct Policy {
     pub(crate) default: Arc<Rule>,
-    pub(crate) tools: RuleSet,
+    /// Top-level rules per [`Kind`]: `tools`, `resources`, `prompts`.
+    pub(crate) sets: [RuleSet; 3],
     pub(crate) servers: HashMap<String, Rules>,
     pub(crate) grants: HashMap<String, Rules>,
     pub(crate) classes: [Option<Arc<Rule>>; 3],
+    /// Per [`Kind`]: whether any part of the policy has a section for it. Tools always
+    /// are; resource reads and prompt gets are decided only once the policy names them.
+    pub(crate) covers: [bool; 3],
+}
+
+/// What a decision is about: the MCP method that reaches data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `tools/call`, decided by `tools` rules (and classes) by tool name.
+    Tool = 0,
+    /// `resources/read`, decided by `resources` rules by URI.
+    Resource = 1,
+    /// `prompts/get`, decided by `prompts` rules by prompt name.
+    Prompt = 2,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Tool, Kind::Resource, Kind::Prompt];
+
+    /// The policy section that holds its rules.
+    pub fn section(self) -> &'static str {
+        match self {
+            Kind::Tool => "tools",
+            Kind::Resource => "resources",
+            Kind::Prompt => "prompts",
+        }
+    }
+
+    /// What the subject is called in text for people: "tool", "resource", "prompt".
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Tool => "tool",
+            Kind::Resource => "resource",
+            Kind::Prompt => "prompt",
+        }
+    }
 }
 
 /// One rule of the policy, as compiled.
@@ -261,7 +298,8 @@ impl RuleSet {
 #[derive(Debug, Default)]
 pub(crate) struct Rules {
     pub(crate) default: Option<Arc<Rule>>,
-    pub(crate) tools: RuleSet,
+    /// Per [`Kind`].
+    pub(crate) sets: [RuleSet; 3],
 }
 
 /// Risk classes, by MCP tool annotations. Order is precedence: when a tool is in several
@@ -350,16 +388,36 @@ impl Policy {
     /// The rule that decides calls of `tool` on `server` by `grant`:
     /// grant > server > top-level tool > class > default (grant's, server's, then top-level).
     pub fn rule_for(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> &Arc<Rule> {
+        self.rule_for_subject(Kind::Tool, server, tool, grant, annotations)
+    }
+
+    /// Whether the policy decides subjects of `kind`: always for tools; for resources and
+    /// prompts once any part of it has a `resources` or `prompts` section (if only `{}`).
+    pub fn covers(&self, kind: Kind) -> bool {
+        self.covers[kind as usize]
+    }
+
+    /// The rule that decides `name` (a tool name, resource URI or prompt name) of `kind`:
+    /// grant > server > top level > class (tools only) > default.
+    pub fn rule_for_subject(
+        &self,
+        kind: Kind,
+        server: &str,
+        name: &str,
+        grant: &str,
+        annotations: Annotations,
+    ) -> &Arc<Rule> {
+        let k = kind as usize;
         let grant_rules = self.grants.get(grant);
         let server_rules = self.servers.get(server);
         grant_rules
-            .and_then(|r| r.tools.find(tool))
-            .or_else(|| server_rules.and_then(|r| r.tools.find(tool)))
-            .or_else(|| self.tools.find(tool))
+            .and_then(|r| r.sets[k].find(name))
+            .or_else(|| server_rules.and_then(|r| r.sets[k].find(name)))
+            .or_else(|| self.sets[k].find(name))
             .or_else(|| {
                 [Class::Destructive, Class::OpenWorld, Class::ReadOnly]
                     .into_iter()
-                    .filter(|c| annotations.in_class(*c))
+                    .filter(|c| kind == Kind::Tool && annotations.in_class(*c))
                     .find_map(|c| self.classes[c as usize].as_ref())
             })
             .or_else(|| grant_rules.and_then(|r| r.default.as_ref()))
@@ -371,16 +429,29 @@ impl Policy {
     /// others are shadowed by it (`policy explain` shows them, with what each would have
     /// applied).
     pub fn matching_rules(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> Vec<&Arc<Rule>> {
+        self.matching_rules_for_subject(Kind::Tool, server, tool, grant, annotations)
+    }
+
+    /// [`Policy::matching_rules`] for a subject of any kind.
+    pub fn matching_rules_for_subject(
+        &self,
+        kind: Kind,
+        server: &str,
+        name: &str,
+        grant: &str,
+        annotations: Annotations,
+    ) -> Vec<&Arc<Rule>> {
+        let k = kind as usize;
         let grant_rules = self.grants.get(grant);
         let server_rules = self.servers.get(server);
         let mut out: Vec<&Arc<Rule>> = Vec::new();
-        out.extend(grant_rules.into_iter().flat_map(|r| r.tools.find_all(tool)));
-        out.extend(server_rules.into_iter().flat_map(|r| r.tools.find_all(tool)));
-        out.extend(self.tools.find_all(tool));
+        out.extend(grant_rules.into_iter().flat_map(|r| r.sets[k].find_all(name)));
+        out.extend(server_rules.into_iter().flat_map(|r| r.sets[k].find_all(name)));
+        out.extend(self.sets[k].find_all(name));
         out.extend(
             [Class::Destructive, Class::OpenWorld, Class::ReadOnly]
                 .into_iter()
-                .filter(|c| annotations.in_class(*c))
+                .filter(|c| kind == Kind::Tool && annotations.in_class(*c))
                 .filter_map(|c| self.classes[c as usize].as_ref()),
         );
         out.extend(grant_rules.and_then(|r| r.default.as_ref()));
@@ -392,7 +463,20 @@ impl Policy {
     /// Whether a caller could ever be allowed to call the tool: hidden from `tools/list`
     /// when the rule that decides it denies.
     pub fn is_visible(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> bool {
-        self.rule_for(server, tool, grant, annotations).action != Action::Deny
+        self.is_visible_subject(Kind::Tool, server, tool, grant, annotations)
+    }
+
+    /// [`Policy::is_visible`] for a subject of any kind; everything is visible of a kind the
+    /// policy does not cover.
+    pub fn is_visible_subject(
+        &self,
+        kind: Kind,
+        server: &str,
+        name: &str,
+        grant: &str,
+        annotations: Annotations,
+    ) -> bool {
+        !self.covers(kind) || self.rule_for_subject(kind, server, name, grant, annotations).action != Action::Deny
     }
 
     /// The counter hits a call must take under `rule`, with their keys.

@@ -1,7 +1,7 @@
 //! The policy language as SPEC §2 describes it: precedence, keys and diagnostics.
 
 use serde_json::{Value, json};
-use tollgate_policy::{Action, Annotations, Call, Policy, PolicyError, compile_str};
+use tollgate_policy::{Action, Annotations, Call, Kind, Policy, PolicyError, compile_str};
 
 const SEED: &str = r#"{
   "version": "1",
@@ -721,4 +721,131 @@ fn approval_settings_that_cannot_work_are_named() {
     );
     assert_eq!(line, 2, "{message}");
     assert!(message.contains("hold") && message.contains("retry"), "{message}");
+}
+
+/// Resources and prompts are decided only once the policy names them: the seed (tools
+/// only) leaves both uncovered, and an empty section opts in with the defaults.
+#[test]
+fn resources_and_prompts_are_covered_only_when_a_section_names_them() {
+    let seed = policy(SEED);
+    assert!(seed.covers(Kind::Tool));
+    assert!(!seed.covers(Kind::Resource) && !seed.covers(Kind::Prompt));
+    assert!(seed.is_visible_subject(Kind::Resource, "k8s", "file:///etc/passwd", "g", Annotations::default()));
+
+    let p = policy(r#"{"version": "1", "default": "deny", "resources": {}}"#);
+    assert!(p.covers(Kind::Resource) && !p.covers(Kind::Prompt));
+    let rule = p.rule_for_subject(Kind::Resource, "s", "file:///x", "g", Annotations::default());
+    assert_eq!((rule.label.as_str(), rule.action), ("default", Action::Deny));
+    assert!(!p.is_visible_subject(Kind::Resource, "s", "file:///x", "g", Annotations::default()));
+
+    let in_grant = policy(r#"{"version": "1", "grants": {"ci": {"prompts": {"p": {}}}}}"#);
+    assert!(in_grant.covers(Kind::Prompt), "a section in any scope covers the kind");
+}
+
+#[test]
+fn resource_and_prompt_rules_follow_tool_precedence_by_kind() {
+    let p = policy(
+        r#"{
+          "version": "1",
+          "default": "allow",
+          "tools": {"simple_prompt": {"action": "deny"}},
+          "resources": {
+            "file:///secrets/*": {"action": "deny", "reason": "secrets stay put"},
+            "test://static/resource/*": {"limits": [{"counter": "reads", "window": "minute", "max": 2}]}
+          },
+          "prompts": {"simple_prompt": {"action": "allow"}, "*": {"action": "deny"}},
+          "servers": {"fs": {"resources": {"file:///secrets/public/*": {"action": "allow"}}}},
+          "grants": {"ops": {"prompts": {"complex_prompt": {"action": "require_approval"}}}},
+          "classes": {"read_only": {"action": "deny"}}
+        }"#,
+    );
+    let rule = |kind, server, name, grant| {
+        let read_only = Annotations {
+            read_only: Some(true),
+            ..Default::default()
+        };
+        p.rule_for_subject(kind, server, name, grant, read_only).label.clone()
+    };
+    assert_eq!(
+        rule(Kind::Resource, "x", "file:///secrets/key", "g"),
+        "resources[\"file:///secrets/*\"]"
+    );
+    assert_eq!(
+        rule(Kind::Resource, "fs", "file:///secrets/public/a", "g"),
+        "servers[\"fs\"].resources[\"file:///secrets/public/*\"]"
+    );
+    assert_eq!(
+        rule(Kind::Resource, "x", "file:///home/a", "g"),
+        "default",
+        "classes are for tools only"
+    );
+    assert_eq!(
+        rule(Kind::Prompt, "x", "simple_prompt", "g"),
+        "prompts[\"simple_prompt\"]"
+    );
+    assert_eq!(rule(Kind::Prompt, "x", "other", "g"), "prompts[\"*\"]");
+    assert_eq!(
+        rule(Kind::Prompt, "x", "complex_prompt", "ops"),
+        "grants[\"ops\"].prompts[\"complex_prompt\"]"
+    );
+    assert_eq!(
+        rule(Kind::Tool, "x", "simple_prompt", "g"),
+        "tools[\"simple_prompt\"]",
+        "kinds never mix"
+    );
+    assert_eq!(rule(Kind::Tool, "x", "anything", "g"), "classes[\"read_only\"]");
+    assert!(!p.is_visible_subject(Kind::Prompt, "x", "other", "g", Annotations::default()));
+    assert!(p.is_visible_subject(Kind::Prompt, "x", "simple_prompt", "g", Annotations::default()));
+}
+
+#[test]
+fn resource_rules_cannot_look_at_arguments_and_name_the_line() {
+    let e = errors(
+        "policy.json",
+        r#"{
+  "version": "1",
+  "resources": {
+    "file:///a": {"arguments": {"type": "object"}},
+    "file:///b": {"rate_limit": {"max": 1, "window": "minute"}},
+    "file:///c": {"limits": [{"counter": "c", "window": "minute", "max": 1, "scope": ["grant", "argument:x"]}]}
+  }
+}"#,
+    );
+    let text = e.to_string();
+    assert!(text.contains("policy.json:4:"), "{text}");
+    assert!(text.contains("cannot have `arguments`"), "{text}");
+    assert!(
+        text.contains("policy.json:5:") && text.contains("a URI is not a counter name"),
+        "{text}"
+    );
+    assert!(
+        text.contains("policy.json:6:") && text.contains("\"argument:x\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn prompt_rate_limit_shorthand_has_its_own_counter() {
+    let p = policy(
+        r#"{"version": "1",
+            "tools": {"p": {"rate_limit": {"max": 1, "window": "minute"}}},
+            "prompts": {"p": {"rate_limit": {"max": 5, "window": "hour"}}}}"#,
+    );
+    let prompt = p.rule_for_subject(Kind::Prompt, "s", "p", "g", Annotations::default());
+    assert_eq!(prompt.limits[0].counter, "prompt.p_rate");
+    assert_eq!(
+        p.rule_for("s", "p", "g", Annotations::default()).limits[0].counter,
+        "p_rate"
+    );
+}
+
+#[test]
+fn shadowing_warnings_compare_rules_of_one_kind() {
+    // A grant's prompt rule without "action" does not widen a top-level tool deny.
+    let w =
+        warnings(r#"{"version": "1", "tools": {"x": {"action": "deny"}}, "grants": {"g": {"prompts": {"x": {}}}}}"#);
+    assert!(w.is_empty(), "{w:?}");
+    let w =
+        warnings(r#"{"version": "1", "prompts": {"x": {"action": "deny"}}, "grants": {"g": {"prompts": {"x": {}}}}}"#);
+    assert_eq!(w.len(), 1, "{w:?}");
 }
