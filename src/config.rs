@@ -170,7 +170,7 @@ impl Config {
             config
                 .upstreams
                 .iter_mut()
-                .flat_map(|u| [&mut u.ca_file, &mut u.client_cert, &mut u.client_key]),
+                .flat_map(|u| [&mut u.ca_file, &mut u.client_cert, &mut u.client_key, &mut u.cwd]),
         );
         for file in files.flatten() {
             *file = resolve(base, file);

@@ -65,6 +65,46 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
     },
+    /// Runs a stdio MCP server behind MCP Streamable HTTP at http://LISTEN/mcp.
+    ///
+    /// Each MCP session gets a child process of its own, started by its initialize and
+    /// ended by DELETE, the idle timeout or shutdown; its stderr goes to the log. Run it as a
+    /// sidecar next to the server and point an [[upstreams]] url at it. Example:
+    ///
+    ///   tollgate stdio-bridge --listen 127.0.0.1:9100 -- uvx mcp-server-time
+    StdioBridge {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: String,
+        /// The server's name in logs and errors (default: the program's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// KEY=VALUE set in the server's environment (repeatable). The bridge's own
+        /// TOLLGATE_* variables are never passed on.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The server's working directory.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// End a session after this long without a request or an open stream.
+        #[arg(long, default_value_t = 600_000)]
+        idle_timeout_ms: u64,
+        /// Sessions (child processes) at once; initialize beyond it gets 503.
+        #[arg(long, default_value_t = 100)]
+        max_sessions: usize,
+        /// Largest message either way, in bytes.
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        max_message_bytes: usize,
+        /// How long a request waits for the server's answer.
+        #[arg(long, default_value_t = 300_000)]
+        request_timeout_ms: u64,
+        /// Hex SHA-256 of a bearer token every request must carry (required when LISTEN is
+        /// not a loopback address); the edge sends it with [[upstreams]] headers.
+        #[arg(long, env = "TOLLGATE_BRIDGE_TOKEN_SHA256")]
+        token_sha256: Option<String>,
+        /// The server's command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// List, approve and deny calls waiting for an operator (require_approval rules).
     ///
     /// Talks to the operators' API of any decision replica (decision.admin_listen) with an
@@ -190,6 +230,31 @@ fn main() -> ExitCode {
             commands::policy_explain(&file, &server, subject, &grant, &agent, args.as_deref())
         }
         Command::Keygen => commands::keygen(),
+        Command::StdioBridge {
+            listen,
+            name,
+            env,
+            cwd,
+            idle_timeout_ms,
+            max_sessions,
+            max_message_bytes,
+            request_timeout_ms,
+            token_sha256,
+            command,
+        } => commands::stdio_bridge(
+            &listen,
+            commands::BridgeArgs {
+                name,
+                env,
+                cwd,
+                idle_timeout: std::time::Duration::from_millis(idle_timeout_ms),
+                max_sessions,
+                max_message_bytes,
+                request_timeout: std::time::Duration::from_millis(request_timeout_ms),
+                token_sha256,
+                command,
+            },
+        ),
         Command::Approvals {
             command,
             config,

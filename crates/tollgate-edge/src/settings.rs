@@ -167,8 +167,28 @@ pub enum RefusalMode {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSettings {
     pub name: String,
-    /// The server's Streamable HTTP endpoint, e.g. `http://127.0.0.1:9000/mcp`.
+    /// The server's Streamable HTTP endpoint, e.g. `http://127.0.0.1:9000/mcp`. Empty for
+    /// a stdio server (`command`).
+    #[serde(default)]
     pub url: String,
+    /// A stdio server instead of a url: its program and arguments, run by `tollgate up`
+    /// behind a Streamable HTTP adapter, one child per MCP session. Edges (`tollgate
+    /// edge`) reach stdio servers through a `tollgate stdio-bridge` sidecar's url instead.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables for a `command` server.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of a `command` server.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// A `command` server's session ends after this long without a request or an open
+    /// stream (default 10 minutes).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Most sessions (child processes) of a `command` server at once (default 100).
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
     /// Headers the edge adds to every upstream request, e.g. the upstream's own
     /// `Authorization`. Never shown to agents.
     #[serde(default)]

@@ -128,6 +128,16 @@ impl Upstream {
                 "name must be letters, digits, '_', '-' or '.' (it becomes the path /mcp/{name})".into(),
             ));
         }
+        if !settings.command.is_empty() {
+            return Err(bad(
+                "`command` (a stdio server) is run by `tollgate up` only: an edge reaches a stdio server through \
+                 a `tollgate stdio-bridge` next to it, named by `url`"
+                    .into(),
+            ));
+        }
+        if settings.url.is_empty() {
+            return Err(bad("needs a url (or, in tollgate up, a command)".into()));
+        }
         let uri: Uri = settings
             .url
             .parse()
