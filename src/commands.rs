@@ -221,7 +221,7 @@ fn scheme(config: &Config) -> &'static str {
 
 pub fn demo_upstream(
     listen: &str,
-    sse: bool,
+    options: tollgate_demo::DemoOptions,
     tls: Option<(PathBuf, PathBuf)>,
     client_ca: Option<PathBuf>,
 ) -> anyhow::Result<()> {
@@ -243,7 +243,7 @@ pub fn demo_upstream(
             if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?
         );
-        let router = tollgate_demo::router(tollgate_demo::DemoOptions { sse });
+        let router = tollgate_demo::router(options);
         shutdown
             .drain(
                 Duration::from_secs(5),
@@ -696,6 +696,12 @@ fn print_endpoints(config: &Config, addr: SocketAddr, demo: bool) {
     for u in &config.upstreams {
         println!("  MCP endpoint http://{addr}/mcp/{}  ->  {}", u.name, u.url);
     }
+    let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    println!(
+        "  MCP endpoint http://{addr}/mcp  ->  aggregated: {} (tools and prompts named {{server}}{}{{name}})",
+        names.join(", "),
+        config.edge.aggregate.separator
+    );
     let demo_grant = config.grants.iter().find(|g| {
         g.key_sha256
             .eq_ignore_ascii_case(&hex::encode(Sha256::digest(DEMO_KEY)))

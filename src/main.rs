@@ -55,6 +55,9 @@ enum Command {
         /// Answer POSTs as SSE streams instead of JSON (when the client accepts both).
         #[arg(long)]
         sse: bool,
+        /// Page tools/list answers this many tools at a time (nextCursor).
+        #[arg(long)]
+        page_size: Option<usize>,
         /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -201,10 +204,16 @@ fn main() -> ExitCode {
         Command::DemoUpstream {
             listen,
             sse,
+            page_size,
             tls_cert,
             tls_key,
             tls_client_ca,
-        } => commands::demo_upstream(&listen, sse, tls_cert.zip(tls_key), tls_client_ca),
+        } => commands::demo_upstream(
+            &listen,
+            tollgate_demo::DemoOptions { sse, page_size },
+            tls_cert.zip(tls_key),
+            tls_client_ca,
+        ),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => return commands::policy_check(&file),

@@ -30,6 +30,9 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub struct DemoOptions {
     /// Answer requests as an SSE stream (when the client accepts it) instead of JSON.
     pub sse: bool,
+    /// Page `tools/list` answers this many tools at a time (`nextCursor`); all at once
+    /// when `None`.
+    pub page_size: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -102,7 +105,7 @@ async fn handle_post(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) 
     };
     let mut replies = Vec::new();
     for m in &messages {
-        if let Some(reply) = handle_message(m) {
+        if let Some(reply) = handle_message(m, demo.options.page_size) {
             replies.push(reply);
         }
     }
@@ -142,8 +145,30 @@ async fn handle_post(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) 
     response
 }
 
+/// One page of the tools: the cursor is the offset of the page's first tool.
+fn list_tools(params: &Value, page_size: Option<usize>) -> Result<Value, (i64, String)> {
+    let all = tools::definitions();
+    let Some(size) = page_size.filter(|n| *n > 0) else {
+        return Ok(json!({"tools": all}));
+    };
+    let start = match params.get("cursor") {
+        None | Some(Value::Null) => 0,
+        Some(cursor) => cursor
+            .as_str()
+            .and_then(|c| c.parse::<usize>().ok())
+            .filter(|n| *n < all.len())
+            .ok_or((-32602, "invalid cursor".to_owned()))?,
+    };
+    let end = (start + size).min(all.len());
+    let mut page = json!({"tools": all[start..end]});
+    if end < all.len() {
+        page["nextCursor"] = json!(end.to_string());
+    }
+    Ok(page)
+}
+
 /// Answers one JSON-RPC message; `None` for notifications and responses.
-fn handle_message(message: &Value) -> Option<Value> {
+fn handle_message(message: &Value, page_size: Option<usize>) -> Option<Value> {
     let method = message.get("method").and_then(Value::as_str)?;
     let id = message.get("id")?.clone();
     let params = message.get("params").cloned().unwrap_or(Value::Null);
@@ -163,7 +188,7 @@ fn handle_message(message: &Value) -> Option<Value> {
             }))
         }
         "ping" => Ok(json!({})),
-        "tools/list" => Ok(json!({"tools": tools::definitions()})),
+        "tools/list" => list_tools(&params, page_size),
         "tools/call" => tools::call(&params),
         other => Err((-32601, format!("method not found: {other}"))),
     };

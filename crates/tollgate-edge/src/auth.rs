@@ -33,6 +33,18 @@ pub struct Caller {
     pub agent: String,
     pub subject: Option<String>,
     pub issuer: Option<String>,
+    /// A token's scopes; `None` for a static key, which is not limited by scopes.
+    pub scopes: Option<Arc<[String]>>,
+}
+
+impl Caller {
+    /// Whether the caller holds every scope in `required` (a static key always does).
+    pub fn has_scopes(&self, required: &[String]) -> bool {
+        match &self.scopes {
+            None => true,
+            Some(held) => required.iter().all(|s| held.contains(s)),
+        }
+    }
 }
 
 /// Bearer-key hashes to callers.
@@ -57,6 +69,7 @@ impl Keyring {
                 agent: g.agent.clone().unwrap_or_else(|| g.name.clone()),
                 subject: None,
                 issuer: None,
+                scopes: None,
             };
             if let Some(other) = by_hash.insert(hash, caller) {
                 return Err(EdgeError::Config(format!(
@@ -88,10 +101,12 @@ pub struct Authenticator {
 impl Authenticator {
     /// The Protected Resource Metadata URL of `server`, as agents reach this edge.
     fn metadata_url(&self, headers: &HeaderMap, server: &str) -> String {
-        format!(
-            "{}/.well-known/oauth-protected-resource/mcp/{server}",
-            self.base_url(headers)
-        )
+        let path = if server.is_empty() {
+            "mcp".to_owned()
+        } else {
+            format!("mcp/{server}")
+        };
+        format!("{}/.well-known/oauth-protected-resource/{path}", self.base_url(headers))
     }
 
     /// The edge's public base URL: configured, or the request's scheme and `Host` (already
@@ -181,6 +196,7 @@ pub async fn require_key(State(auth): State<Arc<Authenticator>>, mut request: Re
                             agent: identity.agent,
                             subject: Some(identity.subject),
                             issuer: Some(identity.issuer),
+                            scopes: Some(identity.scopes.into()),
                         }
                     }
                     Err(Rejected(reason)) => {
@@ -218,6 +234,33 @@ fn refused(status: StatusCode, message: &str, challenge: &str) -> Response {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     response.into_response()
+}
+
+/// `GET /.well-known/oauth-protected-resource/mcp`: the aggregated endpoint's metadata; its
+/// scopes are every upstream's (a token reaches the upstreams whose scopes it holds).
+pub async fn aggregate_metadata(
+    State(state): State<(Arc<Authenticator>, Arc<Vec<String>>)>,
+    headers: HeaderMap,
+) -> Response {
+    let (auth, _) = state;
+    if auth.verifier.is_empty() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let mut scopes: Vec<&String> = auth.required_scopes.values().flatten().collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let body = serde_json::json!({
+        "resource": format!("{}/mcp", auth.base_url(&headers)),
+        "authorization_servers": auth.verifier.authorization_servers(),
+        "scopes_supported": scopes,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Tollgate",
+    });
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    response
 }
 
 /// `GET /.well-known/oauth-protected-resource/mcp/{server}`: Protected Resource Metadata

@@ -32,6 +32,10 @@ pub struct ListFilter {
     pub gw: Arc<Gateway>,
     pub server: String,
     pub caller: Caller,
+    /// On the aggregated endpoint: the upstream's prefix. Its tools and prompts are then
+    /// renamed `{prefix}{separator}{name}`, and its requests to the client get ids that
+    /// name it (see [`crate::aggregate`]).
+    pub aggregate: Option<Arc<str>>,
 }
 
 /// Why a message could not be passed on, and the HTTP status that says so where the
@@ -55,6 +59,11 @@ impl ListFilter {
                 Ok(changed)
             }
             Value::Object(object) => {
+                if let Some(prefix) = &self.aggregate
+                    && crate::aggregate::mark_server_message(object, prefix)
+                {
+                    return Ok(true);
+                }
                 let Some(Value::Object(result)) = object.get_mut("result") else {
                     return Ok(false);
                 };
@@ -73,6 +82,16 @@ impl ListFilter {
                         });
                     };
                     self.retain_visible(kind, key, items).await?;
+                    if let Some(prefix) = &self.aggregate
+                        && kind != SubjectKind::Resource
+                    {
+                        let separator = &self.gw.settings.aggregate.separator;
+                        for item in items.iter_mut() {
+                            if let Some(Value::String(name)) = item.get_mut(key) {
+                                *name = format!("{prefix}{separator}{name}");
+                            }
+                        }
+                    }
                     changed = true;
                 }
                 Ok(changed)

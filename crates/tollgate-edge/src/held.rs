@@ -63,6 +63,7 @@ pub(crate) fn hold(
         request_id,
         progress_token: call.progress_token.cloned(),
         refusal: call.refusal_mode(&gw.settings),
+        aggregate: exchange.aggregate.clone(),
         decision,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_EVENTS);
@@ -98,6 +99,8 @@ struct Held {
     progress_token: Option<Value>,
     /// How a refusal reaches the agent.
     refusal: RefusalMode,
+    /// On the aggregated endpoint: the upstream's prefix.
+    aggregate: Option<Arc<str>>,
     /// The latest decision: APPROVAL_REQUIRED, naming the approval followed.
     decision: Decision,
 }
@@ -201,6 +204,7 @@ impl Held {
             upstream,
             caller: &self.caller,
             headers: &self.headers,
+            aggregate: self.aggregate.clone(),
         };
         let response = match exchange.send(&self.message, Some(&self.id)).await {
             Ok(response) => response,

@@ -7,6 +7,7 @@
 //! no state a request needs: any edge serves any session. `/healthz` and `/readyz` sit
 //! outside authentication.
 
+mod aggregate;
 mod auth;
 mod calls;
 mod guard;
@@ -20,6 +21,7 @@ mod order;
 mod origin;
 mod refusal;
 mod request;
+mod sealed;
 mod server;
 mod settings;
 mod spans;
@@ -123,9 +125,25 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
         policy_status: parts.policy_status,
     });
     let origins = Arc::new(origin::OriginPolicy::new(&parts.settings, parts.settings.listen));
-    let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, parts.decider));
+    let aggregation = aggregate::Aggregation::new(
+        &parts.settings.aggregate,
+        &parts.upstreams,
+        &parts.grants,
+        &parts.identity.required_scopes,
+    )?;
+    if !aggregate::Aggregation::has_configured_keys(&parts.settings.aggregate) {
+        tracing::info!(
+            "edge.aggregate.session_keys is not set: sessions of the aggregated endpoint /mcp work on this process \
+             only (set the same keys on every edge of a cluster)"
+        );
+    }
+    let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, parts.decider, aggregation));
 
     let mcp_routes = Router::new()
+        .route(
+            "/mcp",
+            post(aggregate::post).get(aggregate::get).delete(aggregate::delete),
+        )
         .route("/mcp/{server}", post(mcp::post).get(mcp::get).delete(mcp::delete))
         .with_state(gateway)
         .layer(axum::middleware::from_fn_with_state(auth.clone(), auth::require_key));
@@ -133,6 +151,10 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
         .route(
             "/.well-known/oauth-protected-resource/mcp/{server}",
             get(auth::resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(auth::aggregate_metadata),
         )
         .with_state((auth, servers));
     let health = Router::new()

@@ -28,6 +28,7 @@ use tollgate_api::proto::{SubjectKind, Tool, ToolAnnotations};
 use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 
+use crate::aggregate::Aggregation;
 use crate::auth::Caller;
 use crate::guard::ListFilter;
 use crate::jsonrpc::{self, Message};
@@ -51,16 +52,24 @@ pub struct Gateway {
     annotations: RwLock<HashMap<String, HashMap<String, ToolAnnotations>>>,
     /// Keeps each session's GET stream ahead of its calls on this edge.
     order: StreamOrder,
+    /// The aggregated endpoint `/mcp`.
+    pub(crate) aggregation: Aggregation,
 }
 
 impl Gateway {
-    pub(crate) fn new(settings: EdgeSettings, upstreams: HashMap<String, Upstream>, decider: Arc<dyn Decider>) -> Self {
+    pub(crate) fn new(
+        settings: EdgeSettings,
+        upstreams: HashMap<String, Upstream>,
+        decider: Arc<dyn Decider>,
+        aggregation: Aggregation,
+    ) -> Self {
         Gateway {
             settings,
             upstreams,
             decider,
             annotations: RwLock::default(),
             order: StreamOrder::default(),
+            aggregation,
         }
     }
 
@@ -99,7 +108,7 @@ impl Gateway {
             .copied()
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         upstream: &Upstream,
         method: Method,
@@ -127,7 +136,11 @@ pub(crate) struct Exchange<'a> {
     pub(crate) gw: &'a Arc<Gateway>,
     pub(crate) upstream: &'a Upstream,
     pub(crate) caller: &'a Caller,
+    /// The headers the upstream request is made from (on the aggregated endpoint: the
+    /// agent's, with this upstream's own session id).
     pub(crate) headers: &'a HeaderMap,
+    /// On the aggregated endpoint: the upstream's prefix (see [`ListFilter::aggregate`]).
+    pub(crate) aggregate: Option<Arc<str>>,
 }
 
 impl Exchange<'_> {
@@ -136,6 +149,7 @@ impl Exchange<'_> {
             gw: self.gw.clone(),
             server: self.upstream.name.clone(),
             caller: self.caller.clone(),
+            aggregate: self.aggregate.clone(),
         }
     }
 
@@ -206,6 +220,7 @@ pub async fn post(
         upstream,
         caller: &caller,
         headers: &headers,
+        aggregate: None,
     };
     if let Value::Array(items) = &value {
         return match check_batch(items) {
@@ -304,6 +319,7 @@ async fn bodyless(gw: &Arc<Gateway>, server: &str, caller: Caller, headers: &Hea
                 gw: gw.clone(),
                 server: upstream.name.clone(),
                 caller,
+                aggregate: None,
             };
             guarded(response, filter, None)
         }

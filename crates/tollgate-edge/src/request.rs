@@ -23,6 +23,12 @@ const MAX_SESSION_ID_BYTES: usize = 256;
 /// One `Mcp-Session-Id` at most, and a bounded one: the upstream must see the same single
 /// session the edge reports in spans and session-scoped counters.
 pub(crate) fn check_session_header(headers: &HeaderMap) -> Result<(), Response> {
+    check_session_header_max(headers, MAX_SESSION_ID_BYTES)
+}
+
+/// [`check_session_header`] with another bound (the aggregated endpoint's session ids hold
+/// the upstreams' ones).
+pub(crate) fn check_session_header_max(headers: &HeaderMap, max: usize) -> Result<(), Response> {
     let mut values = headers.get_all("mcp-session-id").iter();
     let first = values.next();
     if values.next().is_some() {
@@ -31,10 +37,10 @@ pub(crate) fn check_session_header(headers: &HeaderMap) -> Result<(), Response> 
             "send one Mcp-Session-Id header, not several",
         ));
     }
-    if first.is_some_and(|v| v.len() > MAX_SESSION_ID_BYTES || v.to_str().is_err()) {
+    if first.is_some_and(|v| v.len() > max || v.to_str().is_err()) {
         return Err(bad_request(
             StatusCode::BAD_REQUEST,
-            "Mcp-Session-Id must be visible ASCII of at most 256 bytes",
+            &format!("Mcp-Session-Id must be visible ASCII of at most {max} bytes"),
         ));
     }
     Ok(())

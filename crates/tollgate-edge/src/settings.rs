@@ -97,6 +97,9 @@ pub struct EdgeSettings {
     /// The private key of `decision_client_cert` (PEM).
     #[serde(default)]
     pub decision_client_key: Option<PathBuf>,
+    /// The aggregated endpoint `/mcp`.
+    #[serde(default)]
+    pub aggregate: AggregateSettings,
 }
 
 impl Default for EdgeSettings {
@@ -124,8 +127,48 @@ impl Default for EdgeSettings {
             decision_ca_file: None,
             decision_client_cert: None,
             decision_client_key: None,
+            aggregate: AggregateSettings::default(),
         }
     }
+}
+
+/// `[edge.aggregate]`: the aggregated endpoint `/mcp`, one MCP server made of several
+/// upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSettings {
+    /// Between an upstream's prefix and its tool (prompt) name: `k8s__rollout_pause`.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// Keys that seal the aggregated session id (which holds the upstreams' session ids),
+    /// shared by every edge of a cluster. The first seals new sessions; all of them open
+    /// sessions, so a key can be rotated by putting the new one first and removing the old
+    /// one later. Empty: a random key per process (sessions then work on this process only,
+    /// and not across a restart). At least 32 characters each (`tollgate keygen`).
+    #[serde(default)]
+    pub session_keys: Vec<Secret>,
+    /// How long the edge waits for each upstream's part of a fanned-out request
+    /// (`initialize`, lists); a slower upstream is left out, with a warning.
+    #[serde(default = "default_fanout_timeout_ms")]
+    pub fanout_timeout_ms: u64,
+}
+
+impl Default for AggregateSettings {
+    fn default() -> Self {
+        AggregateSettings {
+            separator: default_separator(),
+            session_keys: Vec::new(),
+            fanout_timeout_ms: default_fanout_timeout_ms(),
+        }
+    }
+}
+
+fn default_separator() -> String {
+    "__".into()
+}
+
+fn default_fanout_timeout_ms() -> u64 {
+    5_000
 }
 
 impl EdgeSettings {
@@ -189,6 +232,10 @@ pub struct UpstreamSettings {
     /// Most sessions (child processes) of a `command` server at once (default 100).
     #[serde(default)]
     pub max_sessions: Option<usize>,
+    /// On the aggregated endpoint `/mcp`, this upstream's tools and prompts are named
+    /// `{prefix}{separator}{name}` (default prefix: the upstream's name).
+    #[serde(default)]
+    pub prefix: Option<String>,
     /// Headers the edge adds to every upstream request, e.g. the upstream's own
     /// `Authorization`. Never shown to agents.
     #[serde(default)]
@@ -214,6 +261,10 @@ pub struct GrantSettings {
     pub agent: Option<String>,
     /// Hex SHA-256 of the bearer key (`printf %s "$KEY" | sha256sum`).
     pub key_sha256: String,
+    /// The upstreams this grant reaches through the aggregated endpoint `/mcp` (default:
+    /// every upstream).
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
 }
 
 fn default_max_hold_ms() -> u64 {

@@ -1,0 +1,152 @@
+//! Sealed session ids for the aggregated endpoint: the gateway's `Mcp-Session-Id` carries
+//! the upstreams' own session ids, encrypted and authenticated with a key every edge of
+//! the cluster shares, so that any edge can serve any request of a session without a
+//! session store. The grant is the authenticated associated data: a session id is of no
+//! use to another grant, and a changed byte makes it invalid.
+//!
+//! Format: `tg1.` followed by base64url (no padding) of a 12-byte random nonce and the
+//! ChaCha20-Poly1305 ciphertext of the session's JSON.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::EdgeError;
+use crate::settings::Secret;
+
+const PREFIX: &str = "tg1.";
+/// Shortest configured key, in characters.
+const MIN_KEY_CHARS: usize = 32;
+
+/// What an aggregated session is: for each upstream in it, its name and the session id it
+/// gave (`None` for a server without sessions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AggregateSession {
+    /// (upstream name, its `Mcp-Session-Id`)
+    #[serde(rename = "u")]
+    pub(crate) upstreams: Vec<(String, Option<String>)>,
+}
+
+impl AggregateSession {
+    pub(crate) fn session_of(&self, server: &str) -> Option<Option<&str>> {
+        self.upstreams
+            .iter()
+            .find(|(name, _)| name == server)
+            .map(|(_, id)| id.as_deref())
+    }
+}
+
+/// Seals and opens session ids.
+pub(crate) struct Sealer {
+    keys: Vec<LessSafeKey>,
+    random: SystemRandom,
+}
+
+impl Sealer {
+    /// Keys from `edge.aggregate.session_keys` (each hashed with SHA-256 into a 256-bit
+    /// key); a random key when none is configured.
+    pub(crate) fn new(secrets: &[Secret]) -> Result<Sealer, EdgeError> {
+        let random = SystemRandom::new();
+        let mut raw: Vec<[u8; 32]> = Vec::with_capacity(secrets.len().max(1));
+        for (i, secret) in secrets.iter().enumerate() {
+            if secret.0.chars().count() < MIN_KEY_CHARS {
+                return Err(EdgeError::Config(format!(
+                    "edge.aggregate.session_keys[{i}] is shorter than {MIN_KEY_CHARS} characters: use `tollgate keygen`"
+                )));
+            }
+            raw.push(Sha256::digest(secret.0.as_bytes()).into());
+        }
+        if raw.is_empty() {
+            let mut key = [0u8; 32];
+            random
+                .fill(&mut key)
+                .map_err(|_| EdgeError::Config("no randomness for a session key".into()))?;
+            raw.push(key);
+        }
+        let keys = raw
+            .iter()
+            .map(|k| {
+                UnboundKey::new(&CHACHA20_POLY1305, k)
+                    .map(LessSafeKey::new)
+                    .map_err(|_| EdgeError::Config("invalid session key".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Sealer { keys, random })
+    }
+
+    /// The session id for `session` of `grant`.
+    pub(crate) fn seal(&self, grant: &str, session: &AggregateSession) -> Option<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random.fill(&mut nonce).ok()?;
+        let mut data = serde_json::to_vec(session).ok()?;
+        self.keys
+            .first()?
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(grant.as_bytes()),
+                &mut data,
+            )
+            .ok()?;
+        let mut token = Vec::with_capacity(NONCE_LEN + data.len());
+        token.extend_from_slice(&nonce);
+        token.extend_from_slice(&data);
+        Some(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(token)))
+    }
+
+    /// The session a session id names, if it was sealed for `grant` by one of the keys.
+    pub(crate) fn open(&self, grant: &str, id: &str) -> Option<AggregateSession> {
+        let bytes = URL_SAFE_NO_PAD.decode(id.strip_prefix(PREFIX)?).ok()?;
+        if bytes.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        for key in &self.keys {
+            let mut data = sealed.to_vec();
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            if let Ok(plain) = key.open_in_place(nonce, Aad::from(grant.as_bytes()), &mut data) {
+                return serde_json::from_slice(plain).ok();
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+
+    #[test]
+    fn sessions_open_only_for_their_grant_and_keys() {
+        let old = Sealer::new(&[secret("old-key-old-key-old-key-old-key-00")]).expect("sealer");
+        let rotated = Sealer::new(&[
+            secret("new-key-new-key-new-key-new-key-11"),
+            secret("old-key-old-key-old-key-old-key-00"),
+        ])
+        .expect("sealer");
+        let session = AggregateSession {
+            upstreams: vec![("k8s".into(), Some("abc".into())), ("time".into(), None)],
+        };
+        let id = old.seal("ci", &session).expect("sealed");
+        assert!(id.starts_with("tg1.") && id.bytes().all(|b| b.is_ascii_graphic()));
+        assert_eq!(old.open("ci", &id), Some(session.clone()));
+        assert_eq!(rotated.open("ci", &id), Some(session.clone()), "old keys still open");
+        assert_eq!(old.open("other-grant", &id), None, "bound to the grant");
+        let new_id = rotated.seal("ci", &session).expect("sealed");
+        assert_eq!(old.open("ci", &new_id), None, "sealed with the new key");
+        let mut tampered = id.clone().into_bytes();
+        let last = tampered.len() - 3;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(old.open("ci", &String::from_utf8(tampered).expect("ascii")), None);
+        assert_eq!(old.open("ci", "tg1."), None);
+        assert_eq!(old.open("ci", "not-a-session"), None);
+        assert_ne!(old.seal("ci", &session), Some(id), "a fresh nonce each time");
+        assert!(Sealer::new(&[secret("short")]).is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! The aggregated endpoint `/mcp` (SPEC §4 "Aggregation"): the demo upstream (paged tools),
+//! `@modelcontextprotocol/server-everything` over Streamable HTTP, and server-everything over
+//! stdio behind `tollgate stdio-bridge`, behind one endpoint on two edges that share session
+//! keys, driven by the official TypeScript and Python SDK clients.
+//!
+//! Needs `node`, `tests/interop/node_modules` and `target/py`, which `scripts/test.sh`
+//! installs; fails, never skips, when they are missing.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::everything::Everything;
+use support::{KEY_A, KEY_B, Mcp, Proc, write_config};
+
+const SESSION_KEY: &str = "aggregate-test-session-key-0123456789";
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "allow",
+  "servers": {
+    "k8s": {
+      "default": "deny",
+      "tools": {
+        "k8s_rollout_pause": {"limits": [{"counter": "pause", "window": "minute", "max": 3, "scope": "grant"}]}
+      }
+    }
+  },
+  "tools": {"get-env": {"action": "deny"}},
+  "resources": {
+    "demo://resource/static/document/*": {"action": "deny"},
+    "demo://resource/static/document/features.md": {"action": "allow"}
+  },
+  "prompts": {"args-prompt": {"action": "deny"}}
+}"#;
+
+fn run_json(program: &str, args: &[&str]) -> Value {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): run scripts/test.sh"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{program} printed no JSON ({e}): {stdout}"))
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// Everything a cluster test needs: three upstreams, a decision replica, two edges.
+struct Cluster {
+    demo: Proc,
+    _everything: Everything,
+    _bridge: Proc,
+    _decision: Proc,
+    edges: [Proc; 2],
+}
+
+fn start_cluster(tag: &str) -> Cluster {
+    let demo = Proc::start(
+        "demo-upstream",
+        &["demo-upstream", "--listen", "127.0.0.1:0", "--page-size", "2"],
+        &[],
+    );
+    let everything = Everything::start_http();
+    let mut args = vec!["stdio-bridge", "--listen", "127.0.0.1:0", "--name", "everything", "--"];
+    let stdio = support::everything::stdio_command();
+    args.extend(stdio.iter().map(String::as_str));
+    let bridge = Proc::start("stdio-bridge", &args, &[]);
+    let dir = support::temp_dir(tag);
+    let decision = support::start_decision(&dir, &demo.url("/mcp"), POLICY);
+    let edge_extra = format!("aggregate = {{ session_keys = [\"{SESSION_KEY}\"] }}");
+    let config = write_config(&dir, &demo.url("/mcp"), &[decision.url("")], POLICY, &edge_extra);
+    support::append(
+        &config,
+        &format!(
+            "\n[[upstreams]]\nname = \"ev\"\nurl = \"{}\"\n\n[[upstreams]]\nname = \"evs\"\nurl = \"{}\"\n",
+            everything.url(),
+            bridge.url("/mcp")
+        ),
+    );
+    let path = config.to_str().expect("path");
+    let edges = [
+        Proc::start("edge-1", &["edge", "--config", path], &[]),
+        Proc::start("edge-2", &["edge", "--config", path], &[]),
+    ];
+    Cluster {
+        demo,
+        _everything: everything,
+        _bridge: bridge,
+        _decision: decision,
+        edges,
+    }
+}
+
+#[tokio::test]
+async fn one_endpoint_for_three_servers_across_two_edges_with_both_sdks() {
+    let mut cluster = start_cluster("aggregate");
+    let url = cluster.edges[0].url("/mcp");
+    let seen =
+        tokio::task::spawn_blocking(move || run_json("node", &["tests/interop/aggregate_client.mjs", &url, KEY_A]))
+            .await
+            .expect("sdk client task");
+
+    assert_eq!(seen["server"]["name"], "tollgate", "{}", seen["server"]);
+    let tools = names(&seen["tools"]);
+    assert!(
+        seen["pages"].as_u64().unwrap_or_default() >= 3,
+        "the demo's pages came through: {seen}"
+    );
+    assert!(tools.contains(&"k8s__k8s_rollout_pause"), "{tools:?}");
+    assert!(
+        !tools
+            .iter()
+            .any(|t| *t == "k8s__k8s_get_pods" || *t == "k8s__k8s_scale"),
+        "denied k8s tools hidden: {tools:?}"
+    );
+    assert!(tools.contains(&"ev__echo") && tools.contains(&"evs__echo"), "{tools:?}");
+    assert!(
+        !tools.iter().any(|t| t.ends_with("__get-env")),
+        "get-env is denied everywhere: {tools:?}"
+    );
+    let prompts = names(&seen["prompts"]);
+    assert!(
+        prompts.contains(&"ev__simple-prompt") && prompts.contains(&"evs__simple-prompt"),
+        "{prompts:?}"
+    );
+    assert!(!prompts.iter().any(|p| p.ends_with("__args-prompt")), "{prompts:?}");
+    let resources = names(&seen["resources"]);
+    assert!(
+        resources.contains(&"demo://resource/static/document/features.md"),
+        "{resources:?}"
+    );
+    assert!(
+        !resources.contains(&"demo://resource/static/document/architecture.md"),
+        "{resources:?}"
+    );
+
+    let pauses = seen["pauses"].as_array().expect("pauses");
+    for pause in &pauses[..3] {
+        assert_ne!(pause["isError"], true, "{pause}");
+    }
+    assert_eq!(
+        pauses[3]["_meta"]["tollgate/decision"]["verdict"], "RATE_LIMITED",
+        "{}",
+        pauses[3]
+    );
+    assert!(
+        support::text(&seen["echo"]).contains("through stdio"),
+        "{}",
+        seen["echo"]
+    );
+    assert_eq!(seen["secret"]["error"]["code"], -32001, "{}", seen["secret"]);
+    assert_eq!(seen["secret"]["error"]["data"]["verdict"], "DENY");
+    assert!(
+        seen["features"]["ok"]["contents"][0]["text"].is_string(),
+        "{}",
+        seen["features"]
+    );
+    assert!(seen["prompt"]["ok"]["messages"].is_array(), "{}", seen["prompt"]);
+    assert!(
+        support::text(&seen["sampling"]).contains("sampled through the aggregated endpoint"),
+        "the upstream's sampling request reached the client and its answer came back: {}",
+        seen["sampling"]
+    );
+
+    // The session goes on through the other edge: no session store, the id is sealed.
+    let session = seen["sessionId"].as_str().expect("session id").to_owned();
+    let mut mcp = Mcp::new(&cluster.edges[1].url("/mcp"), KEY_A);
+    mcp.session = Some(session.clone());
+    let echo = mcp.call("evs__echo", json!({"message": "edge two"})).await;
+    assert!(support::text(&echo).contains("edge two"), "{echo}");
+    let fifth = mcp
+        .call("k8s__k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+        .await;
+    assert_eq!(
+        support::refusal(&fifth).map(|d| d["verdict"].clone()),
+        Some(json!("RATE_LIMITED"))
+    );
+    let read = mcp
+        .request(
+            "resources/read",
+            json!({"uri": "demo://resource/static/document/features.md"}),
+        )
+        .await;
+    assert!(
+        read.message.pointer("/result/contents/0/text").is_some(),
+        "an edge that never saw the list finds the resource's server: {}",
+        read.message
+    );
+    let mut other_grant = Mcp::new(&cluster.edges[1].url("/mcp"), KEY_B);
+    other_grant.session = Some(session.clone());
+    let stolen = other_grant.request("tools/list", json!({})).await;
+    assert_eq!(
+        stolen.status, 404,
+        "a session id is bound to its grant: {}",
+        stolen.message
+    );
+
+    // The official Python SDK on the second edge.
+    let url = cluster.edges[1].url("/mcp");
+    let python = std::env::current_dir().expect("cwd").join("target/py/bin/python");
+    let python = python.display().to_string();
+    let seen = tokio::task::spawn_blocking(move || {
+        run_json(
+            &python,
+            &[
+                "tests/interop/py_client.py",
+                &url,
+                KEY_A,
+                "ev__echo",
+                r#"{"message": "from python"}"#,
+                "1",
+            ],
+        )
+    })
+    .await
+    .expect("python client task");
+    assert_eq!(seen["server"]["name"], "tollgate");
+    assert!(names(&seen["tools"]).contains(&"evs__echo"), "{seen}");
+    assert_ne!(seen["results"][0]["isError"], true, "{seen}");
+
+    // One upstream dies mid-session: it is left out of lists, its calls fail, the rest works.
+    let mut grant_b = Mcp::new(&cluster.edges[1].url("/mcp"), KEY_B);
+    grant_b.initialize().await;
+    cluster.demo.kill();
+    let listed = mcp.request("tools/list", json!({})).await;
+    let tools: Vec<&str> = listed.message["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        tools.contains(&"ev__echo") && !tools.iter().any(|t| t.starts_with("k8s__")),
+        "{tools:?}"
+    );
+    assert_eq!(
+        listed.message["result"]["_meta"]["tollgate/unavailable"],
+        json!(["k8s"]),
+        "{}",
+        listed.message
+    );
+    let dead = grant_b
+        .request("tools/call", json!({"name": "k8s__k8s_rollout_pause", "arguments": {}}))
+        .await;
+    assert_eq!(dead.status, 502, "{}", dead.message);
+    assert!(
+        dead.message["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"k8s\""),
+        "{}",
+        dead.message
+    );
+    let echo = mcp.call("ev__echo", json!({"message": "still here"})).await;
+    assert!(support::text(&echo).contains("still here"), "{echo}");
+}
+
+/// What the aggregated endpoint refuses, and how.
+#[tokio::test]
+async fn bad_requests_on_the_aggregated_endpoint_are_refused_clearly() {
+    let demo = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("aggregate-bad");
+    let config = write_config(&dir, &demo.url("/mcp"), &[], POLICY, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let endpoint = up.url("/mcp");
+
+    let mut none = Mcp::new(&endpoint, KEY_A);
+    let answer = none.request("tools/list", json!({})).await;
+    assert_eq!(answer.status, 400, "no session: {}", answer.message);
+
+    let mut mcp = Mcp::new(&endpoint, KEY_A);
+    mcp.initialize().await;
+    let session = mcp.session.clone().expect("session");
+    assert!(session.starts_with("tg1."), "{session}");
+    let mut tampered = mcp.via(&endpoint);
+    let mut bytes = session.into_bytes();
+    let at = bytes.len() - 2;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    tampered.session = Some(String::from_utf8(bytes).expect("ascii"));
+    let answer = tampered.request("tools/list", json!({})).await;
+    assert_eq!(
+        answer.status, 404,
+        "a changed session id is unknown: {}",
+        answer.message
+    );
+
+    let answer = mcp
+        .request("tools/call", json!({"name": "k8s_rollout_pause", "arguments": {}}))
+        .await;
+    assert_eq!(answer.message["error"]["code"], -32602, "no prefix: {}", answer.message);
+    assert!(
+        answer.message["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("{server}__{name}")
+    );
+    let answer = mcp.request("nonsense/method", json!({})).await;
+    assert_eq!(answer.message["error"]["code"], -32601, "{}", answer.message);
+    let answer = mcp.post(&json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}])).await;
+    assert_eq!(answer.status, 400, "no batches: {}", answer.message);
+    let answer = mcp.post(&json!({"jsonrpc": "2.0", "id": "k8s~99", "result": {}})).await;
+    assert_eq!(
+        answer.status, 202,
+        "an answer to an unknown server request still reaches its upstream: {}",
+        answer.message
+    );
+    let answer = mcp.post(&json!({"jsonrpc": "2.0", "id": 5, "result": {}})).await;
+    assert_eq!(answer.status, 400, "an answer to no server request: {}", answer.message);
+    let ping = mcp.request("ping", json!({})).await;
+    assert_eq!(ping.message["result"], json!({}));
+    let answer = mcp
+        .request(
+            "tools/call",
+            json!({"name": "k8s__k8s_get_pods", "arguments": {"namespace": "default"}}),
+        )
+        .await;
+    assert_eq!(
+        support::refusal(&answer.message["result"]).map(|d| d["verdict"].clone()),
+        Some(json!("DENY")),
+        "the policy decides on the upstream's own name: {}",
+        answer.message
+    );
+}
