@@ -156,6 +156,7 @@ fn edge(c: &mut Criterion) {
                 name: "bench".into(),
                 agent: None,
                 key_sha256,
+                servers: None,
             }],
             decider: engine,
             policy_status: None,

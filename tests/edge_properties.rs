@@ -74,6 +74,7 @@ fn harness() -> Harness {
                 name: "g".into(),
                 agent: None,
                 key_sha256: support::sha256_hex(KEY),
+                servers: None,
             }],
             decider: engine,
             policy_status: None,
