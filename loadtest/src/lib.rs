@@ -135,7 +135,12 @@ pub struct GrantSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallSpec {
+    /// The tool of a `tools/call`; ignored for other methods.
+    #[serde(default)]
     pub tool: String,
+    /// `tools/call` (default) or `tools/list` (timed like a call; counted as `ALLOW`).
+    #[serde(default)]
+    pub method: Option<String>,
     #[serde(default)]
     pub arguments: Option<toml::Table>,
     #[serde(default = "one")]
@@ -314,9 +319,15 @@ impl Session {
         request.send().await
     }
 
-    /// One `tools/call`; returns the verdict (`ALLOW` when the upstream answered).
-    async fn call(&self, key: &str, id: u64, tool: &str, arguments: &Value) -> Result<String, String> {
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}});
+    /// One `tools/call` (or another method of `call`); returns the verdict (`ALLOW` when
+    /// the upstream answered).
+    async fn call(&self, key: &str, id: u64, call: &CallSpec, arguments: &Value) -> Result<String, String> {
+        let body = match call.method.as_deref() {
+            None | Some("tools/call") => {
+                json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": call.tool, "arguments": arguments}})
+            }
+            Some(method) => json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}}),
+        };
         let response = self.send(key, &body).await.map_err(|e| e.to_string())?;
         let status = response.status();
         let text = response.text().await.map_err(|e| e.to_string())?;
@@ -463,7 +474,7 @@ pub async fn run(scenario: &Scenario, target: Target) -> anyhow::Result<Outcome>
                         let (grant, call) = scenario.pick(i);
                         let arguments = arguments_of(call);
                         let sent = Instant::now();
-                        let result = session.call(&grant.key, i + 1, &call.tool, &arguments).await;
+                        let result = session.call(&grant.key, i + 1, call, &arguments).await;
                         recorder.record(&scenario, grant, call, &arguments, &session, sent, sent, result);
                     }
                 }));
@@ -492,7 +503,7 @@ pub async fn run(scenario: &Scenario, target: Target) -> anyhow::Result<Outcome>
                     let (grant, call) = scenario.pick(i);
                     let arguments = arguments_of(call);
                     let sent = Instant::now();
-                    let result = session.call(&grant.key, i + 1, &call.tool, &arguments).await;
+                    let result = session.call(&grant.key, i + 1, call, &arguments).await;
                     recorder.record(&scenario, grant, call, &arguments, &session, due, sent, result);
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                 }));
