@@ -2,7 +2,8 @@
 //! with keys made in the test and a JWKS served by the test: valid tokens admitted under the
 //! mapped grant (sharing its limits with the grant's static key), every kind of bad token
 //! refused with 401 and a reason in `WWW-Authenticate`, key rotation picked up without a
-//! restart, missing scopes refused with 403, Protected Resource Metadata served, and the
+//! restart, missing scopes refused with 403, Protected Resource Metadata served, the
+//! aggregated endpoint limited to the upstreams a token's scopes (and a grant) reach, and the
 //! token never forwarded upstream.
 
 mod support;
@@ -15,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 use support::hostile::{Hostile, Reply};
 use support::jwt::{ISSUER, Jwks, claims, eddsa, es256, forged, identity_section, now, rs256, sign};
-use support::{KEY_A, Proc, refusal, seed_policy, write_config};
+use support::{KEY_A, KEY_B, Proc, refusal, seed_policy, write_config};
 
 struct Answer {
     status: u16,
@@ -261,4 +262,80 @@ async fn tokens_are_never_forwarded_upstream() {
     );
     let everything = format!("{:?}{}", received[0].headers, received[0].body);
     assert!(!everything.contains(&token[..20]), "the token is not forwarded");
+}
+
+/// The aggregated endpoint `/mcp` reaches only the upstreams a caller may use: a token
+/// without an upstream's required scope does not see or call it (not even through a session
+/// made with a token that had the scope), and `[[grants]] servers` limits a grant.
+#[tokio::test]
+async fn the_aggregated_endpoint_reaches_only_the_upstreams_a_caller_may_use() {
+    let es = es256("ec-agg");
+    let jwks = Jwks::start(vec![es.jwk.clone()]).await;
+    let k8s = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let ops = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("jwt-aggregate");
+    let policy = r#"{"version": "1", "default": "allow"}"#;
+    let config = write_config(&dir, &k8s.url("/mcp"), &[], policy, "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("name = \"b\"\n", "name = \"b\"\nservers = [\"ops\"]\n"),
+    )
+    .expect("config");
+    support::append(
+        &config,
+        &format!("\n[[upstreams]]\nname = \"ops\"\nurl = \"{}\"\n", ops.url("/mcp")),
+    );
+    support::append(&config, &identity_section(&jwks.url));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let endpoint = up.url("/mcp");
+    let prefixes = |names: Vec<String>| {
+        let mut p: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.split("__").next().map(str::to_owned))
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+
+    let scoped = sign(&es, &claims());
+    let mut full = support::Mcp::new(&endpoint, &scoped);
+    full.initialize().await;
+    assert_eq!(prefixes(full.tool_names().await), ["k8s", "ops"]);
+
+    let unscoped = sign(&es, &{
+        let mut c = claims();
+        c["scope"] = json!("openid");
+        c
+    });
+    let mut partial = support::Mcp::new(&endpoint, &unscoped);
+    partial.initialize().await;
+    assert_eq!(prefixes(partial.tool_names().await), ["ops"], "no mcp:k8s, no k8s");
+    let answer = partial
+        .request("tools/call", json!({"name": "k8s__k8s_rollout_pause", "arguments": {}}))
+        .await;
+    assert_eq!(answer.message["error"]["code"], -32602, "{}", answer.message);
+
+    // The scoped token's session, presented with the unscoped token (same grant).
+    let mut borrowed = full.via(&endpoint);
+    borrowed.key = unscoped.clone();
+    assert_eq!(prefixes(borrowed.tool_names().await), ["ops"]);
+    let answer = borrowed
+        .request("tools/call", json!({"name": "k8s__k8s_rollout_pause", "arguments": {}}))
+        .await;
+    assert_eq!(answer.message["error"]["code"], -32602, "{}", answer.message);
+
+    let mut grant_b = support::Mcp::new(&endpoint, KEY_B);
+    grant_b.initialize().await;
+    assert_eq!(prefixes(grant_b.tool_names().await), ["ops"], "[[grants]] servers");
+
+    let metadata: Value = reqwest::get(up.url("/.well-known/oauth-protected-resource/mcp"))
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(metadata["resource"], "https://mcp.example.test/mcp");
+    assert_eq!(metadata["scopes_supported"], json!(["mcp:k8s"]));
 }
