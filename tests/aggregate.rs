@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use support::everything::Everything;
 use support::{KEY_A, KEY_B, Mcp, Proc, write_config};
@@ -34,20 +32,6 @@ const POLICY: &str = r#"{
   },
   "prompts": {"args-prompt": {"action": "deny"}}
 }"#;
-
-fn run_json(program: &str, args: &[&str]) -> Value {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): run scripts/test.sh"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{program} printed no JSON ({e}): {stdout}"))
-}
 
 fn names(list: &Value) -> Vec<&str> {
     list.as_array()
@@ -107,10 +91,11 @@ fn start_cluster(tag: &str) -> Cluster {
 async fn one_endpoint_for_three_servers_across_two_edges_with_both_sdks() {
     let mut cluster = start_cluster("aggregate");
     let url = cluster.edges[0].url("/mcp");
-    let seen =
-        tokio::task::spawn_blocking(move || run_json("node", &["tests/interop/aggregate_client.mjs", &url, KEY_A]))
-            .await
-            .expect("sdk client task");
+    let seen = tokio::task::spawn_blocking(move || {
+        support::run_json("node", &["tests/interop/aggregate_client.mjs", &url, KEY_A])
+    })
+    .await
+    .expect("sdk client task");
 
     assert_eq!(seen["server"]["name"], "tollgate", "{}", seen["server"]);
     let tools = names(&seen["tools"]);
@@ -212,7 +197,7 @@ async fn one_endpoint_for_three_servers_across_two_edges_with_both_sdks() {
     let python = std::env::current_dir().expect("cwd").join("target/py/bin/python");
     let python = python.display().to_string();
     let seen = tokio::task::spawn_blocking(move || {
-        run_json(
+        support::run_json(
             &python,
             &[
                 "tests/interop/py_client.py",

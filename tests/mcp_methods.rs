@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use support::everything::Everything;
 use support::{KEY_A, Mcp, Proc, write_config};
@@ -30,17 +28,7 @@ const POLICY: &str = r#"{
 }"#;
 
 fn run_methods_client(url: &str) -> Value {
-    let out = Command::new("node")
-        .args(["tests/interop/methods_client.mjs", url, KEY_A])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run node ({e}): install Node.js 18+ or run scripts/test.sh"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "SDK client failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("SDK client printed no JSON ({e}): {stdout}"))
+    support::run_json("node", &["tests/interop/methods_client.mjs", url, KEY_A])
 }
 
 /// The refusal an attempt ended with: its JSON-RPC error code and Tollgate's verdict.

@@ -9,10 +9,9 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{KEY_A, Mcp, Proc, write_config};
 
 /// A program of the test virtualenv, by absolute path.
@@ -32,21 +31,6 @@ fn venv(program: &str) -> String {
 
 fn time_server() -> Vec<String> {
     vec![venv("mcp-server-time"), "--local-timezone".into(), "UTC".into()]
-}
-
-/// Runs a client script and parses the JSON it prints.
-fn run_json(program: &str, args: &[&str]) -> Value {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): run scripts/test.sh"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{program} printed no JSON ({e}): {stdout}"))
 }
 
 const TIME_POLICY: &str = r#"{
@@ -81,7 +65,7 @@ async fn a_pypi_stdio_server_through_stdio_bridge_with_the_python_sdk() {
     let url = up.url("/mcp/k8s");
     let python = venv("python");
     let seen = tokio::task::spawn_blocking(move || {
-        run_json(
+        support::run_json(
             &python,
             &[
                 "tests/interop/py_client.py",
@@ -189,7 +173,7 @@ async fn children_get_their_env_crash_into_errors_and_idle_out() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let killed = Command::new("pkill")
+    let killed = std::process::Command::new("pkill")
         .args(["-9", "-P", &bridge.pid().to_string()])
         .status()
         .expect("pkill");
@@ -230,10 +214,11 @@ async fn a_sampling_request_from_a_stdio_server_is_answered_through_the_edge() {
     let config = command_config(&dir, &support::everything::stdio_command(), policy, "");
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let url = up.url("/mcp/k8s");
-    let seen =
-        tokio::task::spawn_blocking(move || run_json("node", &["tests/interop/sampling_client.mjs", &url, KEY_A]))
-            .await
-            .expect("sampling client task");
+    let seen = tokio::task::spawn_blocking(move || {
+        support::run_json("node", &["tests/interop/sampling_client.mjs", &url, KEY_A])
+    })
+    .await
+    .expect("sampling client task");
     assert_eq!(
         seen["asked"][0], "Resource trigger-sampling-request context: hello",
         "{seen}"

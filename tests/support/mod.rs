@@ -449,6 +449,22 @@ impl Mcp {
     }
 }
 
+/// Runs a client program (an SDK client script) and parses the JSON it prints; fails the
+/// test, naming scripts/test.sh, when it cannot run or fails.
+pub fn run_json(program: &str, args: &[&str]) -> Value {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): run scripts/test.sh, which installs it"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{program} printed no JSON ({e}): {stdout}"))
+}
+
 /// The JSON messages in an SSE body.
 pub fn sse_messages(text: &str) -> Vec<Value> {
     text.replace("\r\n", "\n")

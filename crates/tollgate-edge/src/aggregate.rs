@@ -43,7 +43,9 @@ use crate::guard::ListFilter;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{Exchange, Gateway};
 use crate::method::McpMethod;
-use crate::request::{accepts_event_stream, bad_request, check_session_header_max, content_type_is, read_body};
+use crate::request::{
+    accepts_event_stream, bad_request, check_session_header_max, classify, content_type_is, read_json,
+};
 use crate::sealed::{AggregateSession, Sealer};
 use crate::settings::{AggregateSettings, GrantSettings, UpstreamSettings};
 use crate::upstream::Upstream;
@@ -889,30 +891,9 @@ pub async fn post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !content_type_is(&headers, "application/json") {
-        return bad_request(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        );
-    }
-    if let Err(response) = check_session_header_max(&headers, MAX_SEALED_SESSION_BYTES) {
-        return response;
-    }
-    let bytes = match read_body(body, &gw.settings).await {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
-    let value = match jsonrpc::parse_strict(&bytes) {
+    let value = match read_json(&headers, body, &gw.settings, MAX_SEALED_SESSION_BYTES).await {
         Ok(v) => v,
-        Err(e) => {
-            return jsonrpc::error_response(
-                StatusCode::BAD_REQUEST,
-                None,
-                jsonrpc::PARSE_ERROR,
-                &format!("parse error: {e}"),
-                None,
-            );
-        }
+        Err(response) => return response,
     };
     if value.is_array() {
         return bad_request(
@@ -920,17 +901,9 @@ pub async fn post(
             "JSON-RPC batches are not supported on the aggregated endpoint /mcp: send one message per POST",
         );
     }
-    let message = match jsonrpc::classify(&value) {
+    let message = match classify(&value) {
         Ok(m) => m,
-        Err(message) => {
-            return jsonrpc::error_response(
-                StatusCode::BAD_REQUEST,
-                value.get("id").filter(|id| jsonrpc::valid_id(id)),
-                jsonrpc::INVALID_REQUEST,
-                &format!("invalid JSON-RPC message: {message}"),
-                None,
-            );
-        }
+        Err(response) => return response,
     };
     let span = spans::request_span(&message, "", &caller, &headers);
     let _in_flight = GaugeUnit::hold(&metrics().requests_in_flight);

@@ -34,7 +34,10 @@ use crate::guard::ListFilter;
 use crate::jsonrpc::{self, Message};
 use crate::method::McpMethod;
 use crate::order::StreamOrder;
-use crate::request::{bad_request, check_batch, check_session_header, content_type_is, header_text, read_body};
+use crate::request::{
+    MAX_SESSION_BYTES, bad_request, check_batch, check_session_header, classify, content_type_is, header_text,
+    read_json,
+};
 use crate::settings::EdgeSettings;
 use crate::upstream::{self, Upstream, UpstreamError};
 use crate::{calls, lists, spans};
@@ -190,30 +193,9 @@ pub async fn post(
         Ok(u) => u,
         Err(response) => return response,
     };
-    if !content_type_is(&headers, "application/json") {
-        return bad_request(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        );
-    }
-    if let Err(response) = check_session_header(&headers) {
-        return response;
-    }
-    let bytes = match read_body(body, &gw.settings).await {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
-    let value = match jsonrpc::parse_strict(&bytes) {
+    let value = match read_json(&headers, body, &gw.settings, MAX_SESSION_BYTES).await {
         Ok(v) => v,
-        Err(e) => {
-            return jsonrpc::error_response(
-                StatusCode::BAD_REQUEST,
-                None,
-                jsonrpc::PARSE_ERROR,
-                &format!("parse error: {e}"),
-                None,
-            );
-        }
+        Err(response) => return response,
     };
     let exchange = Exchange {
         gw: &gw,
@@ -228,17 +210,9 @@ pub async fn post(
             Err(message) => bad_request(StatusCode::BAD_REQUEST, &message),
         };
     }
-    let message = match jsonrpc::classify(&value) {
+    let message = match classify(&value) {
         Ok(m) => m,
-        Err(message) => {
-            return jsonrpc::error_response(
-                StatusCode::BAD_REQUEST,
-                value.get("id").filter(|id| jsonrpc::valid_id(id)),
-                jsonrpc::INVALID_REQUEST,
-                &format!("invalid JSON-RPC message: {message}"),
-                None,
-            );
-        }
+        Err(response) => return response,
     };
     let span = spans::request_span(&message, &server, &caller, &headers);
     let _in_flight = GaugeUnit::hold(&metrics().requests_in_flight);

@@ -22,6 +22,9 @@ const MAX_SESSION_ID_BYTES: usize = 256;
 
 /// One `Mcp-Session-Id` at most, and a bounded one: the upstream must see the same single
 /// session the edge reports in spans and session-scoped counters.
+/// Longest `Mcp-Session-Id` of a per-server endpoint.
+pub(crate) const MAX_SESSION_BYTES: usize = MAX_SESSION_ID_BYTES;
+
 pub(crate) fn check_session_header(headers: &HeaderMap) -> Result<(), Response> {
     check_session_header_max(headers, MAX_SESSION_ID_BYTES)
 }
@@ -66,6 +69,46 @@ pub(crate) async fn read_body(body: Body, settings: &EdgeSettings) -> Result<Byt
         )),
         Ok(Err(_)) => Err(bad_request(StatusCode::BAD_REQUEST, "could not read the request body")),
     }
+}
+
+/// A POST's JSON body: `Content-Type` checked, at most one session id of at most
+/// `max_session_bytes`, the body read within its limits and parsed strictly.
+pub(crate) async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    settings: &EdgeSettings,
+    max_session_bytes: usize,
+) -> Result<Value, Response> {
+    if !content_type_is(headers, "application/json") {
+        return Err(bad_request(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    check_session_header_max(headers, max_session_bytes)?;
+    let bytes = read_body(body, settings).await?;
+    jsonrpc::parse_strict(&bytes).map_err(|e| {
+        jsonrpc::error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::PARSE_ERROR,
+            &format!("parse error: {e}"),
+            None,
+        )
+    })
+}
+
+/// One message classified; one that is not a valid JSON-RPC message is answered 400.
+pub(crate) fn classify(value: &Value) -> Result<jsonrpc::Message<'_>, Response> {
+    jsonrpc::classify(value).map_err(|message| {
+        jsonrpc::error_response(
+            StatusCode::BAD_REQUEST,
+            value.get("id").filter(|id| jsonrpc::valid_id(id)),
+            jsonrpc::INVALID_REQUEST,
+            &format!("invalid JSON-RPC message: {message}"),
+            None,
+        )
+    })
 }
 
 /// Batches are forwarded (re-serialised) unless they hold a message the edge must decide
