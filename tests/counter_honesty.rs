@@ -366,3 +366,76 @@ async fn spellings_of_one_value_share_a_budget_in_every_store() {
     let engine = Engine::new(scale_policy(), redis_store(None, cluster.urls()), STORE_TIMEOUT);
     spellings_of_one_value_share_a_budget(&engine).await;
 }
+
+/// The calls `evalsha` made on `redis` so far (`INFO commandstats`).
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A flood against a full `sliding_log` counter is refused by the replica itself until the
+/// counter has room again, with no script run per call; then calls are admitted exactly as
+/// the store counts them; and a reload with another `max` is a different counter, asked
+/// afresh. Other grants' counters are unaffected.
+#[tokio::test]
+async fn a_flood_against_a_full_counter_is_refused_without_asking_redis() {
+    let redis = RedisServer::start();
+    let text = |max: u32| {
+        format!(
+            r#"{{"version": "1", "default": "deny", "tools": {{
+                "pause": {{ "limits": [{{ "counter": "pause", "window": "2s", "max": {max} }}] }}
+            }}}}"#
+        )
+    };
+    let compile = |max| {
+        tollgate_policy::compile_str("policy.json", &text(max))
+            .expect("policy")
+            .policy
+    };
+    let engine = Engine::new(compile(3), redis_store(Some(redis.url()), vec![]), STORE_TIMEOUT);
+    for _ in 0..3 {
+        assert_eq!(verdict(&engine, "pause", "g").await.0, Verdict::Allow);
+    }
+    let (refused, decision) = verdict(&engine, "pause", "g").await;
+    assert_eq!(refused, Verdict::RateLimited, "the store refuses the 4th");
+    assert!(decision.retry_after_ms > 1000, "{decision:?}");
+    let before = evalsha_calls(&redis);
+    for _ in 0..200 {
+        let (v, d) = verdict(&engine, "pause", "g").await;
+        assert_eq!(v, Verdict::RateLimited);
+        assert!(d.retry_after_ms > 0 && d.reason.contains("rate limit pause"), "{d:?}");
+    }
+    let during = evalsha_calls(&redis) - before;
+    assert_eq!(during, 0, "200 refusals ran {during} scripts");
+    // Another grant's counter is not full.
+    assert_eq!(verdict(&engine, "pause", "other").await.0, Verdict::Allow);
+
+    // Once the window has moved on, the store is asked again and admits exactly max.
+    tokio::time::sleep(Duration::from_millis(decision.retry_after_ms + 50)).await;
+    let mut admitted = 0;
+    for _ in 0..5 {
+        if verdict(&engine, "pause", "g").await.0 == Verdict::Allow {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3, "the whole window's budget, no more");
+
+    // A reloaded policy with a larger max is another counter: asked, and admitted.
+    engine.replace_policy(compile(5));
+    assert_eq!(verdict(&engine, "pause", "g").await.0, Verdict::Allow);
+
+    // Turned off, every call asks the store.
+    let engine =
+        Engine::new(compile(1), redis_store(Some(redis.url()), vec![]), STORE_TIMEOUT).with_full_cache_entries(0);
+    let _ = verdict(&engine, "pause", "h").await;
+    let before = evalsha_calls(&redis);
+    for _ in 0..10 {
+        assert_eq!(verdict(&engine, "pause", "h").await.0, Verdict::RateLimited);
+    }
+    assert_eq!(evalsha_calls(&redis) - before, 10);
+}

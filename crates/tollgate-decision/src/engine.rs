@@ -14,6 +14,7 @@ use tollgate_telemetry::metrics::metrics;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::full::FullUntil;
 use crate::proto::{
     self, DecideRequest, Decision, LimitStatus, SubjectKind, Verdict, VisibleToolsRequest, VisibleToolsResponse,
 };
@@ -34,20 +35,34 @@ pub struct Engine {
     store_timeout: Duration,
     record_arguments: bool,
     max_pending_per_grant: usize,
+    /// Counters known to be full until a known time (see `full.rs`); `None` for a store in
+    /// this process, where asking costs nothing.
+    full: Option<FullUntil>,
 }
+
+/// Counter keys a replica remembers as full, by default.
+pub const DEFAULT_FULL_CACHE_ENTRIES: usize = 100_000;
 
 impl Engine {
     pub fn new(policy: Policy, store: Arc<dyn CounterStore>, store_timeout: Duration) -> Self {
         metrics().register_store(store.kind());
         Engine {
             policy: ArcSwap::from_pointee(policy),
-            store,
             approvals: Arc::new(MemoryApprovals::default()),
             new_approvals: None,
             store_timeout,
             record_arguments: false,
             max_pending_per_grant: tollgate_limiter::DEFAULT_MAX_PENDING_PER_GRANT,
+            full: (!store.answers_at_once()).then(|| FullUntil::new(DEFAULT_FULL_CACHE_ENTRIES)),
+            store,
         }
+    }
+
+    /// Remember at most `entries` counter keys as full (`[decision] full_cache_entries`);
+    /// 0 asks the store about every call.
+    pub fn with_full_cache_entries(mut self, entries: usize) -> Self {
+        self.full = (entries > 0 && !self.store.answers_at_once()).then(|| FullUntil::new(entries));
+        self
     }
 
     /// Keeps approval records in `approvals` (by default in this process's memory; a
@@ -125,6 +140,7 @@ impl Engine {
             tollgate.token.issuer = %request.issuer,
             tollgate.request_id = %request.request_id,
             tollgate.retry_after_ms = Empty,
+            tollgate.refused_locally = Empty,
             tollgate.arguments.sha256 = Empty,
             tollgate.arguments = Empty,
             gen_ai.tool.name = Empty,
@@ -415,20 +431,12 @@ impl Engine {
     }
 
     async fn take_hits(&self, decision: Decision, rule: &Rule, request_id: &str, hits: &[CounterHit<'_>]) -> Decision {
-        let batch: Vec<Hit> = hits
-            .iter()
-            .map(|h| Hit {
-                key: h.key.clone(),
-                tag: h.tag().into_owned(),
-                window: h.limit.window.duration,
-                max: h.limit.max,
-                cost: h.limit.cost,
-                algorithm: match h.limit.algorithm {
-                    tollgate_policy::Algorithm::SlidingLog => tollgate_limiter::Algorithm::SlidingLog,
-                    tollgate_policy::Algorithm::SlidingWindow => tollgate_limiter::Algorithm::SlidingWindow,
-                },
-            })
-            .collect();
+        let batch: Vec<Hit> = hits.iter().map(store_hit).collect();
+        if let Some(full) = &self.full
+            && let Some(left) = full.check(&batch)
+        {
+            return refused_locally(decision, rule, hits, &left);
+        }
         // A call without a request id still needs one in the store, so that hits taken
         // after the deadline can be found and given back.
         let store_id = if request_id.is_empty() {
@@ -440,6 +448,12 @@ impl Engine {
         let keep_late_hits = rule.on_store_error == OnStoreError::Allow;
         let outcome = self.acquire(store_id, batch, keep_late_hits).await;
         metrics().observe_store(self.store.kind(), started.elapsed(), outcome.is_err());
+        if let (Some(full), Ok(admission)) = (&self.full, &outcome)
+            && !admission.admitted
+        {
+            let batch: Vec<Hit> = hits.iter().map(store_hit).collect();
+            full.remember(&batch, admission, Instant::now());
+        }
         match outcome {
             Ok(admission) => admitted_or_limited(decision, rule, hits, &admission),
             Err(cause) => {
@@ -601,6 +615,61 @@ impl DecisionExt for Decision {
         self.reason = reason;
         self
     }
+}
+
+/// A counter hit as the store takes it.
+fn store_hit(h: &CounterHit<'_>) -> Hit {
+    Hit {
+        key: h.key.clone(),
+        tag: h.tag().into_owned(),
+        window: h.limit.window.duration,
+        max: h.limit.max,
+        cost: h.limit.cost,
+        algorithm: match h.limit.algorithm {
+            tollgate_policy::Algorithm::SlidingLog => tollgate_limiter::Algorithm::SlidingLog,
+            tollgate_policy::Algorithm::SlidingWindow => tollgate_limiter::Algorithm::SlidingWindow,
+        },
+    }
+}
+
+/// A call refused by counters known to be full (`left`: how long each still is), without
+/// asking the store; the decision names only those counters.
+fn refused_locally(
+    mut decision: Decision,
+    rule: &Rule,
+    hits: &[CounterHit<'_>],
+    left: &[Option<Duration>],
+) -> Decision {
+    let full: Vec<(&CounterHit<'_>, Duration)> = hits
+        .iter()
+        .zip(left)
+        .filter_map(|(hit, left)| Some((hit, (*left)?)))
+        .collect();
+    decision.limits = full
+        .iter()
+        .map(|(hit, left)| LimitStatus {
+            counter: hit.limit.counter.clone(),
+            limit: hit.limit.max,
+            remaining: 0,
+            reset_after_ms: ceil_ms(*left),
+            retry_after_ms: ceil_ms(*left),
+            window: hit.limit.window.label.clone(),
+            scope: hit.limit.scope.to_string(),
+            exceeded: true,
+        })
+        .collect();
+    let retry_after = full.iter().map(|(_, left)| *left).max().unwrap_or_default();
+    decision.retry_after_ms = ceil_ms(retry_after);
+    let exceeded: Vec<String> = full
+        .iter()
+        .map(|(h, _)| {
+            metrics().local_refusal(&h.limit.counter);
+            format!("rate limit {}: {}", h.limit.counter, h.limit.describe())
+        })
+        .collect();
+    tracing::Span::current().record("tollgate.refused_locally", true);
+    let reason = format!("{}; retry in {}", exceeded.join("; "), human_duration(retry_after));
+    decision.with(Verdict::RateLimited, &rule.label, reason)
 }
 
 fn admitted_or_limited(

@@ -7,13 +7,14 @@
 
 mod approvals;
 mod engine;
+mod full;
 mod reload;
 mod service;
 
 pub use approvals::{
     MAX_REASON_BYTES, MAX_WAIT, OperatorRefusal, OperatorSettings, Operators, approval_message, check_reason,
 };
-pub use engine::Engine;
+pub use engine::{DEFAULT_FULL_CACHE_ENTRIES, Engine};
 // The decision API, re-exported for callers that link the whole service.
 pub use reload::{PolicyStatus, watch_policy};
 pub use service::{DecisionSettings, serve};

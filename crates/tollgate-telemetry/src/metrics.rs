@@ -35,6 +35,7 @@ pub struct Metrics {
     pub store_seconds: Histograms,
     pub store_errors: Family<Labels, Counter>,
     pub store_late_answers: Family<Labels, Counter>,
+    pub local_refusals: Family<Labels, Counter>,
     pub approvals: Family<Labels, Counter>,
     pub policy_reloads: Family<Labels, Counter>,
     pub upstream_seconds: Histograms,
@@ -80,6 +81,7 @@ impl Metrics {
             store_seconds: Family::new_with_constructor(latency),
             store_errors: Family::default(),
             store_late_answers: Family::default(),
+            local_refusals: Family::default(),
             approvals: Family::default(),
             policy_reloads: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency),
@@ -119,6 +121,12 @@ impl Metrics {
             "Counter-store answers that came after the deadline, by store and what became of their hits \
              (released, kept, release_failed, none_taken, unanswered)",
             m.store_late_answers.clone(),
+        );
+        registry.register(
+            "local_refusals",
+            "Calls a decision replica refused without asking the counter store, because a sliding_log counter \
+             it refused shortly before is full until a known time (by counter)",
+            m.local_refusals.clone(),
         );
         registry.register(
             "approvals",
@@ -231,6 +239,12 @@ impl Metrics {
     }
 
     /// One approval event (see the `approvals` metric's help for the names).
+    pub fn local_refusal(&self, counter: &str) {
+        self.local_refusals
+            .get_or_create(&vec![("counter".into(), counter.to_owned())])
+            .inc();
+    }
+
     pub fn approval_event(&self, event: &'static str) {
         self.approvals
             .get_or_create(&vec![("event".into(), event.into())])

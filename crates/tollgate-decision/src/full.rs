@@ -1,0 +1,195 @@
+//! "Full until": refusals that skip the counter store.
+//!
+//! When the store refuses a call because a `sliding_log` counter is full, it says exactly
+//! when that counter has room again for a call of that cost (its oldest hits leave the
+//! window then). Until that moment no call of that cost can be admitted by it, on any
+//! replica, so this replica refuses such calls itself, without a store round trip: a flood
+//! from one grant against one limited tool costs the store about one script run per key per
+//! retry-after instead of one per call.
+//!
+//! It can only refuse more, never admit more: the deadline is measured from when the answer
+//! arrived (later than the store's own moment), and hits given back early (a rolled-back
+//! cross-slot call, a late answer released) only mean the counter had room a little sooner.
+//! `sliding_window` counters are approximate, so their refusals are not remembered. Entries
+//! are per counter key, `max`, window and cost, so a reloaded policy with other numbers is
+//! never refused by an old entry; the map is bounded (expired entries go first, then any).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use tollgate_limiter::{Admission, Algorithm, Hit};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FullKey {
+    key: String,
+    max: u64,
+    cost: u64,
+    window: Duration,
+}
+
+impl FullKey {
+    fn of(hit: &Hit) -> FullKey {
+        FullKey {
+            key: hit.key.clone(),
+            max: hit.max,
+            cost: hit.cost,
+            window: hit.window,
+        }
+    }
+}
+
+/// Counters known to be full, and until when.
+pub(crate) struct FullUntil {
+    entries: RwLock<HashMap<FullKey, Instant>>,
+    capacity: usize,
+}
+
+impl FullUntil {
+    /// Remembers at most `capacity` counter keys.
+    pub(crate) fn new(capacity: usize) -> FullUntil {
+        FullUntil {
+            entries: RwLock::default(),
+            capacity,
+        }
+    }
+
+    /// For each hit of a call, how long its counter is still known to be full (`None` when
+    /// it is not known to be); `None` overall when no counter of the call is.
+    pub(crate) fn check(&self, hits: &[Hit]) -> Option<Vec<Option<Duration>>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        if entries.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut known = false;
+        let left: Vec<Option<Duration>> = hits
+            .iter()
+            .map(|hit| {
+                if hit.algorithm != Algorithm::SlidingLog {
+                    return None;
+                }
+                let until = entries.get(&FullKey::of(hit))?;
+                let left = until.checked_duration_since(now).filter(|d| !d.is_zero())?;
+                known = true;
+                Some(left)
+            })
+            .collect();
+        known.then_some(left)
+    }
+
+    /// Remembers the `sliding_log` counters that refused `hits` (answered at `answered`).
+    pub(crate) fn remember(&self, hits: &[Hit], admission: &Admission, answered: Instant) {
+        if admission.admitted || self.capacity == 0 {
+            return;
+        }
+        let full: Vec<(FullKey, Instant)> = hits
+            .iter()
+            .zip(&admission.counters)
+            .filter(|(hit, _)| hit.algorithm == Algorithm::SlidingLog)
+            .filter_map(|(hit, status)| {
+                let retry = status.retry_after.filter(|d| !d.is_zero())?;
+                Some((FullKey::of(hit), answered + retry))
+            })
+            .collect();
+        if full.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() + full.len() > self.capacity {
+            let now = Instant::now();
+            entries.retain(|_, until| *until > now);
+            while entries.len() + full.len() > self.capacity {
+                let Some(any) = entries.keys().next().cloned() else {
+                    break;
+                };
+                entries.remove(&any);
+            }
+        }
+        for (key, until) in full {
+            entries.insert(key, until);
+        }
+    }
+
+    /// Counter keys remembered now (for tests and metrics).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_limiter::{CounterStatus, Receipt};
+
+    fn hit(key: &str, algorithm: Algorithm) -> Hit {
+        Hit {
+            key: key.into(),
+            tag: "g".into(),
+            window: Duration::from_secs(60),
+            max: 2,
+            cost: 1,
+            algorithm,
+        }
+    }
+
+    fn refused(retry: &[Option<Duration>]) -> Admission {
+        Admission {
+            admitted: false,
+            counters: retry
+                .iter()
+                .map(|r| CounterStatus {
+                    remaining: 0,
+                    reset_after: Duration::from_secs(60),
+                    retry_after: *r,
+                })
+                .collect(),
+            receipt: Receipt::default(),
+        }
+    }
+
+    #[test]
+    fn only_sliding_log_refusals_are_remembered_until_their_retry_after() {
+        let full = FullUntil::new(10);
+        let hits = [
+            hit("a/grant=g", Algorithm::SlidingLog),
+            hit("b/grant=g", Algorithm::SlidingWindow),
+            hit("c/grant=g", Algorithm::SlidingLog),
+        ];
+        assert!(full.check(&hits).is_none());
+        let at = Instant::now();
+        full.remember(
+            &hits,
+            &refused(&[Some(Duration::from_secs(30)), Some(Duration::from_secs(30)), None]),
+            at,
+        );
+        let left = full.check(&hits).expect("a is full");
+        assert!(left[0].is_some_and(|d| d <= Duration::from_secs(30) && d > Duration::from_secs(29)));
+        assert_eq!(
+            (left[1], left[2]),
+            (None, None),
+            "sliding_window and counters with room are not"
+        );
+        // Another max (a reloaded policy) is another counter.
+        let mut bigger = hits[0].clone();
+        bigger.max = 3;
+        assert!(full.check(&[bigger]).is_none());
+        // Expired entries are not full any more.
+        full.remember(&hits[2..], &refused(&[Some(Duration::from_millis(1))]), at);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(full.check(&hits[2..]).is_none());
+    }
+
+    #[test]
+    fn the_map_stays_within_its_capacity() {
+        let full = FullUntil::new(3);
+        for i in 0..10 {
+            let h = [hit(&format!("k{i}/grant=g"), Algorithm::SlidingLog)];
+            full.remember(&h, &refused(&[Some(Duration::from_secs(60))]), Instant::now());
+            assert!(full.len() <= 3);
+        }
+        let last = [hit("k9/grant=g", Algorithm::SlidingLog)];
+        assert!(full.check(&last).is_some(), "the newest entry is kept");
+    }
+}
