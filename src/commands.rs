@@ -676,7 +676,8 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Ar
     let mut engine = Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
         .with_approvals(approvals)
         .with_max_pending_per_grant(config.approvals.max_pending_per_grant.max(1))
-        .with_recorded_arguments(config.telemetry.record_arguments);
+        .with_recorded_arguments(config.telemetry.record_arguments)
+        .with_full_cache_entries(settings.full_cache_entries);
     if let Some(notify) = crate::webhook::start(&config.approvals)? {
         engine = engine.with_new_approvals(notify);
     }

@@ -42,6 +42,11 @@ pub struct DecisionSettings {
     /// Deadline for one counter-store round trip, in milliseconds.
     #[serde(default = "default_store_timeout_ms")]
     pub store_timeout_ms: u64,
+    /// Counter keys this replica remembers as full until a known time, to refuse calls
+    /// against them without a store round trip (`sliding_log` counters on Redis); 0 asks
+    /// the store about every call.
+    #[serde(default = "default_full_cache_entries")]
+    pub full_cache_entries: usize,
     /// HTTP address serving `/metrics` (Prometheus) for `tollgate decision`.
     /// Default `127.0.0.1:9464`.
     #[serde(default = "default_metrics_listen")]
@@ -160,6 +165,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_reload_ms() -> u64 {
     2000
+}
+
+fn default_full_cache_entries() -> usize {
+    crate::DEFAULT_FULL_CACHE_ENTRIES
 }
 
 fn default_store_timeout_ms() -> u64 {
