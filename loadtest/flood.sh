@@ -39,8 +39,7 @@ pool_size = $((concurrency * 2))
 [log]
 level = "warn"
 TOML
-  "$bin/tollgate" decision -c "$work/$1.toml" > "$work/$1.out" &
-  wait_for "$work/$1.out"
+  "$bin/tollgate" decision -c "$work/$1.toml" > "$work/$1.out" 2>&1 &
 }
 scripts() { redis-cli -p "$port" INFO commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p'; }
 flood() { # $1: decision address, $2: tool, $3: label
@@ -53,8 +52,10 @@ flood() { # $1: decision address, $2: tool, $3: label
   echo "Redis EVALSHA during the run: $((after - before))"
 }
 
-cached=$(start_decision cached 100000)
+start_decision cached 100000
+start_decision uncached 0
+cached=$(wait_for "$work/cached.out")
+uncached=$(wait_for "$work/uncached.out")
 flood "$cached" open "admitted: a limit that never refuses"
 flood "$cached" flood "refused: one grant against a full sliding_log counter (full-until cache on)"
-uncached=$(start_decision uncached 0)
 flood "$uncached" flood "refused: the same flood, cache off (decision.full_cache_entries = 0)"

@@ -33,6 +33,14 @@ pub async fn run(
     crate::check_loopback(url)?;
     let client = Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5), None, None)?);
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    // Request ids are unique per run: the store answers a repeated id with its first answer
+    // (idempotent retries), so ids reused from an earlier run would replay its verdicts.
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
     let (admitted, errors, seq) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -49,7 +57,7 @@ pub async fn run(
             errors.clone(),
             seq.clone(),
         );
-        let (tool, grant) = (tool.to_owned(), grant.to_owned());
+        let (tool, grant, run) = (tool.to_owned(), grant.to_owned(), run.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let n = seq.fetch_add(1, Ordering::Relaxed);
@@ -59,7 +67,7 @@ pub async fn run(
                     grant.clone()
                 };
                 let request = DecideRequest {
-                    request_id: format!("load-{n}"),
+                    request_id: format!("load-{run}-{n}"),
                     server: "bench".into(),
                     tool: tool.clone(),
                     agent: grant.clone(),
