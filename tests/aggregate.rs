@@ -318,3 +318,75 @@ async fn bad_requests_on_the_aggregated_endpoint_are_refused_clearly() {
         answer.message
     );
 }
+
+/// A call held for an operator's approval on `/mcp`: the approval names the upstream and its
+/// own tool name, and once approved the call goes to that upstream and its answer reaches
+/// the agent on the held stream.
+#[tokio::test]
+async fn a_call_held_for_approval_on_the_aggregated_endpoint_goes_through_once_approved() {
+    const OPERATOR_KEY: &str = "operator-key-for-aggregate";
+    let demo = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("aggregate-held");
+    let policy = r#"{"version": "1", "default": "allow",
+        "tools": {"k8s_scale": {"action": "require_approval", "approval": {"hold": "30s"}}}}"#;
+    let config = write_config(&dir, &demo.url("/mcp"), &[], policy, "hold_keepalive_ms = 300");
+    support::append(
+        &config,
+        &format!(
+            "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n",
+            support::sha256_hex(OPERATOR_KEY)
+        ),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("operators' API");
+    let mut mcp = Mcp::new(&up.url("/mcp"), KEY_A);
+    mcp.initialize().await;
+    let held = {
+        let mcp = mcp.via(&up.url("/mcp"));
+        tokio::spawn(async move {
+            mcp.post(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "k8s__k8s_scale", "arguments": {"namespace": "web", "name": "api", "replicas": 2}}}))
+                .await
+        })
+    };
+    let mut pending: Option<Value> = None;
+    for _ in 0..100 {
+        let (code, out, err) = support::run(&["approvals", "list", "--json", "--url", &admin, "--key", OPERATOR_KEY]);
+        assert_eq!(code, 0, "{err}");
+        let listed: Value = serde_json::from_str(&out).expect("json");
+        pending = listed
+            .as_array()
+            .and_then(|all| all.iter().find(|a| a["status"] == "pending").cloned());
+        if pending.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let pending = pending.expect("the held call asked for an approval");
+    assert_eq!(
+        (pending["server"].as_str(), pending["tool"].as_str()),
+        (Some("k8s"), Some("k8s_scale")),
+        "{pending}"
+    );
+    let id = pending["id"].as_str().expect("id");
+    let (code, _, err) = support::run(&[
+        "approvals",
+        "approve",
+        id,
+        "--reason",
+        "ok",
+        "--url",
+        &admin,
+        "--key",
+        OPERATOR_KEY,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), held)
+        .await
+        .expect("the held call is answered")
+        .expect("task");
+    assert_eq!(answer.content_type, "text/event-stream");
+    let result = &answer.message["result"];
+    assert!(support::refusal(result).is_none(), "{}", answer.message);
+    assert!(support::text(result).contains("scaled"), "{}", answer.message);
+}
