@@ -265,28 +265,18 @@ pub(crate) struct RuleSet {
 
 impl RuleSet {
     /// Every rule of the set that matches `tool`, the one that decides first.
-    fn find_all<'s>(&'s self, tool: &str) -> impl Iterator<Item = &'s Arc<Rule>> + 's {
-        let name: Vec<char> = tool.chars().collect();
+    fn find_all<'s>(&'s self, tool: &str) -> impl Iterator<Item = &'s Arc<Rule>> + use<'s> {
+        let name: Vec<char> = if self.patterns.is_empty() {
+            Vec::new()
+        } else {
+            tool.chars().collect()
+        };
         self.exact.get(tool).into_iter().chain(
             self.patterns
                 .iter()
                 .filter(move |(g, _)| g.matches_chars(&name))
                 .map(|(_, r)| r),
         )
-    }
-
-    fn find(&self, tool: &str) -> Option<&Arc<Rule>> {
-        if let Some(rule) = self.exact.get(tool) {
-            return Some(rule);
-        }
-        if self.patterns.is_empty() {
-            return None;
-        }
-        let name: Vec<char> = tool.chars().collect();
-        self.patterns
-            .iter()
-            .find(|(g, _)| g.matches_chars(&name))
-            .map(|(_, r)| r)
     }
 
     pub(crate) fn catches_all(&self) -> bool {
@@ -407,21 +397,8 @@ impl Policy {
         grant: &str,
         annotations: Annotations,
     ) -> &Arc<Rule> {
-        let k = kind as usize;
-        let grant_rules = self.grants.get(grant);
-        let server_rules = self.servers.get(server);
-        grant_rules
-            .and_then(|r| r.sets[k].find(name))
-            .or_else(|| server_rules.and_then(|r| r.sets[k].find(name)))
-            .or_else(|| self.sets[k].find(name))
-            .or_else(|| {
-                [Class::Destructive, Class::OpenWorld, Class::ReadOnly]
-                    .into_iter()
-                    .filter(|c| kind == Kind::Tool && annotations.in_class(*c))
-                    .find_map(|c| self.classes[c as usize].as_ref())
-            })
-            .or_else(|| grant_rules.and_then(|r| r.default.as_ref()))
-            .or_else(|| server_rules.and_then(|r| r.default.as_ref()))
+        self.candidates(kind, server, name, grant, annotations)
+            .next()
             .unwrap_or(&self.default)
     }
 
@@ -441,23 +418,35 @@ impl Policy {
         grant: &str,
         annotations: Annotations,
     ) -> Vec<&Arc<Rule>> {
+        self.candidates(kind, server, name, grant, annotations).collect()
+    }
+
+    /// The rules that match, lazily, in precedence order (the top-level default last): the
+    /// first one decides. Later maps are not searched until the earlier ones are exhausted.
+    fn candidates<'p, 'n>(
+        &'p self,
+        kind: Kind,
+        server: &str,
+        name: &'n str,
+        grant: &str,
+        annotations: Annotations,
+    ) -> impl Iterator<Item = &'p Arc<Rule>> + use<'p, 'n> {
         let k = kind as usize;
         let grant_rules = self.grants.get(grant);
         let server_rules = self.servers.get(server);
-        let mut out: Vec<&Arc<Rule>> = Vec::new();
-        out.extend(grant_rules.into_iter().flat_map(|r| r.sets[k].find_all(name)));
-        out.extend(server_rules.into_iter().flat_map(|r| r.sets[k].find_all(name)));
-        out.extend(self.sets[k].find_all(name));
-        out.extend(
-            [Class::Destructive, Class::OpenWorld, Class::ReadOnly]
-                .into_iter()
-                .filter(|c| kind == Kind::Tool && annotations.in_class(*c))
-                .filter_map(|c| self.classes[c as usize].as_ref()),
-        );
-        out.extend(grant_rules.and_then(|r| r.default.as_ref()));
-        out.extend(server_rules.and_then(|r| r.default.as_ref()));
-        out.push(&self.default);
-        out
+        let classes = [Class::Destructive, Class::OpenWorld, Class::ReadOnly]
+            .into_iter()
+            .filter(move |c| kind == Kind::Tool && annotations.in_class(*c))
+            .filter_map(move |c| self.classes[c as usize].as_ref());
+        grant_rules
+            .into_iter()
+            .flat_map(move |r| r.sets[k].find_all(name))
+            .chain(server_rules.into_iter().flat_map(move |r| r.sets[k].find_all(name)))
+            .chain(std::iter::once(&self.sets[k]).flat_map(move |set| set.find_all(name)))
+            .chain(classes)
+            .chain(grant_rules.and_then(|r| r.default.as_ref()))
+            .chain(server_rules.and_then(|r| r.default.as_ref()))
+            .chain(std::iter::once(&self.default))
     }
 
     /// Whether a caller could ever be allowed to call the tool: hidden from `tools/list`
