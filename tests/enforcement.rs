@@ -228,3 +228,53 @@ async fn argument_rules_refuse_with_pointer_and_constraint_and_charge_nothing() 
         .await;
     assert!(refusal(&fresh).is_none(), "another session: {fresh}");
 }
+
+/// An edge reuses the policy's answer on which listed tools a grant may see (same list,
+/// same policy), so repeated `tools/list` calls need no decision service: one that went away
+/// still leaves lists answered, while calls fail closed. A changed policy shows at once after
+/// the next decision the edge makes (its digest changed); `edge.list_cache_ms = 0` asks
+/// every time.
+#[tokio::test]
+async fn tools_lists_are_reused_per_policy_and_calls_are_still_decided() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("list-cache");
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"k8s_get_pods": {}, "k8s_list_namespaces": {}}}"#;
+    let mut decision = support::start_decision(&dir, &upstream.url("/mcp"), policy);
+    let config = write_config(&dir, &upstream.url("/mcp"), &[decision.url("")], policy, "");
+    let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
+    let mut mcp = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    mcp.initialize().await;
+    assert_eq!(mcp.tool_names().await, ["k8s_list_namespaces", "k8s_get_pods"]);
+
+    // The policy changes: the next decision carries its new digest, and lists follow.
+    let denied = r#"{"version": "1", "default": "deny", "tools": {"k8s_list_namespaces": {}}}"#;
+    std::fs::write(dir.join("policy.json"), denied).expect("policy");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let answer = mcp.call("k8s_list_namespaces", json!({})).await;
+    assert!(refusal(&answer).is_none(), "{answer}");
+    assert_eq!(mcp.tool_names().await, ["k8s_list_namespaces"], "the new policy's list");
+
+    // Without the decision service the list is still answered; calls are refused.
+    decision.kill();
+    assert_eq!(mcp.tool_names().await, ["k8s_list_namespaces"]);
+    let refused = mcp.call("k8s_list_namespaces", json!({})).await;
+    assert_eq!(
+        refusal(&refused).map(|d| d["verdict"].clone()),
+        Some(json!("DENY")),
+        "{refused}"
+    );
+
+    // Turned off, every list asks, and without a decision service it is refused.
+    let config = write_config(
+        &dir,
+        &upstream.url("/mcp"),
+        &[decision.url("")],
+        denied,
+        "list_cache_ms = 0",
+    );
+    let uncached = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
+    let mut mcp = Mcp::new(&uncached.url("/mcp/k8s"), KEY_A);
+    mcp.initialize().await;
+    let answer = mcp.request("tools/list", json!({})).await;
+    assert_eq!(answer.status, 503, "{}", answer.message);
+}

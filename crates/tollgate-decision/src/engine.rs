@@ -224,6 +224,7 @@ impl Engine {
         let policy = self.policy.load();
         let mut decision = Decision {
             decision_id: uuid::Uuid::now_v7().to_string(),
+            policy_digest: policy.digest(),
             ..Default::default()
         };
         let arguments = match arguments {
@@ -581,7 +582,10 @@ impl Engine {
             })
             .map(|t| t.name.clone())
             .collect();
-        VisibleToolsResponse { visible }
+        VisibleToolsResponse {
+            visible,
+            policy_digest: policy.digest(),
+        }
     }
 }
 

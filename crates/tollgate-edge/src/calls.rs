@@ -130,7 +130,10 @@ pub(crate) async fn decide_and_forward(
     let request_id = uuid::Uuid::new_v4();
     let request = decide_request(exchange, &call, request_id.to_string());
     let decision = match gw.decider.decide(request).await {
-        Ok(decision) => decision,
+        Ok(decision) => {
+            gw.visible.saw(decision.policy_digest);
+            decision
+        }
         Err(e) => {
             metrics().decision_unavailable.inc();
             let what = format!(

@@ -122,16 +122,34 @@ impl ListFilter {
         if kind == SubjectKind::Tool {
             self.gw.learn_tools(&self.server, &listed);
         }
+        let grant = &self.caller.grant;
+        if let Some(visible) = self.gw.visible.get(grant, &self.server, kind, &listed) {
+            let visible: HashSet<&str> = visible.iter().map(String::as_str).collect();
+            items.retain(|item| {
+                item.get(key)
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| visible.contains(n))
+            });
+            return Ok(());
+        }
         let mut request = VisibleToolsRequest {
             server: self.server.clone(),
-            grant: self.caller.grant.clone(),
+            grant: grant.clone(),
             agent: self.caller.agent.clone(),
-            tools: listed,
+            tools: listed.clone(),
             ..Default::default()
         };
         request.set_kind(kind);
         match self.gw.decider.visible_tools(request).await {
             Ok(answer) => {
+                self.gw.visible.put(
+                    grant,
+                    &self.server,
+                    kind,
+                    listed,
+                    answer.visible.clone(),
+                    answer.policy_digest,
+                );
                 let visible: HashSet<&str> = answer.visible.iter().map(String::as_str).collect();
                 items.retain(|item| {
                     item.get(key)

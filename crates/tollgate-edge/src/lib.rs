@@ -27,6 +27,7 @@ mod settings;
 mod spans;
 mod sse;
 mod upstream;
+mod visible;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -40,6 +40,7 @@ use crate::request::{
 };
 use crate::settings::EdgeSettings;
 use crate::upstream::{self, Upstream, UpstreamError};
+use crate::visible::VisibleCache;
 use crate::{calls, lists, spans};
 
 /// Tools whose annotations one edge remembers per upstream.
@@ -57,6 +58,8 @@ pub struct Gateway {
     order: StreamOrder,
     /// The aggregated endpoint `/mcp`.
     pub(crate) aggregation: Aggregation,
+    /// Visible sets of lists, per grant and policy.
+    pub(crate) visible: VisibleCache,
 }
 
 impl Gateway {
@@ -67,12 +70,13 @@ impl Gateway {
         aggregation: Aggregation,
     ) -> Self {
         Gateway {
-            settings,
             upstreams,
             decider,
             annotations: RwLock::default(),
             order: StreamOrder::default(),
             aggregation,
+            visible: VisibleCache::new(Duration::from_millis(settings.list_cache_ms)),
+            settings,
         }
     }
 

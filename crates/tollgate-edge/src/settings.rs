@@ -100,6 +100,16 @@ pub struct EdgeSettings {
     /// The aggregated endpoint `/mcp`.
     #[serde(default)]
     pub aggregate: AggregateSettings,
+    /// How long the edge reuses the policy's answer on which entries of an upstream's
+    /// tools (resources, prompts) list a grant may see, for the same list and policy; 0 asks
+    /// for every list. A policy change shows at once on an edge that makes decisions, and
+    /// within this time on any edge.
+    #[serde(default = "default_list_cache_ms")]
+    pub list_cache_ms: u64,
+}
+
+fn default_list_cache_ms() -> u64 {
+    5_000
 }
 
 impl Default for EdgeSettings {
@@ -128,6 +138,7 @@ impl Default for EdgeSettings {
             decision_client_cert: None,
             decision_client_key: None,
             aggregate: AggregateSettings::default(),
+            list_cache_ms: default_list_cache_ms(),
         }
     }
 }

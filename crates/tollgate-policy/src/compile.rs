@@ -10,6 +10,8 @@ use crate::document::{
     Action, Algorithm, ApprovalMode, ApprovalSpec, LimitSpec, PolicyDocument, RuleSpec, Scope, ScopeDim, ScopeSpec,
     UniqueMap, Window,
 };
+use sha2::{Digest, Sha256};
+
 use crate::error::{Diagnostic, PolicyError};
 use crate::glob::Glob;
 use crate::policy::{ApprovalPolicy, ArgumentSchema, Class, Kind, Limit, Policy, Rule, RuleSet, Rules};
@@ -38,7 +40,7 @@ pub fn compile_str(name: &str, text: &str) -> Result<Compiled, PolicyError> {
 pub fn compile_with_format(name: &str, text: &str, format: Format) -> Result<Compiled, PolicyError> {
     let source = Source { name, text, format };
     let document = source.parse()?;
-    Compiler {
+    let mut compiled = Compiler {
         source: &source,
         errors: Vec::new(),
         warnings: Vec::new(),
@@ -46,7 +48,12 @@ pub fn compile_with_format(name: &str, text: &str, format: Format) -> Result<Com
         entries: Vec::new(),
         covers: [true, false, false],
     }
-    .compile(document)
+    .compile(document)?;
+    let digest = Sha256::digest(text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    compiled.policy.digest = u64::from_be_bytes(first);
+    Ok(compiled)
 }
 
 struct CounterUse {
@@ -182,6 +189,7 @@ impl Compiler<'_, '_> {
                 grants,
                 classes,
                 covers: self.covers,
+                digest: 0,
             },
             warnings: self.warnings,
         })

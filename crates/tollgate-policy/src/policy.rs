@@ -26,6 +26,9 @@ pub struct Policy {
     /// Per [`Kind`]: whether any part of the policy has a section for it. Tools always
     /// are; resource reads and prompt gets are decided only once the policy names them.
     pub(crate) covers: [bool; 3],
+    /// The first 64 bits of the SHA-256 of the policy's source text: equal on every replica
+    /// that loaded the same file, different after any edit.
+    pub(crate) digest: u64,
 }
 
 /// What a decision is about: the MCP method that reaches data.
@@ -379,6 +382,12 @@ impl Policy {
     /// grant > server > top-level tool > class > default (grant's, server's, then top-level).
     pub fn rule_for(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> &Arc<Rule> {
         self.rule_for_subject(Kind::Tool, server, tool, grant, annotations)
+    }
+
+    /// Identifies the policy's text (see [`Policy::digest`]'s field): edges key what they
+    /// cache about a policy's answers by it.
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     /// Whether the policy decides subjects of `kind`: always for tools; for resources and
