@@ -447,12 +447,22 @@ impl Agg<'_> {
                 None,
             );
         }
-        let Some(sealed) = self.agg().sealer.seal(&self.caller.grant, &session) else {
+        let sealed = self
+            .agg()
+            .sealer
+            .seal(&self.caller.grant, &session)
+            .filter(|id| id.len() <= MAX_SEALED_SESSION_BYTES);
+        let Some(sealed) = sealed else {
+            tracing::error!(
+                upstreams = session.upstreams.len(),
+                "cannot issue an aggregated session id: sealing failed, or it would exceed {MAX_SEALED_SESSION_BYTES} \
+                 bytes (too many upstreams in one session: limit the grant's [[grants]] servers)"
+            );
             return jsonrpc::error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Some(id),
                 jsonrpc::INTERNAL_ERROR,
-                "could not seal the session",
+                "could not issue a session id for this many upstreams (see the edge's log)",
                 None,
             );
         };
