@@ -17,8 +17,11 @@ use clap::{Parser, Subcommand};
 /// Agents connect to Tollgate's edge instead of their MCP servers. Every tools/call is
 /// checked against your policy (allow, deny, rate-limit, require approval) before it
 /// reaches the server, and tools/list only shows what the agent may call.
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: the version and the commit the binary was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TOLLGATE_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "tollgate", version, propagate_version = true)]
+#[command(name = "tollgate", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

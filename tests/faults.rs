@@ -501,3 +501,21 @@ fn policy_explain_decides_resource_reads_and_prompt_gets() {
     assert_ne!(code, 0);
     assert!(err.contains("no arguments"), "{err}");
 }
+
+/// `tollgate --version` names the commit the binary was built from.
+#[test]
+fn version_names_the_commit() {
+    let (code, out, err) = run(&["--version"]);
+    assert_eq!(code, 0, "{err}");
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let expected = match commit {
+        Some(commit) => format!("tollgate {} (commit {commit})", env!("CARGO_PKG_VERSION")),
+        None => format!("tollgate {} (commit ", env!("CARGO_PKG_VERSION")),
+    };
+    assert!(out.starts_with(&expected), "{out:?} should start with {expected:?}");
+}
