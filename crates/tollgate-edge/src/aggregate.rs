@@ -290,6 +290,7 @@ impl Agg<'_> {
     /// The session this request belongs to, limited to the upstreams the caller still
     /// reaches (the configuration may have changed since it began).
     fn session(&self) -> Result<AggregateSession, Response> {
+        check_session_header_max(self.headers, MAX_SEALED_SESSION_BYTES)?;
         let Some(id) = self.headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) else {
             return Err(bad_request(
                 StatusCode::BAD_REQUEST,
@@ -968,9 +969,6 @@ pub async fn post(
 /// its list guard (requests marked with the upstream's prefix). Upstreams without one are
 /// left out; without any, 405.
 pub async fn get(State(gw): State<Arc<Gateway>>, Extension(caller): Extension<Caller>, headers: HeaderMap) -> Response {
-    if let Err(response) = check_session_header_max(&headers, MAX_SEALED_SESSION_BYTES) {
-        return response;
-    }
     if !accepts_event_stream(&headers) {
         return bad_request(
             StatusCode::NOT_ACCEPTABLE,
@@ -1036,9 +1034,6 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = check_session_header_max(&headers, MAX_SEALED_SESSION_BYTES) {
-        return response;
-    }
     let agg = Agg {
         gw: &gw,
         caller: &caller,
