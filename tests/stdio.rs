@@ -260,3 +260,62 @@ fn bad_stdio_configurations_are_refused() {
     assert_ne!(code, 0);
     assert!(err.contains("stdio-bridge"), "{err}");
 }
+
+/// What a hostile client gets from `tollgate stdio-bridge`: oversized bodies, non-JSON,
+/// batches, requests without or with an unknown session, and a request id already waiting
+/// are refused before the child sees them.
+#[tokio::test]
+async fn the_stdio_bridge_refuses_what_it_cannot_pass_on() {
+    let mut args = vec![
+        "stdio-bridge",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-message-bytes",
+        "4096",
+        "--",
+    ];
+    let command = time_server();
+    args.extend(command.iter().map(String::as_str));
+    let bridge = Proc::start("stdio-bridge", &args, &[]);
+    let url = bridge.url("/mcp");
+    let http = reqwest::Client::new();
+    let post = |body: String, session: Option<&str>| {
+        let mut request = http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(s) = session {
+            request = request.header("Mcp-Session-Id", s);
+        }
+        request.send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    let huge = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"pad": "x".repeat(10_000)}});
+    assert_eq!(status(post(huge.to_string(), None).await.expect("post")), 413);
+    assert_eq!(status(post("{not json".into(), None).await.expect("post")), 400);
+    assert_eq!(status(post("[]".into(), None).await.expect("post")), 400, "batches");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+    assert_eq!(status(post(list.clone(), None).await.expect("post")), 400, "no session");
+    assert_eq!(
+        status(post(list.clone(), Some("forged")).await.expect("post")),
+        404,
+        "unknown session"
+    );
+
+    let mut mcp = Mcp::new(&url, KEY_A);
+    mcp.initialize().await;
+    let session = mcp.session.clone().expect("session");
+    // Two requests with one id in flight at once: the second is refused.
+    let slow = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "get_current_time", "arguments": {"timezone": "UTC"}}})
+    .to_string();
+    let (first, second) = tokio::join!(post(slow.clone(), Some(&session)), post(slow, Some(&session)));
+    let codes = [status(first.expect("post")), status(second.expect("post"))];
+    assert!(codes.contains(&200), "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 400), "{codes:?}");
+    // The session still works.
+    let result = mcp.call("get_current_time", json!({"timezone": "UTC"})).await;
+    assert_eq!(result["structuredContent"]["timezone"], "UTC", "{result}");
+}
