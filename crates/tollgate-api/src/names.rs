@@ -122,6 +122,16 @@ pub fn subject_method(kind: SubjectKind) -> &'static str {
     }
 }
 
+/// The span attribute (OpenTelemetry GenAI and MCP conventions) that names a subject of
+/// `kind`: `gen_ai.tool.name`, `mcp.resource.uri` or `gen_ai.prompt.name`.
+pub fn subject_attribute(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::Tool => "gen_ai.tool.name",
+        SubjectKind::Resource => "mcp.resource.uri",
+        SubjectKind::Prompt => "gen_ai.prompt.name",
+    }
+}
+
 /// How a subject is named where all kinds meet (approval records, approval bindings): the
 /// tool name as it is, `resources/read <uri>` and `prompts/get <name>` for the others. No
 /// tool name holds a space, so the three never collide.

@@ -149,12 +149,7 @@ impl Engine {
             mcp.method.name = tollgate_api::subject_method(request.kind()),
             mcp.session.id = %request.session_id,
         );
-        let subject_field = match request.kind() {
-            SubjectKind::Tool => "gen_ai.tool.name",
-            SubjectKind::Resource => "mcp.resource.uri",
-            SubjectKind::Prompt => "gen_ai.prompt.name",
-        };
-        span.record(subject_field, request.tool.as_str());
+        span.record(tollgate_api::subject_attribute(request.kind()), request.tool.as_str());
         tollgate_telemetry::propagation::set_parent(&span, parent);
         let parsed = parse_json(&request.arguments_json);
         if !span.is_disabled() {

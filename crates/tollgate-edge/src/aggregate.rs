@@ -267,7 +267,11 @@ enum PartFailed {
     Failed(String),
 }
 
-impl Agg<'_> {
+impl<'a> Agg<'a> {
+    fn new(gw: &'a Arc<Gateway>, caller: &'a Caller, headers: &'a HeaderMap) -> Agg<'a> {
+        Agg { gw, caller, headers }
+    }
+
     fn agg(&self) -> &Aggregation {
         &self.gw.aggregation
     }
@@ -918,11 +922,7 @@ pub async fn post(
     };
     let span = spans::request_span(&message, "", &caller, &headers);
     let _in_flight = GaugeUnit::hold(&metrics().requests_in_flight);
-    let agg = Agg {
-        gw: &gw,
-        caller: &caller,
-        headers: &headers,
-    };
+    let agg = Agg::new(&gw, &caller, &headers);
     async {
         if let Message::Request {
             id,
@@ -975,11 +975,7 @@ pub async fn get(State(gw): State<Arc<Gateway>>, Extension(caller): Extension<Ca
             "GET /mcp opens an event stream: Accept must include text/event-stream",
         );
     }
-    let agg = Agg {
-        gw: &gw,
-        caller: &caller,
-        headers: &headers,
-    };
+    let agg = Agg::new(&gw, &caller, &headers);
     let session = match agg.session() {
         Ok(s) => s,
         Err(response) => return response,
@@ -1034,11 +1030,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
-    let agg = Agg {
-        gw: &gw,
-        caller: &caller,
-        headers: &headers,
-    };
+    let agg = Agg::new(&gw, &caller, &headers);
     let session = match agg.session() {
         Ok(s) => s,
         Err(response) => return response,

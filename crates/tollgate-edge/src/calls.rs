@@ -120,12 +120,7 @@ pub(crate) async fn decide_and_forward(
             return jsonrpc::json_response(StatusCode::OK, &body);
         }
     };
-    let attribute = match kind {
-        SubjectKind::Tool => "gen_ai.tool.name",
-        SubjectKind::Resource => "mcp.resource.uri",
-        SubjectKind::Prompt => "gen_ai.prompt.name",
-    };
-    tracing::Span::current().record(attribute, call.name);
+    tracing::Span::current().record(tollgate_api::subject_attribute(kind), call.name);
     let gw = exchange.gw;
     let request_id = uuid::Uuid::new_v4();
     let request = decide_request(exchange, &call, request_id.to_string());
