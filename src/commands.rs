@@ -52,7 +52,8 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
         let shutdown = Shutdown::on_signals();
         let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
         let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
-        let decider = GrpcDecider::new(&config.edge.decision, timeout, token, decision_tls(&config)?)?;
+        let decider = GrpcDecider::new(&config.edge.decision, timeout, token, decision_tls(&config)?)?
+            .with_batch_max(config.edge.decision_batch_max);
         let replicas = config.edge.decision.join(", ");
         let scheme = scheme(&config);
         let banner = |addr| format!("tollgate edge listening on {scheme}://{addr} (decision: {replicas})");
@@ -132,7 +133,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
                     engine,
                     token_hash,
                     operators(&config)?,
-                    settings.limits(),
+                    settings.service_limits(),
                     tls,
                     shutdown.requested(),
                 ),

@@ -1,4 +1,4 @@
-//! Load on the decision service alone: `Decide` RPCs over gRPC from N concurrent callers,
+//! Load on the decision service alone: decisions over gRPC from N concurrent callers,
 //! for comparing decisions per second with what Redis itself does running the same script
 //! (`loadtest/decision-vs-redis.sh`).
 
@@ -19,7 +19,8 @@ pub struct DecideOutcome {
     pub latency: Histogram<u64>,
 }
 
-/// Sends `Decide` for `tool` from `concurrency` callers for `duration`, cycling through
+/// Sends decisions for `tool` (on the batched `DecideStream`, `batch_max` per message at
+/// most, or as unary `Decide` calls when `batch_max` is 0) from `concurrency` callers for `duration`, cycling through
 /// `grants` distinct grants (`{grant}-0`, `{grant}-1`, …; just `grant` when 1), so that a
 /// per-grant limit keeps that many counter keys alive.
 pub async fn run(
@@ -29,9 +30,11 @@ pub async fn run(
     grants: u64,
     concurrency: usize,
     duration: Duration,
+    batch_max: usize,
 ) -> anyhow::Result<DecideOutcome> {
     crate::check_loopback(url)?;
-    let client = Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5), None, None)?);
+    let client =
+        Arc::new(GrpcDecider::new(&[url.to_owned()], Duration::from_secs(5), None, None)?.with_batch_max(batch_max));
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     // Request ids are unique per run: the store answers a repeated id with its first answer
     // (idempotent retries), so ids reused from an earlier run would replay its verdicts.

@@ -120,6 +120,10 @@ struct DecideArgs {
     /// Seconds (at most 600).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Most decisions per message on the batched decision stream, as an edge's
+    /// `edge.decision_batch_max`; 0 sends each as a unary `Decide` call.
+    #[arg(long, default_value_t = tollgate_decision::DEFAULT_BATCH_MAX)]
+    batch_max: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,6 +191,7 @@ async fn decide(args: DecideArgs) -> anyhow::Result<ExitCode> {
         args.grants.max(1),
         args.concurrency,
         duration,
+        args.batch_max,
     )
     .await?;
     let ms = |q: f64| out.latency.value_at_quantile(q) as f64 / 1000.0;

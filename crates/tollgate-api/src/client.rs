@@ -10,6 +10,7 @@ use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::batch::{Batcher, DEFAULT_BATCH_MAX};
 use crate::proto::decision_service_client::DecisionServiceClient;
 use crate::proto::{
     Approval, ApprovalStatus, DecideRequest, Decision, VisibleToolsRequest, VisibleToolsResponse, WaitApprovalRequest,
@@ -36,11 +37,20 @@ pub enum GrpcDeciderError {
 
 /// A client of one or more decision replicas.
 pub struct GrpcDecider {
-    replicas: Vec<(String, DecisionServiceClient<Channel>)>,
+    replicas: Vec<Replica>,
     next: AtomicUsize,
     deadline: Duration,
     /// `authorization: Bearer <cluster token>`, sent with every call when configured.
     authorization: Option<AsciiMetadataValue>,
+    /// Most decisions per `DecideStream` message; 0 asks with unary `Decide` calls.
+    batch_max: usize,
+}
+
+struct Replica {
+    address: String,
+    client: DecisionServiceClient<Channel>,
+    /// The replica's decision stream, started on first use.
+    stream: std::sync::OnceLock<Batcher>,
 }
 
 impl GrpcDecider {
@@ -63,7 +73,12 @@ impl GrpcDecider {
                     source,
                 })?
                 .connect_timeout(deadline)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // A replica that vanishes without closing the connection (a partition, a
+                // powered-off host) is noticed even while the decision stream is idle.
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true);
             if address.starts_with("https://") {
                 let config = tls
                     .clone()
@@ -76,7 +91,11 @@ impl GrpcDecider {
             let client = DecisionServiceClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            replicas.push((address.clone(), client));
+            replicas.push(Replica {
+                address: address.clone(),
+                client,
+                stream: std::sync::OnceLock::new(),
+            });
         }
         let authorization = token
             .map(|t| format!("Bearer {t}").parse().map_err(|_| GrpcDeciderError::BadToken))
@@ -86,7 +105,32 @@ impl GrpcDecider {
             next: AtomicUsize::new(0),
             deadline,
             authorization,
+            batch_max: DEFAULT_BATCH_MAX,
         })
+    }
+
+    /// Sets the most decisions one `DecideStream` message carries (default
+    /// [`DEFAULT_BATCH_MAX`]); 0 asks every decision with its own unary `Decide` call.
+    pub fn with_batch_max(mut self, batch_max: usize) -> Self {
+        self.batch_max = batch_max;
+        self
+    }
+
+    /// The replica's decision stream, unless decisions are asked one call at a time (by
+    /// configuration, or because the replica has no `DecideStream`).
+    fn stream<'a>(&self, replica: &'a Replica) -> Option<&'a Batcher> {
+        if self.batch_max == 0 {
+            return None;
+        }
+        let batcher = replica.stream.get_or_init(|| {
+            Batcher::start(
+                replica.client.clone(),
+                replica.address.clone(),
+                self.authorization.clone(),
+                self.batch_max,
+            )
+        });
+        (!batcher.unary()).then_some(batcher)
     }
 
     /// A request carrying the cluster token and the current trace context.
@@ -103,24 +147,25 @@ impl GrpcDecider {
     /// half of the remaining time while others are left to try, so one hung replica cannot
     /// use up the whole deadline. Only outages move on to the next replica; an error
     /// answer (which the caller may have provoked) is final and never counts as an outage.
-    async fn call<T, F, Fut>(&self, op: F) -> Result<T, DecisionError>
+    async fn call<'a, T, F, Fut>(&'a self, op: F) -> Result<T, DecisionError>
     where
-        F: Fn(DecisionServiceClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: Fn(&'a Replica) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let end = Instant::now() + self.deadline;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.replicas.len();
         let mut failures = Vec::new();
         for attempt in 0..n {
-            let (address, client) = &self.replicas[(start + attempt) % n];
+            let replica = &self.replicas[(start + attempt) % n];
+            let address = &replica.address;
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             let budget = if attempt + 1 < n { left / 2 } else { left };
-            match tokio::time::timeout(budget, op(client.clone())).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+            match tokio::time::timeout(budget, op(replica)).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) if is_outage(status.code()) => {
                     tracing::warn!(replica = %address, code = ?status.code(), "decision replica failed: {}", status.message());
                     failures.push(format!("{address}: {}", status.message()));
@@ -155,24 +200,42 @@ fn is_outage(code: Code) -> bool {
 /// For a long-lived stream, also a replica that dies while the stream opens or runs: that
 /// surfaces as an h2 error (`Unknown`), which the service itself never answers. A held call
 /// then follows its approval on another replica.
-fn stream_outage(code: Code) -> bool {
+pub(crate) fn stream_outage(code: Code) -> bool {
     is_outage(code) || code == Code::Unknown
 }
 
 #[async_trait::async_trait]
 impl Decider for GrpcDecider {
     async fn decide(&self, request: DecideRequest) -> Result<Decision, DecisionError> {
-        self.call(|mut c| {
-            let request = self.request(request.clone());
-            async move { c.decide(request).await }
+        self.call(|replica| {
+            let request = request.clone();
+            async move {
+                if let Some(stream) = self.stream(replica) {
+                    match stream.decide(request.clone()).await {
+                        // The replica predates `DecideStream`: ask it the old way.
+                        Err(status) if status.code() == Code::Unimplemented => {}
+                        answer => return answer,
+                    }
+                }
+                let request = self.request(request);
+                replica
+                    .client
+                    .clone()
+                    .decide(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         })
         .await
     }
 
     async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionError> {
-        self.call(|mut c| {
+        self.call(|replica| {
             let request = self.request(request.clone());
-            async move { c.visible_tools(request).await }
+            async move {
+                let mut client = replica.client.clone();
+                client.visible_tools(request).await.map(tonic::Response::into_inner)
+            }
         })
         .await
     }
@@ -190,7 +253,7 @@ impl Decider for GrpcDecider {
             if left.is_zero() {
                 break;
             }
-            let (address, client) = &self.replicas[(start + attempt) % self.replicas.len()];
+            let Replica { address, client, .. } = &self.replicas[(start + attempt) % self.replicas.len()];
             let request = self.request(WaitApprovalRequest {
                 approval_id: id.to_owned(),
                 max_wait_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),

@@ -3,10 +3,12 @@
 //! with failover), the generated `tollgate.v1` types, the bounded listener every Tollgate
 //! listener uses, and what tool names, prompt names and resource URIs may be.
 
+mod batch;
 mod client;
 pub mod listener;
 mod names;
 
+pub use batch::DEFAULT_BATCH_MAX;
 pub use client::{GrpcDecider, GrpcDeciderError};
 pub use names::{
     MAX_RESOURCE_URI_BYTES, MAX_TOOL_NAME_CHARS, check_prompt_name, check_resource_uri, check_subject, check_tool_name,

@@ -17,8 +17,8 @@ pub use approvals::{
 pub use engine::{DEFAULT_FULL_CACHE_ENTRIES, Engine};
 // The decision API, re-exported for callers that link the whole service.
 pub use reload::{PolicyStatus, watch_policy};
-pub use service::{DecisionSettings, serve};
+pub use service::{DecisionSettings, ServiceLimits, serve};
 pub use tollgate_api::{
-    Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth, check_subject,
-    check_tool_name, listener, proto, verdict_name,
+    DEFAULT_BATCH_MAX, Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth,
+    check_subject, check_tool_name, listener, proto, verdict_name,
 };

@@ -15,8 +15,9 @@ use tonic::{Request, Response, Status};
 use crate::listener::{self, ListenerLimits};
 use crate::proto::decision_service_server::{DecisionService, DecisionServiceServer};
 use crate::proto::{
-    ApprovalUpdate, DecideRequest, Decision, ListApprovalsRequest, ListApprovalsResponse, ResolveApprovalRequest,
-    ResolveApprovalResponse, VisibleToolsRequest, VisibleToolsResponse, WaitApprovalRequest,
+    ApprovalUpdate, DecideBatch, DecideRequest, Decision, DecisionBatch, DecisionItem, ListApprovalsRequest,
+    ListApprovalsResponse, ResolveApprovalRequest, ResolveApprovalResponse, VisibleToolsRequest, VisibleToolsResponse,
+    WaitApprovalRequest,
 };
 use crate::{Engine, MAX_MESSAGE_BYTES, Operators, approval_message, check_reason};
 use tollgate_limiter::{ApprovalStatus, Resolution};
@@ -47,6 +48,10 @@ pub struct DecisionSettings {
     /// the store about every call.
     #[serde(default = "default_full_cache_entries")]
     pub full_cache_entries: usize,
+    /// Decisions one `DecideStream` (an edge's stream of batched decisions) may have in
+    /// progress at once; the stream is not read further until some are answered.
+    #[serde(default = "default_stream_in_flight")]
+    pub stream_in_flight: usize,
     /// HTTP address serving `/metrics` (Prometheus) for `tollgate decision`.
     /// Default `127.0.0.1:9464`.
     #[serde(default = "default_metrics_listen")]
@@ -135,6 +140,14 @@ impl DecisionSettings {
         Ok(Some(tls))
     }
 
+    /// The gRPC service's bounds.
+    pub fn service_limits(&self) -> ServiceLimits {
+        ServiceLimits {
+            listener: self.limits(),
+            stream_in_flight: self.stream_in_flight,
+        }
+    }
+
     pub fn limits(&self) -> ListenerLimits {
         ListenerLimits {
             max_connections: self.max_connections,
@@ -171,14 +184,42 @@ fn default_full_cache_entries() -> usize {
     crate::DEFAULT_FULL_CACHE_ENTRIES
 }
 
+fn default_stream_in_flight() -> usize {
+    4096
+}
+
 fn default_store_timeout_ms() -> u64 {
     250
+}
+
+/// The gRPC service's bounds: its listener's, and the decisions one `DecideStream` may
+/// have in progress.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    pub listener: ListenerLimits,
+    pub stream_in_flight: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            listener: ListenerLimits::default(),
+            stream_in_flight: default_stream_in_flight(),
+        }
+    }
 }
 
 struct DecisionGrpc {
     engine: Arc<Engine>,
     operators: Operators,
+    stream_in_flight: usize,
 }
+
+/// Most decisions one `DecisionBatch` carries.
+const MAX_ANSWERS_PER_MESSAGE: usize = 1024;
+
+/// Longest `traceparent` / `tracestate` a `DecideItem` may carry.
+const MAX_TRACE_CONTEXT_BYTES: usize = 512;
 
 impl DecisionGrpc {
     /// The operator presenting the request's key, or PERMISSION_DENIED / UNAUTHENTICATED.
@@ -217,6 +258,41 @@ impl DecisionService for DecisionGrpc {
         let request = request.into_inner();
         check_request(&request).map_err(Status::invalid_argument)?;
         Ok(Response::new(self.engine.decide_with_parent(&request, parent).await))
+    }
+
+    type DecideStreamStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<DecisionBatch, Status>> + Send + 'static>>;
+
+    /// Reads batches of decisions and decides them concurrently in one task per stream (a
+    /// slow decision, e.g. a store timeout, holds up no other); answers go out as they are
+    /// made, every answer ready when the connection can take the next message travelling
+    /// together. At most `stream_in_flight` decisions are in progress per stream: beyond that
+    /// the stream is not read, and HTTP/2 flow control holds the edge back.
+    async fn decide_stream(
+        &self,
+        request: Request<tonic::Streaming<DecideBatch>>,
+    ) -> Result<Response<Self::DecideStreamStream>, Status> {
+        let batches = request.into_inner();
+        let (answered, answers) = tokio::sync::mpsc::unbounded_channel::<DecisionItem>();
+        tokio::spawn(decide_batches(
+            self.engine.clone(),
+            batches,
+            answered,
+            self.stream_in_flight.max(1),
+        ));
+        let out = futures_util::stream::unfold(answers, |mut answers| async move {
+            let first = answers.recv().await?;
+            let mut items = vec![first];
+            while items.len() < MAX_ANSWERS_PER_MESSAGE {
+                match answers.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
+                }
+            }
+            tollgate_telemetry::metrics::metrics().observe_batch("answered", items.len());
+            Some((Ok(DecisionBatch { items }), answers))
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn visible_tools(
@@ -316,6 +392,67 @@ impl DecisionService for DecisionGrpc {
     }
 }
 
+/// The work behind one `DecideStream`: reads its batches and runs their decisions
+/// concurrently, sending each answer to `answered` when it is made. Ends when the edge closes
+/// the stream (or it breaks) and the decisions already started have finished: their hits are
+/// taken or given back, whether or not anyone still reads the answer.
+async fn decide_batches(
+    engine: Arc<Engine>,
+    mut batches: tonic::Streaming<DecideBatch>,
+    answered: tokio::sync::mpsc::UnboundedSender<DecisionItem>,
+    in_flight: usize,
+) {
+    use futures_util::StreamExt;
+    let mut deciding = futures_util::stream::FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            Some(item) = deciding.next(), if !deciding.is_empty() => {
+                let _ = answered.send(item);
+            }
+            batch = batches.message(), if open && deciding.len() < in_flight => match batch {
+                Ok(Some(batch)) => {
+                    tollgate_telemetry::metrics::metrics().observe_batch("received", batch.items.len());
+                    for item in batch.items {
+                        let seq = item.seq;
+                        if let Err(invalid) = check_item(item.request.as_ref(), &item.traceparent, &item.tracestate) {
+                            let _ = answered.send(DecisionItem { seq, decision: None, invalid });
+                            continue;
+                        }
+                        let parent = tollgate_telemetry::propagation::from_traceparent(
+                            &item.traceparent,
+                            Some(item.tracestate.as_str()),
+                        );
+                        let request = item.request.unwrap_or_default();
+                        let engine = engine.clone();
+                        deciding.push(async move {
+                            let decision = engine.decide_with_parent(&request, parent).await;
+                            DecisionItem { seq, decision: Some(decision), invalid: String::new() }
+                        });
+                    }
+                }
+                Ok(None) | Err(_) => open = false,
+            },
+            else => return,
+        }
+    }
+}
+
+/// A `DecideItem`'s request, checked as `Decide` checks its own, or why it is refused.
+fn check_item(request: Option<&DecideRequest>, traceparent: &str, tracestate: &str) -> Result<(), String> {
+    let Some(request) = request else {
+        return Err("DecideItem.request is missing".into());
+    };
+    for (field, value) in [("traceparent", traceparent), ("tracestate", tracestate)] {
+        if value.len() > MAX_TRACE_CONTEXT_BYTES || value.chars().any(char::is_control) {
+            return Err(format!(
+                "DecideItem.{field} must be at most {MAX_TRACE_CONTEXT_BYTES} bytes without control characters"
+            ));
+        }
+    }
+    check_request(request)
+}
+
 /// What a `Decide` must look like before the engine sees it: a kind this service knows,
 /// bounded fields, and a tool name (resource URI, prompt name) that could be an MCP server's
 /// (the edge checks the same; this guards against other callers).
@@ -374,7 +511,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     token_hash: Option<[u8; 32]>,
     operators: Operators,
-    limits: ListenerLimits,
+    limits: ServiceLimits,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -382,9 +519,13 @@ pub async fn serve(
     health_reporter
         .set_serving::<DecisionServiceServer<DecisionGrpc>>()
         .await;
-    let service = DecisionServiceServer::new(DecisionGrpc { engine, operators })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = DecisionServiceServer::new(DecisionGrpc {
+        engine,
+        operators,
+        stream_in_flight: limits.stream_in_flight,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(service, ClusterToken(token_hash));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -395,6 +536,6 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(listener::incoming(listener, limits), shutdown)
+        .serve_with_incoming_shutdown(listener::incoming(listener, limits.listener), shutdown)
         .await
 }

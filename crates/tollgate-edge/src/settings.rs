@@ -19,6 +19,11 @@ pub struct EdgeSettings {
     /// Deadline for one decision, failover included, in milliseconds. Default 1000.
     #[serde(default = "default_decision_timeout_ms")]
     pub decision_timeout_ms: u64,
+    /// Most decisions one message of the edge's decision stream carries (`tollgate edge`
+    /// only): concurrent calls' decisions travel together, one at a time when idle. 0 asks
+    /// each decision with its own unary `Decide` call. Default 256.
+    #[serde(default = "default_decision_batch_max")]
+    pub decision_batch_max: usize,
     /// Deadline for an upstream to start answering, in milliseconds. Default 30000.
     /// Streams that have started are not cut.
     #[serde(default = "default_upstream_timeout_ms")]
@@ -118,6 +123,7 @@ impl Default for EdgeSettings {
             listen: default_listen(),
             decision: default_decision(),
             decision_timeout_ms: default_decision_timeout_ms(),
+            decision_batch_max: default_decision_batch_max(),
             upstream_timeout_ms: default_upstream_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
             refusal: RefusalMode::default(),
@@ -292,6 +298,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_decision() -> Vec<String> {
     vec!["http://127.0.0.1:50051".into()]
+}
+
+fn default_decision_batch_max() -> usize {
+    tollgate_api::DEFAULT_BATCH_MAX
 }
 
 fn default_decision_timeout_ms() -> u64 {

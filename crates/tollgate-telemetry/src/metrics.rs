@@ -27,6 +27,11 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+fn batch_sizes() -> Histogram {
+    // 1 … 1024
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
+
 /// Every metric Tollgate exposes; one set per process (edge and decision share it in `up`).
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +41,7 @@ pub struct Metrics {
     pub store_errors: Family<Labels, Counter>,
     pub store_late_answers: Family<Labels, Counter>,
     pub local_refusals: Family<Labels, Counter>,
+    pub decide_batch_size: Family<Labels, Histogram, fn() -> Histogram>,
     pub approvals: Family<Labels, Counter>,
     pub policy_reloads: Family<Labels, Counter>,
     pub upstream_seconds: Histograms,
@@ -82,6 +88,7 @@ impl Metrics {
             store_errors: Family::default(),
             store_late_answers: Family::default(),
             local_refusals: Family::default(),
+            decide_batch_size: Family::new_with_constructor(batch_sizes),
             approvals: Family::default(),
             policy_reloads: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency),
@@ -127,6 +134,12 @@ impl Metrics {
             "Calls a decision replica refused without asking the counter store, because a sliding_log counter \
              it refused shortly before is full until a known time (by counter)",
             m.local_refusals.clone(),
+        );
+        registry.register(
+            "decide_batch_size",
+            "Decisions per DecideStream message: sent by an edge, received by a decision replica, or \
+             answered by it",
+            m.decide_batch_size.clone(),
         );
         registry.register(
             "approvals",
@@ -238,17 +251,25 @@ impl Metrics {
         }
     }
 
-    /// One approval event (see the `approvals` metric's help for the names).
+    /// A call refused without asking the store, by the counter that is full.
     pub fn local_refusal(&self, counter: &str) {
         self.local_refusals
             .get_or_create(&vec![("counter".into(), counter.to_owned())])
             .inc();
     }
 
+    /// One approval event (see the `approvals` metric's help for the names).
     pub fn approval_event(&self, event: &'static str) {
         self.approvals
             .get_or_create(&vec![("event".into(), event.into())])
             .inc();
+    }
+
+    /// One `DecideStream` message of `size` decisions: `sent`, `received` or `answered`.
+    pub fn observe_batch(&self, direction: &'static str, size: usize) {
+        self.decide_batch_size
+            .get_or_create(&vec![("direction".into(), direction.into())])
+            .observe(size as f64);
     }
 
     /// A store answer that came after the decision's deadline, and what became of its hits.

@@ -84,6 +84,31 @@ pub fn inject_current(metadata: &mut MetadataMap) {
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MetadataOut(metadata)));
 }
 
+/// The current span's W3C trace context as `(traceparent, tracestate)`, for a message that
+/// carries many calls' contexts (empty strings when there is none).
+pub fn current_pair() -> (String, String) {
+    let cx = tracing::Span::current().context();
+    let mut pair = Pair::default();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut pair));
+    (pair.traceparent, pair.tracestate)
+}
+
+#[derive(Default)]
+struct Pair {
+    traceparent: String,
+    tracestate: String,
+}
+
+impl Injector for Pair {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.traceparent = value,
+            "tracestate" => self.tracestate = value,
+            _ => {}
+        }
+    }
+}
+
 /// Makes `span` a child of `parent` (when there is one).
 pub fn set_parent(span: &tracing::Span, parent: Option<Context>) {
     if let Some(parent) = parent {
