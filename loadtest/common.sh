@@ -12,7 +12,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # wait_for FILE: waits for a tollgate process's "listening on http://ADDR" line in FILE and
 # prints http://ADDR.
 wait_for() {
-  until grep -q "listening on" "$1" 2>/dev/null; do sleep 0.1; done
+  local tries=0
+  until grep -q "listening on" "$1" 2>/dev/null; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 300 ]; then
+      echo "no \"listening on\" line in $1 within 30 s:" >&2
+      cat "$1" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
   sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$1" | head -1
 }
 

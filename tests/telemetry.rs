@@ -333,6 +333,55 @@ async fn a_dead_collector_neither_slows_requests_nor_loses_decisions() {
     assert!(lost > 0.0, "spans the collector did not take are counted");
 }
 
+#[tokio::test]
+async fn only_tollgate_spans_are_exported_and_every_one_is_counted() {
+    let (collector, endpoint) = Collector::start().await;
+    let (_upstream, decision, edge) = split("only-ours", &endpoint, "");
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    for _ in 0..3 {
+        agent
+            .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+            .await;
+    }
+    collector.wait_for("tollgate.decide", 3).await;
+    collector.wait_for("mcp tools/call", 3).await;
+    // Give any other span time to arrive before looking at all of them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all = collector.all();
+    for received in &all {
+        let name = &received.span.name;
+        assert!(
+            name == "tollgate.decide" || name.starts_with("mcp "),
+            "only the edge's request spans and decisions are exported, not dependencies' spans: {name} from {}",
+            received.service
+        );
+        for noise in [
+            "code.filepath",
+            "code.lineno",
+            "thread.id",
+            "thread.name",
+            "busy_ns",
+            "idle_ns",
+        ] {
+            assert!(received.attr(noise).is_none(), "{name} carries {noise}");
+        }
+    }
+    // Every span recorded was acknowledged by the collector (none dropped or lost), per process.
+    for (process, url) in [
+        ("decision", decision.metrics_url.clone().expect("decision metrics")),
+        ("edge", edge.url("/metrics")),
+    ] {
+        let text = reqwest::get(&url).await.expect("metrics").text().await.expect("body");
+        let ended = sample(&text, "tollgate_spans_ended_total", &[]).expect("spans_ended");
+        let exported = sample(&text, "tollgate_spans_exported_total", &[]).expect("spans_exported");
+        assert!(ended > 0.0, "{process} recorded spans");
+        assert_eq!(ended, exported, "{process}: every recorded span reached the collector");
+    }
+    let decides = all.iter().filter(|r| r.span.name == "tollgate.decide").count();
+    assert_eq!(decides, 3, "one decision span per call, no more");
+}
+
 /// The value of the sample `name{labels}` in Prometheus text, parsed by `prometheus-parse`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let lines = text.lines().map(|l| Ok(l.to_owned()));

@@ -82,7 +82,7 @@ fn default_sample_ratio() -> f64 {
 }
 
 fn default_queue() -> usize {
-    4096
+    32768
 }
 
 fn default_export_timeout_ms() -> u64 {
@@ -149,15 +149,33 @@ pub fn init(settings: &TelemetrySettings, filter: &str, role: &str) -> Result<Te
         None => None,
         Some(endpoint) => Some(tracer_provider(settings, endpoint, role)?),
     };
-    let spans = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tollgate")));
+    // Only Tollgate's own spans become OpenTelemetry spans: the edge's span per MCP request
+    // and the audit spans (decisions, approvals). Dependencies (hyper, h2, tonic, tower) open
+    // spans of their own at debug and trace level; building an OpenTelemetry span for each
+    // cost more than everything else in the request path together. Log events stay logs
+    // (the span already carries every field the audit event has). The spans' attributes are
+    // the ones Tollgate sets, nothing more.
+    let spans = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("tollgate"))
+            // No busy/idle timing (a clock read on every poll of an instrumented future),
+            // source locations or thread names on each span: none of it is audit data.
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(is_exported_span))
+    });
     tracing_subscriber::registry()
         .with(spans)
         .with(logs.with_filter(env_filter))
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(Telemetry { provider })
+}
+
+/// Whether a `tracing` callsite is one of the spans Tollgate exports.
+fn is_exported_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && *meta.level() <= tracing::Level::INFO && meta.target().starts_with("tollgate")
 }
 
 fn tracer_provider(
@@ -178,10 +196,11 @@ fn tracer_provider(
     let exporter = metrics::CountingExporter::new(exporter);
     let batch = BatchConfigBuilder::default()
         .with_max_queue_size(settings.max_queue_size.max(1))
-        .with_max_export_batch_size(512.min(settings.max_queue_size.max(1)))
+        .with_max_export_batch_size(2048.min(settings.max_queue_size.max(1)))
         .with_scheduled_delay(Duration::from_millis(500))
         .build();
-    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
+    let processor =
+        metrics::CountingProcessor::new(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build());
     let service = settings
         .service_name
         .clone()

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     pub held_calls: Gauge,
     pub approvals_pending: Gauge,
+    pub spans_ended: Counter,
     pub spans_exported: Counter,
     pub spans_lost: Counter,
     tools: Mutex<HashSet<String>>,
@@ -97,6 +98,7 @@ impl Metrics {
             requests_in_flight: Gauge::default(),
             held_calls: Gauge::default(),
             approvals_pending: Gauge::default(),
+            spans_ended: Counter::default(),
             spans_exported: Counter::default(),
             spans_lost: Counter::default(),
             tools: Mutex::default(),
@@ -182,6 +184,12 @@ impl Metrics {
             "Approvals pending across the cluster (counted in the store by each decision replica, \
              refreshed every few seconds)",
             m.approvals_pending.clone(),
+        );
+        registry.register(
+            "spans_ended",
+            "Spans recorded for export; ended minus exported minus lost is what waits in the export queue, \
+             or was dropped because the queue (telemetry.max_queue_size) was full",
+            m.spans_ended.clone(),
         );
         registry.register(
             "spans_exported",
@@ -308,6 +316,42 @@ impl Metrics {
             tracing::error!("cannot encode metrics: {e}");
         }
         out
+    }
+}
+
+/// Wraps the batch span processor to count the spans handed to it, so that spans dropped
+/// from a full queue are visible (`spans_ended` − `spans_exported` − `spans_lost`).
+#[derive(Debug)]
+pub struct CountingProcessor<P> {
+    inner: P,
+}
+
+impl<P> CountingProcessor<P> {
+    pub fn new(inner: P) -> Self {
+        CountingProcessor { inner }
+    }
+}
+
+impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanProcessor for CountingProcessor<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        metrics().spans_ended.inc();
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Audit export at full speed: `tollgate up` forwarding admitted tools/call requests (policy with
+# one counter, memory store) with OTLP span export off, then on to a collector that discards
+# spans (rotel from PyPI, blackhole exporter, same machine), alternating, same client. After
+# each run with export on, the spans recorded, acknowledged by the collector, lost and dropped
+# are read from the gateway's own counters (tollgate_spans_{ended,exported,lost}_total) once its
+# queue has drained, next to the decisions it made. Starts its own processes on loopback ports.
+#
+# Usage: loadtest/audit-export.sh [CONCURRENCY=16] [SECONDS=10] [ROUNDS=2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+concurrency=${1:-16}
+seconds=${2:-10}
+rounds=${3:-2}
+# shellcheck source=loadtest/common.sh
+source loadtest/common.sh
+
+# rotel ships as a Python wheel with its binary inside.
+if [ ! -x "$work/../tollgate-rotel/bin/python" ]; then
+  python3 -m venv "$work/../tollgate-rotel" >/dev/null
+  "$work/../tollgate-rotel/bin/pip" install --quiet rotel
+fi
+rotel=$(find "$work/../tollgate-rotel" -name rotel-agent -type f | head -1)
+otlp_port=$(free_port)
+"$rotel" start --otlp-grpc-endpoint "127.0.0.1:$otlp_port" --otlp-http-endpoint "127.0.0.1:$(free_port)" \
+  --exporter blackhole > "$work/rotel.out" 2>&1 &
+until (echo > "/dev/tcp/127.0.0.1/$otlp_port") 2>/dev/null; do sleep 0.1; done
+
+upstream_port=$(free_port)
+"$bin/tollgate" demo-upstream --listen "127.0.0.1:$upstream_port" > "$work/upstream.out" &
+wait_for "$work/upstream.out" > /dev/null
+
+cat > "$work/policy.json" <<'JSON'
+{"version": "1", "default": "deny",
+ "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]}}}
+JSON
+
+run() { # $1: off | on
+  local port telemetry=""
+  port=$(free_port)
+  if [ "$1" = on ]; then
+    telemetry="[telemetry]
+otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
+  fi
+  cat > "$work/up.toml" <<TOML
+[edge]
+listen = "127.0.0.1:$port"
+[decision]
+policy = "policy.json"
+admin_listen = "127.0.0.1:0"
+[store]
+kind = "memory"
+[[upstreams]]
+name = "k8s"
+url = "http://127.0.0.1:$upstream_port/mcp"
+[[grants]]
+name = "demo"
+agent = "demo-agent"
+key_sha256 = "aa09ab5d6fa2b35c24cecd57e67c61e83903dc652ea05190dded171e1ff0fd43"
+[log]
+level = "warn"
+$telemetry
+TOML
+  cat > "$work/load.toml" <<TOML
+edges = ["http://127.0.0.1:$port/mcp/k8s"]
+upstream = "http://127.0.0.1:$upstream_port/mcp"
+[load]
+mode = "closed"
+concurrency = $concurrency
+duration_s = $seconds
+[[grants]]
+name = "demo"
+key = "tg_demo_key"
+[[calls]]
+tool = "k8s_list_namespaces"
+TOML
+  "$bin/tollgate" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
+  local up=$!
+  wait_for "$work/up.out" > /dev/null
+  echo "-- export $1"
+  "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep -v "^$"
+  if [ "$1" = on ]; then
+    sleep 2 # one scheduled export (500 ms) and more, so the queue is empty
+    curl -s "http://127.0.0.1:$port/metrics" | awk '
+      /^tollgate_decisions_total/ { decisions += $NF }
+      /^tollgate_spans_ended_total/ { ended = $NF }
+      /^tollgate_spans_exported_total/ { exported = $NF }
+      /^tollgate_spans_lost_total/ { lost = $NF }
+      END { printf "decisions %d; spans: ended %d, acknowledged by the collector %d, lost %d, dropped from the queue %d\n",
+                   decisions, ended, exported, lost, ended - exported - lost }'
+  fi
+  kill "$up"; wait "$up" 2>/dev/null || true
+}
+
+for _ in $(seq "$rounds"); do
+  run off
+  run on
+done
