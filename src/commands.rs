@@ -286,6 +286,87 @@ async fn start_stdio_servers(config: &mut Config, shutdown: &Shutdown) -> anyhow
     Ok(())
 }
 
+/// What `tollgate check` checks a configuration for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Up,
+    Edge,
+    Decision,
+}
+
+/// Checks that `config_path` (with the `TOLLGATE_*` environment) would start `role`: every
+/// check the process makes before it binds a port (settings, policy, store, TLS files, cluster
+/// token, upstreams, grants, identity), without binding, connecting or starting anything.
+/// Prints one line per part checked; the first problem is the error.
+pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
+    let mut config = Config::load(config_path)?;
+    runtime()?.block_on(async move {
+        if role != Role::Edge {
+            let settings = config.decision()?;
+            if role == Role::Decision {
+                settings.token_hash().map_err(anyhow::Error::msg)?;
+                settings.server_tls().map_err(anyhow::Error::msg)?;
+            }
+            let compiled =
+                tollgate_policy::load_file(&settings.policy).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
+            for w in &compiled.warnings {
+                println!("policy warning: {w}");
+            }
+            let (store, _) = config.store.build()?;
+            operators(&config)?;
+            println!(
+                "decision: ok (policy {}, {} store, {} operators)",
+                settings.policy.display(),
+                store.kind(),
+                config.operators.len()
+            );
+        }
+        if role != Role::Decision {
+            if role == Role::Up {
+                // `up` serves command upstreams through in-process bridges; check the command
+                // the way it does, then stand a loopback address in for the bridge.
+                for upstream in config.upstreams.iter_mut().filter(|u| !u.command.is_empty()) {
+                    if !upstream.url.is_empty() {
+                        bail!("upstream \"{}\": set either url or command, not both", upstream.name);
+                    }
+                    let settings = tollgate_stdio::StdioSettings::new(&upstream.name, upstream.command.clone());
+                    tollgate_stdio::Bridge::new(settings).map_err(|e| anyhow::anyhow!(e))?;
+                    upstream.url = "http://127.0.0.1:1/mcp".into();
+                    upstream.command.clear();
+                }
+            }
+            let addresses = match role {
+                Role::Edge => config.edge.decision.clone(),
+                _ => vec!["http://127.0.0.1:1".to_owned()],
+            };
+            let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
+            let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
+            let decider = GrpcDecider::new(&addresses, timeout, token, decision_tls(&config)?)?;
+            let parts = EdgeParts {
+                settings: config.edge.clone(),
+                upstreams: config.upstreams.clone(),
+                grants: config.grants.clone(),
+                decider: Arc::new(decider),
+                policy_status: None,
+                identity: config.identity.clone(),
+            };
+            let _router = tollgate_edge::router(parts)?;
+            config.edge.tls()?;
+            println!(
+                "edge: ok ({} upstreams, {} grants{})",
+                config.upstreams.len(),
+                config.grants.len(),
+                if role == Role::Edge {
+                    format!(", decision {}", config.edge.decision.join(", "))
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(())
+    })
+}
+
 /// `tollgate stdio-bridge` arguments besides the address.
 pub struct BridgeArgs {
     pub name: Option<String>,

@@ -133,12 +133,32 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Check a configuration (with the TOLLGATE_* environment) without starting anything.
+    ///
+    /// Makes every check ROLE makes before it listens (settings, policy, store settings, TLS
+    /// files, cluster token, upstreams, grants, identity) and exits 1 with the first problem.
+    /// No port is bound and nothing is contacted. For deployment pipelines (image, Compose,
+    /// Helm) and before a rolling restart.
+    Check {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// The process the configuration is for.
+        #[arg(long, value_enum, default_value = "up")]
+        role: RoleArg,
+    },
     /// Print a new random key and its SHA-256 (an agent key or a cluster token).
     ///
     /// As an agent key: give the key to the agent and put the hash in its [[grants]] entry
     /// (key_sha256). As a cluster token: the key is edge.decision_token on the edges, the
     /// hash is decision.token_sha256 on the decision service.
     Keygen,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Up,
+    Edge,
+    Decision,
 }
 
 #[derive(Subcommand)]
@@ -242,6 +262,14 @@ fn main() -> ExitCode {
             commands::policy_explain(&file, &server, subject, &grant, &agent, args.as_deref())
         }
         Command::Keygen => commands::keygen(),
+        Command::Check { config, role } => commands::check(
+            &config,
+            match role {
+                RoleArg::Up => commands::Role::Up,
+                RoleArg::Edge => commands::Role::Edge,
+                RoleArg::Decision => commands::Role::Decision,
+            },
+        ),
         Command::StdioBridge {
             listen,
             name,

@@ -519,3 +519,53 @@ fn version_names_the_commit() {
     };
     assert!(out.starts_with(&expected), "{out:?} should start with {expected:?}");
 }
+
+/// `tollgate check` says whether a configuration would start a role, without starting it.
+#[test]
+fn check_names_the_first_problem_without_starting_anything() {
+    let dir = support::temp_dir("check");
+    let replicas = ["http://127.0.0.1:1".to_owned()];
+    let config = write_config(
+        &dir,
+        "http://127.0.0.1:9/mcp",
+        &replicas,
+        &support::seed_policy("minute"),
+        "",
+    );
+    let path = config.to_str().expect("path");
+    for role in ["up", "edge", "decision"] {
+        let (code, out, err) = run(&["check", "--config", path, "--role", role]);
+        assert_eq!(code, 0, "{role}: {out}{err}");
+        assert!(out.contains("ok"), "{role}: {out}");
+    }
+
+    // Reachable from other hosts without a cluster token: refused, and said why.
+    let open = dir.join("open.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let changed = text.replacen(
+        "[decision]\nlisten = \"127.0.0.1:0\"",
+        "[decision]\nlisten = \"0.0.0.0:0\"",
+        1,
+    );
+    assert_ne!(changed, text, "the decision listen address was replaced");
+    std::fs::write(&open, changed).expect("write");
+    let (code, _, err) = run(&["check", "--config", open.to_str().expect("path"), "--role", "decision"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("decision.token_sha256"), "{err}");
+
+    // An invalid policy: file:line, and nothing was started.
+    std::fs::write(
+        dir.join("policy.json"),
+        "{\"version\": \"1\",\n \"tools\": {\"x\": {\"action\": \"maybe\"}}}",
+    )
+    .expect("write");
+    let (code, _, err) = run(&["check", "--config", path, "--role", "decision"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("policy.json:2:"), "{err}");
+
+    // An unknown key is named.
+    std::fs::write(&config, format!("[log]\nformat = \"json\"\n{text}")).expect("write");
+    let (code, _, err) = run(&["check", "--config", path, "--role", "edge"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field `format`"), "{err}");
+}
