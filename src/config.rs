@@ -153,6 +153,7 @@ impl Config {
                     .list_separator(",")
                     .with_list_parse_key("edge.decision")
                     .with_list_parse_key("store.cluster")
+                    .with_list_parse_key("edge.aggregate.session_keys")
                     .try_parsing(true)
                     .source(Some(section_overrides())),
             )
