@@ -205,9 +205,7 @@ fn policy_check_and_explain_show_shadowed_rules() {
 #[tokio::test]
 async fn upstream_down_is_a_json_rpc_error_naming_the_upstream() {
     let dir = support::temp_dir("upstream-down");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port");
+    let (_reserved, dead) = support::refusing_address();
     let config = write_config(
         &dir,
         &format!("http://{dead}/mcp"),
@@ -241,9 +239,7 @@ async fn upstream_down_is_a_json_rpc_error_naming_the_upstream() {
 async fn decision_service_down_refuses_and_never_forwards() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("decision-down");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port");
+    let (_reserved, dead) = support::refusing_address();
     let config = write_config(
         &dir,
         &upstream.url("/mcp"),
@@ -272,9 +268,7 @@ async fn edge_fails_over_to_a_live_decision_replica() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("failover");
     let live = support::start_decision(&dir, &upstream.url("/mcp"), &support::seed_policy("minute"));
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port");
+    let (_reserved, dead) = support::refusing_address();
     let replicas = [format!("http://{dead}"), live.url("")];
     let config = write_config(
         &dir,

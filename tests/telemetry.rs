@@ -288,9 +288,7 @@ async fn timed_calls(agent: &mut Mcp, n: usize) -> Duration {
 #[tokio::test]
 async fn a_dead_collector_neither_slows_requests_nor_loses_decisions() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port");
+    let (_reserved, dead) = support::refusing_address();
     let mut results = Vec::new();
     for (tag, telemetry) in [
         ("no-otel", String::new()),

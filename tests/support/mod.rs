@@ -143,6 +143,16 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 /// A fresh directory for one test's files.
+/// An address on loopback where connections are refused for as long as the returned socket
+/// lives: the socket holds the port (bound, never listening), so no other process of a
+/// parallel test can take it and answer instead.
+pub fn refusing_address() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let addr = socket.local_addr().expect("address");
+    (socket, addr)
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
