@@ -42,38 +42,8 @@ run() { # $1: off | on
     telemetry="[telemetry]
 otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
   fi
-  cat > "$work/up.toml" <<TOML
-[edge]
-listen = "127.0.0.1:$port"
-[decision]
-policy = "policy.json"
-admin_listen = "127.0.0.1:0"
-[store]
-kind = "memory"
-[[upstreams]]
-name = "k8s"
-url = "http://127.0.0.1:$upstream_port/mcp"
-[[grants]]
-name = "demo"
-agent = "demo-agent"
-key_sha256 = "aa09ab5d6fa2b35c24cecd57e67c61e83903dc652ea05190dded171e1ff0fd43"
-[log]
-level = "warn"
-$telemetry
-TOML
-  cat > "$work/load.toml" <<TOML
-edges = ["http://127.0.0.1:$port/mcp/k8s"]
-upstream = "http://127.0.0.1:$upstream_port/mcp"
-[load]
-mode = "closed"
-concurrency = $concurrency
-duration_s = $seconds
-[[grants]]
-name = "demo"
-key = "tg_demo_key"
-[[calls]]
-tool = "k8s_list_namespaces"
-TOML
+  write_up "$work/up.toml" "$port" "$upstream_port" "$telemetry"
+  write_list_scenario "$work/load.toml" "http://127.0.0.1:$port/mcp/k8s" "$upstream_port"
   "$bin/tollgate" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
   local up=$!
   wait_for "$work/up.out" > /dev/null

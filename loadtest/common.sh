@@ -25,6 +25,48 @@ wait_for() {
   sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$1" | head -1
 }
 
+# write_up FILE EDGE_PORT UPSTREAM_PORT [EXTRA_TOML]: a `tollgate up` config on loopback with the
+# demo grant (key tg_demo_key), the demo upstream, a memory store and $work/policy.json.
+write_up() {
+  cat > "$1" <<TOML
+[edge]
+listen = "127.0.0.1:$2"
+[decision]
+policy = "policy.json"
+admin_listen = "127.0.0.1:0"
+[store]
+kind = "memory"
+[[upstreams]]
+name = "k8s"
+url = "http://127.0.0.1:$3/mcp"
+[[grants]]
+name = "demo"
+agent = "demo-agent"
+key_sha256 = "aa09ab5d6fa2b35c24cecd57e67c61e83903dc652ea05190dded171e1ff0fd43"
+[log]
+level = "warn"
+${4:-}
+TOML
+}
+
+# write_list_scenario FILE EDGE_URL UPSTREAM_PORT: a closed-loop tollgate-loadtest scenario of
+# $concurrency clients for $seconds, each calling k8s_list_namespaces as the demo grant.
+write_list_scenario() {
+  cat > "$1" <<TOML
+edges = ["$2"]
+upstream = "http://127.0.0.1:$3/mcp"
+[load]
+mode = "closed"
+concurrency = $concurrency
+duration_s = $seconds
+[[grants]]
+name = "demo"
+key = "tg_demo_key"
+[[calls]]
+tool = "k8s_list_namespaces"
+TOML
+}
+
 # start_redis: a redis-server on a free port, in the work directory; sets redis_port.
 start_redis() {
   redis_port=$(free_port)

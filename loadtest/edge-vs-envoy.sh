@@ -66,42 +66,13 @@ cat > "$work/policy.json" <<'JSON'
 {"version": "1", "default": "deny",
  "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]}}}
 JSON
-cat > "$work/up.toml" <<TOML
-[edge]
-listen = "127.0.0.1:$edge_port"
-[decision]
-policy = "policy.json"
-admin_listen = "127.0.0.1:0"
-[store]
-kind = "memory"
-[[upstreams]]
-name = "k8s"
-url = "http://127.0.0.1:$upstream_port/mcp"
-[[grants]]
-name = "demo"
-agent = "demo-agent"
-key_sha256 = "aa09ab5d6fa2b35c24cecd57e67c61e83903dc652ea05190dded171e1ff0fd43"
-[log]
-level = "warn"
-TOML
+write_up "$work/up.toml" "$edge_port" "$upstream_port"
 "$bin/tollgate" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
 wait_for "$work/up.out" > /dev/null
 echo "idle tollgate up RSS: $(ps -o rss= -p "$(pgrep -f "up --config $work/up.toml" | head -1)") KiB"
 
 load() { # $1: name, $2: URL
-  cat > "$work/load.toml" <<TOML
-edges = ["$2"]
-upstream = "http://127.0.0.1:$upstream_port/mcp"
-[load]
-mode = "closed"
-concurrency = $concurrency
-duration_s = $seconds
-[[grants]]
-name = "demo"
-key = "tg_demo_key"
-[[calls]]
-tool = "k8s_list_namespaces"
-TOML
+  write_list_scenario "$work/load.toml" "$2" "$upstream_port"
   echo "-- $1"
   "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep -v "^$"
 }

@@ -194,8 +194,7 @@ async fn one_endpoint_for_three_servers_across_two_edges_with_both_sdks() {
 
     // The official Python SDK on the second edge.
     let url = cluster.edges[1].url("/mcp");
-    let python = std::env::current_dir().expect("cwd").join("target/py/bin/python");
-    let python = python.display().to_string();
+    let python = support::venv("python");
     let seen = tokio::task::spawn_blocking(move || {
         support::run_json(
             &python,

@@ -15,19 +15,6 @@ use serde_norway::Value as Yaml;
 
 const CHART: &str = "deploy/helm/tollgate";
 
-fn venv(program: &str) -> PathBuf {
-    let path = std::env::current_dir()
-        .expect("cwd")
-        .join("target/py/bin")
-        .join(program);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh, which installs tests/interop/requirements.txt into target/py",
-        path.display()
-    );
-    path
-}
-
 /// The rendered objects by `kind/name`, and the files they were written to.
 struct Rendered {
     objects: BTreeMap<String, Yaml>,
@@ -54,7 +41,7 @@ impl Rendered {
 /// Renders the chart with `values`; `Err` is the chart's refusal.
 fn render(tag: &str, values: &Value) -> Result<Rendered, String> {
     let dir = support::temp_dir(tag);
-    let out = Command::new(venv("python"))
+    let out = Command::new(support::venv("python"))
         .arg("tests/helm/render.py")
         .arg(CHART)
         .arg(&dir)
@@ -94,7 +81,7 @@ fn validate(rendered: &Rendered) {
         .iter()
         .filter(|f| !f.to_string_lossy().contains("servicemonitor"))
         .collect();
-    let out = Command::new(venv("kubernetes-validate"))
+    let out = Command::new(support::venv("kubernetes-validate"))
         .args(["--strict", "--quiet", "--no-warn"])
         .args(&files)
         .output()

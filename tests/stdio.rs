@@ -12,22 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{KEY_A, Mcp, Proc, write_config};
-
-/// A program of the test virtualenv, by absolute path.
-fn venv(program: &str) -> String {
-    // Not canonicalized: the virtualenv's python is a symlink that must stay one.
-    let path = std::env::current_dir()
-        .expect("cwd")
-        .join("target/py/bin")
-        .join(program);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh, which installs tests/interop/requirements.txt into target/py",
-        path.display()
-    );
-    path.display().to_string()
-}
+use support::{KEY_A, Mcp, Proc, venv, write_config};
 
 fn time_server() -> Vec<String> {
     vec![venv("mcp-server-time"), "--local-timezone".into(), "UTC".into()]

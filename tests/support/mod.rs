@@ -143,6 +143,21 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 /// A fresh directory for one test's files.
+/// A program of the test virtualenv `target/py` (which `scripts/test.sh` installs), by
+/// absolute path; not canonicalized: the virtualenv's python is a symlink that must stay one.
+pub fn venv(program: &str) -> String {
+    let path = std::env::current_dir()
+        .expect("cwd")
+        .join("target/py/bin")
+        .join(program);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh, which installs tests/interop/requirements.txt into target/py",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// An address on loopback where connections are refused for as long as the returned socket
 /// lives: the socket holds the port (bound, never listening), so no other process of a
 /// parallel test can take it and answer instead.
