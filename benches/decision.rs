@@ -97,8 +97,6 @@ fn decisions(c: &mut Criterion) {
             engine,
             None,
             Default::default(),
-            Default::default(),
-            None,
             std::future::pending(),
         ));
         GrpcDecider::new(&[format!("http://{addr}")], Duration::from_secs(1), None, None).expect("client")

@@ -106,6 +106,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let settings = config.decision()?;
         let token_hash = settings.token_hash().map_err(anyhow::Error::msg)?;
         let tls = settings.server_tls().map_err(anyhow::Error::msg)?;
+        let envoy = tollgate_decision::envoy::EnvoyLimits::new(&config.envoy).map_err(anyhow::Error::msg)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (engine, _status) = start_engine(&config).await?;
         serve_admin(&config, &engine, &shutdown).await?;
@@ -121,8 +122,13 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
             shutdown.requested(),
         ));
         println!(
-            "tollgate decision listening on {scheme}://{addr} (store: {}; metrics: http://{metrics_addr}/metrics)",
-            engine.store_kind()
+            "tollgate decision listening on {scheme}://{addr} (store: {}; metrics: http://{metrics_addr}/metrics{})",
+            engine.store_kind(),
+            if config.envoy.limits.is_empty() {
+                String::new()
+            } else {
+                format!("; Envoy rate limit service with {} limits", config.envoy.limits.len())
+            }
         );
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
         let served = shutdown
@@ -132,9 +138,12 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
                     listener,
                     engine,
                     token_hash,
-                    operators(&config)?,
-                    settings.service_limits(),
-                    tls,
+                    tollgate_decision::ServeOptions {
+                        operators: operators(&config)?,
+                        limits: settings.service_limits(),
+                        tls,
+                        envoy: Arc::new(envoy),
+                    },
                     shutdown.requested(),
                 ),
             )
@@ -306,6 +315,7 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             if role == Role::Decision {
                 settings.token_hash().map_err(anyhow::Error::msg)?;
                 settings.server_tls().map_err(anyhow::Error::msg)?;
+                tollgate_decision::envoy::EnvoyLimits::new(&config.envoy).map_err(anyhow::Error::msg)?;
             }
             let compiled =
                 tollgate_policy::load_file(&settings.policy).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;

@@ -34,6 +34,10 @@ pub struct Config {
     /// How agents may authenticate besides static keys (`[[identity.jwt]]` issuers).
     #[serde(default)]
     pub identity: tollgate_edge::IdentitySettings,
+    /// Envoy rate limit descriptors mapped to counters (`[[envoy.limits]]`), served by
+    /// `tollgate decision` as `envoy.service.ratelimit.v3.RateLimitService`.
+    #[serde(default)]
+    pub envoy: tollgate_decision::envoy::EnvoySettings,
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]

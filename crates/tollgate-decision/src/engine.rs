@@ -473,6 +473,29 @@ impl Engine {
         }
     }
 
+    /// Takes `hits` for a caller outside the MCP path (Envoy's rate limit service) with the
+    /// machinery of a decision: counters known to be full are refused here, the store is asked
+    /// within `store_timeout`, a late answer's hits are given back, refusals are remembered.
+    pub async fn take(&self, request_id: &str, hits: Vec<Hit>) -> Result<Taken, String> {
+        if let Some(full) = &self.full
+            && let Some(left) = full.check(&hits)
+        {
+            for hit in &hits {
+                metrics().local_refusal(hit.counter_name());
+            }
+            return Ok(Taken::KnownFull(left));
+        }
+        let started = Instant::now();
+        let outcome = self.acquire(request_id, hits.clone(), false).await;
+        metrics().observe_store(self.store.kind(), started.elapsed(), outcome.is_err());
+        if let (Some(full), Ok(admission)) = (&self.full, &outcome)
+            && !admission.admitted
+        {
+            full.remember(&hits, admission, Instant::now());
+        }
+        outcome.map(Taken::Store)
+    }
+
     /// Takes the hits in the store, waiting at most `store_timeout` for its answer.
     ///
     /// The store is never interrupted mid-call: a script already sent to Redis runs whatever
@@ -617,6 +640,15 @@ impl DecisionExt for Decision {
 }
 
 /// A counter hit as the store takes it.
+/// What [`Engine::take`] found.
+pub enum Taken {
+    /// The store's answer.
+    Store(Admission),
+    /// Refused here: counters this replica knows to be full, with how long each still is
+    /// (`None` for those with room).
+    KnownFull(Vec<Option<Duration>>),
+}
+
 fn store_hit(h: &CounterHit<'_>) -> Hit {
     Hit {
         key: h.key.clone(),

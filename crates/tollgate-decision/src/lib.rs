@@ -3,10 +3,12 @@
 //! [`Engine`] evaluates the compiled policy for a call and takes its rate-limit hits in the
 //! counter store. [`Decider`] is what an edge asks; the engine answers in-process
 //! (`tollgate up`), and [`GrpcDecider`] asks remote replicas over gRPC with failover.
-//! [`serve`] exposes an engine as the `tollgate.v1.DecisionService` gRPC service.
+//! [`serve`] exposes an engine as the `tollgate.v1.DecisionService` gRPC service, and with
+//! `[envoy]` limits as Envoy's rate limit service ([`envoy`]).
 
 mod approvals;
 mod engine;
+pub mod envoy;
 mod full;
 mod reload;
 mod service;
@@ -17,7 +19,7 @@ pub use approvals::{
 pub use engine::{DEFAULT_FULL_CACHE_ENTRIES, Engine};
 // The decision API, re-exported for callers that link the whole service.
 pub use reload::{PolicyStatus, watch_policy};
-pub use service::{DecisionSettings, ServiceLimits, serve};
+pub use service::{DecisionSettings, ServeOptions, ServiceLimits, serve};
 pub use tollgate_api::{
     DEFAULT_BATCH_MAX, Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth,
     check_subject, check_tool_name, listener, proto, verdict_name,

@@ -503,22 +503,42 @@ impl tonic::service::Interceptor for ClusterToken {
     }
 }
 
+/// What [`serve`] serves besides the engine.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Who may list and resolve approvals over gRPC.
+    pub operators: Operators,
+    pub limits: ServiceLimits,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// `[envoy]` limits: when there are any, Envoy's rate limit service is served too.
+    pub envoy: Arc<crate::envoy::EnvoyLimits>,
+}
+
 /// Serves the engine on `listener` until `shutdown` completes, then drains in-flight calls.
-/// `token_hash` is [`DecisionSettings::token_hash`]; `operators` may list and resolve
-/// approvals over gRPC.
+/// `token_hash` is [`DecisionSettings::token_hash`]; it guards every service on the listener.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     token_hash: Option<[u8; 32]>,
-    operators: Operators,
-    limits: ServiceLimits,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let ServeOptions {
+        operators,
+        limits,
+        tls,
+        envoy,
+    } = options;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<DecisionServiceServer<DecisionGrpc>>()
         .await;
+    let envoy = (!envoy.is_empty()).then(|| {
+        tonic::service::interceptor::InterceptedService::new(
+            crate::envoy::service(engine.clone(), envoy),
+            ClusterToken(token_hash),
+        )
+    });
     let service = DecisionServiceServer::new(DecisionGrpc {
         engine,
         operators,
@@ -536,6 +556,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(service)
+        .add_optional_service(envoy)
         .serve_with_incoming_shutdown(listener::incoming(listener, limits.listener), shutdown)
         .await
 }
