@@ -107,6 +107,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// Whether the process has exited (killed, crashed or panicked).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -319,6 +324,22 @@ impl Deployment {
 
     pub fn processes(&self) -> usize {
         self.procs.len()
+    }
+
+    /// The names of the processes that are no longer running.
+    pub fn exited(&mut self) -> Vec<String> {
+        self.procs
+            .iter_mut()
+            .filter_map(|p| p.exited().then(|| p.name.clone()))
+            .collect()
+    }
+
+    /// The process named `name` (`demo-upstream`, `decision-0`, `edge-1`, …).
+    pub fn process(&mut self, name: &str) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
     }
 
     /// SIGKILLs decision replica `i` (replicas are started first, in order).

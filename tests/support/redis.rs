@@ -54,6 +54,8 @@ pub struct RedisServer {
     dir: PathBuf,
     cluster: bool,
     tls: Option<Tls>,
+    /// Append-only file, fsynced on every write: a SIGKILL loses nothing acknowledged.
+    persistent: bool,
 }
 
 /// A TLS port beside the plain one (which the harness itself keeps using).
@@ -81,6 +83,17 @@ impl Tls {
 impl RedisServer {
     pub fn start() -> RedisServer {
         RedisServer::start_node(false)
+    }
+
+    /// A server that writes every command to its append-only file before answering
+    /// (`appendfsync always`), so that [`RedisServer::restart`] after a SIGKILL keeps every
+    /// acknowledged counter.
+    pub fn start_persistent() -> RedisServer {
+        let mut server = RedisServer::start_node(false);
+        server.kill();
+        server.persistent = true;
+        server.spawn();
+        server
     }
 
     /// A server that also listens for TLS (`--tls-port`) with `cert`/`key`; with
@@ -117,6 +130,7 @@ impl RedisServer {
             dir,
             cluster,
             tls,
+            persistent: false,
         };
         server.spawn();
         server
@@ -133,7 +147,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if self.persistent { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
                 "--enable-debug-command",
                 "local",
             ])
@@ -166,6 +182,14 @@ impl RedisServer {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
+                // A replica may always take over from a failed master: with the default (10)
+                // a replica that had little traffic from its master refuses ("disconnected
+                // from master for longer than allowed") and the drills' failover never comes.
+                "--cluster-replica-validity-factor",
+                "0",
+                // Replicas sync at once instead of after the default 5 s pause.
+                "--repl-diskless-sync-delay",
+                "0",
             ]);
         }
         let mut child = command.spawn().expect("start redis-server");
@@ -228,7 +252,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again on the same port: empty, or with its append-only file when persistent.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -283,6 +307,18 @@ impl RedisCluster {
         for node in &nodes {
             while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Every replica has finished its first sync: before that, a master's failure would
+        // lose everything it held, which says nothing about a cluster in steady state.
+        for node in &nodes {
+            loop {
+                let replication = node.cli(&["INFO", "replication"]);
+                if replication.contains("role:master") || replication.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "a replica did not sync: {replication}");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

@@ -4,6 +4,7 @@
 //!
 //! Sessions: `initialize` hands out an `Mcp-Session-Id`; requests without one are served
 //! too (stateless), requests with an unknown one get 404, `DELETE` ends a session.
+//! `GET /stats` counts the `tools/call` requests received, per tool.
 
 mod tools;
 
@@ -49,6 +50,7 @@ pub fn router(options: DemoOptions) -> Router {
     };
     Router::new()
         .route("/mcp", post(handle_post).get(handle_get).delete(handle_delete))
+        .route("/stats", axum::routing::get(|| async { axum::Json(tools::stats()) }))
         .with_state(state)
 }
 

@@ -107,6 +107,21 @@ pub fn definitions() -> Vec<Value> {
         .collect()
 }
 
+/// `tools/call` requests this process received, per known tool (`GET /stats`): what reached
+/// the upstream, for tests that check nothing was forwarded without a decision.
+static CALLS: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn count_call(tool: &'static str) {
+    *CALLS.lock().unwrap_or_else(|e| e.into_inner()).entry(tool).or_default() += 1;
+}
+
+/// `{"tools_call": {tool: count}}`.
+pub fn stats() -> Value {
+    let calls = CALLS.lock().unwrap_or_else(|e| e.into_inner());
+    serde_json::json!({ "tools_call": *calls })
+}
+
 /// Runs a `tools/call`: `Err` is a JSON-RPC error (unknown tool), bad arguments are a tool
 /// result with `isError`, as MCP asks.
 pub fn call(params: &Value) -> Result<Value, (i64, String)> {
@@ -118,6 +133,7 @@ pub fn call(params: &Value) -> Result<Value, (i64, String)> {
         .iter()
         .find(|t| t.name == name)
         .ok_or_else(|| (-32602, format!("unknown tool: {name}")))?;
+    count_call(tool.name);
     let empty = Map::new();
     let args = params.get("arguments").and_then(Value::as_object).unwrap_or(&empty);
     for (arg, kind, required) in tool.arguments {
