@@ -67,9 +67,41 @@ tool = "k8s_list_namespaces"
 TOML
 }
 
+# cpu_seconds PID...: the user + system CPU seconds the processes have used so far (all
+# threads), from /proc.
+cpu_seconds() {
+  local ticks=0 pid times
+  for pid in "$@"; do
+    times=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || continue
+    ticks=$((ticks + times))
+  done
+  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
+}
+
+# start_redis_cluster: six redis-servers on free ports made into a Redis Cluster (3 primaries,
+# 1 replica each), in the work directory; sets redis_store (a [store] body for tollgate.toml).
+start_redis_cluster() {
+  local nodes=() port
+  for i in 1 2 3 4 5 6; do
+    port=$(free_port)
+    mkdir -p "$work/redis-$i"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/redis-$i" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      --repl-diskless-sync-delay 0 >/dev/null &
+    redis_pids+=($!)
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+    nodes+=("127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  until redis-cli -p "${nodes[0]#*:}" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+  redis_store="cluster = [$(printf '"redis://%s",' "${nodes[@]}" | sed 's/,$//')]"
+}
+
 # start_redis: a redis-server on a free port, in the work directory; sets redis_port.
 start_redis() {
   redis_port=$(free_port)
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
+  redis_pids=($!)
   until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+  redis_store="url = \"redis://127.0.0.1:$redis_port\""
 }
