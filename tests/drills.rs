@@ -16,27 +16,33 @@ use support::redis::{RedisCluster, RedisServer};
 use support::{Deployment, KEY_A, KEY_B, Mcp, refusal, text};
 use tollgate_loadtest::{Load, Mode, Outcome, Scenario, Target, exactness, run};
 
-/// `k8s_rollout_pause`: 20 per grant per 2 s (so that calls keep being admitted all through a
-/// drill), refused while the store is unavailable (the default); `k8s_list_namespaces`:
-/// counted, but admitted uncounted while the store is unavailable; `k8s_get_pods`: like
-/// pause, and never called by the load, so that a probe finds its counter not full.
-const POLICY: &str = r#"{
+/// The drills' policy. `k8s_rollout_pause`: `max` per grant per `window`, refused while the
+/// store is unavailable (the default). `k8s_list_namespaces`: counted, but admitted uncounted
+/// while the store is unavailable. `k8s_get_pods`: like pause, and never called by the load,
+/// so that a probe finds its counter not full.
+fn policy(window: &str, max: u64) -> String {
+    format!(
+        r#"{{
   "version": "1",
   "default": "deny",
-  "tools": {
-    "k8s_rollout_pause": {
-      "limits": [{ "counter": "pause", "window": "2s", "max": 20, "scope": "grant" }]
-    },
-    "k8s_get_pods": {
-      "limits": [{ "counter": "pods", "window": "1m", "max": 1000, "scope": "grant" }]
-    },
-    "k8s_list_namespaces": {
+  "tools": {{
+    "k8s_rollout_pause": {{
+      "limits": [{{ "counter": "pause", "window": "{window}", "max": {max}, "scope": "grant" }}]
+    }},
+    "k8s_get_pods": {{
+      "limits": [{{ "counter": "pods", "window": "1m", "max": 1000, "scope": "grant" }}]
+    }},
+    "k8s_list_namespaces": {{
       "on_store_error": "allow",
-      "limits": [{ "counter": "ns", "window": "1m", "max": 100000, "scope": "grant" }]
-    }
-  }
-}"#;
+      "limits": [{{ "counter": "ns", "window": "1m", "max": 100000, "scope": "grant" }}]
+    }}
+  }}
+}}"#
+    )
+}
 
+/// Pause's window and max in most drills: 20 per 2 s, so that calls keep being admitted all
+/// through a drill.
 const MAX: u64 = 20;
 
 fn scenario(deployment: &Deployment, seconds: f64) -> Scenario {
@@ -116,7 +122,7 @@ async fn check_run(deployment: &mut Deployment, outcome: &Outcome, probes: u64, 
         "the upstream received {forwarded} calls; the harness and the probes saw {allowed} ALLOW answers and {} errors",
         outcome.errors
     );
-    let report = pause_report(POLICY, outcome);
+    let report = pause_report(&policy("2s", MAX), outcome);
     if exact {
         assert!(report.violations.is_empty(), "no window over its max: {report:?}");
         assert!(report.max_observed <= MAX, "{report:?}");
@@ -140,7 +146,7 @@ async fn probe(deployment: &Deployment, tool: &str) -> (String, String) {
 async fn a_decision_replica_killed_under_load() {
     let redis = RedisServer::start();
     let store = format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
-    let mut deployment = Deployment::start("drill-replica", POLICY, &store, 2, 2);
+    let mut deployment = Deployment::start("drill-replica", &policy("2s", MAX), &store, 2, 2);
     let running = load(&deployment, 4.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     deployment.kill_decision(0);
@@ -157,7 +163,7 @@ async fn a_decision_replica_killed_under_load() {
 async fn redis_killed_and_restarted_under_load() {
     let mut redis = RedisServer::start_persistent();
     let store = format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
-    let mut deployment = Deployment::start("drill-redis", POLICY, &store, 2, 2);
+    let mut deployment = Deployment::start("drill-redis", &policy("2s", MAX), &store, 2, 2);
     let running = load(&deployment, 5.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.kill();
@@ -196,7 +202,7 @@ async fn redis_killed_and_restarted_under_load() {
 async fn the_upstream_hangs_under_load() {
     let redis = RedisServer::start();
     let store = format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
-    let mut deployment = Deployment::start("drill-upstream", POLICY, &store, 1, 2);
+    let mut deployment = Deployment::start("drill-upstream", &policy("2s", MAX), &store, 1, 2);
     let upstream_pid = deployment.process("demo-upstream").pid().to_string();
     let running = load(&deployment, 4.0);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -246,30 +252,14 @@ fn master_of(cluster: &RedisCluster, slot: u16, dead: Option<u16>) -> Option<u16
     None
 }
 
-/// The Cluster drill's policy: a 30 s window, longer than the failover, so that increments the
-/// failover loses would still count in the window the promoted replica serves.
-const CLUSTER_POLICY: &str = r#"{
-  "version": "1",
-  "default": "deny",
-  "tools": {
-    "k8s_rollout_pause": {
-      "limits": [{ "counter": "pause", "window": "30s", "max": 1000, "scope": "grant" }]
-    },
-    "k8s_get_pods": {
-      "limits": [{ "counter": "pods", "window": "1m", "max": 1000, "scope": "grant" }]
-    },
-    "k8s_list_namespaces": {
-      "on_store_error": "allow",
-      "limits": [{ "counter": "ns", "window": "1m", "max": 100000, "scope": "grant" }]
-    }
-  }
-}"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_master_fails_over_under_load() {
+    // A 30 s window, longer than the failover, so that increments the failover loses would
+    // still count in the window the promoted replica serves.
+    let cluster_policy = policy("30s", 1000);
     let mut cluster = RedisCluster::start();
     let store = format!("\n[store]\nkind = \"redis\"\ncluster = {:?}\n", cluster.urls());
-    let mut deployment = Deployment::start("drill-cluster", CLUSTER_POLICY, &store, 2, 2);
+    let mut deployment = Deployment::start("drill-cluster", &cluster_policy, &store, 2, 2);
     // Grant a's counters live in the slot of its hash tag.
     let slot: u16 = cluster.nodes[0]
         .cli(&["CLUSTER", "KEYSLOT", "grant=a"])
@@ -331,7 +321,7 @@ async fn a_redis_cluster_master_fails_over_under_load() {
         .trim()
         .parse()
         .expect("ZCARD");
-    let report = pause_report(CLUSTER_POLICY, &outcome);
+    let report = pause_report(&cluster_policy, &outcome);
     let over = report.max_observed.saturating_sub(1000);
     println!(
         "Redis Cluster failover under load: grant a admitted {admitted_a}, the promoted replica holds {held} \
@@ -352,7 +342,7 @@ async fn a_redis_cluster_master_fails_over_under_load() {
 async fn an_edge_killed_under_load() {
     let redis = RedisServer::start();
     let store = format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
-    let mut deployment = Deployment::start("drill-edge", POLICY, &store, 2, 2);
+    let mut deployment = Deployment::start("drill-edge", &policy("2s", MAX), &store, 2, 2);
     // A session opened on the first edge before it goes away.
     let mut agent = Mcp::new(&deployment.edges[0], KEY_B);
     agent.initialize().await;
