@@ -221,11 +221,12 @@ impl RateLimitService for EnvoyRateLimit {
             target: "tollgate::audit",
             "tollgate.ratelimit",
             otel.kind = "server",
-            tollgate.envoy.domain = %request.domain,
+            tollgate.envoy.domain = ?request.domain,
             tollgate.verdict = tracing::field::Empty,
             tollgate.counters = tracing::field::Empty,
         );
-        let _entered = span.enter();
+        // Not entered across the store's await (that would leak it to other tasks on this
+        // thread): the store call is instrumented with it instead.
         let mut statuses: Vec<DescriptorStatus> = request
             .descriptors
             .iter()
@@ -285,10 +286,12 @@ impl RateLimitService for EnvoyRateLimit {
             return Ok(Response::new(answer(Code::Ok, statuses, None)));
         }
         let request_id = format!("envoy-{}", uuid::Uuid::new_v4());
-        let taken = self.engine.take(&request_id, hits).await.map_err(|cause| {
-            tracing::warn!("Envoy rate limit: counter store error: {cause}");
-            Status::unavailable(format!("counter store unavailable: {cause}"))
-        })?;
+        let taken = tracing::Instrument::instrument(self.engine.take(&request_id, hits), span.clone())
+            .await
+            .map_err(|cause| {
+                tracing::warn!(parent: &span, "Envoy rate limit: counter store error: {cause}");
+                Status::unavailable(format!("counter store unavailable: {cause}"))
+            })?;
         let (code, retry) = match taken {
             Taken::Store(admission) => {
                 for (m, counter) in matched.iter().zip(&admission.counters) {
@@ -385,8 +388,13 @@ fn proto_duration(d: Duration) -> ProtoDuration {
 
 /// Bounds on what a caller may send.
 fn check(request: &RateLimitRequest) -> Result<(), String> {
-    if request.domain.is_empty() || request.domain.len() > MAX_TEXT_BYTES {
-        return Err(format!("domain must be 1 to {MAX_TEXT_BYTES} bytes"));
+    if request.domain.is_empty()
+        || request.domain.len() > MAX_TEXT_BYTES
+        || request.domain.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "domain must be 1 to {MAX_TEXT_BYTES} bytes without control characters"
+        ));
     }
     if request.descriptors.is_empty() || request.descriptors.len() > MAX_DESCRIPTORS {
         return Err(format!("a request carries 1 to {MAX_DESCRIPTORS} descriptors"));
