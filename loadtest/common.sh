@@ -49,6 +49,25 @@ ${4:-}
 TOML
 }
 
+# write_decision FILE [EXTRA_STORE_TOML]: a `tollgate decision` config on loopback (free ports)
+# serving $work/policy.json with counters in the Redis that start_redis or start_redis_cluster
+# started ($redis_store), plus EXTRA_STORE_TOML lines in [store].
+write_decision() {
+  cat > "$1" <<TOML
+[decision]
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+policy = "policy.json"
+[store]
+kind = "redis"
+$redis_store
+${2:-}
+[log]
+level = "warn"
+TOML
+}
+
 # write_list_scenario FILE EDGE_URL UPSTREAM_PORT: a closed-loop tollgate-loadtest scenario of
 # $concurrency clients for $seconds, each calling k8s_list_namespaces as the demo grant.
 write_list_scenario() {

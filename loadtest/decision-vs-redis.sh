@@ -19,19 +19,7 @@ cat > "$work/policy.json" <<'EOF'
 {"version": "1", "default": "deny",
  "tools": {"bench": {"limits": [{"counter": "bench", "window": "1s", "max": 100000}]}}}
 EOF
-cat > "$work/tollgate.toml" <<EOF
-[decision]
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-policy = "policy.json"
-[store]
-kind = "redis"
-url = "redis://127.0.0.1:$port"
-pool_size = $((concurrency * 2))
-[log]
-level = "warn"
-EOF
+write_decision "$work/tollgate.toml" "pool_size = $((concurrency * 2))"
 "$bin/tollgate" decision -c "$work/tollgate.toml" > "$work/decision.out" &
 addr=$(wait_for "$work/decision.out")
 

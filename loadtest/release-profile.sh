@@ -45,19 +45,7 @@ run_up() { # $1: profile
 
 run_decision() { # $1: profile
   local pid addr
-  cat > "$work/decision.toml" <<TOML
-[decision]
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-policy = "policy.json"
-[store]
-kind = "redis"
-$redis_store
-key_prefix = "$1-$RANDOM"
-[log]
-level = "warn"
-TOML
+  write_decision "$work/decision.toml" "key_prefix = \"$1-$RANDOM\""
   "target/$1/tollgate" decision -c "$work/decision.toml" > "$work/decision.out" 2>&1 &
   pid=$!
   addr=$(wait_for "$work/decision.out")

@@ -236,3 +236,97 @@ async fn two_envoys_share_one_limit_through_the_decision_service() {
     let (status, _) = envoys[0].get("carol").await;
     assert_ne!(status, 200, "no decision, no request");
 }
+
+#[tokio::test]
+async fn hostile_rate_limit_requests_are_refused_or_bounded() {
+    use tollgate_decision::envoy::proto::rate_limit_descriptor::Entry;
+    use tollgate_decision::envoy::proto::rate_limit_response::Code;
+    use tollgate_decision::envoy::proto::rate_limit_service_client::RateLimitServiceClient;
+    use tollgate_decision::envoy::proto::{RateLimitDescriptor, RateLimitRequest, UInt64Value};
+
+    let dir = support::temp_dir("envoy-hostile");
+    let config = support::write_config(&dir, "http://127.0.0.1:9/mcp", &[], POLICY, "");
+    support::append(&config, ENVOY_LIMITS);
+    let decision = Proc::start(
+        "decision",
+        &["decision", "--config", config.to_str().expect("path")],
+        &[],
+    );
+    let mut client = RateLimitServiceClient::connect(decision.url(""))
+        .await
+        .expect("connect");
+    let descriptor = |entries: &[(&str, &str)], hits: Option<u64>| RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        hits_addend: hits.map(|value| UInt64Value { value }),
+    };
+    let request = |domain: &str, descriptors: Vec<RateLimitDescriptor>| RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 0,
+    };
+    let alice = descriptor(&[("generic_key", "api"), ("user", "alice")], None);
+
+    // Malformed: refused as invalid, never counted.
+    for (what, bad) in [
+        ("an empty domain", request("", vec![alice.clone()])),
+        (
+            "a domain with a control character",
+            request("web\n", vec![alice.clone()]),
+        ),
+        ("no descriptors", request("web", vec![])),
+        ("65 descriptors", request("web", vec![alice.clone(); 65])),
+        ("an empty descriptor", request("web", vec![descriptor(&[], None)])),
+        (
+            "a 2 KiB value",
+            request(
+                "web",
+                vec![descriptor(&[("generic_key", "api"), ("user", &"x".repeat(2048))], None)],
+            ),
+        ),
+    ] {
+        let status = client.should_rate_limit(bad).await.expect_err(what);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status:?}");
+    }
+    // A domain or descriptor no limit names is not limited (and takes nothing).
+    for unknown in [
+        request("other", vec![alice.clone()]),
+        request(
+            "web",
+            vec![descriptor(&[("user", "alice"), ("generic_key", "api")], None)],
+        ),
+    ] {
+        let answer = client.should_rate_limit(unknown).await.expect("answer").into_inner();
+        assert_eq!(answer.overall_code, Code::Ok as i32);
+    }
+    // A cost above the limit's max can never be admitted: refused without taking anything.
+    let greedy = request(
+        "web",
+        vec![descriptor(&[("generic_key", "api"), ("user", "alice")], Some(6))],
+    );
+    let answer = client.should_rate_limit(greedy).await.expect("answer").into_inner();
+    assert_eq!(answer.overall_code, Code::OverLimit as i32);
+    // alice still has her whole budget of 5.
+    let five = request(
+        "web",
+        vec![descriptor(&[("generic_key", "api"), ("user", "alice")], Some(5))],
+    );
+    let answer = client.should_rate_limit(five).await.expect("answer").into_inner();
+    assert_eq!(
+        answer.overall_code,
+        Code::Ok as i32,
+        "nothing was taken by the refused requests"
+    );
+    assert_eq!(answer.statuses[0].limit_remaining, 0);
+    let one_more = client
+        .should_rate_limit(request("web", vec![alice]))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(one_more.overall_code, Code::OverLimit as i32);
+}

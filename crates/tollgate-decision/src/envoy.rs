@@ -18,7 +18,10 @@ use tollgate_policy::Window;
 use tonic::{Request, Response, Status};
 
 use crate::Engine;
+
 use crate::engine::Taken;
+/// The generated `envoy.service.ratelimit.v3` types (server and client).
+pub use tollgate_proto::envoy_rls as proto;
 use tollgate_proto::envoy_rls::rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit};
 use tollgate_proto::envoy_rls::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use tollgate_proto::envoy_rls::{Duration as ProtoDuration, HeaderValue, RateLimitRequest, RateLimitResponse};
