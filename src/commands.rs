@@ -50,10 +50,7 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let telemetry = tollgate_telemetry::init(&config.telemetry, &config.log.level, "edge")?;
         let shutdown = Shutdown::on_signals();
-        let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
-        let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
-        let decider = GrpcDecider::new(&config.edge.decision, timeout, token, decision_tls(&config)?)?
-            .with_batch_max(config.edge.decision_batch_max);
+        let decider = grpc_decider(&config, &config.edge.decision)?;
         let replicas = config.edge.decision.join(", ");
         let scheme = scheme(&config);
         let banner = |addr| format!("tollgate edge listening on {scheme}://{addr} (decision: {replicas})");
@@ -61,6 +58,26 @@ pub fn edge(config_path: &Path) -> anyhow::Result<()> {
         flush(telemetry).await;
         served
     })
+}
+
+/// The edge's client of the decision replicas at `addresses`, as `[edge]` configures it.
+fn grpc_decider(config: &Config, addresses: &[String]) -> anyhow::Result<GrpcDecider> {
+    let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
+    let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
+    Ok(GrpcDecider::new(addresses, timeout, token, decision_tls(config)?)?
+        .with_batch_max(config.edge.decision_batch_max))
+}
+
+/// What the edge's router is built from.
+fn edge_parts(config: &Config, decider: Arc<dyn Decider>, policy_status: Option<Arc<PolicyStatus>>) -> EdgeParts {
+    EdgeParts {
+        settings: config.edge.clone(),
+        upstreams: config.upstreams.clone(),
+        grants: config.grants.clone(),
+        decider,
+        policy_status: policy_status.map(|s| s as Arc<dyn tollgate_decision::PolicyHealth>),
+        identity: config.identity.clone(),
+    }
 }
 
 /// Builds the edge from `config`, prints `banner` and the endpoints, and serves until
@@ -73,15 +90,7 @@ async fn run_edge(
     banner: impl FnOnce(SocketAddr) -> String,
     demo: bool,
 ) -> anyhow::Result<()> {
-    let parts = EdgeParts {
-        settings: config.edge.clone(),
-        upstreams: config.upstreams.clone(),
-        grants: config.grants.clone(),
-        decider,
-        policy_status: policy_status.map(|s| s as Arc<dyn tollgate_decision::PolicyHealth>),
-        identity: config.identity.clone(),
-    };
-    let router = tollgate_edge::router(parts)?;
+    let router = tollgate_edge::router(edge_parts(config, decider, policy_status))?;
     let tls = config.edge.tls()?;
     let listener = bind(&config.edge.listen.to_string(), "edge").await?;
     let addr = listener.local_addr()?;
@@ -267,25 +276,33 @@ pub fn demo_upstream(
 
 /// Runs every `command` upstream behind an in-process stdio bridge on a loopback port, and
 /// points the upstream's url at it.
+/// The bridge `tollgate up` runs for a `command` upstream, checked.
+fn command_bridge(
+    upstream: &tollgate_edge::UpstreamSettings,
+    max_message_bytes: usize,
+) -> anyhow::Result<Arc<tollgate_stdio::Bridge>> {
+    if !upstream.url.is_empty() {
+        bail!("upstream \"{}\": set either url or command, not both", upstream.name);
+    }
+    let mut settings = tollgate_stdio::StdioSettings::new(&upstream.name, upstream.command.clone());
+    settings.env = upstream.env.clone();
+    settings.cwd = upstream.cwd.clone();
+    if let Some(ms) = upstream.idle_timeout_ms {
+        settings.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(max) = upstream.max_sessions {
+        settings.max_sessions = max;
+    }
+    settings.max_message_bytes = max_message_bytes;
+    tollgate_stdio::Bridge::new(settings).map_err(|e| anyhow::anyhow!(e))
+}
+
 async fn start_stdio_servers(config: &mut Config, shutdown: &Shutdown) -> anyhow::Result<()> {
     for upstream in &mut config.upstreams {
         if upstream.command.is_empty() {
             continue;
         }
-        if !upstream.url.is_empty() {
-            bail!("upstream \"{}\": set either url or command, not both", upstream.name);
-        }
-        let mut settings = tollgate_stdio::StdioSettings::new(&upstream.name, upstream.command.clone());
-        settings.env = upstream.env.clone();
-        settings.cwd = upstream.cwd.clone();
-        if let Some(ms) = upstream.idle_timeout_ms {
-            settings.idle_timeout = Duration::from_millis(ms);
-        }
-        if let Some(max) = upstream.max_sessions {
-            settings.max_sessions = max;
-        }
-        settings.max_message_bytes = config.edge.max_upstream_message_bytes;
-        let bridge = tollgate_stdio::Bridge::new(settings).map_err(|e| anyhow::anyhow!(e))?;
+        let bridge = command_bridge(upstream, config.edge.max_upstream_message_bytes)?;
         let listener = bind("127.0.0.1:0", "stdio bridge").await?;
         upstream.url = format!("http://{}/mcp", listener.local_addr()?);
         tracing::info!(upstream = %upstream.name, command = ?upstream.command, "serving a stdio MCP server");
@@ -335,12 +352,9 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             if role == Role::Up {
                 // `up` serves command upstreams through in-process bridges; check the command
                 // the way it does, then stand a loopback address in for the bridge.
+                let max_message_bytes = config.edge.max_upstream_message_bytes;
                 for upstream in config.upstreams.iter_mut().filter(|u| !u.command.is_empty()) {
-                    if !upstream.url.is_empty() {
-                        bail!("upstream \"{}\": set either url or command, not both", upstream.name);
-                    }
-                    let settings = tollgate_stdio::StdioSettings::new(&upstream.name, upstream.command.clone());
-                    tollgate_stdio::Bridge::new(settings).map_err(|e| anyhow::anyhow!(e))?;
+                    command_bridge(upstream, max_message_bytes)?;
                     upstream.url = "http://127.0.0.1:1/mcp".into();
                     upstream.command.clear();
                 }
@@ -349,18 +363,8 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
                 Role::Edge => config.edge.decision.clone(),
                 _ => vec!["http://127.0.0.1:1".to_owned()],
             };
-            let token = config.edge.decision_token.as_ref().map(|t| t.0.as_str());
-            let timeout = Duration::from_millis(config.edge.decision_timeout_ms);
-            let decider = GrpcDecider::new(&addresses, timeout, token, decision_tls(&config)?)?;
-            let parts = EdgeParts {
-                settings: config.edge.clone(),
-                upstreams: config.upstreams.clone(),
-                grants: config.grants.clone(),
-                decider: Arc::new(decider),
-                policy_status: None,
-                identity: config.identity.clone(),
-            };
-            let _router = tollgate_edge::router(parts)?;
+            let decider = grpc_decider(&config, &addresses)?;
+            let _router = tollgate_edge::router(edge_parts(&config, Arc::new(decider), None))?;
             config.edge.tls()?;
             println!(
                 "edge: ok ({} upstreams, {} grants{})",

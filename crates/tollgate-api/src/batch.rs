@@ -187,8 +187,10 @@ impl Driver {
         // The first batch goes out with the stream's headers, not a round trip later.
         if let Some(first) = carry.take() {
             let batch = self.batch(first, waiting, carry, &mut pending);
+            // A fresh channel of capacity one always takes its first message; should it not,
+            // the batch's callers are failed as an outage rather than left waiting.
             if batches.try_send(batch).is_err() {
-                unreachable_full(&mut pending);
+                fail_all(&mut pending, &Status::unavailable("could not queue the first batch"));
                 return Ended::Broke;
             }
         }
@@ -269,10 +271,4 @@ fn fail_all(pending: &mut HashMap<u64, oneshot::Sender<Answer>>, status: &Status
     for (_, answer) in pending.drain() {
         let _ = answer.send(Err(Status::new(status.code(), status.message().to_owned())));
     }
-}
-
-/// A fresh channel of capacity one always takes its first message; should it not, the
-/// batch's callers are failed as an outage rather than left waiting.
-fn unreachable_full(pending: &mut HashMap<u64, oneshot::Sender<Answer>>) {
-    fail_all(pending, &Status::unavailable("could not queue the first batch"));
 }

@@ -427,12 +427,6 @@ impl Engine {
     }
 
     async fn take_hits(&self, decision: Decision, rule: &Rule, request_id: &str, hits: &[CounterHit<'_>]) -> Decision {
-        let batch: Vec<Hit> = hits.iter().map(store_hit).collect();
-        if let Some(full) = &self.full
-            && let Some(left) = full.check(&batch)
-        {
-            return refused_locally(decision, rule, hits, &left);
-        }
         // A call without a request id still needs one in the store, so that hits taken
         // after the deadline can be found and given back.
         let store_id = if request_id.is_empty() {
@@ -440,18 +434,11 @@ impl Engine {
         } else {
             request_id
         };
-        let started = Instant::now();
         let keep_late_hits = rule.on_store_error == OnStoreError::Allow;
-        let outcome = self.acquire(store_id, batch, keep_late_hits).await;
-        metrics().observe_store(self.store.kind(), started.elapsed(), outcome.is_err());
-        if let (Some(full), Ok(admission)) = (&self.full, &outcome)
-            && !admission.admitted
-        {
-            let batch: Vec<Hit> = hits.iter().map(store_hit).collect();
-            full.remember(&batch, admission, Instant::now());
-        }
-        match outcome {
-            Ok(admission) => admitted_or_limited(decision, rule, hits, &admission),
+        let batch: Arc<[Hit]> = hits.iter().map(store_hit).collect();
+        match self.take(store_id, batch, keep_late_hits).await {
+            Ok(Taken::KnownFull(left)) => refused_locally(decision, rule, hits, &left),
+            Ok(Taken::Store(admission)) => admitted_or_limited(decision, rule, hits, &admission),
             Err(cause) => {
                 tracing::warn!(store = self.store.kind(), rule = %rule.label, "counter store error: {cause}");
                 match rule.on_store_error {
@@ -473,20 +460,22 @@ impl Engine {
         }
     }
 
-    /// Takes `hits` for a caller outside the MCP path (Envoy's rate limit service) with the
-    /// machinery of a decision: counters known to be full are refused here, the store is asked
-    /// within `store_timeout`, a late answer's hits are given back, refusals are remembered.
-    pub async fn take(&self, request_id: &str, hits: Vec<Hit>) -> Result<Taken, String> {
+    /// Takes `hits` for a decision (MCP calls, and Envoy's rate limit service): counters known
+    /// to be full are refused here, the store is asked within `store_timeout`, a late
+    /// answer's hits are given back (unless `keep_late_hits`), refusals are remembered.
+    pub async fn take(&self, request_id: &str, hits: Arc<[Hit]>, keep_late_hits: bool) -> Result<Taken, String> {
         if let Some(full) = &self.full
             && let Some(left) = full.check(&hits)
         {
-            for hit in &hits {
-                metrics().local_refusal(hit.counter_name());
+            for (hit, left) in hits.iter().zip(&left) {
+                if left.is_some() {
+                    metrics().local_refusal(hit.counter_name());
+                }
             }
             return Ok(Taken::KnownFull(left));
         }
         let started = Instant::now();
-        let outcome = self.acquire(request_id, hits.clone(), false).await;
+        let outcome = self.acquire(request_id, hits.clone(), keep_late_hits).await;
         metrics().observe_store(self.store.kind(), started.elapsed(), outcome.is_err());
         if let (Some(full), Ok(admission)) = (&self.full, &outcome)
             && !admission.admitted
@@ -507,7 +496,7 @@ impl Engine {
     /// (`keep_late_hits`), since the call did run. If the caller itself goes away (the
     /// edge's deadline passed and it may be retrying the same request id on another
     /// replica), the hits are kept too: the retry finds them and is not charged twice.
-    async fn acquire(&self, request_id: &str, batch: Vec<Hit>, keep_late_hits: bool) -> Result<Admission, String> {
+    async fn acquire(&self, request_id: &str, batch: Arc<[Hit]>, keep_late_hits: bool) -> Result<Admission, String> {
         // A store in this process (the memory store) cannot be late: no task needed.
         if self.store.answers_at_once() {
             return self.store.acquire(request_id, &batch).await.map_err(|e| e.to_string());
@@ -639,7 +628,6 @@ impl DecisionExt for Decision {
     }
 }
 
-/// A counter hit as the store takes it.
 /// What [`Engine::take`] found.
 pub enum Taken {
     /// The store's answer.
@@ -649,6 +637,7 @@ pub enum Taken {
     KnownFull(Vec<Option<Duration>>),
 }
 
+/// A counter hit as the store takes it.
 fn store_hit(h: &CounterHit<'_>) -> Hit {
     Hit {
         key: h.key.clone(),
@@ -693,10 +682,7 @@ fn refused_locally(
     decision.retry_after_ms = ceil_ms(retry_after);
     let exceeded: Vec<String> = full
         .iter()
-        .map(|(h, _)| {
-            metrics().local_refusal(&h.limit.counter);
-            format!("rate limit {}: {}", h.limit.counter, h.limit.describe())
-        })
+        .map(|(h, _)| format!("rate limit {}: {}", h.limit.counter, h.limit.describe()))
         .collect();
     tracing::Span::current().record("tollgate.refused_locally", true);
     let reason = format!("{}; retry in {}", exceeded.join("; "), human_duration(retry_after));

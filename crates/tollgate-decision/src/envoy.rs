@@ -289,7 +289,7 @@ impl RateLimitService for EnvoyRateLimit {
             return Ok(Response::new(answer(Code::Ok, statuses, None)));
         }
         let request_id = format!("envoy-{}", uuid::Uuid::new_v4());
-        let taken = tracing::Instrument::instrument(self.engine.take(&request_id, hits), span.clone())
+        let taken = tracing::Instrument::instrument(self.engine.take(&request_id, hits.into(), false), span.clone())
             .await
             .map_err(|cause| {
                 tracing::warn!(parent: &span, "Envoy rate limit: counter store error: {cause}");
