@@ -242,3 +242,71 @@ async fn a_replica_without_the_stream_is_asked_one_call_at_a_time() {
     }
     assert_eq!(unary_calls.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+async fn a_stream_of_hostile_items_is_answered_item_by_item_without_deciding_them() {
+    use tollgate_decision::proto::decision_service_client::DecisionServiceClient;
+    use tollgate_decision::proto::{DecideBatch, DecideItem};
+
+    let decision = decision_replica("batch-hostile");
+    let metrics = decision.metrics_url.clone().expect("metrics URL");
+    let mut client = DecisionServiceClient::connect(decision.url("")).await.expect("connect");
+    // More items than the replica keeps in progress (4096): missing requests, oversized
+    // trace contexts, control characters, a duplicate sequence number.
+    let mut items = Vec::new();
+    for seq in 0..5000u64 {
+        let item = match seq % 4 {
+            0 => DecideItem {
+                seq,
+                ..Default::default()
+            },
+            1 => DecideItem {
+                seq,
+                request: Some(request("k8s_get_pods", "x")),
+                traceparent: "0".repeat(600),
+                ..Default::default()
+            },
+            2 => DecideItem {
+                seq,
+                request: Some(request("k8s_get_pods", "x")),
+                tracestate: "a=\u{7}".into(),
+                ..Default::default()
+            },
+            _ => DecideItem {
+                seq: 1,
+                request: Some(DecideRequest {
+                    grant: "\n".into(),
+                    ..request("k8s_get_pods", "x")
+                }),
+                ..Default::default()
+            },
+        };
+        items.push(item);
+    }
+    let outgoing = tokio_stream::iter(vec![DecideBatch { items }]);
+    let mut answers = client.decide_stream(outgoing).await.expect("stream").into_inner();
+    let mut answered = 0;
+    while answered < 5000 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("answers keep coming")
+            .expect("stream")
+            .expect("a message");
+        for item in batch.items {
+            assert!(item.decision.is_none(), "an invalid item is never decided: {item:?}");
+            assert!(!item.invalid.is_empty());
+            answered += 1;
+        }
+    }
+    assert_eq!(batches(&metrics, "received").await.1, 5000.0);
+    let decisions = reqwest::get(&metrics)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        !decisions.contains("tollgate_decisions_total{"),
+        "nothing was decided: {decisions}"
+    );
+}

@@ -273,13 +273,11 @@ impl DecisionService for DecisionGrpc {
         request: Request<tonic::Streaming<DecideBatch>>,
     ) -> Result<Response<Self::DecideStreamStream>, Status> {
         let batches = request.into_inner();
-        let (answered, answers) = tokio::sync::mpsc::unbounded_channel::<DecisionItem>();
-        tokio::spawn(decide_batches(
-            self.engine.clone(),
-            batches,
-            answered,
-            self.stream_in_flight.max(1),
-        ));
+        // Bounded too: answers wait here only until the edge reads them, and an edge that
+        // stops reading stops this stream's decisions (and, through flow control, itself).
+        let in_flight = self.stream_in_flight.max(1);
+        let (answered, answers) = tokio::sync::mpsc::channel::<DecisionItem>(in_flight);
+        tokio::spawn(decide_batches(self.engine.clone(), batches, answered, in_flight));
         let out = futures_util::stream::unfold(answers, |mut answers| async move {
             let first = answers.recv().await?;
             let mut items = vec![first];
@@ -399,7 +397,7 @@ impl DecisionService for DecisionGrpc {
 async fn decide_batches(
     engine: Arc<Engine>,
     mut batches: tonic::Streaming<DecideBatch>,
-    answered: tokio::sync::mpsc::UnboundedSender<DecisionItem>,
+    answered: tokio::sync::mpsc::Sender<DecisionItem>,
     in_flight: usize,
 ) {
     use futures_util::StreamExt;
@@ -408,7 +406,7 @@ async fn decide_batches(
     loop {
         tokio::select! {
             Some(item) = deciding.next(), if !deciding.is_empty() => {
-                let _ = answered.send(item);
+                let _ = answered.send(item).await;
             }
             batch = batches.message(), if open && deciding.len() < in_flight => match batch {
                 Ok(Some(batch)) => {
@@ -416,7 +414,7 @@ async fn decide_batches(
                     for item in batch.items {
                         let seq = item.seq;
                         if let Err(invalid) = check_item(item.request.as_ref(), &item.traceparent, &item.tracestate) {
-                            let _ = answered.send(DecisionItem { seq, decision: None, invalid });
+                            let _ = answered.send(DecisionItem { seq, decision: None, invalid }).await;
                             continue;
                         }
                         let parent = tollgate_telemetry::propagation::from_traceparent(
