@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tollgate_decision::{Decider, Engine, GrpcDecider, PolicyStatus};
-use tollgate_edge::EdgeParts;
+use tollgate_edge::{EdgeParts, ListenerLimits};
 use tollgate_policy::{Action, Annotations, Call, Kind};
 
 use crate::config::Config;
@@ -252,7 +252,7 @@ pub fn demo_upstream(
                 cert,
                 key,
                 client_ca.as_deref(),
-                &[b"http/1.1"],
+                &[b"h2", b"http/1.1"],
             )?),
             None => None,
         };
@@ -266,7 +266,16 @@ pub fn demo_upstream(
         shutdown
             .drain(
                 Duration::from_secs(5),
-                tollgate_edge::serve_tls(listener, router, Default::default(), tls, shutdown.requested()),
+                tollgate_edge::serve_tls(
+                    listener,
+                    router,
+                    ListenerLimits {
+                        http2: true,
+                        ..Default::default()
+                    },
+                    tls,
+                    shutdown.requested(),
+                ),
             )
             .await
             .transpose()?;

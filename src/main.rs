@@ -12,6 +12,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: the request path makes many small, short-lived
+/// allocations across worker threads, which glibc's arenas serve slowly (see BENCHMARKS.md,
+/// "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tollgate: a policy gateway for MCP tool calls.
 ///
 /// Agents connect to Tollgate's edge instead of their MCP servers. Every tools/call is

@@ -153,6 +153,77 @@ async fn an_upstream_that_wants_a_client_certificate_gets_the_configured_one() {
     assert!(listed.contains(&"k8s_rollout_pause".to_owned()), "{listed:?}");
 }
 
+/// POSTs the demo upstream at `upstream` received per HTTP version.
+async fn upstream_versions(upstream: &Proc) -> serde_json::Value {
+    let stats: serde_json::Value = https_or_plain_client()
+        .get(upstream.url("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    stats["http_versions"].clone()
+}
+
+fn https_or_plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client")
+}
+
+/// Calls the upstream through a fresh `tollgate up` whose `[[upstreams]]` entry gets `lines`,
+/// and returns the POSTs the upstream received per HTTP version afterwards.
+async fn call_through(dir: &Path, upstream: &Proc, lines: &str) -> serde_json::Value {
+    let config = write_config(dir, &upstream.url("/mcp"), &[], &seed_policy("minute"), "");
+    upstream_settings(&config, lines);
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let paused = agent
+        .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+        .await;
+    assert!(refusal(&paused).is_none() && text(&paused).contains("api"), "{paused}");
+    upstream_versions(upstream).await
+}
+
+#[tokio::test]
+async fn upstreams_are_reached_over_http2_when_they_offer_it_or_are_told_to() {
+    // Cleartext: HTTP/1.1 unless the upstream is configured for HTTP/2 (prior knowledge).
+    let plain = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("http2-plain");
+    let seen = call_through(&dir, &plain, "").await;
+    assert!(
+        seen["HTTP/1.1"].as_u64() >= Some(2) && seen["HTTP/2"].is_null(),
+        "{seen}"
+    );
+    let seen = call_through(&dir, &plain, "http = \"http2\"").await;
+    assert!(seen["HTTP/2"].as_u64() >= Some(2), "h2c with http = \"http2\": {seen}");
+
+    // TLS: `auto` (the default) takes HTTP/2 when the server offers it by ALPN; `http1`
+    // keeps HTTP/1.1.
+    let dir = support::temp_dir("http2-tls");
+    let ca = Ca::new(&dir, "upstream");
+    let server = ca.server("upstream");
+    let tls = https_upstream(&server, None);
+    let ca_file = format!("ca_file = {}", toml_path(&ca.pem));
+    let seen = call_through(&dir, &tls, &ca_file).await;
+    assert!(
+        seen["HTTP/2"].as_u64() >= Some(2) && seen["HTTP/1.1"].is_null(),
+        "ALPN h2: {seen}"
+    );
+    let seen = call_through(&dir, &tls, &format!("{ca_file}\nhttp = \"http1\"")).await;
+    assert!(seen["HTTP/1.1"].as_u64() >= Some(2), "http = \"http1\": {seen}");
+
+    // An unknown value is refused at start, naming the setting.
+    let config = write_config(&dir, &plain.url("/mcp"), &[], &seed_policy("minute"), "");
+    upstream_settings(&config, "http = \"http3\"");
+    let (code, _, stderr) = support::run(&["up", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("http3") && stderr.contains("http2"), "{stderr}");
+}
+
 #[tokio::test]
 async fn the_edge_serves_https_and_picks_up_a_replaced_certificate() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);

@@ -22,6 +22,10 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     /// Time a new connection has to send its first byte.
     pub handshake_timeout: Duration,
+    /// Whether an HTTP listener also speaks HTTP/2 (prior knowledge in cleartext, ALPN `h2`
+    /// over TLS). Tollgate's own HTTP listeners speak HTTP/1.1 only; the demo upstream
+    /// speaks both, so edges' HTTP/2 client can be exercised.
+    pub http2: bool,
 }
 
 impl Default for ListenerLimits {
@@ -29,6 +33,7 @@ impl Default for ListenerLimits {
         ListenerLimits {
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
+            http2: false,
         }
     }
 }

@@ -152,6 +152,7 @@ impl DecisionSettings {
         ListenerLimits {
             max_connections: self.max_connections,
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            http2: false,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Sessions: `initialize` hands out an `Mcp-Session-Id`; requests without one are served
 //! too (stateless), requests with an unknown one get 404, `DELETE` ends a session.
-//! `GET /stats` counts the `tools/call` requests received, per tool.
+//! `GET /stats` counts the `tools/call` requests received, per tool, and the POSTs per HTTP
+//! version. It speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN `h2` over TLS).
 
 mod tools;
 
@@ -74,7 +75,13 @@ impl Demo {
     }
 }
 
-async fn handle_post(State(demo): State<Demo>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle_post(
+    State(demo): State<Demo>,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    tools::count_version(version);
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

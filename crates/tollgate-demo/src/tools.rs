@@ -116,10 +116,27 @@ fn count_call(tool: &'static str) {
     *CALLS.lock().unwrap_or_else(|e| e.into_inner()).entry(tool).or_default() += 1;
 }
 
-/// `{"tools_call": {tool: count}}`.
+/// POSTs this process received, per HTTP version (`GET /stats`).
+static VERSIONS: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+pub(crate) fn count_version(version: axum::http::Version) {
+    *VERSIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(match version {
+            axum::http::Version::HTTP_2 => "HTTP/2",
+            axum::http::Version::HTTP_11 => "HTTP/1.1",
+            _ => "other",
+        })
+        .or_default() += 1;
+}
+
+/// `{"tools_call": {tool: count}, "http_versions": {"HTTP/1.1": count, ...}}`.
 pub fn stats() -> Value {
-    let calls = CALLS.lock().unwrap_or_else(|e| e.into_inner());
-    serde_json::json!({ "tools_call": *calls })
+    let calls = CALLS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let versions = VERSIONS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    serde_json::json!({ "tools_call": calls, "http_versions": versions })
 }
 
 /// Runs a `tools/call`: `Err` is a JSON-RPC error (unknown tool), bad arguments are a tool

@@ -256,7 +256,7 @@ fn unmark(id: &Value) -> Option<(&str, Value)> {
 /// One request on `/mcp`.
 struct Agg<'a> {
     gw: &'a Arc<Gateway>,
-    caller: &'a Caller,
+    caller: &'a Arc<Caller>,
     headers: &'a HeaderMap,
 }
 
@@ -268,7 +268,7 @@ enum PartFailed {
 }
 
 impl<'a> Agg<'a> {
-    fn new(gw: &'a Arc<Gateway>, caller: &'a Caller, headers: &'a HeaderMap) -> Agg<'a> {
+    fn new(gw: &'a Arc<Gateway>, caller: &'a Arc<Caller>, headers: &'a HeaderMap) -> Agg<'a> {
         Agg { gw, caller, headers }
     }
 
@@ -902,7 +902,7 @@ async fn answer_in_stream(body: hyper::body::Incoming, id: &Value, limit: usize)
 
 pub async fn post(
     State(gw): State<Arc<Gateway>>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Arc<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -968,7 +968,11 @@ pub async fn post(
 /// The session's server-to-client stream: every upstream's GET stream, merged, each through
 /// its list guard (requests marked with the upstream's prefix). Upstreams without one are
 /// left out; without any, 405.
-pub async fn get(State(gw): State<Arc<Gateway>>, Extension(caller): Extension<Caller>, headers: HeaderMap) -> Response {
+pub async fn get(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    headers: HeaderMap,
+) -> Response {
     if !accepts_event_stream(&headers) {
         return bad_request(
             StatusCode::NOT_ACCEPTABLE,
@@ -1027,7 +1031,7 @@ pub async fn get(State(gw): State<Arc<Gateway>>, Extension(caller): Extension<Ca
 /// Ends the session on every upstream that has one.
 pub async fn delete(
     State(gw): State<Arc<Gateway>>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Arc<Caller>>,
     headers: HeaderMap,
 ) -> Response {
     let agg = Agg::new(&gw, &caller, &headers);

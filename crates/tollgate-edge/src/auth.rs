@@ -50,7 +50,8 @@ impl Caller {
 /// Bearer-key hashes to callers.
 #[derive(Debug, Default)]
 pub struct Keyring {
-    by_hash: HashMap<[u8; 32], Caller>,
+    /// Shared, so a request carries its caller without copying the names.
+    by_hash: HashMap<[u8; 32], Arc<Caller>>,
 }
 
 impl Keyring {
@@ -71,7 +72,7 @@ impl Keyring {
                 issuer: None,
                 scopes: None,
             };
-            if let Some(other) = by_hash.insert(hash, caller) {
+            if let Some(other) = by_hash.insert(hash, Arc::new(caller)) {
                 return Err(EdgeError::Config(format!(
                     "grants \"{}\" and \"{}\" have the same key: each key must map to one grant",
                     other.grant, g.name
@@ -81,7 +82,7 @@ impl Keyring {
         Ok(Keyring { by_hash })
     }
 
-    pub fn authenticate(&self, key: &str) -> Option<&Caller> {
+    pub fn authenticate(&self, key: &str) -> Option<&Arc<Caller>> {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.by_hash.get(&hash)
     }
@@ -191,13 +192,13 @@ pub async fn require_key(State(auth): State<Arc<Authenticator>>, mut request: Re
                                 &text,
                             );
                         }
-                        Caller {
+                        Arc::new(Caller {
                             grant: identity.grant,
                             agent: identity.agent,
                             subject: Some(identity.subject),
                             issuer: Some(identity.issuer),
                             scopes: Some(identity.scopes.into()),
-                        }
+                        })
                     }
                     Err(Rejected(reason)) => {
                         tracing::info!(server = %server, "bearer token refused: {reason}");

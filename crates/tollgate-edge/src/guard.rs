@@ -31,7 +31,7 @@ const LISTS: [(&str, &str, SubjectKind); 3] = [
 pub struct ListFilter {
     pub gw: Arc<Gateway>,
     pub server: String,
-    pub caller: Caller,
+    pub caller: Arc<Caller>,
     /// On the aggregated endpoint: the upstream's prefix. Its tools and prompts are then
     /// renamed `{prefix}{separator}{name}`, and its requests to the client get ids that
     /// name it (see [`crate::aggregate`]).

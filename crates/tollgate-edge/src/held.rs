@@ -88,7 +88,7 @@ pub(crate) fn hold(
 struct Held {
     gw: Arc<Gateway>,
     server: String,
-    caller: Caller,
+    caller: Arc<Caller>,
     headers: HeaderMap,
     /// The call (read, get) as parsed and decided.
     message: Value,

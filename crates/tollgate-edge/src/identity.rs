@@ -278,7 +278,11 @@ impl Issuer {
                 }
                 let tls = tollgate_tls::client_config(settings.ca_file.as_deref(), None, &[])
                     .map_err(|e| bad(e.to_string()))?;
-                Some(crate::upstream::http_client(JWKS_TIMEOUT, tls))
+                Some(crate::upstream::http_client(
+                    JWKS_TIMEOUT,
+                    tls,
+                    crate::settings::HttpVersion::Http1,
+                ))
             }
             (None, Some(_)) => None,
             _ => return Err(bad("set exactly one of jwks_url and jwks_file".into())),

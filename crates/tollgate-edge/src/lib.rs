@@ -39,7 +39,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tollgate_api::listener::ListenerLimits;
 use tollgate_api::proto::VisibleToolsRequest;
 use tollgate_api::{Decider, PolicyHealth};
 
@@ -47,6 +46,7 @@ pub use auth::{Caller, Keyring};
 pub use identity::{IdentitySettings, JwtSettings};
 pub use server::{serve, serve_tls};
 pub use settings::{EdgeSettings, GrantSettings, RefusalMode, Secret, UpstreamSettings};
+pub use tollgate_api::listener::ListenerLimits;
 
 impl EdgeSettings {
     /// The bounds of the edge's listener.
@@ -54,6 +54,7 @@ impl EdgeSettings {
         ListenerLimits {
             max_connections: self.max_connections,
             handshake_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            http2: false,
         }
     }
 }

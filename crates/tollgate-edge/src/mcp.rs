@@ -142,7 +142,7 @@ impl Gateway {
 pub(crate) struct Exchange<'a> {
     pub(crate) gw: &'a Arc<Gateway>,
     pub(crate) upstream: &'a Upstream,
-    pub(crate) caller: &'a Caller,
+    pub(crate) caller: &'a Arc<Caller>,
     /// The headers the upstream request is made from (on the aggregated endpoint: the
     /// agent's, with this upstream's own session id).
     pub(crate) headers: &'a HeaderMap,
@@ -189,7 +189,7 @@ impl Exchange<'_> {
 pub async fn post(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Arc<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -262,7 +262,7 @@ pub async fn post(
 pub async fn get(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Arc<Caller>>,
     headers: HeaderMap,
 ) -> Response {
     bodyless(&gw, &server, caller, &headers, Method::GET).await
@@ -271,7 +271,7 @@ pub async fn get(
 pub async fn delete(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Arc<Caller>>,
     headers: HeaderMap,
 ) -> Response {
     bodyless(&gw, &server, caller, &headers, Method::DELETE).await
@@ -279,7 +279,13 @@ pub async fn delete(
 
 /// GET (the server-to-client stream; replays on `Last-Event-ID` and server messages are
 /// guarded like any other stream) and DELETE (end of session).
-async fn bodyless(gw: &Arc<Gateway>, server: &str, caller: Caller, headers: &HeaderMap, method: Method) -> Response {
+async fn bodyless(
+    gw: &Arc<Gateway>,
+    server: &str,
+    caller: Arc<Caller>,
+    headers: &HeaderMap,
+    method: Method,
+) -> Response {
     let upstream = match gw.upstream(server) {
         Ok(u) => u,
         Err(response) => return response,

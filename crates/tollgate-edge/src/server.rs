@@ -1,4 +1,5 @@
-//! The HTTP server under every Tollgate HTTP listener (edge, metrics): HTTP/1.1 with a
+//! The HTTP server under every Tollgate HTTP listener (edge, metrics): HTTP/1.1 (and
+//! HTTP/2 where the listener's limits allow it, for the demo upstream) with a
 //! header-read timeout that also closes idle keep-alive connections, on connections
 //! accepted within [`ListenerLimits`], optionally over TLS (the handshake bounded by the
 //! same timeout), and a graceful stop that lets in-flight requests finish while the
@@ -73,7 +74,8 @@ pub async fn serve_tls(
     Ok(())
 }
 
-/// HTTP/1.1 on one accepted connection (plain or TLS) until it closes or the server stops.
+/// HTTP/1.1 (or HTTP/2, when `limits.http2`) on one accepted connection (plain or TLS)
+/// until it closes or the server stops.
 async fn serve_connection<IO>(
     io: IO,
     router: Router,
@@ -93,6 +95,25 @@ async fn serve_connection<IO>(
             )
         }
     });
+    if limits.http2 {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.handshake_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = stopped.changed() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+        return;
+    }
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

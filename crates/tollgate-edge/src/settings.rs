@@ -266,6 +266,21 @@ pub struct UpstreamSettings {
     /// The client certificate's private key (PEM).
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// HTTP version to the upstream: `auto` (default: over https, HTTP/2 when the server
+    /// offers it by ALPN, else HTTP/1.1; over http, HTTP/1.1), `http1`, or `http2` (over
+    /// http, HTTP/2 with prior knowledge, "h2c"; over https, HTTP/2 only).
+    #[serde(default)]
+    pub http: HttpVersion,
+}
+
+/// `[[upstreams]] http`: which HTTP version the edge speaks to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
 }
 
 /// One `[[grants]]` entry: a bearer key and who presents it.

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::EdgeError;
-use crate::settings::UpstreamSettings;
+use crate::settings::{HttpVersion, UpstreamSettings};
 
 /// Agent request headers passed to the upstream, each as a single value (the first): the
 /// upstream must see the session the edge decided for, not one of several. `Accept` may
@@ -35,20 +35,31 @@ const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
 /// An upstream's HTTP client: plain HTTP, or HTTPS with the upstream's TLS settings.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// A client with its own connection pool; `tls` is used for `https://` URLs.
-pub(crate) fn http_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> HttpClient {
+/// A client with its own keep-alive connection pool; `tls` is used for `https://` URLs.
+/// `version` picks what TLS offers by ALPN and whether cleartext connections start as
+/// HTTP/2 (prior knowledge); an HTTP/2 connection carries every concurrent request.
+pub(crate) fn http_client(connect_timeout: Duration, tls: rustls::ClientConfig, version: HttpVersion) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
+        .https_or_http();
+    let connector = match version {
+        HttpVersion::Auto => builder.enable_http1().enable_http2().wrap_connector(connector),
+        HttpVersion::Http1 => builder.enable_http1().wrap_connector(connector),
+        HttpVersion::Http2 => builder.enable_http2().wrap_connector(connector),
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+        .http2_only(version == HttpVersion::Http2)
+        // A dead HTTP/2 connection would otherwise hold every request sent on it.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .http2_keep_alive_timeout(connect_timeout.max(Duration::from_secs(5)))
+        .timer(hyper_util::rt::TokioTimer::new());
+    client.build(connector)
 }
 
 /// One configured upstream MCP server.
@@ -177,7 +188,7 @@ impl Upstream {
             name: settings.name.clone(),
             uri,
             injected,
-            client: http_client(connect_timeout, tls),
+            client: http_client(connect_timeout, tls, settings.http),
         })
     }
 
