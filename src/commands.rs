@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tollgate_decision::{Decider, Engine, GrpcDecider, PolicyStatus};
 use tollgate_edge::{EdgeParts, ListenerLimits};
-use tollgate_policy::{Action, Annotations, Call, Kind};
+use tollgate_policy::Kind;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
@@ -33,13 +33,13 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
         let mut config = config;
         start_stdio_servers(&mut config, &shutdown).await?;
         let (engine, status) = start_engine(&config).await?;
-        serve_admin(&config, &engine, &shutdown).await?;
+        serve_admin(&config, &engine, &status, &shutdown).await?;
         let store = engine.store_kind();
         let scheme = scheme(&config);
         let banner = |addr| {
             format!("tollgate up: edge + decision in one process, {store} store, listening on {scheme}://{addr}")
         };
-        let served = run_edge(&config, engine, status, &shutdown, banner, demo_listen.is_some()).await;
+        let served = run_edge(&config, engine, Some(status), &shutdown, banner, demo_listen.is_some()).await;
         flush(telemetry).await;
         served
     })
@@ -117,8 +117,8 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let tls = settings.server_tls().map_err(anyhow::Error::msg)?;
         let envoy = tollgate_decision::envoy::EnvoyLimits::new(&config.envoy).map_err(anyhow::Error::msg)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let (engine, _status) = start_engine(&config).await?;
-        serve_admin(&config, &engine, &shutdown).await?;
+        let (engine, status) = start_engine(&config).await?;
+        serve_admin(&config, &engine, &status, &shutdown).await?;
         let listener = bind(&settings.listen.to_string(), "decision service").await?;
         let addr = listener.local_addr()?;
         let metrics = bind(&settings.metrics_listen.to_string(), "decision metrics").await?;
@@ -167,10 +167,20 @@ fn operators(config: &Config) -> anyhow::Result<tollgate_decision::Operators> {
     tollgate_decision::Operators::new(&config.operators).map_err(anyhow::Error::msg)
 }
 
-/// Serves the operators' API (approvals) on `decision.admin_listen`.
-async fn serve_admin(config: &Config, engine: &Arc<Engine>, shutdown: &Shutdown) -> anyhow::Result<()> {
+/// Serves the operators' API (approvals) and the console on `decision.admin_listen`.
+async fn serve_admin(
+    config: &Config,
+    engine: &Arc<Engine>,
+    status: &Arc<PolicyStatus>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
     let settings = config.decision()?;
-    let router = crate::admin::router(engine.clone(), operators(config)?);
+    let mut router = crate::admin::router(engine.clone(), operators(config)?);
+    if config.console.enabled {
+        let console =
+            crate::console::Console::new(&config.console, engine.clone(), operators(config)?, status.clone())?;
+        router = router.merge(crate::console::router(Arc::new(console)));
+    }
     engine.spawn_pending_gauge();
     let listener = bind(
         &settings.admin_listen.to_string(),
@@ -191,6 +201,9 @@ async fn serve_admin(config: &Config, engine: &Arc<Engine>, shutdown: &Shutdown)
             "operators' API on http://{addr}/admin ({} operators)",
             config.operators.len()
         );
+    }
+    if config.console.enabled {
+        println!("console on http://{addr}/console (sign in with an [[operators]] key)");
     }
     Ok(())
 }
@@ -348,7 +361,7 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             for w in &compiled.warnings {
                 println!("policy warning: {w}");
             }
-            let (store, _) = config.store.build()?;
+            let (store, _, _) = config.store.build()?;
             operators(&config)?;
             println!(
                 "decision: ok (policy {}, {} store, {} operators)",
@@ -496,131 +509,16 @@ pub fn policy_explain(
     args: Option<&str>,
 ) -> anyhow::Result<()> {
     let compiled = tollgate_policy::load_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let arguments: serde_json::Value = match args {
-        Some(text) => serde_json::from_str(text).context("--args must be a JSON object")?,
-        None => serde_json::Value::Null,
-    };
-    if !(arguments.is_object() || arguments.is_null()) {
-        bail!("--args must be a JSON object");
-    }
-    if kind == Kind::Resource && !arguments.is_null() {
-        bail!("a resources/read has no arguments: leave out --args");
-    }
-    let tool = tool.as_str();
-    let policy = &compiled.policy;
-    if !policy.covers(kind) {
-        println!("rule:   none: the policy has no `{}` section", kind.section());
-        println!(
-            "action: allow: every {} passes unchecked (and is still audited) until the policy has a `{}` \
-             section, if only `{{}}`",
-            tollgate_api_method(kind),
-            kind.section()
-        );
-        return Ok(());
-    }
-    let annotations = Annotations::default();
-    let rule = policy.rule_for_subject(kind, server, tool, grant, annotations);
-    let agent = if agent.is_empty() { grant } else { agent };
-    let call = Call {
-        server,
-        tool,
-        grant,
-        agent,
-        session: "",
-        arguments: &arguments,
-        annotations,
-    };
-    println!("rule:   {}", rule.label);
-    println!("action: {}", rule.action);
-    if let Some(reason) = &rule.reason {
-        println!("reason: {reason}");
-    }
-    let mut refused = rule.action == Action::Deny;
-    if let Some(schema) = rule.arguments.as_ref().filter(|_| !refused) {
-        match schema.check(&arguments) {
-            Ok(()) => println!("arguments: satisfy the rule's schema"),
-            Err(violations) => {
-                println!("arguments: rejected, so the call is denied: {violations}");
-                refused = true;
-            }
-        }
-    }
-    if rule.action == Action::RequireApproval && !refused {
-        let approval = rule.approval;
-        let wait = match approval.hold {
-            Some(hold) => format!("held open up to {} waiting for it", seconds(hold)),
-            None => "answered at once, naming the approval (mode retry)".to_owned(),
-        };
-        println!(
-            "approval: required: the call is forwarded only once an operator approves it; {wait}; \
-             the approval expires after {}",
-            seconds(approval.timeout)
-        );
-    }
-    if rule.action != Action::Deny && !refused {
-        let hits = policy.counter_hits(rule, &call);
-        if hits.is_empty() {
-            println!("limits: none: every call is admitted");
-        }
-        for hit in hits {
-            println!(
-                "limit:  {} = {} ({}, cost {}), key {}",
-                hit.limit.counter,
-                hit.limit.describe(),
-                hit.limit.algorithm,
-                hit.limit.cost,
-                hit.key
-            );
-        }
-    }
-    let matching = policy.matching_rules_for_subject(kind, server, tool, grant, annotations);
-    if matching.len() > 1 {
-        println!("shadowed (these rules match the call too, and lose to the rule above):");
-        for shadowed in &matching[1..] {
-            let limits: Vec<String> = shadowed
-                .limits
-                .iter()
-                .map(|l| format!("{} = {}", l.counter, l.describe()))
-                .collect();
-            let limits = if limits.is_empty() || shadowed.action == Action::Deny {
-                String::new()
-            } else {
-                format!(", limits {}", limits.join("; "))
-            };
-            println!("  {}: {}{limits}", shadowed.label, shadowed.action);
-            // A tool rule beating a default is how a policy allows tools: nothing to note.
-            if let Some(widened) = rule.widens(shadowed).filter(|_| !shadowed.is_default()) {
-                println!("    not applied: {widened}");
-            }
-        }
-    }
-    if kind == Kind::Tool {
-        println!("(tool annotations are unknown here, so class rules see the MCP defaults: destructive, open world)");
+    let arguments = crate::explain::arguments(kind, args).map_err(anyhow::Error::msg)?;
+    for line in crate::explain::explain(&compiled.policy, server, (kind, &tool), grant, agent, &arguments) {
+        println!("{line}");
     }
     Ok(())
-}
-
-fn tollgate_api_method(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Tool => "tools/call",
-        Kind::Resource => "resources/read",
-        Kind::Prompt => "prompts/get",
-    }
 }
 
 pub enum ApprovalAction {
     List { json: bool },
     Resolve { id: String, approve: bool, reason: String },
-}
-
-/// A duration as policies write it: `45s`, `5m`, `1.5s`.
-fn seconds(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 60.0 && s % 60.0 == 0.0 {
-        format!("{}m", s / 60.0)
-    } else {
-        format!("{s}s")
-    }
 }
 
 /// `tollgate approvals …`: a client of the operators' API.
@@ -770,14 +668,15 @@ pub fn keygen() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Arc<PolicyStatus>>)> {
+async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Arc<PolicyStatus>)> {
     let settings = config.decision()?;
     let compiled = tollgate_policy::load_file(&settings.policy)
         .map_err(|e| anyhow::anyhow!("invalid policy, refusing to start:\n{e}"))?;
     for w in &compiled.warnings {
         tracing::warn!("policy warning: {w}");
     }
-    let (store, approvals) = config.store.build()?;
+    let status = PolicyStatus::loaded(&settings.policy, &compiled.source);
+    let (store, approvals, broadcast) = config.store.build()?;
     let mut engine = Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
         .with_approvals(approvals)
         .with_max_pending_per_grant(config.approvals.max_pending_per_grant.max(1))
@@ -786,15 +685,27 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Option<Ar
     if let Some(notify) = crate::webhook::start(&config.approvals)? {
         engine = engine.with_new_approvals(notify);
     }
+    if config.console.enabled {
+        // host/pid: unique per process, and a pod's name in Kubernetes.
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty() && h.len() <= 253)
+            .unwrap_or_else(|| "localhost".to_owned());
+        let replica = format!("{host}/{}", std::process::id());
+        engine = engine.with_tail(tollgate_decision::DecisionTail::start(broadcast, replica));
+    }
     let engine = Arc::new(engine);
     tracing::info!(policy = %settings.policy.display(), "policy loaded");
-    let status = (settings.reload_interval_ms > 0).then(|| {
+    if settings.reload_interval_ms > 0 {
         tollgate_decision::watch_policy(
             engine.clone(),
             settings.policy.clone(),
             Duration::from_millis(settings.reload_interval_ms),
-        )
-    });
+            status.clone(),
+        );
+    }
     Ok((engine, status))
 }
 

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use tollgate_decision::DecisionSettings;
 use tollgate_edge::{EdgeSettings, GrantSettings, UpstreamSettings};
 use tollgate_limiter::{
-    ApprovalStore, CounterStore, DEFAULT_MAX_KEYS_PER_COUNTER, MemoryApprovals, MemoryStore, RedisSettings, RedisStore,
+    ApprovalStore, Broadcast, CounterStore, DEFAULT_MAX_KEYS_PER_COUNTER, MemoryApprovals, MemoryBroadcast,
+    MemoryStore, RedisSettings, RedisStore,
 };
 use tollgate_telemetry::TelemetrySettings;
 
@@ -42,6 +43,54 @@ pub struct Config {
     pub log: LogSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// The operators' web console on `decision.admin_listen`.
+    #[serde(default)]
+    pub console: ConsoleSettings,
+}
+
+/// `[console]`: the operators' web console, served with the operators' API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serve the console at `/console` (default true; it still needs `[[operators]]`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A signed-in session lasts this long (default 8 hours).
+    #[serde(default = "default_session_ttl_secs")]
+    pub session_ttl_secs: u64,
+    /// Signs session cookies: at least 32 characters, the same on every replica so that a
+    /// session works on all of them behind one address. Default: a random key per process
+    /// (sessions then work only on the replica that signed them in).
+    #[serde(default)]
+    pub session_secret: Option<tollgate_edge::Secret>,
+    /// Mark the session cookie `Secure` (set when operators reach the console over https,
+    /// e.g. through a TLS-terminating proxy).
+    #[serde(default)]
+    pub secure_cookie: bool,
+    /// A link to each decision's trace: a URL with `{trace_id}`, e.g.
+    /// `http://localhost:16686/trace/{trace_id}` (Jaeger).
+    #[serde(default)]
+    pub trace_url: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_session_ttl_secs() -> u64 {
+    8 * 3600
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: true,
+            session_ttl_secs: default_session_ttl_secs(),
+            session_secret: None,
+            secure_cookie: false,
+            trace_url: None,
+        }
+    }
 }
 
 /// `[store]`: where rate-limit counters live.
@@ -95,7 +144,8 @@ pub enum StoreKind {
 impl StoreSettings {
     /// Builds the counter store these settings describe, and the approval store beside it
     /// (the same Redis, or this process's memory).
-    pub fn build(&self) -> anyhow::Result<(Arc<dyn CounterStore>, Arc<dyn ApprovalStore>)> {
+    /// The counter store, the approval store and the console's broadcast channel.
+    pub fn build(&self) -> anyhow::Result<Stores> {
         Ok(match self.kind {
             StoreKind::Memory => (
                 Arc::new(
@@ -103,6 +153,7 @@ impl StoreSettings {
                         .with_max_keys_per_counter(self.max_keys_per_counter.unwrap_or(DEFAULT_MAX_KEYS_PER_COUNTER)),
                 ),
                 Arc::new(MemoryApprovals::default()),
+                Arc::new(MemoryBroadcast::default()),
             ),
             StoreKind::Redis => {
                 let defaults = RedisSettings::default();
@@ -118,11 +169,14 @@ impl StoreSettings {
                     client_key: self.client_key.clone(),
                 };
                 let store = Arc::new(RedisStore::new(&redis)?);
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
         })
     }
 }
+
+/// The counter store, the approval store and the console's broadcast channel.
+pub type Stores = (Arc<dyn CounterStore>, Arc<dyn ApprovalStore>, Arc<dyn Broadcast>);
 
 /// `[log]`
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,8 @@
 mod admin;
 mod commands;
 mod config;
+mod console;
+mod explain;
 mod shutdown;
 mod webhook;
 

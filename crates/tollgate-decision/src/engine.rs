@@ -18,6 +18,7 @@ use crate::full::FullUntil;
 use crate::proto::{
     self, DecideRequest, Decision, LimitStatus, SubjectKind, Verdict, VisibleToolsRequest, VisibleToolsResponse,
 };
+use crate::tail::{DecisionRecord, DecisionTail, LimitRecord};
 use crate::{Decider, DecisionError, verdict_name};
 
 /// How long an acquire that missed its deadline is still waited for, to give back what it
@@ -38,6 +39,8 @@ pub struct Engine {
     /// Counters known to be full until a known time (see `full.rs`); `None` for a store in
     /// this process, where asking costs nothing.
     full: Option<FullUntil>,
+    /// The console's live tail, when the console is on.
+    tail: Option<Arc<DecisionTail>>,
 }
 
 /// Counter keys a replica remembers as full, by default.
@@ -55,7 +58,23 @@ impl Engine {
             max_pending_per_grant: tollgate_limiter::DEFAULT_MAX_PENDING_PER_GRANT,
             full: (!store.answers_at_once()).then(|| FullUntil::new(DEFAULT_FULL_CACHE_ENTRIES)),
             store,
+            tail: None,
         }
+    }
+
+    /// Hands every decision to the console's live tail.
+    pub fn with_tail(mut self, tail: Arc<DecisionTail>) -> Self {
+        self.tail = Some(tail);
+        self
+    }
+
+    pub fn tail(&self) -> Option<&Arc<DecisionTail>> {
+        self.tail.as_ref()
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
     }
 
     /// Remember at most `entries` counter keys as full (`[decision] full_cache_entries`);
@@ -152,11 +171,13 @@ impl Engine {
         span.record(tollgate_api::subject_attribute(request.kind()), request.tool.as_str());
         tollgate_telemetry::propagation::set_parent(&span, parent);
         let parsed = parse_json(&request.arguments_json);
+        let digest = if !span.is_disabled() || self.tail.is_some() {
+            arguments_digest(&parsed, &request.arguments_json)
+        } else {
+            String::new()
+        };
         if !span.is_disabled() {
-            span.record(
-                "tollgate.arguments.sha256",
-                arguments_digest(&parsed, &request.arguments_json),
-            );
+            span.record("tollgate.arguments.sha256", digest.as_str());
             if self.record_arguments {
                 span.record("tollgate.arguments", request.arguments_json.as_str());
             }
@@ -190,6 +211,46 @@ impl Engine {
                 limit.remaining as i64,
             );
             span.set_attribute(format!("tollgate.limit.{}.max", limit.counter), limit.limit as i64);
+        }
+        if let Some(tail) = self.tail.as_ref().filter(|t| t.has_room()) {
+            let trace_id = if span.is_disabled() {
+                String::new()
+            } else {
+                let traceparent = tollgate_telemetry::propagation::traceparent_of(&span);
+                traceparent
+                    .split('-')
+                    .nth(1)
+                    .filter(|id| id.bytes().any(|b| b != b'0'))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            tail.record(DecisionRecord {
+                id: decision.decision_id.clone(),
+                at_ms: tollgate_limiter::wall_clock_ms(),
+                replica: tail.replica().to_owned(),
+                verdict: verdict.to_owned(),
+                rule: decision.rule.clone(),
+                reason: decision.reason.clone(),
+                method: tollgate_api::subject_method(request.kind()).to_owned(),
+                server: request.server.clone(),
+                tool: request.tool.clone(),
+                grant: request.grant.clone(),
+                agent: request.agent.clone(),
+                session: request.session_id.clone(),
+                arguments_sha256: digest,
+                trace_id,
+                approval_id: decision.approval_id.clone(),
+                retry_after_ms: decision.retry_after_ms,
+                limits: decision
+                    .limits
+                    .iter()
+                    .map(|l| LimitRecord {
+                        counter: l.counter.clone(),
+                        remaining: l.remaining,
+                        max: l.limit,
+                    })
+                    .collect(),
+            });
         }
         span.in_scope(|| {
             // Fields that came over the wire are logged with `?` (quoted and escaped): a

@@ -12,14 +12,16 @@ pub mod envoy;
 mod full;
 mod reload;
 mod service;
+mod tail;
 
 pub use approvals::{
     MAX_REASON_BYTES, MAX_WAIT, OperatorRefusal, OperatorSettings, Operators, approval_message, check_reason,
 };
 pub use engine::{DEFAULT_FULL_CACHE_ENTRIES, Engine};
 // The decision API, re-exported for callers that link the whole service.
-pub use reload::{PolicyStatus, watch_policy};
+pub use reload::{ActivePolicy, PolicyStatus, watch_policy};
 pub use service::{DecisionSettings, ServeOptions, ServiceLimits, serve};
+pub use tail::{DecisionRecord, DecisionTail, LimitRecord};
 pub use tollgate_api::{
     DEFAULT_BATCH_MAX, Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth,
     check_subject, check_tool_name, listener, proto, verdict_name,

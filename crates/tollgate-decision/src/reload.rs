@@ -11,17 +11,62 @@ use crate::Engine;
 #[derive(Default)]
 pub struct PolicyStatus {
     last_error: Mutex<Option<String>>,
+    active: Mutex<ActivePolicy>,
+}
+
+/// The policy in force, as the operators' console shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ActivePolicy {
+    /// The policy file.
+    pub path: String,
+    /// The text in force (the file may hold a newer one that was rejected).
+    pub source: Arc<str>,
+    /// 1 for the policy loaded at start, +1 for every reload installed.
+    pub generation: u64,
+    /// When the policy in force was installed, ms since the Unix epoch.
+    pub installed_ms: u64,
+    /// When a changed file was last read (installed or rejected); 0 when never.
+    pub last_attempt_ms: u64,
 }
 
 impl PolicyStatus {
+    /// The status of a policy loaded at start from `path`.
+    pub fn loaded(path: &std::path::Path, source: &str) -> Arc<PolicyStatus> {
+        Arc::new(PolicyStatus {
+            last_error: Mutex::default(),
+            active: Mutex::new(ActivePolicy {
+                path: path.display().to_string(),
+                source: source.into(),
+                generation: 1,
+                installed_ms: tollgate_limiter::wall_clock_ms(),
+                last_attempt_ms: 0,
+            }),
+        })
+    }
+
     /// The diagnostics of the last rejected policy file, if the file on disk is currently
     /// not the policy in force.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    pub fn active(&self) -> ActivePolicy {
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn installed(&self, source: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tollgate_limiter::wall_clock_ms();
+        active.source = source.into();
+        active.generation += 1;
+        active.installed_ms = now;
+        active.last_attempt_ms = now;
+    }
+
+    fn rejected(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).last_attempt_ms = tollgate_limiter::wall_clock_ms();
     }
 }
 
@@ -30,10 +75,9 @@ fn fingerprint(path: &PathBuf) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Polls `path` every `interval` and installs each new version that compiles.
-pub fn watch_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration) -> Arc<PolicyStatus> {
-    let status = Arc::new(PolicyStatus::default());
-    let reported = status.clone();
+/// Polls `path` every `interval` and installs each new version that compiles, reporting to
+/// `status`.
+pub fn watch_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration, status: Arc<PolicyStatus>) {
     tokio::spawn(async move {
         let mut seen = fingerprint(&path);
         let mut ticker = tokio::time::interval(interval);
@@ -55,20 +99,19 @@ pub fn watch_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration) -> A
                         tracing::warn!("policy warning: {w}");
                     }
                     engine.replace_policy(compiled.policy);
-                    status.set(None);
+                    status.installed(&compiled.source);
                     tollgate_telemetry::metrics::metrics().policy_reloaded(true);
                     tracing::info!(policy = %path.display(), "policy reloaded");
                 }
                 Ok(Err(e)) => {
                     tracing::error!(policy = %path.display(), "policy reload rejected, keeping the last good policy:\n{e}");
-                    status.set(Some(e.to_string()));
+                    status.rejected(e.to_string());
                     tollgate_telemetry::metrics::metrics().policy_reloaded(false);
                 }
                 Err(e) => tracing::error!("policy reload task failed: {e}"),
             }
         }
     });
-    reported
 }
 
 impl crate::PolicyHealth for PolicyStatus {

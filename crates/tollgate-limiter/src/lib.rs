@@ -7,6 +7,7 @@
 //! request ids, so a retried request never takes a second hit.
 
 mod approvals;
+mod broadcast;
 mod memory;
 mod redis_store;
 
@@ -16,6 +17,7 @@ pub use approvals::{
     Approval, ApprovalStatus, ApprovalStore, Claim, DEFAULT_MAX_PENDING_PER_GRANT, MAX_LISTED, MAX_STORED_ARGUMENTS,
     MemoryApprovals, NewApproval, RECHECK_ALL, RETENTION, Resolution, cut_short, is_approval_id, wall_clock_ms,
 };
+pub use broadcast::{BROADCAST_BUFFER, Broadcast, MAX_BROADCAST_BYTES, MemoryBroadcast};
 pub use memory::{Clock, DEFAULT_MAX_KEYS_PER_COUNTER, ManualClock, MemoryStore, SystemClock};
 pub use redis_store::{ACQUIRE_SCRIPT, RedisSettings, RedisStore};
 

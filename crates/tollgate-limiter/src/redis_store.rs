@@ -254,6 +254,10 @@ pub struct RedisStore {
     wakeups: Arc<broadcast::Sender<String>>,
     /// Whether the wake-up subscriber runs (started by the first waiter).
     subscribed: AtomicBool,
+    /// The console's cluster-wide channel ([`Broadcast`]), relayed from its subscription.
+    broadcasts: Arc<broadcast::Sender<Arc<str>>>,
+    broadcast_subscribed: AtomicBool,
+    publish: Script,
     /// TLS material for `rediss://` nodes.
     tls: Option<redis::TlsCertificates>,
 }
@@ -327,6 +331,9 @@ impl RedisStore {
             tls,
             wakeups: Arc::new(broadcast::channel(crate::approvals::WAKEUP_BUFFER).0),
             subscribed: AtomicBool::new(false),
+            broadcasts: Arc::new(broadcast::channel(crate::BROADCAST_BUFFER).0),
+            broadcast_subscribed: AtomicBool::new(false),
+            publish: Script::new("return redis.call('PUBLISH', KEYS[1], ARGV[1])"),
         })
     }
 
@@ -485,6 +492,11 @@ impl RedisStore {
         self.approval_key("resolved")
     }
 
+    /// The console's channel ([`Broadcast`]).
+    fn broadcast_channel(&self) -> String {
+        format!("{}:{{console}}:broadcast", self.prefix)
+    }
+
     async fn approval_script(&self, second_key: String, args: &[&str]) -> Result<Vec<String>, StoreError> {
         let mut invocation = self.approval.prepare_invoke();
         invocation.key(self.approval_key("index")).key(second_key);
@@ -636,19 +648,96 @@ impl ApprovalStore for RedisStore {
     }
 }
 
-/// Relays approval ids published on `channel` to `wakeups` until the store is dropped.
-/// Subscribes to one node at a time, moving to the next when the connection fails; after
-/// every (re)subscription it sends [`RECHECK_ALL`], since resolutions published while no
-/// subscription stood were missed.
+#[async_trait::async_trait]
+impl crate::Broadcast for RedisStore {
+    /// PUBLISH through a one-line script keyed by the channel; a Redis Cluster forwards it
+    /// to every node.
+    async fn publish(&self, message: String) -> Result<(), StoreError> {
+        if message.len() > crate::MAX_BROADCAST_BYTES {
+            return Err(StoreError::Rejected(format!(
+                "a broadcast message is at most {} bytes",
+                crate::MAX_BROADCAST_BYTES
+            )));
+        }
+        let mut invocation = self.publish.prepare_invoke();
+        invocation.key(self.broadcast_channel()).arg(message);
+        self.run::<i64>(&invocation).await.map(|_| ())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        let receiver = self.broadcasts.subscribe();
+        if !self.broadcast_subscribed.swap(true, Ordering::AcqRel) {
+            let broadcasts = Arc::downgrade(&self.broadcasts);
+            let alive = broadcasts.clone();
+            tokio::spawn(relay(
+                self.nodes.clone(),
+                self.tls.clone(),
+                self.broadcast_channel(),
+                "console broadcasts",
+                move || alive.strong_count() > 0,
+                move |message: Option<&str>| {
+                    let Some(sender) = broadcasts.upgrade() else {
+                        return false;
+                    };
+                    if let Some(text) = message.filter(|m| m.len() <= crate::MAX_BROADCAST_BYTES) {
+                        let _ = sender.send(text.into());
+                    }
+                    true
+                },
+            ));
+        }
+        receiver
+    }
+}
+
+/// Relays approval ids published on `channel` to `wakeups` until the store is dropped;
+/// after every (re)subscription it sends [`RECHECK_ALL`], since resolutions published while
+/// no subscription stood were missed.
 async fn listen_for_wakeups(
     nodes: Vec<String>,
     tls: Option<redis::TlsCertificates>,
     channel: String,
     wakeups: Weak<broadcast::Sender<String>>,
 ) {
+    let alive = wakeups.clone();
+    let alive = move || alive.strong_count() > 0;
+    relay(
+        nodes,
+        tls,
+        channel,
+        "approval wake-ups",
+        alive,
+        move |message: Option<&str>| {
+            let Some(sender) = wakeups.upgrade() else { return false };
+            match message {
+                None => {
+                    let _ = sender.send(RECHECK_ALL.to_owned());
+                }
+                Some(id) if crate::approvals::is_approval_id(id) => {
+                    let _ = sender.send(id.to_owned());
+                }
+                Some(_) => {}
+            }
+            true
+        },
+    )
+    .await
+}
+
+/// Hands every message published on `channel` to `deliver` (`None` after each
+/// (re)subscription) until `deliver` answers false or `alive` does (the receiving side is
+/// gone). Subscribes to one node at a time, moving to the next when the connection fails.
+async fn relay(
+    nodes: Vec<String>,
+    tls: Option<redis::TlsCertificates>,
+    channel: String,
+    what: &'static str,
+    alive: impl Fn() -> bool + Send,
+    mut deliver: impl FnMut(Option<&str>) -> bool + Send,
+) {
     let mut backoff = Duration::from_millis(100);
     for node in nodes.iter().cycle() {
-        if wakeups.strong_count() == 0 {
+        if !alive() {
             return;
         }
         let subscribed = async {
@@ -660,23 +749,23 @@ async fn listen_for_wakeups(
         match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
             Ok(Ok(pubsub)) => {
                 backoff = Duration::from_millis(100);
-                tracing::debug!(node = %node, "listening for approval wake-ups");
+                tracing::debug!(node = %node, "listening for {what}");
                 let mut messages = pubsub.into_on_message();
-                let Some(sender) = wakeups.upgrade() else { return };
-                let _ = sender.send(RECHECK_ALL.to_owned());
-                drop(sender);
+                if !deliver(None) {
+                    return;
+                }
                 while let Some(message) = messages.next().await {
-                    let Some(sender) = wakeups.upgrade() else { return };
-                    if let Ok(id) = message.get_payload::<String>()
-                        && crate::approvals::is_approval_id(&id)
+                    let payload = message.get_payload::<String>().ok();
+                    if let Some(payload) = payload
+                        && !deliver(Some(&payload))
                     {
-                        let _ = sender.send(id);
+                        return;
                     }
                 }
-                tracing::warn!(node = %node, "lost the approval wake-up subscription; subscribing again");
+                tracing::warn!(node = %node, "lost the {what} subscription; subscribing again");
             }
-            Ok(Err(e)) => tracing::warn!(node = %node, "cannot subscribe to approval wake-ups: {e}"),
-            Err(_) => tracing::warn!(node = %node, "cannot subscribe to approval wake-ups: no answer within 5 s"),
+            Ok(Err(e)) => tracing::warn!(node = %node, "cannot subscribe to {what}: {e}"),
+            Err(_) => tracing::warn!(node = %node, "cannot subscribe to {what}: no answer within 5 s"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

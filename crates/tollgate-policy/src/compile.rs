@@ -29,6 +29,8 @@ pub const MAX_COUNT: u64 = 1 << 53;
 pub struct Compiled {
     pub policy: Policy,
     pub warnings: Vec<Diagnostic>,
+    /// The text it was compiled from (the operators' console shows the policy in force).
+    pub source: String,
 }
 
 /// Parses and compiles policy text. `name` is used in diagnostics (usually the file path);
@@ -53,6 +55,7 @@ pub fn compile_with_format(name: &str, text: &str, format: Format) -> Result<Com
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     compiled.policy.digest = u64::from_be_bytes(first);
+    compiled.source = text.to_owned();
     Ok(compiled)
 }
 
@@ -192,6 +195,7 @@ impl Compiler<'_, '_> {
                 digest: 0,
             },
             warnings: self.warnings,
+            source: String::new(),
         })
     }
 

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub spans_ended: Counter,
     pub spans_exported: Counter,
     pub spans_lost: Counter,
+    pub console_tail_skipped: Counter,
     tools: Mutex<HashSet<String>>,
     export_failure_logged: std::sync::atomic::AtomicBool,
 }
@@ -101,6 +102,7 @@ impl Metrics {
             spans_ended: Counter::default(),
             spans_exported: Counter::default(),
             spans_lost: Counter::default(),
+            console_tail_skipped: Counter::default(),
             tools: Mutex::default(),
             export_failure_logged: Default::default(),
             registry: Registry::default(),
@@ -200,6 +202,11 @@ impl Metrics {
             "spans_lost",
             "Spans the OTLP collector did not accept (unreachable, slow or refusing)",
             m.spans_lost.clone(),
+        );
+        registry.register(
+            "console_tail_skipped",
+            "Decisions not shown in the console's live tail (more than it publishes per batch)",
+            m.console_tail_skipped.clone(),
         );
         for result in ["ok", "rejected"] {
             let _ = m.policy_reloads.get_or_create(&vec![("result".into(), result.into())]);

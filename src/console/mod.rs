@@ -1,0 +1,549 @@
+//! The operators' web console at `/console` on `decision.admin_listen`, next to the
+//! operators' API: sign-in with an operator key, the cluster's approvals queue (live, approve
+//! or deny with a reason), a live tail of every replica's decisions with filters, and the
+//! policy in force with its reload status and an explain form.
+//!
+//! Server-rendered HTML; the live parts arrive over server-sent events as HTML fragments
+//! rendered (and escaped) here, and a little plain JavaScript (`console.js`, embedded like the
+//! style sheet) puts them in place. The Content-Security-Policy allows only this origin's
+//! script and style, so markup that escaped escaping still could not run.
+//!
+//! Sessions are HMAC-signed cookies (HttpOnly, SameSite=Strict, `Path=/console`) naming the
+//! operator, a session id and an expiry; every state change also needs the session's CSRF
+//! token (an HMAC of the session id). With `console.session_secret` set alike on every
+//! replica, a session works on all of them; signing out revokes the session on the replica
+//! that served it and clears the cookie.
+
+mod pages;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_decision::{Engine, Operators, PolicyStatus, check_reason};
+use tollgate_limiter::Resolution;
+
+use crate::config::ConsoleSettings;
+
+const COOKIE: &str = "tg_console";
+/// Sessions remembered as signed out, per replica; the oldest are forgotten beyond it.
+const MAX_REVOKED: usize = 10_000;
+/// How often an open page's approvals are compared with the store's.
+const APPROVALS_EVERY: Duration = Duration::from_millis(500);
+/// Events waiting for a slow page; decisions beyond it are skipped for that page.
+const EVENT_BUFFER: usize = 256;
+/// Longest operator key accepted at sign-in.
+const MAX_KEY_BYTES: usize = 512;
+
+const STYLE: &str = include_str!("console.css");
+const SCRIPT: &str = include_str!("console.js");
+
+/// The console's state, shared by its handlers.
+pub struct Console {
+    engine: Arc<Engine>,
+    operators: Operators,
+    status: Arc<PolicyStatus>,
+    key: Vec<u8>,
+    ttl: Duration,
+    secure_cookie: bool,
+    trace_url: Option<String>,
+    /// Signed-out session ids and when they would have expired (seconds since the epoch).
+    revoked: Mutex<HashMap<String, u64>>,
+}
+
+/// A signed-in operator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    /// Operator name.
+    o: String,
+    /// Session id.
+    s: String,
+    /// Expiry, seconds since the Unix epoch.
+    e: u64,
+}
+
+impl Console {
+    /// Checks `settings`: a configured secret must be at least 32 characters, a trace URL
+    /// must contain `{trace_id}`.
+    pub fn new(
+        settings: &ConsoleSettings,
+        engine: Arc<Engine>,
+        operators: Operators,
+        status: Arc<PolicyStatus>,
+    ) -> anyhow::Result<Console> {
+        let key = match &settings.session_secret {
+            Some(secret) if secret.0.len() < 32 => {
+                anyhow::bail!("console.session_secret must be at least 32 characters (tollgate keygen prints one)")
+            }
+            Some(secret) => secret.0.as_bytes().to_vec(),
+            None => {
+                let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+                key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+                key
+            }
+        };
+        if let Some(url) = &settings.trace_url
+            && !(url.contains("{trace_id}") && (url.starts_with("http://") || url.starts_with("https://")))
+        {
+            anyhow::bail!(
+                "console.trace_url must be an http(s) URL containing {{trace_id}}, e.g. http://localhost:16686/trace/{{trace_id}}"
+            );
+        }
+        if settings.session_ttl_secs == 0 {
+            anyhow::bail!("console.session_ttl_secs must be above 0");
+        }
+        Ok(Console {
+            engine,
+            operators,
+            status,
+            key,
+            ttl: Duration::from_secs(settings.session_ttl_secs),
+            secure_cookie: settings.secure_cookie,
+            trace_url: settings.trace_url.clone(),
+            revoked: Mutex::default(),
+        })
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        for part in parts {
+            mac.update(part);
+        }
+        mac
+    }
+
+    fn cookie_for(&self, session: &Session) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(session).unwrap_or_default());
+        let tag = URL_SAFE_NO_PAD.encode(self.mac(&[b"session\0", payload.as_bytes()]).finalize().into_bytes());
+        format!("{payload}.{tag}")
+    }
+
+    /// The session a request's cookie carries, if it is signed, unexpired and not revoked.
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let value = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')))?;
+        let (payload, tag) = value.split_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        self.mac(&[b"session\0", payload.as_bytes()]).verify_slice(&tag).ok()?;
+        let session: Session = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        if session.e <= now_secs() {
+            return None;
+        }
+        if self
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&session.s)
+        {
+            return None;
+        }
+        Some(session)
+    }
+
+    fn csrf(&self, session: &Session) -> String {
+        hex::encode(&self.mac(&[b"csrf\0", session.s.as_bytes()]).finalize().into_bytes()[..16])
+    }
+
+    fn csrf_ok(&self, session: &Session, presented: &str) -> bool {
+        let Ok(presented) = hex::decode(presented) else {
+            return false;
+        };
+        let mac = self.mac(&[b"csrf\0", session.s.as_bytes()]);
+        mac.verify_truncated_left(&presented).is_ok() && presented.len() == 16
+    }
+
+    fn set_cookie(&self, value: &str, max_age: u64) -> HeaderValue {
+        let secure = if self.secure_cookie { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("tg_console=; Path=/console; Max-Age=0"))
+    }
+
+    fn revoke(&self, session: &Session) {
+        let now = now_secs();
+        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.retain(|_, expiry| *expiry > now);
+        if revoked.len() >= MAX_REVOKED
+            && let Some(oldest) = revoked.iter().min_by_key(|(_, e)| **e).map(|(s, _)| s.clone())
+        {
+            revoked.remove(&oldest);
+        }
+        revoked.insert(session.s.clone(), session.e);
+    }
+
+    fn trace_link(&self, trace_id: &str) -> Option<String> {
+        let template = self.trace_url.as_ref()?;
+        (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| template.replace("{trace_id}", trace_id))
+    }
+}
+
+fn now_secs() -> u64 {
+    tollgate_limiter::wall_clock_ms() / 1000
+}
+
+/// The console's routes, under `/console`.
+pub fn router(console: Arc<Console>) -> axum::Router {
+    axum::Router::new()
+        .route("/console", get(home))
+        .route("/console/", get(|| async { Redirect::to("/console") }))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/events", get(events))
+        .route("/console/approvals/{id}", post(resolve))
+        .route("/console/policy", get(policy))
+        .route(
+            "/console/assets/console.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/console/assets/console.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(console)
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Every console answer: only this origin's script and style, no framing, no caching of
+/// pages, no sniffing, no referrer.
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// 401 with the sign-in form, for pages opened without a session.
+fn sign_in_required(message: &str) -> Response {
+    (StatusCode::UNAUTHORIZED, pages::login(Some(message))).into_response()
+}
+
+/// 401 for the event stream and state changes without a session.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "sign in first: /console/login",
+    )
+        .into_response()
+}
+
+async fn login_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if console.session(&headers).is_some() {
+        return Redirect::to("/console").into_response();
+    }
+    pages::login(None).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    key: String,
+}
+
+/// Whether a form POST comes from this console's own pages: browsers send `Origin` on
+/// POSTs, and it must name the host the request was sent to (a sign-in form on another
+/// site must not sign a browser in).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    origin == format!("http://{host}") || origin == format!("https://{host}")
+}
+
+async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    if !same_origin(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-origin sign-in refused").into_response();
+    }
+    if form.key.len() > MAX_KEY_BYTES {
+        return (StatusCode::UNAUTHORIZED, pages::login(Some("unknown operator key"))).into_response();
+    }
+    let key = Some(form.key.trim()).filter(|k| !k.is_empty());
+    let operator = match console.operators.who(key) {
+        Ok(operator) => operator,
+        Err(refusal) => {
+            let message = match refusal {
+                tollgate_decision::OperatorRefusal::Missing => "enter your operator key",
+                other => other.message(),
+            };
+            tracing::info!(target: "tollgate::audit", "console sign-in refused: {message}");
+            return (StatusCode::UNAUTHORIZED, pages::login(Some(message))).into_response();
+        }
+    };
+    let session = Session {
+        o: operator,
+        s: uuid::Uuid::new_v4().simple().to_string(),
+        e: now_secs() + console.ttl.as_secs(),
+    };
+    tracing::info!(target: "tollgate::audit", operator = ?session.o, "console sign-in");
+    let mut response = Redirect::to("/console").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        console.set_cookie(&console.cookie_for(&session), console.ttl.as_secs()),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    let Some(session) = console.session(&headers) else {
+        return unauthorized();
+    };
+    if !console.csrf_ok(&session, &form.csrf) {
+        return csrf_refused();
+    }
+    console.revoke(&session);
+    tracing::info!(target: "tollgate::audit", operator = ?session.o, "console sign-out");
+    let mut response = Redirect::to("/console/login").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, console.set_cookie("", 0));
+    response
+}
+
+fn csrf_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "missing or invalid CSRF token: reload the page and try again",
+    )
+        .into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct HomeQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+async fn home(State(console): State<Arc<Console>>, headers: HeaderMap, Query(query): Query<HomeQuery>) -> Response {
+    let Some(session) = console.session(&headers) else {
+        return sign_in_required("sign in to open the console");
+    };
+    let approvals = console.engine.approvals().list().await;
+    let notice = query.done.as_deref().and_then(pages::notice);
+    let recent = console.engine.tail().map(|t| t.recent()).unwrap_or_default();
+    pages::home(&console, &session, approvals, &recent, notice).into_response()
+}
+
+#[derive(Deserialize)]
+struct ResolveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn resolve(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ResolveForm>,
+) -> Response {
+    let Some(session) = console.session(&headers) else {
+        return unauthorized();
+    };
+    if !console.csrf_ok(&session, &form.csrf) {
+        return csrf_refused();
+    }
+    let approve = match form.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return (StatusCode::BAD_REQUEST, "decision must be approve or deny").into_response(),
+    };
+    let reason = form.reason.trim();
+    if let Err(message) = check_reason(reason) {
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    }
+    let outcome = console.engine.resolve_approval(&id, approve, &session.o, reason).await;
+    let done = match outcome {
+        Ok(Resolution::Resolved(_)) => {
+            if approve {
+                "approved"
+            } else {
+                "denied"
+            }
+        }
+        Ok(Resolution::NotFound) => "missing",
+        Ok(Resolution::NotPending(_)) => "not_pending",
+        Err(e) => {
+            tracing::warn!("console: cannot resolve an approval: {e}");
+            "unavailable"
+        }
+    };
+    Redirect::to(&format!("/console?done={done}")).into_response()
+}
+
+/// Server-sent events for an open page: `approvals` (the rendered queue, when it changes)
+/// and `decision` (one rendered row per decision, the recent ones first).
+async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(session) = console.session(&headers) else {
+        return unauthorized();
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(EVENT_BUFFER);
+    let feed = console.engine.tail().cloned();
+    tokio::spawn(async move {
+        let mut decisions = feed.as_ref().map(|tail| tail.subscribe());
+        let mut last_approvals = String::new();
+        let mut ticker = tokio::time::interval(APPROVALS_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if console.session(&headers).is_none() || session.e <= now_secs() {
+                        let _ = tx.send(Event::default().event("signed-out").data("")).await;
+                        return;
+                    }
+                    let Ok(all) = console.engine.approvals().list().await else { continue };
+                    // Sent when an approval appears or changes state (ages tick in the page).
+                    let state: String = all.iter().map(|a| format!("{}:{:?};", a.id, a.status)).collect();
+                    if state != last_approvals {
+                        let rendered = pages::approvals(&console, &session, &all);
+                        if tx.send(Event::default().event("approvals").data(one_line(&rendered))).await.is_err() {
+                            return;
+                        }
+                        last_approvals = state;
+                    }
+                }
+                heard = async {
+                    match decisions.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match heard {
+                        Ok(record) => {
+                            let row = pages::decision_row(&console, &record);
+                            let event = Event::default().event("decision").data(one_line(&row));
+                            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => decisions = None,
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// SSE data lines may not hold newlines; the fragments' own are not needed.
+fn one_line(html: &str) -> String {
+    html.replace(['\r', '\n'], " ")
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct ExplainQuery {
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub grant: String,
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub args: String,
+}
+
+/// Longest explain input field.
+const MAX_EXPLAIN_FIELD: usize = 64 * 1024;
+
+async fn policy(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<ExplainQuery>,
+) -> Response {
+    let Some(session) = console.session(&headers) else {
+        return sign_in_required("sign in to open the console");
+    };
+    let asked = !query.name.is_empty() || !query.grant.is_empty();
+    let answer = asked.then(|| explain(&console, &query));
+    pages::policy(&console, &session, &query, answer).into_response()
+}
+
+/// The explain form's answer: the same lines as `tollgate policy explain`, or what is wrong
+/// with the question.
+fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>, String> {
+    let fields = [&query.name, &query.server, &query.grant, &query.agent, &query.args];
+    if fields.iter().any(|f| f.len() > MAX_EXPLAIN_FIELD) {
+        return Err(format!("each field is at most {MAX_EXPLAIN_FIELD} bytes"));
+    }
+    let kind = match query.kind.as_str() {
+        "" | "tool" => tollgate_policy::Kind::Tool,
+        "resource" => tollgate_policy::Kind::Resource,
+        "prompt" => tollgate_policy::Kind::Prompt,
+        _ => return Err("kind must be tool, resource or prompt".into()),
+    };
+    if query.name.is_empty() || query.grant.is_empty() {
+        return Err("name the tool (resource, prompt) and the grant".into());
+    }
+    let arguments = crate::explain::arguments(kind, Some(&query.args))?;
+    let policy = console.engine.policy();
+    Ok(crate::explain::explain(
+        &policy,
+        &query.server,
+        (kind, &query.name),
+        &query.grant,
+        &query.agent,
+        &arguments,
+    ))
+}

@@ -1,0 +1,327 @@
+//! The operators' console over plain HTTP (the browser test, `console_browser.rs`, drives it
+//! in Chromium): nothing answers without a session, state changes need the CSRF token,
+//! sign-in is refused from another origin and with a wrong key, the session cookie is
+//! HttpOnly and SameSite=Strict, agents' arguments are escaped, the explain form answers
+//! like the CLI, signing out revokes the session, and the decision tail of one replica
+//! shows another replica's decisions through Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use serde_json::json;
+use support::redis::RedisServer;
+use support::{Deployment, KEY_A, Mcp, Proc, refusal, run, sha256_hex, write_config};
+
+const OPERATOR_KEY: &str = "tg_operator_alice_key";
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "1m", "max": 10 }] },
+    "k8s_scale": { "action": "require_approval", "approval": { "timeout": "5m", "mode": "retry" } }
+  }
+}"#;
+
+fn operators() -> String {
+    format!(
+        "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n",
+        sha256_hex(OPERATOR_KEY)
+    )
+}
+
+/// A client that follows no redirects and keeps no cookies: each request shows exactly
+/// what the server answered.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Signs in at `admin` and returns the session cookie (`tg_console=…`).
+async fn sign_in(admin: &str) -> String {
+    let answer = client()
+        .post(format!("{admin}/console/login"))
+        .form(&[("key", OPERATOR_KEY)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let cookie = answer
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie")
+        .to_owned();
+    cookie.split(';').next().unwrap_or_default().to_owned()
+}
+
+async fn get(url: &str, cookie: Option<&str>) -> reqwest::Response {
+    let mut request = client().get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.expect("GET")
+}
+
+/// The page's CSRF token (the hidden field of the sign-out form).
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field")
+        .to_owned()
+}
+
+fn unescape(html: &str) -> String {
+    html.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("console-http");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    support::append(&config, &operators());
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("the admin listener");
+
+    // Nothing answers without a session: pages (with the sign-in form), events, changes.
+    let page = get(&format!("{admin}/console"), None).await;
+    assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
+    assert!(page.text().await.unwrap_or_default().contains("Operator key"));
+    for path in ["/console/events", "/console/policy"] {
+        assert_eq!(
+            get(&format!("{admin}{path}"), None).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    let change = client()
+        .post(format!("{admin}/console/approvals/apr_0"))
+        .form(&[("decision", "approve"), ("csrf", "00")])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(change.status(), StatusCode::UNAUTHORIZED);
+
+    // A wrong key, and a sign-in posted from another site, are refused.
+    let wrong = client()
+        .post(format!("{admin}/console/login"))
+        .form(&[("key", "not-a-key")])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers().get(SET_COOKIE).is_none());
+    let forged = client()
+        .post(format!("{admin}/console/login"))
+        .header("origin", "https://evil.example")
+        .form(&[("key", OPERATOR_KEY)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(forged.headers().get(SET_COOKIE).is_none());
+
+    // The right key: an HttpOnly, SameSite=Strict cookie scoped to the console.
+    let answer = client()
+        .post(format!("{admin}/console/login"))
+        .form(&[("key", OPERATOR_KEY)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers().get(LOCATION).unwrap(), "/console");
+    let set_cookie = answer.headers().get(SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    // A tampered cookie is no session.
+    let tampered = cookie.replacen("tg_console=e", "tg_console=f", 1);
+    assert_eq!(
+        get(&format!("{admin}/console"), Some(&tampered)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // An agent's call that needs approval, with markup in its arguments.
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let asked = agent
+        .call(
+            "k8s_scale",
+            json!({"namespace": "web", "name": "<script>alert(1)</script><img src=x onerror=alert(2)>", "replicas": 3}),
+        )
+        .await;
+    assert_eq!(
+        refusal(&asked).expect("held for approval")["verdict"],
+        "APPROVAL_REQUIRED"
+    );
+
+    let page = get(&format!("{admin}/console"), Some(&cookie)).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page
+        .headers()
+        .get(CONTENT_SECURITY_POLICY)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("k8s_scale") && html.contains("alice"),
+        "the queue and the operator"
+    );
+    assert!(
+        !html.contains("<script>alert") && !html.contains("<img src=x"),
+        "markup stays text"
+    );
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;"));
+
+    // State changes need the session's CSRF token.
+    let id = html
+        .split("data-id=\"apr_")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|hex| format!("apr_{hex}"))
+        .expect("a pending approval");
+    for csrf in ["", "00112233445566778899aabbccddeeff", "not hex"] {
+        let refused = client()
+            .post(format!("{admin}/console/approvals/{id}"))
+            .header("cookie", &cookie)
+            .form(&[("decision", "approve"), ("reason", "ok"), ("csrf", csrf)])
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "csrf {csrf:?}");
+    }
+    let csrf = csrf_of(&html);
+    let denied = client()
+        .post(format!("{admin}/console/approvals/{id}"))
+        .header("cookie", &cookie)
+        .form(&[("decision", "deny"), ("reason", "change freeze"), ("csrf", &csrf)])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(denied.status(), StatusCode::SEE_OTHER);
+    assert_eq!(denied.headers().get(LOCATION).unwrap(), "/console?done=denied");
+    let (_, listed, _) = run(&["approvals", "list", "--json", "--url", &admin, "--key", OPERATOR_KEY]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("approvals JSON");
+    assert_eq!(listed[0]["status"], "denied", "{listed}");
+    assert_eq!(listed[0]["resolved_by"], "alice", "{listed}");
+    assert_eq!(listed[0]["reason"], "change freeze", "{listed}");
+
+    // The explain form gives the CLI's answer, line for line.
+    let (code, cli, stderr) = run(&[
+        "policy",
+        "explain",
+        dir.join("policy.json").to_str().unwrap(),
+        "--tool",
+        "k8s_rollout_pause",
+        "--grant",
+        "a",
+        "--server",
+        "k8s",
+        "--args",
+        r#"{"namespace": "web"}"#,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let page = get(
+        &format!(
+            "{admin}/console/policy?kind=tool&name=k8s_rollout_pause&grant=a&server=k8s&args=%7B%22namespace%22%3A+%22web%22%7D"
+        ),
+        Some(&cookie),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    let shown = page
+        .split("<pre class=\"explain\" aria-labelledby=\"explained\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .expect("an answer");
+    assert_eq!(unescape(shown), cli.trim_end());
+    assert!(page.contains("Generation") && page.contains("k8s_rollout_pause"));
+
+    // Signing out revokes the session: the old cookie opens nothing any more.
+    let out = client()
+        .post(format!("{admin}/console/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", &csrf)])
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(
+        out.headers()
+            .get(SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        get(&format!("{admin}/console"), Some(&cookie)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&format!("{admin}/console/events"), Some(&cookie)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn each_replica_shows_every_replicas_decisions_through_redis() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{}",
+        redis.url(),
+        operators()
+    );
+    let mut deployment = Deployment::start("console-tail", POLICY, &store, 2, 1);
+    // Watch replica 1's tail; the edge asks replica 0 first.
+    let watched = deployment.admins[1].clone();
+    let cookie = sign_in(&watched).await;
+    let events = get(&format!("{watched}/console/events"), Some(&cookie)).await;
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut body = events.bytes_stream();
+
+    let mut agent = Mcp::new(&deployment.edges[0], KEY_A);
+    agent.initialize().await;
+    agent
+        .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+        .await;
+    agent.call("k8s_delete_namespace", json!({"namespace": "prod"})).await;
+
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(seen.contains("data-verdict=\"ALLOW\"") && seen.contains("data-verdict=\"DENY\"")) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no decisions in replica 1's tail within 10 s:\n{seen}"));
+        let Some(Ok(chunk)) = chunk else {
+            panic!("the event stream ended:\n{seen}")
+        };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: decision"), "{seen}");
+    assert!(seen.contains("k8s_delete_namespace") && seen.contains("k8s_rollout_pause"));
+    // Each row names the replica that decided (host/pid): replica 0, not the watched one.
+    let replica0 = format!("/{}</dd>", deployment.process("decision-0").pid());
+    assert!(seen.contains(&replica0), "decided by replica 0 ({replica0}):\n{seen}");
+}
