@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite, from a fresh clone on a machine with only the Rust toolchain.
-# Installs what the tests need (redis-server and redis-cli, libfaketime, Node.js for the
-# official MCP SDK client and server-everything, Python for the MCP Python SDK and a stdio
+# Installs what the tests need (redis-server and redis-cli, libfaketime, Chromium for the
+# console's browser test, Node.js for the official MCP SDK client, server-everything and
+# puppeteer-core, Python for the MCP Python SDK and a stdio
 # server from PyPI, the MCP conformance suite with Node.js 22), then checks
 # formatting and lints and runs every test.
 # CI (.ci/run) calls exactly this.
@@ -26,6 +27,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
 # The Debian package may start a system redis-server; the tests start their own on free ports.
+
+# Headless Chromium for the console's browser test (tests/console_browser.rs), driven by
+# puppeteer-core (installed with tests/interop below, without a browser download).
+if ! command -v chromium >/dev/null; then
+  echo "==> installing chromium (Debian package)"
+  apt_install chromium
+fi
 
 # Node.js + npm run the MCP TypeScript SDK client of tests/sdk_interop.rs.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

@@ -363,6 +363,7 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             }
             let (store, _, _) = config.store.build()?;
             operators(&config)?;
+            config.console.check()?;
             println!(
                 "decision: ok (policy {}, {} store, {} operators)",
                 settings.policy.display(),

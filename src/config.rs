@@ -81,6 +81,27 @@ fn default_session_ttl_secs() -> u64 {
     8 * 3600
 }
 
+impl ConsoleSettings {
+    /// A configured secret must be at least 32 characters, a trace URL an http(s) URL with
+    /// `{trace_id}`, sessions must last.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.session_secret.as_ref().is_some_and(|s| s.0.len() < 32) {
+            bail!("console.session_secret must be at least 32 characters (tollgate keygen prints one)");
+        }
+        if let Some(url) = &self.trace_url
+            && !(url.contains("{trace_id}") && (url.starts_with("http://") || url.starts_with("https://")))
+        {
+            bail!(
+                "console.trace_url must be an http(s) URL containing {{trace_id}}, e.g. http://localhost:16686/trace/{{trace_id}}"
+            );
+        }
+        if self.session_ttl_secs == 0 {
+            bail!("console.session_ttl_secs must be above 0");
+        }
+        Ok(())
+    }
+}
+
 impl Default for ConsoleSettings {
     fn default() -> Self {
         ConsoleSettings {

@@ -258,6 +258,36 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
     assert_eq!(unescape(shown), cli.trim_end());
     assert!(page.contains("Generation") && page.contains("k8s_rollout_pause"));
 
+    // Counters: read from the store without taking anything.
+    let counters_url = format!("{admin}/console/counters?kind=tool&name=k8s_rollout_pause&grant=a&server=k8s&args=");
+    for _ in 0..2 {
+        let paused = agent
+            .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+            .await;
+        assert!(refusal(&paused).is_none(), "{paused}");
+    }
+    for expected in ["2 of 10 used", "2 of 10 used"] {
+        let page = get(&counters_url, Some(&cookie)).await.text().await.unwrap();
+        assert!(page.contains(expected), "reading twice takes nothing: {page}");
+    }
+    agent
+        .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
+        .await;
+    let page = get(&counters_url, Some(&cookie)).await.text().await.unwrap();
+    assert!(
+        page.contains("3 of 10 used") && page.contains("10 per 1m per grant"),
+        "{page}"
+    );
+    let page = get(
+        &format!("{admin}/console/counters?name=k8s_delete_namespace&grant=a"),
+        Some(&cookie),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(page.contains("takes no counters"), "{page}");
+
     // Signing out revokes the session: the old cookie opens nothing any more.
     let out = client()
         .post(format!("{admin}/console/logout"))
@@ -321,6 +351,17 @@ async fn each_replica_shows_every_replicas_decisions_through_redis() {
     }
     assert!(seen.contains("event: decision"), "{seen}");
     assert!(seen.contains("k8s_delete_namespace") && seen.contains("k8s_rollout_pause"));
+    // Counters are read from Redis, where the edge's decisions took them.
+    let counters = get(
+        &format!("{watched}/console/counters?name=k8s_rollout_pause&grant=a&server=k8s"),
+        Some(&cookie),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(counters.contains("1 of 10 used"), "{counters}");
+
     // Each row names the replica that decided (host/pid): replica 0, not the watched one.
     let replica0 = format!("/{}</dd>", deployment.process("decision-0").pid());
     assert!(seen.contains(&replica0), "decided by replica 0 ({replica0}):\n{seen}");

@@ -84,10 +84,8 @@ impl Console {
         operators: Operators,
         status: Arc<PolicyStatus>,
     ) -> anyhow::Result<Console> {
+        settings.check()?;
         let key = match &settings.session_secret {
-            Some(secret) if secret.0.len() < 32 => {
-                anyhow::bail!("console.session_secret must be at least 32 characters (tollgate keygen prints one)")
-            }
             Some(secret) => secret.0.as_bytes().to_vec(),
             None => {
                 let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
@@ -95,16 +93,6 @@ impl Console {
                 key
             }
         };
-        if let Some(url) = &settings.trace_url
-            && !(url.contains("{trace_id}") && (url.starts_with("http://") || url.starts_with("https://")))
-        {
-            anyhow::bail!(
-                "console.trace_url must be an http(s) URL containing {{trace_id}}, e.g. http://localhost:16686/trace/{{trace_id}}"
-            );
-        }
-        if settings.session_ttl_secs == 0 {
-            anyhow::bail!("console.session_ttl_secs must be above 0");
-        }
         Ok(Console {
             engine,
             operators,
@@ -210,6 +198,7 @@ pub fn router(console: Arc<Console>) -> axum::Router {
         .route("/console/events", get(events))
         .route("/console/approvals/{id}", post(resolve))
         .route("/console/policy", get(policy))
+        .route("/console/counters", get(counters))
         .route(
             "/console/assets/console.css",
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
@@ -234,7 +223,8 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// Every console answer: only this origin's script and style, no framing, no caching of
-/// pages, no sniffing, no referrer.
+/// pages, no sniffing, no referrer beyond this origin (a referrer policy of no-referrer
+/// would make browsers send `Origin: null` on the sign-in form, which [`same_origin`] refuses).
 async fn secure_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
@@ -245,7 +235,7 @@ async fn secure_headers(mut response: Response) -> Response {
         ),
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -520,9 +510,44 @@ async fn policy(
     pages::policy(&console, &session, &query, answer).into_response()
 }
 
-/// The explain form's answer: the same lines as `tollgate policy explain`, or what is wrong
-/// with the question.
-fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>, String> {
+async fn counters(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<ExplainQuery>,
+) -> Response {
+    let Some(session) = console.session(&headers) else {
+        return sign_in_required("sign in to open the console");
+    };
+    let asked = !query.name.is_empty() || !query.grant.is_empty();
+    let answer = if asked {
+        match question(&query) {
+            Ok((kind, arguments)) => {
+                let agent = if query.agent.is_empty() {
+                    &query.grant
+                } else {
+                    &query.agent
+                };
+                let call = tollgate_policy::Call {
+                    server: &query.server,
+                    tool: &query.name,
+                    grant: &query.grant,
+                    agent,
+                    session: "",
+                    arguments: &arguments,
+                    annotations: Default::default(),
+                };
+                Some(console.engine.counter_use(&call, kind).await)
+            }
+            Err(message) => Some(Err(message)),
+        }
+    } else {
+        None
+    };
+    pages::counters(&console, &session, &query, answer).into_response()
+}
+
+/// The explain and counters forms' question: the kind and the arguments, checked.
+fn question(query: &ExplainQuery) -> Result<(tollgate_policy::Kind, serde_json::Value), String> {
     let fields = [&query.name, &query.server, &query.grant, &query.agent, &query.args];
     if fields.iter().any(|f| f.len() > MAX_EXPLAIN_FIELD) {
         return Err(format!("each field is at most {MAX_EXPLAIN_FIELD} bytes"));
@@ -536,7 +561,13 @@ fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>, Strin
     if query.name.is_empty() || query.grant.is_empty() {
         return Err("name the tool (resource, prompt) and the grant".into());
     }
-    let arguments = crate::explain::arguments(kind, Some(&query.args))?;
+    Ok((kind, crate::explain::arguments(kind, Some(&query.args))?))
+}
+
+/// The explain form's answer: the same lines as `tollgate policy explain`, or what is wrong
+/// with the question.
+fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>, String> {
+    let (kind, arguments) = question(query)?;
     let policy = console.engine.policy();
     Ok(crate::explain::explain(
         &policy,

@@ -41,12 +41,13 @@ fn layout(title: &str, session: Option<(&Session, &str)>, current: &str, body: &
         };
         let _ = write!(
             nav,
-            "<nav aria-label=\"Console\">{}{}</nav>\
+            "<nav aria-label=\"Console\">{}{}{}</nav>\
              <form class=\"signout\" method=\"post\" action=\"/console/logout\">\
              <span class=\"who\">Signed in as <strong>{}</strong></span>\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\" class=\"quiet\">Sign out</button></form>",
             link("/console", "Approvals &amp; decisions"),
+            link("/console/counters", "Counters"),
             link("/console/policy", "Policy"),
             esc(&session.o),
             esc(csrf),
@@ -229,13 +230,14 @@ fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
     out
 }
 
-/// Arguments JSON pretty-printed (as text; escaped by the caller's `esc`).
+/// Arguments JSON pretty-printed and escaped, its line breaks as character references (the
+/// fragment travels as one SSE data line).
 fn pretty(arguments: &str) -> String {
     let text = serde_json::from_str::<serde_json::Value>(arguments)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| arguments.to_owned());
-    esc(&text)
+    esc(&text).replace('\n', "&#10;")
 }
 
 fn span(ms: u64) -> String {
@@ -306,6 +308,89 @@ pub fn decision_row(console: &Console, r: &DecisionRecord) -> String {
     )
 }
 
+/// The question fields shared by the explain and counters forms.
+fn question_fields(query: &ExplainQuery) -> String {
+    let kinds = [
+        ("tool", "tools/call"),
+        ("resource", "resources/read"),
+        ("prompt", "prompts/get"),
+    ]
+    .iter()
+    .map(|(value, label)| {
+        let selected = if query.kind == *value { " selected" } else { "" };
+        format!("<option value=\"{value}\"{selected}>{label}</option>")
+    })
+    .collect::<String>();
+    format!(
+        "<label>Method <select name=\"kind\">{kinds}</select></label>\
+         <label>Tool, resource URI or prompt <input name=\"name\" value=\"{name}\" required></label>\
+         <label>Server <input name=\"server\" value=\"{server}\"></label>\
+         <label>Grant <input name=\"grant\" value=\"{grant}\" required></label>\
+         <label>Agent <input name=\"agent\" value=\"{agent}\" placeholder=\"the grant's\"></label>\
+         <label class=\"wide\">Arguments (JSON object) <textarea name=\"args\" rows=\"3\">{args}</textarea></label>",
+        name = esc(&query.name),
+        server = esc(&query.server),
+        grant = esc(&query.grant),
+        agent = esc(&query.agent),
+        args = esc(&query.args),
+    )
+}
+
+pub fn counters(
+    console: &Console,
+    session: &Session,
+    query: &ExplainQuery,
+    answer: Option<Result<Vec<tollgate_decision::CounterUse>, String>>,
+) -> Html<String> {
+    let csrf = console.csrf(session);
+    let result = match answer {
+        None => String::new(),
+        Some(Err(message)) => format!("<p class=\"alert\" role=\"alert\">{}</p>", esc(&message)),
+        Some(Ok(used)) if used.is_empty() => {
+            "<p class=\"notice\" role=\"status\">The rule that decides this call takes no counters.</p>".to_owned()
+        }
+        Some(Ok(used)) => {
+            let mut rows = String::new();
+            for c in &used {
+                let taken = c.max.saturating_sub(c.remaining);
+                let empty = if taken == 0 {
+                    "now".to_owned()
+                } else {
+                    format!("in {}", span(c.empty_in.as_millis() as u64))
+                };
+                let _ = write!(
+                    rows,
+                    "<tr><td class=\"tool\">{counter}</td><td>{limit} ({algorithm})</td>\
+                     <td><meter min=\"0\" max=\"{max}\" value=\"{taken}\" aria-label=\"{counter} use\"></meter> \
+                     <span class=\"use\">{taken} of {max} used</span></td><td>{remaining}</td><td>{empty}</td>\
+                     <td><code>{key}</code></td></tr>",
+                    counter = esc(&c.counter),
+                    limit = esc(&c.limit),
+                    algorithm = esc(&c.algorithm),
+                    max = c.max,
+                    remaining = c.remaining,
+                    key = esc(&c.key),
+                );
+            }
+            format!(
+                "<h2 id=\"counters-answer\">Counters of this call</h2><table class=\"counters\" aria-labelledby=\"counters-answer\">\
+                 <thead><tr><th scope=\"col\">Counter</th><th scope=\"col\">Limit</th><th scope=\"col\">Use</th>\
+                 <th scope=\"col\">Left</th><th scope=\"col\">Empty</th><th scope=\"col\">Key</th></tr></thead>\
+                 <tbody>{rows}</tbody></table>"
+            )
+        }
+    };
+    let body = format!(
+        "<section class=\"panel\" aria-labelledby=\"counters-title\"><h1 id=\"counters-title\">Counters</h1>\
+         <p class=\"hint\">Each counter a call would take, read from the store now, without taking anything. \
+         Counters are per key: name the grant (and the tool, server, arguments its limits are scoped by).</p>\
+         <form method=\"get\" action=\"/console/counters\" class=\"explain-form\">{fields}\
+         <button type=\"submit\">Show counters</button></form>{result}</section>",
+        fields = question_fields(query),
+    );
+    layout("Counters", Some((session, &csrf)), "/console/counters", &body)
+}
+
 pub fn policy(
     console: &Console,
     session: &Session,
@@ -327,17 +412,6 @@ pub fn policy(
         ),
         None => "<p class=\"hint\">Loaded at start; not reloaded since.</p>".to_owned(),
     };
-    let kinds = [
-        ("tool", "tools/call"),
-        ("resource", "resources/read"),
-        ("prompt", "prompts/get"),
-    ]
-    .iter()
-    .map(|(value, label)| {
-        let selected = if query.kind == *value { " selected" } else { "" };
-        format!("<option value=\"{value}\"{selected}>{label}</option>")
-    })
-    .collect::<String>();
     let result = match answer {
         None => String::new(),
         Some(Ok(lines)) => format!(
@@ -350,23 +424,13 @@ pub fn policy(
         "<section class=\"panel\" aria-labelledby=\"explain-title\"><h1 id=\"explain-title\">Explain a call</h1>\
          <p class=\"hint\">Which rule decides a call and what it would take, from the policy in force: the same answer \
          as <code>tollgate policy explain</code>.</p>\
-         <form method=\"get\" action=\"/console/policy\" class=\"explain-form\">\
-         <label>Method <select name=\"kind\">{kinds}</select></label>\
-         <label>Tool, resource URI or prompt <input name=\"name\" value=\"{name}\" required></label>\
-         <label>Server <input name=\"server\" value=\"{server}\"></label>\
-         <label>Grant <input name=\"grant\" value=\"{grant}\" required></label>\
-         <label>Agent <input name=\"agent\" value=\"{agent}\" placeholder=\"the grant's\"></label>\
-         <label class=\"wide\">Arguments (JSON object) <textarea name=\"args\" rows=\"3\">{args}</textarea></label>\
+         <form method=\"get\" action=\"/console/policy\" class=\"explain-form\">{fields}\
          <button type=\"submit\">Explain</button></form>{result}</section>\
          <section class=\"panel\" aria-labelledby=\"policy-title\"><h1 id=\"policy-title\">Policy in force</h1>\
          <dl class=\"facts\"><dt>File</dt><dd><code>{path}</code></dd><dt>Generation</dt><dd id=\"generation\">{generation}</dd>\
          <dt>Installed</dt><dd>{installed} UTC</dd><dt>Digest</dt><dd><code>{digest:016x}</code></dd></dl>{reload}\
          <pre class=\"source\" aria-label=\"Policy source\">{source}</pre></section>",
-        name = esc(&query.name),
-        server = esc(&query.server),
-        grant = esc(&query.grant),
-        agent = esc(&query.agent),
-        args = esc(&query.args),
+        fields = question_fields(query),
         path = esc(&active.path),
         generation = active.generation,
         installed = clock(active.installed_ms),

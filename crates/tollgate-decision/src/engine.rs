@@ -43,6 +43,21 @@ pub struct Engine {
     tail: Option<Arc<DecisionTail>>,
 }
 
+/// One counter's use, read from the store (see [`Engine::counter_use`]).
+#[derive(Debug, Clone)]
+pub struct CounterUse {
+    pub counter: String,
+    /// The concrete key (counter name and scope values).
+    pub key: String,
+    /// "10 per minute per grant".
+    pub limit: String,
+    pub algorithm: String,
+    pub max: u64,
+    pub remaining: u64,
+    /// Until the window holds no hits at all.
+    pub empty_in: Duration,
+}
+
 /// Counter keys a replica remembers as full, by default.
 pub const DEFAULT_FULL_CACHE_ENTRIES: usize = 100_000;
 
@@ -75,6 +90,56 @@ impl Engine {
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
+    }
+
+    /// Each counter a call would take, as the store holds it now, without taking anything:
+    /// every hit is asked for more than its `max` with no request id, which every store
+    /// refuses without writing, answering each counter as it stands. Empty when the rule
+    /// that decides the call takes no counters (or denies it).
+    pub async fn counter_use(&self, call: &Call<'_>, kind: Kind) -> Result<Vec<CounterUse>, String> {
+        let policy = self.policy.load();
+        let rule = policy.rule_for_subject(kind, call.server, call.tool, call.grant, call.annotations);
+        if rule.action == Action::Deny {
+            return Ok(Vec::new());
+        }
+        let hits = policy.counter_hits(rule, call);
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: Vec<Hit> = hits
+            .iter()
+            .map(|h| Hit {
+                cost: h.limit.max.saturating_add(1),
+                ..store_hit(h)
+            })
+            .collect();
+        let admission = match tokio::time::timeout(self.store_timeout, self.store.acquire("", &asked)).await {
+            Ok(Ok(admission)) => admission,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "the counter store did not answer within {:?}",
+                    self.store_timeout
+                ));
+            }
+        };
+        if admission.admitted {
+            // Cannot happen (every hit asks for more than its max); never report it as use.
+            return Err("the counter store admitted a read; not shown".into());
+        }
+        Ok(hits
+            .iter()
+            .zip(&admission.counters)
+            .map(|(hit, status)| CounterUse {
+                counter: hit.limit.counter.clone(),
+                key: hit.key.clone(),
+                limit: hit.limit.describe(),
+                algorithm: hit.limit.algorithm.to_string(),
+                max: hit.limit.max,
+                remaining: status.remaining.min(hit.limit.max),
+                empty_in: status.reset_after,
+            })
+            .collect())
     }
 
     /// Remember at most `entries` counter keys as full (`[decision] full_cache_entries`);

@@ -17,7 +17,7 @@ mod tail;
 pub use approvals::{
     MAX_REASON_BYTES, MAX_WAIT, OperatorRefusal, OperatorSettings, Operators, approval_message, check_reason,
 };
-pub use engine::{DEFAULT_FULL_CACHE_ENTRIES, Engine};
+pub use engine::{CounterUse, DEFAULT_FULL_CACHE_ENTRIES, Engine};
 // The decision API, re-exported for callers that link the whole service.
 pub use reload::{ActivePolicy, PolicyStatus, watch_policy};
 pub use service::{DecisionSettings, ServeOptions, ServiceLimits, serve};
