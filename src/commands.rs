@@ -179,7 +179,7 @@ async fn serve_admin(
     if config.console.enabled {
         let console =
             crate::console::Console::new(&config.console, engine.clone(), operators(config)?, status.clone())?;
-        router = router.merge(crate::console::router(Arc::new(console)));
+        router = router.merge(crate::console::router(console.start()));
     }
     engine.spawn_pending_gauge();
     let listener = bind(

@@ -319,9 +319,10 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
 async fn each_replica_shows_every_replicas_decisions_through_redis() {
     let redis = RedisServer::start();
     let store = format!(
-        "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{}",
+        "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{}\n[console]\nsession_secret = \"{}\"\n",
         redis.url(),
-        operators()
+        operators(),
+        "s".repeat(40)
     );
     let mut deployment = Deployment::start("console-tail", POLICY, &store, 2, 1);
     // Watch replica 1's tail; the edge asks replica 0 first.
@@ -365,4 +366,31 @@ async fn each_replica_shows_every_replicas_decisions_through_redis() {
     // Each row names the replica that decided (host/pid): replica 0, not the watched one.
     let replica0 = format!("/{}</dd>", deployment.process("decision-0").pid());
     assert!(seen.contains(&replica0), "decided by replica 0 ({replica0}):\n{seen}");
+
+    // With one session_secret, the session works on every replica; signing out on one
+    // revokes it on all of them.
+    let other = deployment.admins[0].clone();
+    let page = get(&format!("{other}/console"), Some(&cookie)).await;
+    assert_eq!(page.status(), StatusCode::OK, "the session works on replica 0 too");
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let out = client()
+        .post(format!("{other}/console/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", &csrf)])
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = get(&format!("{watched}/console"), Some(&cookie)).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica 1 still accepts a session signed out on replica 0: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -12,7 +12,8 @@
 //! operator, a session id and an expiry; every state change also needs the session's CSRF
 //! token (an HMAC of the session id). With `console.session_secret` set alike on every
 //! replica, a session works on all of them; signing out revokes the session on the replica
-//! that served it and clears the cookie.
+//! that served it and announces it on the store's broadcast channel, so every replica
+//! listening revokes it too, and clears the cookie.
 
 mod pages;
 
@@ -62,6 +63,15 @@ pub struct Console {
     trace_url: Option<String>,
     /// Signed-out session ids and when they would have expired (seconds since the epoch).
     revoked: Mutex<HashMap<String, u64>>,
+    /// Where sign-outs are announced to the other replicas (with the decision tail).
+    channel: Option<Arc<dyn tollgate_limiter::Broadcast>>,
+}
+
+/// A sign-out, announced to every replica.
+#[derive(Serialize, Deserialize)]
+struct SignedOut {
+    console_signed_out: String,
+    until: u64,
 }
 
 /// A signed-in operator.
@@ -102,7 +112,36 @@ impl Console {
             secure_cookie: settings.secure_cookie,
             trace_url: settings.trace_url.clone(),
             revoked: Mutex::default(),
+            channel: None,
         })
+    }
+
+    /// Hears sign-outs announced by other replicas (and announces this one's) on the decision
+    /// tail's channel, when the tail is on.
+    pub fn start(mut self) -> Arc<Console> {
+        self.channel = self.engine.tail().map(|tail| tail.channel().clone());
+        let console = Arc::new(self);
+        if let Some(channel) = &console.channel {
+            let mut heard = channel.subscribe();
+            let weak = Arc::downgrade(&console);
+            tokio::spawn(async move {
+                loop {
+                    let message = match heard.recv().await {
+                        Ok(message) => message,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    let Some(console) = weak.upgrade() else { return };
+                    if message.starts_with('{')
+                        && let Ok(out) = serde_json::from_str::<SignedOut>(&message)
+                        && out.console_signed_out.len() <= 64
+                    {
+                        console.remember_revoked(out.console_signed_out, out.until);
+                    }
+                }
+            });
+        }
+        console
     }
 
     fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
@@ -165,7 +204,23 @@ impl Console {
         .unwrap_or_else(|_| HeaderValue::from_static("tg_console=; Path=/console; Max-Age=0"))
     }
 
-    fn revoke(&self, session: &Session) {
+    /// Revokes `session` here and announces it to the other replicas.
+    async fn revoke(&self, session: &Session) {
+        self.remember_revoked(session.s.clone(), session.e);
+        if let Some(channel) = &self.channel {
+            let announcement = SignedOut {
+                console_signed_out: session.s.clone(),
+                until: session.e,
+            };
+            if let Ok(message) = serde_json::to_string(&announcement)
+                && let Err(e) = channel.publish(message).await
+            {
+                tracing::warn!("console: cannot announce a sign-out to the other replicas: {e}");
+            }
+        }
+    }
+
+    fn remember_revoked(&self, session_id: String, until: u64) {
         let now = now_secs();
         let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         revoked.retain(|_, expiry| *expiry > now);
@@ -174,7 +229,7 @@ impl Console {
         {
             revoked.remove(&oldest);
         }
-        revoked.insert(session.s.clone(), session.e);
+        revoked.insert(session_id, until);
     }
 
     fn trace_link(&self, trace_id: &str) -> Option<String> {
@@ -330,7 +385,7 @@ async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, Form(fo
     if !console.csrf_ok(&session, &form.csrf) {
         return csrf_refused();
     }
-    console.revoke(&session);
+    console.revoke(&session).await;
     tracing::info!(target: "tollgate::audit", operator = ?session.o, "console sign-out");
     let mut response = Redirect::to("/console/login").into_response();
     response

@@ -100,6 +100,7 @@ pub struct DecisionTail {
     recent: Mutex<VecDeque<Arc<DecisionRecord>>>,
     live: broadcast::Sender<Arc<DecisionRecord>>,
     replica: String,
+    channel: Arc<dyn Broadcast>,
 }
 
 impl DecisionTail {
@@ -110,6 +111,7 @@ impl DecisionTail {
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             live: broadcast::channel(1024).0,
             replica,
+            channel: channel.clone(),
         });
         let heard = channel.subscribe();
         tokio::spawn(publish(Arc::downgrade(&tail), channel));
@@ -119,6 +121,12 @@ impl DecisionTail {
 
     pub fn replica(&self) -> &str {
         &self.replica
+    }
+
+    /// The cluster-wide channel the batches travel on (the console also announces signed-out
+    /// sessions there; batches are JSON arrays, other messages are objects).
+    pub fn channel(&self) -> &Arc<dyn Broadcast> {
+        &self.channel
     }
 
     /// Queues a decision for the next batch, or skips it when the batch is full.
@@ -204,6 +212,9 @@ async fn listen(tail: std::sync::Weak<DecisionTail>, mut heard: broadcast::Recei
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(tail) = tail.upgrade() else { return };
+        if !message.starts_with('[') {
+            continue; // not a batch of decisions
+        }
         match serde_json::from_str::<Vec<DecisionRecord>>(&message) {
             Ok(records) => tail.heard(records),
             Err(e) => tracing::debug!("console tail: ignoring an unreadable message: {e}"),
