@@ -154,8 +154,13 @@ fn tollgate_check(rendered: &Rendered, role: &str, secret: &BTreeMap<&str, Strin
         let value = match var["value"].as_str() {
             Some(value) => value.to_owned(),
             None => {
-                let key = var["valueFrom"]["secretKeyRef"]["key"].as_str().expect("secret key");
-                secret.get(key).unwrap_or_else(|| panic!("secret key {key}")).clone()
+                let reference = &var["valueFrom"]["secretKeyRef"];
+                let key = reference["key"].as_str().expect("secret key");
+                match secret.get(key) {
+                    Some(value) => value.clone(),
+                    None if reference["optional"].as_bool() == Some(true) => continue,
+                    None => panic!("secret key {key}"),
+                }
             }
         };
         command.env(name, value);
@@ -176,13 +181,14 @@ fn sha256_hex(text: &str) -> String {
 
 const TOKEN: &str = "tg_0913d299ef99bcb8c0ce4b6c29f893a30dd93ecba3df4c64b4111594bc0c727f";
 const SESSION_KEY: &str = "tg_f19e330716634f8e9023c0addcfb81d628cf80301bdb4f408ece01afeb1446f6";
+const CONSOLE_SECRET: &str = "tg_5b0c1f0e8a2d4e7f9a6b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
 
 #[test]
 fn the_chart_with_default_values_renders_valid_hardened_objects() {
     let rendered = render(
         "helm-default",
         &json!({
-            "secrets": {"clusterToken": TOKEN, "sessionKeys": [SESSION_KEY]},
+            "secrets": {"clusterToken": TOKEN, "sessionKeys": [SESSION_KEY], "consoleSecret": CONSOLE_SECRET},
             "redis": {"url": "redis://redis.tollgate:6379"},
             "grants": [{"name": "demo", "agent": "demo-agent", "key_sha256": sha256_hex("tg_demo_key")}],
         }),
@@ -260,7 +266,12 @@ fn the_chart_with_default_values_renders_valid_hardened_objects() {
     let secret = BTreeMap::from([
         ("cluster-token", TOKEN.to_owned()),
         ("session-keys", SESSION_KEY.to_owned()),
+        ("console-session-secret", CONSOLE_SECRET.to_owned()),
     ]);
+    assert_eq!(
+        rendered.get("Secret/tg-tollgate-secrets")["stringData"]["console-session-secret"].as_str(),
+        Some(CONSOLE_SECRET)
+    );
     tollgate_check(&rendered, "edge", &secret);
     tollgate_check(&rendered, "decision", &secret);
     let config = rendered.get("ConfigMap/tg-tollgate-config")["data"]["tollgate.toml"]
