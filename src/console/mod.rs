@@ -469,8 +469,9 @@ async fn resolve(
     Redirect::to(&format!("/console?done={done}")).into_response()
 }
 
-/// Server-sent events for an open page: `approvals` (the rendered queue, when it changes)
-/// and `decision` (one rendered row per decision, the recent ones first).
+/// Server-sent events for an open page: `approvals` (the rendered queue, when it changes:
+/// compared every [`APPROVALS_EVERY`], and at once when a decision that asked for an approval
+/// is heard) and `decision` (one rendered row per decision).
 async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some(session) = console.session(&headers) else {
         return unauthorized();
@@ -508,6 +509,11 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
                 } => {
                     match heard {
                         Ok(record) => {
+                            // A call asked for (or used) an approval: look at the queue now
+                            // rather than at the next tick.
+                            if record.verdict == "APPROVAL_REQUIRED" || !record.approval_id.is_empty() {
+                                ticker.reset_immediately();
+                            }
                             let row = pages::decision_row(&console, &record);
                             let event = Event::default().event("decision").data(one_line(&row));
                             if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
