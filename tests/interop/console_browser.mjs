@@ -100,7 +100,7 @@ try {
   check(!approved.isError, `the call went through: ${JSON.stringify(approved)}`);
   check(textOf(approved).includes("replicas"), `the upstream answered: ${textOf(approved)}`);
 
-  step("deny with a reason: the reason reaches the client");
+  step("deny with a reason, by keyboard only: the reason reaches the client");
   await page.waitForFunction(() => document.getElementById("live").textContent === "live", { timeout: 5000 });
   const second = alice.callTool(
     { name: "k8s_scale", arguments: { namespace: "web", name: "api", replicas: 30 } },
@@ -108,8 +108,13 @@ try {
     { timeout: 60000 },
   );
   await page.waitForSelector("li.approval", { timeout: 5000 });
-  await page.type("li.approval input[name=reason]", "change freeze until Monday");
-  await Promise.all([page.waitForNavigation(), page.click("li.approval button.deny")]);
+  await page.focus("li.approval input[name=reason]");
+  await page.keyboard.type("change freeze until Monday");
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Tab");
+  const focused = await page.evaluate(() => document.activeElement && document.activeElement.textContent);
+  check(focused === "Deny", `Tab from the reason reaches Approve, then Deny: ${focused}`);
+  await Promise.all([page.waitForNavigation(), page.keyboard.press("Enter")]);
   const denied = await second;
   check(denied.isError === true, `denied: ${JSON.stringify(denied)}`);
   check(textOf(denied).includes("change freeze until Monday"), `the reason: ${textOf(denied)}`);
