@@ -86,6 +86,22 @@ fn unescape(html: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// GETs `url` until its page contains `marker` (5 s at most).
+async fn wait_for_page(url: &str, cookie: &str, marker: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = get(url, Some(cookie)).await.text().await.unwrap_or_default();
+        if page.contains(marker) {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {marker:?} in {url}:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert() {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
@@ -287,6 +303,23 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
     .await
     .unwrap();
     assert!(page.contains("takes no counters"), "{page}");
+
+    // The policy page follows reloads: a rejected one shows its diagnostics (file:line) while
+    // generation 1 stays in force; a good one becomes generation 2.
+    let policy_url = format!("{admin}/console/policy");
+    let policy_file = dir.join("policy.json");
+    std::fs::write(&policy_file, "{\"version\": \"1\",\n \"default\": \"maybe\"}").expect("write");
+    let rejected = wait_for_page(&policy_url, &cookie, "last reload was rejected").await;
+    assert!(
+        rejected.contains("policy.json:2:") && rejected.contains("id=\"generation\">1<"),
+        "{rejected}"
+    );
+    std::fs::write(&policy_file, POLICY.replace("\"max\": 10", "\"max\": 20")).expect("write");
+    let installed = wait_for_page(&policy_url, &cookie, "id=\"generation\">2<").await;
+    assert!(
+        installed.contains("&quot;max&quot;: 20") && !installed.contains("rejected"),
+        "{installed}"
+    );
 
     // Signing out revokes the session: the old cookie opens nothing any more.
     let out = client()
