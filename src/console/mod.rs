@@ -555,6 +555,13 @@ pub(crate) struct ExplainQuery {
     pub args: String,
 }
 
+impl ExplainQuery {
+    /// Whether the form was sent (a page opened without a question shows the form only).
+    fn asked(&self) -> bool {
+        !self.name.is_empty() || !self.grant.is_empty()
+    }
+}
+
 /// Longest explain input field.
 const MAX_EXPLAIN_FIELD: usize = 64 * 1024;
 
@@ -566,8 +573,7 @@ async fn policy(
     let Some(session) = console.session(&headers) else {
         return sign_in_required("sign in to open the console");
     };
-    let asked = !query.name.is_empty() || !query.grant.is_empty();
-    let answer = asked.then(|| explain(&console, &query));
+    let answer = query.asked().then(|| explain(&console, &query));
     pages::policy(&console, &session, &query, answer).into_response()
 }
 
@@ -579,8 +585,7 @@ async fn counters(
     let Some(session) = console.session(&headers) else {
         return sign_in_required("sign in to open the console");
     };
-    let asked = !query.name.is_empty() || !query.grant.is_empty();
-    let answer = if asked {
+    let answer = if query.asked() {
         match question(&query) {
             Ok((kind, arguments)) => {
                 let agent = if query.agent.is_empty() {

@@ -74,6 +74,21 @@ pub async fn serve_tls(
     Ok(())
 }
 
+/// Serves a hyper connection until it closes, or until the server stops: then it finishes
+/// the requests in flight (both connection kinds have `graceful_shutdown`, no shared trait).
+macro_rules! until_stopped {
+    ($connection:expr, $stopped:expr) => {{
+        let mut connection = std::pin::pin!($connection);
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = $stopped.changed() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }};
+}
+
 /// HTTP/1.1 (or HTTP/2, when `limits.http2`) on one accepted connection (plain or TLS)
 /// until it closes or the server stops.
 async fn serve_connection<IO>(
@@ -103,15 +118,7 @@ async fn serve_connection<IO>(
             .header_read_timeout(limits.handshake_timeout)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        let mut connection = std::pin::pin!(connection);
-        tokio::select! {
-            _ = connection.as_mut() => {}
-            _ = stopped.changed() => {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
-            }
-        }
+        until_stopped!(builder.serve_connection(TokioIo::new(io), service), stopped);
         return;
     }
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -119,13 +126,5 @@ async fn serve_connection<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.handshake_timeout)
         .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = stopped.changed() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
-    }
+    until_stopped!(builder.serve_connection(TokioIo::new(io), service), stopped);
 }
