@@ -236,7 +236,10 @@ impl Engine {
         span.record(tollgate_api::subject_attribute(request.kind()), request.tool.as_str());
         tollgate_telemetry::propagation::set_parent(&span, parent);
         let parsed = parse_json(&request.arguments_json);
-        let digest = if !span.is_disabled() || self.tail.is_some() {
+        // The console's tail takes this decision only while its batch has room (checked once,
+        // here: beyond that, nothing is built for it).
+        let tail = self.tail.as_ref().filter(|t| t.has_room());
+        let digest = if !span.is_disabled() || tail.is_some() {
             arguments_digest(&parsed, &request.arguments_json)
         } else {
             String::new()
@@ -277,7 +280,7 @@ impl Engine {
             );
             span.set_attribute(format!("tollgate.limit.{}.max", limit.counter), limit.limit as i64);
         }
-        if let Some(tail) = self.tail.as_ref().filter(|t| t.has_room()) {
+        if let Some(tail) = tail {
             let trace_id = if span.is_disabled() {
                 String::new()
             } else {

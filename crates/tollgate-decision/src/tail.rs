@@ -10,6 +10,7 @@
 //! is the spans and logs, not this.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,6 +98,8 @@ impl DecisionRecord {
 /// A replica's side of the tail: what it publishes and what it has heard.
 pub struct DecisionTail {
     pending: Mutex<Vec<DecisionRecord>>,
+    /// `pending`'s length, read without the lock on every decision.
+    queued: AtomicUsize,
     recent: Mutex<VecDeque<Arc<DecisionRecord>>>,
     live: broadcast::Sender<Arc<DecisionRecord>>,
     replica: String,
@@ -108,6 +111,7 @@ impl DecisionTail {
     pub fn start(channel: Arc<dyn Broadcast>, replica: String) -> Arc<DecisionTail> {
         let tail = Arc::new(DecisionTail {
             pending: Mutex::default(),
+            queued: AtomicUsize::new(0),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             live: broadcast::channel(1024).0,
             replica,
@@ -134,6 +138,7 @@ impl DecisionTail {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() < MAX_PER_FLUSH {
             pending.push(record);
+            self.queued.store(pending.len(), Ordering::Relaxed);
         } else {
             drop(pending);
             tollgate_telemetry::metrics::metrics().console_tail_skipped.inc();
@@ -142,7 +147,7 @@ impl DecisionTail {
 
     /// Whether a batch has room: callers skip building records that would be dropped.
     pub fn has_room(&self) -> bool {
-        let room = self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() < MAX_PER_FLUSH;
+        let room = self.queued.load(Ordering::Relaxed) < MAX_PER_FLUSH;
         if !room {
             tollgate_telemetry::metrics::metrics().console_tail_skipped.inc();
         }
@@ -183,7 +188,11 @@ async fn publish(tail: std::sync::Weak<DecisionTail>, channel: Arc<dyn Broadcast
     loop {
         ticker.tick().await;
         let Some(tail) = tail.upgrade() else { return };
-        let batch = std::mem::take(&mut *tail.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let batch = {
+            let mut pending = tail.pending.lock().unwrap_or_else(|e| e.into_inner());
+            tail.queued.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *pending)
+        };
         drop(tail);
         if batch.is_empty() {
             continue;
