@@ -4,7 +4,9 @@
 # spans (rotel from PyPI, blackhole exporter, same machine), alternating, same client. After
 # each run with export on, the spans recorded, acknowledged by the collector, lost and dropped
 # are read from the gateway's own counters (tollgate_spans_{ended,exported,lost}_total) once its
-# queue has drained, next to the decisions it made. Starts its own processes on loopback ports.
+# queue has drained, next to the decisions it made; and calls per CPU second of the gateway
+# (and the collector's CPU), the gateway's own cost without the processes sharing the cores.
+# Starts its own processes on loopback ports.
 #
 # Usage: loadtest/audit-export.sh [CONCURRENCY=16] [SECONDS=10] [ROUNDS=2]
 set -euo pipefail
@@ -24,6 +26,7 @@ rotel=$(find "$work/../tollgate-rotel" -name rotel-agent -type f | head -1)
 otlp_port=$(free_port)
 "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$otlp_port" --otlp-http-endpoint "127.0.0.1:$(free_port)" \
   --exporter blackhole > "$work/rotel.out" 2>&1 &
+rotel_pid=$!
 until (echo > "/dev/tcp/127.0.0.1/$otlp_port") 2>/dev/null; do sleep 0.1; done
 
 upstream_port=$(free_port)
@@ -48,7 +51,15 @@ otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
   local up=$!
   wait_for "$work/up.out" > /dev/null
   echo "-- export $1"
-  "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep -v "^$"
+  local cpu_before rotel_before
+  cpu_before=$(cpu_seconds "$up")
+  rotel_before=$(cpu_seconds "$rotel_pid")
+  "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep -v "^$" | tee "$work/run.log"
+  # The gateway's own cost per call, without the client, upstream and collector sharing the
+  # cores; and what the collector took.
+  awk -v a="$cpu_before" -v b="$(cpu_seconds "$up")" -v ra="$rotel_before" -v rb="$(cpu_seconds "$rotel_pid")" \
+    '/^gateway/ { n = $3 } END { c = b - a; printf "tollgate up CPU: %.2f s, %.0f calls per CPU second; collector CPU: %.2f s\n", c, (c > 0 ? n / c : 0), rb - ra }' \
+    "$work/run.log"
   if [ "$1" = on ]; then
     sleep 2 # one scheduled export (500 ms) and more, so the queue is empty
     curl -s "http://127.0.0.1:$port/metrics" | awk '
