@@ -86,11 +86,16 @@ fn unescape(html: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// The page at `url` with the session `cookie`.
+async fn page_text(url: &str, cookie: &str) -> String {
+    get(url, Some(cookie)).await.text().await.unwrap_or_default()
+}
+
 /// GETs `url` until its page contains `marker` (5 s at most).
 async fn wait_for_page(url: &str, cookie: &str, marker: &str) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let page = get(url, Some(cookie)).await.text().await.unwrap_or_default();
+        let page = page_text(url, cookie).await;
         if page.contains(marker) {
             return page;
         }
@@ -256,16 +261,13 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
         r#"{"namespace": "web"}"#,
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let page = get(
+    let page = page_text(
         &format!(
             "{admin}/console/policy?kind=tool&name=k8s_rollout_pause&grant=a&server=k8s&args=%7B%22namespace%22%3A+%22web%22%7D"
         ),
-        Some(&cookie),
+        &cookie,
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     let shown = page
         .split("<pre class=\"explain\" aria-labelledby=\"explained\">")
         .nth(1)
@@ -283,25 +285,22 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
         assert!(refusal(&paused).is_none(), "{paused}");
     }
     for expected in ["2 of 10 used", "2 of 10 used"] {
-        let page = get(&counters_url, Some(&cookie)).await.text().await.unwrap();
+        let page = page_text(&counters_url, &cookie).await;
         assert!(page.contains(expected), "reading twice takes nothing: {page}");
     }
     agent
         .call("k8s_rollout_pause", json!({"namespace": "web", "name": "api"}))
         .await;
-    let page = get(&counters_url, Some(&cookie)).await.text().await.unwrap();
+    let page = page_text(&counters_url, &cookie).await;
     assert!(
         page.contains("3 of 10 used") && page.contains("10 per 1m per grant"),
         "{page}"
     );
-    let page = get(
+    let page = page_text(
         &format!("{admin}/console/counters?name=k8s_delete_namespace&grant=a"),
-        Some(&cookie),
+        &cookie,
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(page.contains("takes no counters"), "{page}");
 
     // The policy page follows reloads: a rejected one shows its diagnostics (file:line) while
@@ -386,14 +385,11 @@ async fn each_replica_shows_every_replicas_decisions_through_redis() {
     assert!(seen.contains("event: decision"), "{seen}");
     assert!(seen.contains("k8s_delete_namespace") && seen.contains("k8s_rollout_pause"));
     // Counters are read from Redis, where the edge's decisions took them.
-    let counters = get(
+    let counters = page_text(
         &format!("{watched}/console/counters?name=k8s_rollout_pause&grant=a&server=k8s"),
-        Some(&cookie),
+        &cookie,
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(counters.contains("1 of 10 used"), "{counters}");
 
     // Each row names the replica that decided (host/pid): replica 0, not the watched one.
