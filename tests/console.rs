@@ -168,6 +168,27 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    // Hostile sign-ins and cookies: an oversized key, garbage and half cookies, two cookies.
+    let huge = client()
+        .post(format!("{admin}/console/login"))
+        .form(&[("key", "k".repeat(100_000).as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(huge.status(), StatusCode::UNAUTHORIZED);
+    for garbage in [
+        "tg_console=",
+        "tg_console=.",
+        "tg_console=%%%.%%%",
+        "tg_console=e30.AAAA",
+        "tg_console",
+    ] {
+        assert_eq!(
+            get(&format!("{admin}/console"), Some(garbage)).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{garbage}"
+        );
+    }
     // A tampered cookie is no session.
     let tampered = cookie.replacen("tg_console=e", "tg_console=f", 1);
     assert_eq!(
@@ -275,6 +296,12 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
         .expect("an answer");
     assert_eq!(unescape(shown), cli.trim_end());
     assert!(page.contains("Generation") && page.contains("k8s_rollout_pause"));
+    // Malformed questions get a clear answer (request URIs, and so fields, are bounded by the
+    // HTTP layer and by MAX_EXPLAIN_FIELD).
+    let refused = page_text(&format!("{admin}/console/policy?name=t&grant=a&args=%5B1%5D"), &cookie).await;
+    assert!(refused.contains("must be a JSON object"), "{refused}");
+    let refused = page_text(&format!("{admin}/console/counters?kind=sql&name=t&grant=a"), &cookie).await;
+    assert!(refused.contains("kind must be tool, resource or prompt"), "{refused}");
 
     // Counters: read from the store without taking anything.
     let counters_url = format!("{admin}/console/counters?kind=tool&name=k8s_rollout_pause&grant=a&server=k8s&args=");
