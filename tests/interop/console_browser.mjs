@@ -123,14 +123,16 @@ try {
 
   step("decisions appear live with their verdicts, and the filters work");
   await page.waitForFunction(() => document.getElementById("live").textContent === "live", { timeout: 5000 });
-  const before = await page.$$eval("tr.decision", (rows) => rows.length);
   const bob = await agent("console-browser-agent-2");
   await bob.callTool({ name: "k8s_rollout_pause", arguments: { namespace: "web", name: "api" } });
   await bob.callTool({ name: "k8s_delete_namespace", arguments: { namespace: "prod" } });
+  // Rows of earlier decisions may still be arriving (the page reloaded after the deny):
+  // wait for these two calls' rows themselves.
   await page.waitForFunction(
-    (n) => document.querySelectorAll("tr.decision").length >= n + 2,
+    () =>
+      document.querySelector('tr.decision[data-tool="k8s_rollout_pause"]') &&
+      document.querySelector('tr.decision[data-tool="k8s_delete_namespace"]'),
     { timeout: 5000 },
-    before,
   );
   const verdictOf = (tool) =>
     page.$eval(`tr.decision[data-tool="${tool}"]`, (row) => row.dataset.verdict);
