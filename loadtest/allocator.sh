@@ -19,13 +19,8 @@ chmod +x "$system_bin"
 source loadtest/common.sh
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work" "$system_bin"' EXIT
 
-upstream_port=$(free_port)
-"$bin/tollgate" demo-upstream --listen "127.0.0.1:$upstream_port" > "$work/upstream.out" &
-wait_for "$work/upstream.out" > /dev/null
-cat > "$work/policy.json" <<'JSON'
-{"version": "1", "default": "deny",
- "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]}}}
-JSON
+start_upstream
+write_counted_policy
 
 run_up() { # $1: label, $2: binary
   local port up

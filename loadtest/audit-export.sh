@@ -29,14 +29,9 @@ otlp_port=$(free_port)
 rotel_pid=$!
 until (echo > "/dev/tcp/127.0.0.1/$otlp_port") 2>/dev/null; do sleep 0.1; done
 
-upstream_port=$(free_port)
-"$bin/tollgate" demo-upstream --listen "127.0.0.1:$upstream_port" > "$work/upstream.out" &
-wait_for "$work/upstream.out" > /dev/null
+start_upstream
 
-cat > "$work/policy.json" <<'JSON'
-{"version": "1", "default": "deny",
- "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]}}}
-JSON
+write_counted_policy
 
 run() { # $1: off | on
   local port telemetry=""

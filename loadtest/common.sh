@@ -25,6 +25,22 @@ wait_for() {
   sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$1" | head -1
 }
 
+# start_upstream: starts the demo MCP server on a free loopback port, sets $upstream_port.
+start_upstream() {
+  upstream_port=$(free_port)
+  "$bin/tollgate" demo-upstream --listen "127.0.0.1:$upstream_port" > "$work/upstream.out" &
+  wait_for "$work/upstream.out" > /dev/null
+}
+
+# write_counted_policy: $work/policy.json denying everything but k8s_list_namespaces, which
+# takes one counter that never refuses under load (every call is decided and counted).
+write_counted_policy() {
+  cat > "$work/policy.json" <<'JSON'
+{"version": "1", "default": "deny",
+ "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]}}}
+JSON
+}
+
 # write_up FILE EDGE_PORT UPSTREAM_PORT [EXTRA_TOML]: a `tollgate up` config on loopback with the
 # demo grant (key tg_demo_key), the demo upstream, a memory store and $work/policy.json.
 write_up() {

@@ -20,9 +20,7 @@ if [ ! -x "$venv/bin/envoy" ]; then
 fi
 envoy=$(find "$venv" -path '*_bin/envoy' -type f | head -1)
 
-upstream_port=$(free_port)
-"$bin/tollgate" demo-upstream --listen "127.0.0.1:$upstream_port" > "$work/upstream.out" &
-wait_for "$work/upstream.out" > /dev/null
+start_upstream
 
 envoy_port=$(free_port)
 cat > "$work/envoy.yaml" <<YAML
@@ -62,10 +60,7 @@ YAML
 until (echo > "/dev/tcp/127.0.0.1/$envoy_port") 2>/dev/null; do sleep 0.1; done
 
 edge_port=$(free_port)
-cat > "$work/policy.json" <<'JSON'
-{"version": "1", "default": "deny",
- "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]}}}
-JSON
+write_counted_policy
 write_up "$work/up.toml" "$edge_port" "$upstream_port"
 "$bin/tollgate" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
 wait_for "$work/up.out" > /dev/null

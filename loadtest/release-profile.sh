@@ -16,9 +16,7 @@ source loadtest/common.sh
 cargo build --profile release-plain --quiet -p tollgate
 start_redis
 
-upstream_port=$(free_port)
-"$bin/tollgate" demo-upstream --listen "127.0.0.1:$upstream_port" > "$work/upstream.out" &
-wait_for "$work/upstream.out" > /dev/null
+start_upstream
 cat > "$work/policy.json" <<'JSON'
 {"version": "1", "default": "deny",
  "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]},

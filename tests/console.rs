@@ -86,6 +86,17 @@ fn unescape(html: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// Signs the session `cookie` out at `admin` with the page's `csrf` token.
+async fn sign_out(admin: &str, cookie: &str, csrf: &str) -> reqwest::Response {
+    client()
+        .post(format!("{admin}/console/logout"))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .expect("sign out")
+}
+
 /// The page at `url` with the session `cookie`.
 async fn page_text(url: &str, cookie: &str) -> String {
     get(url, Some(cookie)).await.text().await.unwrap_or_default()
@@ -348,13 +359,7 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
     );
 
     // Signing out revokes the session: the old cookie opens nothing any more.
-    let out = client()
-        .post(format!("{admin}/console/logout"))
-        .header("cookie", &cookie)
-        .form(&[("csrf", &csrf)])
-        .send()
-        .await
-        .expect("sign out");
+    let out = sign_out(&admin, &cookie, &csrf).await;
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     assert!(
         out.headers()
@@ -429,13 +434,7 @@ async fn each_replica_shows_every_replicas_decisions_through_redis() {
     let page = get(&format!("{other}/console"), Some(&cookie)).await;
     assert_eq!(page.status(), StatusCode::OK, "the session works on replica 0 too");
     let csrf = csrf_of(&page.text().await.unwrap());
-    let out = client()
-        .post(format!("{other}/console/logout"))
-        .header("cookie", &cookie)
-        .form(&[("csrf", &csrf)])
-        .send()
-        .await
-        .expect("sign out");
+    let out = sign_out(&other, &cookie, &csrf).await;
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {

@@ -486,7 +486,8 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if console.session(&headers).is_none() || session.e <= now_secs() {
+                    // Expired or revoked (here or on another replica) since the page opened.
+                    if console.session(&headers).is_none() {
                         let _ = tx.send(Event::default().event("signed-out").data("")).await;
                         return;
                     }
