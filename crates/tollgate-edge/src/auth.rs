@@ -97,6 +97,8 @@ pub struct Authenticator {
     pub(crate) public_url: Option<String>,
     /// `https` when the edge serves TLS.
     pub(crate) scheme: &'static str,
+    /// The configured upstreams' names.
+    pub(crate) servers: Vec<String>,
 }
 
 impl Authenticator {
@@ -125,16 +127,79 @@ impl Authenticator {
     }
 }
 
-/// The upstream a `/mcp/{server}` path names.
-fn server_of(path: &str) -> &str {
-    path.strip_prefix("/mcp/")
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
+/// The upstream a `/mcp/{server}` path names, decoded as the router decodes it, if it is
+/// a configured one (the challenge of a 401 names its metadata; anything else gets the
+/// aggregated endpoint's).
+fn server_of<'a>(auth: &'a Authenticator, path: &str) -> &'a str {
+    let segment = path.strip_prefix("/mcp/").unwrap_or_default();
+    let decoded = percent_decode(segment);
+    auth.servers
+        .iter()
+        .find(|s| decoded.as_deref() == Some(s.as_str()))
+        .map_or("", String::as_str)
+}
+
+/// `%XX` decoded, if the result is UTF-8 (what the router does with a path segment).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Authenticator {
+    /// The `WWW-Authenticate` value for `server` (`""`: the aggregated endpoint).
+    fn challenge(&self, headers: &HeaderMap, server: &str, error: Option<(&str, &str)>) -> String {
+        let mut parts = vec!["Bearer realm=\"tollgate\"".to_owned()];
+        if !self.verifier.is_empty() {
+            parts.push(format!("resource_metadata=\"{}\"", self.metadata_url(headers, server)));
+        }
+        if let Some((error, description)) = error {
+            parts.push(format!("error=\"{error}\""));
+            parts.push(format!("error_description=\"{description}\""));
+        }
+        parts.join(", ")
+    }
+
+    /// 403 `insufficient_scope` for a token without the scopes `server` requires.
+    pub(crate) fn insufficient_scope(
+        &self,
+        headers: &HeaderMap,
+        server: &str,
+        required: &[String],
+        missing: &[String],
+    ) -> Response {
+        let text = format!(
+            "{}, scope=\"{}\"",
+            self.challenge(
+                headers,
+                server,
+                Some(("insufficient_scope", "the token lacks a required scope"))
+            ),
+            required.join(" ")
+        );
+        refused(
+            StatusCode::FORBIDDEN,
+            &format!("the token lacks the scopes {}", missing.join(", ")),
+            &text,
+        )
+    }
 }
 
 /// Layer body: rejects requests without a valid credential, else attaches the [`Caller`].
+/// Which upstreams the caller reaches (scopes, the grant's servers) is not decided here but
+/// where the request is resolved ([`crate::resolve`]), on the decoded upstream name.
 pub async fn require_key(State(auth): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {
     let header = request
         .headers()
@@ -146,23 +211,10 @@ pub async fn require_key(State(auth): State<Arc<Authenticator>>, mut request: Re
             scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
         })
         .map(str::to_owned);
-    let credential = credential.as_deref();
-    let server = server_of(request.uri().path()).to_owned();
-    let metadata = (!auth.verifier.is_empty()).then(|| auth.metadata_url(request.headers(), &server));
-    let challenge = |error: Option<(&str, &str)>| {
-        let mut parts = vec!["Bearer realm=\"tollgate\"".to_owned()];
-        if let Some(url) = &metadata {
-            parts.push(format!("resource_metadata=\"{url}\""));
-        }
-        if let Some((error, description)) = error {
-            parts.push(format!("error=\"{error}\""));
-            parts.push(format!("error_description=\"{description}\""));
-        }
-        parts.join(", ")
-    };
-    let caller = match credential {
+    let server = server_of(&auth, request.uri().path());
+    let caller = match credential.as_deref() {
         None => {
-            let text = challenge(None);
+            let text = auth.challenge(request.headers(), server, None);
             return unauthorized(
                 "missing bearer credential: send Authorization: Bearer <key or token>",
                 &text,
@@ -172,43 +224,22 @@ pub async fn require_key(State(auth): State<Arc<Authenticator>>, mut request: Re
             Some(caller) => caller.clone(),
             None if !auth.verifier.is_empty() && looks_like_jwt(credential) => {
                 match auth.verifier.verify(credential).await {
-                    Ok(identity) => {
-                        let required = auth.required_scopes.get(&server).map(Vec::as_slice).unwrap_or_default();
-                        let missing: Vec<&str> = required
-                            .iter()
-                            .filter(|s| !identity.scopes.contains(s))
-                            .map(String::as_str)
-                            .collect();
-                        if !missing.is_empty() {
-                            tracing::info!(issuer = ?identity.issuer, subject = ?identity.subject, server = %server, "token lacks required scopes");
-                            let text = format!(
-                                "{}, scope=\"{}\"",
-                                challenge(Some(("insufficient_scope", "the token lacks a required scope"))),
-                                required.join(" ")
-                            );
-                            return refused(
-                                StatusCode::FORBIDDEN,
-                                &format!("the token lacks the scopes {}", missing.join(", ")),
-                                &text,
-                            );
-                        }
-                        Arc::new(Caller {
-                            grant: identity.grant,
-                            agent: identity.agent,
-                            subject: Some(identity.subject),
-                            issuer: Some(identity.issuer),
-                            scopes: Some(identity.scopes.into()),
-                        })
-                    }
+                    Ok(identity) => Arc::new(Caller {
+                        grant: identity.grant,
+                        agent: identity.agent,
+                        subject: Some(identity.subject),
+                        issuer: Some(identity.issuer),
+                        scopes: Some(identity.scopes.into()),
+                    }),
                     Err(Rejected(reason)) => {
                         tracing::info!(server = %server, "bearer token refused: {reason}");
-                        let text = challenge(Some(("invalid_token", reason)));
+                        let text = auth.challenge(request.headers(), server, Some(("invalid_token", reason)));
                         return unauthorized(&format!("invalid bearer token: {reason}"), &text);
                     }
                 }
             }
             None => {
-                let text = challenge(Some(("invalid_token", "unknown key")));
+                let text = auth.challenge(request.headers(), server, Some(("invalid_token", "unknown key")));
                 return unauthorized("invalid bearer key", &text);
             }
         },
@@ -239,11 +270,7 @@ fn refused(status: StatusCode, message: &str, challenge: &str) -> Response {
 
 /// `GET /.well-known/oauth-protected-resource/mcp`: the aggregated endpoint's metadata; its
 /// scopes are every upstream's (a token reaches the upstreams whose scopes it holds).
-pub async fn aggregate_metadata(
-    State(state): State<(Arc<Authenticator>, Arc<Vec<String>>)>,
-    headers: HeaderMap,
-) -> Response {
-    let (auth, _) = state;
+pub async fn aggregate_metadata(State(auth): State<Arc<Authenticator>>, headers: HeaderMap) -> Response {
     if auth.verifier.is_empty() {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -267,12 +294,11 @@ pub async fn aggregate_metadata(
 /// `GET /.well-known/oauth-protected-resource/mcp/{server}`: Protected Resource Metadata
 /// (RFC 9728) for one upstream, listing the authorization servers and its scopes.
 pub async fn resource_metadata(
-    State(state): State<(Arc<Authenticator>, Arc<Vec<String>>)>,
+    State(auth): State<Arc<Authenticator>>,
     Path(server): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (auth, servers) = state;
-    if auth.verifier.is_empty() || !servers.contains(&server) {
+    if auth.verifier.is_empty() || !auth.servers.contains(&server) {
         return StatusCode::NOT_FOUND.into_response();
     }
     let scopes = auth.required_scopes.get(&server).cloned().unwrap_or_default();

@@ -8,16 +8,37 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 use tollgate_api::proto::{SubjectKind, Tool, ToolAnnotations, VisibleToolsRequest};
 
 use crate::auth::Caller;
-use crate::calls::{WithoutDecision, without_decision};
+use crate::gateway::{Gateway, QuotaFull, QuotaSlot, WithoutDecision, without_decision};
 use crate::jsonrpc;
-use crate::mcp::Gateway;
-use crate::sse;
+use crate::marks::mark_server_message;
+use crate::request::content_type_is;
+use crate::{sse, upstream};
+use futures_util::StreamExt;
+
+/// An upstream answer as the agent receives it: only the headers agents may see, and an
+/// SSE body through the list guard. A JSON body of anything but the list methods streams as
+/// it came (it answers the request it was sent for).
+pub(crate) fn guarded(
+    response: axum::http::Response<Incoming>,
+    filter: ListFilter,
+    request_id: Option<Value>,
+) -> Response {
+    let sse = content_type_is(response.headers(), "text/event-stream");
+    let (parts, body) = response.into_parts();
+    let body = if sse {
+        filter.event_stream(request_id, body)
+    } else {
+        Body::new(body)
+    };
+    (parts.status, upstream::response_headers(&parts.headers), body).into_response()
+}
 
 /// The lists a result may hold: its field, the field naming each entry, and their kind.
 const LISTS: [(&str, &str, SubjectKind); 3] = [
@@ -26,9 +47,36 @@ const LISTS: [(&str, &str, SubjectKind); 3] = [
     ("prompts", "name", SubjectKind::Prompt),
 ];
 
+/// `response` with `slot` held until its body is done or dropped (a long-lived stream
+/// counted against its grant's quota).
+pub(crate) fn holding(response: Response, slot: Option<QuotaSlot>) -> Response {
+    let Some(slot) = slot else { return response };
+    let (parts, body) = response.into_parts();
+    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _counted = &slot;
+        chunk
+    }));
+    Response::from_parts(parts, body)
+}
+
+/// 429 for a stream past the grant's `edge.max_streams_per_grant`.
+pub(crate) fn too_many_streams(caller: &Caller, full: QuotaFull) -> Response {
+    tracing::warn!(grant = %caller.grant, "refused a stream: the grant has {} open on this edge ({})", full.max, full.setting);
+    jsonrpc::error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        jsonrpc::INVALID_REQUEST,
+        &format!(
+            "this grant has {} server-to-client streams open on this gateway already ({}): close one first",
+            full.max, full.setting
+        ),
+        None,
+    )
+}
+
 /// Filters tools, resources and prompts lists for one caller of one upstream.
 #[derive(Clone)]
-pub struct ListFilter {
+pub(crate) struct ListFilter {
     pub gw: Arc<Gateway>,
     pub server: String,
     pub caller: Arc<Caller>,
@@ -40,7 +88,7 @@ pub struct ListFilter {
 
 /// Why a message could not be passed on, and the HTTP status that says so where the
 /// status is still the edge's to choose (JSON answers).
-pub struct Refused {
+pub(crate) struct Refused {
     pub status: StatusCode,
     pub message: String,
 }
@@ -60,7 +108,7 @@ impl ListFilter {
             }
             Value::Object(object) => {
                 if let Some(prefix) = &self.aggregate
-                    && crate::aggregate::mark_server_message(object, prefix)
+                    && mark_server_message(object, prefix)
                 {
                     return Ok(true);
                 }
@@ -122,15 +170,22 @@ impl ListFilter {
         if kind == SubjectKind::Tool {
             self.gw.learn_tools(&self.server, &listed);
         }
+        let visible = self.visible(kind, listed).await?;
+        let visible: HashSet<&str> = visible.iter().map(String::as_str).collect();
+        items.retain(|item| {
+            item.get(key)
+                .and_then(Value::as_str)
+                .is_some_and(|n| visible.contains(n))
+        });
+        Ok(())
+    }
+
+    /// Which of `listed` the caller could ever use on this upstream (the policy's answer,
+    /// remembered per grant, list and policy).
+    pub(crate) async fn visible(&self, kind: SubjectKind, listed: Vec<Tool>) -> Result<Vec<String>, Refused> {
         let grant = &self.caller.grant;
         if let Some(visible) = self.gw.visible.get(grant, &self.server, kind, &listed) {
-            let visible: HashSet<&str> = visible.iter().map(String::as_str).collect();
-            items.retain(|item| {
-                item.get(key)
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| visible.contains(n))
-            });
-            return Ok(());
+            return Ok(visible);
         }
         let mut request = VisibleToolsRequest {
             server: self.server.clone(),
@@ -150,13 +205,7 @@ impl ListFilter {
                     answer.visible.clone(),
                     answer.policy_digest,
                 );
-                let visible: HashSet<&str> = answer.visible.iter().map(String::as_str).collect();
-                items.retain(|item| {
-                    item.get(key)
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| visible.contains(n))
-                });
-                Ok(())
+                Ok(answer.visible)
             }
             Err(e) => {
                 let list = match kind {
@@ -166,7 +215,7 @@ impl ListFilter {
                 };
                 let what = format!("the {list} list of {} for grant {}", self.server, self.caller.grant);
                 if without_decision(&self.gw.settings, &e, &what) == WithoutDecision::ForwardUnchecked {
-                    return Ok(());
+                    return Ok(listed.into_iter().map(|t| t.name).collect());
                 }
                 Err(Refused {
                     status: StatusCode::SERVICE_UNAVAILABLE,

@@ -30,25 +30,26 @@ use tollgate_telemetry::metrics::{GaugeUnit, metrics};
 use tracing::Instrument;
 
 use crate::auth::Caller;
-use crate::calls::{Subject, decide_request};
-use crate::jsonrpc;
-use crate::mcp::{Exchange, Gateway, guarded};
-use crate::refusal;
+use crate::exchange::Exchange;
+use crate::gateway::{Gateway, QuotaSlot};
+use crate::guard::guarded;
 use crate::request::content_type_is;
+use crate::resolve::Call;
 use crate::settings::RefusalMode;
+use crate::{jsonrpc, refusal};
 
 /// Events queued for a held call's stream before the task waits for the agent to read.
 const QUEUED_EVENTS: usize = 16;
 
 /// Answers `message` (a `tools/call`, `resources/read` or `prompts/get` whose first decision was APPROVAL_REQUIRED with a
 /// hold) with an SSE stream, and spawns the task that follows the approval.
+/// `slot` counts the held call against its grant's `edge.max_held_per_grant` until it ends.
 pub(crate) fn hold(
     exchange: &Exchange<'_>,
-    call: &Subject<'_>,
-    message: &Value,
-    id: &Value,
+    call: Call,
     request_id: uuid::Uuid,
     decision: Decision,
+    slot: QuotaSlot,
 ) -> Response {
     let gw = exchange.gw;
     let hold = Duration::from_millis(decision.hold_ms.min(gw.settings.max_hold_ms));
@@ -57,17 +58,18 @@ pub(crate) fn hold(
         server: exchange.upstream.name.clone(),
         caller: exchange.caller.clone(),
         headers: exchange.headers.clone(),
-        message: message.clone(),
-        id: id.clone(),
-        request: decide_request(exchange, call, String::new()),
+        request: exchange.decide_request(&call, String::new()),
         request_id,
-        progress_token: call.progress_token.cloned(),
+        progress_token: call.progress_token.clone(),
         refusal: call.refusal_mode(&gw.settings),
+        id: call.id.clone(),
+        message: call.message().clone(),
         aggregate: exchange.aggregate.clone(),
         decision,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_EVENTS);
     let task = async move {
+        let _slot = slot;
         let _held = GaugeUnit::hold(&metrics().held_calls);
         tokio::select! {
             () = tx.closed() => {

@@ -1,21 +1,35 @@
 //! The edge: an HTTP server speaking MCP Streamable HTTP to agents at `/mcp/{server}`.
 //!
 //! A connection is admitted within the listener's limits ([`server`]); a request passes
-//! the `Host`/`Origin` check ([`origin`]) and the bearer-key layer ([`auth`]), then the
-//! MCP handlers ([`mcp`]): `tools/call` is decided before it is forwarded, tools lists are
-//! filtered on their way back ([`guard`]), everything else streams through. The edge holds
+//! the `Host`/`Origin` check ([`origin`]) and the bearer-key layer ([`auth`]), then a front
+//! door ([`per_server`], [`aggregate`]) resolves it once ([`resolve`]): the upstream it
+//! reaches, checked against the grant and its scopes, and the call it makes. A `tools/call`
+//! (read, get) is decided before it is forwarded ([`calls`]), lists are filtered on their
+//! way back ([`guard`]), everything else streams through. The edge holds
 //! no state a request needs: any edge serves any session. `/healthz` and `/readyz` sit
 //! outside authentication.
 
+// The layers of a request's way through the edge, each importing only from those below it:
+// front doors → decided exchange → response guard → resolution → shared state → basics.
+// Front doors: one per upstream, and the aggregated endpoint.
 mod aggregate;
-mod auth;
+mod per_server;
+// The decided exchange: decide, hold, forward; lists forwarded and filtered.
 mod calls;
-mod guard;
 mod held;
+mod lists;
+// One exchange with one upstream, and the guard every answer passes.
+mod exchange;
+mod guard;
+// One resolution of every request.
+mod resolve;
+// What every request shares.
+mod gateway;
+// Basics: authentication, parsing, upstream clients, settings.
+mod auth;
 mod identity;
 mod jsonrpc;
-mod lists;
-mod mcp;
+mod marks;
 mod method;
 mod order;
 mod origin;
@@ -120,34 +134,42 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
         } else {
             "http"
         },
+        servers: upstreams.keys().cloned().collect(),
     });
-    let servers: Arc<Vec<String>> = Arc::new(upstreams.keys().cloned().collect());
     let readiness = Arc::new(Readiness {
         decider: parts.decider.clone(),
         policy_status: parts.policy_status,
     });
     let origins = Arc::new(origin::OriginPolicy::new(&parts.settings, parts.settings.listen));
-    let aggregation = aggregate::Aggregation::new(
-        &parts.settings.aggregate,
-        &parts.upstreams,
-        &parts.grants,
-        &parts.identity.required_scopes,
-    )?;
+    let aggregation = aggregate::Aggregation::new(&parts.settings.aggregate, &parts.upstreams)?;
     if !aggregate::Aggregation::has_configured_keys(&parts.settings.aggregate) {
         tracing::info!(
             "edge.aggregate.session_keys is not set: sessions of the aggregated endpoint /mcp work on this process \
              only (set the same keys on every edge of a cluster)"
         );
     }
-    let gateway = Arc::new(mcp::Gateway::new(parts.settings, upstreams, parts.decider, aggregation));
+    let gateway = Arc::new(gateway::Gateway::new(
+        parts.settings,
+        upstreams,
+        &parts.grants,
+        parts.decider,
+        auth.clone(),
+    )?);
+    let door = Arc::new(aggregate::AggregateDoor::new(gateway.clone(), aggregation));
 
-    let mcp_routes = Router::new()
+    let aggregated = Router::new()
         .route(
             "/mcp",
             post(aggregate::post).get(aggregate::get).delete(aggregate::delete),
         )
-        .route("/mcp/{server}", post(mcp::post).get(mcp::get).delete(mcp::delete))
+        .with_state(door);
+    let mcp_routes = Router::new()
+        .route(
+            "/mcp/{server}",
+            post(per_server::post).get(per_server::get).delete(per_server::delete),
+        )
         .with_state(gateway)
+        .merge(aggregated)
         .layer(axum::middleware::from_fn_with_state(auth.clone(), auth::require_key));
     let metadata = Router::new()
         .route(
@@ -158,7 +180,7 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
             "/.well-known/oauth-protected-resource/mcp",
             get(auth::aggregate_metadata),
         )
-        .with_state((auth, servers));
+        .with_state(auth);
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))

@@ -9,11 +9,10 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
-use crate::guard::Refused;
-use crate::jsonrpc;
-use crate::mcp::{Exchange, guarded};
+use crate::exchange::Exchange;
+use crate::guard::{Refused, guarded};
 use crate::request::content_type_is;
-use crate::upstream;
+use crate::{jsonrpc, upstream};
 
 /// `method` is the list method's name, for messages.
 pub(crate) async fn list(exchange: &Exchange<'_>, method: &str, message: &Value, id: &Value) -> Response {

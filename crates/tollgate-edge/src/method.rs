@@ -58,6 +58,11 @@ impl McpMethod {
             .map_or(McpMethod::Other, |(_, m)| *m)
     }
 
+    /// The method's name (`""` for [`McpMethod::Other`]).
+    pub fn name(self) -> &'static str {
+        NAMES.iter().find(|(_, m)| *m == self).map_or("", |(n, _)| n)
+    }
+
     /// Methods the edge decides or filters: they must come as requests, one per POST, never
     /// inside a batch.
     pub fn is_guarded(self) -> bool {
@@ -81,6 +86,7 @@ mod tests {
     fn names_classify_exactly() {
         for (name, method) in NAMES {
             assert_eq!(McpMethod::of(name), method);
+            assert_eq!(method.name(), name);
         }
         assert_eq!(McpMethod::of("Tools/Call"), McpMethod::Other);
         assert_eq!(McpMethod::of("tools/call "), McpMethod::Other);

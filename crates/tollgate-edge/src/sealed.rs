@@ -18,6 +18,8 @@ use crate::EdgeError;
 use crate::settings::Secret;
 
 const PREFIX: &str = "tg1.";
+/// Sealed list cursors.
+const CURSOR_PREFIX: &str = "tgc1.";
 /// Shortest configured key, in characters.
 const MIN_KEY_CHARS: usize = 32;
 
@@ -79,26 +81,41 @@ impl Sealer {
 
     /// The session id for `session` of `grant`.
     pub(crate) fn seal(&self, grant: &str, session: &AggregateSession) -> Option<String> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.random.fill(&mut nonce).ok()?;
-        let mut data = serde_json::to_vec(session).ok()?;
-        self.keys
-            .first()?
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(grant.as_bytes()),
-                &mut data,
-            )
-            .ok()?;
-        let mut token = Vec::with_capacity(NONCE_LEN + data.len());
-        token.extend_from_slice(&nonce);
-        token.extend_from_slice(&data);
-        Some(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(token)))
+        self.seal_as(PREFIX, grant.as_bytes(), &serde_json::to_vec(session).ok()?)
     }
 
     /// The session a session id names, if it was sealed for `grant` by one of the keys.
     pub(crate) fn open(&self, grant: &str, id: &str) -> Option<AggregateSession> {
-        let bytes = URL_SAFE_NO_PAD.decode(id.strip_prefix(PREFIX)?).ok()?;
+        serde_json::from_slice(&self.open_as(PREFIX, grant.as_bytes(), id)?).ok()
+    }
+
+    /// A list cursor of the aggregated endpoint for `grant`: each upstream's own cursor. Its
+    /// associated data differs from a session id's, so neither opens as the other.
+    pub(crate) fn seal_cursor(&self, grant: &str, parts: &[(String, String)]) -> Option<String> {
+        self.seal_as(CURSOR_PREFIX, &cursor_aad(grant), &serde_json::to_vec(parts).ok()?)
+    }
+
+    /// The parts of a cursor sealed for `grant`.
+    pub(crate) fn open_cursor(&self, grant: &str, cursor: &str) -> Option<Vec<(String, String)>> {
+        serde_json::from_slice(&self.open_as(CURSOR_PREFIX, &cursor_aad(grant), cursor)?).ok()
+    }
+
+    fn seal_as(&self, prefix: &str, aad: &[u8], plain: &[u8]) -> Option<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random.fill(&mut nonce).ok()?;
+        let mut data = plain.to_vec();
+        self.keys
+            .first()?
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut data)
+            .ok()?;
+        let mut token = Vec::with_capacity(NONCE_LEN + data.len());
+        token.extend_from_slice(&nonce);
+        token.extend_from_slice(&data);
+        Some(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(token)))
+    }
+
+    fn open_as(&self, prefix: &str, aad: &[u8], token: &str) -> Option<Vec<u8>> {
+        let bytes = URL_SAFE_NO_PAD.decode(token.strip_prefix(prefix)?).ok()?;
         if bytes.len() < NONCE_LEN {
             return None;
         }
@@ -106,12 +123,19 @@ impl Sealer {
         for key in &self.keys {
             let mut data = sealed.to_vec();
             let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-            if let Ok(plain) = key.open_in_place(nonce, Aad::from(grant.as_bytes()), &mut data) {
-                return serde_json::from_slice(plain).ok();
+            if let Ok(plain) = key.open_in_place(nonce, Aad::from(aad), &mut data) {
+                return Some(plain.to_vec());
             }
         }
         None
     }
+}
+
+/// A cursor's associated data: its purpose and the grant.
+fn cursor_aad(grant: &str) -> Vec<u8> {
+    let mut aad = b"cursor\0".to_vec();
+    aad.extend_from_slice(grant.as_bytes());
+    aad
 }
 
 #[cfg(test)]
@@ -148,5 +172,21 @@ mod tests {
         assert_eq!(old.open("ci", "not-a-session"), None);
         assert_ne!(old.seal("ci", &session), Some(id), "a fresh nonce each time");
         assert!(Sealer::new(&[secret("short")]).is_err());
+    }
+
+    #[test]
+    fn cursors_open_only_for_their_grant_and_never_as_sessions() {
+        let sealer = Sealer::new(&[secret("old-key-old-key-old-key-old-key-00")]).expect("sealer");
+        let parts = vec![("k8s".to_owned(), "page-2".to_owned())];
+        let cursor = sealer.seal_cursor("ci", &parts).expect("sealed");
+        assert_eq!(sealer.open_cursor("ci", &cursor), Some(parts));
+        assert_eq!(sealer.open_cursor("other", &cursor), None);
+        assert_eq!(sealer.open("ci", &cursor), None);
+        let session = sealer
+            .seal("ci", &AggregateSession { upstreams: vec![] })
+            .expect("sealed");
+        assert_eq!(sealer.open_cursor("ci", &session), None);
+        let forged = format!("tgc1.{}", URL_SAFE_NO_PAD.encode(br#"[["k8s","a"],["k8s","b"]]"#));
+        assert_eq!(sealer.open_cursor("ci", &forged), None);
     }
 }

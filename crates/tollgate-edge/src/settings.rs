@@ -111,6 +111,23 @@ pub struct EdgeSettings {
     /// within this time on any edge.
     #[serde(default = "default_list_cache_ms")]
     pub list_cache_ms: u64,
+    /// Most calls one grant may have held open for an operator's approval on this edge at
+    /// once; a call beyond it is answered at once, naming its approval (as in `retry`
+    /// mode), so one grant cannot fill `max_connections`. Default 32.
+    #[serde(default = "default_max_held_per_grant")]
+    pub max_held_per_grant: usize,
+    /// Most server-to-client streams (GET) one grant may have open on this edge at once;
+    /// further ones get 429. Default 32.
+    #[serde(default = "default_max_streams_per_grant")]
+    pub max_streams_per_grant: usize,
+}
+
+fn default_max_held_per_grant() -> usize {
+    32
+}
+
+fn default_max_streams_per_grant() -> usize {
+    32
 }
 
 fn default_list_cache_ms() -> u64 {
@@ -145,6 +162,8 @@ impl Default for EdgeSettings {
             decision_client_key: None,
             aggregate: AggregateSettings::default(),
             list_cache_ms: default_list_cache_ms(),
+            max_held_per_grant: default_max_held_per_grant(),
+            max_streams_per_grant: default_max_streams_per_grant(),
         }
     }
 }
@@ -168,6 +187,16 @@ pub struct AggregateSettings {
     /// (`initialize`, lists); a slower upstream is left out, with a warning.
     #[serde(default = "default_fanout_timeout_ms")]
     pub fanout_timeout_ms: u64,
+    /// A resource read on `/mcp` whose URI no upstream of the session is known to list
+    /// makes the edge read the resource lists of the upstreams that could serve it; each
+    /// upstream's lists are read again at most this often (in milliseconds), whatever is
+    /// asked meanwhile. Default 30000.
+    #[serde(default = "default_lookup_interval_ms")]
+    pub lookup_interval_ms: u64,
+}
+
+fn default_lookup_interval_ms() -> u64 {
+    30_000
 }
 
 impl Default for AggregateSettings {
@@ -176,6 +205,7 @@ impl Default for AggregateSettings {
             separator: default_separator(),
             session_keys: Vec::new(),
             fanout_timeout_ms: default_fanout_timeout_ms(),
+            lookup_interval_ms: default_lookup_interval_ms(),
         }
     }
 }
@@ -271,6 +301,12 @@ pub struct UpstreamSettings {
     /// http, HTTP/2 with prior knowledge, "h2c"; over https, HTTP/2 only).
     #[serde(default)]
     pub http: HttpVersion,
+    /// Send the caller's grant to the upstream in a `tollgate-grant` header (agents cannot
+    /// set it: the edge forwards only a fixed list of their headers). For a
+    /// `tollgate stdio-bridge`, whose per-grant session quotas need it; `tollgate up` sets it
+    /// for its own bridges. Default false.
+    #[serde(default)]
+    pub forward_grant: bool,
 }
 
 /// `[[upstreams]] http`: which HTTP version the edge speaks to an upstream.
@@ -293,8 +329,9 @@ pub struct GrantSettings {
     pub agent: Option<String>,
     /// Hex SHA-256 of the bearer key (`printf %s "$KEY" | sha256sum`).
     pub key_sha256: String,
-    /// The upstreams this grant reaches through the aggregated endpoint `/mcp` (default:
-    /// every upstream).
+    /// The upstreams this grant reaches, on every endpoint: `/mcp/{server}` of any other
+    /// answers as an unknown server, and `/mcp` leaves the others out (default: every
+    /// upstream).
     #[serde(default)]
     pub servers: Option<Vec<String>>,
 }

@@ -7,12 +7,17 @@ use tollgate_telemetry::propagation;
 use crate::auth::Caller;
 use crate::jsonrpc::Message;
 use crate::request::header_text;
+use crate::resolve::Era;
 
 /// The span of one MCP request, named after its method (`mcp tools/call`), continuing the
 /// agent's trace: `params._meta.traceparent` when the request carries one, else the
 /// `traceparent` header. Every field is bounded: the method and id were checked by
 /// [`jsonrpc::classify`], the session id by [`crate::request::check_session_header`].
 pub(crate) fn request_span(message: &Message<'_>, server: &str, caller: &Caller, headers: &HeaderMap) -> tracing::Span {
+    let era = match Era::of(headers) {
+        Era::Sessions => "sessions",
+        Era::Stateless => "stateless",
+    };
     let (method, params) = match message {
         Message::Request { name, params, .. } => (*name, *params),
         Message::Notification { name, .. } => (*name, None),
@@ -23,6 +28,7 @@ pub(crate) fn request_span(message: &Message<'_>, server: &str, caller: &Caller,
         otel.name = %format!("mcp {method}"),
         otel.kind = "server",
         mcp.method.name = %method,
+        tollgate.mcp.era = era,
         mcp.session.id = %header_text(headers, "mcp-session-id"),
         jsonrpc.request.id = %message.id().map(serde_json::Value::to_string).unwrap_or_default(),
         gen_ai.tool.name = tracing::field::Empty,

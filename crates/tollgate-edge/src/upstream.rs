@@ -67,8 +67,13 @@ pub struct Upstream {
     pub name: String,
     uri: Uri,
     injected: HeaderMap,
+    /// `forward_grant`: the caller's grant goes upstream in [`GRANT_HEADER`].
+    forward_grant: bool,
     client: HttpClient,
 }
+
+/// The header naming the caller's grant, for upstreams with `forward_grant`.
+pub const GRANT_HEADER: &str = "tollgate-grant";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -188,6 +193,7 @@ impl Upstream {
             name: settings.name.clone(),
             uri,
             injected,
+            forward_grant: settings.forward_grant,
             client: http_client(connect_timeout, tls, settings.http),
         })
     }
@@ -196,12 +202,13 @@ impl Upstream {
         self.uri.to_string()
     }
 
-    /// Sends one request and waits (up to `timeout`) for the response head; the body
-    /// streams afterwards.
+    /// Sends one request for `grant` and waits (up to `timeout`) for the response head; the
+    /// body streams afterwards.
     pub async fn send(
         &self,
         method: Method,
         agent_headers: &HeaderMap,
+        grant: &str,
         body: Body,
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -217,6 +224,11 @@ impl Upstream {
             }
             for (name, value) in &self.injected {
                 headers.insert(name, value.clone());
+            }
+            if self.forward_grant
+                && let Ok(value) = HeaderValue::from_str(grant)
+            {
+                headers.insert(GRANT_HEADER, value);
             }
         }
         let request = request.body(body).map_err(|e| self.unreachable(e.to_string()))?;

@@ -1,0 +1,94 @@
+//! One exchange with one upstream, on behalf of one resolved caller: a message sent exactly
+//! as it was decided (re-serialised, never the agent's bytes), and the answer streamed back
+//! through the response guard ([`crate::guard`]).
+
+// Helpers return a ready answer for the agent as their error (`Result<_, Response>`).
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tollgate_api::proto::{DecideRequest, SubjectKind};
+
+use crate::auth::Caller;
+use crate::gateway::Gateway;
+use crate::guard::{ListFilter, guarded};
+use crate::request::header_text;
+use crate::resolve::Call;
+use crate::upstream::Upstream;
+
+/// One request being handled: who sent it, to which upstream, with which headers.
+pub(crate) struct Exchange<'a> {
+    pub(crate) gw: &'a Arc<Gateway>,
+    pub(crate) upstream: &'a Upstream,
+    pub(crate) caller: &'a Arc<Caller>,
+    /// The headers the upstream request is made from (on the aggregated endpoint: the
+    /// agent's, with this upstream's own session id).
+    pub(crate) headers: &'a HeaderMap,
+    /// On the aggregated endpoint: the upstream's prefix (see [`ListFilter::aggregate`]).
+    pub(crate) aggregate: Option<Arc<str>>,
+}
+
+impl Exchange<'_> {
+    pub(crate) fn list_filter(&self) -> ListFilter {
+        ListFilter {
+            gw: self.gw.clone(),
+            server: self.upstream.name.clone(),
+            caller: self.caller.clone(),
+            aggregate: self.aggregate.clone(),
+        }
+    }
+
+    /// Sends `message` upstream, re-serialised: the upstream receives exactly what was
+    /// decided, never the agent's bytes.
+    pub(crate) async fn send(
+        &self,
+        message: &Value,
+        id: Option<&Value>,
+    ) -> Result<axum::http::Response<Incoming>, Response> {
+        self.gw
+            .order
+            .before_post(&self.caller.grant, &header_text(self.headers, "mcp-session-id"))
+            .await;
+        let body = Body::from(message.to_string());
+        self.gw
+            .forward(self.upstream, self.caller, Method::POST, self.headers, body, id)
+            .await
+    }
+
+    /// What the decision service is asked about `call` on this exchange.
+    pub(crate) fn decide_request(&self, call: &Call, request_id: String) -> DecideRequest {
+        let server = &self.upstream.name;
+        let annotations = match call.kind {
+            SubjectKind::Tool => self.gw.annotations(server, call.name()),
+            _ => None,
+        };
+        let mut request = DecideRequest {
+            request_id,
+            server: server.clone(),
+            tool: call.name().to_owned(),
+            grant: self.caller.grant.clone(),
+            agent: self.caller.agent.clone(),
+            session_id: header_text(self.headers, "mcp-session-id"),
+            arguments_json: call.arguments().map(Value::to_string).unwrap_or_default(),
+            annotations,
+            subject: self.caller.subject.clone().unwrap_or_default(),
+            issuer: self.caller.issuer.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        request.set_kind(call.kind);
+        request
+    }
+
+    /// [`Exchange::send`], with the answer streamed back through the list guard.
+    pub(crate) async fn forward(&self, message: &Value, id: Option<&Value>) -> Response {
+        match self.send(message, id).await {
+            Ok(response) => guarded(response, self.list_filter(), id.cloned()),
+            Err(response) => response,
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! One resolution of every request (issue 23): each hole a hostile review found in the
+//! edge, as a test that an attacking agent's request does not get through. The edge runs
+//! in process (its router, the decision engine on the memory store) in front of real
+//! upstreams over loopback that record everything that reaches them, so every test asserts
+//! what an upstream received, not only what the agent was told.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use support::hostile::{Hostile, Reply, tools_list};
+use support::jwt::{Jwks, claims, es256, identity_section, sign};
+use tollgate_decision::Engine;
+use tollgate_edge::{EdgeParts, EdgeSettings, GrantSettings, IdentitySettings, UpstreamSettings};
+use tollgate_limiter::MemoryStore;
+use tower::ServiceExt;
+
+const KEY_ALL: &str = "key-of-grant-all";
+const KEY_PUBLIC: &str = "key-of-grant-public-only";
+const KEY_OTHER: &str = "key-of-grant-other";
+
+/// An upstream answering like an honest MCP server: lists, resources, a result for
+/// everything else.
+async fn upstream(tools: &'static [&'static str], resources: &'static [&'static str]) -> Hostile {
+    Hostile::start(move |method, message| {
+        if method != Method::POST {
+            return Reply::Hang(": open\n\n".into());
+        }
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        let result = match message.get("method").and_then(Value::as_str) {
+            Some("initialize") => {
+                json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}, "resources": {}},
+                                          "serverInfo": {"name": "u", "version": "1"}})
+            }
+            Some("tools/list") => {
+                return Reply::Json(200, tools_list(&id.to_string(), tools));
+            }
+            Some("resources/list") => {
+                let listed: Vec<Value> = resources.iter().map(|u| json!({"uri": u, "name": u})).collect();
+                // Pages: the first names a next cursor, the second ends.
+                match message.pointer("/params/cursor") {
+                    None => json!({"resources": listed, "nextCursor": "page-2"}),
+                    Some(_) => json!({"resources": []}),
+                }
+            }
+            Some("resources/templates/list") => json!({"resourceTemplates": []}),
+            _ => json!({"content": [{"type": "text", "text": "done"}]}),
+        };
+        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    })
+    .await
+}
+
+struct Gate {
+    router: axum::Router,
+    secret: Hostile,
+    public: Hostile,
+}
+
+fn grant(name: &str, key: &str, servers: Option<&[&str]>) -> GrantSettings {
+    GrantSettings {
+        name: name.into(),
+        agent: None,
+        key_sha256: support::sha256_hex(key),
+        servers: servers.map(|s| s.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+async fn gate(policy: &str, settings: EdgeSettings, identity: IdentitySettings) -> Gate {
+    let secret = upstream(&["read_secret"], &["file:///srv/secret/a.txt"]).await;
+    let public = upstream(
+        &["read_public"],
+        &["file:///srv/public/a.txt", "file:///srv/hidden/b.txt"],
+    )
+    .await;
+    let policy = tollgate_policy::compile_str("policy.json", policy)
+        .expect("policy")
+        .policy;
+    let engine = Arc::new(Engine::new(
+        policy,
+        Arc::new(MemoryStore::default()),
+        Duration::from_secs(1),
+    ));
+    let router = tollgate_edge::router(EdgeParts {
+        settings,
+        upstreams: vec![
+            UpstreamSettings {
+                name: "secret".into(),
+                url: secret.url.clone(),
+                ..Default::default()
+            },
+            UpstreamSettings {
+                name: "public".into(),
+                url: public.url.clone(),
+                ..Default::default()
+            },
+        ],
+        grants: vec![
+            grant("all", KEY_ALL, None),
+            grant("public-only", KEY_PUBLIC, Some(&["public"])),
+            grant("other", KEY_OTHER, None),
+        ],
+        decider: engine,
+        policy_status: None,
+        identity,
+    })
+    .expect("router");
+    Gate { router, secret, public }
+}
+
+const ALLOW_ALL: &str = r#"{"version": "1", "default": "allow"}"#;
+
+/// One answer: status, headers, and the JSON-RPC message (the last `data:` of an SSE body).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    message: Value,
+}
+
+async fn send(
+    router: &axum::Router,
+    method: Method,
+    path: &str,
+    bearer: &str,
+    extra: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1:8080")
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("accept", "application/json, text/event-stream");
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let response = router
+        .clone()
+        .oneshot(request.body(body).expect("request"))
+        .await
+        .expect("answer");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let sse = headers
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("text/event-stream"));
+    let message = if sse {
+        // Streams of these tests end, or hang after their first event: read what comes in time.
+        let mut text = String::new();
+        let mut body = response.into_body();
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(500), body.frame()).await {
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .last()
+            .unwrap_or(Value::Null)
+    } else {
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Answer {
+        status,
+        headers,
+        message,
+    }
+}
+
+fn call(id: u64, name: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": {}}})
+}
+
+fn posts_of(upstream: &Hostile, method: &str) -> usize {
+    upstream
+        .bodies()
+        .iter()
+        .filter(|b| serde_json::from_str::<Value>(b).is_ok_and(|v| v["method"] == method))
+        .count()
+}
+
+#[derive(serde::Deserialize)]
+struct WithIdentity {
+    identity: IdentitySettings,
+}
+
+/// Hole 1: the scope check and the routing read the same, decoded, upstream name.
+#[tokio::test]
+async fn a_percent_encoded_upstream_name_is_checked_like_the_plain_one() {
+    let es = es256("ec-resolution");
+    let jwks = Jwks::start(vec![es.jwk.clone()]).await;
+    let section = identity_section(&jwks.url).replace("k8s = [\"mcp:k8s\"]", "secret = [\"mcp:secret\"]");
+    let identity: WithIdentity = toml::from_str(&section).expect("identity");
+    let gate = gate(ALLOW_ALL, EdgeSettings::default(), identity.identity).await;
+    let token = sign(&es, &claims()); // scopes: openid mcp:k8s, not mcp:secret
+    for path in [
+        "/mcp/secret",
+        "/mcp/%73ecret",
+        "/mcp/%73%65%63%72%65%74",
+        "/mcp/secre%74",
+    ] {
+        let answer = send(
+            &gate.router,
+            Method::POST,
+            path,
+            &token,
+            &[],
+            Some(&call(1, "read_secret")),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "POST {path}: {}", answer.message);
+        let challenge = answer
+            .headers
+            .get("www-authenticate")
+            .expect("challenge")
+            .to_str()
+            .expect("text");
+        assert!(
+            challenge.contains("insufficient_scope") && challenge.contains("mcp:secret"),
+            "{challenge}"
+        );
+        for method in [Method::GET, Method::DELETE] {
+            let answer = send(
+                &gate.router,
+                method.clone(),
+                path,
+                &token,
+                &[("mcp-session-id", "s-1")],
+                None,
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {path}");
+        }
+    }
+    assert!(
+        gate.secret.received().is_empty(),
+        "nothing reached the secret upstream: {:?}",
+        gate.secret.bodies()
+    );
+    let answer = send(
+        &gate.router,
+        Method::POST,
+        "/mcp/public",
+        &token,
+        &[],
+        Some(&call(2, "read_public")),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.message);
+    assert_eq!(posts_of(&gate.public, "tools/call"), 1);
+}
+
+/// Hole 2: `[[grants]] servers` holds on every endpoint and method.
+#[tokio::test]
+async fn a_grants_servers_hold_on_every_endpoint_and_method() {
+    let gate = gate(ALLOW_ALL, EdgeSettings::default(), IdentitySettings::default()).await;
+    for path in ["/mcp/secret", "/mcp/%73ecret"] {
+        let answer = send(
+            &gate.router,
+            Method::POST,
+            path,
+            KEY_PUBLIC,
+            &[],
+            Some(&call(1, "read_secret")),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.message);
+        let text = answer.message["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("this grant reaches: public") && !text.contains("secret,"),
+            "{text}"
+        );
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        assert_eq!(
+            send(&gate.router, Method::POST, path, KEY_PUBLIC, &[], Some(&list))
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        for method in [Method::GET, Method::DELETE] {
+            let answer = send(
+                &gate.router,
+                method.clone(),
+                path,
+                KEY_PUBLIC,
+                &[("mcp-session-id", "s-1")],
+                None,
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
+        }
+    }
+    // An unknown upstream gets the very same answer: the grant learns nothing of "secret".
+    let unknown = send(
+        &gate.router,
+        Method::POST,
+        "/mcp/nowhere",
+        KEY_PUBLIC,
+        &[],
+        Some(&call(1, "x")),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(gate.secret.received().is_empty(), "{:?}", gate.secret.bodies());
+    let answer = send(
+        &gate.router,
+        Method::POST,
+        "/mcp/secret",
+        KEY_ALL,
+        &[],
+        Some(&call(3, "read_secret")),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "another grant still reaches it");
+}
+
+/// Opens an aggregated session for `key`; its session id.
+async fn aggregated_session(router: &axum::Router, key: &str) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let answer = send(router, Method::POST, "/mcp", key, &[], Some(&initialize)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.message);
+    answer
+        .headers
+        .get("mcp-session-id")
+        .expect("session")
+        .to_str()
+        .expect("text")
+        .to_owned()
+}
+
+/// Hole 5: a notification naming another upstream's request goes to no upstream outside
+/// the session.
+#[tokio::test]
+async fn a_marked_notification_reaches_only_the_sessions_upstreams() {
+    let gate = gate(ALLOW_ALL, EdgeSettings::default(), IdentitySettings::default()).await;
+    let session = aggregated_session(&gate.router, KEY_PUBLIC).await;
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "secret~1"}});
+    let answer = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_PUBLIC,
+        &[("mcp-session-id", &session)],
+        Some(&cancel),
+    )
+    .await;
+    assert!(answer.status.is_success(), "{}", answer.status);
+    assert!(gate.secret.received().is_empty(), "{:?}", gate.secret.bodies());
+    // An answer to a request "secret" never made in this session is refused too.
+    let response = json!({"jsonrpc": "2.0", "id": "secret~1", "result": {}});
+    let answer = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_PUBLIC,
+        &[("mcp-session-id", &session)],
+        Some(&response),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(gate.secret.received().is_empty());
+}
+
+/// Hole 6: cursors are sealed for the grant, one part per upstream.
+#[tokio::test]
+async fn list_cursors_are_sealed_for_their_grant_and_cannot_multiply_requests() {
+    let gate = gate(ALLOW_ALL, EdgeSettings::default(), IdentitySettings::default()).await;
+    let session = aggregated_session(&gate.router, KEY_ALL).await;
+    let with = [("mcp-session-id", session.as_str())];
+    let list = |cursor: Option<&str>| match cursor {
+        Some(c) => json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list", "params": {"cursor": c}}),
+        None => json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}),
+    };
+    let first = send(&gate.router, Method::POST, "/mcp", KEY_ALL, &with, Some(&list(None))).await;
+    let cursor = first.message["result"]["nextCursor"]
+        .as_str()
+        .expect("cursor")
+        .to_owned();
+    assert!(cursor.starts_with("tgc1."), "sealed: {cursor}");
+    let before = posts_of(&gate.secret, "resources/list") + posts_of(&gate.public, "resources/list");
+    let second = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_ALL,
+        &with,
+        Some(&list(Some(&cursor))),
+    )
+    .await;
+    assert!(second.message["result"]["resources"].is_array(), "{}", second.message);
+    let after = posts_of(&gate.secret, "resources/list") + posts_of(&gate.public, "resources/list");
+    assert_eq!(after - before, 2, "one request per upstream");
+
+    // The old, unsealed format with 2,000 copies of one part: refused before any request.
+    use base64::Engine as _;
+    let parts: Vec<(&str, &str)> = std::iter::repeat_n(("public", "page-2"), 2000).collect();
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&parts).expect("json"));
+    let answer = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_ALL,
+        &with,
+        Some(&list(Some(&forged))),
+    )
+    .await;
+    assert_eq!(answer.message["error"]["code"], -32602, "{}", answer.message);
+    // Another grant's session cannot use this grant's cursor.
+    let other = aggregated_session(&gate.router, KEY_OTHER).await;
+    let answer = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_OTHER,
+        &[("mcp-session-id", &other)],
+        Some(&list(Some(&cursor))),
+    )
+    .await;
+    assert_eq!(answer.message["error"]["code"], -32602, "{}", answer.message);
+    let total = posts_of(&gate.secret, "resources/list") + posts_of(&gate.public, "resources/list");
+    assert_eq!(total, after, "no upstream request for a refused cursor");
+}
+
+/// Hole 7: one grant's held calls and streams cannot take everything.
+#[tokio::test]
+async fn one_grant_holds_at_most_its_quota_of_calls_and_streams() {
+    let policy = r#"{"version": "1", "default": "allow",
+        "tools": {"read_public": {"action": "require_approval", "approval": {"hold": "30s", "timeout": "5m"}}}}"#;
+    let settings = EdgeSettings {
+        max_held_per_grant: 2,
+        max_streams_per_grant: 1,
+        hold_keepalive_ms: 100,
+        ..EdgeSettings::default()
+    };
+    let gate = gate(policy, settings, IdentitySettings::default()).await;
+    let held = |key: &'static str, n: u64| {
+        let router = gate.router.clone();
+        async move {
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri("/mcp/public")
+                .header("host", "127.0.0.1:8080")
+                .header("authorization", format!("Bearer {key}"))
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                    "params": {"name": "read_public", "arguments": {"n": n}}})
+                    .to_string(),
+                ))
+                .expect("request");
+            router.oneshot(request).await.expect("answer")
+        }
+    };
+    // Two held calls of grant "all": streams, kept open.
+    let first = held(KEY_ALL, 1).await;
+    let second = held(KEY_ALL, 2).await;
+    for r in [&first, &second] {
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+    }
+    // The third is answered at once, naming its approval, not held.
+    let third = send(&gate.router, Method::POST, "/mcp/public", KEY_ALL, &[],
+        Some(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "read_public", "arguments": {"n": 3}}}))).await;
+    assert_eq!(third.headers["content-type"], "application/json", "not held");
+    let meta = &third.message["result"]["_meta"]["tollgate/decision"];
+    assert_eq!(meta["verdict"], "APPROVAL_REQUIRED", "{}", third.message);
+    // Another grant is still held.
+    let other = held(KEY_OTHER, 4).await;
+    assert_eq!(
+        other.headers()["content-type"],
+        "text/event-stream",
+        "another grant's call is held"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = held(KEY_ALL, 5).await;
+    assert_eq!(
+        again.headers()["content-type"],
+        "text/event-stream",
+        "room again once a held call ended"
+    );
+
+    // Streams: one per grant here.
+    let stream = send_stream(&gate.router, KEY_ALL).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let refused = send(
+        &gate.router,
+        Method::GET,
+        "/mcp/public",
+        KEY_ALL,
+        &[("mcp-session-id", "s-1")],
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.message);
+    assert!(
+        refused.message["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("edge.max_streams_per_grant")
+    );
+    assert_eq!(
+        send_stream(&gate.router, KEY_OTHER).await.status(),
+        StatusCode::OK,
+        "another grant's stream"
+    );
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        send_stream(&gate.router, KEY_ALL).await.status(),
+        StatusCode::OK,
+        "room again"
+    );
+    drop((second, other, again));
+}
+
+async fn send_stream(router: &axum::Router, key: &str) -> axum::response::Response {
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("/mcp/public")
+        .header("host", "127.0.0.1:8080")
+        .header("authorization", format!("Bearer {key}"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", "s-1")
+        .body(Body::empty())
+        .expect("request");
+    router.clone().oneshot(request).await.expect("answer")
+}
+
+/// Holes 10 and 11: reads of unknown URIs on `/mcp` cost a bounded number of upstream
+/// requests, and a hidden resource is answered like a missing one.
+#[tokio::test]
+async fn unknown_and_hidden_resources_on_mcp_are_answered_alike_and_cheaply() {
+    let policy = r#"{"version": "1", "default": "allow",
+        "resources": {"file:///srv/hidden/*": {"action": "deny", "reason": "hidden"}, "file:///srv/secret/*": {"action": "deny"}}}"#;
+    let gate = gate(policy, EdgeSettings::default(), IdentitySettings::default()).await;
+    let session = aggregated_session(&gate.router, KEY_ALL).await;
+    let with = [("mcp-session-id", session.as_str())];
+    let read = |uri: &str| json!({"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": uri}});
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let answer = send(
+            &gate.router,
+            Method::POST,
+            "/mcp",
+            KEY_ALL,
+            &with,
+            Some(&read(&format!("file:///srv/public/missing-{i}.txt"))),
+        )
+        .await;
+        answers.push(answer.message["error"].clone());
+    }
+    let lookups = posts_of(&gate.secret, "resources/list")
+        + posts_of(&gate.public, "resources/list")
+        + posts_of(&gate.secret, "resources/templates/list")
+        + posts_of(&gate.public, "resources/templates/list");
+    // One lookup per upstream: its templates and the two pages of its resources.
+    assert!(lookups <= 6, "20 unknown URIs cost {lookups} list requests");
+    let hidden = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_ALL,
+        &with,
+        Some(&read("file:///srv/hidden/b.txt")),
+    )
+    .await;
+    let secret = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_ALL,
+        &with,
+        Some(&read("file:///srv/secret/a.txt")),
+    )
+    .await;
+    let missing = &answers[0];
+    for answer in [&hidden.message["error"], &secret.message["error"]] {
+        assert_eq!(answer["code"], missing["code"], "{answer} vs {missing}");
+        assert_eq!(answer["message"], missing["message"]);
+    }
+    assert_eq!(missing["code"], -32002);
+    assert_eq!(
+        posts_of(&gate.secret, "resources/read") + posts_of(&gate.public, "resources/read"),
+        0
+    );
+    let public = send(
+        &gate.router,
+        Method::POST,
+        "/mcp",
+        KEY_ALL,
+        &with,
+        Some(&read("file:///srv/public/a.txt")),
+    )
+    .await;
+    assert!(
+        public.message["result"].is_object(),
+        "a listed, allowed resource is read: {}",
+        public.message
+    );
+}
+
+/// Hole 12: a prefix ending in part of the separator is refused at start.
+#[tokio::test]
+async fn a_prefix_that_would_split_elsewhere_is_refused_at_start() {
+    let upstream = upstream(&["tool"], &[]).await;
+    let parts = |prefix: &str| EdgeParts {
+        settings: EdgeSettings::default(),
+        upstreams: vec![UpstreamSettings {
+            name: "a".into(),
+            url: upstream.url.clone(),
+            prefix: Some(prefix.into()),
+            ..Default::default()
+        }],
+        grants: vec![grant("all", KEY_ALL, None)],
+        decider: Arc::new(Engine::new(
+            tollgate_policy::compile_str("p.json", ALLOW_ALL)
+                .expect("policy")
+                .policy,
+            Arc::new(MemoryStore::default()),
+            Duration::from_secs(1),
+        )),
+        policy_status: None,
+        identity: IdentitySettings::default(),
+    };
+    let refused = tollgate_edge::router(parts("a_")).err().expect("refused");
+    assert!(refused.to_string().contains("prefix \"a_\""), "{refused}");
+    assert!(tollgate_edge::router(parts("a")).is_ok());
+}
