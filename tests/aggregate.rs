@@ -145,8 +145,15 @@ async fn one_endpoint_for_three_servers_across_two_edges_with_both_sdks() {
         "{}",
         seen["echo"]
     );
-    assert_eq!(seen["secret"]["error"]["code"], -32001, "{}", seen["secret"]);
-    assert_eq!(seen["secret"]["error"]["data"]["verdict"], "DENY");
+    // A resource the policy hides is answered like one nobody lists (no existence oracle).
+    assert_eq!(seen["secret"]["error"]["code"], -32002, "{}", seen["secret"]);
+    assert!(
+        seen["secret"]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("resource not found")),
+        "{}",
+        seen["secret"]
+    );
     assert!(
         seen["features"]["ok"]["contents"][0]["text"].is_string(),
         "{}",
