@@ -167,7 +167,7 @@ async fn send(
         text.lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .filter_map(|d| serde_json::from_str(d.trim()).ok())
-            .last()
+            .next_back()
             .unwrap_or(Value::Null)
     } else {
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
@@ -637,7 +637,7 @@ async fn a_prefix_that_would_split_elsewhere_is_refused_at_start() {
         policy_status: None,
         identity: IdentitySettings::default(),
     };
-    let refused = tollgate_edge::router(parts("a_")).err().expect("refused");
+    let refused = tollgate_edge::router(parts("a_")).expect_err("refused");
     assert!(refused.to_string().contains("prefix \"a_\""), "{refused}");
     assert!(tollgate_edge::router(parts("a")).is_ok());
 }
