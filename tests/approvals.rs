@@ -824,3 +824,108 @@ async fn the_grpc_approval_api_follows_lists_and_resolves_with_an_operator_key()
     let admitted = client.decide(ask(5)).await.expect("decide").into_inner();
     assert_eq!(admitted.verdict(), Verdict::Allow, "{}", admitted.reason);
 }
+
+/// Issue 23, hole 3: an approval binds the exact arguments the operator saw. Other
+/// spellings of "the same" values (a string that spells the number, `4.0` for `4`, an
+/// integer past 2^53 that rounds to the approved one) are other calls and need their own
+/// approval; the approved call itself, its keys in any order, goes through.
+#[tokio::test]
+async fn an_approval_admits_only_the_exact_arguments_it_was_given() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("approvals-exact");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    support::append(&config, &operators());
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("operators' API");
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+
+    let approved = json!({"namespace": "12345678901234567890", "name": "api", "replicas": 4});
+    let id = approval_id(&agent.call("k8s_scale", approved.clone()).await);
+    let (code, _, stderr) = approvals(&admin, OPERATOR_KEY, &["approve", &id]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let spellings = [
+        json!({"namespace": "12345678901234567891", "name": "api", "replicas": 4}),
+        json!({"namespace": "12345678901234567890", "name": "api", "replicas": "4"}),
+        json!({"namespace": "12345678901234567890", "name": "api", "replicas": 4.0}),
+        json!({"namespace": "12345678901234567890", "name": "api", "replicas": "0004.000"}),
+        json!({"namespace": "12345678901234567890", "name": "api\u{0}", "replicas": 4}),
+        json!({"namespace": "12345678901234567890", "name": "api", "replicas": 4, "force": true}),
+    ];
+    for other in spellings {
+        let answer = agent.call("k8s_scale", other.clone()).await;
+        let asked = approval_id(&answer);
+        assert_ne!(asked, id, "{other} is not the approved call");
+    }
+    // Key order is not part of the call: the approved arguments in another order go through.
+    let reordered: Value =
+        serde_json::from_str(r#"{"replicas":4,"name":"api","namespace":"12345678901234567890"}"#).expect("JSON");
+    let admitted = agent.call("k8s_scale", reordered).await;
+    assert!(refusal(&admitted).is_none(), "approved: {admitted}");
+    assert!(
+        text(&admitted).contains("12345678901234567890"),
+        "the upstream acted on the approved arguments: {admitted}"
+    );
+}
+
+/// An operator's yes goes to the caller they saw: with the default `bind = "agent"` another
+/// JWT subject of the same grant asks anew; with `bind = "grant"` any caller of the grant
+/// may use it. The record names who asked.
+#[tokio::test]
+async fn an_approval_goes_to_the_caller_the_operator_saw_unless_bound_to_the_grant() {
+    use tollgate_decision::proto::decision_service_client::DecisionServiceClient;
+    use tollgate_decision::proto::{DecideRequest, Verdict};
+
+    const BIND_POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_scale": { "action": "require_approval", "approval": { "mode": "retry" } },
+    "k8s_rollout_pause": { "action": "require_approval", "approval": { "mode": "retry", "bind": "grant" } }
+  }
+}"#;
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("approvals-bind");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], BIND_POLICY, "");
+    support::append(&config, &operators());
+    let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
+    let admin = decision.admin_url.clone().expect("operators' API");
+    let mut client = DecisionServiceClient::connect(decision.url("")).await.expect("connect");
+    let ask = |tool: &str, subject: &str| DecideRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        server: "k8s".into(),
+        tool: tool.into(),
+        grant: "a".into(),
+        agent: "agent-a".into(),
+        subject: subject.into(),
+        issuer: "https://idp.example".into(),
+        arguments_json: json!({"namespace": "web", "name": "api"}).to_string(),
+        ..Default::default()
+    };
+
+    for (tool, shared) in [("k8s_scale", false), ("k8s_rollout_pause", true)] {
+        let asked = client.decide(ask(tool, "alice")).await.expect("decide").into_inner();
+        assert_eq!(asked.verdict(), Verdict::ApprovalRequired, "{tool}");
+        let id = asked.approval_id.clone();
+        let (code, listed, _) = approvals(&admin, OPERATOR_KEY, &["list", "--json"]);
+        assert_eq!(code, 0);
+        let listed: Vec<Value> = serde_json::from_str(&listed).expect("JSON");
+        let entry = listed.iter().find(|a| a["id"] == id.as_str()).expect("listed");
+        assert_eq!(entry["subject"], "alice", "the operator sees who asked: {entry}");
+        let (code, _, stderr) = approvals(&admin, OPERATOR_KEY, &["approve", &id]);
+        assert_eq!(code, 0, "{stderr}");
+
+        let bob = client.decide(ask(tool, "bob")).await.expect("decide").into_inner();
+        if shared {
+            assert_eq!(bob.verdict(), Verdict::Allow, "bind = grant: any caller of the grant");
+            assert_eq!(bob.approval_id, id);
+        } else {
+            assert_eq!(bob.verdict(), Verdict::ApprovalRequired, "bind = agent: bob asks anew");
+            assert_ne!(bob.approval_id, id);
+            let alice = client.decide(ask(tool, "alice")).await.expect("decide").into_inner();
+            assert_eq!(alice.verdict(), Verdict::Allow, "alice's approved call");
+            assert_eq!(alice.approval_id, id);
+        }
+    }
+}

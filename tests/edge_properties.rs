@@ -343,3 +343,231 @@ fn the_edge_answers_anything_well_and_never_forwards_a_denied_call() {
         }
     });
 }
+
+/// The resolution's harness: a grant that reaches `public` only, and a `secret` upstream it
+/// must never reach, whatever the path's spelling.
+struct Resolution {
+    runtime: tokio::runtime::Runtime,
+    router: axum::Router,
+    public: Hostile,
+    secret: Hostile,
+}
+
+const RESOLUTION_POLICY: &str = r#"{"version": "1", "default": "deny",
+    "tools": {"allowed": {}},
+    "resources": {"file:///srv/*": {}, "file:///srv/secret/*": {"action": "deny"}}}"#;
+
+fn resolution_harness() -> Resolution {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (router, public, secret) = runtime.block_on(async {
+        let answer = |_: &axum::http::Method, message: &Value| match message.get("id") {
+            Some(id) => Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string()),
+            None => Reply::Accepted,
+        };
+        let public = Hostile::start(answer).await;
+        let secret = Hostile::start(answer).await;
+        let policy = tollgate_policy::compile_str("policy.json", RESOLUTION_POLICY)
+            .expect("policy")
+            .policy;
+        let engine = Arc::new(Engine::new(
+            policy,
+            Arc::new(MemoryStore::default()),
+            Duration::from_secs(1),
+        ));
+        let upstream = |name: &str, url: &str| UpstreamSettings {
+            name: name.into(),
+            url: url.into(),
+            ..Default::default()
+        };
+        let router = tollgate_edge::router(EdgeParts {
+            settings: EdgeSettings::default(),
+            upstreams: vec![upstream("public", &public.url), upstream("secret", &secret.url)],
+            grants: vec![GrantSettings {
+                name: "g".into(),
+                agent: None,
+                key_sha256: support::sha256_hex(KEY),
+                servers: Some(vec!["public".into()]),
+            }],
+            decider: engine,
+            policy_status: None,
+            identity: Default::default(),
+        })
+        .expect("router");
+        (router, public, secret)
+    });
+    Resolution {
+        runtime,
+        router,
+        public,
+        secret,
+    }
+}
+
+/// A spelling of `name`: each character as it is, in the other case, or percent-encoded
+/// (either hex case); sometimes with a dot segment or a slash around it.
+fn spelling(name: &'static str) -> impl Strategy<Value = String> {
+    let chars: Vec<char> = name.chars().collect();
+    (
+        prop::collection::vec(0u8..6, chars.len()),
+        prop_oneof![6 => Just(""), 1 => Just("/"), 1 => Just("/."), 1 => Just("/x/.."), 1 => Just("%2F"), 1 => Just(";x")],
+        prop_oneof![8 => Just(""), 1 => Just("./"), 1 => Just("x/../"), 1 => Just("%2e/")],
+    )
+        .prop_map(move |(ways, suffix, prefix)| {
+            let mut out = String::from(prefix);
+            for (c, way) in chars.iter().zip(ways) {
+                match way {
+                    0..=2 => out.push(*c),
+                    3 => out.push(c.to_ascii_uppercase()),
+                    4 => out.push_str(&format!("%{:02x}", *c as u32)),
+                    _ => out.push_str(&format!("%{:02X}", *c as u32)),
+                }
+            }
+            out.push_str(suffix);
+            out
+        })
+}
+
+/// A spelling of a resource URI under `file:///srv/`: plain, or with empty segments, dot
+/// segments, percent-encodings, case changes and trailing parts a pattern might miss.
+fn uri_spelling() -> impl Strategy<Value = String> {
+    let segment = prop_oneof![
+        4 => Just("secret".to_owned()),
+        2 => Just("public".to_owned()),
+        1 => Just("Secret".to_owned()),
+        1 => Just("%73ecret".to_owned()),
+        1 => Just("".to_owned()),
+        1 => Just(".".to_owned()),
+        1 => Just("..".to_owned()),
+        1 => Just("%2e%2e".to_owned()),
+        1 => Just("a.txt".to_owned()),
+    ];
+    (
+        prop_oneof![6 => Just("file:///srv/"), 1 => Just("file:////srv/"), 1 => Just("FILE:///srv/"), 1 => Just("file://localhost/srv/")],
+        prop::collection::vec(segment, 1..4),
+        prop_oneof![4 => Just(""), 1 => Just("/"), 1 => Just("?x=/../secret"), 1 => Just("#/../secret"), 1 => Just("%2Fsecret")],
+    )
+        .prop_map(|(start, segments, end)| format!("{start}{}{end}", segments.join("/")))
+}
+
+/// What a URI names once every spelling is undone: percent-decoded, the scheme and host
+/// lowercased, empty and dot segments resolved, query and fragment dropped.
+fn undone(uri: &str) -> String {
+    let mut bytes = Vec::new();
+    let raw = uri.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%'
+            && let Some(b) = uri.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            bytes.push(b);
+            i += 3;
+        } else {
+            bytes.push(raw[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let path = text.split(['?', '#']).next().unwrap_or_default();
+    // Scheme and host are case-insensitive; the path is not.
+    let path = match path.get(..7) {
+        Some(start) if start.eq_ignore_ascii_case("file://") => &path[7..],
+        _ => path,
+    };
+    let path = match path.get(..9) {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => &path[9..],
+        _ => path,
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+#[test]
+fn every_check_agrees_with_what_the_upstream_acts_on() {
+    let h = resolution_harness();
+    let config = ProptestConfig {
+        cases: 1500,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let read_public = std::sync::atomic::AtomicUsize::new(0);
+    let path = prop_oneof![spelling("public"), spelling("secret")];
+    let name = prop_oneof![3 => spelling("allowed"), 1 => "[a-zA-Z_]{1,10}"];
+    let arguments = prop_oneof![
+        Just(json!({"ns": "default"})),
+        Just(json!({"ns": "007", "n": 7})),
+        Just(json!({"n": 12345678901234567890u64, "m": 1e300})),
+        Just(json!({"a": {"b": [1, "1", 1.5]}})),
+    ];
+    proptest!(config, |(path in path, name in name, uri in uri_spelling(), arguments in arguments, read in prop::bool::weighted(0.3))| {
+        let message = if read {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}})
+        } else {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
+        };
+        let request = Request::post(format!("/mcp/{path}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(Body::from(message.to_string()))
+            .expect("request");
+        let status = h.runtime.block_on(async {
+            let response = h.router.clone().oneshot(request).await.expect("infallible");
+            let status = response.status().as_u16();
+            let _ = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+            status
+        });
+        prop_assert!(status < 500, "status {status} for /mcp/{path}");
+        prop_assert!(h.secret.received().is_empty(), "/mcp/{path} reached the secret upstream");
+        let bodies = h.public.bodies();
+        let seen = read_public.swap(bodies.len(), std::sync::atomic::Ordering::SeqCst);
+        for forwarded in &bodies[seen..] {
+            let forwarded: Value = serde_json::from_str(forwarded).expect("JSON");
+            // Only the exact upstream name routes; what arrives is what was decided.
+            let decoded = percent_decode(&path);
+            prop_assert_eq!(decoded.as_str(), "public", "routed {} to public", path);
+            match forwarded["method"].as_str() {
+                Some("tools/call") => {
+                    prop_assert_eq!(&forwarded["params"]["name"], &json!("allowed"), "only the allowed tool");
+                    prop_assert_eq!(&forwarded["params"]["arguments"], &arguments, "arguments as sent");
+                }
+                Some("resources/read") => {
+                    let got = forwarded["params"]["uri"].as_str().unwrap_or_default();
+                    prop_assert_eq!(got, uri.as_str(), "the URI as decided");
+                    prop_assert!(!undone(got).starts_with("/srv/secret"), "a denied resource was read as {}", got);
+                }
+                other => prop_assert!(false, "unexpected method {:?}", other),
+            }
+        }
+    });
+}
+
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let raw = text.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%'
+            && let Some(b) = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

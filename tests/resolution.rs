@@ -614,6 +614,58 @@ async fn unknown_and_hidden_resources_on_mcp_are_answered_alike_and_cheaply() {
     );
 }
 
+/// Hole 4: every other spelling of a resource a rule denies is refused before anything
+/// reads it: empty path segments, a trailing '/', dot segments after '?' or '#',
+/// `file://localhost/`, user information, a default port; on both front doors.
+#[tokio::test]
+async fn other_spellings_of_a_denied_resource_are_refused_on_every_door() {
+    let policy = r#"{"version": "1", "default": "allow",
+        "resources": {"file:///srv/hidden/*": {"action": "deny"}, "file:///srv/hidden": {"action": "deny"},
+                      "https://example.com/secret/*": {"action": "deny"}}}"#;
+    let gate = gate(policy, EdgeSettings::default(), IdentitySettings::default()).await;
+    let session = aggregated_session(&gate.router, KEY_ALL).await;
+    let read = |uri: &str| json!({"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": uri}});
+    let spellings = [
+        "file:///srv//hidden/b.txt",
+        "file:////srv/hidden/b.txt",
+        "file:///srv/hidden/",
+        "file:///srv/public?/../hidden/b.txt",
+        "file:///srv/public#/../hidden/b.txt",
+        "file:///srv/public/a.txt?..",
+        "file://localhost/srv/hidden/b.txt",
+        "https://example.com:443/secret/x",
+        "https://someone@example.com/secret/x",
+    ];
+    for uri in spellings {
+        for (path, extra) in [("/mcp/public", None), ("/mcp", Some(session.as_str()))] {
+            let headers: Vec<(&str, &str)> = extra.map(|s| ("mcp-session-id", s)).into_iter().collect();
+            let answer = send(&gate.router, Method::POST, path, KEY_ALL, &headers, Some(&read(uri))).await;
+            assert_eq!(
+                answer.message["error"]["code"], -32602,
+                "{uri} on {path}: {}",
+                answer.message
+            );
+        }
+    }
+    assert_eq!(
+        posts_of(&gate.public, "resources/read") + posts_of(&gate.secret, "resources/read"),
+        0,
+        "no spelling reached an upstream: {:?}",
+        gate.public.bodies()
+    );
+    let plain = send(
+        &gate.router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &[],
+        Some(&read("file:///srv/public/a.txt")),
+    )
+    .await;
+    assert!(plain.message["result"].is_object(), "{}", plain.message);
+    assert_eq!(posts_of(&gate.public, "resources/read"), 1);
+}
+
 /// Hole 12: a prefix ending in part of the separator is refused at start.
 #[tokio::test]
 async fn a_prefix_that_would_split_elsewhere_is_refused_at_start() {

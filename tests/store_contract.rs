@@ -437,6 +437,8 @@ fn approval_call(p: &str, digest: &str, timeout: Duration) -> NewApproval {
         tool: "k8s_delete_namespace".into(),
         grant: "ci-bot".into(),
         agent: "ci-bot".into(),
+        subject: "alice".into(),
+        issuer: "https://idp.example".into(),
         arguments: r#"{"namespace":"web"}"#.into(),
         digest: format!("{p}{digest}"),
         rule: r#"tools["k8s_delete_namespace"]"#.into(),
@@ -460,6 +462,9 @@ async fn approvals_are_single_use_and_bound_to_one_call(store: &dyn ApprovalStor
     };
     assert!(first.id.starts_with("apr_") && first.id.len() == 36, "{}", first.id);
     assert_eq!(first.arguments, r#"{"namespace":"web"}"#);
+    // Operators see who asked: the record keeps the caller's JWT subject and issuer.
+    assert_eq!(first.subject.as_deref(), Some("alice"));
+    assert_eq!(first.issuer.as_deref(), Some("https://idp.example"));
     assert!(first.expires_ms >= first.created_ms + 59_000);
     let again = store.claim(&call).await.expect("claim");
     assert_eq!(

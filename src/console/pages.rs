@@ -178,7 +178,7 @@ fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
                 out,
                 "<li class=\"approval\" data-id=\"{id}\">\
                  <div class=\"what\"><span class=\"tool\">{tool}</span> on <span class=\"server\">{server}</span>\
-                 <span class=\"by\">grant <strong>{grant}</strong>, agent {agent}</span></div>\
+                 <span class=\"by\">grant <strong>{grant}</strong>, agent {agent}{caller}</span></div>\
                  <dl class=\"facts\"><dt>Rule</dt><dd>{rule}</dd>\
                  <dt>Asked</dt><dd><time data-since=\"{created}\">{age}</time></dd>\
                  <dt>Expires</dt><dd><time data-until=\"{expires}\">in {left}</time></dd>\
@@ -194,6 +194,11 @@ fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
                 server = esc(&a.server),
                 grant = esc(&a.grant),
                 agent = esc(&a.agent),
+                caller = a
+                    .subject
+                    .as_deref()
+                    .map(|sub| format!(", subject <strong class=\"subject\">{}</strong>", esc(sub)))
+                    .unwrap_or_default(),
                 rule = esc(&a.rule),
                 created = a.created_ms,
                 expires = a.expires_ms,

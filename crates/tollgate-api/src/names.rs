@@ -47,9 +47,12 @@ pub fn check_prompt_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// Checks that `uri` is an absolute URI in normal form: printable ASCII without spaces or
-/// `\`, a lowercase scheme, a lowercase authority, no `.` or `..` path segments, and
-/// percent-encoding only where it is needed (never of a letter, digit, `-`, `.`, `_`, `~`,
-/// `/` or `\`). The error says why, without repeating the URI.
+/// `\`, a lowercase scheme, a lowercase authority without user information or a default
+/// port (and `file:///`, never `file://localhost/`), a path without empty, `.` or `..`
+/// segments and without a trailing `/` (but for the root path), a query and fragment that
+/// are not empty and hold no `//`, `.` or `..` segments, and percent-encoding only where it
+/// is needed (never of a letter, digit, `-`, `.`, `_`, `~`, `/` or `\`). The error says
+/// why, without repeating the URI.
 pub fn check_resource_uri(uri: &str) -> Result<(), &'static str> {
     if uri.is_empty() {
         return Err("the resource URI is empty");
@@ -89,17 +92,82 @@ pub fn check_resource_uri(uri: &str) -> Result<(), &'static str> {
         }
     }
     let rest = &uri[colon + 1..];
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    let mut path = &rest[..end];
-    if let Some(after) = path.strip_prefix("//") {
+    if rest.is_empty() {
+        return Err("the resource URI has nothing after its scheme");
+    }
+    // The whole URI is checked, its query and fragment too: an upstream that reads a URI as
+    // a file path does not stop at '?' or '#'.
+    let (before_fragment, fragment) = match rest.split_once('#') {
+        Some((a, f)) => (a, Some(f)),
+        None => (rest, None),
+    };
+    let (hier, query) = match before_fragment.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (before_fragment, None),
+    };
+    let mut path = hier;
+    if let Some(after) = hier.strip_prefix("//") {
         let authority_end = after.find('/').unwrap_or(after.len());
-        if after[..authority_end].bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err("the resource URI's host must be lowercase");
-        }
+        check_authority(scheme, &after[..authority_end])?;
         path = &after[authority_end..];
     }
-    if path.split('/').any(|segment| segment == "." || segment == "..") {
-        return Err("the resource URI has '.' or '..' path segments");
+    // One spelling per path: no empty segment (`a//b`, `file:////x`), no trailing '/'
+    // except the root path itself, no '.' or '..'.
+    let segments = match path {
+        "" | "/" => "",
+        p => p.strip_prefix('/').unwrap_or(p),
+    };
+    if !segments.is_empty() {
+        for segment in segments.split('/') {
+            match segment {
+                "" => return Err("the resource URI has an empty path segment ('//' or a trailing '/')"),
+                "." | ".." => return Err("the resource URI has '.' or '..' path segments"),
+                _ => {}
+            }
+        }
+    }
+    for part in [query, fragment].into_iter().flatten() {
+        if part.is_empty() {
+            return Err("the resource URI has an empty query or fragment");
+        }
+        for segment in part.split(['/', '?']) {
+            match segment {
+                "." | ".." => return Err("the resource URI has '.' or '..' segments in its query or fragment"),
+                "" if part.contains("//") => return Err("the resource URI has '//' in its query or fragment"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The authority of a resource URI in normal form: lowercase, no user information, no
+/// empty or default port, and `file:` URIs without `localhost` (RFC 8089: `file:///x`).
+fn check_authority(scheme: &str, authority: &str) -> Result<(), &'static str> {
+    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("the resource URI's host must be lowercase");
+    }
+    if authority.contains('@') {
+        return Err("the resource URI has user information ('@') in its authority");
+    }
+    if scheme == "file" && authority == "localhost" {
+        return Err("a file: resource URI names the local host as file:///, not file://localhost/");
+    }
+    // The port is what follows the last ':' outside an IPv6 literal's brackets.
+    let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+    if let Some(colon) = authority[host_end..].find(':') {
+        let port = &authority[host_end + colon + 1..];
+        let default = match scheme {
+            "http" | "ws" => Some("80"),
+            "https" | "wss" => Some("443"),
+            _ => None,
+        };
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.starts_with('0') {
+            return Err("the resource URI's port must be digits without a leading zero");
+        }
+        if default == Some(port) {
+            return Err("the resource URI names its scheme's default port");
+        }
     }
     Ok(())
 }
@@ -156,6 +224,13 @@ mod tests {
             "urn:isbn:0451450523",
             "file:///a%20b",
             "file:///a/..b/c.",
+            "https://example.com/",
+            "https://example.com",
+            "https://example.com/?q=1",
+            "https://example.com:8443/a",
+            "https://[::1]:8443/a",
+            "file:///srv/reports/payroll/x.csv",
+            "https://example.com/a?x=1&y=2",
         ] {
             assert_eq!(check_resource_uri(ok), Ok(()), "{ok}");
         }
@@ -177,6 +252,25 @@ mod tests {
             "file:///a\nb",
             "https://EXAMPLE.com/x",
             ":nothing",
+            "x:",
+            // Issue 23, hole 4: other spellings of one resource.
+            "file:///srv/reports//payroll/x.csv",
+            "file:////etc/secret",
+            "file:///srv/reports/",
+            "file:///srv/public?/../secret",
+            "file:///srv/public#/../secret",
+            "file:///srv/public?..",
+            "file:///srv/public?a//b",
+            "file:///srv/public?",
+            "file:///srv/public#",
+            "file://localhost/srv/secret",
+            "https://user@example.com/x",
+            "https://example.com:443/x",
+            "http://example.com:80/x",
+            "https://example.com:/x",
+            "https://example.com:0443/x",
+            "demo:notes//x",
+            "demo:notes/",
             &format!("file:///{}", "a".repeat(2048)),
         ] {
             assert!(check_resource_uri(bad).is_err(), "{bad:?}");

@@ -234,5 +234,7 @@ pub fn approval_message(approval: &Approval, with_arguments: bool) -> proto::App
         resolved_ms: approval.resolved_ms.unwrap_or_default(),
         resolved_by: approval.resolved_by.clone().unwrap_or_default(),
         reason: approval.reason.clone().unwrap_or_default(),
+        subject: approval.subject.clone().unwrap_or_default(),
+        issuer: approval.issuer.clone().unwrap_or_default(),
     }
 }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_limiter::{Admission, Approval, ApprovalStore, Claim, CounterStore, Hit, MemoryApprovals, NewApproval};
-use tollgate_policy::{Action, Annotations, Call, CounterHit, Kind, OnStoreError, Policy, Rule};
+use tollgate_policy::{Action, Annotations, ApprovalBind, Call, CounterHit, Kind, OnStoreError, Policy, Rule};
 use tollgate_telemetry::metrics::metrics;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -393,10 +393,7 @@ impl Engine {
                 let reason = rule.reason.clone().unwrap_or_else(|| denial_text(rule, &subject));
                 decision.with(Verdict::Deny, &rule.label, reason)
             }
-            Action::RequireApproval => {
-                self.approval(decision, &policy, rule, &call, subject, &request.request_id)
-                    .await
-            }
+            Action::RequireApproval => self.approval(decision, &policy, rule, &call, subject, request).await,
             Action::Allow => {
                 let hits = policy.counter_hits(rule, &call);
                 if hits.is_empty() {
@@ -417,8 +414,9 @@ impl Engine {
         rule: &Rule,
         call: &Call<'_>,
         subject: Subject<'_>,
-        request_id: &str,
+        request: &DecideRequest,
     ) -> Decision {
+        let request_id = request.request_id.as_str();
         // Approvals name (and are bound to) the kind with the name: an approval to get
         // prompt "x" can never let tool "x" through.
         let label = tollgate_api::subject_label(subject.kind, subject.name);
@@ -427,14 +425,31 @@ impl Engine {
         } else {
             call.arguments.clone()
         };
-        let canonical = tollgate_policy::canonical_json(&arguments);
-        let binding = serde_json::json!([call.grant, call.server, label, canonical]).to_string();
+        // Bound to the exact arguments (keys sorted, nothing coerced): the operator's yes
+        // is for the call they saw, and that call is what the edge forwards.
+        let exact = tollgate_policy::exact_json(&arguments);
+        let binding = match rule.approval.bind {
+            ApprovalBind::Grant => serde_json::json!(["grant", call.grant, call.server, label, exact]),
+            ApprovalBind::Agent => serde_json::json!([
+                "agent",
+                call.grant,
+                call.agent,
+                request.issuer,
+                request.subject,
+                call.server,
+                label,
+                exact
+            ]),
+        }
+        .to_string();
         let new = NewApproval {
             server: call.server.to_owned(),
             tool: label.clone(),
             grant: call.grant.to_owned(),
             agent: call.agent.to_owned(),
-            arguments: arguments.to_string(),
+            subject: request.subject.clone(),
+            issuer: request.issuer.clone(),
+            arguments: exact,
             digest: hex::encode(Sha256::digest(binding.as_bytes())),
             rule: rule.label.clone(),
             timeout: rule.approval.timeout,

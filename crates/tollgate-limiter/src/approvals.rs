@@ -1,6 +1,6 @@
 //! Approval records for `require_approval` rules: `pending → approved | denied | expired`,
-//! then `consumed`. One record is bound to one call shape (grant, server, tool and a digest
-//! of the canonical arguments): an identical call finds it, any other call asks anew.
+//! then `consumed`. One record is bound to one call shape (the caller, server, tool and a
+//! digest of the exact arguments): an identical call finds it, any other call asks anew.
 //!
 //! Every state change is atomic: one mutex in memory, one Lua script run in Redis (all
 //! approval keys share the hash tag `{approvals}`, so a Redis Cluster keeps them in one
@@ -22,6 +22,9 @@ pub const RETENTION: Duration = Duration::from_secs(3600);
 
 /// Arguments longer than this are stored cut short (the digest still binds the whole).
 pub const MAX_STORED_ARGUMENTS: usize = 64 * 1024;
+
+/// A caller's subject or issuer is stored cut at this length (the digest binds the whole).
+pub const MAX_STORED_CALLER: usize = 1024;
 
 /// Records a listing returns at most (the newest).
 pub const MAX_LISTED: usize = 1000;
@@ -53,9 +56,16 @@ pub struct Approval {
     pub tool: String,
     pub grant: String,
     pub agent: String,
+    /// The JWT `sub` and `iss` of the caller who asked (absent for static keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// The call's arguments as JSON text (cut at [`MAX_STORED_ARGUMENTS`]).
     pub arguments: String,
-    /// What the approval is bound to: SHA-256 of grant, server, tool and canonical arguments.
+    /// What the approval is bound to: SHA-256 of the caller (the grant, and with the rule's
+    /// default `bind = "agent"` its agent, JWT issuer and subject), server, tool and exact
+    /// arguments.
     pub digest: String,
     /// The policy rule that asked for approval.
     pub rule: String,
@@ -92,6 +102,9 @@ pub struct NewApproval {
     pub tool: String,
     pub grant: String,
     pub agent: String,
+    /// The caller's JWT `sub` and `iss`; empty for static keys.
+    pub subject: String,
+    pub issuer: String,
     pub arguments: String,
     pub digest: String,
     pub rule: String,
@@ -115,6 +128,8 @@ impl NewApproval {
             tool: self.tool.clone(),
             grant: self.grant.clone(),
             agent: self.agent.clone(),
+            subject: (!self.subject.is_empty()).then(|| cut_short(&self.subject, MAX_STORED_CALLER)),
+            issuer: (!self.issuer.is_empty()).then(|| cut_short(&self.issuer, MAX_STORED_CALLER)),
             arguments,
             digest: self.digest.clone(),
             rule: self.rule.clone(),

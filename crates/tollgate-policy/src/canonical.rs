@@ -48,12 +48,59 @@ fn nfc(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// The canonical JSON text of a value (see the module documentation): what approvals are
-/// bound to, so that spellings of one call share one approval.
+/// The canonical JSON text of a value (see the module documentation), as composite values
+/// appear in counter keys.
 pub fn canonical_json(value: &Value) -> String {
     let mut out = String::new();
     write_json(&mut out, value);
     out
+}
+
+/// The exact JSON text of a value, with object keys sorted and nothing else changed: no
+/// coercion of strings that spell numbers, no normalization of text, numbers written as
+/// they were parsed (`1` and `1.0` differ, and so do integers past 2^53). What approvals
+/// are bound to: an operator's yes goes to the arguments they saw, which are the
+/// arguments forwarded, and to no other spelling.
+pub fn exact_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_exact(&mut out, value);
+    out
+}
+
+fn write_exact(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_exact(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(members) => {
+            // Sorted by the keys' own code points, whatever order the map keeps.
+            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (name, member)) in sorted.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(out, name);
+                out.push(':');
+                write_exact(out, member);
+            }
+            out.push('}');
+        }
+    }
 }
 
 fn write_json(out: &mut String, value: &Value) {
@@ -233,5 +280,39 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"cafe\u0301": null, "a": ["x", 2e0], "b": 1}"#).expect("json");
         assert_eq!(key(&a), key(&b));
         assert_eq!(key(&a), "json:{\"a\":[\"x\",2],\"b\":1,\"café\":null}");
+    }
+
+    #[test]
+    fn exact_json_sorts_keys_and_changes_nothing_else() {
+        let a: Value =
+            serde_json::from_str(r#"{"b":"0100.000","a":12345678901234567890,"c":[1.0,"e\u0301"]}"#).unwrap();
+        assert_eq!(
+            exact_json(&a),
+            "{\"a\":12345678901234567890,\"b\":\"0100.000\",\"c\":[1.0,\"e\u{301}\"]}",
+            "no NFC, no coercion, numbers as written"
+        );
+        let spellings = [
+            r#"{"to":"12345678901234567890","amount":"100"}"#,
+            r#"{"to":"12345678901234567891","amount":"100"}"#,
+            r#"{"to":"12345678901234567890","amount":"0100.000"}"#,
+            r#"{"to":"12345678901234567890","amount":100}"#,
+            r#"{"to":"12345678901234567890","amount":"100 "}"#,
+            r#"{"to":"12345678901234567890","amount":"１００"}"#,
+        ];
+        let texts: Vec<String> = spellings
+            .iter()
+            .map(|s| exact_json(&serde_json::from_str(s).unwrap()))
+            .collect();
+        for (i, a) in texts.iter().enumerate() {
+            for b in &texts[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Key order is not part of the call.
+        let reordered: Value = serde_json::from_str(r#"{"amount":"100","to":"12345678901234567890"}"#).unwrap();
+        assert_eq!(exact_json(&reordered), texts[0]);
+        // Integers past 2^53 stay distinct.
+        let big = |n: &str| exact_json(&serde_json::from_str(&format!(r#"{{"n":{n}}}"#)).unwrap());
+        assert_ne!(big("9007199254740993"), big("9007199254740992"));
     }
 }

@@ -558,7 +558,11 @@ impl Compiler<'_, '_> {
                 }
             }
         };
-        ApprovalPolicy { timeout, hold }
+        ApprovalPolicy {
+            timeout,
+            hold,
+            bind: spec.bind.unwrap_or_default(),
+        }
     }
 
     fn limit(&mut self, path: &[&str], label: &str, index: usize, spec: &LimitSpec) -> Option<Limit> {

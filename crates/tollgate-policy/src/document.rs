@@ -98,6 +98,21 @@ pub struct ApprovalSpec {
     pub hold: Option<Window>,
     #[serde(default)]
     pub mode: Option<ApprovalMode>,
+    /// Whom an operator's yes goes to (default `agent`).
+    #[serde(default)]
+    pub bind: Option<ApprovalBind>,
+}
+
+/// Whom an approval is bound to, besides the exact call (server, subject, arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalBind {
+    /// The caller the operator saw: the grant, its agent, and for a JWT its issuer and
+    /// subject. Another subject of the same grant asks anew.
+    #[default]
+    Agent,
+    /// Any caller of the grant: one approval serves every subject that authenticates with it.
+    Grant,
 }
 
 /// What the agent sees while an approval is pending.

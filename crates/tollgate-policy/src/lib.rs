@@ -6,7 +6,7 @@
 //! a rule and the counter hits the call needs. Counting itself is `tollgate-limiter`'s job.
 
 mod canonical;
-pub use canonical::canonical_json;
+pub use canonical::{canonical_json, exact_json};
 mod compile;
 mod document;
 mod error;
@@ -15,7 +15,7 @@ mod policy;
 mod source;
 
 pub use compile::{Compiled, MAX_COUNT, MAX_SLIDING_LOG_MAX, compile_str, compile_with_format};
-pub use document::{Action, Algorithm, ApprovalMode, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
+pub use document::{Action, Algorithm, ApprovalBind, ApprovalMode, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window};
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;
 pub use policy::{Annotations, ApprovalPolicy, ArgumentSchema, Call, Class, CounterHit, Kind, Limit, Policy, Rule};

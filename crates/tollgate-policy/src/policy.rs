@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::canonical::{Canonical, canonical};
-use crate::document::{Action, Algorithm, OnStoreError, Scope, ScopeDim, Window};
+use crate::document::{Action, Algorithm, ApprovalBind, OnStoreError, Scope, ScopeDim, Window};
 use crate::glob::Glob;
 
 /// A compiled, validated policy. Cheap to share behind an `Arc`; evaluation does no I/O.
@@ -92,6 +92,8 @@ pub struct ApprovalPolicy {
     /// How long the edge holds the call open waiting for it; `None` in `retry` mode (the
     /// call is refused at once, naming the approval). Never longer than `timeout`.
     pub hold: Option<Duration>,
+    /// Whom an approval is bound to.
+    pub bind: ApprovalBind,
 }
 
 impl ApprovalPolicy {
@@ -105,6 +107,7 @@ impl Default for ApprovalPolicy {
         ApprovalPolicy {
             timeout: Self::DEFAULT_TIMEOUT,
             hold: Some(Self::DEFAULT_HOLD),
+            bind: ApprovalBind::Agent,
         }
     }
 }

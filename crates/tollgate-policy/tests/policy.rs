@@ -673,13 +673,14 @@ fn rate_limit_shorthand_is_one_limit_per_session() {
 #[test]
 fn approvals_hold_by_default_and_retry_when_asked() {
     use std::time::Duration;
-    use tollgate_policy::ApprovalPolicy;
+    use tollgate_policy::{ApprovalBind, ApprovalPolicy};
     let p = policy(
         r#"{"version":"1","tools":{
             "plain":{"action":"require_approval"},
             "quick":{"action":"require_approval","approval":{"timeout":"2m","hold":"10s"}},
             "later":{"action":"require_approval","approval":{"mode":"retry","timeout":"1h"}},
-            "short":{"action":"require_approval","approval":{"timeout":"20s"}}}}"#,
+            "short":{"action":"require_approval","approval":{"timeout":"20s"}},
+            "shared":{"action":"require_approval","approval":{"bind":"grant"}}}}"#,
     );
     let approval = |tool: &str| p.rule_for("k8s", tool, "g", Annotations::default()).approval;
     assert_eq!(approval("plain"), ApprovalPolicy::default());
@@ -689,9 +690,13 @@ fn approvals_hold_by_default_and_retry_when_asked() {
         approval("quick"),
         ApprovalPolicy {
             timeout: Duration::from_secs(120),
-            hold: Some(Duration::from_secs(10))
+            hold: Some(Duration::from_secs(10)),
+            bind: ApprovalBind::Agent,
         }
     );
+    // An operator's yes goes to the caller they saw unless the rule shares it grant-wide.
+    assert_eq!(approval("plain").bind, ApprovalBind::Agent);
+    assert_eq!(approval("shared").bind, ApprovalBind::Grant);
     assert_eq!(approval("later").hold, None);
     assert_eq!(approval("later").timeout, Duration::from_secs(3600));
     // The default hold never outlives the approval it waits for.
@@ -721,6 +726,12 @@ fn approval_settings_that_cannot_work_are_named() {
     );
     assert_eq!(line, 2, "{message}");
     assert!(message.contains("hold") && message.contains("retry"), "{message}");
+    let (line, _, message) = first_error(
+        "p.json",
+        "{\"version\":\"1\",\"tools\":{\n\"a\":{\"action\":\"require_approval\",\"approval\":{\"bind\":\"user\"}}}}",
+    );
+    assert_eq!(line, 2, "{message}");
+    assert!(message.contains("agent") && message.contains("grant"), "{message}");
 }
 
 /// Resources and prompts are decided only once the policy names them: the seed (tools
