@@ -449,3 +449,73 @@ async fn each_replica_shows_every_replicas_decisions_through_redis() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 24, items 2 and 3: a session lasts only while its operator's key is in force, and
+/// a sign-out is kept in the store, so a replica that restarts (or starts later) refuses the
+/// signed-out session too.
+#[tokio::test]
+async fn sessions_end_with_their_operators_key_and_sign_outs_survive_restarts() {
+    let redis = RedisServer::start();
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("console-restart");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    let store = format!(
+        "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n\n[console]\nsession_secret = \"{}\"\n",
+        redis.url(),
+        "s".repeat(40)
+    );
+    support::append(&config, &format!("{store}{}", operators()));
+    let start = || Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
+    let status_of =
+        |admin: String, cookie: String| async move { get(&format!("{admin}/console"), Some(&cookie)).await.status() };
+
+    let replica = start();
+    let admin = replica.admin_url.clone().expect("admin");
+    let signed_out = sign_in(&admin).await;
+    let kept = sign_in(&admin).await;
+    let page = page_text(&format!("{admin}/console"), &signed_out).await;
+    assert_eq!(
+        sign_out(&admin, &signed_out, &csrf_of(&page)).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        status_of(admin.clone(), signed_out.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    drop(replica);
+
+    // A restarted replica has an empty memory: the store remembers the sign-out.
+    let replica = start();
+    let admin = replica.admin_url.clone().expect("admin");
+    assert_eq!(
+        status_of(admin.clone(), signed_out.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "a signed-out session came back after a restart"
+    );
+    assert_eq!(status_of(admin.clone(), kept.clone()).await, StatusCode::OK);
+    drop(replica);
+
+    // The operator's key is rotated: sessions signed in with the old key end, even though
+    // their cookies are still signed with the same session secret and name "alice".
+    let text = std::fs::read_to_string(&config).expect("config");
+    let rotated = text.replace(&sha256_hex(OPERATOR_KEY), &sha256_hex("tg_operator_alice_new_key"));
+    assert_ne!(text, rotated);
+    std::fs::write(&config, rotated).expect("write");
+    let replica = start();
+    let admin = replica.admin_url.clone().expect("admin");
+    assert_eq!(
+        status_of(admin.clone(), kept.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "a session outlived its operator's key"
+    );
+    let approve = client()
+        .post(format!(
+            "{admin}/console/approvals/apr_00000000000000000000000000000000"
+        ))
+        .header("cookie", &kept)
+        .form(&[("decision", "approve"), ("csrf", "00")])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(approve.status(), StatusCode::UNAUTHORIZED);
+}

@@ -9,7 +9,8 @@
 //! script and style, so markup that escaped escaping still could not run.
 //!
 //! Sessions are HMAC-signed cookies (HttpOnly, SameSite=Strict, `Path=/console`) naming the
-//! operator, a session id and an expiry; every state change also needs the session's CSRF
+//! operator, a fingerprint of the key they signed in with (checked against the operators in
+//! force on every request), a session id and an expiry; every state change also needs the session's CSRF
 //! token (an HMAC of the session id). With `console.session_secret` set alike on every
 //! replica, a session works on all of them; signing out revokes the session on the replica
 //! that served it and announces it on the store's broadcast channel, so every replica
@@ -79,6 +80,9 @@ struct SignedOut {
 struct Session {
     /// Operator name.
     o: String,
+    /// Which of the operator's keys signed in: an HMAC of its stored hash (hex, 16 bytes).
+    /// A session lasts only while the operators in force still hold that key.
+    k: String,
     /// Session id.
     s: String,
     /// Expiry, seconds since the Unix epoch.
@@ -158,8 +162,10 @@ impl Console {
         format!("{payload}.{tag}")
     }
 
-    /// The session a request's cookie carries, if it is signed, unexpired and not revoked.
-    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+    /// The session a request's cookie carries, if it is signed, unexpired, its operator's key
+    /// still in force, and not signed out (here, or anywhere in the cluster: the store keeps
+    /// sign-outs until the session would have expired; when the store cannot tell, no).
+    async fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let value = headers
             .get_all(header::COOKIE)
             .iter()
@@ -173,6 +179,15 @@ impl Console {
         if session.e <= now_secs() {
             return None;
         }
+        // The operator, with the key they signed in with, must still be configured: removing
+        // or rotating a key ends its sessions (after a restart, on every replica).
+        if !self
+            .operators
+            .key_hashes(&session.o)
+            .any(|hash| self.key_fingerprint(hash) == session.k)
+        {
+            return None;
+        }
         if self
             .revoked
             .lock()
@@ -181,7 +196,26 @@ impl Console {
         {
             return None;
         }
+        if let Some(channel) = &self.channel {
+            match channel.is_session_revoked(&session.s).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.remember_revoked(session.s.clone(), session.e);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!("console: cannot check whether a session was signed out, refusing it: {e}");
+                    return None;
+                }
+            }
+        }
         Some(session)
+    }
+
+    /// What a session records of the key its operator signed in with: keyed with the
+    /// session secret, so a cookie reveals nothing of the key's hash.
+    fn key_fingerprint(&self, key_hash: &[u8; 32]) -> String {
+        hex::encode(&self.mac(&[b"operator-key\0", key_hash]).finalize().into_bytes()[..16])
     }
 
     fn csrf(&self, session: &Session) -> String {
@@ -204,10 +238,16 @@ impl Console {
         .unwrap_or_else(|_| HeaderValue::from_static("tg_console=; Path=/console; Max-Age=0"))
     }
 
-    /// Revokes `session` here and announces it to the other replicas.
-    async fn revoke(&self, session: &Session) {
+    /// Revokes `session` here, records it in the store (for replicas that restart or start
+    /// later) and announces it to the other replicas. An error when the store could not
+    /// record it.
+    async fn revoke(&self, session: &Session) -> Result<(), String> {
         self.remember_revoked(session.s.clone(), session.e);
         if let Some(channel) = &self.channel {
+            channel
+                .revoke_session(&session.s, session.e.saturating_mul(1000))
+                .await
+                .map_err(|e| e.to_string())?;
             let announcement = SignedOut {
                 console_signed_out: session.s.clone(),
                 until: session.e,
@@ -218,6 +258,7 @@ impl Console {
                 tracing::warn!("console: cannot announce a sign-out to the other replicas: {e}");
             }
         }
+        Ok(())
     }
 
     fn remember_revoked(&self, session_id: String, until: u64) {
@@ -314,7 +355,7 @@ fn unauthorized() -> Response {
 }
 
 async fn login_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if console.session(&headers).is_some() {
+    if console.session(&headers).await.is_some() {
         return Redirect::to("/console").into_response();
     }
     pages::login(None).into_response()
@@ -347,8 +388,8 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, Form(for
         return (StatusCode::UNAUTHORIZED, pages::login(Some("unknown operator key"))).into_response();
     }
     let key = Some(form.key.trim()).filter(|k| !k.is_empty());
-    let operator = match console.operators.who(key) {
-        Ok(operator) => operator,
+    let (operator, key_hash) = match console.operators.who_with_key(key) {
+        Ok(found) => found,
         Err(refusal) => {
             let message = match refusal {
                 tollgate_decision::OperatorRefusal::Missing => "enter your operator key",
@@ -360,6 +401,7 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, Form(for
     };
     let session = Session {
         o: operator,
+        k: console.key_fingerprint(&key_hash),
         s: uuid::Uuid::new_v4().simple().to_string(),
         e: now_secs() + console.ttl.as_secs(),
     };
@@ -379,13 +421,26 @@ struct CsrfForm {
 }
 
 async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    let Some(session) = console.session(&headers) else {
+    let Some(session) = console.session(&headers).await else {
         return unauthorized();
     };
     if !console.csrf_ok(&session, &form.csrf) {
         return csrf_refused();
     }
-    console.revoke(&session).await;
+    if let Err(e) = console.revoke(&session).await {
+        tracing::error!(target: "tollgate::audit", operator = ?session.o, "console sign-out not recorded in the store: {e}");
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "The sign-out could not be recorded in the store, so other replicas would still accept this \
+             session: sign out again once the store is back (this browser's cookie is cleared).",
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, console.set_cookie("", 0));
+        return response;
+    }
     tracing::info!(target: "tollgate::audit", operator = ?session.o, "console sign-out");
     let mut response = Redirect::to("/console/login").into_response();
     response
@@ -410,7 +465,7 @@ struct HomeQuery {
 }
 
 async fn home(State(console): State<Arc<Console>>, headers: HeaderMap, Query(query): Query<HomeQuery>) -> Response {
-    let Some(session) = console.session(&headers) else {
+    let Some(session) = console.session(&headers).await else {
         return sign_in_required("sign in to open the console");
     };
     let approvals = console.engine.approvals().list().await;
@@ -435,7 +490,7 @@ async fn resolve(
     Path(id): Path<String>,
     Form(form): Form<ResolveForm>,
 ) -> Response {
-    let Some(session) = console.session(&headers) else {
+    let Some(session) = console.session(&headers).await else {
         return unauthorized();
     };
     if !console.csrf_ok(&session, &form.csrf) {
@@ -473,7 +528,7 @@ async fn resolve(
 /// compared every [`APPROVALS_EVERY`], and at once when a decision that asked for an approval
 /// is heard) and `decision` (one rendered row per decision).
 async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let Some(session) = console.session(&headers) else {
+    let Some(session) = console.session(&headers).await else {
         return unauthorized();
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(EVENT_BUFFER);
@@ -487,7 +542,7 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
             tokio::select! {
                 _ = ticker.tick() => {
                     // Expired or revoked (here or on another replica) since the page opened.
-                    if console.session(&headers).is_none() {
+                    if console.session(&headers).await.is_none() {
                         let _ = tx.send(Event::default().event("signed-out").data("")).await;
                         return;
                     }
@@ -571,7 +626,7 @@ async fn policy(
     headers: HeaderMap,
     Query(query): Query<ExplainQuery>,
 ) -> Response {
-    let Some(session) = console.session(&headers) else {
+    let Some(session) = console.session(&headers).await else {
         return sign_in_required("sign in to open the console");
     };
     let answer = query.asked().then(|| explain(&console, &query));
@@ -583,7 +638,7 @@ async fn counters(
     headers: HeaderMap,
     Query(query): Query<ExplainQuery>,
 ) -> Response {
-    let Some(session) = console.session(&headers) else {
+    let Some(session) = console.session(&headers).await else {
         return sign_in_required("sign in to open the console");
     };
     let answer = if query.asked() {

@@ -74,8 +74,14 @@ impl Operators {
         Ok(Operators(Arc::new(keys)))
     }
 
-    /// The name of the operator whose key this is.
-    pub fn who(&self, key: Option<&str>) -> Result<String, OperatorRefusal> {
+    /// The stored key hashes of the operators named `name` (the configuration may give one
+    /// operator several keys), for sessions bound to the key they signed in with.
+    pub fn key_hashes<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8; 32]> + 'a {
+        self.0.iter().filter(move |(_, n)| n == name).map(|(h, _)| h)
+    }
+
+    /// The operator whose key this is: name and the key's stored hash.
+    pub fn who_with_key(&self, key: Option<&str>) -> Result<(String, [u8; 32]), OperatorRefusal> {
         if self.0.is_empty() {
             return Err(OperatorRefusal::NoneConfigured);
         }
@@ -84,8 +90,13 @@ impl Operators {
         self.0
             .iter()
             .find(|(h, _)| *h == hash)
-            .map(|(_, name)| name.clone())
+            .map(|(h, name)| (name.clone(), *h))
             .ok_or(OperatorRefusal::Unknown)
+    }
+
+    /// The name of the operator whose key this is.
+    pub fn who(&self, key: Option<&str>) -> Result<String, OperatorRefusal> {
+        self.who_with_key(key).map(|(name, _)| name)
     }
 }
 

@@ -258,6 +258,8 @@ pub struct RedisStore {
     broadcasts: Arc<broadcast::Sender<Arc<str>>>,
     broadcast_subscribed: AtomicBool,
     publish: Script,
+    /// Remembers and looks up signed-out console sessions.
+    revoked: Script,
     /// TLS material for `rediss://` nodes.
     tls: Option<redis::TlsCertificates>,
 }
@@ -334,6 +336,10 @@ impl RedisStore {
             broadcasts: Arc::new(broadcast::channel(crate::BROADCAST_BUFFER).0),
             broadcast_subscribed: AtomicBool::new(false),
             publish: Script::new("return redis.call('PUBLISH', KEYS[1], ARGV[1])"),
+            revoked: Script::new(
+                "if ARGV[1] == 'revoke' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2]) return 1 end \
+                 return redis.call('EXISTS', KEYS[1])",
+            ),
         })
     }
 
@@ -662,6 +668,27 @@ impl crate::Broadcast for RedisStore {
         let mut invocation = self.publish.prepare_invoke();
         invocation.key(self.broadcast_channel()).arg(message);
         self.run::<i64>(&invocation).await.map(|_| ())
+    }
+
+    /// `SET …:{console}:revoked:ID 1 PX ttl`: kept until the session would have expired.
+    async fn revoke_session(&self, session_id: &str, until_ms: u64) -> Result<(), StoreError> {
+        crate::broadcast::check_session_id(session_id)?;
+        let ttl = until_ms.saturating_sub(crate::approvals::wall_clock_ms()).max(1);
+        let mut invocation = self.revoked.prepare_invoke();
+        invocation
+            .key(format!("{}:{{console}}:revoked:{session_id}", self.prefix))
+            .arg("revoke")
+            .arg(ttl);
+        self.run::<i64>(&invocation).await.map(|_| ())
+    }
+
+    async fn is_session_revoked(&self, session_id: &str) -> Result<bool, StoreError> {
+        crate::broadcast::check_session_id(session_id)?;
+        let mut invocation = self.revoked.prepare_invoke();
+        invocation
+            .key(format!("{}:{{console}}:revoked:{session_id}", self.prefix))
+            .arg("check");
+        self.run::<i64>(&invocation).await.map(|n| n > 0)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
