@@ -330,3 +330,87 @@ async fn hostile_rate_limit_requests_are_refused_or_bounded() {
         .into_inner();
     assert_eq!(one_more.overall_code, Code::OverLimit as i32);
 }
+
+/// Issue 24, item 6: an Envoy counter and a policy counter of the same name count apart
+/// (different store keys), and Envoy traffic that fills its counter never makes a replica
+/// refuse a grant's calls whose own counter has room (the full-until cache is keyed by the
+/// whole store key).
+#[tokio::test]
+async fn envoy_counters_never_refuse_policy_counters_of_the_same_name() {
+    use tollgate_decision::envoy::proto::rate_limit_descriptor::Entry;
+    use tollgate_decision::envoy::proto::rate_limit_response::Code;
+    use tollgate_decision::envoy::proto::rate_limit_service_client::RateLimitServiceClient;
+    use tollgate_decision::envoy::proto::{RateLimitDescriptor, RateLimitRequest};
+    use tollgate_decision::proto::decision_service_client::DecisionServiceClient;
+    use tollgate_decision::proto::{DecideRequest, Verdict};
+
+    let redis = RedisServer::start();
+    let dir = support::temp_dir("envoy-shared-name");
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"k8s_scale": {"limits": [
+        {"counter": "shared", "window": "1m", "max": 2, "scope": ["grant"], "algorithm": "sliding_log"}]}}}"#;
+    let config = support::write_config(&dir, "http://127.0.0.1:9/mcp", &[], policy, "");
+    support::append(
+        &config,
+        &format!(
+            "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n\n[[envoy.limits]]\ndomain = \"web\"\ndescriptor = [\"grant\"]\n\
+             counter = \"shared\"\nwindow = \"1m\"\nmax = 2\nalgorithm = \"sliding_log\"\n",
+            redis.url()
+        ),
+    );
+    let decision = Proc::start(
+        "decision",
+        &["decision", "--config", config.to_str().expect("path")],
+        &[],
+    );
+    let mut envoy = RateLimitServiceClient::connect(decision.url(""))
+        .await
+        .expect("connect");
+    let mut edge = DecisionServiceClient::connect(decision.url("")).await.expect("connect");
+    let web = || RateLimitRequest {
+        domain: "web".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "grant".into(),
+                value: "a".into(),
+            }],
+            hits_addend: None,
+        }],
+        hits_addend: 0,
+    };
+    let codes: Vec<Code> = {
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(
+                envoy
+                    .should_rate_limit(web())
+                    .await
+                    .expect("answer")
+                    .into_inner()
+                    .overall_code(),
+            );
+        }
+        codes
+    };
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit, Code::OverLimit]);
+    let call = || DecideRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        server: "k8s".into(),
+        tool: "k8s_scale".into(),
+        grant: "a".into(),
+        agent: "agent-a".into(),
+        arguments_json: r#"{"namespace":"web","name":"api","replicas":1}"#.into(),
+        ..Default::default()
+    };
+    let verdicts: Vec<Verdict> = {
+        let mut verdicts = Vec::new();
+        for _ in 0..3 {
+            verdicts.push(edge.decide(call()).await.expect("decide").into_inner().verdict());
+        }
+        verdicts
+    };
+    assert_eq!(
+        verdicts,
+        [Verdict::Allow, Verdict::Allow, Verdict::RateLimited],
+        "the grant's own counter, apart from Envoy's"
+    );
+}

@@ -11,7 +11,7 @@
 //! arrived (later than the store's own moment), and hits given back early (a rolled-back
 //! cross-slot call, a late answer released) only mean the counter had room a little sooner.
 //! `sliding_window` counters are approximate, so their refusals are not remembered. Entries
-//! are per counter key, `max`, window and cost, so a reloaded policy with other numbers is
+//! are per store key (tag and counter key), `max`, window and cost, so a reloaded policy with other numbers is
 //! never refused by an old entry; the map is bounded (expired entries go first, then any).
 
 use std::collections::HashMap;
@@ -22,6 +22,9 @@ use tollgate_limiter::{Admission, Algorithm, Hit};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FullKey {
+    /// The store key is the tag with the key: counters of different namespaces (a policy
+    /// counter, an Envoy counter of the same name) may share a key but never a tag.
+    tag: String,
     key: String,
     max: u64,
     cost: u64,
@@ -31,6 +34,7 @@ struct FullKey {
 impl FullKey {
     fn of(hit: &Hit) -> FullKey {
         FullKey {
+            tag: hit.tag.clone(),
             key: hit.key.clone(),
             max: hit.max,
             cost: hit.cost,
@@ -179,6 +183,28 @@ mod tests {
         full.remember(&hits[2..], &refused(&[Some(Duration::from_millis(1))]), at);
         std::thread::sleep(Duration::from_millis(5));
         assert!(full.check(&hits[2..]).is_none());
+    }
+
+    /// Issue 24, item 6: an Envoy counter and a policy counter with one name and key are
+    /// different store keys (their tags differ), so one being full says nothing of the other.
+    #[test]
+    fn counters_of_other_tags_are_other_counters() {
+        let full = FullUntil::new(10);
+        let envoy = Hit {
+            tag: "shared".into(), // an Envoy counter's tag is its name
+            ..hit("shared/grant=a", Algorithm::SlidingLog)
+        };
+        let policy = Hit {
+            tag: "grant=a".into(),
+            ..hit("shared/grant=a", Algorithm::SlidingLog)
+        };
+        full.remember(
+            std::slice::from_ref(&envoy),
+            &refused(&[Some(Duration::from_secs(30))]),
+            Instant::now(),
+        );
+        assert!(full.check(std::slice::from_ref(&envoy)).is_some());
+        assert!(full.check(&[policy]).is_none(), "the policy's counter has room");
     }
 
     #[test]
