@@ -116,6 +116,9 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let token_hash = settings.token_hash().map_err(anyhow::Error::msg)?;
         let tls = settings.server_tls().map_err(anyhow::Error::msg)?;
         let envoy = tollgate_decision::envoy::EnvoyLimits::new(&config.envoy).map_err(anyhow::Error::msg)?;
+        envoy
+            .check_credentials(&settings, token_hash)
+            .map_err(anyhow::Error::msg)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (engine, status) = start_engine(&config).await?;
         serve_admin(&config, &engine, &status, &shutdown).await?;
@@ -352,9 +355,11 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
         if role != Role::Edge {
             let settings = config.decision()?;
             if role == Role::Decision {
-                settings.token_hash().map_err(anyhow::Error::msg)?;
+                let edges = settings.token_hash().map_err(anyhow::Error::msg)?;
                 settings.server_tls().map_err(anyhow::Error::msg)?;
-                tollgate_decision::envoy::EnvoyLimits::new(&config.envoy).map_err(anyhow::Error::msg)?;
+                tollgate_decision::envoy::EnvoyLimits::new(&config.envoy)
+                    .and_then(|envoy| envoy.check_credentials(&settings, edges))
+                    .map_err(anyhow::Error::msg)?;
             }
             let compiled =
                 tollgate_policy::load_file(&settings.policy).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
@@ -582,8 +587,13 @@ pub fn approvals(
                     println!("no approvals");
                 }
                 for a in &listed {
+                    let caller = match (&a.subject, &a.issuer) {
+                        (Some(sub), Some(iss)) => format!(", subject {} of {}", sub.escape_debug(), iss.escape_debug()),
+                        (Some(sub), None) => format!(", subject {}", sub.escape_debug()),
+                        _ => String::new(),
+                    };
                     println!(
-                        "{}  {:<9} {}/{}  grant {} (agent {})  expires {}  arguments {}",
+                        "{}  {:<9} {}/{}  grant {} (agent {}{caller})  expires {}  arguments {}",
                         a.id,
                         format!("{:?}", a.status).to_lowercase(),
                         a.server,
@@ -624,6 +634,8 @@ fn approval_json(a: &tollgate_limiter::Approval) -> serde_json::Value {
         "tool": a.tool,
         "grant": a.grant,
         "agent": a.agent,
+        "subject": a.subject,
+        "issuer": a.issuer,
         "arguments": arguments,
         "rule": a.rule,
         "created_at": rfc3339(a.created_ms),

@@ -414,3 +414,103 @@ async fn envoy_counters_never_refuse_policy_counters_of_the_same_name() {
         "the grant's own counter, apart from Envoy's"
     );
 }
+
+/// Issue 24, item 7: each client role has its own credential. Envoy's token admits the rate
+/// limit service only and the edges' token the decision service only; a configuration that
+/// gives Envoy the edges' token is refused at start.
+#[tokio::test]
+async fn envoys_token_and_the_edges_token_each_open_only_their_own_service() {
+    use tollgate_decision::envoy::proto::rate_limit_descriptor::Entry;
+    use tollgate_decision::envoy::proto::rate_limit_service_client::RateLimitServiceClient;
+    use tollgate_decision::envoy::proto::{RateLimitDescriptor, RateLimitRequest};
+    use tollgate_decision::proto::DecideRequest;
+    use tollgate_decision::proto::decision_service_client::DecisionServiceClient;
+
+    const EDGE_TOKEN: &str = "edge-cluster-token-0123456789";
+    const ENVOY_TOKEN: &str = "envoy-rls-token-0123456789";
+    let dir = support::temp_dir("envoy-roles");
+    let config = support::write_config(&dir, "http://127.0.0.1:9/mcp", &[], POLICY, "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let with_tokens = |envoy_token: &str| {
+        text.replace(
+            "[decision]\n",
+            &format!("[decision]\ntoken_sha256 = \"{}\"\n", support::sha256_hex(EDGE_TOKEN)),
+        ) + ENVOY_LIMITS
+            + &format!("\n[envoy]\ntoken_sha256 = \"{}\"\n", support::sha256_hex(envoy_token))
+    };
+    std::fs::write(&config, with_tokens(ENVOY_TOKEN)).expect("write");
+    let decision = Proc::start(
+        "decision",
+        &["decision", "--config", config.to_str().expect("path")],
+        &[],
+    );
+    let channel = tonic::transport::Endpoint::from_shared(decision.url(""))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    fn with<M>(token: &str, message: M) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        request
+    }
+    let web = || RateLimitRequest {
+        domain: "web".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![
+                Entry {
+                    key: "generic_key".into(),
+                    value: "api".into(),
+                },
+                Entry {
+                    key: "user".into(),
+                    value: "alice".into(),
+                },
+            ],
+            hits_addend: None,
+        }],
+        hits_addend: 0,
+    };
+    let decide = || DecideRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        server: "k8s".into(),
+        tool: "k8s_scale".into(),
+        grant: "a".into(),
+        agent: "agent-a".into(),
+        ..Default::default()
+    };
+    let mut envoy = RateLimitServiceClient::new(channel.clone());
+    let mut edge = DecisionServiceClient::new(channel);
+    envoy
+        .should_rate_limit(with(ENVOY_TOKEN, web()))
+        .await
+        .expect("Envoy's token admits the rate limit service");
+    edge.decide(with(EDGE_TOKEN, decide()))
+        .await
+        .expect("the edges' token admits Decide");
+    let refused = edge
+        .decide(with(ENVOY_TOKEN, decide()))
+        .await
+        .expect_err("Envoy's token calls Decide");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = envoy
+        .should_rate_limit(with(EDGE_TOKEN, web()))
+        .await
+        .expect_err("the edges' token spends Envoy budgets");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    drop(decision);
+
+    // One token for both roles is refused at start, by `tollgate check` and by the service.
+    std::fs::write(&config, with_tokens(EDGE_TOKEN)).expect("write");
+    let (code, _, stderr) = support::run(&[
+        "check",
+        "--role",
+        "decision",
+        "--config",
+        config.to_str().expect("path"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("envoy.token_sha256 is the edges'"), "{stderr}");
+}

@@ -41,6 +41,11 @@ const MAX_KEYED_VALUE_BYTES: usize = 128;
 pub struct EnvoySettings {
     #[serde(default)]
     pub limits: Vec<EnvoyLimit>,
+    /// Hex SHA-256 of the token Envoy presents (`authorization: Bearer <token>` in the rate
+    /// limit filter's `initial_metadata`). Envoy's own credential: it admits the rate limit
+    /// service only, and the edges' token (`decision.token_sha256`) does not admit it.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
 }
 
 /// One `[[envoy.limits]]` entry.
@@ -118,11 +123,25 @@ fn escape_into(out: &mut String, text: &str) {
 #[derive(Debug, Default)]
 pub struct EnvoyLimits {
     limits: Vec<Limit>,
+    /// SHA-256 of Envoy's token, when one is set.
+    token_hash: Option<[u8; 32]>,
 }
 
 impl EnvoyLimits {
     /// Checks every limit; the error names the first bad one (`envoy.limits[i]`).
     pub fn new(settings: &EnvoySettings) -> Result<EnvoyLimits, String> {
+        let token_hash = match &settings.token_sha256 {
+            Some(hex_hash) => {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(hex_hash.trim(), &mut hash).map_err(|_| {
+                    "envoy.token_sha256 must be 64 hex characters (the SHA-256 of Envoy's token; `tollgate keygen` \
+                     makes one)"
+                        .to_owned()
+                })?;
+                Some(hash)
+            }
+            None => None,
+        };
         let mut limits: Vec<Limit> = Vec::new();
         for (i, limit) in settings.limits.iter().enumerate() {
             let at = format!("envoy.limits[{i}]");
@@ -187,11 +206,47 @@ impl EnvoyLimits {
             }
             limits.push(checked);
         }
-        Ok(EnvoyLimits { limits })
+        Ok(EnvoyLimits { limits, token_hash })
     }
 
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
+    }
+
+    /// The SHA-256 of Envoy's token (`envoy.token_sha256`).
+    pub fn token_hash(&self) -> Option<[u8; 32]> {
+        self.token_hash
+    }
+
+    /// Whether Envoy's credential may serve beside the edges' (`edges`: the hash of
+    /// `decision.token_sha256`): Envoy needs a token of its own off loopback (unless the
+    /// listener admits only known clients), and never the edges' token, which would let
+    /// whoever holds Envoy's configuration call `Decide` as any grant.
+    pub fn check_credentials(&self, decision: &crate::DecisionSettings, edges: Option<[u8; 32]>) -> Result<(), String> {
+        if self.limits.is_empty() {
+            return Ok(());
+        }
+        match self.token_hash {
+            Some(hash) if Some(hash) == edges => Err(
+                "envoy.token_sha256 is the edges' decision.token_sha256: give Envoy a token of its own \
+                 (`tollgate keygen`), so that Envoy's credential cannot call Decide"
+                    .into(),
+            ),
+            Some(_) => Ok(()),
+            None if decision.listen.ip().is_loopback()
+                || decision.allow_unauthenticated
+                || decision.tls_client_ca.is_some() =>
+            {
+                Ok(())
+            }
+            None => Err(format!(
+                "decision.listen = {} is reachable from other hosts and [[envoy.limits]] are served: set \
+                 envoy.token_sha256 (Envoy's own token, sent as authorization: Bearer in the rate limit \
+                 filter's initial_metadata), or decision.allow_unauthenticated = true if a network policy \
+                 already admits only Envoy and the edges",
+                decision.listen
+            )),
+        }
     }
 }
 

@@ -477,14 +477,20 @@ fn check_request(request: &DecideRequest) -> Result<(), String> {
     Ok(())
 }
 
-/// Admits a call when it carries the cluster token (compared by SHA-256, so the token
-/// itself is never stored), or when none is configured.
+/// Admits a call when it carries its role's token (compared by SHA-256, so the token itself
+/// is never stored), or when none is configured. Each client role has its own: the edges'
+/// (`decision.token_sha256`) admits the decision service only, Envoy's
+/// (`envoy.token_sha256`) the rate limit service only.
 #[derive(Clone)]
-struct ClusterToken(Option<[u8; 32]>);
+struct ClusterToken {
+    hash: Option<[u8; 32]>,
+    /// Where the caller's token is configured, for the refusal.
+    setting: &'static str,
+}
 
 impl tonic::service::Interceptor for ClusterToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else {
+        let Some(expected) = &self.hash else {
             return Ok(request);
         };
         let presented = request
@@ -494,10 +500,11 @@ impl tonic::service::Interceptor for ClusterToken {
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
             Some(token) if Sha256::digest(token.trim().as_bytes()).as_slice() == expected => Ok(request),
-            Some(_) => Err(Status::unauthenticated("invalid cluster token")),
-            None => Err(Status::unauthenticated(
-                "missing cluster token: send authorization: Bearer <token> (edge.decision_token)",
-            )),
+            Some(_) => Err(Status::unauthenticated("invalid token for this service")),
+            None => Err(Status::unauthenticated(format!(
+                "missing token: send authorization: Bearer <token> ({})",
+                self.setting
+            ))),
         }
     }
 }
@@ -534,8 +541,11 @@ pub async fn serve(
         .await;
     let envoy = (!envoy.is_empty()).then(|| {
         tonic::service::interceptor::InterceptedService::new(
-            crate::envoy::service(engine.clone(), envoy),
-            ClusterToken(token_hash),
+            crate::envoy::service(engine.clone(), envoy.clone()),
+            ClusterToken {
+                hash: envoy.token_hash(),
+                setting: "envoy.token_sha256",
+            },
         )
     });
     let service = DecisionServiceServer::new(DecisionGrpc {
@@ -545,7 +555,13 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let service = tonic::service::interceptor::InterceptedService::new(service, ClusterToken(token_hash));
+    let service = tonic::service::interceptor::InterceptedService::new(
+        service,
+        ClusterToken {
+            hash: token_hash,
+            setting: "edge.decision_token",
+        },
+    );
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
