@@ -904,6 +904,19 @@ async fn an_approval_goes_to_the_caller_the_operator_saw_unless_bound_to_the_gra
         ..Default::default()
     };
 
+    // Found by the hostile review of issue 23: arguments longer than a record shows would let
+    // a padding key push the dangerous value past the cut the operator sees. Refused.
+    let mut padded = ask("k8s_scale", "alice");
+    padded.arguments_json = json!({"a_memo": "x".repeat(70_000), "namespace": "kube-system"}).to_string();
+    let refused = client.decide(padded).await.expect("decide").into_inner();
+    assert_eq!(refused.verdict(), Verdict::Deny, "{}", refused.reason);
+    assert!(
+        refused.reason.contains("more than an operator can be shown"),
+        "{}",
+        refused.reason
+    );
+    assert!(refused.approval_id.is_empty(), "no approval was asked for");
+
     for (tool, shared) in [("k8s_scale", false), ("k8s_rollout_pause", true)] {
         let asked = client.decide(ask(tool, "alice")).await.expect("decide").into_inner();
         assert_eq!(asked.verdict(), Verdict::ApprovalRequired, "{tool}");

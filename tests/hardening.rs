@@ -721,3 +721,49 @@ async fn the_decision_listeners_close_silent_connections() {
     let answer = reqwest::get(&metrics).await.expect("metrics after the flood");
     assert_eq!(answer.status().as_u16(), 200);
 }
+
+/// Found by the hostile review of issue 23: text that came over the wire (the session
+/// header, a JWT's subject) reached span fields unquoted, so a header could forge fields of
+/// the audit log line (`… tollgate.grant=other verdict="ALLOW"`) and put a raw TAB in it.
+/// Every such field is quoted and escaped now.
+#[tokio::test]
+async fn wire_text_cannot_forge_fields_of_a_log_line() {
+    let upstream = Hostile::start(honest).await;
+    let dir = support::temp_dir("log-forging");
+    let config = write_config(&dir, &upstream.url, &[], POLICY, "");
+    let log = dir.join("up.log");
+    let up = Proc::start_logging(
+        "up",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+        &log,
+    );
+    let forged = "x} tollgate.grant=forged verdict=\"ALLOW\"\tz";
+    let answer = reqwest::Client::new()
+        .post(up.url("/mcp/k8s"))
+        .bearer_auth(KEY_A)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", forged)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "k8s_delete_namespace", "arguments": {"namespace": "x"}}}))
+        .send()
+        .await
+        .expect("send");
+    assert!(answer.status().is_client_error() || answer.status().is_success());
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("forged") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("forged"), "the request was logged:\n{text}");
+    for line in text.lines().filter(|l| l.contains("forged")) {
+        assert!(!line.contains('\t'), "a raw TAB reached the log: {line:?}");
+        assert!(
+            line.contains(r#"mcp.session.id="x} tollgate.grant=forged verdict=\"ALLOW\"\tz""#),
+            "the header is one quoted, escaped field: {line}"
+        );
+    }
+}

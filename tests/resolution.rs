@@ -598,6 +598,23 @@ async fn unknown_and_hidden_resources_on_mcp_are_answered_alike_and_cheaply() {
         posts_of(&gate.secret, "resources/read") + posts_of(&gate.public, "resources/read"),
         0
     );
+    // Completions too (found by the hostile review): a hidden resource is completed no more
+    // than a missing one, and neither reaches an upstream.
+    let complete = |uri: &str| {
+        json!({"jsonrpc": "2.0", "id": 10, "method": "completion/complete",
+               "params": {"ref": {"type": "ref/resource", "uri": uri}, "argument": {"name": "x", "value": ""}}})
+    };
+    let mut completions = Vec::new();
+    for uri in ["file:///srv/hidden/b.txt", "file:///srv/public/missing-0.txt"] {
+        let answer = send(&gate.router, Method::POST, "/mcp", KEY_ALL, &with, Some(&complete(uri))).await;
+        completions.push(answer.message["error"].clone());
+    }
+    assert_eq!(completions[0], completions[1]);
+    assert!(completions[0]["code"].is_i64(), "{completions:?}");
+    assert_eq!(
+        posts_of(&gate.secret, "completion/complete") + posts_of(&gate.public, "completion/complete"),
+        0
+    );
     let public = send(
         &gate.router,
         Method::POST,
@@ -635,6 +652,12 @@ async fn other_spellings_of_a_denied_resource_are_refused_on_every_door() {
         "file://localhost/srv/hidden/b.txt",
         "https://example.com:443/secret/x",
         "https://someone@example.com/secret/x",
+        // Found by the hostile review: what URL parsers read as the denied resource.
+        "file:/srv/hidden/b.txt",
+        "file:srv/hidden/b.txt",
+        "https:example.com/secret/x",
+        "https:///example.com/secret/x",
+        "https://example.com./secret/x",
     ];
     for uri in spellings {
         for (path, extra) in [("/mcp/public", None), ("/mcp", Some(session.as_str()))] {
@@ -664,6 +687,30 @@ async fn other_spellings_of_a_denied_resource_are_refused_on_every_door() {
     .await;
     assert!(plain.message["result"].is_object(), "{}", plain.message);
     assert_eq!(posts_of(&gate.public, "resources/read"), 1);
+}
+
+/// Found by the hostile review: an integer past 64 bits was parsed as a double and forwarded
+/// rounded, so the upstream acted on a number the agent never sent (and an approval of one
+/// such number admitted its neighbours). Such numbers are refused; strings carry them.
+#[tokio::test]
+async fn a_number_that_cannot_be_forwarded_exactly_is_refused() {
+    let gate = gate(ALLOW_ALL, EdgeSettings::default(), IdentitySettings::default()).await;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_public","arguments":{"n":123456789012345678901235}}}"#;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/mcp/public")
+        .header("host", "127.0.0.1:8080")
+        .header("authorization", format!("Bearer {KEY_ALL}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("request");
+    let answer = gate.router.clone().oneshot(request).await.expect("answer");
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let bytes = answer.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("send it as a string"), "{text}");
+    assert_eq!(posts_of(&gate.public, "tools/call"), 0);
 }
 
 /// Hole 12: a prefix ending in part of the separator is refused at start.

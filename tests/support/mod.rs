@@ -43,12 +43,22 @@ impl Proc {
 
     /// Like [`Proc::start`], waiting for the listening line that also contains `marker`.
     pub fn start_until(name: &str, args: &[&str], env: &[(&str, &str)], marker: &str) -> Proc {
+        Proc::start_with(name, args, env, marker, Stdio::inherit())
+    }
+
+    /// Like [`Proc::start`], its log (stderr) written to `log`.
+    pub fn start_logging(name: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
+        let file = std::fs::File::create(log).expect("log file");
+        Proc::start_with(name, args, env, "listening on ", Stdio::from(file))
+    }
+
+    fn start_with(name: &str, args: &[&str], env: &[(&str, &str)], marker: &str, stderr: Stdio) -> Proc {
         let marker = marker.to_owned();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         command
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .env("RUST_LOG", "warn");
         for (k, v) in env {
             command.env(k, v);

@@ -106,10 +106,21 @@ pub fn check_resource_uri(uri: &str) -> Result<(), &'static str> {
         None => (before_fragment, None),
     };
     let mut path = hier;
+    let web = matches!(scheme, "http" | "https" | "ws" | "wss");
     if let Some(after) = hier.strip_prefix("//") {
         let authority_end = after.find('/').unwrap_or(after.len());
         check_authority(scheme, &after[..authority_end])?;
         path = &after[authority_end..];
+        // RFC 3986 6.2.3: an empty path of an http(s) URI is "/".
+        if web && path.is_empty() {
+            return Err("the resource URI has no path: write the root path as '/'");
+        }
+    } else if scheme == "file" || web {
+        // `file:/x`, `file:x` and `https:example.com/x` name what `file:///x` and
+        // `https://example.com/x` name to common URL parsers.
+        return Err(
+            "a file:, http(s): or ws(s): resource URI must be written with '//' (file:///path, https://host/path)",
+        );
     }
     // One spelling per path: no empty segment (`a//b`, `file:////x`), no trailing '/'
     // except the root path itself, no '.' or '..'.
@@ -150,11 +161,21 @@ fn check_authority(scheme: &str, authority: &str) -> Result<(), &'static str> {
     if authority.contains('@') {
         return Err("the resource URI has user information ('@') in its authority");
     }
-    if scheme == "file" && authority == "localhost" {
-        return Err("a file: resource URI names the local host as file:///, not file://localhost/");
+    if scheme == "file" && !authority.is_empty() {
+        return Err("a file: resource URI names the local host as file:///path, with no host");
     }
-    // The port is what follows the last ':' outside an IPv6 literal's brackets.
     let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+    let host = match authority[host_end..].find(':') {
+        Some(colon) => &authority[..host_end + colon],
+        None => authority,
+    };
+    if matches!(scheme, "http" | "https" | "ws" | "wss") && host.is_empty() {
+        return Err("the resource URI has no host");
+    }
+    if host.ends_with('.') {
+        return Err("the resource URI's host ends with '.'");
+    }
+    // The port is what follows the first ':' after an IPv6 literal's brackets.
     if let Some(colon) = authority[host_end..].find(':') {
         let port = &authority[host_end + colon + 1..];
         let default = match scheme {
@@ -225,8 +246,8 @@ mod tests {
             "file:///a%20b",
             "file:///a/..b/c.",
             "https://example.com/",
-            "https://example.com",
             "https://example.com/?q=1",
+            "test://static",
             "https://example.com:8443/a",
             "https://[::1]:8443/a",
             "file:///srv/reports/payroll/x.csv",
@@ -270,6 +291,17 @@ mod tests {
             "https://example.com:/x",
             "https://example.com:0443/x",
             "demo:notes//x",
+            // Found by the hostile review of issue 23: spellings URL parsers read alike.
+            "file:/srv/public/secret/key.txt",
+            "file:srv/public/secret/key.txt",
+            "file://host/srv/x",
+            "https:example.com/public/a",
+            "https:/example.com/public/a",
+            "https:///example.com/public/a",
+            "https://example.com",
+            "https://example.com?x",
+            "https://example.com#x",
+            "https://example.com./public/a",
             "demo:notes/",
             &format!("file:///{}", "a".repeat(2048)),
         ] {

@@ -208,6 +208,8 @@ impl Engine {
         request: &DecideRequest,
         parent: Option<opentelemetry::Context>,
     ) -> Decision {
+        // Text that came over the wire is recorded as `&str`: quoted and escaped in log lines
+        // (a value cannot forge another field), as it is in OpenTelemetry attributes.
         let span = tracing::info_span!(
             target: "tollgate::audit",
             "tollgate.decide",
@@ -217,12 +219,12 @@ impl Engine {
             tollgate.reason = Empty,
             tollgate.decision_id = Empty,
             tollgate.approval.id = Empty,
-            tollgate.server = %request.server,
-            tollgate.grant = %request.grant,
-            tollgate.agent = %request.agent,
-            enduser.id = %request.subject,
-            tollgate.token.issuer = %request.issuer,
-            tollgate.request_id = %request.request_id,
+            tollgate.server = request.server.as_str(),
+            tollgate.grant = request.grant.as_str(),
+            tollgate.agent = request.agent.as_str(),
+            enduser.id = request.subject.as_str(),
+            tollgate.token.issuer = request.issuer.as_str(),
+            tollgate.request_id = request.request_id.as_str(),
             tollgate.retry_after_ms = Empty,
             tollgate.refused_locally = Empty,
             tollgate.arguments.sha256 = Empty,
@@ -231,7 +233,7 @@ impl Engine {
             gen_ai.prompt.name = Empty,
             mcp.resource.uri = Empty,
             mcp.method.name = tollgate_api::subject_method(request.kind()),
-            mcp.session.id = %request.session_id,
+            mcp.session.id = request.session_id.as_str(),
         );
         span.record(tollgate_api::subject_attribute(request.kind()), request.tool.as_str());
         tollgate_telemetry::propagation::set_parent(&span, parent);
@@ -428,6 +430,17 @@ impl Engine {
         // Bound to the exact arguments (keys sorted, nothing coerced): the operator's yes
         // is for the call they saw, and that call is what the edge forwards.
         let exact = tollgate_policy::exact_json(&arguments);
+        // An operator approves what they are shown: arguments longer than a record shows in
+        // full could hide their dangerous part past the cut, so such a call is refused.
+        if exact.len() > tollgate_limiter::MAX_STORED_ARGUMENTS {
+            let reason = format!(
+                "the arguments are {} bytes, more than an operator can be shown for approval ({} KiB); \
+                 a call that needs approval must fit",
+                exact.len(),
+                tollgate_limiter::MAX_STORED_ARGUMENTS / 1024
+            );
+            return decision.with(Verdict::Deny, &rule.label, reason);
+        }
         let binding = match rule.approval.bind {
             ApprovalBind::Grant => serde_json::json!(["grant", call.grant, call.server, label, exact]),
             ApprovalBind::Agent => serde_json::json!([

@@ -45,6 +45,88 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     Ok(value)
 }
 
+/// Refuses a number the edge could not forward exactly: parsed, it would become another
+/// value (an integer past 64 bits, a fraction with more digits than a double holds), and
+/// the upstream would act on a number the agent did not send. Such numbers belong in
+/// strings. A linear scan of the text, outside strings.
+fn exact_numbers(bytes: &[u8]) -> Result<(), String> {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                // Not UTF-8 or not a number: the parser names the error.
+                let Ok(token) = std::str::from_utf8(&bytes[start..i]) else {
+                    continue;
+                };
+                if !number_is_exact(token) {
+                    return Err(format!(
+                        "the number {} cannot be forwarded exactly (it is beyond 64-bit integers or \
+                         double precision): send it as a string",
+                        printable(token, 64)
+                    ));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Whether a JSON number token reads as exactly the value serde_json keeps.
+fn number_is_exact(token: &str) -> bool {
+    if !token.contains(['.', 'e', 'E']) {
+        return token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok() || token.parse::<f64>().is_err();
+    }
+    match token.parse::<f64>() {
+        Ok(x) if x.is_finite() => decimal(token) == decimal(&format!("{x:e}")),
+        // Out of range or malformed: the parser refuses it.
+        _ => true,
+    }
+}
+
+/// A decimal number's sign, significant digits and the power of ten of its point, so that
+/// `0.10`, `1e-1` and `1.0E-1` compare equal; zero (of either sign) is `(false, "", 0)`.
+fn decimal(text: &str) -> (bool, String, i64) {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i64>().unwrap_or(0)),
+        None => (text, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut point = int.len() as i64 + exponent;
+    let digits = format!("{int}{frac}");
+    let trimmed = digits.trim_start_matches('0');
+    point -= (digits.len() - trimmed.len()) as i64;
+    let significant = trimmed.trim_end_matches('0');
+    if significant.is_empty() {
+        return (false, String::new(), 0);
+    }
+    (negative, significant.to_owned(), point)
+}
+
+/// Parses an agent's message: strictly (see [`parse_strict`]), and refusing numbers that
+/// would not be forwarded as sent (see [`exact_numbers`]). Upstream answers are parsed with
+/// [`parse_strict`] alone: rounding one of their numbers changes what the agent reads, not
+/// what a server acts on.
+pub fn parse_request(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    exact_numbers(bytes).map_err(<serde_json::Error as de::Error>::custom)?;
+    parse_strict(bytes)
+}
+
 struct StrictVisitor;
 
 impl<'de> Visitor<'de> for StrictVisitor {
@@ -313,5 +395,43 @@ mod tests {
     fn printable_escapes_and_truncates() {
         assert_eq!(printable("a\nb\"", 10), "a\\nb\\\"");
         assert_eq!(printable("abcdef", 3), "abc…");
+    }
+
+    /// Found by the hostile review of issue 23: integers past 64 bits were rounded to a
+    /// double and forwarded as another number.
+    #[test]
+    fn numbers_that_would_change_are_refused() {
+        for exact in [
+            "1",
+            "-1",
+            "0",
+            "-0",
+            "1.0",
+            "0.1",
+            "1e-7",
+            "1E3",
+            "1.5e+10",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "123456789.125",
+            "0.30000000000000004",
+        ] {
+            assert!(
+                parse_request(format!(r#"{{"n":{exact}}}"#).as_bytes()).is_ok(),
+                "{exact}"
+            );
+        }
+        for changed in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234",
+            "1.00000000000000000001",
+            "0.1000000000000000055511151231257827",
+        ] {
+            let refused = parse_request(format!(r#"{{"n":[{changed}]}}"#).as_bytes()).expect_err(changed);
+            assert!(refused.to_string().contains("send it as a string"), "{refused}");
+        }
+        // Digits inside strings are text.
+        assert!(parse_request(br#"{"n":"123456789012345678901234","m":"a\"1e999"}"#).is_ok());
     }
 }

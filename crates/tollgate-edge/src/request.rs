@@ -87,7 +87,7 @@ pub(crate) async fn read_json(
     }
     check_session_header_max(headers, max_session_bytes)?;
     let bytes = read_body(body, settings).await?;
-    jsonrpc::parse_strict(&bytes).map_err(|e| {
+    jsonrpc::parse_request(&bytes).map_err(|e| {
         jsonrpc::error_response(
             StatusCode::BAD_REQUEST,
             None,

@@ -23,20 +23,24 @@ pub(crate) fn request_span(message: &Message<'_>, server: &str, caller: &Caller,
         Message::Notification { name, .. } => (*name, None),
         Message::Response => ("response", None),
     };
+    // Text that came over the wire is recorded as `&str`: quoted and escaped in log lines
+    // (a session header cannot forge another field), as it is in OpenTelemetry attributes.
+    let session = header_text(headers, "mcp-session-id");
+    let id = message.id().map(serde_json::Value::to_string).unwrap_or_default();
     let span = tracing::info_span!(
         "mcp",
         otel.name = %format!("mcp {method}"),
         otel.kind = "server",
         mcp.method.name = %method,
         tollgate.mcp.era = era,
-        mcp.session.id = %header_text(headers, "mcp-session-id"),
-        jsonrpc.request.id = %message.id().map(serde_json::Value::to_string).unwrap_or_default(),
+        mcp.session.id = session.as_str(),
+        jsonrpc.request.id = id.as_str(),
         gen_ai.tool.name = tracing::field::Empty,
         gen_ai.prompt.name = tracing::field::Empty,
         mcp.resource.uri = tracing::field::Empty,
-        tollgate.server = %server,
-        tollgate.grant = %caller.grant,
-        tollgate.agent = %caller.agent,
+        tollgate.server = server,
+        tollgate.grant = caller.grant.as_str(),
+        tollgate.agent = caller.agent.as_str(),
         enduser.id = caller.subject.as_deref().unwrap_or_default(),
         tollgate.token.issuer = caller.issuer.as_deref().unwrap_or_default(),
     );

@@ -257,7 +257,7 @@ impl Agg<'_> {
     }
 
     /// `completion/complete`: routed by its reference (a prompt by prefix, a resource
-    /// template by URI), among the session's upstreams.
+    /// template by URI among the session's upstreams that could serve it to this caller).
     pub(super) async fn complete(&self, session: &AggregateSession, mut message: Value, id: &Value) -> Response {
         let reference = message.pointer("/params/ref");
         let kind = reference.and_then(|r| r.get("type")).and_then(Value::as_str);
@@ -281,8 +281,17 @@ impl Agg<'_> {
                 }
             }
             Some("ref/resource") => {
-                let in_session: Vec<String> = session.upstreams.iter().map(|(s, _)| s.clone()).collect();
-                self.route(session, &text_of("uri"), &in_session).await
+                // Among the upstreams that could serve the URI to this caller, as for reads: a
+                // resource the policy hides is completed no more than one nobody lists.
+                let uri = text_of("uri");
+                let candidates = match self.candidates(session, &uri).await {
+                    Ok(c) => c,
+                    Err(text) => {
+                        let body = jsonrpc::error_body(Some(id), jsonrpc::INTERNAL_ERROR, &text, None);
+                        return jsonrpc::json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+                    }
+                };
+                self.route(session, &uri, &candidates).await
             }
             _ => None,
         };
