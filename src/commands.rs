@@ -299,12 +299,12 @@ pub fn demo_upstream(
     })
 }
 
-/// Runs every `command` upstream behind an in-process stdio bridge on a loopback port, and
-/// points the upstream's url at it.
-/// The bridge `tollgate up` runs for a `command` upstream, checked.
+/// The bridge `tollgate up` runs for a `command` upstream, checked; `token_sha256` is the
+/// hash of the token every request to it must carry.
 fn command_bridge(
     upstream: &tollgate_edge::UpstreamSettings,
-    max_message_bytes: usize,
+    config: &Config,
+    token_sha256: Option<String>,
 ) -> anyhow::Result<Arc<tollgate_stdio::Bridge>> {
     if !upstream.url.is_empty() {
         bail!("upstream \"{}\": set either url or command, not both", upstream.name);
@@ -318,21 +318,42 @@ fn command_bridge(
     if let Some(max) = upstream.max_sessions {
         settings.max_sessions = max;
     }
-    settings.max_message_bytes = max_message_bytes;
+    settings.max_sessions_per_grant = config.stdio.max_sessions_per_grant;
+    settings.max_message_bytes = config.edge.max_upstream_message_bytes;
+    settings.token_sha256 = token_sha256;
     tollgate_stdio::Bridge::new(settings).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Runs every `command` upstream behind an in-process stdio bridge on a loopback port, and
+/// points the upstream's url at it. Each bridge gets a random token of its own, which only
+/// the edge knows (as the upstream's `Authorization` header), and the edge tells it each
+/// caller's grant (`forward_grant`), for `[stdio] max_sessions_per_grant`.
 async fn start_stdio_servers(config: &mut Config, shutdown: &Shutdown) -> anyhow::Result<()> {
-    for upstream in &mut config.upstreams {
-        if upstream.command.is_empty() {
+    for i in 0..config.upstreams.len() {
+        if config.upstreams[i].command.is_empty() {
             continue;
         }
-        let bridge = command_bridge(upstream, config.edge.max_upstream_message_bytes)?;
+        let token = tollgate_stdio::new_token().map_err(anyhow::Error::msg)?;
+        let bridge = command_bridge(&config.upstreams[i], config, Some(tollgate_stdio::token_sha256(&token)))?;
         let listener = bind("127.0.0.1:0", "stdio bridge").await?;
-        upstream.url = format!("http://{}/mcp", listener.local_addr()?);
+        let url = format!("http://{}/mcp", listener.local_addr()?);
+        let upstream = &mut config.upstreams[i];
+        println!(
+            "tollgate up: stdio MCP server \"{}\" behind a bridge on {url} (for this edge only: it needs the \
+             edge's per-process token)",
+            upstream.name
+        );
         tracing::info!(upstream = %upstream.name, command = ?upstream.command, "serving a stdio MCP server");
-        tokio::spawn(tollgate_stdio::serve(listener, bridge, shutdown.requested()));
+        upstream.headers.retain(|name, _| {
+            !name.eq_ignore_ascii_case("authorization") && !name.eq_ignore_ascii_case(tollgate_stdio::GRANT_HEADER)
+        });
+        upstream
+            .headers
+            .insert("Authorization".into(), format!("Bearer {token}"));
+        upstream.forward_grant = true;
+        upstream.url = url;
         upstream.command.clear();
+        tokio::spawn(tollgate_stdio::serve(listener, bridge, shutdown.requested()));
     }
     Ok(())
 }
@@ -380,9 +401,12 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             if role == Role::Up {
                 // `up` serves command upstreams through in-process bridges; check the command
                 // the way it does, then stand a loopback address in for the bridge.
-                let max_message_bytes = config.edge.max_upstream_message_bytes;
-                for upstream in config.upstreams.iter_mut().filter(|u| !u.command.is_empty()) {
-                    command_bridge(upstream, max_message_bytes)?;
+                for i in 0..config.upstreams.len() {
+                    if config.upstreams[i].command.is_empty() {
+                        continue;
+                    }
+                    command_bridge(&config.upstreams[i], &config, None)?;
+                    let upstream = &mut config.upstreams[i];
                     upstream.url = "http://127.0.0.1:1/mcp".into();
                     upstream.command.clear();
                 }
@@ -442,11 +466,20 @@ pub fn stdio_bridge(listen: &str, args: BridgeArgs) -> anyhow::Result<()> {
     {
         bail!("--token-sha256 must be 64 hex digits (the SHA-256 of the token; `tollgate keygen` makes one)");
     }
+    // Without a token the bridge cannot tell its callers' grants apart (it believes no grant
+    // header), so only --max-sessions limits them; with one, each grant the edge names
+    // (forward_grant) has the default per-grant quota.
+    let max_sessions_per_grant = if args.token_sha256.is_some() {
+        tollgate_stdio::StdioSettings::DEFAULT_MAX_SESSIONS_PER_GRANT
+    } else {
+        args.max_sessions.max(1)
+    };
     let settings = tollgate_stdio::StdioSettings {
         env,
         cwd: args.cwd,
         idle_timeout: args.idle_timeout,
         max_sessions: args.max_sessions,
+        max_sessions_per_grant,
         max_message_bytes: args.max_message_bytes,
         request_timeout: args.request_timeout,
         token_sha256: args.token_sha256,

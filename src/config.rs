@@ -46,6 +46,31 @@ pub struct Config {
     /// The operators' web console on `decision.admin_listen`.
     #[serde(default)]
     pub console: ConsoleSettings,
+    /// `[stdio]`: the stdio servers `tollgate up` runs (`[[upstreams]] command`).
+    #[serde(default)]
+    pub stdio: StdioSection,
+}
+
+/// `[stdio]`: limits of the stdio bridges `tollgate up` runs for `[[upstreams]] command`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioSection {
+    /// Sessions (child processes) of each stdio server one grant may hold at once; its next
+    /// `initialize` gets 429 (default 8). Each server's `max_sessions` still bounds them all.
+    #[serde(default = "default_max_sessions_per_grant")]
+    pub max_sessions_per_grant: usize,
+}
+
+fn default_max_sessions_per_grant() -> usize {
+    tollgate_stdio::StdioSettings::DEFAULT_MAX_SESSIONS_PER_GRANT
+}
+
+impl Default for StdioSection {
+    fn default() -> Self {
+        StdioSection {
+            max_sessions_per_grant: default_max_sessions_per_grant(),
+        }
+    }
 }
 
 /// `[console]`: the operators' web console, served with the operators' API.

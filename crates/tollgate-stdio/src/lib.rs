@@ -12,24 +12,37 @@
 //! escaped. A child that exits while requests wait fails each of them with an error naming
 //! the server and its exit status; its session is gone (404), so clients start a new one.
 //!
-//! Every buffer is bounded by [`StdioSettings`]: message size, sessions, backlog, waits.
+//! Every buffer is bounded by [`StdioSettings`]: message size, sessions (per server and per
+//! grant), backlog, waits. A slot is reserved under the same lock that counts the sessions,
+//! before the child is started, so concurrent `initialize`s never start more children than
+//! the limits allow.
+//!
+//! Who may talk to it: with a token ([`StdioSettings::token_sha256`]), every request must carry
+//! it as a bearer token, and only then is the caller's grant taken from [`GRANT_HEADER`] (the
+//! edge sends it for upstreams with `forward_grant`); without a token, every session counts
+//! against one anonymous bucket. Requests with an `Origin` (browsers) are refused, and so is a
+//! `Host` other than the bridge's own address when it listens on loopback (DNS rebinding), and
+//! a POST whose `Content-Type` is not `application/json`.
 
 mod child;
 mod lines;
 mod session;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 pub use session::Session;
 
@@ -40,6 +53,13 @@ const PARSE_ERROR: i64 = -32700;
 const UPSTREAM_ERROR: i64 = -32003;
 /// An unknown or ended session.
 const SESSION_ENDED: i64 = -32001;
+
+/// The header naming the caller's grant, as the edge sends it to upstreams with
+/// `[[upstreams]] forward_grant = true` (the edge's `GRANT_HEADER`). Believed only on
+/// requests that carry the bridge's token.
+pub const GRANT_HEADER: &str = "tollgate-grant";
+/// Longest grant name taken from [`GRANT_HEADER`]; a longer one counts as anonymous.
+const MAX_GRANT_BYTES: usize = 256;
 
 /// How one stdio server is run.
 #[derive(Debug, Clone)]
@@ -57,18 +77,23 @@ pub struct StdioSettings {
     pub idle_timeout: Duration,
     /// Sessions (child processes) at once; `initialize` beyond it gets 503.
     pub max_sessions: usize,
+    /// Sessions one grant may hold at once; `initialize` beyond it gets 429. The grant comes
+    /// from [`GRANT_HEADER`] on requests with the token; without a token (or without the
+    /// header) sessions count against one anonymous bucket, which has the same quota.
+    pub max_sessions_per_grant: usize,
     /// Largest message either way (a line on stdout, a POST body).
     pub max_message_bytes: usize,
     /// How long a POST waits for the child's answer.
     pub request_timeout: Duration,
     /// Hex SHA-256 of the bearer token requests must carry; `None` accepts any request
-    /// (for a bridge on loopback, next to its caller).
+    /// (for a bridge on loopback, next to its caller) and trusts no grant header.
     pub token_sha256: Option<String>,
 }
 
 impl StdioSettings {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const DEFAULT_MAX_SESSIONS: usize = 100;
+    pub const DEFAULT_MAX_SESSIONS_PER_GRANT: usize = 8;
     pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -81,6 +106,7 @@ impl StdioSettings {
             cwd: None,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             max_sessions: Self::DEFAULT_MAX_SESSIONS,
+            max_sessions_per_grant: Self::DEFAULT_MAX_SESSIONS_PER_GRANT,
             max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             token_sha256: None,
@@ -88,10 +114,98 @@ impl StdioSettings {
     }
 }
 
+/// A new random bearer token (32 bytes from the operating system's generator, in hex), for
+/// a bridge and the one caller it serves (`tollgate up` makes one per bridge and process).
+pub fn new_token() -> Result<String, String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the operating system's random number generator failed".to_owned())?;
+    Ok(hex::encode(bytes))
+}
+
+/// Hex SHA-256 of `token`: what [`StdioSettings::token_sha256`] holds.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whose quota a session counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Bucket {
+    Grant(String),
+    /// No trusted grant: a bridge without a token, or a request without [`GRANT_HEADER`].
+    Anonymous,
+}
+
+/// The sessions of a bridge, and the slots reserved for sessions being started.
+#[derive(Default)]
+struct Table {
+    live: HashMap<String, Live>,
+    /// Slots taken by `initialize`s whose child is being started.
+    reserved: usize,
+    /// Live and reserved sessions per bucket; a bucket with none is removed.
+    per_bucket: HashMap<Bucket, usize>,
+}
+
+struct Live {
+    session: Arc<Session>,
+    bucket: Bucket,
+}
+
+impl Table {
+    fn release(&mut self, bucket: &Bucket) {
+        if let Some(n) = self.per_bucket.get_mut(bucket) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_bucket.remove(bucket);
+            }
+        }
+    }
+}
+
+/// Why a new session was refused.
+enum Full {
+    /// The server has `max_sessions`.
+    Server,
+    /// The bucket has `max_sessions_per_grant`.
+    Bucket(Bucket),
+}
+
+/// A slot for a session being started, counted against both limits from the moment it is
+/// taken; given back when dropped unless [`Reservation::commit`] made it a live session.
+pub(crate) struct Reservation<'a> {
+    bridge: &'a Bridge,
+    bucket: Option<Bucket>,
+}
+
+impl Reservation<'_> {
+    /// The session is started: it takes the slot (and keeps its bucket's count until it is
+    /// forgotten).
+    pub(crate) fn commit(mut self, session: Arc<Session>) {
+        let Some(bucket) = self.bucket.take() else { return };
+        let mut table = self.bridge.lock();
+        table.reserved = table.reserved.saturating_sub(1);
+        table.live.insert(session.id().to_owned(), Live { session, bucket });
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(bucket) = self.bucket.take() {
+            let mut table = self.bridge.lock();
+            table.reserved = table.reserved.saturating_sub(1);
+            table.release(&bucket);
+        }
+    }
+}
+
 /// The sessions of one stdio server.
 pub struct Bridge {
     settings: StdioSettings,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// SHA-256 of the token, from `settings.token_sha256`.
+    token: Option<[u8; 32]>,
+    sessions: Mutex<Table>,
 }
 
 impl Bridge {
@@ -100,8 +214,28 @@ impl Bridge {
         if settings.command.first().is_none_or(String::is_empty) {
             return Err(format!("stdio MCP server \"{}\": command is empty", settings.name));
         }
+        if settings.max_sessions_per_grant == 0 {
+            return Err(format!(
+                "stdio MCP server \"{}\": max_sessions_per_grant must be at least 1",
+                settings.name
+            ));
+        }
+        let token = match &settings.token_sha256 {
+            None => None,
+            Some(text) => {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(text, &mut digest).map_err(|_| {
+                    format!(
+                        "stdio MCP server \"{}\": the token's SHA-256 must be 64 hex digits",
+                        settings.name
+                    )
+                })?;
+                Some(digest)
+            }
+        };
         let bridge = Arc::new(Bridge {
             settings,
+            token,
             sessions: Mutex::default(),
         });
         let weak = Arc::downgrade(&bridge);
@@ -123,27 +257,63 @@ impl Bridge {
 
     /// Sessions open now.
     pub fn session_count(&self) -> usize {
-        self.lock().len()
+        self.lock().live.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn session(&self, id: &str) -> Option<Arc<Session>> {
-        self.lock().get(id).cloned()
+        self.lock().live.get(id).map(|live| live.session.clone())
     }
 
     fn forget(&self, id: &str) {
-        self.lock().remove(id);
+        let mut table = self.lock();
+        if let Some(live) = table.live.remove(id) {
+            table.release(&live.bucket);
+        }
+    }
+
+    /// Takes a slot for a new session of `bucket`, checking both limits under the lock that
+    /// counts them (so that concurrent `initialize`s cannot all pass the check).
+    fn reserve(&self, bucket: Bucket) -> Result<Reservation<'_>, Full> {
+        let mut table = self.lock();
+        if table.per_bucket.get(&bucket).copied().unwrap_or(0) >= self.settings.max_sessions_per_grant {
+            return Err(Full::Bucket(bucket));
+        }
+        if table.live.len() + table.reserved >= self.settings.max_sessions {
+            return Err(Full::Server);
+        }
+        table.reserved += 1;
+        *table.per_bucket.entry(bucket.clone()).or_default() += 1;
+        Ok(Reservation {
+            bridge: self,
+            bucket: Some(bucket),
+        })
+    }
+
+    /// The grant a request's sessions count against: the one the edge names in
+    /// [`GRANT_HEADER`], believed only by a bridge with a token (every request that gets this
+    /// far has carried it).
+    fn bucket(&self, headers: &HeaderMap) -> Bucket {
+        if self.token.is_none() {
+            return Bucket::Anonymous;
+        }
+        headers
+            .get(GRANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|g| !g.is_empty() && g.len() <= MAX_GRANT_BYTES)
+            .map_or(Bucket::Anonymous, |g| Bucket::Grant(g.to_owned()))
     }
 
     fn end_idle(&self) {
         let idle: Vec<Arc<Session>> = self
             .lock()
+            .live
             .values()
-            .filter(|s| s.idle_for() >= self.settings.idle_timeout)
-            .cloned()
+            .filter(|live| live.session.idle_for() >= self.settings.idle_timeout)
+            .map(|live| live.session.clone())
             .collect();
         for session in idle {
             tracing::info!(server = %self.settings.name, session = %session.id(), "ending an idle stdio session");
@@ -154,29 +324,146 @@ impl Bridge {
 
     /// Ends every session (their children are stopped); for shutdown.
     pub fn end_all(&self) {
-        let all: Vec<Arc<Session>> = self.lock().drain().map(|(_, s)| s).collect();
+        let all: Vec<Arc<Session>> = {
+            let mut table = self.lock();
+            let all: Vec<Live> = table.live.drain().map(|(_, live)| live).collect();
+            for live in &all {
+                table.release(&live.bucket);
+            }
+            all.into_iter().map(|live| live.session).collect()
+        };
         for session in all {
             session.end();
         }
     }
 
+    /// Whether `headers` carry the token, compared in constant time (as SHA-256 digests, so
+    /// the length of the token given tells nothing either). Always true without a token.
     fn check_token(&self, headers: &HeaderMap) -> bool {
-        let Some(want) = &self.settings.token_sha256 else {
+        let Some(want) = &self.token else {
             return true;
         };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        given.is_some_and(|token| session::sha256_hex(token.as_bytes()).eq_ignore_ascii_case(want))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let Some(given) = given else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let difference = digest.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
     }
 }
 
-/// The bridge's routes: `POST`, `GET` and `DELETE` on `/mcp`.
-pub fn router(bridge: Arc<Bridge>) -> Router {
+/// What the bridge admits before looking at a request: no `Origin`, its own `Host` (when
+/// listening on loopback), the token (when it has one), and JSON POST bodies.
+struct Guard {
+    bridge: Arc<Bridge>,
+    /// `Host` values accepted (lowercase); `None`: any.
+    hosts: Option<Vec<String>>,
+}
+
+impl Guard {
+    fn new(bridge: Arc<Bridge>, listen: SocketAddr) -> Guard {
+        let hosts = listen.ip().is_loopback().then(|| {
+            vec![
+                listen.to_string().to_ascii_lowercase(),
+                format!("localhost:{}", listen.port()),
+            ]
+        });
+        Guard { bridge, hosts }
+    }
+
+    fn check(&self, request: &Request) -> Result<(), Refused> {
+        let headers = request.headers();
+        if headers.contains_key(header::ORIGIN) {
+            tracing::warn!(server = %self.bridge.settings.name, "refused a request with an Origin header (a browser?)");
+            return Err(Refused::Origin);
+        }
+        if let Some(hosts) = &self.hosts {
+            let host = match headers.get(header::HOST) {
+                Some(value) => value.to_str().ok().map(str::to_ascii_lowercase),
+                // HTTP/2 names the host in the request's authority.
+                None => request.uri().authority().map(|a| a.as_str().to_ascii_lowercase()),
+            };
+            if !host.is_some_and(|h| hosts.contains(&h)) {
+                tracing::warn!(server = %self.bridge.settings.name, "refused a request for another Host (DNS rebinding?)");
+                return Err(Refused::Host);
+            }
+        }
+        if !self.bridge.check_token(headers) {
+            return Err(Refused::Token);
+        }
+        if request.method() == Method::POST && !is_json(headers) {
+            return Err(Refused::MediaType);
+        }
+        Ok(())
+    }
+}
+
+/// Why the guard refused a request.
+enum Refused {
+    Origin,
+    Host,
+    Token,
+    MediaType,
+}
+
+impl Refused {
+    fn response(self) -> Response {
+        match self {
+            Refused::Origin => error(
+                StatusCode::FORBIDDEN,
+                None,
+                INVALID_REQUEST,
+                "requests with an Origin header are not accepted here",
+            ),
+            Refused::Host => error(
+                StatusCode::FORBIDDEN,
+                None,
+                INVALID_REQUEST,
+                "this Host is not served here",
+            ),
+            Refused::Token => unauthorized(),
+            Refused::MediaType => error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                None,
+                INVALID_REQUEST,
+                "Content-Type must be application/json",
+            ),
+        }
+    }
+}
+
+async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    match guard.check(&request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.response(),
+    }
+}
+
+/// Whether the media type of `Content-Type` is exactly `application/json` (parameters such
+/// as `charset` aside).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The bridge's routes: `POST`, `GET` and `DELETE` on `/mcp`, served on `listen` (whose
+/// address is the only `Host` accepted when it is a loopback address), behind the checks
+/// of the bridge's guard.
+pub fn router(bridge: Arc<Bridge>, listen: SocketAddr) -> Router {
     let limit = bridge.settings.max_message_bytes;
+    let guard_state = Arc::new(Guard::new(bridge.clone(), listen));
     Router::new()
         .route("/mcp", post(post_message).get(get_stream).delete(delete_session))
+        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(bridge)
 }
@@ -187,7 +474,8 @@ pub async fn serve(
     bridge: Arc<Bridge>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let served = axum::serve(listener, router(bridge.clone()))
+    let listen = listener.local_addr()?;
+    let served = axum::serve(listener, router(bridge.clone(), listen))
         .with_graceful_shutdown(shutdown)
         .await;
     bridge.end_all();
@@ -233,6 +521,35 @@ fn unauthorized() -> Response {
     response
 }
 
+/// The answer to an `initialize` that would exceed a limit: 503 when the server is full,
+/// 429 when the caller's grant has its quota.
+fn refuse_session(bridge: &Bridge, id: Option<&Value>, full: Full) -> Response {
+    let name = &bridge.settings.name;
+    match full {
+        Full::Server => {
+            tracing::warn!(server = %name, "refusing a new session: max_sessions reached");
+            let text = format!(
+                "stdio MCP server \"{name}\" has as many sessions as it may have ({}); try again later",
+                bridge.settings.max_sessions
+            );
+            error(StatusCode::SERVICE_UNAVAILABLE, id, UPSTREAM_ERROR, &text)
+        }
+        Full::Bucket(bucket) => {
+            let max = bridge.settings.max_sessions_per_grant;
+            let who = match &bucket {
+                Bucket::Grant(grant) => format!("grant \"{grant}\" has"),
+                Bucket::Anonymous => "callers without a grant have".to_owned(),
+            };
+            tracing::warn!(server = %name, bucket = ?bucket, "refusing a new session: max_sessions_per_grant reached");
+            let text = format!(
+                "{who} as many sessions of stdio MCP server \"{name}\" as one grant may have ({max}); end one \
+                 (DELETE) or try again later"
+            );
+            error(StatusCode::TOO_MANY_REQUESTS, id, UPSTREAM_ERROR, &text)
+        }
+    }
+}
+
 fn session_ended(bridge: &Bridge, id: Option<&Value>) -> Response {
     let text = format!(
         "no such session of stdio MCP server \"{}\" (it ended, or never existed): send initialize to start a new one",
@@ -242,9 +559,6 @@ fn session_ended(bridge: &Bridge, id: Option<&Value>) -> Response {
 }
 
 async fn post_message(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !bridge.check_token(&headers) {
-        return unauthorized();
-    }
     let message: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, None, PARSE_ERROR, &format!("parse error: {e}")),
@@ -265,19 +579,12 @@ async fn post_message(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, bod
             None => return session_ended(&bridge, id),
         },
         None if method == Some("initialize") && id.is_some() => {
-            if bridge.session_count() >= bridge.settings.max_sessions {
-                tracing::warn!(server = %bridge.settings.name, "refusing a new session: max_sessions reached");
-                let text = format!(
-                    "stdio MCP server \"{}\" has as many sessions as it may have ({}); try again later",
-                    bridge.settings.name, bridge.settings.max_sessions
-                );
-                return error(StatusCode::SERVICE_UNAVAILABLE, id, UPSTREAM_ERROR, &text);
-            }
-            match Session::start(&bridge) {
-                Ok(session) => {
-                    bridge.lock().insert(session.id().to_owned(), session.clone());
-                    session
-                }
+            let reservation = match bridge.reserve(bridge.bucket(&headers)) {
+                Ok(reservation) => reservation,
+                Err(full) => return refuse_session(&bridge, id, full),
+            };
+            match Session::start(&bridge, reservation) {
+                Ok(session) => session,
                 Err(e) => {
                     tracing::error!(server = %bridge.settings.name, "{e}");
                     let text = format!("stdio MCP server \"{}\" could not be started", bridge.settings.name);
@@ -339,9 +646,6 @@ async fn post_message(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, bod
 }
 
 async fn get_stream(State(bridge): State<Arc<Bridge>>, headers: HeaderMap) -> Response {
-    if !bridge.check_token(&headers) {
-        return unauthorized();
-    }
     if !accepts_event_stream(&headers) {
         return error(
             StatusCode::NOT_ACCEPTABLE,
@@ -358,9 +662,6 @@ async fn get_stream(State(bridge): State<Arc<Bridge>>, headers: HeaderMap) -> Re
 }
 
 async fn delete_session(State(bridge): State<Arc<Bridge>>, headers: HeaderMap) -> Response {
-    if !bridge.check_token(&headers) {
-        return unauthorized();
-    }
     let Some(session) = session_header(&headers).and_then(|sid| bridge.session(sid)) else {
         return session_ended(&bridge, None);
     };

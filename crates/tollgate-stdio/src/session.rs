@@ -11,13 +11,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::lines::{Line, read_line};
-use crate::{Bridge, UPSTREAM_ERROR, child};
+use crate::{Bridge, Reservation, UPSTREAM_ERROR, child};
 
 /// Server messages kept for a GET stream that is not open yet; older ones are dropped.
 const MAX_BACKLOG: usize = 256;
@@ -66,9 +65,11 @@ pub(crate) struct Waiter {
 }
 
 impl Session {
-    /// Starts the child of a new session, and the tasks that read its stdout and stderr
-    /// and wait for it to exit.
-    pub(crate) fn start(bridge: &Arc<Bridge>) -> Result<Arc<Session>, String> {
+    /// Starts the child of a new session in the slot `reservation` holds (given back if the
+    /// child cannot be started), makes it one of the bridge's sessions, then starts the tasks
+    /// that read its stdout and stderr and wait for it to exit (so that a child that exits at
+    /// once is forgotten after it was added, never before).
+    pub(crate) fn start(bridge: &Arc<Bridge>, reservation: Reservation<'_>) -> Result<Arc<Session>, String> {
         let settings = &bridge.settings;
         let started = child::spawn(settings)?;
         let session = Arc::new(Session {
@@ -86,6 +87,7 @@ impl Session {
             pid = started.child.id().unwrap_or_default(),
             "started stdio MCP server"
         );
+        reservation.commit(session.clone());
         let reader = tokio::spawn(read_stdout(session.clone(), started.stdout, settings.max_message_bytes));
         tokio::spawn(log_stderr(session.server.clone(), session.id.clone(), started.stderr));
         tokio::spawn(supervise(
@@ -266,11 +268,6 @@ impl Session {
             let _ = pending.response.send(error);
         }
     }
-}
-
-/// Hex SHA-256, for comparing bearer tokens without keeping them.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Routes every message the child writes to stdout; ends the session on a message larger
