@@ -278,7 +278,16 @@ impl DecisionService for DecisionGrpc {
         // stops reading stops this stream's decisions (and, through flow control, itself).
         let in_flight = self.stream_in_flight.max(1);
         let (answered, answers) = tokio::sync::mpsc::channel::<DecisionItem>(in_flight);
-        tokio::spawn(decide_batches(self.engine.clone(), batches, answered, in_flight));
+        let engine = self.engine.clone();
+        tokio::spawn(decide_batches(
+            batches,
+            move |request, parent| {
+                let engine = engine.clone();
+                async move { engine.decide_with_parent(&request, parent).await }
+            },
+            answered,
+            in_flight,
+        ));
         let out = futures_util::stream::unfold(answers, |mut answers| async move {
             let first = answers.recv().await?;
             let mut items = vec![first];
@@ -395,42 +404,59 @@ impl DecisionService for DecisionGrpc {
 /// concurrently, sending each answer to `answered` when it is made. Ends when the edge closes
 /// the stream (or it breaks) and the decisions already started have finished: their hits are
 /// taken or given back, whether or not anyone still reads the answer.
-async fn decide_batches(
-    engine: Arc<Engine>,
-    mut batches: tonic::Streaming<DecideBatch>,
+async fn decide_batches<S, D, F>(
+    mut batches: S,
+    decide: D,
     answered: tokio::sync::mpsc::Sender<DecisionItem>,
     in_flight: usize,
-) {
+) where
+    S: futures_util::Stream<Item = Result<DecideBatch, Status>> + Unpin,
+    D: Fn(DecideRequest, Option<opentelemetry::Context>) -> F,
+    F: Future<Output = crate::proto::Decision>,
+{
     use futures_util::StreamExt;
     let mut deciding = futures_util::stream::FuturesUnordered::new();
+    // Items received but not started: the bound is on decisions, not batches, so one large
+    // batch starts at most `in_flight` of them; the rest wait here (at most one batch, which
+    // the message size bounds), and no further batch is read until they have started.
+    let mut queued: std::collections::VecDeque<crate::proto::DecideItem> = std::collections::VecDeque::new();
     let mut open = true;
     loop {
+        while deciding.len() < in_flight
+            && let Some(item) = queued.pop_front()
+        {
+            let seq = item.seq;
+            if let Err(invalid) = check_item(item.request.as_ref(), &item.traceparent, &item.tracestate) {
+                let _ = answered
+                    .send(DecisionItem {
+                        seq,
+                        decision: None,
+                        invalid,
+                    })
+                    .await;
+                continue;
+            }
+            let parent =
+                tollgate_telemetry::propagation::from_traceparent(&item.traceparent, Some(item.tracestate.as_str()));
+            let decided = decide(item.request.unwrap_or_default(), parent);
+            deciding.push(async move {
+                DecisionItem {
+                    seq,
+                    decision: Some(decided.await),
+                    invalid: String::new(),
+                }
+            });
+        }
         tokio::select! {
             Some(item) = deciding.next(), if !deciding.is_empty() => {
                 let _ = answered.send(item).await;
             }
-            batch = batches.message(), if open && deciding.len() < in_flight => match batch {
-                Ok(Some(batch)) => {
+            batch = batches.next(), if open && queued.is_empty() && deciding.len() < in_flight => match batch {
+                Some(Ok(batch)) => {
                     tollgate_telemetry::metrics::metrics().observe_batch("received", batch.items.len());
-                    for item in batch.items {
-                        let seq = item.seq;
-                        if let Err(invalid) = check_item(item.request.as_ref(), &item.traceparent, &item.tracestate) {
-                            let _ = answered.send(DecisionItem { seq, decision: None, invalid }).await;
-                            continue;
-                        }
-                        let parent = tollgate_telemetry::propagation::from_traceparent(
-                            &item.traceparent,
-                            Some(item.tracestate.as_str()),
-                        );
-                        let request = item.request.unwrap_or_default();
-                        let engine = engine.clone();
-                        deciding.push(async move {
-                            let decision = engine.decide_with_parent(&request, parent).await;
-                            DecisionItem { seq, decision: Some(decision), invalid: String::new() }
-                        });
-                    }
+                    queued.extend(batch.items);
                 }
-                Ok(None) | Err(_) => open = false,
+                Some(Err(_)) | None => open = false,
             },
             else => return,
         }
@@ -574,4 +600,59 @@ pub async fn serve(
         .add_optional_service(envoy)
         .serve_with_incoming_shutdown(listener::incoming(listener, limits.listener), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::proto::DecideItem;
+
+    /// Issue 24, item 8: the bound on a stream's decisions in progress is per decision, not
+    /// per batch: one batch of 100 starts at most `in_flight` at once, and all are answered.
+    #[tokio::test]
+    async fn one_large_batch_starts_at_most_in_flight_decisions() {
+        let items: Vec<DecideItem> = (0..100)
+            .map(|seq| DecideItem {
+                seq,
+                request: Some(DecideRequest {
+                    request_id: format!("r{seq}"),
+                    server: "k8s".into(),
+                    tool: "t".into(),
+                    grant: "g".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let batches = futures_util::stream::iter(vec![Ok(DecideBatch { items })]);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (answered, mut answers) = tokio::sync::mpsc::channel(200);
+        let decide = {
+            let (running, most) = (running.clone(), most.clone());
+            move |_request: DecideRequest, _parent| {
+                let (running, most) = (running.clone(), most.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    crate::proto::Decision::default()
+                }
+            }
+        };
+        decide_batches(batches, decide, answered, 4).await;
+        let mut seen = 0;
+        while answers.try_recv().is_ok() {
+            seen += 1;
+        }
+        assert_eq!(seen, 100, "every item is answered");
+        assert!(
+            most.load(Ordering::SeqCst) <= 4,
+            "{} at once",
+            most.load(Ordering::SeqCst)
+        );
+    }
 }
