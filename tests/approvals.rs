@@ -22,6 +22,7 @@ use support::redis::RedisServer;
 use support::{Deployment, KEY_A, Mcp, Proc, refusal, run, sha256_hex, text, write_config};
 
 const OPERATOR_KEY: &str = "tg_operator_alice_key";
+const WEBHOOK_SECRET: &str = "webhook-secret-of-at-least-32-characters";
 
 const POLICY: &str = r#"{
   "version": "1",
@@ -173,10 +174,27 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
         "/hook",
         axum::routing::post(
             |axum::extract::State((received, calls)): axum::extract::State<Receiver>,
-             axum::Json(body): axum::Json<Value>| async move {
+             headers: axum::http::HeaderMap,
+             raw: axum::body::Bytes| async move {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                     return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                 }
+                let Ok(mut body) = serde_json::from_slice::<Value>(&raw) else {
+                    return axum::http::StatusCode::BAD_REQUEST;
+                };
+                // What a receiver does: recompute the signature over the raw body.
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let signed = header("x-tollgate-timestamp").parse::<u64>().is_ok_and(|timestamp| {
+                    use hmac::Mac;
+                    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("key");
+                    mac.update(format!("v1:{timestamp}:").as_bytes());
+                    mac.update(&raw);
+                    header("x-tollgate-signature")
+                        .strip_prefix("v1=")
+                        .and_then(|h| hex::decode(h).ok())
+                        .is_some_and(|tag| mac.verify_slice(&tag).is_ok())
+                });
+                body["_signature_ok"] = json!(signed);
                 received.lock().expect("lock").push(body);
                 axum::http::StatusCode::NO_CONTENT
             },
@@ -196,7 +214,11 @@ async fn approvals_work_in_tollgate_up() {
     let (hook, received) = webhook_receiver().await;
     support::append(
         &config,
-        &format!("{}\n[approvals]\nwebhook_url = \"{hook}\"\n", operators()),
+        &format!(
+            "{}\n[approvals]\nwebhook_url = \"{hook}\"\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n\
+             console_url = \"https://tollgate.example.com/\"\n",
+            operators()
+        ),
     );
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let admin = up.admin_url.clone().expect("tollgate up serves the operators' API");
@@ -253,6 +275,19 @@ async fn approvals_work_in_tollgate_up() {
         let first = got.iter().find(|b| b["tool"] == "k8s_scale");
         if let Some(first) = first {
             assert_eq!(first["event"], "approval.pending");
+            // Issue 24, item 10: signed, with the whole arguments, their digest and a link.
+            assert_eq!(first["_signature_ok"], true, "signed with webhook_secret: {first}");
+            let id = first["id"].as_str().unwrap_or_default();
+            assert_eq!(
+                first["console"].as_str(),
+                Some(format!("https://tollgate.example.com/console#{id}").as_str())
+            );
+            let arguments = first["arguments"].as_str().unwrap_or_default();
+            assert_eq!(
+                first["arguments_sha256"].as_str(),
+                Some(support::sha256_hex(arguments).as_str()),
+                "{first}"
+            );
             assert!(first["id"].as_str().is_some_and(|id| id.starts_with("apr_")), "{first}");
             assert_eq!(first["grant"], "a");
             assert!(

@@ -176,7 +176,7 @@ fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
             let arguments = pretty(&a.arguments);
             let _ = write!(
                 out,
-                "<li class=\"approval\" data-id=\"{id}\">\
+                "<li class=\"approval\" id=\"{id}\" data-id=\"{id}\">\
                  <div class=\"what\"><span class=\"tool\">{tool}</span> on <span class=\"server\">{server}</span>\
                  <span class=\"by\">grant <strong>{grant}</strong>, agent {agent}{caller}</span></div>\
                  <dl class=\"facts\"><dt>Rule</dt><dd>{rule}</dd>\
