@@ -117,7 +117,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let tls = settings.server_tls().map_err(anyhow::Error::msg)?;
         let envoy = tollgate_decision::envoy::EnvoyLimits::new(&config.envoy).map_err(anyhow::Error::msg)?;
         envoy
-            .check_credentials(&settings, token_hash)
+            .check_credentials(settings, token_hash)
             .map_err(anyhow::Error::msg)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (engine, status) = start_engine(&config).await?;
@@ -379,7 +379,7 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
                 let edges = settings.token_hash().map_err(anyhow::Error::msg)?;
                 settings.server_tls().map_err(anyhow::Error::msg)?;
                 tollgate_decision::envoy::EnvoyLimits::new(&config.envoy)
-                    .and_then(|envoy| envoy.check_credentials(&settings, edges))
+                    .and_then(|envoy| envoy.check_credentials(settings, edges))
                     .map_err(anyhow::Error::msg)?;
             }
             let compiled =
