@@ -440,6 +440,7 @@ pub struct BridgeArgs {
     pub cwd: Option<PathBuf>,
     pub idle_timeout: Duration,
     pub max_sessions: usize,
+    pub max_sessions_per_grant: Option<usize>,
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub token_sha256: Option<String>,
@@ -469,10 +470,11 @@ pub fn stdio_bridge(listen: &str, args: BridgeArgs) -> anyhow::Result<()> {
     // Without a token the bridge cannot tell its callers' grants apart (it believes no grant
     // header), so only --max-sessions limits them; with one, each grant the edge names
     // (forward_grant) has the default per-grant quota.
-    let max_sessions_per_grant = if args.token_sha256.is_some() {
-        tollgate_stdio::StdioSettings::DEFAULT_MAX_SESSIONS_PER_GRANT
-    } else {
-        args.max_sessions.max(1)
+    let max_sessions_per_grant = match args.max_sessions_per_grant {
+        Some(0) => bail!("--max-sessions-per-grant must be at least 1"),
+        Some(n) => n,
+        None if args.token_sha256.is_some() => tollgate_stdio::StdioSettings::DEFAULT_MAX_SESSIONS_PER_GRANT,
+        None => args.max_sessions.max(1),
     };
     let settings = tollgate_stdio::StdioSettings {
         env,

@@ -106,6 +106,11 @@ enum Command {
         /// Sessions (child processes) at once; initialize beyond it gets 503.
         #[arg(long, default_value_t = 100)]
         max_sessions: usize,
+        /// Sessions one grant may have at once (named by the edge's `tollgate-grant` header,
+        /// believed only with --token-sha256; set `forward_grant = true` on the edge's
+        /// upstream). Default 8 with a token; without one, --max-sessions.
+        #[arg(long)]
+        max_sessions_per_grant: Option<usize>,
         /// Largest message either way, in bytes.
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         max_message_bytes: usize,
@@ -286,6 +291,7 @@ fn main() -> ExitCode {
             cwd,
             idle_timeout_ms,
             max_sessions,
+            max_sessions_per_grant,
             max_message_bytes,
             request_timeout_ms,
             token_sha256,
@@ -298,6 +304,7 @@ fn main() -> ExitCode {
                 cwd,
                 idle_timeout: std::time::Duration::from_millis(idle_timeout_ms),
                 max_sessions,
+                max_sessions_per_grant,
                 max_message_bytes,
                 request_timeout: std::time::Duration::from_millis(request_timeout_ms),
                 token_sha256,
