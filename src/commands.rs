@@ -613,7 +613,19 @@ pub fn approvals(
                 let listed: Vec<tollgate_limiter::Approval> =
                     serde_json::from_value(body).context("unreadable approval list")?;
                 let out: Vec<serde_json::Value> = listed.iter().map(approval_json).collect();
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                // Bidirectional and invisible controls (only ever inside strings) as \u
+                // escapes: valid JSON that reads on a terminal as it parses.
+                let text: String = serde_json::to_string_pretty(&out)?
+                    .chars()
+                    .map(|c| {
+                        if crate::console::is_invisible_control(c) {
+                            format!("\\u{:04x}", c as u32)
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect();
+                println!("{text}");
             }
             ApprovalAction::List { json: false } => {
                 let listed: Vec<tollgate_limiter::Approval> =

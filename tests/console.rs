@@ -213,7 +213,7 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
     let asked = agent
         .call(
             "k8s_scale",
-            json!({"namespace": "web", "name": "<script>alert(1)</script><img src=x onerror=alert(2)>", "replicas": 3}),
+            json!({"namespace": "web\u{202E}metsys-ebuk\u{202C}", "name": "<script>alert(1)</script><img src=x onerror=alert(2)>", "replicas": 3}),
         )
         .await;
     assert_eq!(
@@ -244,6 +244,22 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
         "markup stays text"
     );
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;"));
+    // Issue 24, item 5: bidirectional controls are shown as marked code points, never raw
+    // (raw, "web\u{202E}metsys-ebuk" reads as "webkube-system"), in the console and the CLI.
+    assert!(
+        !html.contains('\u{202E}') && !html.contains('\u{202C}'),
+        "a raw bidi control"
+    );
+    assert!(html.contains(">U+202E</mark>metsys-ebuk<mark"), "marked in place");
+    for args in [&["list", "--json"][..], &["list"][..]] {
+        let mut all = vec!["approvals"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--url", &admin, "--key", OPERATOR_KEY]);
+        let (code, out, stderr) = run(&all);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(!out.contains('\u{202E}'), "{args:?}: a raw bidi control in {out}");
+        assert!(out.contains("202e"), "{args:?}: {out}");
+    }
 
     // State changes need the session's CSRF token.
     let id = html

@@ -18,6 +18,8 @@
 
 mod pages;
 
+pub(crate) use pages::is_invisible_control;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

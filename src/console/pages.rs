@@ -19,10 +19,29 @@ pub fn esc(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            // Bidirectional-text controls (and invisible marks) could make text read
+            // differently from its value: shown as visible, marked code points.
+            c if is_invisible_control(c) => {
+                let _ = write!(
+                    out,
+                    "<mark class=\"control\" title=\"invisible control character\">U+{:04X}</mark>",
+                    c as u32
+                );
+            }
             c => out.push(c),
         }
     }
     out
+}
+
+/// Characters that change how text around them is displayed, or are not displayed at all:
+/// bidirectional embeddings, overrides, isolates and marks, zero-width characters, and
+/// other C0/C1 controls but line breaks and tabs.
+pub(crate) fn is_invisible_control(c: char) -> bool {
+    matches!(c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+        | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}'
+        | '\u{0}'..='\u{8}' | '\u{B}'..='\u{1F}' | '\u{7F}'..='\u{9F}')
 }
 
 /// `HH:MM:SS` (UTC) of a time in ms since the epoch.
