@@ -535,3 +535,50 @@ async fn sessions_end_with_their_operators_key_and_sign_outs_survive_restarts() 
         .expect("POST");
     assert_eq!(approve.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Issue 24, item 11: failed sign-ins are throttled per address (the first five free, then
+/// blocks of 1 s, 2 s, … up to a minute, even for the right key), and a success clears them.
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_address() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("console-throttle");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    support::append(&config, &operators());
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("admin");
+    let try_key = |key: &'static str| {
+        client()
+            .post(format!("{admin}/console/login"))
+            .form(&[("key", key)])
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(try_key("wrong").await.expect("send").status(), StatusCode::UNAUTHORIZED);
+    }
+    let blocked = try_key("wrong").await.expect("send");
+    assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        blocked.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        blocked
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("too many failed sign-ins")
+    );
+    let right = try_key(OPERATOR_KEY).await.expect("send");
+    assert_eq!(
+        right.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "not even checked while blocked"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        try_key(OPERATOR_KEY).await.expect("send").status(),
+        StatusCode::SEE_OTHER
+    );
+    // The success cleared the count: the next failure is free again.
+    assert_eq!(try_key("wrong").await.expect("send").status(), StatusCode::UNAUTHORIZED);
+}

@@ -17,6 +17,7 @@
 //! listening revokes it too, and clears the cookie.
 
 mod pages;
+mod throttle;
 
 pub(crate) use pages::is_invisible_control;
 
@@ -68,6 +69,8 @@ pub struct Console {
     revoked: Mutex<HashMap<String, u64>>,
     /// Where sign-outs are announced to the other replicas (with the decision tail).
     channel: Option<Arc<dyn tollgate_limiter::Broadcast>>,
+    /// Failed sign-ins per client address.
+    throttle: throttle::SignInThrottle,
 }
 
 /// A sign-out, announced to every replica.
@@ -119,6 +122,7 @@ impl Console {
             trace_url: settings.trace_url.clone(),
             revoked: Mutex::default(),
             channel: None,
+            throttle: throttle::SignInThrottle::default(),
         })
     }
 
@@ -382,25 +386,45 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin == format!("http://{host}") || origin == format!("https://{host}")
 }
 
-async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(console): State<Arc<Console>>,
+    peer: Option<axum::Extension<tollgate_edge::PeerAddr>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     if !same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "cross-origin sign-in refused").into_response();
     }
+    let client = peer.map(|axum::Extension(tollgate_edge::PeerAddr(addr))| addr.ip());
+    let now = std::time::Instant::now();
+    if let Some(ip) = client
+        && let Err(wait) = console.throttle.check(ip, now)
+    {
+        return too_many_sign_ins(wait);
+    }
+    let refused = |message: &str| {
+        tracing::info!(target: "tollgate::audit", client = ?client, "console sign-in refused: {message}");
+        let wait = client.map_or(Duration::ZERO, |ip| console.throttle.failed(ip, now));
+        if wait.is_zero() {
+            (StatusCode::UNAUTHORIZED, pages::login(Some(message))).into_response()
+        } else {
+            too_many_sign_ins(wait)
+        }
+    };
     if form.key.len() > MAX_KEY_BYTES {
-        return (StatusCode::UNAUTHORIZED, pages::login(Some("unknown operator key"))).into_response();
+        return refused("unknown operator key");
     }
     let key = Some(form.key.trim()).filter(|k| !k.is_empty());
     let (operator, key_hash) = match console.operators.who_with_key(key) {
         Ok(found) => found,
-        Err(refusal) => {
-            let message = match refusal {
-                tollgate_decision::OperatorRefusal::Missing => "enter your operator key",
-                other => other.message(),
-            };
-            tracing::info!(target: "tollgate::audit", "console sign-in refused: {message}");
-            return (StatusCode::UNAUTHORIZED, pages::login(Some(message))).into_response();
+        Err(tollgate_decision::OperatorRefusal::Missing) => {
+            return (StatusCode::UNAUTHORIZED, pages::login(Some("enter your operator key"))).into_response();
         }
+        Err(refusal) => return refused(refusal.message()),
     };
+    if let Some(ip) = client {
+        console.throttle.succeeded(ip);
+    }
     let session = Session {
         o: operator,
         k: console.key_fingerprint(&key_hash),
@@ -448,6 +472,17 @@ async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, Form(fo
     response
         .headers_mut()
         .insert(header::SET_COOKIE, console.set_cookie("", 0));
+    response
+}
+
+/// 429 for an address with too many failed sign-ins, saying how long to wait.
+fn too_many_sign_ins(wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let message = format!("too many failed sign-ins from this address: try again in {secs} s");
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, pages::login(Some(&message))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
 }
 

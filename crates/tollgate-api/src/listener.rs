@@ -44,6 +44,13 @@ pub struct Admitted {
     _slot: OwnedSemaphorePermit,
 }
 
+impl Admitted {
+    /// The address the connection came from.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+}
+
 /// Accepts on `listener` within `limits`. Connections come out once they have sent at least
 /// one byte; the accept loop ends when the returned stream is dropped.
 pub fn incoming(listener: TcpListener, limits: ListenerLimits) -> ReceiverStream<io::Result<Admitted>> {

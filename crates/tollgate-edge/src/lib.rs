@@ -58,7 +58,7 @@ use tollgate_api::{Decider, PolicyHealth};
 
 pub use auth::{Caller, Keyring};
 pub use identity::{IdentitySettings, JwtSettings};
-pub use server::{serve, serve_tls};
+pub use server::{PeerAddr, serve, serve_tls};
 pub use settings::{EdgeSettings, GrantSettings, RefusalMode, Secret, UpstreamSettings};
 pub use tollgate_api::listener::ListenerLimits;
 

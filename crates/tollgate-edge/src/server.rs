@@ -19,6 +19,11 @@ use tokio_stream::StreamExt;
 use tollgate_api::listener::{self, ListenerLimits};
 use tower::ServiceExt;
 
+/// The address a request's connection came from, in its extensions (for per-address
+/// throttles; behind a proxy it is the proxy's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets the open
 /// connections finish their requests (bounded by the caller's drain deadline).
 pub async fn serve(
@@ -50,15 +55,16 @@ pub async fn serve_tls(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = incoming.next() => {
                 let Some(Ok(connection)) = accepted else { break };
+                let peer = connection.peer_addr().map(PeerAddr);
                 let router = router.clone();
                 let stopped = stopped.clone();
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
                     match acceptor {
-                        None => serve_connection(connection, router, limits, stopped).await,
+                        None => serve_connection(connection, router, limits, stopped, peer).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(connection)).await {
-                                Ok(Ok(tls)) => serve_connection(tls, router, limits, stopped).await,
+                                Ok(Ok(tls)) => serve_connection(tls, router, limits, stopped, peer).await,
                                 Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                                 Err(_) => tracing::debug!("TLS handshake did not finish within the handshake timeout"),
                             }
@@ -96,11 +102,15 @@ async fn serve_connection<IO>(
     router: Router,
     limits: ListenerLimits,
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    peer: Option<PeerAddr>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let router = router.clone();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
         async move {
             Ok::<_, Infallible>(
                 router
