@@ -526,9 +526,9 @@ impl tonic::service::Interceptor for ClusterToken {
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
             Some(token) if Sha256::digest(token.trim().as_bytes()).as_slice() == expected => Ok(request),
-            Some(_) => Err(Status::unauthenticated("invalid token for this service")),
+            Some(_) => Err(Status::unauthenticated("invalid cluster token for this service")),
             None => Err(Status::unauthenticated(format!(
-                "missing token: send authorization: Bearer <token> ({})",
+                "missing cluster token: send authorization: Bearer <token> ({})",
                 self.setting
             ))),
         }
