@@ -279,6 +279,44 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
         assert_eq!(refused.status(), StatusCode::FORBIDDEN, "csrf {csrf:?}");
     }
     let csrf = csrf_of(&html);
+    // Issue 24, item 4: approving shows the call whole first; only the confirmation, bound to
+    // this record, approves.
+    let post = |id: String, fields: Vec<(&'static str, String)>| {
+        client()
+            .post(format!("{admin}/console/approvals/{id}"))
+            .header("cookie", &cookie)
+            .form(&fields)
+            .send()
+    };
+    let approve = |confirm: &str| {
+        vec![
+            ("decision", "approve".to_owned()),
+            ("reason", "ok".to_owned()),
+            ("csrf", csrf.clone()),
+            ("confirm", confirm.to_owned()),
+        ]
+    };
+    let confirm_token = |page: &str| {
+        page.split("name=\"confirm\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a confirmation token")
+            .to_owned()
+    };
+    let first = post(id.clone(), approve("")).await.expect("POST");
+    assert_eq!(first.status(), StatusCode::OK, "a confirmation, not an approval");
+    let page = first.text().await.unwrap_or_default();
+    assert!(
+        page.contains("Approve this call?") && page.contains("k8s_scale"),
+        "{page}"
+    );
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && page.contains(">U+202E</mark>"));
+    let token = confirm_token(&page);
+    let forged = post(id.clone(), approve("00112233445566778899aabbccddeeff"))
+        .await
+        .expect("POST");
+    assert_eq!(forged.status(), StatusCode::OK, "a forged confirmation asks again");
+    assert_ne!(token, "00112233445566778899aabbccddeeff");
     let denied = client()
         .post(format!("{admin}/console/approvals/{id}"))
         .header("cookie", &cookie)
@@ -293,6 +331,24 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
     assert_eq!(listed[0]["status"], "denied", "{listed}");
     assert_eq!(listed[0]["resolved_by"], "alice", "{listed}");
     assert_eq!(listed[0]["reason"], "change freeze", "{listed}");
+    // The confirmation of one record approves no other: a new call needs its own.
+    let other = agent
+        .call("k8s_scale", json!({"namespace": "web", "name": "api", "replicas": 4}))
+        .await;
+    let other_id = refusal(&other).expect("asked")["approval_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let reused = post(other_id.clone(), approve(&token)).await.expect("POST");
+    assert_eq!(
+        reused.status(),
+        StatusCode::OK,
+        "another record's confirmation asks again"
+    );
+    let own = confirm_token(&reused.text().await.unwrap_or_default());
+    let approved = post(other_id.clone(), approve(&own)).await.expect("POST");
+    assert_eq!(approved.status(), StatusCode::SEE_OTHER);
+    assert_eq!(approved.headers().get(LOCATION).unwrap(), "/console?done=approved");
 
     // The explain form gives the CLI's answer, line for line.
     let (code, cli, stderr) = run(&[
@@ -581,4 +637,74 @@ async fn failed_sign_ins_are_throttled_per_address() {
     );
     // The success cleared the count: the next failure is free again.
     assert_eq!(try_key("wrong").await.expect("send").status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Issue 24, item 9: the open pages of a replica share one read of the approvals queue
+/// (not one each, every 500 ms), and the queue shows a bounded preview of each entry's
+/// arguments (whole on the confirmation page).
+#[tokio::test]
+async fn open_pages_share_one_read_of_the_queue_and_entries_are_bounded() {
+    let redis = RedisServer::start();
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("console-shared-read");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    support::append(
+        &config,
+        &format!(
+            "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{}\n[console]\nsession_secret = \"{}\"\n",
+            redis.url(),
+            operators(),
+            "s".repeat(40)
+        ),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("admin");
+    let cookie = sign_in(&admin).await;
+
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let long = "y".repeat(10_000);
+    agent
+        .call("k8s_scale", json!({"namespace": "web", "name": long, "replicas": 3}))
+        .await;
+    let page = page_text(&format!("{admin}/console"), &cookie).await;
+    assert!(
+        page.contains("bytes in all"),
+        "a preview, not the whole: {} bytes",
+        page.len()
+    );
+    assert!(!page.contains(&long), "the queue does not carry the whole arguments");
+
+    // Count the store's reads of the queue while six pages are open for two seconds.
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-u", &redis.url(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli monitor");
+    let stdout = monitor.stdout.take().expect("stdout");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("\"list\""))
+            .count()
+    });
+    let mut pages = Vec::new();
+    for _ in 0..6 {
+        let events = get(&format!("{admin}/console/events"), Some(&cookie)).await;
+        assert_eq!(events.status(), StatusCode::OK);
+        pages.push(events);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(pages);
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let reads = lines.join().expect("monitor");
+    // About one read per 500 ms, plus one when each page opens; six pages reading on their
+    // own would make 24 or more.
+    assert!(
+        (1..=12).contains(&reads),
+        "{reads} reads of the queue in 2 s with 6 pages open"
+    );
 }

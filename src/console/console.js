@@ -17,17 +17,65 @@
     return template.content;
   }
 
-  // Approvals: replace the panel, but keep a pending entry the operator is typing in.
+  // Approvals: the queue never moves under the operator's pointer. Entries already shown
+  // stay where they are; new ones are added below (the server lists the oldest first); an
+  // entry that is no longer pending is greyed out in place, and taken away only while the
+  // pointer and the focus are outside the queue.
+  let pointerInQueue = false;
+  if (approvals) {
+    approvals.addEventListener("mouseenter", function () { pointerInQueue = true; });
+    approvals.addEventListener("mouseleave", function () { pointerInQueue = false; sweepGone(); });
+    approvals.addEventListener("focusout", function () { setTimeout(sweepGone, 0); });
+  }
+
+  function sweepGone() {
+    if (pointerInQueue || approvals.contains(document.activeElement)) return;
+    for (const li of approvals.querySelectorAll("li.approval.gone")) li.remove();
+    const list = approvals.querySelector("ul.pending");
+    if (list && !list.querySelector("li.approval")) {
+      const empty = document.createElement("p");
+      empty.className = "empty";
+      empty.id = "pending-empty";
+      empty.textContent = "No call is waiting for approval.";
+      document.getElementById("pending-part").replaceChildren(empty);
+    }
+  }
+
   function showApprovals(html) {
     const next = fragment(html);
-    const active = document.activeElement;
-    const editing = active && approvals.contains(active) ? active.closest("li.approval") : null;
-    if (editing) {
-      const same = next.querySelector('li.approval[data-id="' + CSS.escape(editing.dataset.id) + '"]');
-      if (same) same.replaceWith(editing);
+    const part = document.getElementById("pending-part");
+    const nextPart = next.getElementById ? next.getElementById("pending-part") : next.querySelector("#pending-part");
+    const nextResolved = next.querySelector("#resolved-part");
+    const list = part && part.querySelector("ul.pending");
+    const nextList = nextPart && nextPart.querySelector("ul.pending");
+    if (!part || !nextPart || !list) {
+      // Nothing pending was shown: there is nothing under the pointer to move.
+      if (nextPart && part) part.replaceWith(nextPart);
+      else if (!part) approvals.replaceChildren(next);
+    } else {
+      const wanted = new Set();
+      if (nextList) {
+        for (const li of nextList.querySelectorAll("li.approval")) {
+          wanted.add(li.dataset.id);
+          if (!list.querySelector('li.approval[data-id="' + CSS.escape(li.dataset.id) + '"]')) list.append(li);
+        }
+      }
+      for (const li of list.querySelectorAll("li.approval")) {
+        if (wanted.has(li.dataset.id) || li.classList.contains("gone")) continue;
+        li.classList.add("gone");
+        for (const button of li.querySelectorAll("button")) button.disabled = true;
+        const note = document.createElement("p");
+        note.className = "gone-note";
+        note.textContent = "No longer pending (resolved or expired).";
+        li.append(note);
+      }
+      const count = document.getElementById("pending-count");
+      const nextCount = nextPart.querySelector("#pending-count");
+      if (count) count.textContent = nextCount ? nextCount.textContent : "0";
+      sweepGone();
     }
-    approvals.replaceChildren(next);
-    if (editing && document.activeElement !== active) active.focus();
+    const resolvedPart = document.getElementById("resolved-part");
+    if (resolvedPart && nextResolved) resolvedPart.replaceWith(nextResolved);
     tick();
   }
 

@@ -71,6 +71,13 @@ pub struct Console {
     channel: Option<Arc<dyn tollgate_limiter::Broadcast>>,
     /// Failed sign-ins per client address.
     throttle: throttle::SignInThrottle,
+    /// The approvals queue as last read from the store: one read per replica every
+    /// [`APPROVALS_EVERY`] while any page is open, shared by all of them (`None` until the
+    /// first read).
+    queue: tokio::sync::watch::Sender<Option<Arc<Vec<tollgate_limiter::Approval>>>>,
+    /// Asks the queue's reader to read now (a decision asked for or used an approval).
+    queue_poke: tokio::sync::Notify,
+    queue_reading: std::sync::atomic::AtomicBool,
 }
 
 /// A sign-out, announced to every replica.
@@ -123,6 +130,9 @@ impl Console {
             revoked: Mutex::default(),
             channel: None,
             throttle: throttle::SignInThrottle::default(),
+            queue: tokio::sync::watch::channel(None).0,
+            queue_poke: tokio::sync::Notify::new(),
+            queue_reading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -224,6 +234,31 @@ impl Console {
         hex::encode(&self.mac(&[b"operator-key\0", key_hash]).finalize().into_bytes()[..16])
     }
 
+    /// The token that confirms approving `approval` as shown: an HMAC of the session, the
+    /// record's id and its binding digest (its caller and exact arguments).
+    fn confirmation(&self, session: &Session, approval: &tollgate_limiter::Approval) -> String {
+        hex::encode(&self.confirmation_mac(session, approval).finalize().into_bytes()[..16])
+    }
+
+    fn confirmation_ok(&self, session: &Session, approval: &tollgate_limiter::Approval, presented: &[u8]) -> bool {
+        presented.len() == 16
+            && self
+                .confirmation_mac(session, approval)
+                .verify_truncated_left(presented)
+                .is_ok()
+    }
+
+    fn confirmation_mac(&self, session: &Session, approval: &tollgate_limiter::Approval) -> Hmac<Sha256> {
+        self.mac(&[
+            b"confirm\0",
+            session.s.as_bytes(),
+            b"\0",
+            approval.id.as_bytes(),
+            b"\0",
+            approval.digest.as_bytes(),
+        ])
+    }
+
     fn csrf(&self, session: &Session) -> String {
         hex::encode(&self.mac(&[b"csrf\0", session.s.as_bytes()]).finalize().into_bytes()[..16])
     }
@@ -277,6 +312,48 @@ impl Console {
             revoked.remove(&oldest);
         }
         revoked.insert(session_id, until);
+    }
+
+    /// The shared approvals queue, for one open page: starts the reader when it is the
+    /// first page.
+    fn follow_queue(self: &Arc<Console>) -> tokio::sync::watch::Receiver<Option<Arc<Vec<tollgate_limiter::Approval>>>> {
+        use std::sync::atomic::Ordering;
+        let receiver = self.queue.subscribe();
+        if !self.queue_reading.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut last = String::new();
+                loop {
+                    let Some(console) = weak.upgrade() else { return };
+                    if console.queue.receiver_count() == 0 {
+                        console.queue_reading.store(false, Ordering::Release);
+                        // A page that subscribed meanwhile, and saw the reader still on,
+                        // would wait in vain: take the reader on again for it.
+                        if console.queue.receiver_count() == 0 || console.queue_reading.swap(true, Ordering::AcqRel) {
+                            return;
+                        }
+                    }
+                    match console.engine.approvals().list().await {
+                        Ok(all) => {
+                            // Sent when an approval appears or changes state (ages tick in the page).
+                            let state: String = all.iter().map(|a| format!("{}:{:?};", a.id, a.status)).collect();
+                            if state != last {
+                                last = state;
+                                console.queue.send_replace(Some(Arc::new(all)));
+                            }
+                        }
+                        Err(e) => tracing::debug!("console: cannot read the approvals: {e}"),
+                    }
+                    // Holds the console only until the next read.
+                    let poked = console.queue_poke.notified();
+                    tokio::select! {
+                        _ = tokio::time::sleep(APPROVALS_EVERY) => {}
+                        _ = poked => {}
+                    }
+                }
+            });
+        }
+        receiver
     }
 
     fn trace_link(&self, trace_id: &str) -> Option<String> {
@@ -515,6 +592,10 @@ async fn home(State(console): State<Arc<Console>>, headers: HeaderMap, Query(que
 struct ResolveForm {
     #[serde(default)]
     csrf: String,
+    /// The confirmation token of an approval (see [`Console::confirmation`]); without it an
+    /// approve answers with the confirmation page.
+    #[serde(default)]
+    confirm: String,
     #[serde(default)]
     decision: String,
     #[serde(default)]
@@ -542,7 +623,29 @@ async fn resolve(
     if let Err(message) = check_reason(reason) {
         return (StatusCode::BAD_REQUEST, message).into_response();
     }
+    if approve {
+        // An approval is confirmed on a page that shows the call whole, so a click that
+        // landed on the wrong entry (or an entry that moved) approves nothing by itself.
+        let record = match console.engine.approvals().get(&id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Redirect::to("/console?done=missing").into_response(),
+            Err(e) => {
+                tracing::warn!("console: cannot read an approval: {e}");
+                return Redirect::to("/console?done=unavailable").into_response();
+            }
+        };
+        if record.status != tollgate_limiter::ApprovalStatus::Pending {
+            return Redirect::to("/console?done=not_pending").into_response();
+        }
+        let expected = console.confirmation(&session, &record);
+        let presented = hex::decode(form.confirm.trim()).unwrap_or_default();
+        if !console.confirmation_ok(&session, &record, &presented) {
+            let csrf = console.csrf(&session);
+            return pages::confirm(&session, &csrf, &record, reason, &expected).into_response();
+        }
+    }
     let outcome = console.engine.resolve_approval(&id, approve, &session.o, reason).await;
+    console.queue_poke.notify_one();
     let done = match outcome {
         Ok(Resolution::Resolved(_)) => {
             if approve {
@@ -562,17 +665,21 @@ async fn resolve(
 }
 
 /// Server-sent events for an open page: `approvals` (the rendered queue, when it changes:
-/// compared every [`APPROVALS_EVERY`], and at once when a decision that asked for an approval
-/// is heard) and `decision` (one rendered row per decision).
+/// the replica's one reader compares it every [`APPROVALS_EVERY`], and at once when a
+/// decision that asked for an approval is heard) and `decision` (one rendered row per
+/// decision).
 async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some(session) = console.session(&headers).await else {
         return unauthorized();
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(EVENT_BUFFER);
     let feed = console.engine.tail().cloned();
+    // The page was rendered with the queue as it is now: it hears only what changes from
+    // here on. The reader looks at once, so a change it has not seen yet is not missed.
+    let mut queue = console.follow_queue();
+    console.queue_poke.notify_one();
     tokio::spawn(async move {
         let mut decisions = feed.as_ref().map(|tail| tail.subscribe());
-        let mut last_approvals = String::new();
         let mut ticker = tokio::time::interval(APPROVALS_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -583,15 +690,15 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
                         let _ = tx.send(Event::default().event("signed-out").data("")).await;
                         return;
                     }
-                    let Ok(all) = console.engine.approvals().list().await else { continue };
-                    // Sent when an approval appears or changes state (ages tick in the page).
-                    let state: String = all.iter().map(|a| format!("{}:{:?};", a.id, a.status)).collect();
-                    if state != last_approvals {
-                        let rendered = pages::approvals(&console, &session, &all);
-                        if tx.send(Event::default().event("approvals").data(one_line(&rendered))).await.is_err() {
-                            return;
-                        }
-                        last_approvals = state;
+                }
+                changed = queue.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let Some(all) = queue.borrow_and_update().clone() else { continue };
+                    let rendered = pages::approvals(&console, &session, &all);
+                    if tx.send(Event::default().event("approvals").data(one_line(&rendered))).await.is_err() {
+                        return;
                     }
                 }
                 heard = async {
@@ -605,7 +712,7 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
                             // A call asked for (or used) an approval: look at the queue now
                             // rather than at the next tick.
                             if record.verdict == "APPROVAL_REQUIRED" || !record.approval_id.is_empty() {
-                                ticker.reset_immediately();
+                                console.queue_poke.notify_one();
                             }
                             let row = pages::decision_row(&console, &record);
                             let event = Event::default().event("decision").data(one_line(&row));

@@ -103,6 +103,43 @@ pub fn login(error: Option<&str>) -> Html<String> {
     )
 }
 
+/// The confirmation an approval needs: the call's tool, server, caller and whole arguments,
+/// and one button (focused: Enter confirms). `token` binds the confirmation to this
+/// record's arguments.
+pub fn confirm(session: &Session, csrf: &str, approval: &Approval, reason: &str, token: &str) -> Html<String> {
+    let id = esc(&approval.id);
+    let caller = approval
+        .subject
+        .as_deref()
+        .map(|sub| format!(", subject <strong class=\"subject\">{}</strong>", esc(sub)))
+        .unwrap_or_default();
+    let body = format!(
+        "<section class=\"panel confirm\" aria-labelledby=\"confirm-title\"><h1 id=\"confirm-title\">Approve this call?</h1>\
+         <p class=\"what\"><span class=\"tool\">{tool}</span> on <span class=\"server\">{server}</span> \
+         <span class=\"by\">grant <strong>{grant}</strong>, agent {agent}{caller}</span></p>\
+         <p class=\"hint\">The call goes through with exactly these arguments ({bytes} bytes); any other arguments \
+         need their own approval.</p>\
+         <pre class=\"arguments\" aria-label=\"Arguments\">{arguments}</pre>\
+         <form method=\"post\" action=\"/console/approvals/{id}\" class=\"resolve\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"decision\" value=\"approve\">\
+         <input type=\"hidden\" name=\"confirm\" value=\"{token}\">\
+         <input type=\"hidden\" name=\"reason\" value=\"{reason}\">\
+         <button type=\"submit\" class=\"approve\" autofocus>Confirm approval</button> \
+         <a href=\"/console\" class=\"back\">Back to the queue</a></form></section>",
+        tool = esc(&approval.tool),
+        server = esc(&approval.server),
+        grant = esc(&approval.grant),
+        agent = esc(&approval.agent),
+        bytes = approval.arguments.len(),
+        arguments = pretty(&approval.arguments),
+        csrf = esc(csrf),
+        token = esc(token),
+        reason = esc(reason),
+    );
+    layout("Confirm approval", Some((session, csrf)), "/console", &body)
+}
+
 /// The banner after an approve or deny.
 pub fn notice(done: &str) -> Option<&'static str> {
     Some(match done {
@@ -175,13 +212,16 @@ pub fn approvals(console: &Console, session: &Session, all: &[Approval]) -> Stri
 
 fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
     let now = tollgate_limiter::wall_clock_ms();
-    let pending: Vec<&Approval> = all.iter().filter(|a| a.status == ApprovalStatus::Pending).collect();
+    // Oldest first: a new approval is added below the others, so nothing an operator is
+    // pointing at moves when one arrives.
+    let mut pending: Vec<&Approval> = all.iter().filter(|a| a.status == ApprovalStatus::Pending).collect();
+    pending.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then_with(|| a.id.cmp(&b.id)));
     let resolved: Vec<&Approval> = all
         .iter()
         .filter(|a| a.status != ApprovalStatus::Pending)
         .take(20)
         .collect();
-    let mut out = String::new();
+    let mut out = String::from("<div id=\"pending-part\">");
     if pending.is_empty() {
         out.push_str("<p class=\"empty\" id=\"pending-empty\">No call is waiting for approval.</p>");
     } else {
@@ -192,7 +232,16 @@ fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
         );
         for a in pending {
             let id = esc(&a.id);
-            let arguments = pretty(&a.arguments);
+            // The queue shows at most a preview; the confirmation page shows them whole.
+            let arguments = if a.arguments.len() > PREVIEW_BYTES {
+                format!(
+                    "{}<span class=\"more\">… {} bytes in all: shown whole before you confirm</span>",
+                    esc(&tollgate_limiter::cut_short(&a.arguments, PREVIEW_BYTES)),
+                    a.arguments.len()
+                )
+            } else {
+                pretty(&a.arguments)
+            };
             let _ = write!(
                 out,
                 "<li class=\"approval\" id=\"{id}\" data-id=\"{id}\">\
@@ -228,6 +277,7 @@ fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
         }
         out.push_str("</ul>");
     }
+    out.push_str("</div><div id=\"resolved-part\">");
     if !resolved.is_empty() {
         out.push_str(
             "<h2>Recently resolved</h2><table class=\"resolved\"><thead><tr><th scope=\"col\">Status</th>\
@@ -251,8 +301,12 @@ fn approvals_fragment(all: &[Approval], csrf: &str) -> String {
         }
         out.push_str("</tbody></table>");
     }
+    out.push_str("</div>");
     out
 }
+
+/// Bytes of an approval's arguments the queue shows.
+const PREVIEW_BYTES: usize = 2048;
 
 /// Arguments JSON pretty-printed and escaped, its line breaks as character references (the
 /// fragment travels as one SSE data line).

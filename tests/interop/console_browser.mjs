@@ -92,9 +92,31 @@ try {
   check((await page.$$("li.approval script, li.approval img")).length === 0, "no element was created from the arguments");
   await page.screenshot({ path: `${shots}/console-approvals.png`, fullPage: true });
 
-  step("approve in the page: the held call goes through");
+  step("a new approval never moves the one under the pointer (issue 24, item 4)");
+  await page.hover("li.approval button.approve");
+  const topBefore = await page.$eval("li.approval button.approve", (b) => b.getBoundingClientRect().top);
+  const extra = alice.callTool(
+    { name: "k8s_scale", arguments: { namespace: "web", name: "extra", replicas: 31 } },
+    undefined,
+    { timeout: 60000 },
+  );
+  extra.catch(() => {});
+  await page.waitForFunction(() => document.querySelectorAll("li.approval").length === 2, { timeout: 5000 });
+  const topAfter = await page.$eval("li.approval button.approve", (b) => b.getBoundingClientRect().top);
+  check(topAfter === topBefore, `the entry under the pointer stayed put: ${topBefore} -> ${topAfter}`);
+  const order = await page.$$eval("li.approval pre.arguments", (pres) => pres.map((p) => p.textContent));
+  check(order.length === 2 && order[1].includes("extra"), `the new one is below: ${JSON.stringify(order)}`);
+
+  step("approve in the page, confirmed with the call shown whole: the held call goes through");
   await page.type("li.approval input[name=reason]", "scale-up planned in CHG-1234");
   await Promise.all([page.waitForNavigation(), page.click("li.approval button.approve")]);
+  const confirmation = await page.content();
+  check(confirmation.includes("Approve this call?"), "approving asks to confirm");
+  const whole = await page.$eval("section.confirm pre.arguments", (pre) => pre.textContent);
+  check(whole.includes("<script>window.__pwned = 1</script>"), `the arguments shown whole, as text: ${whole}`);
+  check((await page.evaluate(() => document.activeElement && document.activeElement.textContent)) === "Confirm approval",
+    "the confirm button has the focus (Enter confirms)");
+  await Promise.all([page.waitForNavigation(), page.keyboard.press("Enter")]);
   check((await page.content()).includes("Approved"), "the page confirms");
   const approved = await held;
   check(!approved.isError, `the call went through: ${JSON.stringify(approved)}`);
@@ -107,8 +129,12 @@ try {
     undefined,
     { timeout: 60000 },
   );
-  await page.waitForSelector("li.approval", { timeout: 5000 });
-  await page.focus("li.approval input[name=reason]");
+  await page.waitForFunction(
+    () => [...document.querySelectorAll("li.approval pre.arguments")].some((p) => p.textContent.includes("30")),
+    { timeout: 5000 },
+  );
+  // The oldest first: the new call is the last entry.
+  await page.focus("li.approval:last-of-type input[name=reason]");
   await page.keyboard.type("change freeze until Monday");
   await page.keyboard.press("Tab");
   await page.keyboard.press("Tab");
