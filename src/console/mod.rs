@@ -734,9 +734,10 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
-/// SSE data lines may not hold newlines; the fragments' own are not needed.
+/// SSE data lines may not hold line breaks: a fragment's own become character references,
+/// which read the same in HTML text and attribute values (fragments hold no script or style).
 fn one_line(html: &str) -> String {
-    html.replace(['\r', '\n'], " ")
+    html.replace('\r', "&#13;").replace('\n', "&#10;")
 }
 
 #[derive(Deserialize, Default)]
