@@ -248,39 +248,71 @@ impl Config {
         if !path.exists() {
             bail!("config file {} does not exist", path.display());
         }
+        let mut environment = config::Environment::with_prefix("TOLLGATE")
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(section_overrides()));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
         let source = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("TOLLGATE")
-                    .prefix_separator("_")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("edge.decision")
-                    .with_list_parse_key("store.cluster")
-                    .with_list_parse_key("edge.aggregate.session_keys")
-                    .try_parsing(true)
-                    .source(Some(section_overrides())),
-            )
+            .add_source(environment)
             .build()
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let mut config: Config = source
             .try_deserialize()
             .with_context(|| format!("invalid config {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(decision) = &mut config.decision {
-            decision.policy = resolve(base, &decision.policy);
-        }
         // Every file a config names is relative to the config file.
-        let files = [&mut config.edge.tls_cert, &mut config.edge.tls_key].into_iter().chain(
-            config
-                .upstreams
-                .iter_mut()
-                .flat_map(|u| [&mut u.ca_file, &mut u.client_cert, &mut u.client_key, &mut u.cwd]),
-        );
-        for file in files.flatten() {
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in config.paths_mut() {
             *file = resolve(base, file);
         }
         Ok(config)
+    }
+
+    /// Every path the configuration holds, in one walk: what [`Config::load`] resolves
+    /// against the config file's folder. A new path setting goes here (a test compares
+    /// this list with the settings' `PathBuf` fields).
+    pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        let edge = &mut self.edge;
+        let mut paths: Vec<&mut Option<PathBuf>> = vec![
+            &mut edge.tls_cert,
+            &mut edge.tls_key,
+            &mut edge.decision_ca_file,
+            &mut edge.decision_client_cert,
+            &mut edge.decision_client_key,
+            &mut self.store.ca_file,
+            &mut self.store.client_cert,
+            &mut self.store.client_key,
+        ];
+        for upstream in &mut self.upstreams {
+            paths.extend([
+                &mut upstream.ca_file,
+                &mut upstream.client_cert,
+                &mut upstream.client_key,
+                &mut upstream.cwd,
+            ]);
+        }
+        for issuer in &mut self.identity.jwt {
+            paths.extend([&mut issuer.jwks_file, &mut issuer.ca_file]);
+        }
+        let mut all: Vec<&mut PathBuf> = paths.into_iter().flatten().collect();
+        if let Some(decision) = &mut self.decision {
+            all.push(&mut decision.policy);
+            all.extend(
+                [
+                    &mut decision.tls_cert,
+                    &mut decision.tls_key,
+                    &mut decision.tls_client_ca,
+                ]
+                .into_iter()
+                .flatten(),
+            );
+        }
+        all
     }
 
     /// The `[decision]` section, which `up` and `decision` need.
@@ -293,6 +325,18 @@ impl Config {
 
 /// The `TOLLGATE_SECTION__KEY` variables. Others, like `TOLLGATE_CONFIG` (the config file's
 /// path), are not configuration keys and must not be read as such.
+/// Every list setting an environment variable can give, comma-separated
+/// (`TOLLGATE_EDGE__ALLOWED_HOSTS=a.example,b.example`). Lists inside arrays of tables
+/// (`[[upstreams]]`, `[[grants]]`, `[[identity.jwt]]`) come from the file only. A test compares
+/// this with the settings' list fields.
+pub const LIST_KEYS: &[&str] = &[
+    "edge.decision",
+    "edge.allowed_origins",
+    "edge.allowed_hosts",
+    "edge.aggregate.session_keys",
+    "store.cluster",
+];
+
 fn section_overrides() -> config::Map<String, String> {
     std::env::vars()
         .filter(|(name, _)| name.starts_with("TOLLGATE_") && name.contains("__"))
@@ -304,5 +348,118 @@ fn resolve(base: &Path, path: &Path) -> PathBuf {
         path.to_owned()
     } else {
         base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The path and list settings' fields, counted in the settings' sources.
+    fn fields_of(kind: &str) -> Vec<String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found = Vec::new();
+        for file in [
+            "crates/tollgate-edge/src/settings.rs",
+            "crates/tollgate-edge/src/identity.rs",
+            "crates/tollgate-decision/src/service.rs",
+            "src/config.rs",
+        ] {
+            let source = std::fs::read_to_string(root.join(file)).expect("source");
+            for line in source.lines() {
+                let line = line.trim();
+                let Some(rest) = line.strip_prefix("pub ") else {
+                    continue;
+                };
+                let Some((name, ty)) = rest.split_once(": ") else {
+                    continue;
+                };
+                let ty = ty.trim_end_matches(',');
+                if ty == kind || ty == format!("Option<{kind}>") {
+                    found.push(format!("{file}:{name}"));
+                }
+            }
+        }
+        found
+    }
+
+    /// Every `PathBuf` setting is in [`Config::paths_mut`], so every one is resolved against
+    /// the config file (issue 26, item 2).
+    #[test]
+    fn every_path_setting_is_walked() {
+        let dir = std::env::temp_dir().join(format!("tollgate-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("all.toml");
+        std::fs::write(
+            &path,
+            r#"[edge]
+tls_cert = "a"
+tls_key = "a"
+decision_ca_file = "a"
+decision_client_cert = "a"
+decision_client_key = "a"
+[decision]
+policy = "a"
+tls_cert = "a"
+tls_key = "a"
+tls_client_ca = "a"
+[store]
+ca_file = "a"
+client_cert = "a"
+client_key = "a"
+[[upstreams]]
+name = "u"
+url = "http://127.0.0.1:9/mcp"
+ca_file = "a"
+client_cert = "a"
+client_key = "a"
+cwd = "a"
+[[identity.jwt]]
+issuer = "https://i"
+audiences = ["x"]
+jwks_file = "a"
+ca_file = "a"
+"#,
+        )
+        .expect("write");
+        let mut config = Config::load(&path).expect("load");
+        let paths = config.paths_mut();
+        let fields = fields_of("PathBuf");
+        assert_eq!(paths.len(), fields.len(), "paths walked vs path fields: {fields:#?}");
+        assert!(
+            paths.iter().all(|p| p.starts_with(&dir)),
+            "all resolved against the config's folder"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every list setting of a section (not inside an array of tables) is in [`LIST_KEYS`]
+    /// (issue 26, item 3).
+    #[test]
+    fn every_list_setting_is_parsed_from_the_environment() {
+        let lists: Vec<String> = fields_of("Vec<String>")
+            .into_iter()
+            .chain(fields_of("Vec<Secret>"))
+            .collect();
+        // Lists inside arrays of tables ([[upstreams]] command, [[grants]] servers,
+        // [[identity.jwt]] audiences and algorithms) cannot be addressed from the environment;
+        // `scopes` is a token's, not a setting.
+        let in_tables = ["command", "servers", "audiences", "algorithms", "scopes"];
+        let section_lists: Vec<&String> = lists
+            .iter()
+            .filter(|f| !in_tables.iter().any(|t| f.ends_with(&format!(":{t}"))))
+            .collect();
+        assert_eq!(
+            section_lists.len(),
+            LIST_KEYS.len(),
+            "{section_lists:#?} vs {LIST_KEYS:?}"
+        );
+        for field in section_lists {
+            let name = field.rsplit(':').next().unwrap_or_default();
+            assert!(
+                LIST_KEYS.iter().any(|k| k.ends_with(&format!(".{name}"))),
+                "{field} is not in LIST_KEYS"
+            );
+        }
     }
 }

@@ -713,6 +713,24 @@ async fn a_number_that_cannot_be_forwarded_exactly_is_refused() {
     assert_eq!(posts_of(&gate.public, "tools/call"), 0);
 }
 
+/// Issue 26, item 7: a missing or wrong key is answered with Tollgate's own JSON-RPC code,
+/// not -32002 (MCP's "resource not found").
+#[tokio::test]
+async fn authentication_errors_have_a_code_of_their_own() {
+    let gate = gate(ALLOW_ALL, EdgeSettings::default(), IdentitySettings::default()).await;
+    let answer = send(
+        &gate.router,
+        Method::POST,
+        "/mcp/public",
+        "wrong-key",
+        &[],
+        Some(&call(1, "read_public")),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.message["error"]["code"], -32011, "{}", answer.message);
+}
+
 /// Hole 12: a prefix ending in part of the separator is refused at start.
 #[tokio::test]
 async fn a_prefix_that_would_split_elsewhere_is_refused_at_start() {

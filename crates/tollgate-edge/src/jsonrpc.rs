@@ -21,8 +21,9 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// Tollgate refused the call (with `edge.refusal = "error"`).
 pub const REFUSED: i64 = -32001;
-/// The agent's key was missing or wrong.
-pub const UNAUTHORIZED: i64 = -32002;
+/// The agent's key or token was missing or wrong (HTTP 401). Not -32002, which MCP uses for
+/// "resource not found".
+pub const UNAUTHORIZED: i64 = -32011;
 /// The upstream MCP server could not be reached or failed.
 pub const UPSTREAM_ERROR: i64 = -32003;
 
