@@ -92,7 +92,7 @@ async fn run_edge(
 ) -> anyhow::Result<()> {
     let router = tollgate_edge::router(edge_parts(config, decider, policy_status))?;
     let tls = config.edge.tls()?;
-    let listener = bind(&config.edge.listen.to_string(), "edge").await?;
+    let listener = bind(&config.edge.listen.to_string(), "edge (edge.listen)").await?;
     let addr = listener.local_addr()?;
     println!("{}", banner(addr));
     print_endpoints(config, addr, demo);
@@ -122,9 +122,13 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (engine, status) = start_engine(&config).await?;
         serve_admin(&config, &engine, &status, &shutdown).await?;
-        let listener = bind(&settings.listen.to_string(), "decision service").await?;
+        let listener = bind(&settings.listen.to_string(), "decision service (decision.listen)").await?;
         let addr = listener.local_addr()?;
-        let metrics = bind(&settings.metrics_listen.to_string(), "decision metrics").await?;
+        let metrics = bind(
+            &settings.metrics_listen.to_string(),
+            "decision metrics (decision.metrics_listen)",
+        )
+        .await?;
         let metrics_addr = metrics.local_addr()?;
         let metrics_router = axum::Router::new().route("/metrics", axum::routing::get(tollgate_edge::metrics));
         tokio::spawn(tollgate_edge::serve(
@@ -794,10 +798,27 @@ fn print_endpoints(config: &Config, addr: SocketAddr, demo: bool) {
     }
 }
 
+/// Binds `address` for `what` (which names its setting, e.g. "edge (edge.listen)"); when
+/// the address is taken, the error says which setting to change, e.g. for a second process
+/// of the same kind on one host.
 async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} for the {what}"))
+    TcpListener::bind(address).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            let setting = what.rsplit_once('(').map_or("", |(_, s)| s.trim_end_matches(')'));
+            let env = format!("TOLLGATE_{}", setting.to_uppercase().replace('.', "__"));
+            if setting.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": another process listens there; give this one its own address with {setting} \
+                     (or {env}=127.0.0.1:PORT, or 127.0.0.1:0 for any free port)"
+                )
+            }
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("cannot listen on {address} for the {what}: {e}{hint}")
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,103 @@
+//! README blocks run as written (issue 26): the "Running with Redis" block, its commands
+//! taken from README.md itself (with `tollgate` as the binary under test), on the ports it
+//! names, then a tool called through the edge it starts with the demo key.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shell block of README.md that starts two decision replicas on Redis.
+fn redis_block() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let blocks: Vec<&str> = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    let block = blocks
+        .into_iter()
+        .find(|b| b.contains("tollgate decision -c examples/tollgate-redis.toml"))
+        .expect("README's Redis block");
+    block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+struct Started(Vec<Child>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_redis_block_runs_as_written() {
+    let lines = redis_block();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    let bin = env!("CARGO_BIN_EXE_tollgate");
+    let mut started = Started(Vec::new());
+    for line in &lines {
+        let line = line.trim().trim_end_matches('&').trim();
+        // `A=1 B=2 program args…`
+        let mut words = line.split_whitespace().peekable();
+        let mut env = Vec::new();
+        while let Some(word) = words.peek() {
+            match word.split_once('=') {
+                Some((name, value)) if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') => {
+                    env.push((name.to_owned(), value.to_owned()));
+                    words.next();
+                }
+                _ => break,
+            }
+        }
+        let program = words.next().expect("a program");
+        let program = if program == "tollgate" { bin } else { program };
+        let child = Command::new(program)
+            .args(words)
+            .envs(env)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        started.0.push(child);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every process of the block stays up (none lost its address to another).
+    std::thread::sleep(Duration::from_millis(700));
+    for (child, line) in started.0.iter_mut().zip(&lines).skip(1) {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            panic!("`{line}` exited ({status}):\n{stderr}");
+        }
+    }
+    // The edge of examples/tollgate-redis.toml, with the demo key.
+    let client = reqwest::Client::new();
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "k8s_rollout_pause", "arguments": {"namespace": "web", "name": "api"}}});
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let sent = client
+            .post("http://127.0.0.1:8080/mcp/k8s")
+            .bearer_auth("tg_demo_key")
+            .header("accept", "application/json, text/event-stream")
+            .json(&call)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => break response.text().await.expect("body"),
+            other if Instant::now() > deadline => panic!("the edge did not answer: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert!(answer.contains("api"), "{answer}");
+    assert!(!answer.contains("\"isError\":true"), "{answer}");
+}
