@@ -313,6 +313,8 @@ fn command_bridge(
     if !upstream.url.is_empty() {
         bail!("upstream \"{}\": set either url or command, not both", upstream.name);
     }
+    tollgate_stdio::find_program(&upstream.command, &upstream.env, upstream.cwd.as_deref())
+        .map_err(|e| anyhow::anyhow!("upstream \"{}\" (command): {e}", upstream.name))?;
     let mut settings = tollgate_stdio::StdioSettings::new(&upstream.name, upstream.command.clone());
     settings.env = upstream.env.clone();
     settings.cwd = upstream.cwd.clone();
@@ -452,12 +454,10 @@ pub struct BridgeArgs {
 }
 
 pub fn stdio_bridge(listen: &str, args: BridgeArgs) -> anyhow::Result<()> {
-    let name = args.name.clone().unwrap_or_else(|| {
-        let program = args.command.first().map(String::as_str).unwrap_or("stdio");
-        Path::new(program)
-            .file_name()
-            .map_or_else(|| program.to_owned(), |f| f.to_string_lossy().into_owned())
-    });
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| tollgate_stdio::default_name(&args.command));
     let mut env = std::collections::BTreeMap::new();
     for pair in &args.env {
         let (key, value) = pair
@@ -466,6 +466,8 @@ pub fn stdio_bridge(listen: &str, args: BridgeArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--env {pair:?}: expected KEY=VALUE"))?;
         env.insert(key.to_owned(), value.to_owned());
     }
+    tollgate_stdio::find_program(&args.command, &env, args.cwd.as_deref())
+        .map_err(|e| anyhow::anyhow!("stdio MCP server \"{name}\": {e}"))?;
     if let Some(hash) = &args.token_sha256
         && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
     {

@@ -126,3 +126,34 @@ fn every_list_setting_can_come_from_the_environment() {
     let (ok, out) = check(&config, "edge", &dir, &[("TOLLGATE_EDGE__ALLOWED_HOSTS", "")]);
     assert!(ok || out.contains("allowed_hosts"), "{out}");
 }
+
+/// Issue 26, item 4: a stdio server whose program is missing is found by `tollgate check`
+/// and at start, naming the server and the program, not by the first agent's call.
+#[test]
+fn a_missing_stdio_program_is_found_before_the_first_call() {
+    let dir = support::temp_dir("config-stdio-program");
+    std::fs::write(dir.join("policy.json"), r#"{"version": "1", "default": "deny"}"#).expect("policy");
+    let config = dir.join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[edge]\nlisten = \"127.0.0.1:0\"\n\n[decision]\npolicy = \"policy.json\"\nlisten = \"127.0.0.1:0\"\n\
+             admin_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"time\"\n\
+             command = [\"tollgate-no-such-launcher\", \"mcp-server-time\"]\n\n[[grants]]\nname = \"a\"\nkey_sha256 = \"{}\"\n",
+            support::sha256_hex("k")
+        ),
+    )
+    .expect("config");
+    let (ok, out) = check(&config, "up", &dir, &[]);
+    assert!(!ok, "check passed a missing program:\n{out}");
+    assert!(
+        out.contains("upstream \"time\"") && out.contains("\"tollgate-no-such-launcher\" was not found on PATH"),
+        "{out}"
+    );
+    let started = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["up", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("tollgate up");
+    assert!(!started.status.success(), "up started with a missing program");
+    assert!(String::from_utf8_lossy(&started.stderr).contains("was not found on PATH"));
+}

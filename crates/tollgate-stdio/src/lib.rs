@@ -208,6 +208,76 @@ pub struct Bridge {
     sessions: Mutex<Table>,
 }
 
+/// The program `command` starts, found as the child will find it: a path with a `/` as it is
+/// (relative to `cwd`), otherwise on the `PATH` the child gets (`env`'s, else this process's).
+/// It must be an executable file; the error says what is missing, for `tollgate check` and at
+/// start, rather than on the first agent's call.
+pub fn find_program(
+    command: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    cwd: Option<&std::path::Path>,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = command
+        .first()
+        .filter(|p| !p.is_empty())
+        .ok_or("the command is empty")?;
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = match cwd {
+            Some(cwd) if !program.starts_with('/') => cwd.join(program),
+            _ => std::path::PathBuf::from(program),
+        };
+        return if executable(&path) {
+            Ok(path)
+        } else if path.exists() {
+            Err(format!("its program {} is not an executable file", path.display()))
+        } else {
+            Err(format!("its program {} does not exist", path.display()))
+        };
+    }
+    let search = env
+        .get("PATH")
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
+        .ok_or_else(|| {
+            format!(
+                "its program \"{program}\" was not found on PATH ({}): install it, or give its full path in command",
+                search.to_string_lossy()
+            )
+        })
+}
+
+/// The name a stdio server goes by when none is given: for a launcher (`uvx mcp-server-time`,
+/// `npx -y @modelcontextprotocol/server-everything`), the package it launches; otherwise
+/// the program's file name.
+pub fn default_name(command: &[String]) -> String {
+    const LAUNCHERS: [&str; 9] = ["uvx", "npx", "pipx", "bunx", "uv", "node", "python", "python3", "deno"];
+    let file_name = |text: &str| text.rsplit('/').next().unwrap_or(text).to_owned();
+    let Some(program) = command.first() else {
+        return "stdio".into();
+    };
+    let program_name = file_name(program);
+    if LAUNCHERS.contains(&program_name.as_str())
+        && let Some(package) = command[1..].iter().find(|a| !a.starts_with('-') && *a != "run")
+    {
+        // `@scope/name@1.2` → `name`
+        let unscoped = package.rsplit('/').next().unwrap_or(package);
+        let name = unscoped.split('@').find(|p| !p.is_empty()).unwrap_or(unscoped);
+        let name = name.trim_end_matches(".py").trim_end_matches(".js");
+        if !name.is_empty() {
+            return name.to_owned();
+        }
+    }
+    program_name
+}
+
 impl Bridge {
     /// A bridge with no sessions yet; starts the idle reaper (which ends with the bridge).
     pub fn new(settings: StdioSettings) -> Result<Arc<Bridge>, String> {
@@ -668,4 +738,48 @@ async fn delete_session(State(bridge): State<Arc<Bridge>>, headers: HeaderMap) -
     bridge.forget(session.id());
     session.end();
     (StatusCode::OK, Body::empty()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Issue 26, item 4: a server is named after what it runs, not after its launcher.
+    #[test]
+    fn a_launched_server_is_named_after_its_package() {
+        assert_eq!(default_name(&words("uvx mcp-server-time")), "mcp-server-time");
+        assert_eq!(
+            default_name(&words("npx -y @modelcontextprotocol/server-everything@2.0.0 stdio")),
+            "server-everything"
+        );
+        assert_eq!(default_name(&words("python3 -u /srv/tools/server.py")), "server");
+        assert_eq!(default_name(&words("/usr/local/bin/my-server --flag")), "my-server");
+        assert_eq!(default_name(&[]), "stdio");
+    }
+
+    /// Issue 26, item 4: a missing or non-executable program is found before the first call.
+    #[test]
+    fn a_missing_program_is_named_before_anything_starts() {
+        let empty = BTreeMap::new();
+        assert!(find_program(&words("sh -c true"), &empty, None).is_ok());
+        let missing = find_program(&words("tollgate-no-such-program-xyz"), &empty, None).expect_err("missing");
+        assert!(missing.contains("was not found on PATH"), "{missing}");
+        let path = BTreeMap::from([("PATH".to_owned(), "/nonexistent".to_owned())]);
+        assert!(
+            find_program(&words("sh"), &path, None).is_err(),
+            "the child's own PATH is searched"
+        );
+        let dir = std::env::temp_dir();
+        let plain = dir.join(format!("tollgate-not-executable-{}", std::process::id()));
+        std::fs::write(&plain, "#!/bin/sh\n").expect("write");
+        let refused = find_program(&[plain.display().to_string()], &empty, None).expect_err("not executable");
+        assert!(refused.contains("not an executable file"), "{refused}");
+        let _ = std::fs::remove_file(&plain);
+        let relative = find_program(&words("./nope"), &empty, Some(&dir)).expect_err("relative");
+        assert!(relative.contains("does not exist"), "{relative}");
+    }
 }
