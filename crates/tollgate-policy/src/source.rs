@@ -1,8 +1,11 @@
 //! Reading a policy's text: format detection, parsing with positions, and finding where a key
 //! was written so that errors found after parsing still point at a line and column.
 
-use crate::document::PolicyDocument;
-use crate::error::{Location, PolicyError};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::document::{PolicyDocument, RuleSpec, ScopeSpec};
+use crate::error::{Diagnostic, Location, PolicyError};
 
 /// The syntax a policy is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +53,96 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Parses the document. When it does not fit the policy's types, every such mistake that
+    /// can be found is reported, not only the first: the parser's own error (with its exact
+    /// position), then the errors of every other rule, each at the rule's key.
     pub(crate) fn parse(&self) -> Result<PolicyDocument, PolicyError> {
+        self.parse_typed().map_err(|first| {
+            let mut errors = first.errors;
+            for more in self.every_error() {
+                if !errors
+                    .iter()
+                    .any(|e| e.message == more.message || e.location.line == more.location.line)
+                {
+                    errors.push(more);
+                }
+            }
+            errors.sort_by_key(|e| (e.location.line, e.location.column));
+            PolicyError { errors }
+        })
+    }
+
+    /// The document as untyped values (`None` when its syntax is broken: then the first
+    /// error is all there is).
+    fn untyped(&self) -> Option<Value> {
+        match self.format {
+            Format::Json => serde_json::from_str(self.text).ok(),
+            Format::Yaml => serde_norway::from_str(self.text).ok(),
+            Format::Toml => toml::from_str(self.text).ok(),
+        }
+    }
+
+    /// Every rule, scope and top-level mistake, each checked on its own.
+    fn every_error(&self) -> Vec<Diagnostic> {
+        let Some(Value::Object(mut document)) = self.untyped() else {
+            return Vec::new();
+        };
+        let mut errors = Vec::new();
+        let mut check = |path: &[&str], value: &mut Value, is_rule: bool| {
+            let result = if is_rule {
+                RuleSpec::deserialize(&*value).map(|_| ())
+            } else {
+                ScopeSpec::deserialize(&*value).map(|_| ())
+            };
+            if let Err(e) = result {
+                errors.push(Diagnostic {
+                    location: self.locate(path),
+                    message: format!("{}: {e}", path.join(".")),
+                });
+                // Checked: the rest of the document is checked without it.
+                *value = Value::Object(Default::default());
+            }
+        };
+        for section in ["tools", "resources", "prompts", "classes"] {
+            if let Some(Value::Object(rules)) = document.get_mut(section) {
+                for (key, rule) in rules.iter_mut() {
+                    check(&[section, key], rule, true);
+                }
+            }
+        }
+        for scope_kind in ["servers", "grants"] {
+            if let Some(Value::Object(scopes)) = document.get_mut(scope_kind) {
+                for (name, scope) in scopes.iter_mut() {
+                    if let Value::Object(inner) = scope {
+                        for section in ["tools", "resources", "prompts"] {
+                            if let Some(Value::Object(rules)) = inner.get_mut(section) {
+                                for (key, rule) in rules.iter_mut() {
+                                    check(&[scope_kind, name, section, key], rule, true);
+                                }
+                            }
+                        }
+                    }
+                    check(&[scope_kind, name], scope, false);
+                }
+            }
+        }
+        if let Err(e) = PolicyDocument::deserialize(Value::Object(document)) {
+            let message = e.to_string();
+            // The key it names, when it names one, says where.
+            let key = message.split('`').nth(1).unwrap_or_default().to_owned();
+            errors.push(Diagnostic {
+                location: if key.is_empty() {
+                    self.location(1, 1)
+                } else {
+                    self.locate(&[key.as_str()])
+                },
+                message,
+            });
+        }
+        errors
+    }
+
+    fn parse_typed(&self) -> Result<PolicyDocument, PolicyError> {
         match self.format {
             Format::Json => serde_json::from_str(self.text).map_err(|e| {
                 let message = strip_position_suffix(&e.to_string());

@@ -860,3 +860,25 @@ fn shadowing_warnings_compare_rules_of_one_kind() {
         warnings(r#"{"version": "1", "prompts": {"x": {"action": "deny"}}, "grants": {"g": {"prompts": {"x": {}}}}}"#);
     assert_eq!(w.len(), 1, "{w:?}");
 }
+
+/// Issue 26, item 6: a document that parses but has several mistakes reports every one, each
+/// at its line, in JSON, YAML and TOML alike.
+#[test]
+fn every_mistake_of_a_document_is_reported_at_once() {
+    let json = "{\"version\":\"1\",\"tools\":{\n\"a\":{\"action\":\"maybe\"},\n\"b\":{\"limits\":[{\"counter\":\"c\",\"window\":\"1x\",\"max\":1}]},\n\"c\":{\"reason\":\"x\",\"colour\":\"red\"}},\n\"grants\":{\"g\":{\"tools\":{\"d\":{\"action\":\"perhaps\"}}}}}";
+    let yaml = "version: \"1\"\ntools:\n  a: {action: maybe}\n  b: {limits: [{counter: c, window: 1x, max: 1}]}\n  c: {reason: x, colour: red}\n";
+    let toml = "version = \"1\"\n[tools.a]\naction = \"maybe\"\n[tools.c]\nreason = \"x\"\ncolour = \"red\"\n";
+    for (name, text, lines) in [
+        ("p.json", json, vec![2, 3, 4, 5]),
+        ("p.yaml", yaml, vec![3, 4, 5]),
+        ("p.toml", toml, vec![2, 4]),
+    ] {
+        let found = errors(name, text);
+        let at: Vec<usize> = found.errors.iter().map(|d| d.location.line).collect();
+        for line in &lines {
+            assert!(at.contains(line), "{name}: an error on line {line}: {found}");
+        }
+        assert!(found.to_string().contains("maybe"), "{found}");
+        assert!(found.to_string().contains("colour"), "{found}");
+    }
+}
