@@ -654,7 +654,7 @@ pub fn approvals(
                         a.grant,
                         a.agent,
                         rfc3339(a.expires_ms),
-                        a.arguments.escape_debug()
+                        shown_text(&a.arguments)
                     );
                 }
             }
@@ -667,12 +667,26 @@ pub fn approvals(
                     a.server,
                     a.tool,
                     a.grant,
-                    a.arguments.escape_debug()
+                    shown_text(&a.arguments)
                 );
             }
         }
         Ok(())
     })
+}
+
+/// Text from an agent as a terminal line: as it is (quotes and all), but for control,
+/// invisible and bidirectional characters, written as `\u{…}` escapes.
+fn shown_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || crate::console::is_invisible_control(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// An approval as `tollgate approvals list --json` prints it: the record, with the

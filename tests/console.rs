@@ -260,6 +260,13 @@ async fn the_console_needs_a_session_and_csrf_tokens_and_renders_arguments_inert
         assert!(!out.contains('\u{202E}'), "{args:?}: a raw bidi control in {out}");
         assert!(out.contains("202e"), "{args:?}: {out}");
     }
+    // Issue 26, item 9: the text list shows arguments as they are, quotes unescaped.
+    let (_, text, _) = run(&["approvals", "list", "--url", &admin, "--key", OPERATOR_KEY]);
+    assert!(text.contains("\"replicas\":3") && !text.contains("\\\""), "{text}");
+    // The admin address's root leads to the console.
+    let root = get(&format!("{admin}/"), None).await;
+    assert!(root.status().is_redirection(), "{}", root.status());
+    assert_eq!(root.headers().get(LOCATION).unwrap(), "/console");
 
     // State changes need the session's CSRF token.
     let id = html

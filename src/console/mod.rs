@@ -372,6 +372,8 @@ pub fn router(console: Arc<Console>) -> axum::Router {
     axum::Router::new()
         .route("/console", get(home))
         .route("/console/", get(|| async { Redirect::to("/console") }))
+        // The address's root is where a browser pointed at `admin_listen` lands.
+        .route("/", get(|| async { Redirect::to("/console") }))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/events", get(events))
