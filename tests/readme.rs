@@ -24,6 +24,21 @@ fn redis_block() -> Vec<String> {
         .collect()
 }
 
+/// The README's blocks use the same fixed ports (8080, 9000, …): one at a time.
+static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The `sh` block of README.md that contains `marker`, whole.
+fn block_with(marker: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains(marker))
+        .unwrap_or_else(|| panic!("a README block with {marker}"))
+        .to_owned()
+}
+
 struct Started(Vec<Child>);
 
 impl Drop for Started {
@@ -37,6 +52,7 @@ impl Drop for Started {
 
 #[tokio::test]
 async fn the_redis_block_runs_as_written() {
+    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
     let lines = redis_block();
     assert_eq!(lines.len(), 5, "{lines:#?}");
     let bin = env!("CARGO_BIN_EXE_tollgate");
@@ -100,4 +116,52 @@ async fn the_redis_block_runs_as_written() {
     };
     assert!(answer.contains("api"), "{answer}");
     assert!(!answer.contains("\"isError\":true"), "{answer}");
+}
+
+/// The quick start (README's first command, with the binary under test for `cargo run --`),
+/// then the README's curl blocks as written through `bash`: the call on `/mcp/k8s`, and the
+/// `initialize` then call on `/mcp`.
+#[tokio::test]
+async fn the_quick_start_and_its_curl_blocks_run_as_written() {
+    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let first = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run -- up"))
+        .expect("the quick start command");
+    let command = first.split('#').next().unwrap_or_default().trim();
+    let args: Vec<&str> = command.split_whitespace().skip(3).collect();
+    let up = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tollgate up");
+    let _started = Started(vec![up]);
+    let bash = |block: &str| {
+        let out = Command::new("bash")
+            .args(["-c", block])
+            .output()
+            .expect("bash (and curl) run README blocks");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let per_server = block_with("http://127.0.0.1:8080/mcp/k8s -H");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let out = bash(&per_server);
+        if out.contains("\"result\"") || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        answer.contains("\"result\"") && !answer.contains("\"isError\":true"),
+        "{answer}"
+    );
+    let aggregated = bash(&block_with("http://127.0.0.1:8080/mcp -H"));
+    assert!(
+        aggregated.contains("\"result\"") && !aggregated.contains("\"error\""),
+        "the /mcp block as written: {aggregated}"
+    );
 }
