@@ -25,7 +25,7 @@ fn redis_block() -> Vec<String> {
 }
 
 /// The README's blocks use the same fixed ports (8080, 9000, …): one at a time.
-static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The `sh` block of README.md that contains `marker`, whole.
 fn block_with(marker: &str) -> String {
@@ -52,7 +52,7 @@ impl Drop for Started {
 
 #[tokio::test]
 async fn the_redis_block_runs_as_written() {
-    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _ports = PORTS.lock().await;
     let lines = redis_block();
     assert_eq!(lines.len(), 5, "{lines:#?}");
     let bin = env!("CARGO_BIN_EXE_tollgate");
@@ -123,7 +123,7 @@ async fn the_redis_block_runs_as_written() {
 /// `initialize` then call on `/mcp`.
 #[tokio::test]
 async fn the_quick_start_and_its_curl_blocks_run_as_written() {
-    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _ports = PORTS.lock().await;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     let first = readme
         .lines()
