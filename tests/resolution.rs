@@ -758,3 +758,71 @@ async fn a_prefix_that_would_split_elsewhere_is_refused_at_start() {
     assert!(refused.to_string().contains("prefix \"a_\""), "{refused}");
     assert!(tollgate_edge::router(parts("a")).is_ok());
 }
+
+/// Issue 26, item 5: tasks cannot be followed through `/mcp` yet, so a tool that can only
+/// run as a task is not listed there, and a task-augmented call is refused before it creates
+/// a task upstream that nobody could reach.
+#[tokio::test]
+async fn tasks_that_could_not_be_followed_are_not_offered_on_mcp() {
+    let upstream = Hostile::start(|method, message| {
+        if method != Method::POST {
+            return Reply::Hang(": open\n\n".into());
+        }
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        let result = match message.get("method").and_then(Value::as_str) {
+            Some("initialize") => json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}, "tasks": {}},
+                                         "serverInfo": {"name": "u", "version": "1"}}),
+            Some("tools/list") => json!({"tools": [
+                {"name": "quick", "inputSchema": {"type": "object"}},
+                {"name": "slow", "inputSchema": {"type": "object"}, "execution": {"taskSupport": "required"}},
+                {"name": "either", "inputSchema": {"type": "object"}, "execution": {"taskSupport": "optional"}}]}),
+            _ => json!({"content": [{"type": "text", "text": "done"}]}),
+        };
+        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    })
+    .await;
+    let policy = tollgate_policy::compile_str("policy.json", ALLOW_ALL)
+        .expect("policy")
+        .policy;
+    let engine = Arc::new(Engine::new(
+        policy,
+        Arc::new(MemoryStore::default()),
+        Duration::from_secs(1),
+    ));
+    let router = tollgate_edge::router(EdgeParts {
+        settings: EdgeSettings::default(),
+        upstreams: vec![UpstreamSettings {
+            name: "work".into(),
+            url: upstream.url.clone(),
+            ..Default::default()
+        }],
+        grants: vec![grant("all", KEY_ALL, None)],
+        decider: engine,
+        policy_status: None,
+        identity: IdentitySettings::default(),
+    })
+    .expect("router");
+    let session = aggregated_session(&router, KEY_ALL).await;
+    let with = [("mcp-session-id", session.as_str())];
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let listed = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&list)).await;
+    let names: Vec<&str> = listed.message["result"]["tools"]
+        .as_array()
+        .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        names.iter().any(|n| n.ends_with("quick")) && names.iter().any(|n| n.ends_with("either")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.ends_with("slow")),
+        "a task-only tool is listed: {names:?}"
+    );
+    let task = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "work__either", "arguments": {}, "task": {"ttl": 60000}}});
+    let refused = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&task)).await;
+    assert_eq!(refused.message["error"]["code"], -32602, "{}", refused.message);
+    assert_eq!(posts_of(&upstream, "tools/call"), 0, "no task was created upstream");
+}

@@ -249,7 +249,12 @@ impl Agg<'_> {
                 }
             };
             answered += 1;
-            let listed: Vec<Value> = result.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut listed: Vec<Value> = result.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+            if field == "tools" {
+                // Tasks cannot be followed through /mcp (tasks/get and tasks/list have no
+                // upstream to go to): a tool that can only run as a task is not listed here.
+                listed.retain(|tool| tool.pointer("/execution/taskSupport").and_then(Value::as_str) != Some("required"));
+            }
             self.door.routes.learn(server, field, &listed);
             items.extend(listed);
             match result.get("nextCursor").and_then(Value::as_str) {

@@ -167,6 +167,14 @@ impl<'a> Agg<'a> {
     /// which is what is decided and forwarded.
     async fn call(&self, session: &AggregateSession, kind: SubjectKind, mut message: Value, id: &Value) -> Response {
         let what = if kind == SubjectKind::Tool { "tool" } else { "prompt" };
+        if message.pointer("/params/task").is_some() {
+            // The task would be created upstream and then be out of reach: tasks/get and
+            // tasks/list on /mcp have no upstream to go to.
+            return invalid_params(
+                id,
+                "task-augmented calls are not supported on /mcp: call the tool on /mcp/{server}, where its task can be followed",
+            );
+        }
         let name = message
             .pointer("/params/name")
             .and_then(Value::as_str)
