@@ -22,7 +22,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 [ -e /usr/lib/"$(uname -m)"-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
-command -v curl >/dev/null || missing+=(curl)   # tests/readme.rs runs README's curl blocks
+command -v curl >/dev/null || missing+=(curl)         # tests/readme.rs runs README's curl blocks
+command -v openssl >/dev/null || missing+=(openssl)   # and its TLS walk-through
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]} (Debian packages)"
   apt_install "${missing[@]}"
