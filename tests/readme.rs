@@ -231,7 +231,11 @@ async fn the_tls_walk_through_runs_as_written() {
     };
     // An answer came through TLS with the walk-through's certificate, past the Host check;
     // the upstream (absent here) is not the point.
-    assert_ne!(status, reqwest::StatusCode::FORBIDDEN, "the Host check refused mcp.example.com");
+    assert_ne!(
+        status,
+        reqwest::StatusCode::FORBIDDEN,
+        "the Host check refused mcp.example.com"
+    );
     assert_ne!(status, reqwest::StatusCode::UNAUTHORIZED);
     let _ = std::fs::remove_dir_all(&dir);
 }

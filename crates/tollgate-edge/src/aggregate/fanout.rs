@@ -253,7 +253,8 @@ impl Agg<'_> {
             if field == "tools" {
                 // Tasks cannot be followed through /mcp (tasks/get and tasks/list have no
                 // upstream to go to): a tool that can only run as a task is not listed here.
-                listed.retain(|tool| tool.pointer("/execution/taskSupport").and_then(Value::as_str) != Some("required"));
+                listed
+                    .retain(|tool| tool.pointer("/execution/taskSupport").and_then(Value::as_str) != Some("required"));
             }
             self.door.routes.learn(server, field, &listed);
             items.extend(listed);
