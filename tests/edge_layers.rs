@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("marks", 1),
     ("order", 1),
     ("origin", 1),
+    ("protocol", 1),
     ("refusal", 1),
     ("request", 1),
     ("sealed", 1),

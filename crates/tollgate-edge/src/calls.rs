@@ -11,7 +11,7 @@ use crate::exchange::Exchange;
 use crate::gateway::{WithoutDecision, without_decision};
 use crate::request::accepts_event_stream;
 use crate::resolve::Call;
-use crate::{held, jsonrpc, refusal};
+use crate::{held, jsonrpc, protocol, refusal};
 
 /// Decides `call`, then forwards it, holds it for an operator's approval, or refuses it.
 pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, call: Call) -> Response {
@@ -58,6 +58,9 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, call: Call) -> R
             ),
         }
     }
-    let body = refusal::body(&call.id, &decision, call.refusal_mode(&gw.settings));
+    let body = protocol::answer_for(
+        call.message(),
+        refusal::body(&call.id, &decision, call.refusal_mode(&gw.settings)),
+    );
     jsonrpc::json_response(StatusCode::OK, &body)
 }

@@ -17,6 +17,7 @@ use tollgate_api::proto::{DecideRequest, SubjectKind};
 use crate::auth::Caller;
 use crate::gateway::Gateway;
 use crate::guard::{ListFilter, guarded};
+use crate::protocol;
 use crate::request::header_text;
 use crate::resolve::Call;
 use crate::upstream::Upstream;
@@ -55,8 +56,11 @@ impl Exchange<'_> {
             .before_post(&self.caller.grant, &header_text(self.headers, "mcp-session-id"))
             .await;
         let body = Body::from(message.to_string());
+        // The routing headers say what this message says, whatever the agent sent.
+        let derived = protocol::forwarded_headers(self.headers, message);
+        let headers = derived.as_ref().unwrap_or(self.headers);
         self.gw
-            .forward(self.upstream, self.caller, Method::POST, self.headers, body, id)
+            .forward(self.upstream, self.caller, Method::POST, headers, body, id)
             .await
     }
 

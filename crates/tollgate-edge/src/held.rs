@@ -36,7 +36,7 @@ use crate::guard::guarded;
 use crate::request::content_type_is;
 use crate::resolve::Call;
 use crate::settings::RefusalMode;
-use crate::{jsonrpc, refusal};
+use crate::{jsonrpc, protocol, refusal};
 
 /// Events queued for a held call's stream before the task waits for the agent to read.
 const QUEUED_EVENTS: usize = 16;
@@ -168,7 +168,8 @@ impl Held {
                     self.decision = decision;
                 }
                 _ => {
-                    let _ = tx.send(event(&refusal::body(&self.id, &decision, self.refusal))).await;
+                    let body = protocol::answer_for(&self.message, refusal::body(&self.id, &decision, self.refusal));
+                    let _ = tx.send(event(&body)).await;
                     return;
                 }
             }

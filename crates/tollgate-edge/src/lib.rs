@@ -33,6 +33,7 @@ mod marks;
 mod method;
 mod order;
 mod origin;
+mod protocol;
 mod refusal;
 mod request;
 mod sealed;

@@ -27,6 +27,7 @@ use crate::gateway::Gateway;
 use crate::guard::{ListFilter, guarded, holding, too_many_streams};
 use crate::jsonrpc::Message;
 use crate::method::McpMethod;
+use crate::protocol;
 use crate::request::{
     MAX_SESSION_BYTES, bad_request, check_batch, check_session_header, classify, header_text, read_json,
 };
@@ -79,6 +80,11 @@ pub async fn post(
         Ok(v) => v,
         Err(response) => return response,
     };
+    // The 2026-07-28 revision's headers say what the body says (or the request goes no
+    // further); this endpoint serves that revision and the session era alike.
+    if let Err(response) = protocol::check(&headers, &value, true) {
+        return response;
+    }
     let exchange = Exchange {
         gw: &gw,
         upstream,

@@ -18,11 +18,15 @@ use crate::settings::{HttpVersion, UpstreamSettings};
 /// upstream must see the session the edge decided for, not one of several. `Accept` may
 /// list several values and passes whole. Everything else, `Authorization` first of all,
 /// stays at the edge.
-const FORWARDED_REQUEST_HEADERS: [&str; 4] = [
+const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
     "content-type",
     "mcp-session-id",
     "mcp-protocol-version",
     "last-event-id",
+    // Derived by the edge from the message it forwards (`protocol::forwarded_headers`),
+    // never the agent's own.
+    "mcp-method",
+    "mcp-name",
 ];
 /// Upstream response headers passed to the agent.
 const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [

@@ -238,6 +238,11 @@ pub async fn post(
         Ok(v) => v,
         Err(response) => return response,
     };
+    // Headers that disagree with the body are refused here too; the stateless revision is
+    // not served on /mcp yet (its requests are handled as before).
+    if let Err(response) = crate::protocol::check(&headers, &value, false) {
+        return response;
+    }
     if value.is_array() {
         return bad_request(
             StatusCode::BAD_REQUEST,

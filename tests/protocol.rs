@@ -1,0 +1,208 @@
+//! MCP 2026-07-28 (stateless) beside the session era on `/mcp/{server}` (issue 27, first
+//! part), with real peers: the official Python SDK 2.3 as client in each of its modes and as
+//! the upstream (`MCPServer`, which speaks both), behind `tollgate up`. The policy holds the
+//! same way in both eras: lists filtered, denied calls refused, limits counted; a request
+//! whose routing headers disagree with its body is refused before anything is decided.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{KEY_A, Proc, write_config};
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "1m", "max": 3, "scope": ["grant", "argument:name"] }] }
+  }
+}"#;
+
+struct Upstream(Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
+    assert!(
+        python.exists(),
+        "the MCP Python SDK is not installed: run scripts/test.sh (it makes target/py)"
+    );
+    python
+}
+
+/// The Python SDK's `MCPServer` on a free port; its `/mcp` URL once it accepts connections.
+fn modern_upstream() -> (Upstream, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let child = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/py_modern_server.py"
+        ))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the Python upstream did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Upstream(child), format!("http://127.0.0.1:{port}/mcp"))
+}
+
+/// The Python SDK client in `mode` against `url`: what it saw.
+fn client(url: &str, mode: &str, tool: &str, arguments: Value, calls: u32) -> Value {
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/py_modern_client.py"
+        ))
+        .args([url, KEY_A, mode, tool, &arguments.to_string(), &calls.to_string()])
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn text(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn both_eras_hold_the_policy_through_the_per_server_endpoint() {
+    let (_upstream, url) = modern_upstream();
+    let dir = support::temp_dir("protocol-eras");
+    let config = write_config(&dir, &url, &[], POLICY, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    let edge = up.url("/mcp/k8s");
+    for (mode, expected) in [
+        ("2026-07-28", "2026-07-28"),
+        ("auto", "2026-07-28"),
+        ("legacy", "2025-11-25"),
+    ] {
+        let seen = client(
+            &edge,
+            mode,
+            "k8s_rollout_pause",
+            json!({"namespace": "web", "name": mode}),
+            4,
+        );
+        assert!(seen.get("error").is_none(), "{mode}: {seen}");
+        assert_eq!(seen["protocol"], expected, "{mode} spoke {}: {seen}", seen["protocol"]);
+        assert_eq!(
+            seen["tools"],
+            json!(["k8s_rollout_pause"]),
+            "{mode}: the list is filtered"
+        );
+        let results = seen["results"].as_array().expect("results");
+        for result in &results[..3] {
+            assert_eq!(text(result), format!("paused web/{mode}"), "{mode}: {result}");
+        }
+        let fourth = &results[3];
+        assert!(
+            fourth["isError"] == true && text(fourth).contains("rate limit"),
+            "{mode}: the fourth call is refused by the limit: {fourth}"
+        );
+        let denied = client(&edge, mode, "k8s_delete_namespace", json!({"namespace": "prod"}), 1);
+        let refused = &denied["results"][0];
+        assert!(
+            refused["isError"] == true && text(refused).contains("not allowed"),
+            "{mode}: a denied tool is refused: {denied}"
+        );
+    }
+}
+
+/// Headers that disagree with the body are refused before the decision and the upstream;
+/// an unknown revision is told which ones this endpoint speaks.
+#[tokio::test]
+async fn routing_headers_that_disagree_with_the_body_are_refused() {
+    let (_upstream, url) = modern_upstream();
+    let dir = support::temp_dir("protocol-headers");
+    let config = write_config(&dir, &url, &[], POLICY, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    let edge = up.url("/mcp/k8s");
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = |name: &str| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": name, "arguments": {"namespace": "prod"}, "_meta": meta}})
+    };
+    let http = reqwest::Client::new();
+    let post = |body: Value, headers: Vec<(&'static str, &'static str)>| {
+        let mut request = http
+            .post(&edge)
+            .bearer_auth(KEY_A)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    // The body names the denied tool; the headers name the allowed one (a proxy routing on
+    // headers would see an allowed call).
+    let answer = post(
+        call("k8s_delete_namespace"),
+        vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "k8s_rollout_pause"),
+        ],
+    )
+    .await
+    .expect("send");
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32020, "{body}");
+    // The right headers: decided (and denied) as the body says.
+    let answer = post(
+        call("k8s_delete_namespace"),
+        vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "k8s_delete_namespace"),
+        ],
+    )
+    .await
+    .expect("send");
+    assert_eq!(answer.status(), 200);
+    let text = answer.text().await.expect("text");
+    assert!(text.contains("not allowed"), "{text}");
+    // An unknown revision.
+    let unknown = post(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        vec![("mcp-protocol-version", "1999-01-01")],
+    )
+    .await
+    .expect("send");
+    assert_eq!(unknown.status(), 400);
+    let body: Value = unknown.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32022, "{body}");
+    assert!(
+        body["error"]["data"]["supported"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("2026-07-28")) && v.contains(&json!("2025-11-25"))),
+        "{body}"
+    );
+}
