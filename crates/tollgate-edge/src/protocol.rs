@@ -8,6 +8,9 @@
 //! header would otherwise act on something other than what was decided). What the edge
 //! forwards is derived from the message it decided, never copied from the client.
 
+// Refusals are axum responses, made once per refused request.
+#![allow(clippy::result_large_err)]
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
@@ -64,10 +67,11 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Str
 /// `Mcp-Name` as written: visible ASCII as it is, anything else as the Base64 sentinel
 /// `=?base64?…?=` of its UTF-8.
 fn encode_name(name: &str) -> String {
+    let looks_like_sentinel = name.starts_with("=?") && name.ends_with("?=");
     let plain = name.bytes().all(|b| (0x20..0x7f).contains(&b))
         && !name.starts_with(' ')
         && !name.ends_with(' ')
-        && !(name.starts_with("=?") && name.ends_with("?="));
+        && !looks_like_sentinel;
     if plain {
         name.to_owned()
     } else {
