@@ -60,10 +60,14 @@ impl<'a> Source<'a> {
         self.parse_typed().map_err(|first| {
             let mut errors = first.errors;
             for more in self.every_error() {
-                if !errors
-                    .iter()
-                    .any(|e| e.message == more.message || e.location.line == more.location.line)
-                {
+                // The parser's own report of the same mistake (more precise) is kept.
+                let core = more.message.split_once(": ").map_or(more.message.as_str(), |(_, m)| m);
+                let reported = errors.iter().any(|e| {
+                    e.message.contains(core)
+                        || core.contains(e.message.as_str())
+                        || e.location.line == more.location.line
+                });
+                if !reported {
                     errors.push(more);
                 }
             }
