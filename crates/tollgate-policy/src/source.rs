@@ -59,16 +59,20 @@ impl<'a> Source<'a> {
     pub(crate) fn parse(&self) -> Result<PolicyDocument, PolicyError> {
         self.parse_typed().map_err(|first| {
             let mut errors = first.errors;
+            // The parser's own report of a mistake is kept (it is more precise); the first
+            // rule-by-rule report of the same mistake is its repetition, later ones are other
+            // rules with the same mistake.
+            let mut repeated = vec![false; errors.len()];
             for more in self.every_error() {
-                // The parser's own report of the same mistake (more precise) is kept.
                 let core = more.message.split_once(": ").map_or(more.message.as_str(), |(_, m)| m);
-                let reported = errors.iter().any(|e| {
-                    e.message.contains(core)
-                        || core.contains(e.message.as_str())
-                        || e.location.line == more.location.line
+                let same = errors.iter().enumerate().position(|(i, e)| {
+                    i < repeated.len()
+                        && !repeated[i]
+                        && (e.message.contains(core) || core.contains(e.message.as_str()))
                 });
-                if !reported {
-                    errors.push(more);
+                match same {
+                    Some(i) => repeated[i] = true,
+                    None => errors.push(more),
                 }
             }
             errors.sort_by_key(|e| (e.location.line, e.location.column));

@@ -881,4 +881,10 @@ fn every_mistake_of_a_document_is_reported_at_once() {
         assert!(found.to_string().contains("maybe"), "{found}");
         assert!(found.to_string().contains("colour"), "{found}");
     }
+    // The same mistake in two rules is two errors.
+    let twice = errors(
+        "p.json",
+        "{\"version\":\"1\",\"tools\":{\n\"a\":{\"action\":\"maybe\"},\n\"b\":{\"action\":\"maybe\"}}}",
+    );
+    assert_eq!(twice.errors.len(), 2, "{twice}");
 }
