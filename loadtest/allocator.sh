@@ -22,21 +22,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work" "$system_bin"' EXIT
 start_upstream
 write_counted_policy
 
-run_up() { # $1: label, $2: binary
-  local port up
-  port=$(free_port)
-  write_up "$work/up.toml" "$port" "$upstream_port"
-  write_list_scenario "$work/load.toml" "http://127.0.0.1:$port/mcp/k8s" "$upstream_port"
-  "$2" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
-  up=$!
-  wait_for "$work/up.out" > /dev/null
-  echo "-- tollgate up, $1: idle RSS $(ps -o rss= -p "$up") KiB"
-  "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep "^gateway"
-  echo "   RSS after the load: $(ps -o rss= -p "$up") KiB"
-  kill "$up"; wait "$up" 2>/dev/null || true
-}
-
 for _ in $(seq "$rounds"); do
-  run_up "system allocator" "$system_bin"
-  run_up "mimalloc" "$bin/tollgate"
+  echo "-- tollgate up, system allocator"
+  up_under_load "$system_bin" rss
+  echo "-- tollgate up, mimalloc"
+  up_under_load "$bin/tollgate" rss
 done

@@ -21,51 +21,26 @@ source loadtest/common.sh
 new=$bin/tollgate
 start_redis
 start_upstream
-write_counted_policy
 cat > "$work/policy.json" <<'JSON'
 {"version": "1", "default": "deny",
  "tools": {"k8s_list_namespaces": {"limits": [{"counter": "ns", "window": "1s", "max": 100000}]},
            "bench": {"limits": [{"counter": "bench", "window": "1s", "max": 100000}]}}}
 JSON
 
-# run_up BINARY: prints the gateway's req/s.
-run_up() {
-  local port up
-  port=$(free_port)
-  write_up "$work/up.toml" "$port" "$upstream_port"
-  write_list_scenario "$work/load.toml" "http://127.0.0.1:$port/mcp/k8s" "$upstream_port"
-  "$1" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
-  up=$!
-  wait_for "$work/up.out" > /dev/null
-  "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep "^gateway" | head -1
-  kill "$up"; wait "$up" 2>/dev/null || true
-}
-
-# run_decision BINARY: prints the decisions/s line.
-run_decision() {
-  local pid addr
-  write_decision "$work/decision.toml" "key_prefix = \"ba-$RANDOM\""
-  "$1" decision -c "$work/decision.toml" > "$work/decision.out" 2>&1 &
-  pid=$!
-  addr=$(wait_for "$work/decision.out")
-  "$bin/tollgate-loadtest" decide --url "$addr" --tool bench --concurrency 64 --duration "$seconds" | tail -1
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-}
-
 # rate LINE: req/s of a `gateway …` table line (its 5th column) or the decisions/s of a
 # `decisions …` line.
 rate() {
   case "$1" in
-    gateway*) awk '{ print $5 }' <<<"$1" ;;
+    *gateway*) grep "^gateway" <<<"$1" | awk '{ print $5 }' ;;
     *) grep -o '[0-9.]* decisions/s' <<<"$1" | cut -d' ' -f1 ;;
   esac
 }
 
 for round in $(seq "$rounds"); do
-  for what in up decision; do
-    o=$("run_$what" "$old")
-    n=$("run_$what" "$new")
+  for what in up decisions; do
+    o=$("${what}_under_load" "$old")
+    n=$("${what}_under_load" "$new")
     ratio=$(python3 -c "import sys; o, n = float(sys.argv[1] or 0), float(sys.argv[2] or 0); print(f'{n / o:.2f}' if o else 'n/a')" "$(rate "$o")" "$(rate "$n")")
-    echo "round $round $what: old [$o] new [$n] new/old $ratio"
+    echo "round $round $what: old [$(grep -v '^   ' <<<"$o")] new [$(grep -v '^   ' <<<"$n")] new/old $ratio"
   done
 done

@@ -140,3 +140,36 @@ start_redis() {
   until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
   redis_store="url = \"redis://127.0.0.1:$redis_port\""
 }
+
+# up_under_load BINARY [rss]: BINARY's `tollgate up` on a free port in front of the demo
+# upstream ($upstream_port, policy $work/policy.json), loaded by the list scenario
+# ($concurrency clients for $seconds); prints the gateway's table line (with `rss`, the
+# process's idle and loaded RSS too) and how long it took to listen, then stops it.
+up_under_load() {
+  local port up started
+  port=$(free_port)
+  write_up "$work/up.toml" "$port" "$upstream_port"
+  write_list_scenario "$work/load.toml" "http://127.0.0.1:$port/mcp/k8s" "$upstream_port"
+  started=$(date +%s%N)
+  "$1" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
+  up=$!
+  wait_for "$work/up.out" > /dev/null
+  echo "   listening after $(( ($(date +%s%N) - started) / 1000000 )) ms"
+  [ "${2:-}" = rss ] && echo "   idle RSS $(ps -o rss= -p "$up") KiB"
+  "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep "^gateway" | head -1
+  [ "${2:-}" = rss ] && echo "   RSS after the load: $(ps -o rss= -p "$up") KiB"
+  kill "$up"; wait "$up" 2>/dev/null || true
+}
+
+# decisions_under_load BINARY: BINARY's `tollgate decision` on the Redis of start_redis
+# ($redis_store, a fresh key prefix), 64 callers of the batched stream deciding `bench` for
+# $seconds; prints the decisions line, then stops it.
+decisions_under_load() {
+  local pid addr
+  write_decision "$work/decision.toml" "key_prefix = \"load-$RANDOM\""
+  "$1" decision -c "$work/decision.toml" > "$work/decision.out" 2>&1 &
+  pid=$!
+  addr=$(wait_for "$work/decision.out")
+  "$bin/tollgate-loadtest" decide --url "$addr" --tool bench --concurrency 64 --duration "$seconds" | tail -1
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
