@@ -73,13 +73,9 @@ fn grant(name: &str, key: &str, servers: Option<&[&str]>) -> GrantSettings {
     }
 }
 
-async fn gate(policy: &str, settings: EdgeSettings, identity: IdentitySettings) -> Gate {
-    let secret = upstream(&["read_secret"], &["file:///srv/secret/a.txt"]).await;
-    let public = upstream(
-        &["read_public"],
-        &["file:///srv/public/a.txt", "file:///srv/hidden/b.txt"],
-    )
-    .await;
+/// The edge's router in process, deciding with `policy` on the memory store, in front of
+/// `upstreams` (name, URL), for the grants of these tests.
+fn edge(policy: &str, settings: EdgeSettings, identity: IdentitySettings, upstreams: &[(&str, &str)]) -> axum::Router {
     let policy = tollgate_policy::compile_str("policy.json", policy)
         .expect("policy")
         .policy;
@@ -88,30 +84,49 @@ async fn gate(policy: &str, settings: EdgeSettings, identity: IdentitySettings) 
         Arc::new(MemoryStore::default()),
         Duration::from_secs(1),
     ));
-    let router = tollgate_edge::router(EdgeParts {
+    tollgate_edge::router(EdgeParts {
         settings,
-        upstreams: vec![
-            UpstreamSettings {
-                name: "secret".into(),
-                url: secret.url.clone(),
+        upstreams: upstreams
+            .iter()
+            .map(|(name, url)| UpstreamSettings {
+                name: (*name).into(),
+                url: (*url).into(),
                 ..Default::default()
-            },
-            UpstreamSettings {
-                name: "public".into(),
-                url: public.url.clone(),
-                ..Default::default()
-            },
-        ],
-        grants: vec![
+            })
+            .collect(),
+        grants: [
             grant("all", KEY_ALL, None),
             grant("public-only", KEY_PUBLIC, Some(&["public"])),
             grant("other", KEY_OTHER, None),
-        ],
+        ]
+        .into_iter()
+        // A grant's servers must exist: the public-only grant is there when "public" is.
+        .filter(|g| {
+            g.servers
+                .as_ref()
+                .is_none_or(|s| s.iter().all(|n| upstreams.iter().any(|(u, _)| u == n)))
+        })
+        .collect(),
         decider: engine,
         policy_status: None,
         identity,
     })
-    .expect("router");
+    .expect("router")
+}
+
+async fn gate(policy: &str, settings: EdgeSettings, identity: IdentitySettings) -> Gate {
+    let secret = upstream(&["read_secret"], &["file:///srv/secret/a.txt"]).await;
+    let public = upstream(
+        &["read_public"],
+        &["file:///srv/public/a.txt", "file:///srv/hidden/b.txt"],
+    )
+    .await;
+    let router = edge(
+        policy,
+        settings,
+        identity,
+        &[("secret", &secret.url), ("public", &public.url)],
+    );
     Gate { router, secret, public }
 }
 
@@ -783,27 +798,12 @@ async fn tasks_that_could_not_be_followed_are_not_offered_on_mcp() {
         Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
     })
     .await;
-    let policy = tollgate_policy::compile_str("policy.json", ALLOW_ALL)
-        .expect("policy")
-        .policy;
-    let engine = Arc::new(Engine::new(
-        policy,
-        Arc::new(MemoryStore::default()),
-        Duration::from_secs(1),
-    ));
-    let router = tollgate_edge::router(EdgeParts {
-        settings: EdgeSettings::default(),
-        upstreams: vec![UpstreamSettings {
-            name: "work".into(),
-            url: upstream.url.clone(),
-            ..Default::default()
-        }],
-        grants: vec![grant("all", KEY_ALL, None)],
-        decider: engine,
-        policy_status: None,
-        identity: IdentitySettings::default(),
-    })
-    .expect("router");
+    let router = edge(
+        ALLOW_ALL,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("work", &upstream.url)],
+    );
     let session = aggregated_session(&router, KEY_ALL).await;
     let with = [("mcp-session-id", session.as_str())];
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});

@@ -67,63 +67,72 @@ pub fn exact_json(value: &Value) -> String {
     out
 }
 
-fn write_exact(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_exact(out, item);
-            }
-            out.push(']');
-        }
-        Value::Object(members) => {
-            // Sorted by the keys' own code points, whatever order the map keeps.
-            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-            sorted.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (name, member)) in sorted.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, name);
-                out.push(':');
-                write_exact(out, member);
-            }
-            out.push('}');
-        }
-    }
+/// How one kind of JSON text writes its leaves and object keys; arrays and objects (keys
+/// sorted) are written alike.
+struct Style {
+    scalar: fn(&mut String, &Value),
+    key: for<'a> fn(&'a str) -> Cow<'a, str>,
 }
 
-fn write_json(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+/// Canonical: numbers by value, numeric strings as numbers, text and keys in NFC.
+const CANONICAL: Style = Style {
+    scalar: |out, value| match value {
         Value::Number(n) => out.push_str(&number_text(n)),
         Value::String(s) => match numeric_string(s) {
             Some(number) => out.push_str(&number),
             None => write_string(out, &nfc(s)),
         },
+        other => write_literal(out, other),
+    },
+    key: nfc,
+};
+
+/// Exact: every leaf and key as it was parsed.
+const EXACT: Style = Style {
+    scalar: |out, value| match value {
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::String(s) => write_string(out, s),
+        other => write_literal(out, other),
+    },
+    key: as_written,
+};
+
+fn as_written(key: &str) -> Cow<'_, str> {
+    Cow::Borrowed(key)
+}
+
+fn write_exact(out: &mut String, value: &Value) {
+    write_styled(out, value, &EXACT);
+}
+
+fn write_json(out: &mut String, value: &Value) {
+    write_styled(out, value, &CANONICAL);
+}
+
+fn write_literal(out: &mut String, value: &Value) {
+    match value {
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        _ => out.push_str("null"),
+    }
+}
+
+fn write_styled(out: &mut String, value: &Value, style: &Style) {
+    match value {
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json(out, item);
+                write_styled(out, item, style);
             }
             out.push(']');
         }
         Value::Object(members) => {
-            let mut sorted: Vec<(Cow<'_, str>, &Value)> = members.iter().map(|(k, v)| (nfc(k), v)).collect();
+            // Sorted by the keys' own code points, whatever order the map keeps.
+            let mut sorted: Vec<(Cow<'_, str>, &Value)> = members.iter().map(|(k, v)| ((style.key)(k), v)).collect();
             sorted.sort_by(|a, b| a.0.cmp(&b.0));
             out.push('{');
             for (i, (name, member)) in sorted.iter().enumerate() {
@@ -132,10 +141,11 @@ fn write_json(out: &mut String, value: &Value) {
                 }
                 write_string(out, name);
                 out.push(':');
-                write_json(out, member);
+                write_styled(out, member, style);
             }
             out.push('}');
         }
+        leaf => (style.scalar)(out, leaf),
     }
 }
 
