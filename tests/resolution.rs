@@ -826,3 +826,63 @@ async fn tasks_that_could_not_be_followed_are_not_offered_on_mcp() {
     assert_eq!(refused.message["error"]["code"], -32602, "{}", refused.message);
     assert_eq!(posts_of(&upstream, "tools/call"), 0, "no task was created upstream");
 }
+
+/// Issue 27: a 2026-07-28 request reaches the upstream with routing headers derived from the
+/// decided message (not the agent's), and a filtered list comes back private to the caller
+/// (`cacheScope: "private"`, fresh no longer than `edge.list_cache_ms`), whatever caching the
+/// upstream allowed.
+#[tokio::test]
+async fn a_stateless_request_is_forwarded_with_derived_headers_and_its_list_stays_private() {
+    let upstream = Hostile::start(|_, message| {
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        let result = match message.get("method").and_then(Value::as_str) {
+            Some("tools/list") => json!({"tools": [
+                {"name": "read_public", "inputSchema": {"type": "object"}},
+                {"name": "café", "inputSchema": {"type": "object"}}],
+                "ttlMs": 600000, "cacheScope": "public", "resultType": "complete"}),
+            _ => json!({"content": [{"type": "text", "text": "done"}], "resultType": "complete"}),
+        };
+        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    })
+    .await;
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"read_public": {}}}"#;
+    let router = edge(
+        policy,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("public", &upstream.url)],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}});
+    let headers = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")];
+    let listed = send(&router, Method::POST, "/mcp/public", KEY_ALL, &headers, Some(&list)).await;
+    let result = &listed.message["result"];
+    assert_eq!(result["tools"].as_array().map(Vec::len), Some(1), "{result}");
+    assert_eq!(result["cacheScope"], "private", "{result}");
+    assert!(result["ttlMs"].as_u64().is_some_and(|t| t <= 5000), "{result}");
+
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "read_public", "arguments": {}, "_meta": meta}});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "read_public"),
+        ("mcp-param-region", "eu"),
+    ];
+    let answer = send(&router, Method::POST, "/mcp/public", KEY_ALL, &headers, Some(&call)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.message);
+    let forwarded = upstream.received();
+    let sent = forwarded.last().expect("the call reached the upstream");
+    let header = |name: &str| sent.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("mcp-method").as_deref(), Some("tools/call"));
+    assert_eq!(header("mcp-name").as_deref(), Some("read_public"));
+    assert_eq!(header("mcp-protocol-version").as_deref(), Some("2026-07-28"));
+    assert_eq!(
+        header("mcp-param-region"),
+        None,
+        "the agent's own Mcp-Param-* is not passed on"
+    );
+}

@@ -142,10 +142,29 @@ impl ListFilter {
                     }
                     changed = true;
                 }
+                if changed {
+                    self.private_to_the_caller(result);
+                }
                 Ok(changed)
             }
             _ => Ok(false),
         }
+    }
+
+    /// A filtered list of the 2026-07-28 revision (a result with caching directives) is one
+    /// caller's view: no shared cache may serve it to another (`cacheScope: "private"`), and
+    /// it is fresh no longer than the edge reuses its own answer (`edge.list_cache_ms`).
+    fn private_to_the_caller(&self, result: &mut serde_json::Map<String, Value>) {
+        let cacheable = ["ttlMs", "cacheScope", "resultType"]
+            .iter()
+            .any(|k| result.contains_key(*k));
+        if !cacheable {
+            return;
+        }
+        let most = self.gw.settings.list_cache_ms;
+        let ttl = result.get("ttlMs").and_then(Value::as_u64).unwrap_or(0).min(most);
+        result.insert("ttlMs".into(), Value::from(ttl));
+        result.insert("cacheScope".into(), Value::from("private"));
     }
 
     /// Keeps the entries (tools, resources, prompts: named by their `key` field) the caller
