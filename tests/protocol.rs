@@ -91,45 +91,56 @@ fn text(result: &Value) -> String {
 
 #[test]
 fn both_eras_hold_the_policy_through_the_per_server_endpoint() {
-    let (_upstream, url) = modern_upstream();
-    let dir = support::temp_dir("protocol-eras");
-    let config = write_config(&dir, &url, &[], POLICY, "");
-    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
-    let edge = up.url("/mcp/k8s");
-    for (mode, expected) in [
-        ("2026-07-28", "2026-07-28"),
-        ("auto", "2026-07-28"),
-        ("legacy", "2025-11-25"),
-    ] {
-        let seen = client(
-            &edge,
-            mode,
-            "k8s_rollout_pause",
-            json!({"namespace": "web", "name": mode}),
-            4,
-        );
-        assert!(seen.get("error").is_none(), "{mode}: {seen}");
-        assert_eq!(seen["protocol"], expected, "{mode} spoke {}: {seen}", seen["protocol"]);
-        assert_eq!(
-            seen["tools"],
-            json!(["k8s_rollout_pause"]),
-            "{mode}: the list is filtered"
-        );
-        let results = seen["results"].as_array().expect("results");
-        for result in &results[..3] {
-            assert_eq!(text(result), format!("paused web/{mode}"), "{mode}: {result}");
+    let (_python, python_url) = modern_upstream();
+    // The bundled demo server speaks both eras too (it is what the quick start protects).
+    let demo = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    for (upstream, url) in [("python", python_url), ("demo", demo.url("/mcp"))] {
+        let dir = support::temp_dir(&format!("protocol-eras-{upstream}"));
+        let config = write_config(&dir, &url, &[], POLICY, "");
+        let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+        let edge = up.url("/mcp/k8s");
+        for (mode, expected) in [
+            ("2026-07-28", "2026-07-28"),
+            ("auto", "2026-07-28"),
+            ("legacy", "2025-"),
+        ] {
+            let seen = client(
+                &edge,
+                mode,
+                "k8s_rollout_pause",
+                json!({"namespace": "web", "name": mode}),
+                4,
+            );
+            assert!(seen.get("error").is_none(), "{upstream}, {mode}: {seen}");
+            assert!(
+                seen["protocol"].as_str().is_some_and(|p| p.starts_with(expected)),
+                "{upstream}, {mode} spoke {}: {seen}",
+                seen["protocol"]
+            );
+            assert_eq!(
+                seen["tools"],
+                json!(["k8s_rollout_pause"]),
+                "{upstream}, {mode}: the list is filtered"
+            );
+            let results = seen["results"].as_array().expect("results");
+            for result in &results[..3] {
+                assert!(
+                    result["isError"] != true && text(result).contains(&format!("web/{mode}")),
+                    "{upstream}, {mode}: {result}"
+                );
+            }
+            let fourth = &results[3];
+            assert!(
+                fourth["isError"] == true && text(fourth).contains("rate limit"),
+                "{upstream}, {mode}: the fourth call is refused by the limit: {fourth}"
+            );
+            let denied = client(&edge, mode, "k8s_delete_namespace", json!({"namespace": "prod"}), 1);
+            let refused = &denied["results"][0];
+            assert!(
+                refused["isError"] == true && text(refused).contains("not allowed"),
+                "{upstream}, {mode}: a denied tool is refused: {denied}"
+            );
         }
-        let fourth = &results[3];
-        assert!(
-            fourth["isError"] == true && text(fourth).contains("rate limit"),
-            "{mode}: the fourth call is refused by the limit: {fourth}"
-        );
-        let denied = client(&edge, mode, "k8s_delete_namespace", json!({"namespace": "prod"}), 1);
-        let refused = &denied["results"][0];
-        assert!(
-            refused["isError"] == true && text(refused).contains("not allowed"),
-            "{mode}: a denied tool is refused: {denied}"
-        );
     }
 }
 

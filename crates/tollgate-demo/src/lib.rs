@@ -3,10 +3,13 @@
 //! quick start and in tests. Every tool answers with text that echoes its arguments.
 //!
 //! Sessions: `initialize` hands out an `Mcp-Session-Id`; requests without one are served
-//! too (stateless), requests with an unknown one get 404, `DELETE` ends a session.
+//! too (stateless), requests with an unknown one get 404, `DELETE` ends a session. It also
+//! speaks MCP 2026-07-28 (`modern.rs`): requests that declare it in `params._meta` are
+//! served without a session, with `server/discover`.
 //! `GET /stats` counts the `tools/call` requests received, per tool, and the POSTs per HTTP
 //! version. It speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN `h2` over TLS).
 
+mod modern;
 mod tools;
 
 use std::collections::HashSet;
@@ -104,6 +107,9 @@ async fn handle_post(
             );
         }
     };
+    if modern::declared(&message).is_some() {
+        return handle_modern(&demo, &headers, &message);
+    }
     let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
     if !is_initialize && let Some(response) = demo.unknown_session(&headers) {
         return response;
@@ -152,6 +158,45 @@ async fn handle_post(
     };
     response.headers_mut().extend(extra);
     response
+}
+
+/// A 2026-07-28 request: checked, answered without a session (JSON, or one SSE event when
+/// the server answers in SSE and the client accepts it).
+fn handle_modern(demo: &Demo, headers: &HeaderMap, message: &Value) -> Response {
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    if let Err((status, code, text, data)) = modern::check(headers, message, &PROTOCOL_VERSIONS) {
+        let mut error = json!({"code": code, "message": text});
+        if let Some(data) = data {
+            error["data"] = data;
+        }
+        let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
+        return (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    }
+    let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
+    if message.get("id").is_none() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let params = message.get("params").cloned().unwrap_or(Value::Null);
+    let result = match method {
+        "server/discover" => Ok(modern::discover(&PROTOCOL_VERSIONS)),
+        "tools/list" => list_tools(&params, demo.options.page_size),
+        "tools/call" => tools::call(&params),
+        // `initialize` and `ping` are gone from 2026-07-28.
+        other => Err((-32601, format!("method not found: {other}"))),
+    };
+    let reply = match result {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": modern::finish(method, result)}),
+        Err((code, text)) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": text}}),
+    };
+    let accepts_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if demo.options.sse && accepts_sse {
+        let event = format!("event: message\ndata: {reply}\n\n");
+        return ([(header::CONTENT_TYPE, "text/event-stream")], event).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
 }
 
 /// One page of the tools: the cursor is the offset of the page's first tool.
