@@ -217,3 +217,53 @@ async fn routing_headers_that_disagree_with_the_body_are_refused() {
         "{body}"
     );
 }
+
+/// `Mcp-Param-*` headers (issue 27, item 3): a tool whose schema marks an argument with
+/// `x-mcp-header` works through the edge (the edge forwards the header derived from the
+/// decided argument), and an agent's header that disagrees with the argument is refused.
+#[tokio::test]
+async fn param_headers_follow_the_decided_arguments() {
+    let (_upstream, url) = modern_upstream();
+    let dir = support::temp_dir("protocol-params");
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"k8s_scale": {}}}"#;
+    let config = write_config(&dir, &url, &[], policy, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    let edge = up.url("/mcp/k8s");
+    let seen = tokio::task::spawn_blocking({
+        let edge = edge.clone();
+        move || {
+            client(
+                &edge,
+                "2026-07-28",
+                "k8s_scale",
+                json!({"namespace": "web", "region": "eu-1", "replicas": 2}),
+                1,
+            )
+        }
+    })
+    .await
+    .expect("client");
+    assert_eq!(text(&seen["results"][0]), "scaled web in eu-1 to 2", "{seen}");
+
+    // The body says eu-1, the header says us-1: a proxy routing on the header would send
+    // the call elsewhere than where it was decided.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let answer = reqwest::Client::new()
+        .post(&edge)
+        .bearer_auth(KEY_A)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "k8s_scale")
+        .header("mcp-param-region", "us-1")
+        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                      "params": {"name": "k8s_scale", "arguments": {"namespace": "web", "region": "eu-1", "replicas": 2},
+                                 "_meta": meta}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32020, "{body}");
+}

@@ -7,6 +7,9 @@ Usage: python py_modern_server.py PORT
 """
 
 import sys
+from typing import Annotated
+
+from pydantic import Field
 
 from mcp.server.mcpserver import MCPServer
 
@@ -23,6 +26,16 @@ def k8s_rollout_pause(namespace: str, name: str) -> str:
 def k8s_delete_namespace(namespace: str) -> str:
     """Delete a namespace (nothing is changed)."""
     return f"deleted {namespace}"
+
+
+@server.tool()
+def k8s_scale(
+    namespace: str,
+    region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
+    replicas: int,
+) -> str:
+    """Scale in a region; the region travels in an Mcp-Param-Region header too (nothing is changed)."""
+    return f"scaled {namespace} in {region} to {replicas}"
 
 
 if __name__ == "__main__":

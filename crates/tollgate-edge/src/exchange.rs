@@ -57,7 +57,11 @@ impl Exchange<'_> {
             .await;
         let body = Body::from(message.to_string());
         // The routing headers say what this message says, whatever the agent sent.
-        let derived = protocol::forwarded_headers(self.headers, message);
+        let declared = (message.get("method").and_then(serde_json::Value::as_str) == Some("tools/call"))
+            .then(|| message.pointer("/params/name").and_then(serde_json::Value::as_str))
+            .flatten()
+            .and_then(|tool| self.gw.param_headers(&self.upstream.name, tool));
+        let derived = protocol::forwarded_headers(self.headers, message, declared.as_deref());
         let headers = derived.as_ref().unwrap_or(self.headers);
         self.gw
             .forward(self.upstream, self.caller, Method::POST, headers, body, id)

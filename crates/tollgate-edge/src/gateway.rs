@@ -74,6 +74,9 @@ pub struct Gateway {
     /// Tool annotations per upstream, learnt from the tools lists upstreams sent. Only
     /// upstreams are trusted for them, never agents; a tool present here was listed.
     annotations: RwLock<HashMap<String, HashMap<String, ToolAnnotations>>>,
+    /// The `Mcp-Param-*` headers each tool declares (`x-mcp-header` in its input schema),
+    /// per upstream, learnt from the same lists.
+    param_headers: RwLock<HashMap<String, HashMap<String, Arc<crate::protocol::ParamHeaders>>>>,
     /// Keeps each session's GET stream ahead of its calls on this edge.
     pub(crate) order: StreamOrder,
     /// Visible sets of lists, per grant and policy.
@@ -109,6 +112,7 @@ impl Gateway {
             auth,
             grant_servers,
             annotations: RwLock::default(),
+            param_headers: RwLock::default(),
             order: StreamOrder::default(),
             visible: VisibleCache::new(Duration::from_millis(settings.list_cache_ms)),
             held: GrantQuota::new("edge.max_held_per_grant", settings.max_held_per_grant),
@@ -168,6 +172,27 @@ impl Gateway {
                 known.insert(t.name.clone(), a);
             }
         }
+    }
+
+    /// Remembers the `Mcp-Param-*` headers `tool` of `server` declares (none: forgets).
+    pub(crate) fn learn_param_headers(&self, server: &str, tool: &str, declared: crate::protocol::ParamHeaders) {
+        let mut cache = self.param_headers.write().unwrap_or_else(|e| e.into_inner());
+        let known = cache.entry(server.to_owned()).or_default();
+        if declared.is_empty() {
+            known.remove(tool);
+        } else if known.len() < MAX_LEARNED_TOOLS || known.contains_key(tool) {
+            known.insert(tool.to_owned(), Arc::new(declared));
+        }
+    }
+
+    /// The `Mcp-Param-*` headers `tool` of `server` declared in the last list this edge saw.
+    pub(crate) fn param_headers(&self, server: &str, tool: &str) -> Option<Arc<crate::protocol::ParamHeaders>> {
+        self.param_headers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            .and_then(|tools| tools.get(tool))
+            .cloned()
     }
 
     pub(crate) fn annotations(&self, server: &str, tool: &str) -> Option<ToolAnnotations> {

@@ -188,6 +188,12 @@ impl ListFilter {
             .collect();
         if kind == SubjectKind::Tool {
             self.gw.learn_tools(&self.server, &listed);
+            for item in items.iter() {
+                if let (Some(name), Some(schema)) = (item.get(key).and_then(Value::as_str), item.get("inputSchema")) {
+                    self.gw
+                        .learn_param_headers(&self.server, name, crate::protocol::param_headers_of(schema));
+                }
+            }
         }
         let visible = self.visible(kind, listed).await?;
         let visible: HashSet<&str> = visible.iter().map(String::as_str).collect();

@@ -85,6 +85,20 @@ pub async fn post(
     if let Err(response) = protocol::check(&headers, &value, true) {
         return response;
     }
+    if let Some(tool) = (value.get("method").and_then(serde_json::Value::as_str) == Some("tools/call"))
+        .then(|| value.pointer("/params/name").and_then(serde_json::Value::as_str))
+        .flatten()
+        && let Some(declared) = gw.param_headers(&upstream.name, tool)
+        && let Err(text) = protocol::check_params(&headers, &value, &declared)
+    {
+        return crate::jsonrpc::error_response(
+            StatusCode::BAD_REQUEST,
+            value.get("id"),
+            protocol::HEADER_MISMATCH,
+            &text,
+            None,
+        );
+    }
     let exchange = Exchange {
         gw: &gw,
         upstream,

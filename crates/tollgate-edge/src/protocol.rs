@@ -261,16 +261,137 @@ pub(crate) fn answer_for(request: &Value, mut body: Value) -> Value {
     body
 }
 
-/// The agent's headers as they are forwarded with `message`: its own `Mcp-Method` and
-/// `Mcp-Name` removed, those derived from the message in their place.
-pub(crate) fn forwarded_headers(agent: &HeaderMap, message: &Value) -> Option<HeaderMap> {
-    let derived = derived_headers(message);
-    if derived.is_empty() && !agent.contains_key(METHOD_HEADER) && !agent.contains_key(NAME_HEADER) {
+/// The `Mcp-Param-*` headers a tool declares: for each annotated argument (reached from the
+/// schema's root through `properties` only), its path and the header's token.
+pub(crate) type ParamHeaders = Vec<(Vec<String>, String)>;
+
+const PARAM_PREFIX: &str = "mcp-param-";
+/// Bounds on what a tool may declare: headers, path depth, token length.
+const MAX_PARAM_HEADERS: usize = 32;
+const MAX_PARAM_DEPTH: usize = 8;
+const MAX_TOKEN_BYTES: usize = 64;
+
+/// The `Mcp-Param-*` headers an input schema declares (`x-mcp-header` on string, integer or
+/// boolean properties, tokens unique regardless of case); what does not fit the rules is left
+/// out.
+pub(crate) fn param_headers_of(schema: &Value) -> ParamHeaders {
+    fn walk(schema: &Value, path: &mut Vec<String>, out: &mut ParamHeaders) {
+        let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        for (key, property) in properties {
+            if out.len() >= MAX_PARAM_HEADERS || path.len() >= MAX_PARAM_DEPTH {
+                return;
+            }
+            path.push(key.clone());
+            if let Some(token) = property.get("x-mcp-header").and_then(Value::as_str) {
+                let typed = matches!(
+                    property.get("type").and_then(Value::as_str),
+                    Some("string" | "integer" | "boolean")
+                );
+                let token_ok = !token.is_empty()
+                    && token.len() <= MAX_TOKEN_BYTES
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                let unique = !out.iter().any(|(_, t)| t.eq_ignore_ascii_case(token));
+                if typed && token_ok && unique {
+                    out.push((path.clone(), token.to_owned()));
+                }
+            }
+            walk(property, path, out);
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(schema, &mut Vec::new(), &mut out);
+    out
+}
+
+/// An argument as its header carries it: booleans and integers as text, strings as they
+/// are; anything else has no header form.
+fn rendered(value: &Value) -> Option<String> {
+    match value {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn argument_at<'v>(arguments: Option<&'v Value>, path: &[String]) -> Option<&'v Value> {
+    let mut node = arguments?;
+    for key in path {
+        node = node.get(key)?;
+    }
+    (!node.is_null()).then_some(node)
+}
+
+/// Checks the agent's `Mcp-Param-*` headers of a 2026-07-28 `tools/call` against its
+/// arguments, for the headers the tool declares: present together and equal (after the
+/// Base64 sentinel is decoded), or absent together.
+pub(crate) fn check_params(headers: &HeaderMap, message: &Value, declared: &ParamHeaders) -> Result<(), String> {
+    if declared_version(message).is_none() {
+        return Ok(());
+    }
+    let arguments = message.get("params").and_then(|p| p.get("arguments"));
+    for (path, token) in declared {
+        let name = format!("{PARAM_PREFIX}{}", token.to_ascii_lowercase());
+        let header = single(headers, &name)?;
+        let argument = argument_at(arguments, path).and_then(rendered);
+        let agrees = match (header, &argument) {
+            (None, None) => true,
+            (Some(h), Some(a)) => decode_name(h).as_deref() == Some(a.as_str()),
+            _ => false,
+        };
+        if !agrees {
+            return Err(format!(
+                "the Mcp-Param-{token} header does not match the argument {} it mirrors",
+                path.join(".")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The agent's headers as they are forwarded with `message`: its own `Mcp-Method`,
+/// `Mcp-Name` and `Mcp-Param-*` removed, those derived from the message (and, for a
+/// `tools/call`, the `declared` parameters' headers) in their place.
+pub(crate) fn forwarded_headers(
+    agent: &HeaderMap,
+    message: &Value,
+    declared: Option<&ParamHeaders>,
+) -> Option<HeaderMap> {
+    let mut derived = derived_headers(message);
+    if !derived.is_empty()
+        && let Some(declared) = declared
+    {
+        let arguments = message.get("params").and_then(|p| p.get("arguments"));
+        for (path, token) in declared {
+            let Some(value) = argument_at(arguments, path).and_then(rendered) else {
+                continue;
+            };
+            let name = HeaderName::try_from(format!("{PARAM_PREFIX}{}", token.to_ascii_lowercase()));
+            if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(&encode_name(&value))) {
+                derived.push((name, value));
+            }
+        }
+    }
+    let agent_params = agent.keys().any(|k| k.as_str().starts_with(PARAM_PREFIX));
+    if derived.is_empty() && !agent_params && !agent.contains_key(METHOD_HEADER) && !agent.contains_key(NAME_HEADER) {
         return None;
     }
     let mut headers = agent.clone();
     headers.remove(METHOD_HEADER);
     headers.remove(NAME_HEADER);
+    let params: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(PARAM_PREFIX))
+        .cloned()
+        .collect();
+    for name in params {
+        headers.remove(name);
+    }
     for (name, value) in derived {
         headers.insert(name, value);
     }
@@ -387,7 +508,7 @@ mod tests {
     fn forwarded_headers_come_from_the_message() {
         let call = modern("tools/call", json!({"name": "café", "arguments": {}}));
         let agent = headers(&[("mcp-method", "tools/list"), ("mcp-name", "other"), ("accept", "*/*")]);
-        let forwarded = forwarded_headers(&agent, &call).expect("derived");
+        let forwarded = forwarded_headers(&agent, &call, None).expect("derived");
         assert_eq!(
             forwarded.get("mcp-method").and_then(|v| v.to_str().ok()),
             Some("tools/call")
@@ -402,8 +523,65 @@ mod tests {
         );
         assert_eq!(forwarded.get("accept").and_then(|v| v.to_str().ok()), Some("*/*"));
         let legacy = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-        let stripped = forwarded_headers(&agent, &legacy).expect("stripped");
+        let stripped = forwarded_headers(&agent, &legacy, None).expect("stripped");
         assert!(stripped.get("mcp-method").is_none() && stripped.get("mcp-name").is_none());
-        assert!(forwarded_headers(&HeaderMap::new(), &legacy).is_none());
+        assert!(forwarded_headers(&HeaderMap::new(), &legacy, None).is_none());
+    }
+
+    #[test]
+    fn param_headers_mirror_the_decided_arguments() {
+        let schema = json!({"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "count": {"type": "integer", "x-mcp-header": "Count"},
+            "ratio": {"type": "number", "x-mcp-header": "Ratio"},
+            "nested": {"type": "object", "properties": {"flag": {"type": "boolean", "x-mcp-header": "Flag"}}},
+            "again": {"type": "string", "x-mcp-header": "region"},
+            "bad": {"type": "string", "x-mcp-header": "a b"}}});
+        let declared = param_headers_of(&schema);
+        let tokens: Vec<&str> = declared.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(tokens.len(), 3, "{tokens:?}");
+        assert!(tokens.contains(&"Count") && tokens.contains(&"Flag") && !tokens.contains(&"Ratio"));
+        let region = if tokens.contains(&"Region") { "Region" } else { "region" };
+        let call = modern(
+            "tools/call",
+            json!({"name": "t", "arguments": {"region": "eu-1", "again": "eu-1", "count": 3, "nested": {"flag": true}}}),
+        );
+        let mut agent = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "t"),
+            ("mcp-param-count", "3"),
+            ("mcp-param-flag", "true"),
+        ]);
+        agent.insert(
+            HeaderName::try_from(format!("mcp-param-{}", region.to_ascii_lowercase())).expect("name"),
+            HeaderValue::from_static("eu-1"),
+        );
+        assert!(check_params(&agent, &call, &declared).is_ok());
+        agent.insert("mcp-param-count", HeaderValue::from_static("4"));
+        assert!(
+            check_params(&agent, &call, &declared).is_err(),
+            "a header that disagrees"
+        );
+        agent.remove("mcp-param-count");
+        assert!(
+            check_params(&agent, &call, &declared).is_err(),
+            "an argument without its header"
+        );
+        agent.insert("mcp-param-count", HeaderValue::from_static("3"));
+        agent.insert("mcp-param-smuggled", HeaderValue::from_static("x"));
+        let forwarded = forwarded_headers(&agent, &call, Some(&declared)).expect("derived");
+        assert_eq!(
+            forwarded.get("mcp-param-count").and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+        assert_eq!(
+            forwarded.get("mcp-param-flag").and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        assert!(
+            forwarded.get("mcp-param-smuggled").is_none(),
+            "undeclared headers are not passed on"
+        );
     }
 }

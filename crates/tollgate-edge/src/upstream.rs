@@ -226,6 +226,13 @@ impl Upstream {
                     headers.insert(name, value.clone());
                 }
             }
+            // `Mcp-Param-*`: only ever the edge's own, derived from the decided arguments
+            // (`protocol::forwarded_headers` removed the agent's).
+            for (name, value) in agent_headers {
+                if name.as_str().starts_with("mcp-param-") {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
             for (name, value) in &self.injected {
                 headers.insert(name, value.clone());
             }
