@@ -90,7 +90,7 @@ fn text(result: &Value) -> String {
 }
 
 #[test]
-fn both_eras_hold_the_policy_through_the_per_server_endpoint() {
+fn both_eras_hold_the_policy_on_both_endpoints() {
     let (_python, python_url) = modern_upstream();
     // The bundled demo server speaks both eras too (it is what the quick start protects).
     let demo = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
@@ -139,6 +139,40 @@ fn both_eras_hold_the_policy_through_the_per_server_endpoint() {
             assert!(
                 refused["isError"] == true && text(refused).contains("not allowed"),
                 "{upstream}, {mode}: a denied tool is refused: {denied}"
+            );
+
+            // The aggregated endpoint: both eras too, tools named {prefix}__{name}.
+            let aggregated = up.url("/mcp");
+            let name = format!("{mode}-agg");
+            let seen = client(
+                &aggregated,
+                mode,
+                "k8s__k8s_rollout_pause",
+                json!({"namespace": "web", "name": name}),
+                4,
+            );
+            assert!(seen.get("error").is_none(), "/mcp, {upstream}, {mode}: {seen}");
+            assert!(
+                seen["protocol"].as_str().is_some_and(|p| p.starts_with(expected)),
+                "/mcp, {upstream}, {mode} spoke {}: {seen}",
+                seen["protocol"]
+            );
+            assert_eq!(
+                seen["tools"],
+                json!(["k8s__k8s_rollout_pause"]),
+                "/mcp, {upstream}, {mode}"
+            );
+            let results = seen["results"].as_array().expect("results");
+            for result in &results[..3] {
+                assert!(
+                    result["isError"] != true && text(result).contains(&format!("web/{name}")),
+                    "/mcp, {upstream}, {mode}: {result}"
+                );
+            }
+            assert!(
+                results[3]["isError"] == true && text(&results[3]).contains("rate limit"),
+                "/mcp, {upstream}, {mode}: {}",
+                results[3]
             );
         }
     }

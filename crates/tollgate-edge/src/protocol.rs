@@ -224,6 +224,13 @@ pub(crate) fn check(headers: &HeaderMap, value: &Value, stateless: bool) -> Resu
     }
 }
 
+/// Whether `message` is a request of a stateless revision this edge speaks.
+pub(crate) fn is_stateless(message: &Value) -> bool {
+    declared_version(message)
+        .and_then(Value::as_str)
+        .is_some_and(|v| MODERN_VERSIONS.contains(&v))
+}
+
 /// The routing headers of the message the edge forwards, derived from it: for a 2026-07-28
 /// request its revision, method and name; none for the session era (whose
 /// `MCP-Protocol-Version` the edge passes on as the client sent it).

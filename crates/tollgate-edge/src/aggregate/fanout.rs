@@ -119,6 +119,54 @@ impl Agg<'_> {
         Ok((answer, headers))
     }
 
+    /// `server/discover` (MCP 2026-07-28) on `/mcp`, answered by the gateway: the revisions
+    /// it speaks, what the caller's upstreams can do together (each asked the same), the
+    /// gateway's own server info. Upstreams that do not answer are left out and named.
+    pub(super) async fn discover(&self, message: &Value, id: &Value) -> Response {
+        let servers = self.reachable();
+        let parts = futures_util::future::join_all(
+            servers
+                .iter()
+                .map(|server| async move { (server, self.ask(server, None, message, id).await) }),
+        )
+        .await;
+        let mut results: Vec<(&String, Value)> = Vec::new();
+        let mut unavailable: Vec<&str> = Vec::new();
+        for (server, part) in parts {
+            match part {
+                Ok((mut answer, _)) => {
+                    results.push((server, answer.get_mut("result").map(Value::take).unwrap_or_default()))
+                }
+                Err(PartFailed::NotOffered) => unavailable.push(server),
+                Err(PartFailed::Failed(why)) => {
+                    tracing::warn!(upstream = %server, "left out of server/discover on /mcp: {why}");
+                    unavailable.push(server);
+                }
+            }
+        }
+        let merged = merged_initialize(&results, crate::protocol::MODERN_VERSIONS[0], self.agg());
+        let supported: Vec<&str> = crate::protocol::MODERN_VERSIONS
+            .iter()
+            .chain(crate::protocol::SESSION_VERSIONS.iter())
+            .copied()
+            .collect();
+        let mut result = json!({
+            "supportedVersions": supported,
+            "capabilities": merged["capabilities"],
+            "_meta": {"io.modelcontextprotocol/serverInfo": merged["serverInfo"]},
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "resultType": "complete",
+        });
+        if let Some(instructions) = merged.get("instructions") {
+            result["instructions"] = instructions.clone();
+        }
+        if !unavailable.is_empty() {
+            result["_meta"]["tollgate/unavailable"] = json!(unavailable);
+        }
+        jsonrpc::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": result}))
+    }
+
     pub(super) async fn initialize(&self, message: &Value, id: &Value) -> Response {
         let servers = self.reachable();
         if servers.is_empty() {
@@ -275,6 +323,12 @@ impl Agg<'_> {
         }
         let mut result = Map::new();
         result.insert(field.to_owned(), Value::Array(items));
+        if self.stateless {
+            // One caller's merged, filtered view: complete, and private to it.
+            result.insert("resultType".into(), json!("complete"));
+            result.insert("cacheScope".into(), json!("private"));
+            result.insert("ttlMs".into(), json!(0));
+        }
         if !next.is_empty() {
             match self.agg().sealer.seal_cursor(&self.caller.grant, &next) {
                 Some(cursor) => {

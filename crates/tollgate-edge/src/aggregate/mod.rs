@@ -77,6 +77,8 @@ struct Agg<'a> {
     door: &'a AggregateDoor,
     caller: &'a Arc<Caller>,
     headers: &'a HeaderMap,
+    /// A 2026-07-28 request: no session; every upstream the caller reaches serves it.
+    stateless: bool,
 }
 
 impl<'a> Agg<'a> {
@@ -109,6 +111,13 @@ impl<'a> Agg<'a> {
     /// The session this request belongs to, limited to the upstreams the caller still
     /// reaches (the configuration may have changed since it began).
     fn session(&self) -> Result<AggregateSession, Response> {
+        if self.stateless {
+            // Stateless: the session is every upstream the caller reaches, in configuration
+            // order, each asked without a session of its own.
+            return Ok(AggregateSession {
+                upstreams: self.reachable().into_iter().map(|server| (server, None)).collect(),
+            });
+        }
         check_session_header_max(self.headers, MAX_SEALED_SESSION_BYTES)?;
         let Some(id) = self.headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) else {
             return Err(bad_request(
@@ -238,11 +247,11 @@ pub async fn post(
         Ok(v) => v,
         Err(response) => return response,
     };
-    // Headers that disagree with the body are refused here too; the stateless revision is
-    // not served on /mcp yet (its requests are handled as before).
-    if let Err(response) = crate::protocol::check(&headers, &value, false) {
+    // The 2026-07-28 revision's headers say what the body says; both eras are served here.
+    if let Err(response) = crate::protocol::check(&headers, &value, true) {
         return response;
     }
+    let stateless = crate::protocol::is_stateless(&value);
     if value.is_array() {
         return bad_request(
             StatusCode::BAD_REQUEST,
@@ -266,6 +275,7 @@ pub async fn post(
         door: &door,
         caller: &caller,
         headers: &headers,
+        stateless,
     };
     async {
         let (Some(method), Some(id)) = (method, id) else {
@@ -279,6 +289,15 @@ pub async fn post(
                 agg.answer_to_upstream(&session, &value).await
             };
         };
+        if stateless {
+            match (method, name.as_str()) {
+                (_, "server/discover") => return agg.discover(&value, &id).await,
+                (McpMethod::Initialize | McpMethod::Ping, _) => {
+                    return unknown_method(&id, &format!("{name} (not part of MCP 2026-07-28)"));
+                }
+                _ => {}
+            }
+        }
         if method == McpMethod::Initialize {
             return agg.initialize(&value, &id).await;
         }
@@ -330,6 +349,7 @@ pub async fn get(
         door: &door,
         caller: &caller,
         headers: &headers,
+        stateless: false,
     };
     let session = match agg.session() {
         Ok(s) => s,
@@ -391,6 +411,7 @@ pub async fn delete(
         door: &door,
         caller: &caller,
         headers: &headers,
+        stateless: false,
     };
     let session = match agg.session() {
         Ok(s) => s,
