@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The response guard.
     ("guard", 4),
     // One resolution of every request.
+    ("mrtr", 3),
     ("resolve", 3),
     ("spans", 3),
     // Shared state.

@@ -886,3 +886,143 @@ async fn a_stateless_request_is_forwarded_with_derived_headers_and_its_list_stay
         "the agent's own Mcp-Param-* is not passed on"
     );
 }
+
+/// Issue 27, item 4: Multi Round-Trip Requests. The upstream's `requestState` never reaches
+/// the agent: the edge seals it in an envelope bound to the grant, upstream, subject and
+/// arguments. The retry carrying it is decided again but counted once (a limit of one call
+/// admits the call and its retry), the upstream gets its own state back, and a forged
+/// envelope, one replayed by another grant or for another tool is refused before the
+/// upstream.
+#[tokio::test]
+async fn a_call_that_asks_for_input_is_charged_once_and_its_state_is_sealed() {
+    let upstream = Hostile::start(|_, message| {
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        let state = message.pointer("/params/requestState").and_then(Value::as_str);
+        let result = match (message.get("method").and_then(Value::as_str), state) {
+            (Some("tools/call"), None) => json!({"resultType": "input_required", "requestState": "S1",
+                "inputRequests": {"ok": {"method": "elicitation/create",
+                    "params": {"message": "Confirm?", "requestedSchema": {"type": "object", "properties": {}}}}}}),
+            (Some("tools/call"), Some("S1")) => {
+                json!({"content": [{"type": "text", "text": "paid"}], "resultType": "complete"})
+            }
+            _ => {
+                json!({"content": [{"type": "text", "text": "unexpected"}], "isError": true, "resultType": "complete"})
+            }
+        };
+        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    })
+    .await;
+    let policy = r#"{"version": "1", "default": "deny", "tools": {
+        "pay": {"limits": [{"counter": "pay", "window": "1m", "max": 1}]}, "refund": {}}}"#;
+    let router = edge(
+        policy,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("public", &upstream.url)],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}});
+    let call = |tool: &str, state: Option<&str>| {
+        let mut params = json!({"name": tool, "arguments": {"amount": 5}, "_meta": meta});
+        if let Some(state) = state {
+            params["requestState"] = json!(state);
+            params["inputResponses"] = json!({"ok": {"action": "accept", "content": {}}});
+        }
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+    };
+    let headers = |tool: &'static str| {
+        [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", tool),
+        ]
+    };
+
+    let first = send(
+        &router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &headers("pay"),
+        Some(&call("pay", None)),
+    )
+    .await;
+    let result = &first.message["result"];
+    assert_eq!(result["resultType"], "input_required", "{}", first.message);
+    let envelope = result["requestState"].as_str().expect("a requestState").to_owned();
+    assert!(envelope.starts_with("tgr1.") && !envelope.contains("S1"), "{envelope}");
+
+    for (key, tool, state) in [
+        (KEY_ALL, "pay", "tgr1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        (KEY_OTHER, "pay", envelope.as_str()),
+        (KEY_ALL, "refund", envelope.as_str()),
+    ] {
+        let name: &'static str = if tool == "pay" { "pay" } else { "refund" };
+        let refused = send(
+            &router,
+            Method::POST,
+            "/mcp/public",
+            key,
+            &headers(name),
+            Some(&call(tool, Some(state))),
+        )
+        .await;
+        assert_eq!(
+            refused.message["error"]["code"], -32602,
+            "{key} {tool}: {}",
+            refused.message
+        );
+    }
+    assert_eq!(
+        posts_of(&upstream, "tools/call"),
+        1,
+        "nothing refused reached the upstream"
+    );
+
+    let retry = send(
+        &router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &headers("pay"),
+        Some(&call("pay", Some(&envelope))),
+    )
+    .await;
+    assert_eq!(
+        retry.message["result"]["content"][0]["text"], "paid",
+        "charged once: {}",
+        retry.message
+    );
+    let sent: Vec<Value> = upstream
+        .bodies()
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Value>(b).ok())
+        .filter(|b| b["method"] == "tools/call")
+        .collect();
+    assert_eq!(
+        sent.last().map(|b| b["params"]["requestState"].clone()),
+        Some(json!("S1")),
+        "the upstream's own state"
+    );
+
+    // The limit of one was taken once, by the logical call: a new call is refused.
+    let again = send(
+        &router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &headers("pay"),
+        Some(&call("pay", None)),
+    )
+    .await;
+    assert!(again.message["result"]["isError"] == true, "{}", again.message);
+    assert!(
+        again.message["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("rate limit")),
+        "{}",
+        again.message
+    );
+}

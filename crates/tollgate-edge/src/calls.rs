@@ -11,13 +11,23 @@ use crate::exchange::Exchange;
 use crate::gateway::{WithoutDecision, without_decision};
 use crate::request::accepts_event_stream;
 use crate::resolve::Call;
-use crate::{held, jsonrpc, protocol, refusal};
+use crate::{held, jsonrpc, mrtr, protocol, refusal};
 
 /// Decides `call`, then forwards it, holds it for an operator's approval, or refuses it.
-pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, call: Call) -> Response {
+pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, mut call: Call) -> Response {
     tracing::Span::current().record(tollgate_api::subject_attribute(call.kind), call.name());
     let gw = exchange.gw;
-    let request_id = uuid::Uuid::new_v4();
+    // A 2026-07-28 retry that carries input: the same logical call keeps its request id (the
+    // store counts it once); a forged or foreign envelope goes no further.
+    let (grant, server) = (&exchange.caller.grant, &exchange.upstream.name);
+    let resumed = match mrtr::resume(gw, grant, server, call.kind, call.message_mut()) {
+        Ok(resumed) => resumed,
+        Err(text) => return crate::resolve::invalid_params(&call.id, &text),
+    };
+    let round = resumed.as_ref().map_or(0, |r| r.round);
+    let request_id = resumed
+        .and_then(|r| uuid::Uuid::parse_str(&r.request_id).ok())
+        .unwrap_or_else(uuid::Uuid::new_v4);
     let request = exchange.decide_request(&call, request_id.to_string());
     let decision = match gw.decider.decide(request).await {
         Ok(decision) => {
@@ -39,7 +49,16 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, call: Call) -> R
         }
     };
     if decision.verdict() == Verdict::Allow {
-        return exchange.forward(call.message(), Some(&call.id)).await;
+        let issuer = mrtr::Issuer::for_call(
+            gw,
+            grant,
+            server,
+            call.kind,
+            call.message(),
+            &request_id.to_string(),
+            round,
+        );
+        return exchange.forward_call(call.message(), &call.id, issuer).await;
     }
     if decision.verdict() == Verdict::ApprovalRequired
         && decision.hold_ms > 0

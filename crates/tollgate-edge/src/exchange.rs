@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -17,10 +18,10 @@ use tollgate_api::proto::{DecideRequest, SubjectKind};
 use crate::auth::Caller;
 use crate::gateway::Gateway;
 use crate::guard::{ListFilter, guarded};
-use crate::protocol;
 use crate::request::header_text;
 use crate::resolve::Call;
 use crate::upstream::Upstream;
+use crate::{jsonrpc, protocol};
 
 /// One request being handled: who sent it, to which upstream, with which headers.
 pub(crate) struct Exchange<'a> {
@@ -41,6 +42,7 @@ impl Exchange<'_> {
             server: self.upstream.name.clone(),
             caller: self.caller.clone(),
             aggregate: self.aggregate.clone(),
+            input_state: None,
         }
     }
 
@@ -90,6 +92,53 @@ impl Exchange<'_> {
         };
         request.set_kind(call.kind);
         request
+    }
+
+    /// [`Exchange::forward`] for a decided call: a 2026-07-28 answer that asks for input gets
+    /// its `requestState` sealed by `issuer` (streamed answers event by event, JSON answers
+    /// read whole within `edge.max_upstream_message_bytes`).
+    pub(crate) async fn forward_call(
+        &self,
+        message: &Value,
+        id: &Value,
+        issuer: Option<Arc<crate::mrtr::Issuer>>,
+    ) -> Response {
+        let Some(issuer) = issuer else {
+            return self.forward(message, Some(id)).await;
+        };
+        let response = match self.send(message, Some(id)).await {
+            Ok(response) => response,
+            Err(response) => return response,
+        };
+        let mut filter = self.list_filter();
+        filter.input_state = Some(issuer);
+        if crate::request::content_type_is(response.headers(), "text/event-stream") {
+            return guarded(response, filter, Some(id.clone()));
+        }
+        let (parts, body) = response.into_parts();
+        let limit = self.gw.settings.max_upstream_message_bytes;
+        let Ok(collected) = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await else {
+            let text = format!(
+                "upstream MCP server \"{}\" sent an answer larger than edge.max_upstream_message_bytes",
+                self.upstream.name
+            );
+            return jsonrpc::error_response(StatusCode::BAD_GATEWAY, Some(id), jsonrpc::UPSTREAM_ERROR, &text, None);
+        };
+        let bytes = collected.to_bytes();
+        let mut answer = match jsonrpc::parse_strict(&bytes) {
+            Ok(answer) => answer,
+            // Not JSON: nothing of it can hold a state to seal; passed on as it came.
+            Err(_) => return (parts.status, crate::upstream::response_headers(&parts.headers), bytes).into_response(),
+        };
+        let body = match filter.filter(&mut answer).await {
+            Ok(true) => axum::body::Bytes::from(answer.to_string()),
+            Ok(false) => bytes,
+            Err(refused) => {
+                let error = jsonrpc::error_body(Some(id), jsonrpc::INTERNAL_ERROR, &refused.message, None);
+                return jsonrpc::json_response(refused.status, &error);
+            }
+        };
+        (parts.status, crate::upstream::response_headers(&parts.headers), body).into_response()
     }
 
     /// [`Exchange::send`], with the answer streamed back through the list guard.

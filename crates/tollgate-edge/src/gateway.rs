@@ -77,6 +77,9 @@ pub struct Gateway {
     /// The `Mcp-Param-*` headers each tool declares (`x-mcp-header` in its input schema),
     /// per upstream, learnt from the same lists.
     param_headers: RwLock<HashMap<String, HashMap<String, Arc<crate::protocol::ParamHeaders>>>>,
+    /// Seals `requestState` envelopes (the aggregated endpoint's keys: any edge that shares
+    /// them opens them).
+    pub(crate) sealer: crate::sealed::Sealer,
     /// Keeps each session's GET stream ahead of its calls on this edge.
     pub(crate) order: StreamOrder,
     /// Visible sets of lists, per grant and policy.
@@ -113,6 +116,7 @@ impl Gateway {
             grant_servers,
             annotations: RwLock::default(),
             param_headers: RwLock::default(),
+            sealer: crate::sealed::Sealer::new(&settings.aggregate.session_keys)?,
             order: StreamOrder::default(),
             visible: VisibleCache::new(Duration::from_millis(settings.list_cache_ms)),
             held: GrantQuota::new("edge.max_held_per_grant", settings.max_held_per_grant),

@@ -84,6 +84,8 @@ pub(crate) struct ListFilter {
     /// renamed `{prefix}{separator}{name}`, and its requests to the client get ids that
     /// name it (see [`crate::aggregate`]).
     pub aggregate: Option<Arc<str>>,
+    /// For the answer to a 2026-07-28 call: seals an `InputRequiredResult`'s `requestState`.
+    pub input_state: Option<Arc<crate::mrtr::Issuer>>,
 }
 
 /// Why a message could not be passed on, and the HTTP status that says so where the
@@ -109,6 +111,11 @@ impl ListFilter {
             Value::Object(object) => {
                 if let Some(prefix) = &self.aggregate
                     && mark_server_message(object, prefix)
+                {
+                    return Ok(true);
+                }
+                if let Some(issuer) = &self.input_state
+                    && issuer.seal_into(object)
                 {
                     return Ok(true);
                 }

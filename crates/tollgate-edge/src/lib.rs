@@ -31,6 +31,7 @@ mod identity;
 mod jsonrpc;
 mod marks;
 mod method;
+mod mrtr;
 mod order;
 mod origin;
 mod protocol;

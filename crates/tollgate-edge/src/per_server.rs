@@ -204,6 +204,7 @@ async fn bodyless(
                 server: upstream.name.clone(),
                 caller,
                 aggregate: None,
+                input_state: None,
             };
             holding(guarded(response, filter, None), slot)
         }

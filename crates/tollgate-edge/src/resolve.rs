@@ -160,6 +160,12 @@ impl Call {
         &self.message
     }
 
+    /// The message, to put an upstream's own `requestState` back before the decision (see
+    /// [`crate::mrtr`]); name and arguments stay as resolved.
+    pub(crate) fn message_mut(&mut self) -> &mut Value {
+        &mut self.message
+    }
+
     fn params(&self) -> Option<&serde_json::Map<String, Value>> {
         self.message.get("params").and_then(Value::as_object)
     }

@@ -100,6 +100,20 @@ impl Sealer {
         serde_json::from_slice(&self.open_as(CURSOR_PREFIX, &cursor_aad(grant), cursor)?).ok()
     }
 
+    /// A 2026-07-28 `requestState` envelope for `grant` (see [`crate::mrtr`]). Its associated
+    /// data differs from a session id's and a cursor's, so none opens as another.
+    pub(crate) fn seal_input_state(&self, grant: &str, plain: &[u8]) -> Option<String> {
+        self.seal_as(INPUT_STATE_PREFIX, &purpose_aad(b"input\0", grant), plain)
+    }
+
+    /// The contents of an envelope sealed for `grant`.
+    pub(crate) fn open_input_state(&self, grant: &str, text: &str) -> Option<Vec<u8>> {
+        if text.len() > MAX_INPUT_STATE_BYTES {
+            return None;
+        }
+        self.open_as(INPUT_STATE_PREFIX, &purpose_aad(b"input\0", grant), text)
+    }
+
     fn seal_as(&self, prefix: &str, aad: &[u8], plain: &[u8]) -> Option<String> {
         let mut nonce = [0u8; NONCE_LEN];
         self.random.fill(&mut nonce).ok()?;
@@ -130,6 +144,18 @@ impl Sealer {
         None
     }
 }
+
+/// Associated data for `purpose` and the grant.
+fn purpose_aad(purpose: &[u8], grant: &str) -> Vec<u8> {
+    let mut aad = purpose.to_vec();
+    aad.extend_from_slice(grant.as_bytes());
+    aad
+}
+
+/// Envelopes of `requestState` start with this.
+const INPUT_STATE_PREFIX: &str = "tgr1.";
+/// Longest envelope accepted (the upstream's state inside is bounded by the answer's size).
+const MAX_INPUT_STATE_BYTES: usize = 256 * 1024;
 
 /// A cursor's associated data: its purpose and the grant.
 fn cursor_aad(grant: &str) -> Vec<u8> {

@@ -79,6 +79,14 @@ pub struct EdgeSettings {
     /// approval is answered at once, naming the approval). Default 300000.
     #[serde(default = "default_max_hold_ms")]
     pub max_hold_ms: u64,
+    /// MCP 2026-07-28 Multi Round-Trip Requests: how many times one call may ask for input
+    /// before its retries are refused. Default 8.
+    #[serde(default = "default_max_input_rounds")]
+    pub max_input_rounds: u32,
+    /// How long the `requestState` envelope of a call that asked for input stays valid
+    /// (ms). Default 600000.
+    #[serde(default = "default_input_state_ttl_ms")]
+    pub input_state_ttl_ms: u64,
     /// How often a held call's stream carries a keep-alive, in milliseconds: an MCP
     /// `notifications/progress` when the call has a `progressToken`, an SSE comment
     /// otherwise. Default 10000.
@@ -130,6 +138,14 @@ fn default_max_streams_per_grant() -> usize {
     32
 }
 
+fn default_max_input_rounds() -> u32 {
+    8
+}
+
+fn default_input_state_ttl_ms() -> u64 {
+    600_000
+}
+
 fn default_list_cache_ms() -> u64 {
     5_000
 }
@@ -154,6 +170,8 @@ impl Default for EdgeSettings {
             allowed_origins: None,
             allowed_hosts: None,
             max_hold_ms: default_max_hold_ms(),
+            max_input_rounds: default_max_input_rounds(),
+            input_state_ttl_ms: default_input_state_ttl_ms(),
             hold_keepalive_ms: default_hold_keepalive_ms(),
             tls_cert: None,
             tls_key: None,

@@ -376,6 +376,7 @@ pub async fn get(
                 server: server.clone(),
                 caller: caller.clone(),
                 aggregate: Some(agg.agg().prefix_of(server)),
+                input_state: None,
             };
             Some(filter.event_stream(None, response.into_body()).into_data_stream())
         }

@@ -1,0 +1,199 @@
+//! Multi Round-Trip Requests (MCP 2026-07-28): an upstream may answer a `tools/call`,
+//! `prompts/get` or `resources/read` with an `InputRequiredResult`, and the client retries
+//! the same request with `inputResponses` and the `requestState` it got.
+//!
+//! The edge never hands the upstream's `requestState` to the agent. It seals it inside an
+//! envelope of its own (authenticated encryption under the aggregated session keys, bound to
+//! the grant): the upstream, the call's subject, a digest of its arguments, the decision's
+//! request id, the round, an expiry. A retry is recognised on any edge with the same keys:
+//! it is decided again, on its own arguments, but with the first round's request id when its
+//! arguments are the same, so the store counts one logical call once. A forged, expired or
+//! foreign envelope (another grant, upstream or subject), or one past `edge.max_input_rounds`,
+//! is refused before anything is decided. The upstream gets its own `requestState` back,
+//! unchanged, or none if it gave none.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tollgate_api::proto::SubjectKind;
+
+use crate::gateway::Gateway;
+use crate::protocol;
+
+/// What an envelope binds; its text is `tgr1.` and the sealed JSON.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// Upstream.
+    s: String,
+    /// Subject (`tools/call` name, `resources/read <uri>`, `prompts/get <name>`).
+    n: String,
+    /// SHA-256 of the arguments as decided (hex).
+    d: String,
+    /// The decision's request id of the logical call.
+    r: String,
+    /// Rounds so far.
+    k: u32,
+    /// Expiry, milliseconds since the Unix epoch.
+    e: u64,
+    /// The upstream's own `requestState`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+}
+
+/// A call resumed from an envelope: the request id to decide it with, and its round.
+pub(crate) struct Resumed {
+    pub(crate) request_id: String,
+    pub(crate) round: u32,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn subject(kind: SubjectKind, message: &Value) -> String {
+    let field = crate::resolve::subject_field(kind);
+    let name = message
+        .pointer(&format!("/params/{field}"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    tollgate_api::subject_label(kind, name)
+}
+
+fn digest(message: &Value) -> String {
+    let arguments = message
+        .pointer("/params/arguments")
+        .map(Value::to_string)
+        .unwrap_or_default();
+    hex::encode(Sha256::digest(arguments.as_bytes()))
+}
+
+/// Opens the envelope a stateless retry carries in `params.requestState` and puts the
+/// upstream's own state back in its place; `Ok(None)` for a call that carries none (or is
+/// not of the stateless revision), `Err` (the refusal's text) for an envelope this edge
+/// cannot accept.
+pub(crate) fn resume(
+    gw: &Gateway,
+    grant: &str,
+    server: &str,
+    kind: SubjectKind,
+    message: &mut Value,
+) -> Result<Option<Resumed>, String> {
+    if !protocol::is_stateless(message) {
+        return Ok(None);
+    }
+    let Some(state) = message.pointer("/params/requestState") else {
+        return Ok(None);
+    };
+    let refused = || {
+        "params.requestState is not one this gateway issued for this call (it is forged, expired, or for another call, grant or server): make the call again without it".to_owned()
+    };
+    let text = state.as_str().ok_or_else(refused)?;
+    let envelope: Envelope = gw
+        .sealer
+        .open_input_state(grant, text)
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .ok_or_else(refused)?;
+    if envelope.s != server || envelope.n != subject(kind, message) || envelope.e <= now_ms() {
+        return Err(refused());
+    }
+    let most = gw.settings.max_input_rounds;
+    if envelope.k >= most {
+        return Err(format!(
+            "this call asked for input {most} times already (edge.max_input_rounds): make it again from the start"
+        ));
+    }
+    // The same arguments: the same logical call, counted once. Others are a new call.
+    let request_id = if envelope.d == digest(message) {
+        envelope.r.clone()
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    };
+    if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
+        match envelope.u {
+            Some(upstream_state) => params.insert("requestState".into(), json!(upstream_state)),
+            None => params.remove("requestState"),
+        };
+    }
+    Ok(Some(Resumed {
+        request_id,
+        round: envelope.k,
+    }))
+}
+
+/// Seals the `requestState` of an `InputRequiredResult` answering one stateless call.
+pub(crate) struct Issuer {
+    gw: Arc<Gateway>,
+    grant: String,
+    server: String,
+    subject: String,
+    digest: String,
+    request_id: String,
+    round: u32,
+}
+
+impl Issuer {
+    /// For a stateless `message` (decided with `request_id`, `round` rounds in), else none.
+    pub(crate) fn for_call(
+        gw: &Arc<Gateway>,
+        grant: &str,
+        server: &str,
+        kind: SubjectKind,
+        message: &Value,
+        request_id: &str,
+        round: u32,
+    ) -> Option<Arc<Issuer>> {
+        protocol::is_stateless(message).then(|| {
+            Arc::new(Issuer {
+                gw: gw.clone(),
+                grant: grant.to_owned(),
+                server: server.to_owned(),
+                subject: subject(kind, message),
+                digest: digest(message),
+                request_id: request_id.to_owned(),
+                round,
+            })
+        })
+    }
+
+    /// Replaces the upstream's `requestState` of an `InputRequiredResult` in `message` with
+    /// an envelope; `true` when it did.
+    pub(crate) fn seal_into(&self, message: &mut Map<String, Value>) -> bool {
+        let Some(Value::Object(result)) = message.get_mut("result") else {
+            return false;
+        };
+        if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
+            return false;
+        }
+        let upstream_state = match result.get("requestState") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let ttl = self.gw.settings.input_state_ttl_ms;
+        let envelope = Envelope {
+            s: self.server.clone(),
+            n: self.subject.clone(),
+            d: self.digest.clone(),
+            r: self.request_id.clone(),
+            k: self.round + 1,
+            e: now_ms().saturating_add(ttl),
+            u: upstream_state,
+        };
+        let sealed = serde_json::to_vec(&envelope)
+            .ok()
+            .and_then(|plain| self.gw.sealer.seal_input_state(&self.grant, &plain));
+        match sealed {
+            Some(text) => {
+                result.insert("requestState".into(), json!(text));
+            }
+            // Nothing the edge cannot stand behind reaches the agent.
+            None => {
+                result.remove("requestState");
+            }
+        }
+        true
+    }
+}
