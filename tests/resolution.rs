@@ -855,7 +855,8 @@ async fn a_stateless_request_is_forwarded_with_derived_headers_and_its_list_stay
         &[("public", &upstream.url)],
     );
     let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {}});
+                      "io.modelcontextprotocol/clientCapabilities": {},
+                      "io.modelcontextprotocol/logLevel": "debug"});
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}});
     let headers = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")];
     let listed = send(&router, Method::POST, "/mcp/public", KEY_ALL, &headers, Some(&list)).await;
@@ -885,6 +886,9 @@ async fn a_stateless_request_is_forwarded_with_derived_headers_and_its_list_stay
         None,
         "the agent's own Mcp-Param-* is not passed on"
     );
+    // The request's `_meta` (a per-request log level among it) reaches the upstream as sent.
+    let body: Value = serde_json::from_str(&sent.body).expect("JSON");
+    assert_eq!(body["params"]["_meta"], meta, "{body}");
 }
 
 /// Issue 27, item 4: Multi Round-Trip Requests. The upstream's `requestState` never reaches

@@ -238,7 +238,13 @@ impl Agg<'_> {
                 "resource not found: no upstream of the session that could serve it to this grant lists it"
             );
             let text = "resource not found: no upstream of this session lists it";
-            let body = jsonrpc::error_body(Some(id), RESOURCE_NOT_FOUND, text, Some(json!({"uri": uri})));
+            // MCP 2026-07-28 answers a missing resource with -32602; earlier revisions -32002.
+            let code = if self.stateless {
+                jsonrpc::INVALID_PARAMS
+            } else {
+                RESOURCE_NOT_FOUND
+            };
+            let body = jsonrpc::error_body(Some(id), code, text, Some(json!({"uri": uri})));
             return jsonrpc::json_response(StatusCode::OK, &body);
         };
         let headers = self.headers_for(session.session_of(&server).flatten());
