@@ -1011,6 +1011,25 @@ async fn a_call_that_asks_for_input_is_charged_once_and_its_state_is_sealed() {
         "the upstream's own state"
     );
 
+    // Found by the hostile review: an envelope is good for one retry. Replayed, it would buy
+    // executions the limit never counted.
+    let calls_before = posts_of(&upstream, "tools/call");
+    let replayed = send(
+        &router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &headers("pay"),
+        Some(&call("pay", Some(&envelope))),
+    )
+    .await;
+    assert_eq!(replayed.message["error"]["code"], -32602, "{}", replayed.message);
+    assert_eq!(
+        posts_of(&upstream, "tools/call"),
+        calls_before,
+        "the replay reached no upstream"
+    );
+
     // The limit of one was taken once, by the logical call: a new call is refused.
     let again = send(
         &router,
@@ -1029,4 +1048,100 @@ async fn a_call_that_asks_for_input_is_charged_once_and_its_state_is_sealed() {
         "{}",
         again.message
     );
+}
+
+/// From the hostile review of the 2026-07-28 paths: a session-scoped limit holds per grant
+/// for stateless calls (they have no session: no shared bucket across grants, and no
+/// agent-chosen `Mcp-Session-Id` escapes it); a GET or DELETE carries none of the agent's
+/// routing headers; the answer to a decided read is private to its caller.
+#[tokio::test]
+async fn stateless_calls_cannot_escape_limits_or_smuggle_headers() {
+    let upstream = Hostile::start(|method, message| {
+        if method != Method::POST {
+            return Reply::Json(200, "{}".into());
+        }
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        let result = match message.get("method").and_then(Value::as_str) {
+            Some("resources/read") => json!({"contents": [{"uri": "file:///srv/public/a.txt", "text": "a"}],
+                                             "ttlMs": 600000, "cacheScope": "public", "resultType": "complete"}),
+            _ => json!({"content": [{"type": "text", "text": "done"}], "resultType": "complete"}),
+        };
+        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    })
+    .await;
+    let policy = r#"{"version": "1", "default": "deny",
+        "tools": {"chat": {"limits": [{"counter": "chat", "window": "1m", "max": 2, "scope": "session"}]}},
+        "resources": {"file:///srv/public/*": {}}}"#;
+    let router = edge(
+        policy,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("public", &upstream.url)],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "chat", "arguments": {}, "_meta": meta}});
+    let refused = |answer: &Answer| answer.message["result"]["isError"] == true;
+    for (i, session) in ["s-1", "s-2", "s-3"].iter().enumerate() {
+        let headers = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "chat"),
+            ("mcp-session-id", session),
+        ];
+        let answer = send(&router, Method::POST, "/mcp/public", KEY_ALL, &headers, Some(&call)).await;
+        assert_eq!(
+            refused(&answer),
+            i == 2,
+            "call {i} with a new session id: {}",
+            answer.message
+        );
+    }
+    // Another grant has a bucket of its own.
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "chat"),
+    ];
+    let other = send(&router, Method::POST, "/mcp/public", KEY_OTHER, &headers, Some(&call)).await;
+    assert!(!refused(&other), "{}", other.message);
+    assert!(
+        upstream
+            .received()
+            .iter()
+            .all(|r| r.headers.get("mcp-session-id").is_none()),
+        "a stateless call carries no session id upstream"
+    );
+
+    // A decided read is private to its caller.
+    let read = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read",
+                      "params": {"uri": "file:///srv/public/a.txt", "_meta": meta}});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "resources/read"),
+        ("mcp-name", "file:///srv/public/a.txt"),
+    ];
+    let answer = send(&router, Method::POST, "/mcp/public", KEY_ALL, &headers, Some(&read)).await;
+    assert_eq!(answer.message["result"]["cacheScope"], "private", "{}", answer.message);
+    assert!(answer.message["result"]["ttlMs"].as_u64().is_some_and(|t| t <= 5000));
+
+    // GET and DELETE carry none of the agent's routing headers.
+    let smuggled = [
+        ("mcp-session-id", "s-1"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "danger"),
+        ("mcp-param-region", "attacker"),
+    ];
+    let _ = send(&router, Method::DELETE, "/mcp/public", KEY_ALL, &smuggled, None).await;
+    let deleted = upstream
+        .received()
+        .into_iter()
+        .find(|r| r.method == Method::DELETE)
+        .expect("the DELETE reached the upstream");
+    for name in ["mcp-method", "mcp-name", "mcp-param-region"] {
+        assert!(deleted.headers.get(name).is_none(), "{name} was passed on");
+    }
 }

@@ -83,7 +83,13 @@ impl Exchange<'_> {
             tool: call.name().to_owned(),
             grant: self.caller.grant.clone(),
             agent: self.caller.agent.clone(),
-            session_id: header_text(self.headers, "mcp-session-id"),
+            // MCP 2026-07-28 has no sessions: a stateless call's session is its grant (a
+            // session-scoped limit then holds per grant, and no agent-chosen id escapes it).
+            session_id: if protocol::is_stateless(call.message()) {
+                format!("stateless grant {}", self.caller.grant)
+            } else {
+                header_text(self.headers, "mcp-session-id")
+            },
             arguments_json: call.arguments().map(Value::to_string).unwrap_or_default(),
             annotations,
             subject: self.caller.subject.clone().unwrap_or_default(),

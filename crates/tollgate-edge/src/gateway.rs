@@ -80,6 +80,8 @@ pub struct Gateway {
     /// Seals `requestState` envelopes (the aggregated endpoint's keys: any edge that shares
     /// them opens them).
     pub(crate) sealer: crate::sealed::Sealer,
+    /// `requestState` envelopes already used on this edge.
+    pub(crate) used_envelopes: crate::sealed::UsedEnvelopes,
     /// Keeps each session's GET stream ahead of its calls on this edge.
     pub(crate) order: StreamOrder,
     /// Visible sets of lists, per grant and policy.
@@ -117,6 +119,7 @@ impl Gateway {
             annotations: RwLock::default(),
             param_headers: RwLock::default(),
             sealer: crate::sealed::Sealer::new(&settings.aggregate.session_keys)?,
+            used_envelopes: Default::default(),
             order: StreamOrder::default(),
             visible: VisibleCache::new(Duration::from_millis(settings.list_cache_ms)),
             held: GrantQuota::new("edge.max_held_per_grant", settings.max_held_per_grant),

@@ -11,6 +11,11 @@
 //! foreign envelope (another grant, upstream or subject), or one past `edge.max_input_rounds`,
 //! is refused before anything is decided. The upstream gets its own `requestState` back,
 //! unchanged, or none if it gave none.
+//!
+//! An envelope is good for one retry: each carries a random id that the edge remembers until
+//! the envelope expires (a bounded set; when it is full, retries are refused rather than
+//! trusted), so replaying it cannot buy executions the limits did not count. The memory is
+//! this edge's: behind several edges an envelope could be used once on each.
 
 use std::sync::Arc;
 
@@ -40,6 +45,8 @@ struct Envelope {
     /// The upstream's own `requestState`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     u: Option<String>,
+    /// A random id: the envelope is good for one retry.
+    i: String,
 }
 
 /// A call resumed from an envelope: the request id to decide it with, and its round.
@@ -100,6 +107,12 @@ pub(crate) fn resume(
     if envelope.s != server || envelope.n != subject(kind, message) || envelope.e <= now_ms() {
         return Err(refused());
     }
+    if !gw.used_envelopes.take(&envelope.i, envelope.e, now_ms()) {
+        return Err(
+            "params.requestState was used already: each one is good for one retry (make the call again without it)"
+                .into(),
+        );
+    }
     let most = gw.settings.max_input_rounds;
     if envelope.k >= most {
         return Err(format!(
@@ -159,14 +172,23 @@ impl Issuer {
         })
     }
 
-    /// Replaces the upstream's `requestState` of an `InputRequiredResult` in `message` with
-    /// an envelope; `true` when it did.
+    /// Makes the answer to a decided call private to its caller (caching directives: it was
+    /// decided for this grant) and replaces the upstream's `requestState` of an
+    /// `InputRequiredResult` with an envelope; `true` when it changed something.
     pub(crate) fn seal_into(&self, message: &mut Map<String, Value>) -> bool {
         let Some(Value::Object(result)) = message.get_mut("result") else {
             return false;
         };
+        let mut changed = false;
+        if result.contains_key("cacheScope") || result.contains_key("ttlMs") {
+            let most = self.gw.settings.list_cache_ms;
+            let ttl = result.get("ttlMs").and_then(Value::as_u64).unwrap_or(0).min(most);
+            result.insert("ttlMs".into(), json!(ttl));
+            result.insert("cacheScope".into(), json!("private"));
+            changed = true;
+        }
         if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
-            return false;
+            return changed;
         }
         let upstream_state = match result.get("requestState") {
             Some(Value::String(s)) => Some(s.clone()),
@@ -181,6 +203,7 @@ impl Issuer {
             k: self.round + 1,
             e: now_ms().saturating_add(ttl),
             u: upstream_state,
+            i: uuid::Uuid::new_v4().simple().to_string(),
         };
         let sealed = serde_json::to_vec(&envelope)
             .ok()

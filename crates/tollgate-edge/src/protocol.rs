@@ -391,6 +391,10 @@ pub(crate) fn forwarded_headers(
     let mut headers = agent.clone();
     headers.remove(METHOD_HEADER);
     headers.remove(NAME_HEADER);
+    if !derived.is_empty() {
+        // A stateless request has no session: an id the agent sends along is nobody's.
+        headers.remove("mcp-session-id");
+    }
     let params: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with(PARAM_PREFIX))

@@ -145,6 +145,33 @@ impl Sealer {
     }
 }
 
+/// Ids of single-use sealed tokens (`requestState` envelopes) already used, until the tokens
+/// expire.
+#[derive(Default)]
+pub(crate) struct UsedEnvelopes(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+/// Envelopes remembered at most per edge.
+const MAX_USED_ENVELOPES: usize = 100_000;
+
+impl UsedEnvelopes {
+    /// Marks `id` (valid until `expires_ms`) used; `false` when it was used before, or when
+    /// the memory is full of unexpired envelopes (then nothing can be checked: refused).
+    pub(crate) fn take(&self, id: &str, expires_ms: u64, now: u64) -> bool {
+        let mut used = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if used.contains_key(id) {
+            return false;
+        }
+        if used.len() >= MAX_USED_ENVELOPES {
+            used.retain(|_, until| *until > now);
+            if used.len() >= MAX_USED_ENVELOPES {
+                return false;
+            }
+        }
+        used.insert(id.to_owned(), expires_ms);
+        true
+    }
+}
+
 /// Associated data for `purpose` and the grant.
 fn purpose_aad(purpose: &[u8], grant: &str) -> Vec<u8> {
     let mut aad = purpose.to_vec();

@@ -216,21 +216,28 @@ impl Upstream {
         body: Body,
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let post = method == Method::POST;
         let mut request = Request::builder().method(method).uri(self.uri.clone());
         if let Some(headers) = request.headers_mut() {
             for value in agent_headers.get_all(header::ACCEPT) {
                 headers.append(header::ACCEPT, value.clone());
             }
+            // Routing headers (`Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`) describe a POSTed
+            // message and are the edge's own, derived from it (`protocol::forwarded_headers`
+            // removed the agent's); a GET or DELETE carries none.
             for name in FORWARDED_REQUEST_HEADERS {
+                if !post && matches!(name, "mcp-method" | "mcp-name") {
+                    continue;
+                }
                 if let Some(value) = agent_headers.get(name) {
                     headers.insert(name, value.clone());
                 }
             }
-            // `Mcp-Param-*`: only ever the edge's own, derived from the decided arguments
-            // (`protocol::forwarded_headers` removed the agent's).
-            for (name, value) in agent_headers {
-                if name.as_str().starts_with("mcp-param-") {
-                    headers.insert(name.clone(), value.clone());
+            if post {
+                for (name, value) in agent_headers {
+                    if name.as_str().starts_with("mcp-param-") {
+                        headers.insert(name.clone(), value.clone());
+                    }
                 }
             }
             for (name, value) in &self.injected {
