@@ -3,6 +3,10 @@
 //! after its routing headers are checked against its body, and its results say they are
 //! complete (`resultType`) and how they may be cached. `server/discover` tells clients which
 //! revisions it speaks.
+//!
+//! Written by hand rather than on the official Rust SDK (`rmcp`): the demo pins the exact
+//! wire behaviour the gateway's tests rely on, in both eras, and whether `rmcp` speaks
+//! 2026-07-28 was not evaluated when this was added (issue 27 leaves it open).
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
