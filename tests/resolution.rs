@@ -1145,3 +1145,39 @@ async fn stateless_calls_cannot_escape_limits_or_smuggle_headers() {
         assert!(deleted.headers.get(name).is_none(), "{name} was passed on");
     }
 }
+
+/// Found by the first hostile review of issue 23: on `/mcp/{server}`, a completion of a
+/// resource the policy hides was forwarded (an existence oracle). It is answered like a
+/// missing one now; a visible one is completed.
+#[tokio::test]
+async fn per_server_completions_of_hidden_resources_are_not_forwarded() {
+    let policy = r#"{"version": "1", "default": "allow",
+        "resources": {"file:///srv/hidden/*": {"action": "deny"}}}"#;
+    let gate = gate(policy, EdgeSettings::default(), IdentitySettings::default()).await;
+    let complete = |uri: &str| {
+        json!({"jsonrpc": "2.0", "id": 10, "method": "completion/complete",
+               "params": {"ref": {"type": "ref/resource", "uri": uri}, "argument": {"name": "x", "value": ""}}})
+    };
+    let hidden = send(
+        &gate.router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &[],
+        Some(&complete("file:///srv/hidden/b.txt")),
+    )
+    .await;
+    assert_eq!(hidden.message["error"]["code"], -32602, "{}", hidden.message);
+    assert_eq!(posts_of(&gate.public, "completion/complete"), 0);
+    let visible = send(
+        &gate.router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &[],
+        Some(&complete("file:///srv/public/a.txt")),
+    )
+    .await;
+    assert!(visible.message["result"].is_object(), "{}", visible.message);
+    assert_eq!(posts_of(&gate.public, "completion/complete"), 1);
+}

@@ -141,11 +141,62 @@ pub async fn post(
                 }
                 response
             }
+            Route::Forward(Some(id))
+                if value.get("method").and_then(serde_json::Value::as_str) == Some("completion/complete") =>
+            {
+                // A completion names a prompt or resource: one the policy hides from this
+                // caller is answered like one that does not exist (no existence oracle).
+                match completion_visible(&exchange, &value).await {
+                    Ok(true) => exchange.forward(&value, Some(&id)).await,
+                    Ok(false) => invalid_params(
+                        &id,
+                        "completion/complete: params.ref names no prompt or resource of this server",
+                    ),
+                    Err(response) => response,
+                }
+            }
             Route::Forward(id) => exchange.forward(&value, id.as_ref()).await,
         }
     }
     .instrument(span)
     .await
+}
+
+/// Whether the prompt or resource a `completion/complete` names is one the caller could see
+/// listed (other references pass: they name nothing the policy decides).
+async fn completion_visible(exchange: &Exchange<'_>, message: &serde_json::Value) -> Result<bool, Response> {
+    let reference = message.pointer("/params/ref");
+    let text = |field: &str| {
+        reference
+            .and_then(|r| r.get(field))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let (kind, name) = match reference
+        .and_then(|r| r.get("type"))
+        .and_then(serde_json::Value::as_str)
+    {
+        Some("ref/prompt") => (SubjectKind::Prompt, text("name")),
+        Some("ref/resource") => (SubjectKind::Resource, text("uri")),
+        _ => return Ok(true),
+    };
+    let Some(name) = name else { return Ok(false) };
+    let listed = vec![tollgate_api::proto::Tool {
+        name: name.clone(),
+        annotations: None,
+    }];
+    match exchange.list_filter().visible(kind, listed).await {
+        Ok(visible) => Ok(visible.contains(&name)),
+        Err(refused) => {
+            let body = crate::jsonrpc::error_body(
+                message.get("id"),
+                crate::jsonrpc::INTERNAL_ERROR,
+                &refused.message,
+                None,
+            );
+            Err(crate::jsonrpc::json_response(StatusCode::SERVICE_UNAVAILABLE, &body))
+        }
+    }
 }
 
 pub async fn get(
