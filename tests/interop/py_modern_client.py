@@ -15,6 +15,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 
+def describe(e: BaseException) -> str:
+    """An exception with the ones a task group wrapped, for the test's message."""
+    inner = getattr(e, "exceptions", None)
+    if inner:
+        return f"{type(e).__name__}: " + "; ".join(describe(x) for x in inner)
+    return f"{type(e).__name__}: {e}"
+
+
 async def main(url: str, key: str, mode: str, tool: str, arguments: dict, calls: int) -> None:
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
     out: dict = {"mode": mode}
@@ -34,7 +42,7 @@ async def main(url: str, key: str, mode: str, tool: str, arguments: dict, calls:
                         results.append({"exception": f"{type(e).__name__}: {e}"})
                 out["results"] = results
         except Exception as e:
-            out["error"] = f"{type(e).__name__}: {e}"
+            out["error"] = describe(e)
     print(json.dumps(out))
 
 
