@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("request", 1),
     ("sealed", 1),
     ("server", 1),
+    ("tasks", 1),
     ("upstream", 1),
     ("visible", 1),
     ("jsonrpc", 0),

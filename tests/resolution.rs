@@ -1181,3 +1181,77 @@ async fn per_server_completions_of_hidden_resources_are_not_forwarded() {
     assert!(visible.message["result"].is_object(), "{}", visible.message);
     assert_eq!(posts_of(&gate.public, "completion/complete"), 1);
 }
+
+/// Issue 27, item 7 (the 2025-11-25 task shape on `/mcp/{server}`): an upstream knows only
+/// the gateway's credential, so the edge never shows its task ids. A created task comes back
+/// as a handle sealed for the caller's grant and the upstream; the handle works for that
+/// grant only (another grant's request, or the upstream's raw id, is an unknown task and
+/// reaches nothing), and a task list lists nothing (the upstream's holds every caller's).
+#[tokio::test]
+async fn task_ids_are_the_grants_own() {
+    let upstream = Hostile::start(|_, message| {
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        let result = match message.get("method").and_then(Value::as_str) {
+            Some("tools/call") => json!({"task": {"taskId": "T-123", "status": "working", "ttl": 60000}}),
+            Some("tasks/get") => json!({"taskId": message.pointer("/params/taskId"), "status": "completed"}),
+            Some("tasks/list") => json!({"tasks": [{"taskId": "T-123"}, {"taskId": "T-999"}], "nextCursor": "2"}),
+            _ => json!({}),
+        };
+        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    })
+    .await;
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"slow": {}}}"#;
+    let router = edge(
+        policy,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("public", &upstream.url)],
+    );
+    let created = send(
+        &router,
+        Method::POST,
+        "/mcp/public",
+        KEY_ALL,
+        &[],
+        Some(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                     "params": {"name": "slow", "arguments": {}, "task": {"ttl": 60000}}})),
+    )
+    .await;
+    let handle = created.message["result"]["task"]["taskId"]
+        .as_str()
+        .expect("a task id")
+        .to_owned();
+    assert!(handle.starts_with("tgk1.") && handle != "T-123", "{handle}");
+    let get = |task: &str| json!({"jsonrpc": "2.0", "id": 2, "method": "tasks/get", "params": {"taskId": task}});
+    let own = send(&router, Method::POST, "/mcp/public", KEY_ALL, &[], Some(&get(&handle))).await;
+    assert_eq!(
+        own.message["result"]["taskId"],
+        json!(handle),
+        "the same handle again: {}",
+        own.message
+    );
+    let sent = upstream.bodies();
+    assert!(
+        sent.last().is_some_and(|b| b.contains("\"T-123\"")),
+        "the upstream got its own id"
+    );
+    let before = posts_of(&upstream, "tasks/get");
+    for (key, task) in [(KEY_OTHER, handle.as_str()), (KEY_ALL, "T-123"), (KEY_ALL, "tgk1.AAAA")] {
+        let refused = send(&router, Method::POST, "/mcp/public", key, &[], Some(&get(task))).await;
+        assert_eq!(
+            refused.message["error"]["code"], -32602,
+            "{key} {task}: {}",
+            refused.message
+        );
+    }
+    assert_eq!(
+        posts_of(&upstream, "tasks/get"),
+        before,
+        "no foreign task request reached the upstream"
+    );
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/list"});
+    let listed = send(&router, Method::POST, "/mcp/public", KEY_ALL, &[], Some(&list)).await;
+    assert_eq!(listed.message["result"]["tasks"], json!([]), "{}", listed.message);
+}

@@ -43,6 +43,7 @@ impl Exchange<'_> {
             caller: self.caller.clone(),
             aggregate: self.aggregate.clone(),
             input_state: None,
+            seal_tasks: self.aggregate.is_none(),
         }
     }
 
@@ -100,8 +101,9 @@ impl Exchange<'_> {
         request
     }
 
-    /// [`Exchange::forward`] for a decided call: a 2026-07-28 answer that asks for input gets
-    /// its `requestState` sealed by `issuer` (streamed answers event by event, JSON answers
+    /// [`Exchange::forward`] for a decided call, or a request about a task: a 2026-07-28 answer
+    /// that asks for input gets its `requestState` sealed by `issuer`, and on `/mcp/{server}`
+    /// task ids become the caller's handles (streamed answers event by event, JSON answers
     /// read whole within `edge.max_upstream_message_bytes`).
     pub(crate) async fn forward_call(
         &self,
@@ -109,15 +111,17 @@ impl Exchange<'_> {
         id: &Value,
         issuer: Option<Arc<crate::mrtr::Issuer>>,
     ) -> Response {
-        let Some(issuer) = issuer else {
+        // Answers that may name a task are read whole too, so their task ids are sealed.
+        let names_tasks = self.aggregate.is_none() && crate::tasks::may_answer_with_tasks(message);
+        if issuer.is_none() && !names_tasks {
             return self.forward(message, Some(id)).await;
-        };
+        }
         let response = match self.send(message, Some(id)).await {
             Ok(response) => response,
             Err(response) => return response,
         };
         let mut filter = self.list_filter();
-        filter.input_state = Some(issuer);
+        filter.input_state = issuer;
         if crate::request::content_type_is(response.headers(), "text/event-stream") {
             return guarded(response, filter, Some(id.clone()));
         }

@@ -86,6 +86,9 @@ pub(crate) struct ListFilter {
     pub aggregate: Option<Arc<str>>,
     /// For the answer to a 2026-07-28 call: seals an `InputRequiredResult`'s `requestState`.
     pub input_state: Option<Arc<crate::mrtr::Issuer>>,
+    /// On `/mcp/{server}`: every task id in an answer becomes the caller's handle
+    /// ([`crate::tasks`]).
+    pub seal_tasks: bool,
 }
 
 /// Why a message could not be passed on, and the HTTP status that says so where the
@@ -107,6 +110,18 @@ impl ListFilter {
                     changed |= Box::pin(self.filter(item)).await?;
                 }
                 Ok(changed)
+            }
+            Value::Object(_) if self.seal_tasks => {
+                let sealed = crate::tasks::seal_ids(&self.gw.sealer, &self.caller.grant, &self.server, message);
+                let filtered = Box::pin(
+                    ListFilter {
+                        seal_tasks: false,
+                        ..self.clone()
+                    }
+                    .filter(message),
+                )
+                .await?;
+                Ok(sealed || filtered)
             }
             Value::Object(object) => {
                 if let Some(prefix) = &self.aggregate

@@ -42,6 +42,7 @@ mod server;
 mod settings;
 mod spans;
 mod sse;
+mod tasks;
 mod upstream;
 mod visible;
 

@@ -85,6 +85,17 @@ pub async fn post(
     if let Err(response) = protocol::check(&headers, &value, true) {
         return response;
     }
+    // Task handles name the caller's own tasks: one this grant does not hold for this
+    // upstream is answered like an unknown task, and goes nowhere.
+    let mut value = value;
+    if crate::tasks::names_a_task(&value)
+        && crate::tasks::open_ids(&gw.sealer, &caller.grant, &upstream.name, &mut value).is_err()
+    {
+        return match value.get("id").filter(|_| value.get("method").is_some()) {
+            Some(id) => invalid_params(id, "unknown task: no task of this grant has that id on this server"),
+            None => axum::response::IntoResponse::into_response(StatusCode::ACCEPTED),
+        };
+    }
     if let Some(tool) = (value.get("method").and_then(serde_json::Value::as_str) == Some("tools/call"))
         .then(|| value.pointer("/params/name").and_then(serde_json::Value::as_str))
         .flatten()
@@ -154,6 +165,9 @@ pub async fn post(
                     ),
                     Err(response) => response,
                 }
+            }
+            Route::Forward(Some(id)) if crate::tasks::may_answer_with_tasks(&value) => {
+                exchange.forward_call(&value, &id, None).await
             }
             Route::Forward(id) => exchange.forward(&value, id.as_ref()).await,
         }
@@ -256,6 +270,7 @@ async fn bodyless(
                 caller,
                 aggregate: None,
                 input_state: None,
+                seal_tasks: true,
             };
             holding(guarded(response, filter, None), slot)
         }

@@ -45,6 +45,8 @@ impl AggregateSession {
 pub(crate) struct Sealer {
     keys: Vec<LessSafeKey>,
     random: SystemRandom,
+    /// Derives the nonces of task handles, which are deterministic (see [`crate::tasks`]).
+    nonce_key: [u8; 32],
 }
 
 impl Sealer {
@@ -68,6 +70,11 @@ impl Sealer {
                 .map_err(|_| EdgeError::Config("no randomness for a session key".into()))?;
             raw.push(key);
         }
+        let nonce_key: [u8; 32] = Sha256::new()
+            .chain_update(b"tollgate task handle nonces\0")
+            .chain_update(raw[0])
+            .finalize()
+            .into();
         let keys = raw
             .iter()
             .map(|k| {
@@ -76,7 +83,11 @@ impl Sealer {
                     .map_err(|_| EdgeError::Config("invalid session key".into()))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Sealer { keys, random })
+        Ok(Sealer {
+            keys,
+            random,
+            nonce_key,
+        })
     }
 
     /// The session id for `session` of `grant`.
@@ -114,9 +125,37 @@ impl Sealer {
         self.open_as(INPUT_STATE_PREFIX, &purpose_aad(b"input\0", grant), text)
     }
 
+    /// The handle of upstream `server`'s task `task_id` for `grant`: deterministic (one task
+    /// has one handle, whatever answer or notification names it), authenticated, bound to the
+    /// grant and the upstream.
+    pub(crate) fn seal_task(&self, grant: &str, server: &str, task_id: &str) -> Option<String> {
+        let aad = task_aad(grant, server);
+        let digest = Sha256::new()
+            .chain_update(self.nonce_key)
+            .chain_update(&aad)
+            .chain_update([0u8])
+            .chain_update(task_id.as_bytes())
+            .finalize();
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&digest[..NONCE_LEN]);
+        self.seal_with_nonce(TASK_PREFIX, &aad, task_id.as_bytes(), nonce)
+    }
+
+    /// The task id a handle stands for, if it was sealed for `grant` and `server`.
+    pub(crate) fn open_task(&self, grant: &str, server: &str, handle: &str) -> Option<String> {
+        if handle.len() > MAX_TASK_HANDLE_BYTES {
+            return None;
+        }
+        String::from_utf8(self.open_as(TASK_PREFIX, &task_aad(grant, server), handle)?).ok()
+    }
+
     fn seal_as(&self, prefix: &str, aad: &[u8], plain: &[u8]) -> Option<String> {
         let mut nonce = [0u8; NONCE_LEN];
         self.random.fill(&mut nonce).ok()?;
+        self.seal_with_nonce(prefix, aad, plain, nonce)
+    }
+
+    fn seal_with_nonce(&self, prefix: &str, aad: &[u8], plain: &[u8], nonce: [u8; NONCE_LEN]) -> Option<String> {
         let mut data = plain.to_vec();
         self.keys
             .first()?
@@ -178,6 +217,19 @@ fn purpose_aad(purpose: &[u8], grant: &str) -> Vec<u8> {
     aad.extend_from_slice(grant.as_bytes());
     aad
 }
+
+/// A task handle's associated data: its purpose, the grant and the upstream.
+fn task_aad(grant: &str, server: &str) -> Vec<u8> {
+    let mut aad = purpose_aad(b"task\0", grant);
+    aad.push(0);
+    aad.extend_from_slice(server.as_bytes());
+    aad
+}
+
+/// Task handles start with this.
+const TASK_PREFIX: &str = "tgk1.";
+/// Longest task handle accepted.
+const MAX_TASK_HANDLE_BYTES: usize = 4096;
 
 /// Envelopes of `requestState` start with this.
 const INPUT_STATE_PREFIX: &str = "tgr1.";

@@ -389,6 +389,7 @@ pub async fn get(
                 caller: caller.clone(),
                 aggregate: Some(agg.agg().prefix_of(server)),
                 input_state: None,
+                seal_tasks: false,
             };
             Some(filter.event_stream(None, response.into_body()).into_data_stream())
         }
