@@ -1255,3 +1255,51 @@ async fn task_ids_are_the_grants_own() {
     let listed = send(&router, Method::POST, "/mcp/public", KEY_ALL, &[], Some(&list)).await;
     assert_eq!(listed.message["result"]["tasks"], json!([]), "{}", listed.message);
 }
+
+/// From the hostile review of the 2026-07-28 paths: on `/mcp`, the edge's own lookups that
+/// route a stateless read are made in that revision too (with its envelope and headers), so
+/// an upstream that speaks only 2026-07-28 answers them and the read is routed.
+#[tokio::test]
+async fn stateless_reads_on_mcp_are_routed_by_lookups_in_the_same_revision() {
+    let upstream = Hostile::start(|_, message| {
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        if message
+            .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+            .is_none()
+        {
+            let error = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": "2026-07-28 only"}});
+            return Reply::Json(400, error.to_string());
+        }
+        let result = match message.get("method").and_then(Value::as_str) {
+            Some("resources/list") => json!({"resources": [{"uri": "file:///srv/public/a.txt", "name": "a"}],
+                                             "resultType": "complete", "ttlMs": 0, "cacheScope": "private"}),
+            Some("resources/templates/list") => json!({"resourceTemplates": [], "resultType": "complete"}),
+            _ => json!({"contents": [{"uri": "file:///srv/public/a.txt", "text": "a"}], "resultType": "complete"}),
+        };
+        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    })
+    .await;
+    let router = edge(
+        ALLOW_ALL,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("public", &upstream.url)],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let read = json!({"jsonrpc": "2.0", "id": 4, "method": "resources/read",
+                      "params": {"uri": "file:///srv/public/a.txt", "_meta": meta}});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "resources/read"),
+        ("mcp-name", "file:///srv/public/a.txt"),
+    ];
+    let answer = send(&router, Method::POST, "/mcp", KEY_ALL, &headers, Some(&read)).await;
+    assert_eq!(
+        answer.message["result"]["contents"][0]["text"], "a",
+        "{}",
+        answer.message
+    );
+}

@@ -224,6 +224,11 @@ pub(crate) fn check(headers: &HeaderMap, value: &Value, stateless: bool) -> Resu
     }
 }
 
+/// The `params._meta` of a request the edge makes itself in the stateless revision.
+pub(crate) fn envelope() -> Value {
+    json!({PROTOCOL_VERSION_KEY: MODERN_VERSIONS[0], CLIENT_CAPABILITIES_KEY: {}})
+}
+
 /// Whether `message` is a request of a stateless revision this edge speaks.
 pub(crate) fn is_stateless(message: &Value) -> bool {
     declared_version(message)

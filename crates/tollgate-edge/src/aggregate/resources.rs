@@ -190,6 +190,11 @@ impl Agg<'_> {
                 if let Some(c) = &cursor {
                     message["params"] = json!({"cursor": c});
                 }
+                if self.stateless {
+                    // Asked in the revision the session speaks: with its envelope (and so its
+                    // routing headers), as any request of that revision.
+                    message["params"]["_meta"] = crate::protocol::envelope();
+                }
                 let Ok((answer, _)) = self.ask_as(server, upstream_session, &message, &id, false).await else {
                     break;
                 };
