@@ -905,10 +905,10 @@ async fn a_call_that_asks_for_input_is_charged_once_and_its_state_is_sealed() {
         };
         let state = message.pointer("/params/requestState").and_then(Value::as_str);
         let result = match (message.get("method").and_then(Value::as_str), state) {
-            (Some("tools/call"), None) => json!({"resultType": "input_required", "requestState": "S1",
+            (Some("tools/call"), None) => json!({"resultType": "input_required", "requestState": "upstream-state-S1",
                 "inputRequests": {"ok": {"method": "elicitation/create",
                     "params": {"message": "Confirm?", "requestedSchema": {"type": "object", "properties": {}}}}}}),
-            (Some("tools/call"), Some("S1")) => {
+            (Some("tools/call"), Some("upstream-state-S1")) => {
                 json!({"content": [{"type": "text", "text": "paid"}], "resultType": "complete"})
             }
             _ => {
@@ -956,7 +956,10 @@ async fn a_call_that_asks_for_input_is_charged_once_and_its_state_is_sealed() {
     let result = &first.message["result"];
     assert_eq!(result["resultType"], "input_required", "{}", first.message);
     let envelope = result["requestState"].as_str().expect("a requestState").to_owned();
-    assert!(envelope.starts_with("tgr1.") && !envelope.contains("S1"), "{envelope}");
+    assert!(
+        envelope.starts_with("tgr1.") && !envelope.contains("upstream-state"),
+        "{envelope}"
+    );
 
     for (key, tool, state) in [
         (KEY_ALL, "pay", "tgr1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
@@ -1007,7 +1010,7 @@ async fn a_call_that_asks_for_input_is_charged_once_and_its_state_is_sealed() {
         .collect();
     assert_eq!(
         sent.last().map(|b| b["params"]["requestState"].clone()),
-        Some(json!("S1")),
+        Some(json!("upstream-state-S1")),
         "the upstream's own state"
     );
 
