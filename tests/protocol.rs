@@ -294,21 +294,24 @@ async fn param_headers_follow_the_decided_arguments() {
     // the call elsewhere than where it was decided.
     let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                       "io.modelcontextprotocol/clientCapabilities": {}});
-    let answer = reqwest::Client::new()
-        .post(&edge)
-        .bearer_auth(KEY_A)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "k8s_scale")
-        .header("mcp-param-region", "us-1")
-        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-                      "params": {"name": "k8s_scale", "arguments": {"namespace": "web", "region": "eu-1", "replicas": 2},
-                                 "_meta": meta}}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(answer.status(), 400);
-    let body: Value = answer.json().await.expect("JSON");
-    assert_eq!(body["error"]["code"], -32020, "{body}");
+    // On both endpoints (on /mcp the tool is named with its prefix).
+    for (url, name) in [(edge.clone(), "k8s_scale"), (up.url("/mcp"), "k8s__k8s_scale")] {
+        let answer = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(KEY_A)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", name)
+            .header("mcp-param-region", "us-1")
+            .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                          "params": {"name": name, "arguments": {"namespace": "web", "region": "eu-1", "replicas": 2},
+                                     "_meta": meta}}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(answer.status(), 400, "{url}");
+        let body: Value = answer.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], -32020, "{url}: {body}");
+    }
 }

@@ -20,7 +20,20 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, mut call: Call) 
     // A 2026-07-28 retry that carries input: the same logical call keeps its request id (the
     // store counts it once); a forged or foreign envelope goes no further.
     let (grant, server) = (&exchange.caller.grant, &exchange.upstream.name);
-    let resumed = match mrtr::resume(gw, grant, server, call.kind, call.message_mut()) {
+    // The `Mcp-Param-*` headers a tool declares say what its arguments say (both doors).
+    if call.kind == tollgate_api::proto::SubjectKind::Tool
+        && let Some(declared) = gw.param_headers(server, call.name())
+        && let Err(text) = protocol::check_params(exchange.headers, call.message(), &declared)
+    {
+        return jsonrpc::error_response(
+            StatusCode::BAD_REQUEST,
+            Some(&call.id),
+            protocol::HEADER_MISMATCH,
+            &text,
+            None,
+        );
+    }
+    let resumed = match mrtr::resume(gw, grant, server, &mut call) {
         Ok(resumed) => resumed,
         Err(text) => return crate::resolve::invalid_params(&call.id, &text),
     };
@@ -49,15 +62,7 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, mut call: Call) 
         }
     };
     if decision.verdict() == Verdict::Allow {
-        let issuer = mrtr::Issuer::for_call(
-            gw,
-            grant,
-            server,
-            call.kind,
-            call.message(),
-            &request_id.to_string(),
-            round,
-        );
+        let issuer = mrtr::Issuer::for_call(gw, grant, server, &call, &request_id.to_string(), round);
         return exchange.forward_call(call.message(), &call.id, issuer).await;
     }
     if decision.verdict() == Verdict::ApprovalRequired

@@ -111,66 +111,64 @@ impl ListFilter {
                 }
                 Ok(changed)
             }
-            Value::Object(_) if self.seal_tasks => {
-                let sealed = crate::tasks::seal_ids(&self.gw.sealer, &self.caller.grant, &self.server, message);
-                let filtered = Box::pin(
-                    ListFilter {
-                        seal_tasks: false,
-                        ..self.clone()
-                    }
-                    .filter(message),
-                )
-                .await?;
-                Ok(sealed || filtered)
-            }
-            Value::Object(object) => {
-                if let Some(prefix) = &self.aggregate
-                    && mark_server_message(object, prefix)
-                {
-                    return Ok(true);
-                }
-                if let Some(issuer) = &self.input_state
-                    && issuer.seal_into(object)
-                {
-                    return Ok(true);
-                }
-                let Some(Value::Object(result)) = object.get_mut("result") else {
-                    return Ok(false);
+            Value::Object(_) => {
+                let sealed = self.seal_tasks
+                    && crate::tasks::seal_ids(&self.gw.sealer, &self.caller.grant, &self.server, message);
+                let Value::Object(object) = message else {
+                    return Ok(sealed);
                 };
-                let mut changed = false;
-                for (field, key, kind) in LISTS {
-                    let Some(items) = result.get_mut(field) else {
-                        continue;
-                    };
-                    let Value::Array(items) = items else {
-                        return Err(Refused {
-                            status: StatusCode::BAD_GATEWAY,
-                            message: format!(
-                                "upstream MCP server \"{}\" sent a result whose \"{field}\" is not an array",
-                                self.server
-                            ),
-                        });
-                    };
-                    self.retain_visible(kind, key, items).await?;
-                    if let Some(prefix) = &self.aggregate
-                        && kind != SubjectKind::Resource
-                    {
-                        let separator = &self.gw.settings.aggregate.separator;
-                        for item in items.iter_mut() {
-                            if let Some(Value::String(name)) = item.get_mut(key) {
-                                *name = format!("{prefix}{separator}{name}");
-                            }
-                        }
-                    }
-                    changed = true;
-                }
-                if changed {
-                    self.private_to_the_caller(result);
-                }
-                Ok(changed)
+                Ok(self.filter_object(object).await? || sealed)
             }
             _ => Ok(false),
         }
+    }
+
+    /// [`ListFilter::filter`] of one message.
+    async fn filter_object(&self, object: &mut serde_json::Map<String, Value>) -> Result<bool, Refused> {
+        if let Some(prefix) = &self.aggregate
+            && mark_server_message(object, prefix)
+        {
+            return Ok(true);
+        }
+        if let Some(issuer) = &self.input_state
+            && issuer.seal_into(object)
+        {
+            return Ok(true);
+        }
+        let Some(Value::Object(result)) = object.get_mut("result") else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for (field, key, kind) in LISTS {
+            let Some(items) = result.get_mut(field) else {
+                continue;
+            };
+            let Value::Array(items) = items else {
+                return Err(Refused {
+                    status: StatusCode::BAD_GATEWAY,
+                    message: format!(
+                        "upstream MCP server \"{}\" sent a result whose \"{field}\" is not an array",
+                        self.server
+                    ),
+                });
+            };
+            self.retain_visible(kind, key, items).await?;
+            if let Some(prefix) = &self.aggregate
+                && kind != SubjectKind::Resource
+            {
+                let separator = &self.gw.settings.aggregate.separator;
+                for item in items.iter_mut() {
+                    if let Some(Value::String(name)) = item.get_mut(key) {
+                        *name = format!("{prefix}{separator}{name}");
+                    }
+                }
+            }
+            changed = true;
+        }
+        if changed {
+            self.private_to_the_caller(result);
+        }
+        Ok(changed)
     }
 
     /// A filtered list of the 2026-07-28 revision (a result with caching directives) is one
@@ -187,6 +185,15 @@ impl ListFilter {
         let ttl = result.get("ttlMs").and_then(Value::as_u64).unwrap_or(0).min(most);
         result.insert("ttlMs".into(), Value::from(ttl));
         result.insert("cacheScope".into(), Value::from("private"));
+    }
+
+    /// Whether the caller could see `name` (a tool, resource URI or prompt) listed.
+    pub(crate) async fn sees(&self, kind: SubjectKind, name: &str) -> Result<bool, Refused> {
+        let listed = vec![Tool {
+            name: name.to_owned(),
+            annotations: None,
+        }];
+        Ok(self.visible(kind, listed).await?.iter().any(|v| v == name))
     }
 
     /// Keeps the entries (tools, resources, prompts: named by their `key` field) the caller

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tollgate_api::proto::SubjectKind;
 
 use crate::gateway::Gateway;
 use crate::protocol;
+use crate::resolve::Call;
 
 /// What an envelope binds; its text is `tgr1.` and the sealed JSON.
 #[derive(Serialize, Deserialize)]
@@ -61,20 +61,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn subject(kind: SubjectKind, message: &Value) -> String {
-    let field = crate::resolve::subject_field(kind);
-    let name = message
-        .pointer(&format!("/params/{field}"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    tollgate_api::subject_label(kind, name)
+/// The call's subject as approvals and envelopes name it.
+fn subject(call: &Call) -> String {
+    tollgate_api::subject_label(call.kind, call.name())
 }
 
-fn digest(message: &Value) -> String {
-    let arguments = message
-        .pointer("/params/arguments")
-        .map(Value::to_string)
-        .unwrap_or_default();
+/// SHA-256 of the call's arguments as decided.
+fn digest(call: &Call) -> String {
+    let arguments = call.arguments().map(Value::to_string).unwrap_or_default();
     hex::encode(Sha256::digest(arguments.as_bytes()))
 }
 
@@ -82,17 +76,11 @@ fn digest(message: &Value) -> String {
 /// upstream's own state back in its place; `Ok(None)` for a call that carries none (or is
 /// not of the stateless revision), `Err` (the refusal's text) for an envelope this edge
 /// cannot accept.
-pub(crate) fn resume(
-    gw: &Gateway,
-    grant: &str,
-    server: &str,
-    kind: SubjectKind,
-    message: &mut Value,
-) -> Result<Option<Resumed>, String> {
-    if !protocol::is_stateless(message) {
+pub(crate) fn resume(gw: &Gateway, grant: &str, server: &str, call: &mut Call) -> Result<Option<Resumed>, String> {
+    if !protocol::is_stateless(call.message()) {
         return Ok(None);
     }
-    let Some(state) = message.pointer("/params/requestState") else {
+    let Some(state) = call.message().pointer("/params/requestState") else {
         return Ok(None);
     };
     let refused = || {
@@ -104,7 +92,7 @@ pub(crate) fn resume(
         .open_input_state(grant, text)
         .and_then(|plain| serde_json::from_slice(&plain).ok())
         .ok_or_else(refused)?;
-    if envelope.s != server || envelope.n != subject(kind, message) || envelope.e <= now_ms() {
+    if envelope.s != server || envelope.n != subject(call) || envelope.e <= now_ms() {
         return Err(refused());
     }
     if !gw.used_envelopes.take(&envelope.i, envelope.e, now_ms()) {
@@ -120,12 +108,12 @@ pub(crate) fn resume(
         ));
     }
     // The same arguments: the same logical call, counted once. Others are a new call.
-    let request_id = if envelope.d == digest(message) {
+    let request_id = if envelope.d == digest(call) {
         envelope.r.clone()
     } else {
         uuid::Uuid::new_v4().to_string()
     };
-    if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
+    if let Some(params) = call.message_mut().get_mut("params").and_then(Value::as_object_mut) {
         match envelope.u {
             Some(upstream_state) => params.insert("requestState".into(), json!(upstream_state)),
             None => params.remove("requestState"),
@@ -149,23 +137,22 @@ pub(crate) struct Issuer {
 }
 
 impl Issuer {
-    /// For a stateless `message` (decided with `request_id`, `round` rounds in), else none.
+    /// For a stateless `call` (decided with `request_id`, `round` rounds in), else none.
     pub(crate) fn for_call(
         gw: &Arc<Gateway>,
         grant: &str,
         server: &str,
-        kind: SubjectKind,
-        message: &Value,
+        call: &Call,
         request_id: &str,
         round: u32,
     ) -> Option<Arc<Issuer>> {
-        protocol::is_stateless(message).then(|| {
+        protocol::is_stateless(call.message()).then(|| {
             Arc::new(Issuer {
                 gw: gw.clone(),
                 grant: grant.to_owned(),
                 server: server.to_owned(),
-                subject: subject(kind, message),
-                digest: digest(message),
+                subject: subject(call),
+                digest: digest(call),
                 request_id: request_id.to_owned(),
                 round,
             })

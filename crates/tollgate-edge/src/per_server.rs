@@ -96,20 +96,6 @@ pub async fn post(
             None => axum::response::IntoResponse::into_response(StatusCode::ACCEPTED),
         };
     }
-    if let Some(tool) = (value.get("method").and_then(serde_json::Value::as_str) == Some("tools/call"))
-        .then(|| value.pointer("/params/name").and_then(serde_json::Value::as_str))
-        .flatten()
-        && let Some(declared) = gw.param_headers(&upstream.name, tool)
-        && let Err(text) = protocol::check_params(&headers, &value, &declared)
-    {
-        return crate::jsonrpc::error_response(
-            StatusCode::BAD_REQUEST,
-            value.get("id"),
-            protocol::HEADER_MISMATCH,
-            &text,
-            None,
-        );
-    }
     let exchange = Exchange {
         gw: &gw,
         upstream,
@@ -195,12 +181,8 @@ async fn completion_visible(exchange: &Exchange<'_>, message: &serde_json::Value
         _ => return Ok(true),
     };
     let Some(name) = name else { return Ok(false) };
-    let listed = vec![tollgate_api::proto::Tool {
-        name: name.clone(),
-        annotations: None,
-    }];
-    match exchange.list_filter().visible(kind, listed).await {
-        Ok(visible) => Ok(visible.contains(&name)),
+    match exchange.list_filter().sees(kind, &name).await {
+        Ok(seen) => Ok(seen),
         Err(refused) => {
             let body = crate::jsonrpc::error_body(
                 message.get("id"),

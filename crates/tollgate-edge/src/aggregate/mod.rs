@@ -202,18 +202,6 @@ impl<'a> Agg<'a> {
             return invalid_params(id, &text);
         };
         message["params"]["name"] = json!(inner);
-        if kind == SubjectKind::Tool
-            && let Some(declared) = self.gw.param_headers(&server, &inner)
-            && let Err(text) = crate::protocol::check_params(self.headers, &message, &declared)
-        {
-            return jsonrpc::error_response(
-                StatusCode::BAD_REQUEST,
-                Some(id),
-                crate::protocol::HEADER_MISMATCH,
-                &text,
-                None,
-            );
-        }
         let call = match Call::new(kind, message) {
             Ok(call) => call,
             Err(text) => return invalid_params(id, &text),

@@ -16,7 +16,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
-use tollgate_api::proto::{SubjectKind, Tool};
+use tollgate_api::proto::SubjectKind;
 
 use super::{Agg, Aggregation, own_session, unknown_method};
 use crate::calls;
@@ -135,16 +135,12 @@ impl Agg<'_> {
             let Some(exchange) = self.exchange_for(session, server, &headers) else {
                 continue;
             };
-            let listed = vec![Tool {
-                name: uri.to_owned(),
-                annotations: None,
-            }];
-            let visible = exchange
+            let seen = exchange
                 .list_filter()
-                .visible(SubjectKind::Resource, listed)
+                .sees(SubjectKind::Resource, uri)
                 .await
                 .map_err(|refused| refused.message)?;
-            if visible.iter().any(|v| v == uri) {
+            if seen {
                 candidates.push(server.clone());
             }
         }
