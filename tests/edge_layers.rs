@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The decided exchange.
     ("calls", 7),
     ("held", 6),
+    ("listen", 6),
     ("lists", 6),
     ("exchange", 5),
     // The response guard.

@@ -315,3 +315,177 @@ async fn param_headers_follow_the_decided_arguments() {
         assert_eq!(body["error"]["code"], -32020, "{url}: {body}");
     }
 }
+
+/// The Python SDK client's `subscriptions/listen` through `url`, asking for `uris`; calls
+/// `tool` once the stream is acknowledged (see tests/interop/py_listen_client.py).
+fn listen_client(url: &str, tool: &str, uris: &[&str]) -> Value {
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/py_listen_client.py"
+        ))
+        .args([url, KEY_A, tool, &json!(uris).to_string()])
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+const PUBLIC: &str = "file:///etc/app/public.json";
+const SECRET: &str = "file:///etc/app/secret.json";
+
+/// `subscriptions/listen` (issue 27, item 6): on both endpoints a subscription carries the
+/// list changes and the updates of the resources the grant may read, never of the others
+/// (the upstream is not even asked for them); streams count against the grant's stream quota
+/// (a flood gets 429), carry keep-alives, and a filter naming too many URIs is refused.
+#[tokio::test]
+async fn subscriptions_carry_only_what_the_grant_may_read() {
+    let (_upstream, url) = modern_upstream();
+    let dir = support::temp_dir("protocol-listen");
+    let policy = format!(
+        r#"{{"version": "1", "default": "deny", "tools": {{"k8s_touch_config": {{}}}},
+            "resources": {{"{PUBLIC}": {{}}, "{SECRET}": {{"action": "deny"}}}}}}"#
+    );
+    let config = write_config(
+        &dir,
+        &url,
+        &[],
+        &policy,
+        "max_streams_per_grant = 2\nstream_keepalive_ms = 200",
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    for (endpoint, tool) in [
+        (up.url("/mcp/k8s"), "k8s_touch_config"),
+        (up.url("/mcp"), "k8s__k8s_touch_config"),
+    ] {
+        let seen = tokio::task::spawn_blocking({
+            let endpoint = endpoint.clone();
+            move || listen_client(&endpoint, tool, &[PUBLIC, SECRET])
+        })
+        .await
+        .expect("client");
+        assert!(seen.get("error").is_none(), "{endpoint}: {seen}");
+        assert_eq!(
+            seen["honored"],
+            json!({"toolsListChanged": true, "resourceSubscriptions": [PUBLIC]}),
+            "{endpoint}: the secret's updates are not the grant's to follow: {seen}"
+        );
+        assert_eq!(
+            seen["events"],
+            json!([{"kind": "ResourceUpdated", "uri": PUBLIC}, {"kind": "ToolsListChanged", "uri": null}]),
+            "{endpoint}: {seen}"
+        );
+    }
+
+    // Raw requests: quota, keep-alives, bounds.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let http = reqwest::Client::new();
+    let listen = |endpoint: String, id: u32, uris: Vec<String>| {
+        http.post(endpoint)
+            .bearer_auth(KEY_A)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .json(&json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+                          "params": {"_meta": meta, "notifications": {"toolsListChanged": true, "resourceSubscriptions": uris}}}))
+            .send()
+    };
+    let mut first = listen(up.url("/mcp/k8s"), 1, vec![]).await.expect("listen");
+    assert_eq!(first.status(), 200);
+    let second = listen(up.url("/mcp"), 2, vec![]).await.expect("listen");
+    assert_eq!(second.status(), 200);
+    // Past edge.max_streams_per_grant (2), on either endpoint.
+    for endpoint in [up.url("/mcp/k8s"), up.url("/mcp")] {
+        let third = listen(endpoint.clone(), 3, vec![]).await.expect("listen");
+        assert_eq!(third.status(), 429, "{endpoint}");
+    }
+    // The stream: the acknowledgment, then keep-alives while nothing happens.
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(seen.contains("notifications/subscriptions/acknowledged") && seen.contains(": keep-alive")) {
+        assert!(Instant::now() < deadline, "no acknowledgment and keep-alive: {seen}");
+        let chunk = tokio::time::timeout(Duration::from_secs(5), first.chunk())
+            .await
+            .expect("a keep-alive within 5 s")
+            .expect("chunk")
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(first);
+    drop(second);
+    // A slot is given back when its stream ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = listen(up.url("/mcp/k8s"), 4, vec![]).await.expect("listen");
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quota was not given back: {}",
+            again.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The session era's resources/subscribe: a resource the grant may not read is answered
+    // like one that does not exist, before the upstream (which would tell of its changes).
+    let subscribe = |uri: &str| {
+        http.post(up.url("/mcp/k8s"))
+            .bearer_auth(KEY_A)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "resources/subscribe", "params": {"uri": uri}}))
+            .send()
+    };
+    let secret: Value = subscribe(SECRET).await.expect("send").json().await.expect("JSON");
+    assert_eq!(secret["error"]["code"], -32602, "{secret}");
+    assert!(
+        secret["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no resource of this server")),
+        "{secret}"
+    );
+    let public = subscribe(PUBLIC).await.expect("send").text().await.expect("text");
+    assert!(!public.contains("no resource of this server"), "{public}");
+    // Too many URIs.
+    let uris: Vec<String> = (0..257).map(|i| format!("file:///etc/app/{i}.json")).collect();
+    let refused = listen(up.url("/mcp/k8s"), 5, uris).await.expect("listen");
+    let body: Value = refused.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("edge.max_subscription_uris")),
+        "{body}"
+    );
+}
+
+/// A client of the new revision in front of an upstream that speaks only the session era
+/// (`@modelcontextprotocol/server-everything`): the SDK's "auto" mode is told the revisions
+/// it can use (`-32022` with `data.supported`) and falls back to a session; a client pinned
+/// to 2026-07-28 gets an error naming the upstream and the versions (issue 27, item 1).
+#[test]
+fn a_modern_client_is_told_what_a_session_era_upstream_speaks() {
+    let everything = support::everything::Everything::start_http();
+    let dir = support::temp_dir("protocol-legacy-upstream");
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"echo": {}}}"#;
+    let config = write_config(&dir, &everything.url(), &[], policy, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    let edge = up.url("/mcp/k8s");
+    let auto = client(&edge, "auto", "echo", json!({"message": "hello"}), 1);
+    assert!(auto.get("error").is_none(), "{auto}");
+    assert!(
+        auto["protocol"].as_str().is_some_and(|p| p.starts_with("2025-")),
+        "auto mode falls back to a session: {auto}"
+    );
+    assert_eq!(auto["tools"], json!(["echo"]), "{auto}");
+    assert!(text(&auto["results"][0]).contains("hello"), "{auto}");
+
+    let pinned = client_once(&edge, "2026-07-28", "echo", json!({"message": "hello"}), 1);
+    let error = pinned["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("upstream MCP server \"k8s\" does not speak MCP 2026-07-28") && error.contains("2025-11-25"),
+        "a pinned client is told which upstream and which versions: {pinned}"
+    );
+}

@@ -11,9 +11,34 @@ from typing import Annotated
 
 from pydantic import Field
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("modern-k8s")
+
+PUBLIC = "file:///etc/app/public.json"
+SECRET = "file:///etc/app/secret.json"
+
+
+@server.resource(PUBLIC)
+def public_config() -> str:
+    """A configuration file every grant may read."""
+    return '{"replicas": 2}'
+
+
+@server.resource(SECRET)
+def secret_config() -> str:
+    """A configuration file the tests' policies keep from agents."""
+    return '{"password": "hunter2"}'
+
+
+@server.tool()
+async def k8s_touch_config(ctx: Context) -> str:
+    """Tell `subscriptions/listen` streams that both configuration files changed, then that
+    the tools list changed (nothing is changed)."""
+    await ctx.notify_resource_updated(PUBLIC)
+    await ctx.notify_resource_updated(SECRET)
+    await ctx.notify_tools_changed()
+    return "touched"
 
 
 @server.tool()

@@ -66,9 +66,36 @@ impl Exchange<'_> {
             .and_then(|tool| self.gw.param_headers(&self.upstream.name, tool));
         let derived = protocol::forwarded_headers(self.headers, message, declared.as_deref());
         let headers = derived.as_ref().unwrap_or(self.headers);
-        self.gw
+        let response = self
+            .gw
             .forward(self.upstream, self.caller, Method::POST, headers, body, id)
-            .await
+            .await?;
+        if protocol::is_stateless(message) && matches!(response.status().as_u16(), 400 | 404 | 405 | 406) {
+            return Err(self.refused_stateless(message, id, response).await);
+        }
+        Ok(response)
+    }
+
+    /// An upstream's HTTP refusal of a 2026-07-28 request, read (bounded) and named
+    /// ([`protocol::upstream_refused`]): most often an upstream of the session era only.
+    async fn refused_stateless(
+        &self,
+        message: &Value,
+        id: Option<&Value>,
+        response: axum::http::Response<Incoming>,
+    ) -> Response {
+        let status = response.status();
+        let method = jsonrpc::printable(message.get("method").and_then(Value::as_str).unwrap_or("a request"), 64);
+        let limit = self.gw.settings.max_upstream_message_bytes.min(64 * 1024);
+        let timeout = std::time::Duration::from_millis(self.gw.settings.upstream_timeout_ms);
+        let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(response.into_body(), limit));
+        let body = match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            _ => axum::body::Bytes::new(),
+        };
+        tracing::info!(upstream = %self.upstream.name, status = status.as_u16(), method = %method,
+            "the upstream refused a 2026-07-28 request");
+        protocol::upstream_refused(&self.upstream.name, &method, status, &body, id)
     }
 
     /// What the decision service is asked about `call` on this exchange.

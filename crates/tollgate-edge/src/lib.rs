@@ -14,9 +14,10 @@
 // Front doors: one per upstream, and the aggregated endpoint.
 mod aggregate;
 mod per_server;
-// The decided exchange: decide, hold, forward; lists forwarded and filtered.
+// The decided exchange: decide, hold, forward; lists forwarded and filtered; subscriptions.
 mod calls;
 mod held;
+mod listen;
 mod lists;
 // One exchange with one upstream, and the guard every answer passes.
 mod exchange;

@@ -22,10 +22,11 @@ pub enum McpMethod {
     NotificationsCancelled,
     NotificationsProgress,
     NotificationsRootsListChanged,
+    SubscriptionsListen,
     Other,
 }
 
-const NAMES: [(&str, McpMethod); 17] = [
+const NAMES: [(&str, McpMethod); 18] = [
     ("initialize", McpMethod::Initialize),
     ("ping", McpMethod::Ping),
     ("tools/call", McpMethod::ToolsCall),
@@ -46,6 +47,7 @@ const NAMES: [(&str, McpMethod); 17] = [
         "notifications/roots/list_changed",
         McpMethod::NotificationsRootsListChanged,
     ),
+    ("subscriptions/listen", McpMethod::SubscriptionsListen),
 ];
 
 impl McpMethod {

@@ -42,6 +42,8 @@ enum Route {
     Listed(McpMethod),
     /// `notifications/initialized`: forwarded, then the session's GET stream is awaited.
     Initialized,
+    /// `subscriptions/listen`: its filter narrowed, its stream held ([`crate::listen`]).
+    Listen(serde_json::Value),
     /// Forwarded as it is (with its id, if a request).
     Forward(Option<serde_json::Value>),
 }
@@ -54,6 +56,7 @@ impl Route {
                 McpMethod::ResourcesRead => Route::Decided(SubjectKind::Resource),
                 McpMethod::PromptsGet => Route::Decided(SubjectKind::Prompt),
                 m @ (McpMethod::ToolsList | McpMethod::ResourcesList | McpMethod::PromptsList) => Route::Listed(*m),
+                McpMethod::SubscriptionsListen => Route::Listen(message.id().cloned().unwrap_or_default()),
                 _ => Route::Forward(message.id().cloned()),
             },
             Message::Notification {
@@ -130,6 +133,7 @@ pub async fn post(
                 let id = value.get("id").cloned().unwrap_or_default();
                 lists::list(&exchange, method.name(), &value, &id).await
             }
+            Route::Listen(id) => crate::listen::per_server(&exchange, value, &id).await,
             Route::Initialized => {
                 let response = exchange.forward(&value, None).await;
                 let session = header_text(&headers, "mcp-session-id");
@@ -150,6 +154,30 @@ pub async fn post(
                         "completion/complete: params.ref names no prompt or resource of this server",
                     ),
                     Err(response) => response,
+                }
+            }
+            Route::Forward(Some(id))
+                if value.get("method").and_then(serde_json::Value::as_str) == Some("resources/subscribe") =>
+            {
+                // Updates of a resource the caller may not read are not its to follow.
+                let uri = value.pointer("/params/uri").and_then(serde_json::Value::as_str);
+                let uri = uri.filter(|u| tollgate_api::check_resource_uri(u).is_ok());
+                let seen = match uri {
+                    Some(uri) => exchange.list_filter().sees(SubjectKind::Resource, uri).await,
+                    None => Ok(false),
+                };
+                match seen {
+                    Ok(true) => exchange.forward(&value, Some(&id)).await,
+                    Ok(false) => invalid_params(&id, "resources/subscribe: no resource of this server has that URI"),
+                    Err(refused) => {
+                        let body = crate::jsonrpc::error_body(
+                            Some(&id),
+                            crate::jsonrpc::INTERNAL_ERROR,
+                            &refused.message,
+                            None,
+                        );
+                        crate::jsonrpc::json_response(refused.status, &body)
+                    }
                 }
             }
             Route::Forward(Some(id)) if crate::tasks::may_answer_with_tasks(&value) => {

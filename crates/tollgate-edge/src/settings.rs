@@ -128,6 +128,23 @@ pub struct EdgeSettings {
     /// further ones get 429. Default 32.
     #[serde(default = "default_max_streams_per_grant")]
     pub max_streams_per_grant: usize,
+    /// Interval of the keep-alive comments on `subscriptions/listen` streams (MCP
+    /// 2026-07-28), so proxies and clients do not end an idle subscription; 0 sends none.
+    /// Default 15000.
+    #[serde(default = "default_stream_keepalive_ms")]
+    pub stream_keepalive_ms: u64,
+    /// Most resource URIs one `subscriptions/listen` may name; a longer list is refused
+    /// (-32602). Default 256.
+    #[serde(default = "default_max_subscription_uris")]
+    pub max_subscription_uris: usize,
+}
+
+fn default_stream_keepalive_ms() -> u64 {
+    15_000
+}
+
+fn default_max_subscription_uris() -> usize {
+    256
 }
 
 fn default_max_held_per_grant() -> usize {
@@ -182,6 +199,8 @@ impl Default for EdgeSettings {
             list_cache_ms: default_list_cache_ms(),
             max_held_per_grant: default_max_held_per_grant(),
             max_streams_per_grant: default_max_streams_per_grant(),
+            stream_keepalive_ms: default_stream_keepalive_ms(),
+            max_subscription_uris: default_max_subscription_uris(),
         }
     }
 }

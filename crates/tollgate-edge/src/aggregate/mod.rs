@@ -22,6 +22,7 @@
 
 mod config;
 mod fanout;
+mod listen;
 mod resources;
 
 use std::sync::Arc;
@@ -317,6 +318,7 @@ pub async fn post(
                 agg.resource(&session, method, value, &id).await
             }
             McpMethod::CompletionComplete => agg.complete(&session, value, &id).await,
+            McpMethod::SubscriptionsListen => agg.listen(&session, value, &id).await,
             McpMethod::LoggingSetLevel => {
                 agg.broadcast(&session, &value).await;
                 ok_empty(&id)

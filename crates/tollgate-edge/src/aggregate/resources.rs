@@ -149,7 +149,7 @@ impl Agg<'_> {
 
     /// The upstream among `candidates` that lists `uri`; looks the candidates' lists up when
     /// no route is known and their last lookup is older than the lookup interval.
-    async fn route(&self, session: &AggregateSession, uri: &str, candidates: &[String]) -> Option<String> {
+    pub(super) async fn route(&self, session: &AggregateSession, uri: &str, candidates: &[String]) -> Option<String> {
         let routes = &self.door.routes;
         if let Some(server) = routes.known(uri, candidates) {
             return Some(server);
