@@ -261,6 +261,33 @@ async fn routing_headers_that_disagree_with_the_body_are_refused() {
             .is_some_and(|v| v.contains(&json!("2026-07-28")) && v.contains(&json!("2025-11-25"))),
         "{body}"
     );
+    // A version string of most of a megabyte, in the envelope and in the header: refused
+    // with an answer that does not echo it.
+    let huge = "2".repeat(900_000);
+    for in_header in [false, true] {
+        let mut request = http
+            .post(&edge)
+            .bearer_auth(KEY_A)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list",
+                          "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": huge}}}));
+        if in_header {
+            request = request.header("mcp-protocol-version", &huge[..16_000]);
+        }
+        let answer = request.send().await.expect("send");
+        let status = answer.status().as_u16();
+        let text = answer.text().await.expect("text");
+        assert!(
+            status == 400 || status == 431,
+            "{status}: {}",
+            &text[..text.len().min(300)]
+        );
+        assert!(
+            text.len() < 4096,
+            "the answer echoes the version ({} bytes)",
+            text.len()
+        );
+    }
 }
 
 /// `Mcp-Param-*` headers (issue 27, item 3): a tool whose schema marks an argument with
@@ -488,4 +515,76 @@ fn a_modern_client_is_told_what_a_session_era_upstream_speaks() {
         error.contains("upstream MCP server \"k8s\" does not speak MCP 2026-07-28") && error.contains("2025-11-25"),
         "a pinned client is told which upstream and which versions: {pinned}"
     );
+}
+
+/// The seed's limit (10 per window per grant) is exact for stateless calls spread over two
+/// edges and two decision replicas on Redis, with no session between the calls: 30 calls at
+/// once, alternating edges, and exactly 10 are admitted; the Python SDK's 2026-07-28 client
+/// on either edge is then refused by the limit (issue 27, tests).
+#[tokio::test]
+async fn the_seed_limit_is_exact_across_two_edges_without_sessions() {
+    let redis = support::redis::RedisServer::start();
+    let store = format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
+    let deployment = support::Deployment::start("protocol-exact", &support::seed_policy("1m"), &store, 2, 2);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let http = reqwest::Client::new();
+    let calls = (0..30).map(|i| {
+        let edge = deployment.edges[i % 2].clone();
+        let http = http.clone();
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                          "params": {"name": "k8s_rollout_pause", "arguments": {"namespace": "default", "name": "web"},
+                                     "_meta": meta}});
+        async move {
+            let answer = http
+                .post(&edge)
+                .bearer_auth(KEY_A)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "k8s_rollout_pause")
+                .header("mcp-session-id", format!("random-{i}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(answer.status(), 200);
+            let text = answer.text().await.expect("text");
+            let message = support::sse_messages(&text)
+                .into_iter()
+                .next()
+                .or_else(|| serde_json::from_str(&text).ok())
+                .unwrap_or_else(|| panic!("no answer: {text}"));
+            message["result"].clone()
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let admitted = results.iter().filter(|r| r["isError"] != true).count();
+    let limited = results
+        .iter()
+        .filter(|r| r["isError"] == true && text(r).contains("rate limit"))
+        .count();
+    assert_eq!((admitted, limited), (10, 20), "{results:?}");
+    for edge in &deployment.edges {
+        let seen = tokio::task::spawn_blocking({
+            let edge = edge.clone();
+            move || {
+                client(
+                    &edge,
+                    "2026-07-28",
+                    "k8s_rollout_pause",
+                    json!({"namespace": "default", "name": "web"}),
+                    1,
+                )
+            }
+        })
+        .await
+        .expect("client");
+        assert_eq!(seen["protocol"], "2026-07-28", "{seen}");
+        let result = &seen["results"][0];
+        assert!(
+            result["isError"] == true && text(result).contains("rate limit"),
+            "{edge}: {seen}"
+        );
+    }
 }
