@@ -33,7 +33,12 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
         let mut config = config;
         start_stdio_servers(&mut config, &shutdown).await?;
         let (engine, status) = start_engine(&config).await?;
-        serve_admin(&config, &engine, &status, &shutdown).await?;
+        let admin = serve_admin(&config, &engine, &status, &shutdown).await?;
+        // Approvals offered through the protocol point at this process's own console, unless
+        // configured otherwise.
+        if config.edge.console_url.is_none() && config.approvals.console_url.is_none() && config.console.enabled {
+            config.edge.console_url = Some(format!("http://{admin}"));
+        }
         let store = engine.store_kind();
         let scheme = scheme(&config);
         let banner = |addr| {
@@ -70,8 +75,12 @@ fn grpc_decider(config: &Config, addresses: &[String]) -> anyhow::Result<GrpcDec
 
 /// What the edge's router is built from.
 fn edge_parts(config: &Config, decider: Arc<dyn Decider>, policy_status: Option<Arc<PolicyStatus>>) -> EdgeParts {
+    let mut settings = config.edge.clone();
+    if settings.console_url.is_none() {
+        settings.console_url = config.approvals.console_url.clone();
+    }
     EdgeParts {
-        settings: config.edge.clone(),
+        settings,
         upstreams: config.upstreams.clone(),
         grants: config.grants.clone(),
         decider,
@@ -180,7 +189,7 @@ async fn serve_admin(
     engine: &Arc<Engine>,
     status: &Arc<PolicyStatus>,
     shutdown: &Shutdown,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<SocketAddr> {
     let settings = config.decision()?;
     let mut router = crate::admin::router(engine.clone(), operators(config)?);
     if config.console.enabled {
@@ -212,7 +221,7 @@ async fn serve_admin(
     if config.console.enabled {
         println!("console on http://{addr}/console (sign in with an [[operators]] key)");
     }
-    Ok(())
+    Ok(addr)
 }
 
 /// TLS to the decision services (`edge.decision_ca_file`, `decision_client_cert`/`_key`).

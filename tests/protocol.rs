@@ -588,3 +588,86 @@ async fn the_seed_limit_is_exact_across_two_edges_without_sessions() {
         );
     }
 }
+
+/// The Python SDK client (2026-07-28, with URL-mode elicitation) calling `tool` through
+/// `url`; resolves the approval it is pointed at with `verb` (see
+/// tests/interop/py_approval_client.py).
+fn approval_client(url: &str, admin: &str, verb: &str, tool: &str, arguments: Value) -> Value {
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/py_approval_client.py"
+        ))
+        .args([url, KEY_A, admin, OPERATOR_KEY, verb, tool, &arguments.to_string()])
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+const OPERATOR_KEY: &str = "tg_test_operator_key_for_protocol_tests";
+
+/// Approvals through the protocol (issue 27, item 5): a 2026-07-28 client that supports
+/// URL-mode elicitation is pointed at the approval in the console (an `InputRequiredResult`);
+/// once an operator approves, the SDK's retry goes through; a denial reaches it with the
+/// operator's reason; a user who declines to follow it ends the call. On both endpoints.
+#[tokio::test]
+async fn approvals_reach_modern_clients_as_url_elicitations() {
+    let (_upstream, url) = modern_upstream();
+    let dir = support::temp_dir("protocol-approvals");
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"k8s_rollout_pause":
+        {"action": "require_approval", "approval": {"timeout": "5m", "mode": "retry"}}}}"#;
+    let config = write_config(&dir, &url, &[], policy, "");
+    support::append(
+        &config,
+        &format!(
+            "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n",
+            support::sha256_hex(OPERATOR_KEY)
+        ),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    let admin = up.admin_url.clone().expect("the operators' API");
+    for (endpoint, tool) in [
+        (up.url("/mcp/k8s"), "k8s_rollout_pause"),
+        (up.url("/mcp"), "k8s__k8s_rollout_pause"),
+    ] {
+        let run = |verb: &'static str, name: &'static str| {
+            let (endpoint, admin) = (endpoint.clone(), admin.clone());
+            tokio::task::spawn_blocking(move || {
+                approval_client(&endpoint, &admin, verb, tool, json!({"namespace": "web", "name": name}))
+            })
+        };
+        let approved = run("approve", "approved").await.expect("client");
+        let elicitations = approved["elicitations"].as_array().expect("elicitations");
+        assert_eq!(elicitations.len(), 1, "{endpoint}: {approved}");
+        let asked = &elicitations[0];
+        assert_eq!(asked["mode"], "url", "{approved}");
+        assert!(
+            asked["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with(&format!("{admin}/console#apr_"))),
+            "{endpoint}: the elicitation points at the approval in the console: {approved}"
+        );
+        assert_eq!(asked["operator_status"], 200, "{approved}");
+        let result = &approved["result"];
+        assert!(
+            result["isError"] != true && text(result).contains("paused web/approved"),
+            "{endpoint}: the approved call ran: {approved}"
+        );
+
+        let denied = run("deny", "denied").await.expect("client");
+        let result = &denied["result"];
+        assert!(
+            result["isError"] == true && text(result).contains("said deny in a test"),
+            "{endpoint}: the denial and its reason reach the client: {denied}"
+        );
+
+        let declined = run("decline", "declined").await.expect("client");
+        let result = &declined["result"];
+        assert!(
+            result["isError"] == true && text(result).contains("declined to follow approval apr_"),
+            "{endpoint}: {declined}"
+        );
+    }
+}

@@ -38,6 +38,20 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, mut call: Call) 
         Err(text) => return crate::resolve::invalid_params(&call.id, &text),
     };
     let round = resumed.as_ref().map_or(0, |r| r.round);
+    if let Some((approval_id, true)) = resumed.as_ref().and_then(|r| r.approval.as_ref()) {
+        // The user would not follow the approval: the call stops here (the approval stays
+        // pending until an operator resolves it or it expires).
+        let mut decision = tollgate_api::proto::Decision {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            rule: "approval".into(),
+            reason: format!("its user declined to follow approval {approval_id}; make the call again to ask anew"),
+            approval_id: approval_id.clone(),
+            ..Default::default()
+        };
+        decision.set_verdict(Verdict::ApprovalRequired);
+        let body = refusal::body(&call.id, &decision, call.refusal_mode(&gw.settings));
+        return jsonrpc::json_response(StatusCode::OK, &protocol::answer_for(call.message(), body));
+    }
     let request_id = resumed
         .and_then(|r| uuid::Uuid::parse_str(&r.request_id).ok())
         .unwrap_or_else(uuid::Uuid::new_v4);
@@ -64,6 +78,23 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, mut call: Call) 
     if decision.verdict() == Verdict::Allow {
         let issuer = mrtr::Issuer::for_call(gw, grant, server, &call, &request_id.to_string(), round);
         return exchange.forward_call(call.message(), &call.id, issuer).await;
+    }
+    // A 2026-07-28 client that can follow URLs is asked to follow the approval in the
+    // console (a URL elicitation); its retry is decided again, as the same logical call.
+    if decision.verdict() == Verdict::ApprovalRequired
+        && !decision.approval_id.is_empty()
+        && !call.is_task
+        && mrtr::elicits_urls(call.message())
+        && let Some(console) = &gw.settings.console_url
+        && let Some(issuer) = mrtr::Issuer::for_call(gw, grant, server, &call, &request_id.to_string(), round)
+    {
+        let url = format!("{}/console#{}", console.trim_end_matches('/'), decision.approval_id);
+        let what = tollgate_api::subject_label(call.kind, call.name());
+        let what = format!("{} on {server}", jsonrpc::printable(&what, 128));
+        return jsonrpc::json_response(
+            StatusCode::OK,
+            &issuer.approval_answer(&call.id, &decision.approval_id, &what, &url),
+        );
     }
     if decision.verdict() == Verdict::ApprovalRequired
         && decision.hold_ms > 0

@@ -108,6 +108,13 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
             "no [[grants]] configured: no agent could authenticate".into(),
         ));
     }
+    if let Some(url) = &parts.settings.console_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(EdgeError::Config(format!(
+            "edge.console_url must be an http:// or https:// URL, not {url:?}"
+        )));
+    }
     let connect_timeout = Duration::from_millis(parts.settings.upstream_timeout_ms.min(10_000));
     let mut upstreams = HashMap::new();
     for u in &parts.upstreams {

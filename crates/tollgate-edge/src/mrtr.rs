@@ -47,12 +47,23 @@ struct Envelope {
     u: Option<String>,
     /// A random id: the envelope is good for one retry.
     i: String,
+    /// The approval the gateway itself asked the client's user to follow (a URL
+    /// elicitation, [`Issuer::approval_answer`]); its input response is the gateway's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
 }
+
+/// The key of the gateway's own input request (an approval to follow) in `inputRequests`
+/// and `inputResponses`.
+pub(crate) const APPROVAL_INPUT: &str = "tollgate_approval";
 
 /// A call resumed from an envelope: the request id to decide it with, and its round.
 pub(crate) struct Resumed {
     pub(crate) request_id: String,
     pub(crate) round: u32,
+    /// The approval the gateway's own elicitation pointed at, and whether the user declined
+    /// or cancelled it (the call then goes no further).
+    pub(crate) approval: Option<(String, bool)>,
 }
 
 fn now_ms() -> u64 {
@@ -113,15 +124,32 @@ pub(crate) fn resume(gw: &Gateway, grant: &str, server: &str, call: &mut Call) -
     } else {
         uuid::Uuid::new_v4().to_string()
     };
+    let mut approval = None;
     if let Some(params) = call.message_mut().get_mut("params").and_then(Value::as_object_mut) {
         match envelope.u {
             Some(upstream_state) => params.insert("requestState".into(), json!(upstream_state)),
             None => params.remove("requestState"),
         };
+        // The answer to the gateway's own input request is the gateway's: the upstream never
+        // asked for it. A retry after an approval elicitation carries only that one.
+        if let Some(approval_id) = envelope.a {
+            let responses = params.get_mut("inputResponses").and_then(Value::as_object_mut);
+            let ours = responses.and_then(|r| r.remove(APPROVAL_INPUT));
+            let action = ours.as_ref().and_then(|r| r.get("action")).and_then(Value::as_str);
+            let declined = matches!(action, Some("decline" | "cancel"));
+            if params
+                .get("inputResponses")
+                .is_some_and(|r| r.as_object().is_none_or(serde_json::Map::is_empty))
+            {
+                params.remove("inputResponses");
+            }
+            approval = Some((approval_id, declined));
+        }
     }
     Ok(Some(Resumed {
         request_id,
         round: envelope.k,
+        approval,
     }))
 }
 
@@ -191,6 +219,7 @@ impl Issuer {
             e: now_ms().saturating_add(ttl),
             u: upstream_state,
             i: uuid::Uuid::new_v4().simple().to_string(),
+            a: None,
         };
         let sealed = serde_json::to_vec(&envelope)
             .ok()
@@ -206,4 +235,54 @@ impl Issuer {
         }
         true
     }
+}
+
+impl Issuer {
+    /// The answer to a stateless call held for approval, for a client that supports URL-mode
+    /// elicitation: an `InputRequiredResult` asking its user to follow the approval at `url`,
+    /// with an envelope whose retry is decided again (same request id: charged once).
+    pub(crate) fn approval_answer(&self, id: &Value, approval_id: &str, what: &str, url: &str) -> Value {
+        let ttl = self.gw.settings.input_state_ttl_ms;
+        let envelope = Envelope {
+            s: self.server.clone(),
+            n: self.subject.clone(),
+            d: self.digest.clone(),
+            r: self.request_id.clone(),
+            k: self.round + 1,
+            e: now_ms().saturating_add(ttl),
+            u: None,
+            i: uuid::Uuid::new_v4().simple().to_string(),
+            a: Some(approval_id.to_owned()),
+        };
+        let sealed = serde_json::to_vec(&envelope)
+            .ok()
+            .and_then(|plain| self.gw.sealer.seal_input_state(&self.grant, &plain));
+        let message = format!(
+            "An operator must approve this call ({what}) before it runs: approval {approval_id}. \
+             The link opens it in Tollgate's console; once it is decided, continue to retry the call."
+        );
+        let mut result = json!({
+            "resultType": "input_required",
+            "inputRequests": {
+                APPROVAL_INPUT: {
+                    "method": "elicitation/create",
+                    "params": {"mode": "url", "message": message, "url": url, "elicitationId": approval_id},
+                }
+            },
+        });
+        if let Some(sealed) = sealed {
+            result["requestState"] = json!(sealed);
+        }
+        json!({"jsonrpc": "2.0", "id": id, "result": result})
+    }
+}
+
+/// Whether a stateless `message`'s client says it can follow URL-mode elicitations.
+pub(crate) fn elicits_urls(message: &Value) -> bool {
+    message
+        .pointer("/params/_meta")
+        .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
+        .and_then(|c| c.get("elicitation"))
+        .and_then(|e| e.get("url"))
+        .is_some_and(Value::is_object)
 }

@@ -137,6 +137,13 @@ pub struct EdgeSettings {
     /// (-32602). Default 256.
     #[serde(default = "default_max_subscription_uris")]
     pub max_subscription_uris: usize,
+    /// The operators' console as the callers' users reach it (`https://tollgate.example.com`).
+    /// When set, a 2026-07-28 call held for approval by a client that supports URL-mode
+    /// elicitation is answered with an `InputRequiredResult` pointing at
+    /// `{console_url}/console#{approval_id}`; its retry is decided again. Default: the
+    /// `[approvals] console_url`, and in `tollgate up` the local console.
+    #[serde(default)]
+    pub console_url: Option<String>,
 }
 
 fn default_stream_keepalive_ms() -> u64 {
@@ -201,6 +208,7 @@ impl Default for EdgeSettings {
             max_streams_per_grant: default_max_streams_per_grant(),
             stream_keepalive_ms: default_stream_keepalive_ms(),
             max_subscription_uris: default_max_subscription_uris(),
+            console_url: None,
         }
     }
 }
