@@ -396,3 +396,50 @@ async fn a_call_held_for_approval_on_the_aggregated_endpoint_goes_through_once_a
     assert!(support::refusal(result).is_none(), "{}", answer.message);
     assert!(support::text(result).contains("scaled"), "{}", answer.message);
 }
+
+/// Issue 27, item 7: a task's whole lifecycle with the TypeScript SDK, on `/mcp/{server}`
+/// and on `/mcp`, against server-everything's task-only tool: the call is decided, its task
+/// streamed to its result; the task id the client holds is its grant's handle, which the
+/// grant can look up and another grant cannot (an unknown task for it).
+#[tokio::test]
+async fn a_task_runs_to_its_result_on_both_endpoints_and_stays_its_grants() {
+    let everything = Everything::start_http();
+    let dir = support::temp_dir("aggregate-tasks");
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"simulate-research-query": {}}}"#;
+    let config = write_config(&dir, &everything.url(), &[], policy, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    for (url, tool) in [
+        (up.url("/mcp/k8s"), "simulate-research-query"),
+        (up.url("/mcp"), "k8s__simulate-research-query"),
+    ] {
+        let seen = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || support::run_json("node", &["tests/interop/tasks_client.mjs", &url, KEY_A, KEY_B, tool])
+        })
+        .await
+        .expect("sdk client task");
+        let handle = seen["taskId"].as_str().unwrap_or_default();
+        assert!(handle.starts_with("tgk1."), "{url}: the client holds a handle: {seen}");
+        assert!(
+            seen["messages"]
+                .as_array()
+                .is_some_and(|m| m.contains(&json!("result"))),
+            "{url}: the task ran to its result: {seen}"
+        );
+        assert!(
+            seen["result"]["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("tollgate")),
+            "{url}: {seen}"
+        );
+        assert_eq!(seen["own"]["ok"]["taskId"], json!(handle), "{url}: {seen}");
+        for refused in ["other", "otherResult"] {
+            assert!(
+                seen[refused]["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("unknown task")),
+                "{url}: another grant's {refused}: {seen}"
+            );
+        }
+    }
+}

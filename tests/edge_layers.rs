@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("gateway", 2),
     // Basics.
     ("auth", 1),
+    ("eras", 1),
     ("identity", 1),
     ("marks", 1),
     ("order", 1),

@@ -774,35 +774,55 @@ async fn a_prefix_that_would_split_elsewhere_is_refused_at_start() {
     assert!(tollgate_edge::router(parts("a")).is_ok());
 }
 
-/// Issue 26, item 5: tasks cannot be followed through `/mcp` yet, so a tool that can only
-/// run as a task is not listed there, and a task-augmented call is refused before it creates
-/// a task upstream that nobody could reach.
+/// Issue 27, item 7: tasks work on `/mcp` as on `/mcp/{server}`. A task-only tool is listed;
+/// a task-augmented call is decided and creates its task upstream; the task id comes back as
+/// a handle of the caller's grant, and a request naming it goes to the one upstream that made
+/// it, with that upstream's own id. Another grant's request, the raw id, or a handle of
+/// another upstream reach nothing; `tasks/list` lists nothing; the initialize answer offers
+/// task-augmented calls.
 #[tokio::test]
-async fn tasks_that_could_not_be_followed_are_not_offered_on_mcp() {
-    let upstream = Hostile::start(|method, message| {
-        if method != Method::POST {
-            return Reply::Hang(": open\n\n".into());
+async fn tasks_on_mcp_are_the_grants_own() {
+    let script = |me: &'static str| {
+        move |method: &Method, message: &Value| {
+            if *method != Method::POST {
+                return Reply::Hang(": open\n\n".into());
+            }
+            let Some(id) = message.get("id") else {
+                return Reply::Accepted;
+            };
+            let result = match message.get("method").and_then(Value::as_str) {
+                Some("initialize") => json!({"protocolVersion": "2025-11-25",
+                    "capabilities": {"tools": {}, "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}},
+                    "serverInfo": {"name": me, "version": "1"}}),
+                Some("tools/list") => json!({"tools": [
+                    {"name": "quick", "inputSchema": {"type": "object"}},
+                    {"name": "slow", "inputSchema": {"type": "object"}, "execution": {"taskSupport": "required"}}]}),
+                Some("tools/call") => json!({"task": {"taskId": format!("T-{me}"), "status": "working", "ttl": 60000}}),
+                Some("tasks/get") => json!({"taskId": message.pointer("/params/taskId"), "status": "completed",
+                                            "statusMessage": format!("asked {me}")}),
+                _ => json!({}),
+            };
+            Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
         }
-        let Some(id) = message.get("id") else {
-            return Reply::Accepted;
-        };
-        let result = match message.get("method").and_then(Value::as_str) {
-            Some("initialize") => json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}, "tasks": {}},
-                                         "serverInfo": {"name": "u", "version": "1"}}),
-            Some("tools/list") => json!({"tools": [
-                {"name": "quick", "inputSchema": {"type": "object"}},
-                {"name": "slow", "inputSchema": {"type": "object"}, "execution": {"taskSupport": "required"}},
-                {"name": "either", "inputSchema": {"type": "object"}, "execution": {"taskSupport": "optional"}}]}),
-            _ => json!({"content": [{"type": "text", "text": "done"}]}),
-        };
-        Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
-    })
-    .await;
+    };
+    let work = Hostile::start(script("work")).await;
+    let spare = Hostile::start(script("spare")).await;
     let router = edge(
         ALLOW_ALL,
         EdgeSettings::default(),
         IdentitySettings::default(),
-        &[("work", &upstream.url)],
+        &[("work", &work.url), ("spare", &spare.url)],
+    );
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let opened = send(&router, Method::POST, "/mcp", KEY_ALL, &[], Some(&initialize)).await;
+    assert!(
+        opened
+            .message
+            .pointer("/result/capabilities/tasks/requests/tools/call")
+            .is_some(),
+        "{}",
+        opened.message
     );
     let session = aggregated_session(&router, KEY_ALL).await;
     let with = [("mcp-session-id", session.as_str())];
@@ -812,19 +832,51 @@ async fn tasks_that_could_not_be_followed_are_not_offered_on_mcp() {
         .as_array()
         .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
         .unwrap_or_default();
-    assert!(
-        names.iter().any(|n| n.ends_with("quick")) && names.iter().any(|n| n.ends_with("either")),
-        "{names:?}"
-    );
-    assert!(
-        !names.iter().any(|n| n.ends_with("slow")),
-        "a task-only tool is listed: {names:?}"
-    );
+    assert!(names.contains(&"work__slow"), "a task-only tool is listed: {names:?}");
     let task = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-        "params": {"name": "work__either", "arguments": {}, "task": {"ttl": 60000}}});
-    let refused = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&task)).await;
-    assert_eq!(refused.message["error"]["code"], -32602, "{}", refused.message);
-    assert_eq!(posts_of(&upstream, "tools/call"), 0, "no task was created upstream");
+        "params": {"name": "work__slow", "arguments": {}, "task": {"ttl": 60000}}});
+    let created = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&task)).await;
+    let handle = created.message["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a task: {}", created.message))
+        .to_owned();
+    assert!(handle.starts_with("tgk1.") && handle != "T-work", "{handle}");
+    let get = |task: &str| json!({"jsonrpc": "2.0", "id": 4, "method": "tasks/get", "params": {"taskId": task}});
+    let own = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&get(&handle))).await;
+    assert_eq!(own.message["result"]["taskId"], json!(handle), "{}", own.message);
+    assert_eq!(
+        own.message["result"]["statusMessage"], "asked work",
+        "routed to its upstream"
+    );
+    assert!(
+        work.bodies().last().is_some_and(|b| b.contains("\"T-work\"")),
+        "the upstream got its own id"
+    );
+    assert_eq!(posts_of(&spare, "tasks/get"), 0);
+    let other = aggregated_session(&router, KEY_OTHER).await;
+    let before = posts_of(&work, "tasks/get");
+    for (key, session, task) in [
+        (KEY_OTHER, other.as_str(), handle.as_str()),
+        (KEY_ALL, session.as_str(), "T-work"),
+        (KEY_ALL, session.as_str(), "tgk1.AAAA"),
+    ] {
+        let with = [("mcp-session-id", session)];
+        let refused = send(&router, Method::POST, "/mcp", key, &with, Some(&get(task))).await;
+        assert_eq!(
+            refused.message["error"]["code"], -32602,
+            "{key} {task}: {}",
+            refused.message
+        );
+    }
+    assert_eq!(
+        posts_of(&work, "tasks/get"),
+        before,
+        "no foreign task request reached an upstream"
+    );
+    assert_eq!(posts_of(&spare, "tasks/get"), 0);
+    let tasks = json!({"jsonrpc": "2.0", "id": 5, "method": "tasks/list"});
+    let listed = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&tasks)).await;
+    assert_eq!(listed.message["result"]["tasks"], json!([]), "{}", listed.message);
 }
 
 /// Issue 27: a 2026-07-28 request reaches the upstream with routing headers derived from the

@@ -43,7 +43,7 @@ impl Exchange<'_> {
             caller: self.caller.clone(),
             aggregate: self.aggregate.clone(),
             input_state: None,
-            seal_tasks: self.aggregate.is_none(),
+            seal_tasks: true,
         }
     }
 
@@ -77,7 +77,7 @@ impl Exchange<'_> {
     }
 
     /// An upstream's HTTP refusal of a 2026-07-28 request, read (bounded) and named
-    /// ([`protocol::upstream_refused`]): most often an upstream of the session era only.
+    /// ([`crate::eras::upstream_refused`]): most often an upstream of the session era only.
     async fn refused_stateless(
         &self,
         message: &Value,
@@ -95,7 +95,7 @@ impl Exchange<'_> {
         };
         tracing::info!(upstream = %self.upstream.name, status = status.as_u16(), method = %method,
             "the upstream refused a 2026-07-28 request");
-        protocol::upstream_refused(&self.upstream.name, &method, status, &body, id)
+        crate::eras::upstream_refused(&self.upstream.name, &method, status, &body, id)
     }
 
     /// What the decision service is asked about `call` on this exchange.
@@ -139,7 +139,7 @@ impl Exchange<'_> {
         issuer: Option<Arc<crate::mrtr::Issuer>>,
     ) -> Response {
         // Answers that may name a task are read whole too, so their task ids are sealed.
-        let names_tasks = self.aggregate.is_none() && crate::tasks::may_answer_with_tasks(message);
+        let names_tasks = crate::tasks::may_answer_with_tasks(message);
         if issuer.is_none() && !names_tasks {
             return self.forward(message, Some(id)).await;
         }

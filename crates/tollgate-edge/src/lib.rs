@@ -28,6 +28,7 @@ mod resolve;
 mod gateway;
 // Basics: authentication, parsing, upstream clients, settings.
 mod auth;
+mod eras;
 mod identity;
 mod jsonrpc;
 mod marks;

@@ -297,13 +297,7 @@ impl Agg<'_> {
                 }
             };
             answered += 1;
-            let mut listed: Vec<Value> = result.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
-            if field == "tools" {
-                // Tasks cannot be followed through /mcp (tasks/get and tasks/list have no
-                // upstream to go to): a tool that can only run as a task is not listed here.
-                listed
-                    .retain(|tool| tool.pointer("/execution/taskSupport").and_then(Value::as_str) != Some("required"));
-            }
+            let listed: Vec<Value> = result.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
             self.door.routes.learn(server, field, &listed);
             items.extend(listed);
             match result.get("nextCursor").and_then(Value::as_str) {
@@ -437,6 +431,21 @@ fn merged_initialize(results: &[(&String, Value)], requested: &str, agg: &Aggreg
                     merged[flag] = json!(true);
                 }
             }
+        }
+    }
+    // Tasks (2025-11-25): task-augmented tool calls and cancelling, where an upstream offers
+    // them; their ids are the caller's handles (see `tasks`). Listing is not offered: the
+    // gateway's `tasks/list` lists nothing.
+    for (_, result) in results {
+        let Some(tasks) = result.pointer("/capabilities/tasks") else {
+            continue;
+        };
+        let merged = capabilities.entry("tasks").or_insert_with(|| json!({}));
+        if tasks.pointer("/requests/tools/call").is_some() {
+            merged["requests"] = json!({"tools": {"call": {}}});
+        }
+        if tasks.get("cancel").is_some() {
+            merged["cancel"] = json!({});
         }
     }
     // The oldest revision any upstream answered (they all see the client's later

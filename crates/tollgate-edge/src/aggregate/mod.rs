@@ -24,6 +24,7 @@ mod config;
 mod fanout;
 mod listen;
 mod resources;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -177,14 +178,6 @@ impl<'a> Agg<'a> {
     /// which is what is decided and forwarded.
     async fn call(&self, session: &AggregateSession, kind: SubjectKind, mut message: Value, id: &Value) -> Response {
         let what = if kind == SubjectKind::Tool { "tool" } else { "prompt" };
-        if message.pointer("/params/task").is_some() {
-            // The task would be created upstream and then be out of reach: tasks/get and
-            // tasks/list on /mcp have no upstream to go to.
-            return invalid_params(
-                id,
-                "task-augmented calls are not supported on /mcp: call the tool on /mcp/{server}, where its task can be followed",
-            );
-        }
         let name = message
             .pointer("/params/name")
             .and_then(Value::as_str)
@@ -284,7 +277,9 @@ pub async fn post(
                 Ok(s) => s,
                 Err(response) => return response,
             };
-            return if value.get("method").is_some() {
+            return if crate::tasks::names_a_task(&value) {
+                agg.task_message(&session, &value, None).await
+            } else if value.get("method").is_some() {
                 agg.notification(&session, &value).await
             } else {
                 agg.answer_to_upstream(&session, &value).await
@@ -306,6 +301,12 @@ pub async fn post(
             Ok(s) => s,
             Err(response) => return response,
         };
+        if crate::tasks::names_a_task(&value) {
+            return agg.task_message(&session, &value, Some(&id)).await;
+        }
+        if name == "tasks/list" {
+            return tasks::no_tasks(&id);
+        }
         match method {
             McpMethod::Ping => ok_empty(&id),
             McpMethod::ToolsList => agg.list(&session, "tools", &value, &id).await,
@@ -379,7 +380,7 @@ pub async fn get(
                 caller: caller.clone(),
                 aggregate: Some(agg.agg().prefix_of(server)),
                 input_state: None,
-                seal_tasks: false,
+                seal_tasks: true,
             };
             Some(filter.event_stream(None, response.into_body()).into_data_stream())
         }
