@@ -6,7 +6,7 @@ mod support;
 
 use support::redis::RedisServer;
 use support::{Deployment, KEY_A, KEY_B, Proc, write_config};
-use tollgate_loadtest::{Load, Mode, Scenario, Target, exactness, run};
+use tollgate_loadtest::{Load, Mode, Protocol, Scenario, Target, exactness, run};
 
 fn scenario(edges: Vec<String>, upstream: String, mode: Mode) -> Scenario {
     let text = format!(
@@ -77,6 +77,63 @@ async fn harness_smoke_through_tollgate_up_closed_and_open_loop() {
         assert!(
             direct.verdicts.get("ALLOW").is_some_and(|n| *n > 20),
             "the upstream alone refuses nothing"
+        );
+    }
+}
+
+/// The harness's 2026-07-28 mode (`--protocol 2026-07-28`, here `load.protocol` in the
+/// scenario) through `tollgate up --demo`: stateless calls (no initialize, no session; the
+/// envelope in `params._meta` and the routing headers) are decided and forwarded and none
+/// fails. The limit is scoped per session, which a stateless call does not have: the gateway
+/// counts it per grant, so exactly 10 per grant are admitted (in the session era each of the
+/// harness's sessions gets its own 10, which shows the calls really went without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_smoke_2026_07_28_through_tollgate_up_demo() {
+    for mode in [Mode::Closed, Mode::Open] {
+        // A fresh `tollgate up --demo` per mode: the limit is 10 per minute.
+        let demo_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let demo = format!("http://127.0.0.1:{demo_port}/mcp");
+        let dir = support::temp_dir("smoke-modern");
+        let policy = support::seed_policy("minute").replace(r#""scope": "grant""#, r#""scope": "session""#);
+        assert!(policy.contains(r#""scope": "session""#));
+        let config = write_config(&dir, &demo, &[], &policy, "");
+        let demo_listen = format!("127.0.0.1:{demo_port}");
+        let args = [
+            "up",
+            "--config",
+            config.to_str().unwrap(),
+            "--demo",
+            "--demo-listen",
+            &demo_listen,
+        ];
+        let up = Proc::start_until("up --demo", &args, &[], "tollgate up:");
+        let mut s = scenario(vec![up.url("/mcp/k8s")], demo, mode);
+        // As a scenario file says it, so the field's spelling is covered too.
+        let text = r#"protocol = "2026-07-28""#;
+        s.load.protocol = toml::from_str::<Load>(text).expect("load section").protocol;
+        assert_eq!(s.load.protocol, Protocol::Stateless);
+        let outcome = run(&s, Target::Gateway).await.expect("2026-07-28 load run");
+        assert_eq!(outcome.summary().protocol, Protocol::Stateless);
+        check(&policy, &outcome);
+        // The demo upstream speaks 2026-07-28 itself: the baseline in the same mode.
+        let direct = run(&s, Target::Direct).await.expect("baseline run").summary();
+        assert_eq!(direct.errors, 0);
+        assert!(
+            direct.verdicts.get("ALLOW").is_some_and(|n| *n > 20),
+            "the upstream alone refuses nothing: {:?}",
+            direct.verdicts
+        );
+        // The same load in the session era: every session has its own 10.
+        s.load.protocol = Protocol::Session;
+        let sessions = run(&s, Target::Gateway).await.expect("session-era run").summary();
+        assert_eq!(sessions.errors, 0);
+        assert!(
+            sessions.verdicts.get("ALLOW").is_some_and(|n| *n > 20),
+            "{:?}",
+            sessions.verdicts
         );
     }
 }

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
-use tollgate_loadtest::{Mode, Scenario, Target, exactness, run, table};
+use tollgate_loadtest::{Mode, Protocol, Scenario, Target, exactness, run, table};
 
 /// Load harness for Tollgate.
 ///
-/// Sends real MCP traffic (initialize, then tools/call with the scenario's mix of tools,
-/// grants and arguments) through one or more edges, and reports throughput, latency
+/// Sends real MCP traffic (tools/call with the scenario's mix of tools, grants and
+/// arguments, in the session era after initialize, or stateless in MCP 2026-07-28 with
+/// `mcp --protocol 2026-07-28`) through one or more edges, and reports throughput, latency
 /// percentiles (p50, p90, p99, p99.9, max, from an HDR histogram), verdict counts and errors,
 /// as a table and optionally as JSON.
 ///
@@ -58,10 +59,19 @@ struct HeldArgs {
 
 /// MCP load through Tollgate's edges.
 ///
-/// Sends real MCP traffic (initialize, then tools/call with the scenario's mix of tools,
-/// grants and arguments) through one or more edges, and reports throughput, latency
-/// percentiles (p50, p90, p99, p99.9, max, from an HDR histogram), verdict counts and errors,
-/// as a table and optionally as JSON.
+/// Sends real MCP traffic (tools/call with the scenario's mix of tools, grants and
+/// arguments) through one or more edges, and reports throughput, latency percentiles (p50,
+/// p90, p99, p99.9, max, from an HDR histogram), verdict counts and errors, as a table and
+/// optionally as JSON.
+///
+/// --protocol (or load.protocol in the scenario) chooses the MCP era: `session` (default)
+/// initializes an MCP session per client and sends its calls with its Mcp-Session-Id;
+/// `2026-07-28` sends no initialize and no session, and each call carries the revision,
+/// client info and capabilities in params._meta and the MCP-Protocol-Version, Mcp-Method and
+/// Mcp-Name headers. Bodies and headers are prepared once per run in both eras, so the client
+/// does the same work per call and a comparison measures the server
+/// (loadtest/modern-vs-session.sh compares the two through one edge). Tools that declare
+/// Mcp-Param-* headers (x-mcp-header) are not supported in 2026-07-28 mode.
 ///
 /// With --policy, checks from its own records that no sliding window admitted more than its
 /// limit (exit status 2 on any over-admission). With --baseline, runs the same scenario
@@ -95,6 +105,17 @@ struct McpArgs {
     /// Override load.max_requests.
     #[arg(long)]
     max_requests: Option<u64>,
+    /// Override load.protocol: the MCP era of the calls, `session` (initialize, then calls
+    /// on an Mcp-Session-Id; the default) or `2026-07-28` (stateless: no initialize, the
+    /// revision in each request's params._meta and its MCP-Protocol-Version, Mcp-Method and
+    /// Mcp-Name headers).
+    #[arg(long, value_enum)]
+    protocol: Option<ProtocolArg>,
+    /// Override load.warmup_s: seconds of calls before the measured duration, not counted
+    /// in throughput, latency or verdicts (errors are), e.g. to get past connection setup
+    /// and each session's first call. At most 60.
+    #[arg(long)]
+    warmup: Option<f64>,
 }
 
 /// Decide RPCs straight at a decision service (no edge, no MCP).
@@ -130,6 +151,15 @@ struct DecideArgs {
 enum ModeArg {
     Closed,
     Open,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    /// The session era: initialize, then calls on an Mcp-Session-Id.
+    Session,
+    /// MCP 2026-07-28: stateless, no initialize, no session.
+    #[value(name = "2026-07-28")]
+    Stateless,
 }
 
 fn main() -> ExitCode {
@@ -231,6 +261,18 @@ async fn mcp(cli: McpArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(m) = cli.max_requests {
         scenario.load.max_requests = m;
+    }
+    if let Some(p) = cli.protocol {
+        scenario.load.protocol = match p {
+            ProtocolArg::Session => Protocol::Session,
+            ProtocolArg::Stateless => Protocol::Stateless,
+        };
+    }
+    if let Some(w) = cli.warmup {
+        scenario.load.warmup_s = w;
+    }
+    if scenario.load.protocol != Protocol::Session {
+        println!("protocol {}", scenario.load.protocol.name());
     }
     let policy = match &cli.policy {
         Some(path) => Some(
