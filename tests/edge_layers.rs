@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("per_server", 8),
     // The decided exchange.
     ("calls", 7),
+    ("discover", 6),
     ("held", 6),
     ("listen", 6),
     ("lists", 6),

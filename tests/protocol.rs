@@ -671,3 +671,50 @@ async fn approvals_reach_modern_clients_as_url_elicitations() {
         );
     }
 }
+
+/// `server/discover` on `/mcp/{server}` (issue 27, item 2): forwarded, with the capabilities
+/// narrowed to what the grant may use (the policy admits one tool and no resource, so the
+/// upstream's resources are not offered), private to the caller.
+#[tokio::test]
+async fn discover_offers_what_the_grant_may_use() {
+    let (_upstream, url) = modern_upstream();
+    let dir = support::temp_dir("protocol-discover");
+    // Resources closed ("resources": {} under default deny), one tool open.
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"k8s_rollout_pause": {}}, "resources": {}}"#;
+    let config = write_config(&dir, &url, &[], policy, "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let discover = |url: String| {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(KEY_A)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "server/discover")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}))
+            .send()
+    };
+    // What the upstream itself offers.
+    let direct: Value = discover(url.clone()).await.expect("send").json().await.expect("JSON");
+    let offered = &direct["result"]["capabilities"];
+    assert!(
+        offered.get("tools").is_some() && offered.get("resources").is_some(),
+        "{direct}"
+    );
+    let answer = discover(up.url("/mcp/k8s")).await.expect("send");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("JSON");
+    let result = &body["result"];
+    assert!(result["capabilities"].get("tools").is_some(), "{body}");
+    assert!(
+        result["capabilities"].get("resources").is_none(),
+        "no resource is the grant's: {body}"
+    );
+    assert_eq!(result["cacheScope"], "private", "{body}");
+    assert_eq!(
+        result["_meta"]["io.modelcontextprotocol/serverInfo"],
+        direct["result"]["_meta"]["io.modelcontextprotocol/serverInfo"],
+        "{body}"
+    );
+}

@@ -16,6 +16,7 @@ mod aggregate;
 mod per_server;
 // The decided exchange: decide, hold, forward; lists forwarded and filtered; subscriptions.
 mod calls;
+mod discover;
 mod held;
 mod listen;
 mod lists;

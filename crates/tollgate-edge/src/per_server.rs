@@ -157,6 +157,11 @@ pub async fn post(
                 }
             }
             Route::Forward(Some(id))
+                if value.get("method").and_then(serde_json::Value::as_str) == Some("server/discover") =>
+            {
+                crate::discover::per_server(&exchange, &value, &id).await
+            }
+            Route::Forward(Some(id))
                 if value.get("method").and_then(serde_json::Value::as_str) == Some("resources/subscribe") =>
             {
                 // Updates of a resource the caller may not read are not its to follow.
