@@ -877,6 +877,18 @@ async fn tasks_on_mcp_are_the_grants_own() {
     let tasks = json!({"jsonrpc": "2.0", "id": 5, "method": "tasks/list"});
     let listed = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&tasks)).await;
     assert_eq!(listed.message["result"]["tasks"], json!([]), "{}", listed.message);
+    // A handle is no way around routing and decisions: a call that carries one (here in the
+    // related-task _meta, unprefixed) is refused, and reaches nothing.
+    let calls = posts_of(&work, "tools/call");
+    let smuggled = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "quick", "arguments": {},
+        "_meta": {"io.modelcontextprotocol/related-task": {"taskId": handle}}}});
+    let refused = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&smuggled)).await;
+    assert_eq!(refused.message["error"]["code"], -32602, "{}", refused.message);
+    assert_eq!(
+        posts_of(&work, "tools/call"),
+        calls,
+        "the smuggled call reached the upstream"
+    );
 }
 
 /// Issue 27: a 2026-07-28 request reaches the upstream with routing headers derived from the
@@ -1357,4 +1369,150 @@ async fn stateless_reads_on_mcp_are_routed_by_lookups_in_the_same_revision() {
         "{}",
         answer.message
     );
+}
+
+/// The whole body of a streamed answer (these streams end), as text.
+async fn stream_text(router: &axum::Router, path: &str, key: &str, headers: &[(&str, &str)], body: &Value) -> String {
+    let mut request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = router
+        .clone()
+        .oneshot(request.body(Body::from(body.to_string())).expect("request"))
+        .await
+        .expect("answer");
+    let mut text = String::new();
+    let mut body = response.into_body();
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(2), body.frame()).await {
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    text
+}
+
+/// From the hostile review of issue 27's second part: a listen stream carries what was asked
+/// for and may be read, whatever the upstream sends (an acknowledgment naming more URIs,
+/// updates of URIs nobody subscribed to), on both endpoints.
+#[tokio::test]
+async fn a_listen_stream_passes_only_what_was_asked_and_may_be_read() {
+    let upstream = Hostile::start(|_, message| {
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        let meta = json!({"io.modelcontextprotocol/subscriptionId": id});
+        match message.get("method").and_then(Value::as_str) {
+            Some("subscriptions/listen") => {
+                let events = [
+                    json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                           "params": {"_meta": meta, "notifications": {"resourceSubscriptions": ["file:///pub/a", "file:///secret/b"]}}}),
+                    json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                           "params": {"_meta": meta, "uri": "file:///secret/b"}}),
+                    json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                           "params": {"_meta": meta, "uri": "file:///pub/a"}}),
+                    json!({"jsonrpc": "2.0", "id": id, "result": {"resultType": "complete", "_meta": meta}}),
+                ];
+                Reply::Sse(events.iter().map(|e| format!("event: message\ndata: {e}\n\n")).collect())
+            }
+            Some("resources/list") => Reply::Json(
+                200,
+                json!({"jsonrpc": "2.0", "id": id, "result": {"resources": [
+                    {"uri": "file:///pub/a", "name": "a"}, {"uri": "file:///secret/b", "name": "b"}]}})
+                .to_string(),
+            ),
+            _ => Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string()),
+        }
+    })
+    .await;
+    let policy = r#"{"version": "1", "default": "deny", "resources": {"file:///pub/*": {}}}"#;
+    let router = edge(
+        policy,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("work", &upstream.url)],
+    );
+    let listen = json!({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}},
+                   "notifications": {"resourceSubscriptions": ["file:///pub/a", "file:///secret/b"]}}});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "subscriptions/listen"),
+    ];
+    for path in ["/mcp/work", "/mcp"] {
+        let text = stream_text(&router, path, KEY_ALL, &headers, &listen).await;
+        assert!(
+            text.contains("notifications/subscriptions/acknowledged") && text.contains("file:///pub/a"),
+            "{path}: {text}"
+        );
+        assert!(
+            !text.contains("secret"),
+            "{path}: the stream names a URI the grant may not read: {text}"
+        );
+        assert!(
+            text.contains("\"resultType\":\"complete\""),
+            "{path}: ended gracefully: {text}"
+        );
+        let asked = upstream.bodies();
+        let asked = asked
+            .iter()
+            .rev()
+            .find(|b| b.contains("subscriptions/listen"))
+            .expect("a listen reached the upstream");
+        assert!(!asked.contains("secret"), "{path}: the upstream was asked for {asked}");
+    }
+}
+
+/// From the hostile review of issue 27's second part: what the edge checks cannot travel in
+/// a JSON-RPC batch on `/mcp/{server}` (tasks, subscriptions, completions, discovery, a task
+/// handle anywhere); what it forwards as it is still can.
+#[tokio::test]
+async fn batches_carry_nothing_the_edge_checks() {
+    let upstream = Hostile::start(|_, message| match message {
+        Value::Array(items) => Reply::Json(
+            200,
+            Value::Array(
+                items
+                    .iter()
+                    .filter_map(|m| m.get("id"))
+                    .map(|id| json!({"jsonrpc": "2.0", "id": id, "result": {}}))
+                    .collect(),
+            )
+            .to_string(),
+        ),
+        _ => Reply::Accepted,
+    })
+    .await;
+    let router = edge(
+        ALLOW_ALL,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("work", &upstream.url)],
+    );
+    let with = [("mcp-session-id", "s-1")];
+    for item in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {}}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tasks/result", "params": {"taskId": "T-1"}}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe", "params": {"uri": "file:///secret/b"}}),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "completion/complete",
+               "params": {"ref": {"type": "ref/resource", "uri": "file:///secret/{x}"}, "argument": {"name": "x", "value": ""}}}),
+        json!({"jsonrpc": "2.0", "id": 5, "method": "subscriptions/listen", "params": {}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+               "params": {"requestId": 1, "_meta": {"io.modelcontextprotocol/related-task": {"taskId": "T-1"}}}}),
+    ] {
+        let batch = json!([{"jsonrpc": "2.0", "id": 9, "method": "ping"}, item]);
+        let answer = send(&router, Method::POST, "/mcp/work", KEY_ALL, &with, Some(&batch)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{item}: {}", answer.message);
+    }
+    assert!(upstream.bodies().is_empty(), "nothing reached the upstream");
+    let fine = json!([{"jsonrpc": "2.0", "id": 9, "method": "ping"},
+                      {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
+    let answer = send(&router, Method::POST, "/mcp/work", KEY_ALL, &with, Some(&fine)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.message);
 }

@@ -4,9 +4,16 @@
 //! complete (`resultType`) and how they may be cached. `server/discover` tells clients which
 //! revisions it speaks.
 //!
-//! Written by hand rather than on the official Rust SDK (`rmcp`): the demo pins the exact
-//! wire behaviour the gateway's tests rely on, in both eras, and whether `rmcp` speaks
-//! 2026-07-28 was not evaluated when this was added (issue 27 leaves it open).
+//! Written by hand rather than on the official Rust SDK (`rmcp`). Evaluated (rmcp 3.11.0,
+//! December 2026): rmcp speaks 2026-07-28 (its tower Streamable HTTP server serves requests
+//! of that revision statelessly, with `server/discover` and MRTR types), so building the demo
+//! on it is possible now. It has not been done yet because the demo is also the fixture the
+//! gateway's tests pin wire details on, in both eras: `GET /stats` counters per tool and HTTP
+//! version, h2c, the JSON-or-SSE switch (`--sse`), `tools/list` pages (`--page-size`), serving
+//! session-era requests without a session, 404 for unknown sessions; each would have to be
+//! rebuilt around rmcp's server and re-checked against those tests. Interop with real SDK
+//! servers of the new revision is shown with the Python SDK's `MCPServer`
+//! (`tests/protocol.rs`).
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};

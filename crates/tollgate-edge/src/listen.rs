@@ -150,13 +150,24 @@ pub(crate) async fn per_server(exchange: &Exchange<'_>, mut message: Value, id: 
         Err(response) => return response,
     };
     let stream = response.status().is_success() && content_type_is(response.headers(), "text/event-stream");
-    let response = guarded(response, filter, Some(id.clone()));
     if !stream {
-        return response; // an error answer: nothing is held open
+        return guarded(response, filter, Some(id.clone())); // an error answer: nothing is held open
     }
     let (parts, body) = response.into_parts();
-    let body = with_keepalive(body.into_data_stream(), keepalive(gw));
-    holding(Response::from_parts(parts, body), Some(slot))
+    let part = Part::reading(exchange, body, id, requested.uris);
+    // The upstream's stream as the caller may see it: its acknowledgment narrowed to the URIs
+    // asked for, updates of other URIs left out, its answer (the end) passed.
+    let events = futures_util::stream::unfold(Some(part), |part| async move {
+        let mut part = part?;
+        match part.next().await {
+            Some(Step::Event(event) | Step::Acknowledged(_, event)) => Some((event, Some(part))),
+            Some(Step::Answered(_, event)) => Some((event, None)),
+            None => None,
+        }
+    });
+    let body = with_keepalive(events.map(Ok::<_, std::io::Error>), keepalive(gw));
+    let headers = crate::upstream::response_headers(&parts.headers);
+    holding((parts.status, headers, body).into_response(), Some(slot))
 }
 
 fn keepalive(gw: &crate::gateway::Gateway) -> Option<Duration> {
@@ -203,23 +214,32 @@ pub(crate) struct Part {
     events: ByteStream,
     splitter: sse::EventSplitter,
     ready: VecDeque<Bytes>,
+    /// The resource URIs this upstream was asked for (all the caller may read of them):
+    /// updates of any other are not passed on, whatever the upstream sends.
+    uris: Vec<String>,
 }
 
 /// What an upstream's stream said next.
 enum Step {
     /// An event to pass on.
     Event(Bytes),
-    /// The upstream's acknowledgment, with the filter it honours.
-    Acknowledged(Value),
+    /// The upstream's acknowledgment, narrowed to what it was asked for: the filter it
+    /// honours, and the event saying so.
+    Acknowledged(Value, Bytes),
     /// The upstream answered the listen request: its subscription ended (gracefully, or
-    /// with an error whose text is given).
-    Answered(Option<String>),
+    /// with an error whose text is given); the event.
+    Answered(Option<String>, Bytes),
 }
 
 impl Part {
     /// Opens `message` (a listen with this upstream's filter) on `exchange`; the error says
     /// why this upstream is left out.
-    pub(crate) async fn open(exchange: &Exchange<'_>, message: &Value, id: &Value) -> Result<Part, String> {
+    pub(crate) async fn open(
+        exchange: &Exchange<'_>,
+        message: &Value,
+        id: &Value,
+        uris: Vec<String>,
+    ) -> Result<Part, String> {
         let response = exchange
             .send(message, Some(id))
             .await
@@ -242,13 +262,19 @@ impl Part {
                 None => "it answered without opening a stream".to_owned(),
             });
         }
+        Ok(Part::reading(exchange, body, id, uris))
+    }
+
+    /// The upstream's event stream `body`, through the list guard.
+    fn reading(exchange: &Exchange<'_>, body: hyper::body::Incoming, id: &Value, uris: Vec<String>) -> Part {
         let events = exchange.list_filter().event_stream(Some(id.clone()), body);
-        Ok(Part {
+        Part {
             server: exchange.upstream.name.clone(),
             events: Box::pin(events.into_data_stream().map(|r| r.map_err(std::io::Error::other))),
-            splitter: sse::EventSplitter::new(max),
+            splitter: sse::EventSplitter::new(exchange.gw.settings.max_upstream_message_bytes),
             ready: VecDeque::new(),
-        })
+            uris,
+        }
     }
 
     /// The next thing the stream says; `None` when it ended without answering.
@@ -258,22 +284,36 @@ impl Part {
                 let Some(data) = sse::data(&event).filter(|d| !d.trim().is_empty()) else {
                     continue; // comments and keep-alives: the merged stream has its own
                 };
-                let Ok(message) = jsonrpc::parse_strict(data.as_bytes()) else {
+                let Ok(mut message) = jsonrpc::parse_strict(data.as_bytes()) else {
                     return None; // the guard ends a stream it cannot parse; so does this
                 };
-                if message.get("method").and_then(Value::as_str) == Some("notifications/subscriptions/acknowledged") {
-                    return Some(Step::Acknowledged(
-                        message.pointer("/params/notifications").cloned().unwrap_or_default(),
-                    ));
-                }
-                if message.get("method").is_none()
-                    && (message.get("result").is_some() || message.get("error").is_some())
-                {
-                    let error = message
-                        .pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(|t| jsonrpc::printable(t, 200));
-                    return Some(Step::Answered(error));
+                match message.get("method").and_then(Value::as_str) {
+                    Some("notifications/subscriptions/acknowledged") => {
+                        // What it honours of what it was asked: never a URI it was not asked for.
+                        if let Some(Value::Array(given)) =
+                            message.pointer_mut("/params/notifications/resourceSubscriptions")
+                        {
+                            given.retain(|u| u.as_str().is_some_and(|u| self.uris.iter().any(|a| a == u)));
+                        }
+                        let honoured = message.pointer("/params/notifications").cloned().unwrap_or_default();
+                        let event = sse::with_data(&event, &message.to_string());
+                        return Some(Step::Acknowledged(honoured, event));
+                    }
+                    Some("notifications/resources/updated") => {
+                        let uri = message.pointer("/params/uri").and_then(Value::as_str);
+                        if !uri.is_some_and(|u| self.uris.iter().any(|a| a == u)) {
+                            continue; // not one this caller subscribed to (and may read)
+                        }
+                    }
+                    Some(_) => {}
+                    None if message.get("result").is_some() || message.get("error").is_some() => {
+                        let error = message
+                            .pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .map(|t| jsonrpc::printable(t, 200));
+                        return Some(Step::Answered(error, event));
+                    }
+                    None => {}
                 }
                 return Some(Step::Event(event));
             }
@@ -294,10 +334,10 @@ impl Part {
     pub(crate) async fn acknowledged(&mut self) -> Result<Value, String> {
         loop {
             match self.next().await {
-                Some(Step::Acknowledged(honoured)) => return Ok(honoured),
+                Some(Step::Acknowledged(honoured, _)) => return Ok(honoured),
                 Some(Step::Event(_)) => {}
-                Some(Step::Answered(Some(error))) => return Err(format!("it refused: {error}")),
-                Some(Step::Answered(None)) => return Err("it ended the subscription at once".into()),
+                Some(Step::Answered(Some(error), _)) => return Err(format!("it refused: {error}")),
+                Some(Step::Answered(None, _)) => return Err("it ended the subscription at once".into()),
                 None => return Err("its stream ended before it acknowledged".into()),
             }
         }
@@ -344,9 +384,9 @@ impl Fanned {
                 loop {
                     match part.next().await {
                         Some(Step::Event(event)) => return Some((Merged::Event(event), Some(part))),
-                        Some(Step::Acknowledged(_)) => {}
-                        Some(Step::Answered(None)) => return None,
-                        Some(Step::Answered(Some(_))) | None => {
+                        Some(Step::Acknowledged(..)) => {}
+                        Some(Step::Answered(None, _)) => return None,
+                        Some(Step::Answered(Some(_), _)) | None => {
                             tracing::info!(upstream = %part.server, "an upstream's subscriptions/listen stream dropped; ending the merged one");
                             return Some((Merged::Dropped, None));
                         }

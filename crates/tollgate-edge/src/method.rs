@@ -64,20 +64,6 @@ impl McpMethod {
     pub fn name(self) -> &'static str {
         NAMES.iter().find(|(_, m)| *m == self).map_or("", |(n, _)| n)
     }
-
-    /// Methods the edge decides or filters: they must come as requests, one per POST, never
-    /// inside a batch.
-    pub fn is_guarded(self) -> bool {
-        matches!(
-            self,
-            McpMethod::ToolsCall
-                | McpMethod::ToolsList
-                | McpMethod::ResourcesRead
-                | McpMethod::ResourcesList
-                | McpMethod::PromptsGet
-                | McpMethod::PromptsList
-        )
-    }
 }
 
 #[cfg(test)]
@@ -92,8 +78,5 @@ mod tests {
         }
         assert_eq!(McpMethod::of("Tools/Call"), McpMethod::Other);
         assert_eq!(McpMethod::of("tools/call "), McpMethod::Other);
-        assert!(McpMethod::of("tools/call").is_guarded() && McpMethod::of("tools/list").is_guarded());
-        assert!(McpMethod::of("resources/read").is_guarded() && McpMethod::of("prompts/get").is_guarded());
-        assert!(!McpMethod::of("resources/templates/list").is_guarded());
     }
 }

@@ -106,17 +106,28 @@ pub(crate) fn resume(gw: &Gateway, grant: &str, server: &str, call: &mut Call) -
     if envelope.s != server || envelope.n != subject(call) || envelope.e <= now_ms() {
         return Err(refused());
     }
-    if !gw.used_envelopes.take(&envelope.i, envelope.e, now_ms()) {
-        return Err(
-            "params.requestState was used already: each one is good for one retry (make the call again without it)"
-                .into(),
-        );
-    }
     let most = gw.settings.max_input_rounds;
     if envelope.k >= most {
         return Err(format!(
             "this call asked for input {most} times already (edge.max_input_rounds): make it again from the start"
         ));
+    }
+    match gw.used_envelopes.take(grant, &envelope.i, envelope.e, now_ms()) {
+        Ok(()) => {}
+        Err(crate::sealed::NotTaken::Used) => {
+            return Err(
+                "params.requestState was used already: each one is good for one retry (make the call again without it)"
+                    .into(),
+            );
+        }
+        Err(crate::sealed::NotTaken::Full) => {
+            tracing::warn!(grant = %grant, "refused a retry: the grant has {} unexpired requestState envelopes used on this edge", crate::sealed::MAX_USED_ENVELOPES_PER_GRANT);
+            return Err(format!(
+                "this grant has retried {} calls that asked for input on this gateway within edge.input_state_ttl_ms; \
+                 retry later",
+                crate::sealed::MAX_USED_ENVELOPES_PER_GRANT
+            ));
+        }
     }
     // The same arguments: the same logical call, counted once. Others are a new call.
     let request_id = if envelope.d == digest(call) {

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use crate::jsonrpc::{self, Message};
+use crate::method::McpMethod;
 use crate::settings::EdgeSettings;
 
 /// Longest `Mcp-Session-Id` accepted.
@@ -117,11 +118,29 @@ pub(crate) fn check_batch(items: &[Value]) -> Result<(), String> {
     if items.is_empty() {
         return Err("invalid JSON-RPC message: empty batch".into());
     }
+    // Only what the edge forwards as it is may travel in a batch: responses, notifications
+    // and a few requests whose answers hold nothing the edge filters or seals. Anything the
+    // edge decides, filters, checks or seals (calls, lists, subscriptions, completions,
+    // tasks, discovery) goes one per POST, where it is checked.
     for item in items {
         match jsonrpc::classify(item) {
             Err(message) => return Err(format!("invalid JSON-RPC message in batch: {message}")),
-            Ok(Message::Request { method, .. }) if method.is_guarded() => {
-                return Err("Tollgate does not accept tools/call or tools/list inside a JSON-RPC batch: send them one per request".into());
+            Ok(Message::Request { method, name, .. })
+                if !matches!(
+                    method,
+                    McpMethod::Ping | McpMethod::LoggingSetLevel | McpMethod::ResourcesUnsubscribe
+                ) =>
+            {
+                return Err(format!(
+                    "Tollgate accepts only ping, logging/setLevel and resources/unsubscribe requests inside a \
+                     JSON-RPC batch (with notifications and responses): send {} in its own POST",
+                    jsonrpc::printable(name, 64)
+                ));
+            }
+            Ok(_) if crate::tasks::names_a_task(item) || item.pointer("/params/task").is_some() => {
+                return Err(
+                    "a message naming a task cannot travel in a JSON-RPC batch: send it in its own POST".into(),
+                );
             }
             Ok(_) => {}
         }

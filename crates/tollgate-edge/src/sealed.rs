@@ -185,29 +185,40 @@ impl Sealer {
 }
 
 /// Ids of single-use sealed tokens (`requestState` envelopes) already used, until the tokens
-/// expire.
+/// expire; per grant, so that no grant's retries can fill another's memory.
 #[derive(Default)]
-pub(crate) struct UsedEnvelopes(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+pub(crate) struct UsedEnvelopes(
+    std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<String, u64>>>,
+);
 
-/// Envelopes remembered at most per edge.
-const MAX_USED_ENVELOPES: usize = 100_000;
+/// Envelopes remembered at most per grant and edge.
+pub(crate) const MAX_USED_ENVELOPES_PER_GRANT: usize = 10_000;
+
+/// Why an envelope cannot be taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NotTaken {
+    /// It was used before.
+    Used,
+    /// The grant's memory is full of unexpired envelopes (nothing can be checked: refused).
+    Full,
+}
 
 impl UsedEnvelopes {
-    /// Marks `id` (valid until `expires_ms`) used; `false` when it was used before, or when
-    /// the memory is full of unexpired envelopes (then nothing can be checked: refused).
-    pub(crate) fn take(&self, id: &str, expires_ms: u64, now: u64) -> bool {
-        let mut used = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Marks `id` of `grant` (valid until `expires_ms`) used.
+    pub(crate) fn take(&self, grant: &str, id: &str, expires_ms: u64, now: u64) -> Result<(), NotTaken> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let used = all.entry(grant.to_owned()).or_default();
         if used.contains_key(id) {
-            return false;
+            return Err(NotTaken::Used);
         }
-        if used.len() >= MAX_USED_ENVELOPES {
+        if used.len() >= MAX_USED_ENVELOPES_PER_GRANT {
             used.retain(|_, until| *until > now);
-            if used.len() >= MAX_USED_ENVELOPES {
-                return false;
+            if used.len() >= MAX_USED_ENVELOPES_PER_GRANT {
+                return Err(NotTaken::Full);
             }
         }
         used.insert(id.to_owned(), expires_ms);
-        true
+        Ok(())
     }
 }
 
@@ -246,6 +257,21 @@ fn cursor_aad(grant: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_grant_cannot_fill_another_grants_memory_of_used_envelopes() {
+        let used = UsedEnvelopes::default();
+        let (now, later) = (1_000, 2_000);
+        assert_eq!(used.take("a", "x", later, now), Ok(()));
+        assert_eq!(used.take("a", "x", later, now), Err(NotTaken::Used));
+        for i in 1..MAX_USED_ENVELOPES_PER_GRANT {
+            assert_eq!(used.take("a", &format!("a{i}"), later, now), Ok(()));
+        }
+        assert_eq!(used.take("a", "one-more", later, now), Err(NotTaken::Full));
+        // Another grant is untouched; the full one recovers once its envelopes expire.
+        assert_eq!(used.take("b", "x", later, now), Ok(()));
+        assert_eq!(used.take("a", "one-more", later + 10, later + 1), Ok(()));
+    }
 
     fn secret(s: &str) -> Secret {
         Secret(s.to_owned())

@@ -36,9 +36,10 @@ impl Agg<'_> {
         let timeout = self.agg().fanout_timeout;
         let opened = futures_util::future::join_all(session.upstreams.iter().map(|(server, upstream_session)| {
             let mut own = message.clone();
+            let uris = routed.get(server).cloned().unwrap_or_default();
             let part = Requested {
                 flags: requested.flags.clone(),
-                uris: routed.get(server).cloned().unwrap_or_default(),
+                uris: uris.clone(),
             };
             part.put_into(&mut own);
             async move {
@@ -47,7 +48,7 @@ impl Agg<'_> {
                     return (server, Err("not reached by this caller".to_owned()));
                 };
                 let opening = async {
-                    let mut part = Part::open(&exchange, &own, id).await?;
+                    let mut part = Part::open(&exchange, &own, id, uris).await?;
                     let honoured = part.acknowledged().await?;
                     Ok((part, honoured))
                 };

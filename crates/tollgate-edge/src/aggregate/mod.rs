@@ -277,8 +277,15 @@ pub async fn post(
                 Ok(s) => s,
                 Err(response) => return response,
             };
+            let method_name = value.get("method").and_then(Value::as_str).unwrap_or_default();
             return if crate::tasks::names_a_task(&value) {
-                agg.task_message(&session, &value, None).await
+                // Routed by its task handle only when it is about a task; anything else
+                // naming one goes nowhere (its handle is not a way around routing).
+                if method_name.starts_with("notifications/tasks/") {
+                    agg.task_message(&session, &value, None).await
+                } else {
+                    StatusCode::ACCEPTED.into_response()
+                }
             } else if value.get("method").is_some() {
                 agg.notification(&session, &value).await
             } else {
@@ -302,6 +309,14 @@ pub async fn post(
             Err(response) => return response,
         };
         if crate::tasks::names_a_task(&value) {
+            // A tasks/… request goes to the upstream its handle opens for; any other request
+            // naming a task would skip its own routing and decision that way, so it is refused.
+            if !name.starts_with("tasks/") {
+                return invalid_params(
+                    &id,
+                    "on /mcp only tasks/… requests may name a task (params.taskId, or the related-task _meta)",
+                );
+            }
             return agg.task_message(&session, &value, Some(&id)).await;
         }
         if name == "tasks/list" {
