@@ -402,7 +402,7 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             for w in &compiled.warnings {
                 println!("policy warning: {w}");
             }
-            let (store, _, _) = config.store.build()?;
+            let (store, ..) = config.store.build()?;
             operators(&config)?;
             config.console.check()?;
             println!(
@@ -765,9 +765,10 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Arc<Polic
         tracing::warn!("policy warning: {w}");
     }
     let status = PolicyStatus::loaded(&settings.policy, &compiled.source);
-    let (store, approvals, broadcast) = config.store.build()?;
+    let (store, approvals, broadcast, tasks) = config.store.build()?;
     let mut engine = Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
         .with_approvals(approvals)
+        .with_tasks(tasks)
         .with_max_pending_per_grant(config.approvals.max_pending_per_grant.max(1))
         .with_recorded_arguments(config.telemetry.record_arguments)
         .with_full_cache_entries(settings.full_cache_entries);

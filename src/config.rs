@@ -200,6 +200,7 @@ impl StoreSettings {
                 ),
                 Arc::new(MemoryApprovals::default()),
                 Arc::new(MemoryBroadcast::default()),
+                Arc::new(tollgate_limiter::MemoryTasks::default()),
             ),
             StoreKind::Redis => {
                 let defaults = RedisSettings::default();
@@ -215,14 +216,20 @@ impl StoreSettings {
                     client_key: self.client_key.clone(),
                 };
                 let store = Arc::new(RedisStore::new(&redis)?);
-                (store.clone(), store.clone(), store)
+                (store.clone(), store.clone(), store.clone(), store)
             }
         })
     }
 }
 
-/// The counter store, the approval store and the console's broadcast channel.
-pub type Stores = (Arc<dyn CounterStore>, Arc<dyn ApprovalStore>, Arc<dyn Broadcast>);
+/// The counter store, the approval store, the console's broadcast channel and the task
+/// records.
+pub type Stores = (
+    Arc<dyn CounterStore>,
+    Arc<dyn ApprovalStore>,
+    Arc<dyn Broadcast>,
+    Arc<dyn tollgate_limiter::TaskStore>,
+);
 
 /// `[log]`
 #[derive(Debug, Deserialize)]

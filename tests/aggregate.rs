@@ -433,6 +433,19 @@ async fn a_task_runs_to_its_result_on_both_endpoints_and_stays_its_grants() {
             "{url}: {seen}"
         );
         assert_eq!(seen["own"]["ok"]["taskId"], json!(handle), "{url}: {seen}");
+        // The upstream lists every caller's tasks; each grant sees its own.
+        assert!(
+            seen["listed"]["ok"]
+                .as_array()
+                .is_some_and(|l| l.contains(&json!(handle))),
+            "{url}: the grant lists its task: {seen}"
+        );
+        assert!(
+            seen["otherListed"]["ok"].as_array().is_some_and(|l| l
+                .iter()
+                .all(|t| t.as_str().is_some_and(|t| t.starts_with("tgk1.")) && *t != json!(handle))),
+            "{url}: another grant lists none of it: {seen}"
+        );
         for refused in ["other", "otherResult"] {
             assert!(
                 seen[refused]["error"]["message"]

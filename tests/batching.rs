@@ -217,6 +217,20 @@ impl DecisionService for OldReplica {
     ) -> Result<Response<ResolveApprovalResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn record_task(
+        &self,
+        _: Request<tollgate_decision::proto::RecordTaskRequest>,
+    ) -> Result<Response<tollgate_decision::proto::RecordTaskResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn owned_tasks(
+        &self,
+        _: Request<tollgate_decision::proto::OwnedTasksRequest>,
+    ) -> Result<Response<tollgate_decision::proto::OwnedTasksResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 #[tokio::test]

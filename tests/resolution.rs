@@ -800,6 +800,8 @@ async fn tasks_on_mcp_are_the_grants_own() {
                 Some("tools/call") => json!({"task": {"taskId": format!("T-{me}"), "status": "working", "ttl": 60000}}),
                 Some("tasks/get") => json!({"taskId": message.pointer("/params/taskId"), "status": "completed",
                                             "statusMessage": format!("asked {me}")}),
+                Some("tasks/list") => json!({"tasks": [{"taskId": format!("T-{me}"), "status": "working"},
+                                                       {"taskId": "T-nobody", "status": "working"}]}),
                 _ => json!({}),
             };
             Reply::Json(200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
@@ -874,9 +876,19 @@ async fn tasks_on_mcp_are_the_grants_own() {
         "no foreign task request reached an upstream"
     );
     assert_eq!(posts_of(&spare, "tasks/get"), 0);
+    // Each upstream lists its tasks (its own made one, plus one of nobody here): the grant
+    // sees the one it made.
     let tasks = json!({"jsonrpc": "2.0", "id": 5, "method": "tasks/list"});
     let listed = send(&router, Method::POST, "/mcp", KEY_ALL, &with, Some(&tasks)).await;
-    assert_eq!(listed.message["result"]["tasks"], json!([]), "{}", listed.message);
+    assert_eq!(
+        listed.message["result"]["tasks"],
+        json!([{"taskId": handle, "status": "working"}]),
+        "{}",
+        listed.message
+    );
+    let with_other = [("mcp-session-id", other.as_str())];
+    let theirs = send(&router, Method::POST, "/mcp", KEY_OTHER, &with_other, Some(&tasks)).await;
+    assert_eq!(theirs.message["result"]["tasks"], json!([]), "{}", theirs.message);
     // A handle is no way around routing and decisions: a call that carries one (here in the
     // related-task _meta, unprefixed) is refused, and reaches nothing.
     let calls = posts_of(&work, "tools/call");
@@ -1318,9 +1330,18 @@ async fn task_ids_are_the_grants_own() {
         before,
         "no foreign task request reached the upstream"
     );
+    // The upstream lists every caller's tasks (T-123 is this grant's, T-999 nobody's here):
+    // each grant sees only the tasks it made, by their handles.
     let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/list"});
     let listed = send(&router, Method::POST, "/mcp/public", KEY_ALL, &[], Some(&list)).await;
-    assert_eq!(listed.message["result"]["tasks"], json!([]), "{}", listed.message);
+    assert_eq!(
+        listed.message["result"]["tasks"],
+        json!([{"taskId": handle}]),
+        "{}",
+        listed.message
+    );
+    let other = send(&router, Method::POST, "/mcp/public", KEY_OTHER, &[], Some(&list)).await;
+    assert_eq!(other.message["result"]["tasks"], json!([]), "{}", other.message);
 }
 
 /// From the hostile review of the 2026-07-28 paths: on `/mcp`, the edge's own lookups that

@@ -852,3 +852,54 @@ async fn redis_cluster_over_tls_meets_the_contract() {
     let other = RedisStore::new(&settings).expect("store");
     resolutions_wake_waiters_everywhere(&store, &other, "ctw").await;
 }
+
+/// Task records (MCP tasks): a grant owns exactly the tasks recorded for it, per upstream,
+/// in every store; records expire with their task.
+async fn task_records_belong_to_their_grant(tasks: &dyn tollgate_limiter::TaskStore, p: &str) {
+    let record = |grant: &str, server: &str, id: &str| tollgate_limiter::TaskRecord {
+        server: server.into(),
+        task_id: format!("{p}{id}"),
+        grant: grant.into(),
+        decision_id: format!("decision-{id}"),
+        traceparent: String::new(),
+    };
+    let long = Duration::from_secs(60);
+    tasks.record(&record("a", "s", "T1"), long).await.expect("record");
+    tasks.record(&record("b", "s", "T2"), long).await.expect("record");
+    tasks.record(&record("a", "other", "T3"), long).await.expect("record");
+    tasks
+        .record(&record("a", "s", "short"), Duration::from_millis(100))
+        .await
+        .expect("record");
+    let ids: Vec<String> = ["T1", "T2", "T3", "short", "unknown"]
+        .iter()
+        .map(|i| format!("{p}{i}"))
+        .collect();
+    let owned = tasks.owned("a", "s", &ids).await.expect("owned");
+    let mut names: Vec<String> = owned.iter().map(|r| r.task_id.clone()).collect();
+    names.sort();
+    assert_eq!(names, vec![format!("{p}T1"), format!("{p}short")]);
+    assert_eq!(
+        owned
+            .iter()
+            .find(|r| r.task_id == format!("{p}T1"))
+            .map(|r| r.decision_id.as_str()),
+        Some("decision-T1")
+    );
+    assert_eq!(tasks.owned("b", "s", &ids).await.expect("owned").len(), 1);
+    assert!(tasks.owned("c", "s", &ids).await.expect("owned").is_empty());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let owned = tasks.owned("a", "s", &ids).await.expect("owned");
+    assert_eq!(owned.len(), 1, "the short-lived record expired: {owned:?}");
+}
+
+#[tokio::test]
+async fn task_records_hold_in_every_store() {
+    task_records_belong_to_their_grant(&tollgate_limiter::MemoryTasks::default(), "m-").await;
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    task_records_belong_to_their_grant(&store, "r-").await;
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
+    task_records_belong_to_their_grant(&store, "c-").await;
+}

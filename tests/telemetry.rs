@@ -580,3 +580,51 @@ async fn token_subject_and_issuer_are_audited_and_the_token_is_not() {
         assert!(!text.contains(signature), "span {} carries the token", span.span.name);
     }
 }
+
+/// Issue 27, item 7: a task's result is audited with the decision that admitted the call
+/// that made it: fetching it (`tasks/result`, which the TypeScript SDK does at the end of a
+/// task-augmented call) is a span in that call's trace, naming that decision.
+#[tokio::test]
+async fn a_tasks_result_is_in_the_trace_of_the_decision_that_made_it() {
+    let (collector, endpoint) = Collector::start().await;
+    let everything = support::everything::Everything::start_http();
+    let dir = support::temp_dir("otel-tasks");
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"simulate-research-query": {}}}"#;
+    let config = write_config(&dir, &everything.url(), &[], policy, "");
+    append(&config, &telemetry_section(&endpoint, ""));
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let url = up.url("/mcp/k8s");
+    let seen = tokio::task::spawn_blocking(move || {
+        support::run_json(
+            "node",
+            &[
+                "tests/interop/tasks_client.mjs",
+                &url,
+                KEY_A,
+                support::KEY_B,
+                "simulate-research-query",
+            ],
+        )
+    })
+    .await
+    .expect("sdk client");
+    assert!(
+        seen["result"]["content"].is_array(),
+        "the task ran to its result: {seen}"
+    );
+    let results = collector.wait_for("tollgate task result", 1).await;
+    let result = results.first().expect("a task result span");
+    let decides = collector.wait_for("tollgate.decide", 1).await;
+    let decided = decides
+        .iter()
+        .find(|d| d.attr("tollgate.decision_id") == result.attr("tollgate.decision_id"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no decision named by the task result span: {:?}",
+                result.attr("tollgate.decision_id")
+            )
+        });
+    assert_eq!(decided.attr("tollgate.verdict").as_deref(), Some("ALLOW"));
+    assert_eq!(result.span.trace_id, decided.span.trace_id, "the same trace");
+    assert_eq!(result.attr("tollgate.grant").as_deref(), Some("a"));
+}

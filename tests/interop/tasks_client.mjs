@@ -1,7 +1,7 @@
 // A task's whole lifecycle through a Tollgate endpoint with the official MCP TypeScript SDK
 // (2025-11-25 tasks): a task-augmented call streamed to its result, then the task looked up
 // by its id, and the same id tried by a second client with another grant's key. Prints what
-// it saw as JSON. Used by tests/aggregate.rs against server-everything's
+// it saw as JSON. Both clients list their tasks too. Used by tests/aggregate.rs against server-everything's
 // `simulate-research-query` (a tool that only runs as a task).
 // Usage: node tasks_client.mjs MCP_URL BEARER_KEY OTHER_BEARER_KEY TOOL
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -49,7 +49,9 @@ for await (const message of stream) {
 }
 if (out.taskId) {
   out.own = await attempt(() => client.experimental.tasks.getTask(out.taskId));
+  out.listed = await attempt(async () => (await client.experimental.tasks.listTasks()).tasks.map((t) => t.taskId));
   const other = await connect(otherKey);
+  out.otherListed = await attempt(async () => (await other.experimental.tasks.listTasks()).tasks.map((t) => t.taskId));
   out.other = await attempt(() => other.experimental.tasks.getTask(out.taskId));
   out.otherResult = await attempt(() => other.experimental.tasks.getTaskResult(out.taskId, CallToolResultSchema));
   await other.close();

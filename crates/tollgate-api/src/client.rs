@@ -240,6 +240,31 @@ impl Decider for GrpcDecider {
         .await
     }
 
+    async fn record_task(&self, request: crate::proto::RecordTaskRequest) -> Result<(), DecisionError> {
+        self.call(|replica| {
+            let request = self.request(request.clone());
+            async move {
+                let mut client = replica.client.clone();
+                client.record_task(request).await.map(|_| ())
+            }
+        })
+        .await
+    }
+
+    async fn owned_tasks(
+        &self,
+        request: crate::proto::OwnedTasksRequest,
+    ) -> Result<Vec<crate::proto::TaskRecord>, DecisionError> {
+        self.call(|replica| {
+            let request = self.request(request.clone());
+            async move {
+                let mut client = replica.client.clone();
+                client.owned_tasks(request).await.map(|r| r.into_inner().tasks)
+            }
+        })
+        .await
+    }
+
     /// Follows the approval on one replica's `WaitApproval` stream; when that replica goes
     /// away, follows it on the next (every replica hears every resolution).
     async fn wait_approval(&self, id: &str, max: Duration) -> Result<Approval, DecisionError> {

@@ -54,6 +54,12 @@ pub trait Decider: Send + Sync + 'static {
     /// any replica, or it expired), for at most `max`: the record then, still pending when
     /// `max` passed. The arguments are left out (the caller has the call).
     async fn wait_approval(&self, id: &str, max: std::time::Duration) -> Result<proto::Approval, DecisionError>;
+
+    /// Records the task a decided call created (see `RecordTask`).
+    async fn record_task(&self, request: proto::RecordTaskRequest) -> Result<(), DecisionError>;
+
+    /// The records of `request.task_ids` that belong to `request.grant` (see `OwnedTasks`).
+    async fn owned_tasks(&self, request: proto::OwnedTasksRequest) -> Result<Vec<proto::TaskRecord>, DecisionError>;
 }
 
 /// The state of the policy a process enforces, for readiness endpoints.

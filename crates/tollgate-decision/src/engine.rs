@@ -31,6 +31,8 @@ pub struct Engine {
     policy: ArcSwap<Policy>,
     store: Arc<dyn CounterStore>,
     approvals: Arc<dyn ApprovalStore>,
+    /// Which grant's call made which upstream task (MCP tasks).
+    tasks: Arc<dyn tollgate_limiter::TaskStore>,
     /// Told of every approval this replica creates (e.g. a webhook sender); never waited for.
     new_approvals: Option<tokio::sync::mpsc::Sender<Approval>>,
     store_timeout: Duration,
@@ -67,6 +69,7 @@ impl Engine {
         Engine {
             policy: ArcSwap::from_pointee(policy),
             approvals: Arc::new(MemoryApprovals::default()),
+            tasks: Arc::new(tollgate_limiter::MemoryTasks::default()),
             new_approvals: None,
             store_timeout,
             record_arguments: false,
@@ -154,6 +157,69 @@ impl Engine {
     pub fn with_approvals(mut self, approvals: Arc<dyn ApprovalStore>) -> Self {
         self.approvals = approvals;
         self
+    }
+
+    /// Keeps task records in `tasks` (by default in this process).
+    pub fn with_tasks(mut self, tasks: Arc<dyn tollgate_limiter::TaskStore>) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
+    /// Records the task a decided call created, within the store's timeout.
+    pub async fn record_task(&self, request: &proto::RecordTaskRequest) -> Result<(), String> {
+        let Some(task) = &request.task else {
+            return Err("RecordTaskRequest.task is missing".into());
+        };
+        let short = |text: &str| text.len() <= 256 && !text.chars().any(char::is_control);
+        if ![&task.server, &task.grant, &task.decision_id, &task.traceparent]
+            .iter()
+            .all(|t| short(t))
+        {
+            return Err("a task record's server, grant, decision id and traceparent are at most 256 bytes without control characters".into());
+        }
+        if task.task_id.is_empty() || task.task_id.len() > tollgate_limiter::MAX_TASK_ID_BYTES {
+            return Err(format!(
+                "a task id must be 1 to {} bytes",
+                tollgate_limiter::MAX_TASK_ID_BYTES
+            ));
+        }
+        let record = tollgate_limiter::TaskRecord {
+            server: task.server.clone(),
+            task_id: task.task_id.clone(),
+            grant: task.grant.clone(),
+            decision_id: task.decision_id.clone(),
+            traceparent: task.traceparent.clone(),
+        };
+        let ttl = tollgate_limiter::task_ttl(request.ttl_ms);
+        match tokio::time::timeout(self.store_timeout, self.tasks.record(&record, ttl)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the store did not answer within {:?}", self.store_timeout)),
+        }
+    }
+
+    /// The records of the asked task ids that belong to the grant.
+    pub async fn owned_tasks(&self, request: &proto::OwnedTasksRequest) -> Result<Vec<proto::TaskRecord>, String> {
+        if request.task_ids.len() > tollgate_limiter::MAX_TASKS_PER_QUERY {
+            return Err(format!(
+                "at most {} task ids per query",
+                tollgate_limiter::MAX_TASKS_PER_QUERY
+            ));
+        }
+        let owned = self.tasks.owned(&request.grant, &request.server, &request.task_ids);
+        let owned = match tokio::time::timeout(self.store_timeout, owned).await {
+            Ok(result) => result.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("the store did not answer within {:?}", self.store_timeout)),
+        };
+        Ok(owned
+            .into_iter()
+            .map(|r| proto::TaskRecord {
+                server: r.server,
+                task_id: r.task_id,
+                grant: r.grant,
+                decision_id: r.decision_id,
+                traceparent: r.traceparent,
+            })
+            .collect())
     }
 
     /// Sends every approval this replica creates to `tx` (a bounded channel: when it is
@@ -769,6 +835,18 @@ impl Decider for Engine {
             Ok(None) => Err(DecisionError::Failed(format!("no approval {id}"))),
             Err(e) => Err(DecisionError::Unavailable(e.to_string())),
         }
+    }
+
+    async fn record_task(&self, request: proto::RecordTaskRequest) -> Result<(), DecisionError> {
+        Engine::record_task(self, &request)
+            .await
+            .map_err(DecisionError::Unavailable)
+    }
+
+    async fn owned_tasks(&self, request: proto::OwnedTasksRequest) -> Result<Vec<proto::TaskRecord>, DecisionError> {
+        Engine::owned_tasks(self, &request)
+            .await
+            .map_err(DecisionError::Unavailable)
     }
 }
 

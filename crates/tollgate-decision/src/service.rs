@@ -364,6 +364,33 @@ impl DecisionService for DecisionGrpc {
         Ok(Response::new(Box::pin(updates)))
     }
 
+    async fn record_task(
+        &self,
+        request: Request<crate::proto::RecordTaskRequest>,
+    ) -> Result<Response<crate::proto::RecordTaskResponse>, Status> {
+        let request = request.into_inner();
+        match self.engine.record_task(&request).await {
+            Ok(()) => Ok(Response::new(crate::proto::RecordTaskResponse {})),
+            Err(e) if e.starts_with("the store") || e.contains("counter store") => Err(Status::unavailable(e)),
+            Err(e) => Err(Status::invalid_argument(e)),
+        }
+    }
+
+    async fn owned_tasks(
+        &self,
+        request: Request<crate::proto::OwnedTasksRequest>,
+    ) -> Result<Response<crate::proto::OwnedTasksResponse>, Status> {
+        let request = request.into_inner();
+        if request.task_ids.len() > tollgate_limiter::MAX_TASKS_PER_QUERY {
+            return Err(Status::invalid_argument(format!(
+                "at most {} task ids per query",
+                tollgate_limiter::MAX_TASKS_PER_QUERY
+            )));
+        }
+        let tasks = self.engine.owned_tasks(&request).await.map_err(Status::unavailable)?;
+        Ok(Response::new(crate::proto::OwnedTasksResponse { tasks }))
+    }
+
     async fn list_approvals(
         &self,
         request: Request<ListApprovalsRequest>,

@@ -77,7 +77,14 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, mut call: Call) 
     };
     if decision.verdict() == Verdict::Allow {
         let issuer = mrtr::Issuer::for_call(gw, grant, server, &call, &request_id.to_string(), round);
-        return exchange.forward_call(call.message(), &call.id, issuer).await;
+        // A call that may create a task: the task is recorded with this decision and trace.
+        let origin = (call.is_task || protocol::is_stateless(call.message())).then(|| {
+            std::sync::Arc::new(crate::guard::TaskOrigin {
+                decision_id: decision.decision_id.clone(),
+                traceparent: tollgate_telemetry::propagation::traceparent_of(&tracing::Span::current()),
+            })
+        });
+        return exchange.forward_call(call.message(), &call.id, issuer, origin).await;
     }
     // A 2026-07-28 client that can follow URLs is asked to follow the approval in the
     // console (a URL elicitation); its retry is decided again, as the same logical call.

@@ -44,6 +44,7 @@ impl Exchange<'_> {
             aggregate: self.aggregate.clone(),
             input_state: None,
             seal_tasks: true,
+            task_origin: None,
         }
     }
 
@@ -137,6 +138,7 @@ impl Exchange<'_> {
         message: &Value,
         id: &Value,
         issuer: Option<Arc<crate::mrtr::Issuer>>,
+        origin: Option<Arc<crate::guard::TaskOrigin>>,
     ) -> Response {
         // Answers that may name a task are read whole too, so their task ids are sealed.
         let names_tasks = crate::tasks::may_answer_with_tasks(message);
@@ -149,6 +151,7 @@ impl Exchange<'_> {
         };
         let mut filter = self.list_filter();
         filter.input_state = issuer;
+        filter.task_origin = origin;
         if crate::request::content_type_is(response.headers(), "text/event-stream") {
             return guarded(response, filter, Some(id.clone()));
         }
@@ -176,6 +179,35 @@ impl Exchange<'_> {
             }
         };
         (parts.status, crate::upstream::response_headers(&parts.headers), body).into_response()
+    }
+
+    /// For a `tasks/result` (with the upstream's own task id) of a task this edge's cluster
+    /// recorded: a span in the trace of the call that made the task, naming its decision, so
+    /// the task's result is audited with it.
+    pub(crate) async fn task_result_span(&self, message: &Value) -> Option<tracing::Span> {
+        if message.get("method").and_then(Value::as_str) != Some("tasks/result") {
+            return None;
+        }
+        let task_id = message.pointer("/params/taskId")?.as_str()?;
+        let request = tollgate_api::proto::OwnedTasksRequest {
+            grant: self.caller.grant.clone(),
+            server: self.upstream.name.clone(),
+            task_ids: vec![task_id.to_owned()],
+        };
+        let record = self.gw.decider.owned_tasks(request).await.ok()?.into_iter().next()?;
+        let span = tracing::info_span!(
+            "tollgate.task.result",
+            otel.name = "tollgate task result",
+            tollgate.grant = self.caller.grant.as_str(),
+            tollgate.server = self.upstream.name.as_str(),
+            tollgate.decision_id = record.decision_id.as_str(),
+        );
+        tollgate_telemetry::propagation::set_parent(
+            &span,
+            tollgate_telemetry::propagation::from_traceparent(&record.traceparent, None),
+        );
+        span.in_scope(|| tracing::info!("the result of a task is fetched; it belongs to the decision named here"));
+        Some(span)
     }
 
     /// [`Exchange::send`], with the answer streamed back through the list guard.

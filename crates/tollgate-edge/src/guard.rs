@@ -86,9 +86,16 @@ pub(crate) struct ListFilter {
     pub aggregate: Option<Arc<str>>,
     /// For the answer to a 2026-07-28 call: seals an `InputRequiredResult`'s `requestState`.
     pub input_state: Option<Arc<crate::mrtr::Issuer>>,
-    /// On `/mcp/{server}`: every task id in an answer becomes the caller's handle
-    /// ([`crate::tasks`]).
+    /// Every task id in an answer becomes the caller's handle ([`crate::tasks`]).
     pub seal_tasks: bool,
+    /// For the answer to a decided call: the decision, recorded with a task it creates.
+    pub task_origin: Option<Arc<TaskOrigin>>,
+}
+
+/// The decision of a call whose answer may create a task, and the call's trace.
+pub(crate) struct TaskOrigin {
+    pub decision_id: String,
+    pub traceparent: String,
 }
 
 /// Why a message could not be passed on, and the HTTP status that says so where the
@@ -112,8 +119,9 @@ impl ListFilter {
                 Ok(changed)
             }
             Value::Object(_) => {
+                let narrowed = self.seal_tasks && self.tasks_of_the_grant(message).await;
                 let sealed = self.seal_tasks
-                    && crate::tasks::seal_ids(&self.gw.sealer, &self.caller.grant, &self.server, message);
+                    && (crate::tasks::seal_ids(&self.gw.sealer, &self.caller.grant, &self.server, message) || narrowed);
                 let Value::Object(object) = message else {
                     return Ok(sealed);
                 };
@@ -121,6 +129,46 @@ impl ListFilter {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Records a task the answer creates (for the grant, with the decision), and narrows a
+    /// task list to the grant's own tasks (none when the records cannot be read: fail
+    /// closed). Task ids are still the upstream's here; they are sealed next. `true` when
+    /// a list was narrowed.
+    async fn tasks_of_the_grant(&self, message: &mut Value) -> bool {
+        let (grant, server) = (&self.caller.grant, &self.server);
+        if let Some((task_id, ttl_ms)) = crate::tasks::created(message) {
+            let origin = self.task_origin.as_deref();
+            let request = tollgate_api::proto::RecordTaskRequest {
+                task: Some(tollgate_api::proto::TaskRecord {
+                    server: server.clone(),
+                    task_id,
+                    grant: grant.clone(),
+                    decision_id: origin.map(|o| o.decision_id.clone()).unwrap_or_default(),
+                    traceparent: origin.map(|o| o.traceparent.clone()).unwrap_or_default(),
+                }),
+                ttl_ms,
+            };
+            if let Err(e) = self.gw.decider.record_task(request).await {
+                tracing::warn!(grant = %grant, upstream = %server, "could not record a task (it works through its handle, but will not be listed): {e}");
+            }
+        }
+        if let Some(ids) = crate::tasks::listed_ids(message) {
+            let request = tollgate_api::proto::OwnedTasksRequest {
+                grant: grant.clone(),
+                server: server.clone(),
+                task_ids: ids.into_iter().take(tollgate_limiter_max_query()).collect(),
+            };
+            let owned = match self.gw.decider.owned_tasks(request).await {
+                Ok(records) => records.into_iter().map(|r| r.task_id).collect(),
+                Err(e) => {
+                    tracing::warn!(grant = %grant, upstream = %server, "could not read task records; the task list is passed on empty: {e}");
+                    Vec::new()
+                }
+            };
+            return crate::tasks::keep_owned(message, &owned);
+        }
+        false
     }
 
     /// [`ListFilter::filter`] of one message.
@@ -402,4 +450,9 @@ fn annotations_of(tool: &Value) -> ToolAnnotations {
         idempotent_hint: hint("idempotentHint"),
         open_world_hint: hint("openWorldHint"),
     }
+}
+
+/// Most task ids one ownership query names (the decision service's bound).
+fn tollgate_limiter_max_query() -> usize {
+    1000
 }

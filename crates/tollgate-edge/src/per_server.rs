@@ -186,7 +186,10 @@ pub async fn post(
                 }
             }
             Route::Forward(Some(id)) if crate::tasks::may_answer_with_tasks(&value) => {
-                exchange.forward_call(&value, &id, None).await
+                match exchange.task_result_span(&value).await {
+                    Some(span) => exchange.forward_call(&value, &id, None, None).instrument(span).await,
+                    None => exchange.forward_call(&value, &id, None, None).await,
+                }
             }
             Route::Forward(id) => exchange.forward(&value, id.as_ref()).await,
         }
@@ -286,6 +289,7 @@ async fn bodyless(
                 aggregate: None,
                 input_state: None,
                 seal_tasks: true,
+                task_origin: None,
             };
             holding(guarded(response, filter, None), slot)
         }

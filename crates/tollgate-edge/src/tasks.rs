@@ -4,8 +4,10 @@
 //! replaced by a handle sealed for the caller's grant and that upstream (deterministic, so one
 //! task keeps one handle across answers and notifications; authenticated, so it cannot be
 //! forged), and every `taskId` in a request must be such a handle for this grant and
-//! upstream, or the request is answered like one naming an unknown task. `tasks/list` answers
-//! list nothing: the upstream's list holds every caller's tasks, and nothing tells them apart.
+//! upstream, or the request is answered like one naming an unknown task. The upstream's
+//! `tasks/list` holds every caller's tasks: the edge records each task it sees created (with
+//! the grant and the decision, in the store every edge shares) and passes on only the grant's
+//! own.
 
 use serde_json::Value;
 
@@ -31,18 +33,18 @@ const REQUEST_POSITIONS: [&str; 2] = [
 ];
 
 /// Replaces every task id in `value` with a handle for `grant` and `server`; `true` when it
-/// changed something. A `tasks` list in a result is emptied.
+/// changed something. The tasks of a `tasks` list must have been narrowed to the grant's own
+/// first ([`listed_ids`], [`keep_owned`]); their ids are sealed here too.
 pub(crate) fn seal_ids(sealer: &Sealer, grant: &str, server: &str, value: &mut Value) -> bool {
     let mut changed = false;
-    if let Some(Value::Object(result)) = value.get_mut("result")
-        && let Some(Value::Array(tasks)) = result.get_mut("tasks")
-    {
-        if !tasks.is_empty() {
-            tasks.clear();
-            changed = true;
-        }
-        if result.remove("nextCursor").is_some() {
-            changed = true;
+    if let Some(Value::Array(tasks)) = value.pointer_mut("/result/tasks") {
+        for task in tasks.iter_mut() {
+            if let Some(slot) = task.get_mut("taskId")
+                && let Value::String(id) = slot
+            {
+                *slot = sealer.seal_task(grant, server, id).map_or(Value::Null, Value::String);
+                changed = true;
+            }
         }
     }
     for position in POSITIONS {
@@ -84,4 +86,37 @@ pub(crate) fn may_answer_with_tasks(message: &Value) -> bool {
 /// Whether `message` names a task where MCP messages do.
 pub(crate) fn names_a_task(message: &Value) -> bool {
     REQUEST_POSITIONS.iter().any(|p| message.pointer(p).is_some())
+}
+
+/// The upstream's task id of a created task (`CreateTaskResult`) in an answer, and its ttl.
+pub(crate) fn created(value: &Value) -> Option<(String, u64)> {
+    let task = value.pointer("/result/task")?;
+    let id = task.get("taskId")?.as_str()?.to_owned();
+    let ttl = task.get("ttl").and_then(Value::as_u64).unwrap_or(0);
+    Some((id, ttl))
+}
+
+/// The upstream's task ids a `tasks/list` answer lists (`None` when it is not one).
+pub(crate) fn listed_ids(value: &Value) -> Option<Vec<String>> {
+    let tasks = value.pointer("/result/tasks")?.as_array()?;
+    Some(
+        tasks
+            .iter()
+            .filter_map(|t| t.get("taskId").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// Keeps the listed tasks whose ids are in `owned`; `true` when it left one out.
+pub(crate) fn keep_owned(value: &mut Value, owned: &[String]) -> bool {
+    let Some(Value::Array(tasks)) = value.pointer_mut("/result/tasks") else {
+        return false;
+    };
+    let before = tasks.len();
+    tasks.retain(|t| {
+        t.get("taskId")
+            .and_then(Value::as_str)
+            .is_some_and(|id| owned.iter().any(|o| o == id))
+    });
+    tasks.len() != before
 }

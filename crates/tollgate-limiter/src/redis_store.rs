@@ -258,6 +258,9 @@ pub struct RedisStore {
     broadcasts: Arc<broadcast::Sender<Arc<str>>>,
     broadcast_subscribed: AtomicBool,
     publish: Script,
+    /// Task records ([`TaskStore`]): one `SET … PX`, and an `MGET` of one grant's keys.
+    task_record: Script,
+    task_owned: Script,
     /// Remembers and looks up signed-out console sessions.
     revoked: Script,
     /// TLS material for `rediss://` nodes.
@@ -336,6 +339,8 @@ impl RedisStore {
             broadcasts: Arc::new(broadcast::channel(crate::BROADCAST_BUFFER).0),
             broadcast_subscribed: AtomicBool::new(false),
             publish: Script::new("return redis.call('PUBLISH', KEYS[1], ARGV[1])"),
+            task_record: Script::new("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])"),
+            task_owned: Script::new("return redis.call('MGET', unpack(KEYS))"),
             revoked: Script::new(
                 "if ARGV[1] == 'revoke' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2]) return 1 end \
                  return redis.call('EXISTS', KEYS[1])",
@@ -482,6 +487,14 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// A task record's key: one hash slot per grant (so one script reads a grant's records
+    /// on a Cluster), the server's length first so that no server and id pair reads as
+    /// another.
+    fn task_key(&self, grant: &str, server: &str, task_id: &str) -> String {
+        let grant: String = grant.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{{tasks:{grant}}}:{}:{server}:{task_id}", self.prefix, server.len())
+    }
+
     fn approval_key(&self, part: &str) -> String {
         format!("{}:{{approvals}}:{part}", self.prefix)
     }
@@ -918,5 +931,48 @@ impl CounterStore for RedisStore {
             Backend::Standalone(..) => "redis",
             Backend::Cluster(..) => "redis-cluster",
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::TaskStore for RedisStore {
+    async fn record(&self, record: &crate::TaskRecord, ttl: Duration) -> Result<(), StoreError> {
+        if record.task_id.len() > crate::MAX_TASK_ID_BYTES {
+            return Err(StoreError::Rejected("task id too long".into()));
+        }
+        let value = serde_json::to_string(record).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let mut invocation = self.task_record.prepare_invoke();
+        invocation
+            .key(self.task_key(&record.grant, &record.server, &record.task_id))
+            .arg(value)
+            .arg(ttl.as_millis().max(1) as u64);
+        self.run::<redis::Value>(&invocation).await.map(|_| ())
+    }
+
+    async fn owned(
+        &self,
+        grant: &str,
+        server: &str,
+        task_ids: &[String],
+    ) -> Result<Vec<crate::TaskRecord>, StoreError> {
+        let ids: Vec<&String> = task_ids
+            .iter()
+            .filter(|id| id.len() <= crate::MAX_TASK_ID_BYTES)
+            .take(crate::MAX_TASKS_PER_QUERY)
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.task_owned.prepare_invoke();
+        for id in &ids {
+            invocation.key(self.task_key(grant, server, id));
+        }
+        let found: Vec<Option<String>> = self.run(&invocation).await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .filter_map(|json| serde_json::from_str::<crate::TaskRecord>(&json).ok())
+            .filter(|r| r.grant == grant && r.server == server)
+            .collect())
     }
 }

@@ -34,7 +34,7 @@ impl Agg<'_> {
     /// Sends `message` to one upstream and reads its answer to `id` (JSON, or the matching
     /// event of an SSE stream), within the fan-out timeout; returns the answer, filtered by
     /// the upstream's list filter (names prefixed), and the response headers.
-    async fn ask(
+    pub(super) async fn ask(
         &self,
         server: &str,
         session: Option<&str>,

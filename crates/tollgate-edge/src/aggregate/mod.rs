@@ -320,7 +320,7 @@ pub async fn post(
             return agg.task_message(&session, &value, Some(&id)).await;
         }
         if name == "tasks/list" {
-            return tasks::no_tasks(&id);
+            return agg.list_tasks(&session, &value, &id).await;
         }
         match method {
             McpMethod::Ping => ok_empty(&id),
@@ -396,6 +396,7 @@ pub async fn get(
                 aggregate: Some(agg.agg().prefix_of(server)),
                 input_state: None,
                 seal_tasks: true,
+                task_origin: None,
             };
             Some(filter.event_stream(None, response.into_body()).into_data_stream())
         }
