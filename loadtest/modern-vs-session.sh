@@ -28,14 +28,20 @@ write_counted_policy
 port=$(free_port)
 write_up "$work/up.toml" "$port" "$upstream_port"
 "$bin/tollgate" up --config "$work/up.toml" > "$work/up.out" 2>&1 &
+up_pid=$!
 wait_for "$work/up.out" > /dev/null
 write_list_scenario "$work/load.toml" "http://127.0.0.1:$port/mcp/k8s" "$upstream_port"
 echo "tollgate up on 127.0.0.1:$port, demo upstream on 127.0.0.1:$upstream_port;" \
   "$concurrency clients, ${seconds} s per run after ${warmup} s of warm-up, $rounds rounds"
 
-# load_run PROTOCOL: one load run in that era; prints its `gateway …` table line.
+# cpu_ticks: CPU time (user + system, in clock ticks) the gateway process has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$up_pid/stat"; }
+
+# load_run PROTOCOL: one load run in that era; prints its `gateway …` table line, then the
+# gateway's CPU ticks during the run.
 load_run() {
-  local out=$work/run-$1.out line
+  local out=$work/run-$1.out line before
+  before=$(cpu_ticks)
   if ! "$bin/tollgate-loadtest" mcp "$work/load.toml" --protocol "$1" --warmup "$warmup" \
     --policy "$work/policy.json" > "$out" 2>&1; then
     echo "$1: tollgate-loadtest failed:" >&2
@@ -48,7 +54,7 @@ load_run() {
     cat "$out" >&2
     return 1
   fi
-  echo "$line"
+  echo "$line $(( $(cpu_ticks) - before ))"
 }
 
 # figures LINE: "N req/s (p50 X ms, p99 Y ms)" from a table line (req/s, p50, p99 columns).
@@ -64,5 +70,13 @@ for round in $(seq "$rounds"); do
   fi
   ratio=$(awk -v s="$(awk '{ print $5 }' <<<"$s")" -v m="$(awk '{ print $5 }' <<<"$m")" \
     'BEGIN { if (s > 0) printf "%.2f", m / s; else print "n/a" }')
-  echo "round $round: session $(figures "$s"), 2026-07-28 $(figures "$m"), modern/session $ratio"
+  # Calls per CPU second of the gateway (its own cost, apart from the client's and the
+  # upstream's, which share the machine): req/s × (seconds + warm-up) / CPU seconds.
+  per_cpu() { awk -v hz="$(getconf CLK_TCK)" -v t="$((seconds + warmup))" \
+    '{ if ($NF > 0) printf "%.0f", $5 * t / ($NF / hz); else print 0 }' <<<"$1"; }
+  sc=$(per_cpu "$s")
+  mc=$(per_cpu "$m")
+  cpu_ratio=$(awk -v s="$sc" -v m="$mc" 'BEGIN { if (s > 0) printf "%.2f", m / s; else print "n/a" }')
+  echo "round $round: session $(figures "$s"), 2026-07-28 $(figures "$m"), modern/session $ratio;" \
+    "calls per gateway CPU second: session $sc, 2026-07-28 $mc, modern/session $cpu_ratio"
 done

@@ -78,10 +78,11 @@ pub(crate) async fn decide_and_forward(exchange: &Exchange<'_>, mut call: Call) 
     if decision.verdict() == Verdict::Allow {
         let issuer = mrtr::Issuer::for_call(gw, grant, server, &call, &request_id.to_string(), round);
         // A call that may create a task: the task is recorded with this decision and trace.
+        // (The trace is read only if a task is created: most answers create none.)
         let origin = (call.is_task || protocol::is_stateless(call.message())).then(|| {
             std::sync::Arc::new(crate::guard::TaskOrigin {
                 decision_id: decision.decision_id.clone(),
-                traceparent: tollgate_telemetry::propagation::traceparent_of(&tracing::Span::current()),
+                span: tracing::Span::current(),
             })
         });
         return exchange.forward_call(call.message(), &call.id, issuer, origin).await;

@@ -165,6 +165,10 @@ impl Exchange<'_> {
             return jsonrpc::error_response(StatusCode::BAD_GATEWAY, Some(id), jsonrpc::UPSTREAM_ERROR, &text, None);
         };
         let bytes = collected.to_bytes();
+        if crate::guard::nothing_to_filter(&bytes) {
+            // Most answers: nothing in them the guard changes, so they are not parsed at all.
+            return (parts.status, crate::upstream::response_headers(&parts.headers), bytes).into_response();
+        }
         let mut answer = match jsonrpc::parse_strict(&bytes) {
             Ok(answer) => answer,
             // Not JSON: nothing of it can hold a state to seal; passed on as it came.

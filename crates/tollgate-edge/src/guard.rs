@@ -40,6 +40,29 @@ pub(crate) fn guarded(
     (parts.status, upstream::response_headers(&parts.headers), body).into_response()
 }
 
+/// Whether the guard could change nothing in the JSON text `bytes` (an answer to a call): it
+/// names none of the members the guard reads (lists, tasks, caching directives, an
+/// `InputRequiredResult`'s `resultType` and state, a server request). A name could hide only
+/// behind a `\u` escape, so text with any escape of that kind is read in full.
+pub(crate) fn nothing_to_filter(bytes: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 11] = [
+        b"\\u",
+        b"\"tools\"",
+        b"\"resources\"",
+        b"\"prompts\"",
+        b"\"method\"",
+        b"\"input_required\"",
+        b"\"cacheScope\"",
+        b"\"ttlMs\"",
+        b"\"requestState\"",
+        b"\"task",
+        b"\"io.modelcontextprotocol/related-task\"",
+    ];
+    !MARKERS
+        .iter()
+        .any(|marker| bytes.windows(marker.len()).any(|w| w == *marker))
+}
+
 /// The lists a result may hold: its field, the field naming each entry, and their kind.
 const LISTS: [(&str, &str, SubjectKind); 3] = [
     ("tools", "name", SubjectKind::Tool),
@@ -95,7 +118,8 @@ pub(crate) struct ListFilter {
 /// The decision of a call whose answer may create a task, and the call's trace.
 pub(crate) struct TaskOrigin {
     pub decision_id: String,
-    pub traceparent: String,
+    /// The call's span (its `traceparent` is read when a task is recorded).
+    pub span: tracing::Span,
 }
 
 /// Why a message could not be passed on, and the HTTP status that says so where the
@@ -145,7 +169,9 @@ impl ListFilter {
                     task_id,
                     grant: grant.clone(),
                     decision_id: origin.map(|o| o.decision_id.clone()).unwrap_or_default(),
-                    traceparent: origin.map(|o| o.traceparent.clone()).unwrap_or_default(),
+                    traceparent: origin
+                        .map(|o| tollgate_telemetry::propagation::traceparent_of(&o.span))
+                        .unwrap_or_default(),
                 }),
                 ttl_ms,
             };
@@ -455,4 +481,26 @@ fn annotations_of(tool: &Value) -> ToolAnnotations {
 /// Most task ids one ownership query names (the decision service's bound).
 fn tollgate_limiter_max_query() -> usize {
     1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nothing_to_filter;
+
+    #[test]
+    fn only_answers_without_anything_the_guard_reads_skip_it() {
+        assert!(nothing_to_filter(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"resultType":"complete"}}"#
+        ));
+        for read in [
+            &br#"{"result":{"resultType":"input_required","requestState":"s"}}"#[..],
+            br#"{"result":{"tools":[]}}"#,
+            br#"{"result":{"task":{"taskId":"T"}}}"#,
+            br#"{"result":{"ttlMs":5,"cacheScope":"public"}}"#,
+            br#"{"result":{"resultType":"input\u005frequired"}}"#,
+            br#"{"result":{"\u0074ools":[]}}"#,
+        ] {
+            assert!(!nothing_to_filter(read), "{}", String::from_utf8_lossy(read));
+        }
+    }
 }
