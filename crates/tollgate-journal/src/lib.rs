@@ -1,0 +1,45 @@
+//! Tollgate's decision journal (the audit trail that loses nothing): every decision replica
+//! appends its decision records to segmented, hash-chained files with group commit
+//! ([`Journal`]); `tollgate audit verify` checks a journal's chain ([`verify()`]) and
+//! `tollgate audit export` reads its records ([`records`]).
+
+mod format;
+mod journal;
+mod verify;
+
+pub use format::{Hash, MAX_PAYLOAD_BYTES, Record, chain, segment_name, segments};
+pub use journal::{
+    EXPORTED_FILE, Journal, JournalError, JournalSettings, JournalStats, OnFull, Receipt, read_exported, write_exported,
+};
+pub use verify::{Broken, Verified, verify};
+
+/// The whole records of the journal in `dir` from sequence number `from` on, in order; at
+/// most `most`. Reading stops at the first record that breaks the chain (run [`verify()`] to
+/// find it) or at a torn tail.
+pub fn records(dir: &std::path::Path, from: u64, most: usize) -> std::io::Result<Vec<Record>> {
+    let found = format::segments(dir)?;
+    let mut out = Vec::new();
+    for (index, (first, path)) in found.iter().enumerate() {
+        // Skip segments that end before `from`.
+        if found.get(index + 1).is_some_and(|(next, _)| *next <= from) {
+            continue;
+        }
+        let _ = first;
+        let segment = format::read_segment(path)?;
+        for (_, record) in segment.records {
+            if record.seq >= from {
+                out.push(record);
+                if out.len() >= most {
+                    return Ok(out);
+                }
+            }
+        }
+        if !matches!(segment.end, format::End::Clean) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

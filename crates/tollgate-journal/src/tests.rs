@@ -1,0 +1,203 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::format::{HEADER_BYTES, RECORD_OVERHEAD};
+
+fn temp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-journal-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("{{\"decision\": {i}, \"verdict\": \"ALLOW\"}}").into_bytes()
+}
+
+async fn write(dir: &Path, settings: impl Fn(JournalSettings) -> JournalSettings, n: u64) -> Vec<Receipt> {
+    let journal = Journal::open(settings(JournalSettings::new(dir))).expect("open");
+    let mut receipts = Vec::new();
+    for i in 0..n {
+        receipts.push(journal.append(payload(i)).await.expect("append"));
+    }
+    receipts
+}
+
+/// The byte offset of record `seq` in a single-segment journal whose payloads are `payload(i)`.
+fn offset_of(seq: u64) -> u64 {
+    HEADER_BYTES
+        + (1..seq)
+            .map(|s| RECORD_OVERHEAD + payload(s - 1).len() as u64)
+            .sum::<u64>()
+}
+
+fn only_segment(dir: &Path) -> PathBuf {
+    let found = segments(dir).expect("segments");
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].1.clone()
+}
+
+#[tokio::test]
+async fn records_come_back_in_order_with_their_chain() {
+    let dir = temp("order");
+    let receipts = write(&dir, |s| s, 20).await;
+    assert_eq!(receipts.first().map(|r| r.seq), Some(1));
+    assert_eq!(receipts.last().map(|r| r.seq), Some(20));
+    let read = records(&dir, 1, 1000).expect("records");
+    assert_eq!(read.len(), 20);
+    assert_eq!(read[3].payload, payload(3));
+    assert_eq!(
+        records(&dir, 15, 3)
+            .expect("records")
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![15, 16, 17]
+    );
+    let verified = verify(&dir).expect("a clean journal verifies");
+    assert_eq!(verified.records, 20);
+    assert_eq!(verified.head, hex::encode(receipts[19].hash));
+    // Reopened, it goes on from where it was.
+    let more = write(&dir, |s| s, 2).await;
+    assert_eq!(more[0].seq, 21);
+    assert_eq!(verify(&dir).expect("verifies").records, 22);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_never_read_as_a_record() {
+    let dir = temp("torn");
+    write(&dir, |s| s, 10).await;
+    let segment = only_segment(&dir);
+    let len = std::fs::metadata(&segment).expect("meta").len();
+    // A crash in the middle of writing record 10.
+    let cut = offset_of(10) + 7;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .and_then(|f| f.set_len(cut))
+        .expect("cut");
+    assert!(cut < len);
+    let verified = verify(&dir).expect("a torn tail is not a break");
+    assert!(verified.torn_tail);
+    assert_eq!(verified.records, 9);
+    assert_eq!(records(&dir, 1, 100).expect("records").len(), 9);
+    // Opening cuts it and appends after the last whole record.
+    let more = write(&dir, |s| s, 1).await;
+    assert_eq!(more[0].seq, 10);
+    let verified = verify(&dir).expect("verifies");
+    assert!(!verified.torn_tail);
+    assert_eq!(verified.records, 10);
+}
+
+/// Rewrites the single segment of `dir` with `edit` applied to its bytes.
+fn edit(dir: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let segment = only_segment(dir);
+    let mut bytes = std::fs::read(&segment).expect("read");
+    edit(&mut bytes);
+    std::fs::write(&segment, bytes).expect("write");
+}
+
+fn record_range(seq: u64) -> std::ops::Range<usize> {
+    let start = offset_of(seq) as usize;
+    start..start + RECORD_OVERHEAD as usize + payload(seq - 1).len()
+}
+
+#[tokio::test]
+async fn verify_finds_a_changed_removed_swapped_or_inserted_record_where_it_is() {
+    // Each break is found at record 5's place; the sequence number reported is the one the
+    // record found there carries.
+    for (tag, expected_seq) in [("changed", 5u64), ("removed", 6), ("swapped", 6), ("inserted", 4)] {
+        let dir = temp(tag);
+        write(&dir, |s| s, 8).await;
+        assert!(verify(&dir).is_ok());
+        edit(&dir, |bytes| match tag {
+            // One byte of record 5's payload.
+            "changed" => {
+                let at = offset_of(5) as usize + 12 + 3;
+                bytes[at] ^= 0x01;
+            }
+            "removed" => {
+                bytes.drain(record_range(5));
+            }
+            "swapped" => {
+                let (five, six) = (record_range(5), record_range(6));
+                let a: Vec<u8> = bytes[five.clone()].to_vec();
+                let b: Vec<u8> = bytes[six.clone()].to_vec();
+                let mut swapped = b;
+                swapped.extend_from_slice(&a);
+                bytes.splice(five.start..six.end, swapped);
+            }
+            "inserted" => {
+                // A copy of record 4 put after it.
+                let four = bytes[record_range(4)].to_vec();
+                let at = record_range(5).start;
+                bytes.splice(at..at, four);
+            }
+            _ => unreachable!(),
+        });
+        let broken = verify(&dir).expect_err(tag);
+        assert_eq!(broken.seq, expected_seq, "{tag}: {broken}");
+        assert_eq!(broken.offset, offset_of(5), "{tag}: {broken}");
+    }
+}
+
+#[tokio::test]
+async fn segments_roll_and_chain_and_a_missing_one_is_found() {
+    let dir = temp("roll");
+    let small = |mut s: JournalSettings| {
+        s.segment_bytes = 400;
+        s
+    };
+    write(&dir, small, 30).await;
+    let found = segments(&dir).expect("segments");
+    assert!(found.len() >= 3, "{found:?}");
+    let verified = verify(&dir).expect("verifies");
+    assert_eq!((verified.records, verified.segments), (30, found.len()));
+    assert_eq!(records(&dir, 1, 100).expect("records").len(), 30);
+    assert_eq!(records(&dir, 29, 100).expect("records").len(), 2);
+    std::fs::remove_file(&found[1].1).expect("remove");
+    let broken = verify(&dir).expect_err("a segment is missing");
+    assert_eq!(broken.segment, found[2].1, "{broken}");
+    assert!(broken.what.contains("removed or inserted"), "{broken}");
+}
+
+#[tokio::test]
+async fn a_full_journal_refuses_or_drops_its_oldest_as_configured() {
+    let dir = temp("full-refuse");
+    let journal = Journal::open(JournalSettings {
+        segment_bytes: 300,
+        max_bytes: 900,
+        on_full: OnFull::Refuse,
+        ..JournalSettings::new(&dir)
+    })
+    .expect("open");
+    let mut refused = 0;
+    for i in 0..40 {
+        if journal.append(payload(i)).await == Err(JournalError::Full) {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a full journal refuses");
+    assert!(verify(&dir).is_ok());
+    let dir = temp("full-drop");
+    let journal = Journal::open(JournalSettings {
+        segment_bytes: 300,
+        max_bytes: 900,
+        ..JournalSettings::new(&dir)
+    })
+    .expect("open");
+    for i in 0..40 {
+        journal
+            .append(payload(i))
+            .await
+            .expect("dropping the oldest makes room");
+    }
+    assert!(journal.stats().dropped.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let total: u64 = segments(&dir)
+        .expect("segments")
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(total <= 900, "{total} bytes on disk");
+    let verified = verify(&dir).expect("what is left still verifies");
+    assert_eq!(verified.last_seq, Some(40));
+}
