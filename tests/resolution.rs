@@ -1268,7 +1268,13 @@ async fn per_server_completions_of_hidden_resources_are_not_forwarded() {
 /// reaches nothing), and a task list lists nothing (the upstream's holds every caller's).
 #[tokio::test]
 async fn task_ids_are_the_grants_own() {
-    let upstream = Hostile::start(|_, message| {
+    let upstream = Hostile::start(|method, message| {
+        if *method == Method::GET {
+            // The upstream tells every listener of every task (it sees one caller only).
+            let status = json!({"jsonrpc": "2.0", "method": "notifications/tasks/status",
+                                "params": {"taskId": "T-123", "status": "completed"}});
+            return Reply::Hang(format!("event: message\ndata: {status}\n\n"));
+        }
         let Some(id) = message.get("id") else {
             return Reply::Accepted;
         };
@@ -1342,6 +1348,56 @@ async fn task_ids_are_the_grants_own() {
     );
     let other = send(&router, Method::POST, "/mcp/public", KEY_OTHER, &[], Some(&list)).await;
     assert_eq!(other.message["result"]["tasks"], json!([]), "{}", other.message);
+    // A notification about a task reaches only the grant whose task it is (as its handle).
+    let stream = [("mcp-session-id", "s-1")];
+    let own = send(&router, Method::GET, "/mcp/public", KEY_ALL, &stream, None).await;
+    assert_eq!(own.message["params"]["taskId"], json!(handle), "{}", own.message);
+    let theirs = send(&router, Method::GET, "/mcp/public", KEY_OTHER, &stream, None).await;
+    assert_eq!(
+        theirs.message,
+        Value::Null,
+        "another grant's task status reached it: {}",
+        theirs.message
+    );
+}
+
+/// From the second hostile review of issue 27: an answer to a decided call that the edge
+/// cannot parse (here a duplicate key) is not passed on, since its `requestState` could not
+/// be sealed nor its lists filtered.
+#[tokio::test]
+async fn an_answer_the_edge_cannot_parse_is_not_passed_on() {
+    let upstream = Hostile::start(|_, message| {
+        let Some(id) = message.get("id") else {
+            return Reply::Accepted;
+        };
+        Reply::Json(
+            200,
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"x":1,"x":2,"resultType":"input_required","requestState":"UPSTREAM-RAW-STATE"}}}}"#
+            ),
+        )
+    })
+    .await;
+    let router = edge(
+        ALLOW_ALL,
+        EdgeSettings::default(),
+        IdentitySettings::default(),
+        &[("work", &upstream.url)],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "quick", "arguments": {}, "_meta": meta}});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "quick"),
+    ];
+    let answer = send(&router, Method::POST, "/mcp/work", KEY_ALL, &headers, Some(&call)).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.message);
+    assert!(
+        !answer.message.to_string().contains("UPSTREAM-RAW-STATE"),
+        "{}",
+        answer.message
+    );
 }
 
 /// From the hostile review of the 2026-07-28 paths: on `/mcp`, the edge's own lookups that

@@ -891,6 +891,22 @@ async fn task_records_belong_to_their_grant(tasks: &dyn tollgate_limiter::TaskSt
     tokio::time::sleep(Duration::from_millis(250)).await;
     let owned = tasks.owned("a", "s", &ids).await.expect("owned");
     assert_eq!(owned.len(), 1, "the short-lived record expired: {owned:?}");
+    // One grant past its records is refused; another grant still records.
+    let filler = format!("{p}filler");
+    for i in 0..tollgate_limiter::MAX_TASKS_PER_GRANT {
+        tasks
+            .record(&record(&filler, "s", &format!("F{i}")), long)
+            .await
+            .expect("within the grant's records");
+    }
+    assert!(matches!(
+        tasks.record(&record(&filler, "s", "one-more"), long).await,
+        Err(StoreError::Full(_))
+    ));
+    tasks
+        .record(&record("b", "s", "T9"), long)
+        .await
+        .expect("another grant records");
 }
 
 #[tokio::test]

@@ -171,8 +171,23 @@ impl Exchange<'_> {
         }
         let mut answer = match jsonrpc::parse_strict(&bytes) {
             Ok(answer) => answer,
-            // Not JSON: nothing of it can hold a state to seal; passed on as it came.
-            Err(_) => return (parts.status, crate::upstream::response_headers(&parts.headers), bytes).into_response(),
+            // What the edge cannot read, it cannot check: nothing of it is passed on (as on
+            // the SSE path).
+            Err(e) => {
+                let e = jsonrpc::printable(&e.to_string(), 200);
+                tracing::warn!(upstream = %self.upstream.name, status = parts.status.as_u16(), "upstream sent an answer Tollgate cannot parse ({e}); not passed on");
+                let text = format!(
+                    "upstream MCP server \"{}\" sent an answer Tollgate cannot parse ({e})",
+                    self.upstream.name
+                );
+                return jsonrpc::error_response(
+                    StatusCode::BAD_GATEWAY,
+                    Some(id),
+                    jsonrpc::UPSTREAM_ERROR,
+                    &text,
+                    None,
+                );
+            }
         };
         let body = match filter.filter(&mut answer).await {
             Ok(true) => axum::body::Bytes::from(answer.to_string()),

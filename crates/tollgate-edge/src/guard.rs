@@ -161,7 +161,8 @@ impl ListFilter {
     /// a list was narrowed.
     async fn tasks_of_the_grant(&self, message: &mut Value) -> bool {
         let (grant, server) = (&self.caller.grant, &self.server);
-        if let Some((task_id, ttl_ms)) = crate::tasks::created(message) {
+        let created = crate::tasks::created(message);
+        if let Some((task_id, ttl_ms)) = created.clone() {
             let origin = self.task_origin.as_deref();
             let request = tollgate_api::proto::RecordTaskRequest {
                 task: Some(tollgate_api::proto::TaskRecord {
@@ -180,19 +181,30 @@ impl ListFilter {
             }
         }
         if let Some(ids) = crate::tasks::listed_ids(message) {
-            let request = tollgate_api::proto::OwnedTasksRequest {
-                grant: grant.clone(),
-                server: server.clone(),
-                task_ids: ids.into_iter().take(tollgate_limiter_max_query()).collect(),
-            };
-            let owned = match self.gw.decider.owned_tasks(request).await {
-                Ok(records) => records.into_iter().map(|r| r.task_id).collect(),
-                Err(e) => {
-                    tracing::warn!(grant = %grant, upstream = %server, "could not read task records; the task list is passed on empty: {e}");
-                    Vec::new()
-                }
-            };
+            let owned = owned_ids(&self.gw, grant, server, ids).await;
             return crate::tasks::keep_owned(message, &owned);
+        }
+        // Any other task the message names must be this grant's: an upstream sees only the
+        // gateway's credential, so its notifications (task status, related-task messages)
+        // may name any caller's tasks. A notification about another grant's task is not
+        // passed on; elsewhere such an id is blanked.
+        let named: Vec<String> = crate::tasks::named_ids(message)
+            .into_iter()
+            .filter(|id| created.as_ref().is_none_or(|(made, _)| made != id))
+            .collect();
+        if named.is_empty() {
+            return false;
+        }
+        let mut owned = owned_ids(&self.gw, grant, server, named).await;
+        if let Some((made, _)) = created {
+            owned.push(made);
+        }
+        let notification = message.get("method").is_some() && message.get("id").is_none();
+        if crate::tasks::blank_unowned(message, &owned) {
+            if notification {
+                *message = Value::Null;
+            }
+            return true;
         }
         false
     }
@@ -441,6 +453,8 @@ impl EventStream {
         };
         match self.filter.filter(&mut message).await {
             Ok(false) => event,
+            // A message not for this caller (a notification about another grant's task).
+            Ok(true) if message.is_null() => Bytes::new(),
             Ok(true) => sse::with_data(&event, &message.to_string()),
             Err(refused) => {
                 let id = message.get("id").cloned();
@@ -476,6 +490,34 @@ fn annotations_of(tool: &Value) -> ToolAnnotations {
         idempotent_hint: hint("idempotentHint"),
         open_world_hint: hint("openWorldHint"),
     }
+}
+
+/// Which of `ids` (an upstream's task ids) the store records for `grant` on `server`; none
+/// when the records cannot be read (fail closed).
+pub(crate) async fn owned_ids(gw: &Gateway, grant: &str, server: &str, ids: Vec<String>) -> Vec<String> {
+    let request = tollgate_api::proto::OwnedTasksRequest {
+        grant: grant.to_owned(),
+        server: server.to_owned(),
+        task_ids: ids.into_iter().take(tollgate_limiter_max_query()).collect(),
+    };
+    match gw.decider.owned_tasks(request).await {
+        Ok(records) => records.into_iter().map(|r| r.task_id).collect(),
+        Err(e) => {
+            tracing::warn!(grant = %grant, upstream = %server, "could not read task records; treating the tasks as unknown: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Whether every task `message` (a request, its handles opened) names is one the store
+/// records for `grant` on `server`.
+pub(crate) async fn owns_named_tasks(gw: &Gateway, grant: &str, server: &str, message: &Value) -> bool {
+    let named = crate::tasks::named_ids(message);
+    if named.is_empty() {
+        return true;
+    }
+    let owned = owned_ids(gw, grant, server, named.clone()).await;
+    named.iter().all(|id| owned.contains(id))
 }
 
 /// Most task ids one ownership query names (the decision service's bound).

@@ -89,10 +89,12 @@ pub async fn post(
         return response;
     }
     // Task handles name the caller's own tasks: one this grant does not hold for this
-    // upstream is answered like an unknown task, and goes nowhere.
+    // upstream, or whose task the store does not record for this grant, is answered like an
+    // unknown task, and goes nowhere.
     let mut value = value;
     if crate::tasks::names_a_task(&value)
-        && crate::tasks::open_ids(&gw.sealer, &caller.grant, &upstream.name, &mut value).is_err()
+        && (crate::tasks::open_ids(&gw.sealer, &caller.grant, &upstream.name, &mut value).is_err()
+            || !crate::guard::owns_named_tasks(&gw, &caller.grant, &upstream.name, &value).await)
     {
         return match value.get("id").filter(|_| value.get("method").is_some()) {
             Some(id) => invalid_params(id, "unknown task: no task of this grant has that id on this server"),

@@ -120,3 +120,26 @@ pub(crate) fn keep_owned(value: &mut Value, owned: &[String]) -> bool {
     });
     tasks.len() != before
 }
+
+/// The upstream's task ids `value` names where MCP messages name a task (answers,
+/// notifications and requests alike).
+pub(crate) fn named_ids(value: &Value) -> Vec<String> {
+    POSITIONS
+        .iter()
+        .filter_map(|p| value.pointer(p).and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// Blanks every task id in `value` that is not in `owned`; `true` when it blanked one.
+pub(crate) fn blank_unowned(value: &mut Value, owned: &[String]) -> bool {
+    let mut blanked = false;
+    for position in POSITIONS {
+        if let Some(slot) = value.pointer_mut(position)
+            && slot.as_str().is_some_and(|id| !owned.iter().any(|o| o == id))
+        {
+            *slot = Value::Null;
+            blanked = true;
+        }
+    }
+    blanked
+}

@@ -339,7 +339,20 @@ impl RedisStore {
             broadcasts: Arc::new(broadcast::channel(crate::BROADCAST_BUFFER).0),
             broadcast_subscribed: AtomicBool::new(false),
             publish: Script::new("return redis.call('PUBLISH', KEYS[1], ARGV[1])"),
-            task_record: Script::new("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])"),
+            // KEYS: the record, the grant's index of records (by expiry). A grant holds at
+            // most ARGV[3] unexpired records; the index lives as long as the longest record.
+            task_record: Script::new(
+                "local t = redis.call('TIME') \
+                 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+                 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) \
+                 if not redis.call('ZSCORE', KEYS[2], KEYS[1]) and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then \
+                   return 0 \
+                 end \
+                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+                 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), KEYS[1]) \
+                 redis.call('PEXPIRE', KEYS[2], ARGV[4]) \
+                 return 1",
+            ),
             task_owned: Script::new("return redis.call('MGET', unpack(KEYS))"),
             revoked: Script::new(
                 "if ARGV[1] == 'revoke' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2]) return 1 end \
@@ -493,6 +506,12 @@ impl RedisStore {
     fn task_key(&self, grant: &str, server: &str, task_id: &str) -> String {
         let grant: String = grant.bytes().map(|b| format!("{b:02x}")).collect();
         format!("{}:{{tasks:{grant}}}:{}:{server}:{task_id}", self.prefix, server.len())
+    }
+
+    /// One grant's index of its task records (same hash slot as the records).
+    fn task_index_key(&self, grant: &str) -> String {
+        let grant: String = grant.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{{tasks:{grant}}}:index", self.prefix)
     }
 
     fn approval_key(&self, part: &str) -> String {
@@ -944,9 +963,19 @@ impl crate::TaskStore for RedisStore {
         let mut invocation = self.task_record.prepare_invoke();
         invocation
             .key(self.task_key(&record.grant, &record.server, &record.task_id))
+            .key(self.task_index_key(&record.grant))
             .arg(value)
-            .arg(ttl.as_millis().max(1) as u64);
-        self.run::<redis::Value>(&invocation).await.map(|_| ())
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(crate::MAX_TASKS_PER_GRANT)
+            .arg(crate::MAX_TASK_TTL.as_millis() as u64);
+        match self.run::<i64>(&invocation).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Full(format!(
+                "grant {:?} has {} task records",
+                record.grant,
+                crate::MAX_TASKS_PER_GRANT
+            ))),
+        }
     }
 
     async fn owned(

@@ -21,8 +21,10 @@ pub const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_TASKS_PER_QUERY: usize = 1000;
 /// Longest task id recorded.
 pub const MAX_TASK_ID_BYTES: usize = 512;
-/// Task records one memory store keeps at most.
-const MAX_MEMORY_TASKS: usize = 100_000;
+/// Task records kept at most per grant (in every store): a grant past it has its next
+/// tasks unrecorded (so not listed, and not usable through their handles) until some
+/// expire; other grants are unaffected.
+pub const MAX_TASKS_PER_GRANT: usize = 10_000;
 
 /// One task, as the edge saw it created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,14 +59,15 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn owned(&self, grant: &str, server: &str, task_ids: &[String]) -> Result<Vec<TaskRecord>, StoreError>;
 }
 
-/// (grant, server, task id).
-type TaskKey = (String, String, String);
+/// (server, task id).
+type TaskKey = (String, String);
+/// One grant's records, each with the time it expires.
+type GrantTasks = HashMap<TaskKey, (TaskRecord, std::time::Instant)>;
 
-/// Task records in this process (`tollgate up`, tests).
+/// Task records in this process (`tollgate up`, tests), by grant.
 #[derive(Default)]
 pub struct MemoryTasks {
-    /// Each record with the time it expires.
-    records: Mutex<HashMap<TaskKey, (TaskRecord, std::time::Instant)>>,
+    records: Mutex<HashMap<String, GrantTasks>>,
 }
 
 #[async_trait::async_trait]
@@ -74,25 +77,32 @@ impl TaskStore for MemoryTasks {
             return Err(StoreError::Rejected("task id too long".into()));
         }
         let now = std::time::Instant::now();
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        if records.len() >= MAX_MEMORY_TASKS {
+        let mut all = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let records = all.entry(record.grant.clone()).or_default();
+        let key = (record.server.clone(), record.task_id.clone());
+        if !records.contains_key(&key) && records.len() >= MAX_TASKS_PER_GRANT {
             records.retain(|_, (_, until)| *until > now);
-            if records.len() >= MAX_MEMORY_TASKS {
-                return Err(StoreError::Full(format!("{MAX_MEMORY_TASKS} task records")));
+            if records.len() >= MAX_TASKS_PER_GRANT {
+                return Err(StoreError::Full(format!(
+                    "grant {:?} has {MAX_TASKS_PER_GRANT} task records",
+                    record.grant
+                )));
             }
         }
-        let key = (record.grant.clone(), record.server.clone(), record.task_id.clone());
         records.insert(key, (record.clone(), now + ttl));
         Ok(())
     }
 
     async fn owned(&self, grant: &str, server: &str, task_ids: &[String]) -> Result<Vec<TaskRecord>, StoreError> {
         let now = std::time::Instant::now();
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let all = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(records) = all.get(grant) else {
+            return Ok(Vec::new());
+        };
         Ok(task_ids
             .iter()
             .take(MAX_TASKS_PER_QUERY)
-            .filter_map(|id| records.get(&(grant.to_owned(), server.to_owned(), id.clone())))
+            .filter_map(|id| records.get(&(server.to_owned(), id.clone())))
             .filter(|(_, until)| *until > now)
             .map(|(record, _)| record.clone())
             .collect())

@@ -23,6 +23,9 @@ impl Agg<'_> {
             if crate::tasks::open_ids(sealer, &self.caller.grant, server, &mut own).is_err() {
                 continue;
             }
+            if !crate::guard::owns_named_tasks(self.gw, &self.caller.grant, server, &own).await {
+                break; // a handle of this grant, but not a task the store records for it
+            }
             let headers = self.headers_for(upstream_session.as_deref());
             let Some(exchange) = self.exchange_for(session, server, &headers) else {
                 continue;
