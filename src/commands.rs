@@ -405,6 +405,7 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             let (store, ..) = config.store.build()?;
             operators(&config)?;
             config.console.check()?;
+            config.audit.journal().map_err(anyhow::Error::msg)?;
             println!(
                 "decision: ok (policy {}, {} store, {} operators)",
                 settings.policy.display(),
@@ -766,12 +767,30 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Arc<Polic
     }
     let status = PolicyStatus::loaded(&settings.policy, &compiled.source);
     let (store, approvals, broadcast, tasks) = config.store.build()?;
+    let journal = config.audit.journal().map_err(anyhow::Error::msg)?;
     let mut engine = Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
         .with_approvals(approvals)
         .with_tasks(tasks)
         .with_max_pending_per_grant(config.approvals.max_pending_per_grant.max(1))
         .with_recorded_arguments(config.telemetry.record_arguments)
         .with_full_cache_entries(settings.full_cache_entries);
+    if let Some(journal) = journal {
+        let dir = journal.dir.display().to_string();
+        let journal =
+            tollgate_journal::Journal::open(journal).map_err(|e| anyhow::anyhow!("audit.journal_dir {dir}: {e}"))?;
+        println!(
+            "decision journal in {dir}{}",
+            if config.audit.required {
+                " (audit.required: a decision waits for its record)"
+            } else {
+                ""
+            }
+        );
+        // With on_full = "refuse" a call whose record finds the journal full is refused, so
+        // its decision waits for the record as in required mode.
+        let waits = config.audit.required || config.audit.on_full == tollgate_decision::audit::OnFullSetting::Refuse;
+        engine = engine.with_journal(journal, waits);
+    }
     if let Some(notify) = crate::webhook::start(&config.approvals)? {
         engine = engine.with_new_approvals(notify);
     }
@@ -857,4 +876,66 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Exports the spans still queued before the process exits.
 async fn flush(telemetry: tollgate_telemetry::Telemetry) {
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+}
+
+/// `tollgate audit verify DIR`.
+pub fn audit_verify(dir: &Path) -> anyhow::Result<()> {
+    match tollgate_journal::verify(dir) {
+        Ok(verified) => {
+            let range = match (verified.first_seq, verified.last_seq) {
+                (Some(first), Some(last)) => format!("records {first} to {last}"),
+                _ => "no records".to_owned(),
+            };
+            println!(
+                "{}: the chain holds: {} records in {} segments ({range}), head {}",
+                dir.display(),
+                verified.records,
+                verified.segments,
+                verified.head
+            );
+            if verified.torn_tail {
+                println!(
+                    "the last segment ends inside a record (a write cut short by a crash): it is cut when the journal is next opened"
+                );
+            }
+            Ok(())
+        }
+        Err(broken) => anyhow::bail!(
+            "the journal's chain is broken at record {} ({}): {broken}",
+            broken.seq,
+            broken.segment.display()
+        ),
+    }
+}
+
+/// `tollgate audit export DIR`: JSON lines, read a bounded number of records at a time.
+pub fn audit_export(dir: &Path, from: u64, since: Option<u64>, format: &str) -> anyhow::Result<()> {
+    if format != "jsonl" {
+        anyhow::bail!("--format {format:?}: only jsonl is supported");
+    }
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut next = from.max(1);
+    loop {
+        let records = tollgate_journal::records(dir, next, 10_000)
+            .map_err(|e| anyhow::anyhow!("cannot read the journal in {}: {e}", dir.display()))?;
+        let Some(last) = records.last().map(|r| r.seq) else {
+            break;
+        };
+        for record in records {
+            let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(&record.payload) else {
+                eprintln!("tollgate: record {} is not a JSON object; skipped", record.seq);
+                continue;
+            };
+            if since.is_some_and(|t| fields.get("at_ms").and_then(serde_json::Value::as_u64).unwrap_or(0) < t) {
+                continue;
+            }
+            fields.insert("seq".into(), record.seq.into());
+            fields.insert("hash".into(), hex::encode(record.hash).into());
+            writeln!(out, "{}", serde_json::Value::Object(fields))?;
+        }
+        next = last + 1;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -49,6 +49,9 @@ pub struct Config {
     /// `[stdio]`: the stdio servers `tollgate up` runs (`[[upstreams]] command`).
     #[serde(default)]
     pub stdio: StdioSection,
+    /// `[audit]`: the decision journal.
+    #[serde(default)]
+    pub audit: tollgate_decision::audit::AuditSettings,
 }
 
 /// `[stdio]`: limits of the stdio bridges `tollgate up` runs for `[[upstreams]] command`.

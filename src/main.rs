@@ -160,6 +160,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "up")]
         role: RoleArg,
     },
+    /// Check or read a decision journal ([audit] journal_dir).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print a new random key and its SHA-256 (an agent key or a cluster token).
     ///
     /// As an agent key: give the key to the agent and put the hash in its [[grants]] entry
@@ -173,6 +178,32 @@ enum RoleArg {
     Up,
     Edge,
     Decision,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the journal's hash chain and report the first record that was changed, removed,
+    /// reordered or inserted, with its segment, byte offset and sequence number (exit 1).
+    /// A record cut short at the very end (a crash while writing) is reported, not an error.
+    Verify {
+        /// The journal directory (audit.journal_dir).
+        dir: PathBuf,
+    },
+    /// Write the journal's decision records as JSON lines (for a SIEM or a log shipper):
+    /// each record's fields, with its sequence number (`seq`) and chain hash (`hash`).
+    Export {
+        /// The journal directory (audit.journal_dir).
+        dir: PathBuf,
+        /// Only records from this sequence number on.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Only decisions made at or after this time (milliseconds since the Unix epoch).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Format of the output (only `jsonl`).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -276,6 +307,15 @@ fn main() -> ExitCode {
             commands::policy_explain(&file, &server, subject, &grant, &agent, args.as_deref())
         }
         Command::Keygen => commands::keygen(),
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { dir } => commands::audit_verify(&dir),
+            AuditCommand::Export {
+                dir,
+                from,
+                since,
+                format,
+            } => commands::audit_export(&dir, from, since, &format),
+        },
         Command::Check { config, role } => commands::check(
             &config,
             match role {

@@ -43,6 +43,8 @@ pub struct Engine {
     full: Option<FullUntil>,
     /// The console's live tail, when the console is on.
     tail: Option<Arc<DecisionTail>>,
+    /// The decision journal (`[audit]`), and whether a decision waits for its record.
+    journal: Option<(tollgate_journal::Journal, bool)>,
 }
 
 /// One counter's use, read from the store (see [`Engine::counter_use`]).
@@ -77,6 +79,7 @@ impl Engine {
             full: (!store.answers_at_once()).then(|| FullUntil::new(DEFAULT_FULL_CACHE_ENTRIES)),
             store,
             tail: None,
+            journal: None,
         }
     }
 
@@ -157,6 +160,18 @@ impl Engine {
     pub fn with_approvals(mut self, approvals: Arc<dyn ApprovalStore>) -> Self {
         self.approvals = approvals;
         self
+    }
+
+    /// Appends every decision's record to `journal`; with `required`, a decision is answered
+    /// only once its record is durable, and a call whose record cannot be written is refused.
+    pub fn with_journal(mut self, journal: tollgate_journal::Journal, required: bool) -> Self {
+        self.journal = Some((journal, required));
+        self
+    }
+
+    /// The decision journal, when one is kept.
+    pub fn journal(&self) -> Option<&tollgate_journal::Journal> {
+        self.journal.as_ref().map(|(j, _)| j)
     }
 
     /// Keeps task records in `tasks` (by default in this process).
@@ -307,7 +322,7 @@ impl Engine {
         // The console's tail takes this decision only while its batch has room (checked once,
         // here: beyond that, nothing is built for it).
         let tail = self.tail.as_ref().filter(|t| t.has_room());
-        let digest = if !span.is_disabled() || tail.is_some() {
+        let digest = if !span.is_disabled() || tail.is_some() || self.journal.is_some() {
             arguments_digest(&parsed, &request.arguments_json)
         } else {
             String::new()
@@ -348,22 +363,25 @@ impl Engine {
             );
             span.set_attribute(format!("tollgate.limit.{}.max", limit.counter), limit.limit as i64);
         }
-        if let Some(tail) = tail {
-            let trace_id = if span.is_disabled() {
+        let mut decision = decision;
+        if tail.is_some() || self.journal.is_some() {
+            let traceparent = if span.is_disabled() {
                 String::new()
             } else {
-                let traceparent = tollgate_telemetry::propagation::traceparent_of(&span);
-                traceparent
-                    .split('-')
-                    .nth(1)
+                tollgate_telemetry::propagation::traceparent_of(&span)
+            };
+            let mut ids = traceparent.split('-').skip(1);
+            let mut id = || {
+                ids.next()
                     .filter(|id| id.bytes().any(|b| b != b'0'))
                     .unwrap_or_default()
                     .to_owned()
             };
-            tail.record(DecisionRecord {
+            let (trace_id, span_id) = (id(), id());
+            let record = DecisionRecord {
                 id: decision.decision_id.clone(),
                 at_ms: tollgate_limiter::wall_clock_ms(),
-                replica: tail.replica().to_owned(),
+                replica: tail.map(|t| t.replica().to_owned()).unwrap_or_default(),
                 verdict: verdict.to_owned(),
                 rule: decision.rule.clone(),
                 reason: decision.reason.clone(),
@@ -386,8 +404,20 @@ impl Engine {
                         max: l.limit,
                     })
                     .collect(),
-            });
+            };
+            if let Some((journal, required)) = &self.journal
+                && let Err(refused) = self.journal_record(journal, *required, request, &record, span_id).await
+            {
+                decision = refused;
+                span.record("tollgate.verdict", verdict_name(decision.verdict()));
+                span.record("tollgate.rule", decision.rule.as_str());
+                span.record("tollgate.reason", decision.reason.as_str());
+            }
+            if let Some(tail) = tail {
+                tail.record(record);
+            }
         }
+        let verdict = verdict_name(decision.verdict());
         span.in_scope(|| {
             // Fields that came over the wire are logged with `?` (quoted and escaped): a
             // value holding a newline cannot forge a log line, whatever the format.
@@ -410,6 +440,47 @@ impl Engine {
             )
         });
         decision
+    }
+
+    /// Appends the decision's record to the journal; with `required`, waits until it is
+    /// durable and, when it cannot be, gives the refusal that replaces the decision.
+    async fn journal_record(
+        &self,
+        journal: &tollgate_journal::Journal,
+        required: bool,
+        request: &DecideRequest,
+        record: &DecisionRecord,
+        span_id: String,
+    ) -> Result<(), Decision> {
+        let entry = crate::audit::JournalRecord {
+            decision: record.clone(),
+            request_id: request.request_id.clone(),
+            span_id,
+            subject: request.subject.clone(),
+            issuer: request.issuer.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&entry) else {
+            return Ok(());
+        };
+        if !required {
+            journal.append_later(bytes);
+            return Ok(());
+        }
+        match journal.append(bytes).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(decision_id = %record.id, "refusing a call whose decision cannot be journaled: {e}");
+                let refused = Decision {
+                    decision_id: record.id.clone(),
+                    ..Default::default()
+                };
+                Err(refused.with(
+                    Verdict::Deny,
+                    "audit",
+                    format!("{e}; calls are refused until their decisions can be recorded"),
+                ))
+            }
+        }
     }
 
     async fn evaluate(&self, request: &DecideRequest, arguments: Result<Value, String>) -> Decision {

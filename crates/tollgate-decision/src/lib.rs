@@ -7,6 +7,7 @@
 //! `[envoy]` limits as Envoy's rate limit service ([`envoy`]).
 
 mod approvals;
+pub mod audit;
 mod engine;
 pub mod envoy;
 mod full;
