@@ -32,7 +32,7 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
         }
         let mut config = config;
         start_stdio_servers(&mut config, &shutdown).await?;
-        let (engine, status) = start_engine(&config).await?;
+        let (engine, status) = start_engine(&config, "up").await?;
         let admin = serve_admin(&config, &engine, &status, &shutdown).await?;
         // Approvals offered through the protocol point at this process's own console, unless
         // configured otherwise.
@@ -129,7 +129,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
             .check_credentials(settings, token_hash)
             .map_err(anyhow::Error::msg)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let (engine, status) = start_engine(&config).await?;
+        let (engine, status) = start_engine(&config, "decision").await?;
         serve_admin(&config, &engine, &status, &shutdown).await?;
         let listener = bind(&settings.listen.to_string(), "decision service (decision.listen)").await?;
         let addr = listener.local_addr()?;
@@ -758,7 +758,7 @@ pub fn keygen() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Arc<PolicyStatus>)> {
+async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine>, Arc<PolicyStatus>)> {
     let settings = config.decision()?;
     let compiled = tollgate_policy::load_file(&settings.policy)
         .map_err(|e| anyhow::anyhow!("invalid policy, refusing to start:\n{e}"))?;
@@ -790,6 +790,21 @@ async fn start_engine(config: &Config) -> anyhow::Result<(Arc<Engine>, Arc<Polic
         // its decision waits for the record as in required mode.
         let waits = config.audit.required || config.audit.on_full == tollgate_decision::audit::OnFullSetting::Refuse;
         engine = engine.with_journal(journal, waits);
+        // Decision spans go to the collector from the journal, so an outage loses none.
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            tollgate_decision::journal_export::JournalExport {
+                dir: PathBuf::from(&dir),
+                endpoint: endpoint.clone(),
+                service: config
+                    .telemetry
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| format!("tollgate-{role}")),
+                timeout: Duration::from_millis(config.telemetry.export_timeout_ms),
+            }
+            .spawn()
+            .map_err(anyhow::Error::msg)?;
+        }
     }
     if let Some(notify) = crate::webhook::start(&config.approvals)? {
         engine = engine.with_new_approvals(notify);

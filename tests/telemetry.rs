@@ -87,10 +87,13 @@ impl TraceService for Collector {
 
 impl Collector {
     async fn start() -> (Collector, String) {
+        Collector::start_on("127.0.0.1:0").await
+    }
+
+    /// A collector on `addr` (a port chosen before, for a collector that comes up late).
+    async fn start_on(addr: &str) -> (Collector, String) {
         let collector = Collector::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind collector");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind collector");
         let addr = listener.local_addr().expect("collector addr");
         let service = TraceServiceServer::new(collector.clone());
         tokio::spawn(
@@ -627,4 +630,93 @@ async fn a_tasks_result_is_in_the_trace_of_the_decision_that_made_it() {
     assert_eq!(decided.attr("tollgate.verdict").as_deref(), Some("ALLOW"));
     assert_eq!(result.span.trace_id, decided.span.trace_id, "the same trace");
     assert_eq!(result.attr("tollgate.grant").as_deref(), Some("a"));
+}
+
+/// Issue 25, item 2: with a decision journal, decision spans are exported from it. A
+/// collector that is down while calls are decided loses none of them: when it comes up, every
+/// decision arrives as its span (ids, parent and attributes as on the live path), once.
+#[tokio::test]
+async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("otel-journal");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    append(
+        &config,
+        &format!(
+            "{}\n[audit]\njournal_dir = \"{}\"\n",
+            telemetry_section(&endpoint, ""),
+            dir.join("journal").display()
+        ),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    for _ in 0..6 {
+        let listed = agent.call("k8s_list_namespaces", json!({})).await;
+        assert!(refusal(&listed).is_none(), "{listed}");
+    }
+    agent
+        .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+        .await;
+    let limited = agent
+        .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+        .await;
+    let limited_id = refusal(&limited).expect("over the limit")["decision_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The collector is down for a while, then comes up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (collector, _) = Collector::start_on(&format!("127.0.0.1:{port}")).await;
+    let decided = collector.wait_for("tollgate.decide", 8).await;
+    assert_eq!(decided.len(), 8, "every decision arrives");
+    let mut ids: Vec<&Vec<u8>> = decided.iter().map(|d| &d.span.span_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "each once");
+    let refused = decided
+        .iter()
+        .find(|d| d.attr("tollgate.decision_id").as_deref() == Some(limited_id.as_str()))
+        .expect("the refused decision");
+    assert_eq!(refused.attr("tollgate.verdict").as_deref(), Some("RATE_LIMITED"));
+    assert!(
+        decided
+            .iter()
+            .all(|d| d.span.trace_id.len() == 16 && d.span.parent_span_id.len() == 8)
+    );
+    assert!(decided.iter().all(|d| d.attr("tollgate.grant").as_deref() == Some("a")));
+    assert!(
+        decided.iter().all(|d| d.service == "tollgate-up"),
+        "{:?}",
+        decided[0].service
+    );
+    // With the collector up, a decision's span is the child of the edge's span, as on the
+    // live path.
+    agent.call("k8s_list_namespaces", json!({})).await;
+    let decided = collector.wait_for("tollgate.decide", 9).await;
+    let newest = decided
+        .iter()
+        .max_by_key(|d| d.span.start_time_unix_nano)
+        .expect("the last decision");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let parent = collector.all().into_iter().find(|r| {
+            r.span.name == "mcp tools/call"
+                && r.span.trace_id == newest.span.trace_id
+                && r.span.span_id == newest.span.parent_span_id
+        });
+        if parent.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the decision's parent is the edge's span of its request"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

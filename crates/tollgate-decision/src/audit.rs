@@ -140,6 +140,13 @@ pub struct JournalRecord {
     pub request_id: String,
     /// The decision span's id (16 hex digits), empty when not traced.
     pub span_id: String,
+    /// Its parent's (the edge's span for the request), empty when it has none.
+    pub parent_span_id: String,
+    /// When the decision began and ended, nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The MCP method (`tools/call`, `resources/read`, `prompts/get`).
+    pub mcp_method: String,
     pub subject: String,
     pub issuer: String,
 }

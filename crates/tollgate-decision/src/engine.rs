@@ -289,6 +289,24 @@ impl Engine {
         request: &DecideRequest,
         parent: Option<opentelemetry::Context>,
     ) -> Decision {
+        let began = wall_clock_ns();
+        // The parent's span id, for the journal's record of the span (read only when kept).
+        let parent_span_id = self.journal.as_ref().map(|_| match &parent {
+            Some(cx) => {
+                use opentelemetry::trace::TraceContextExt;
+                let sc = cx.span().span_context().clone();
+                if sc.is_valid() {
+                    sc.span_id().to_string()
+                } else {
+                    String::new()
+                }
+            }
+            None => tollgate_telemetry::propagation::traceparent_of(&tracing::Span::current())
+                .split('-')
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned(),
+        });
         // Text that came over the wire is recorded as `&str`: quoted and escaped in log lines
         // (a value cannot forge another field), as it is in OpenTelemetry attributes.
         let span = tracing::info_span!(
@@ -405,8 +423,11 @@ impl Engine {
                     })
                     .collect(),
             };
+            let timing = (parent_span_id.unwrap_or_default(), began, wall_clock_ns());
             if let Some((journal, required)) = &self.journal
-                && let Err(refused) = self.journal_record(journal, *required, request, &record, span_id).await
+                && let Err(refused) = self
+                    .journal_record(journal, *required, request, &record, span_id, timing)
+                    .await
             {
                 decision = refused;
                 span.record("tollgate.verdict", verdict_name(decision.verdict()));
@@ -451,11 +472,16 @@ impl Engine {
         request: &DecideRequest,
         record: &DecisionRecord,
         span_id: String,
+        (parent_span_id, start_ns, end_ns): (String, u64, u64),
     ) -> Result<(), Decision> {
         let entry = crate::audit::JournalRecord {
             decision: record.clone(),
             request_id: request.request_id.clone(),
             span_id,
+            parent_span_id,
+            start_ns,
+            end_ns,
+            mcp_method: tollgate_api::subject_method(request.kind()).to_owned(),
             subject: request.subject.clone(),
             issuer: request.issuer.clone(),
         };
@@ -1151,4 +1177,11 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(125)), "2 min 5 s");
         assert_eq!(human_duration(Duration::from_secs(3700)), "1 h 1 min");
     }
+}
+
+/// Wall clock, nanoseconds since the Unix epoch.
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

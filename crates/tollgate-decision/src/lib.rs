@@ -11,6 +11,7 @@ pub mod audit;
 mod engine;
 pub mod envoy;
 mod full;
+pub mod journal_export;
 mod reload;
 mod service;
 mod tail;

@@ -346,6 +346,11 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
 
     fn on_end(&self, span: SpanData) {
         metrics().spans_ended.inc();
+        // Decision spans exported from the decision journal instead (it keeps them through a
+        // collector outage or a restart) are not exported twice.
+        if DECISIONS_FROM_JOURNAL.load(std::sync::atomic::Ordering::Relaxed) && span.name == DECISION_SPAN {
+            return;
+        }
         self.inner.on_end(span);
     }
 
@@ -360,6 +365,17 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
         self.inner.set_resource(resource);
     }
+}
+
+/// The decision span's name.
+pub const DECISION_SPAN: &str = "tollgate.decide";
+
+static DECISIONS_FROM_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, decision spans are exported from the decision journal, not through the
+/// tracing pipeline (which still gives them their ids).
+pub fn export_decisions_from_journal() {
+    DECISIONS_FROM_JOURNAL.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Wraps the OTLP exporter to count what reaches the collector and what does not, and to

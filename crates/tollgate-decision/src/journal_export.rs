@@ -1,0 +1,196 @@
+//! Decision spans exported from the decision journal (issue 25, item 2): a task reads the
+//! records after the last one the collector acknowledged, encodes each straight into an OTLP
+//! span (`tollgate.decide`, with the ids, parent, times and attributes the decision span has),
+//! sends them in batches over OTLP/gRPC, and records the last acknowledged sequence number on
+//! disk. A collector that is down or slow, or a replica restart, loses nothing: the backlog
+//! is sent when the collector answers again, in order, with the original ids and times (at
+//! least once; a duplicate has the same span id).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+
+use crate::audit::JournalRecord;
+
+/// Records sent in one export request at most.
+const BATCH: usize = 512;
+/// How often the journal is read again when everything was sent.
+const IDLE: Duration = Duration::from_millis(100);
+
+/// Where and as whom decision spans are exported.
+pub struct JournalExport {
+    pub dir: PathBuf,
+    pub endpoint: String,
+    pub service: String,
+    pub timeout: Duration,
+}
+
+impl JournalExport {
+    /// Starts the exporter; decision spans leave the tracing pipeline from now on.
+    pub fn spawn(self) -> Result<(), String> {
+        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| format!("telemetry.otlp_endpoint {:?}: {e}", self.endpoint))?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout)
+            .connect_lazy();
+        tollgate_telemetry::metrics::export_decisions_from_journal();
+        tokio::spawn(self.run(TraceServiceClient::new(channel)));
+        Ok(())
+    }
+
+    async fn run(self, mut client: TraceServiceClient<tonic::transport::Channel>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
+        loop {
+            let dir = self.dir.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let from = tollgate_journal::read_exported(&dir) + 1;
+                tollgate_journal::records(&dir, from, BATCH)
+            })
+            .await;
+            let records = match read {
+                Ok(Ok(records)) => records,
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot read the decision journal for export: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let Some(last) = records.last().map(|r| r.seq) else {
+                tokio::time::sleep(IDLE).await;
+                continue;
+            };
+            let spans: Vec<Span> = records
+                .iter()
+                .filter_map(|r| serde_json::from_slice::<JournalRecord>(&r.payload).ok())
+                .filter_map(|r| span_of(&r))
+                .collect();
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: vec![text("service.name", &self.service)],
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "tollgate".into(),
+                            ..Default::default()
+                        }),
+                        spans,
+                        schema_url: String::new(),
+                    }],
+                    schema_url: String::new(),
+                }],
+            };
+            match client.export(request).await {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("the collector answers again: the decision journal's backlog is being sent");
+                        failing = false;
+                    }
+                    backoff = Duration::from_millis(100);
+                    let dir = self.dir.clone();
+                    let written =
+                        tokio::task::spawn_blocking(move || tollgate_journal::write_exported(&dir, last)).await;
+                    if let Ok(Err(e)) = written {
+                        tracing::warn!("cannot record the export position of the decision journal: {e}");
+                    }
+                }
+                Err(status) => {
+                    if !failing {
+                        tracing::warn!(
+                            "cannot export decision spans ({}); they stay in the decision journal and are sent when the collector answers",
+                            status.message()
+                        );
+                        failing = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+fn text(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn int(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `tollgate.decide` span a journal record stands for (none for a record that was not
+/// traced).
+fn span_of(record: &JournalRecord) -> Option<Span> {
+    let d = &record.decision;
+    let trace_id = hex::decode(&d.trace_id).ok().filter(|b| b.len() == 16)?;
+    let span_id = hex::decode(&record.span_id).ok().filter(|b| b.len() == 8)?;
+    let parent_span_id = hex::decode(&record.parent_span_id)
+        .ok()
+        .filter(|b| b.len() == 8)
+        .unwrap_or_default();
+    let subject_key = match record.mcp_method.as_str() {
+        "resources/read" => "mcp.resource.uri",
+        "prompts/get" => "gen_ai.prompt.name",
+        _ => "gen_ai.tool.name",
+    };
+    let mut attributes = vec![
+        text("tollgate.verdict", &d.verdict),
+        text("tollgate.rule", &d.rule),
+        text("tollgate.reason", &d.reason),
+        text("tollgate.decision_id", &d.id),
+        text("tollgate.server", &d.server),
+        text("tollgate.grant", &d.grant),
+        text("tollgate.agent", &d.agent),
+        text("enduser.id", &record.subject),
+        text("tollgate.token.issuer", &record.issuer),
+        text("tollgate.request_id", &record.request_id),
+        text("tollgate.arguments.sha256", &d.arguments_sha256),
+        text(subject_key, &d.tool),
+        text("mcp.method.name", &record.mcp_method),
+        text("mcp.session.id", &d.session),
+    ];
+    if !d.approval_id.is_empty() {
+        attributes.push(text("tollgate.approval.id", &d.approval_id));
+    }
+    if d.retry_after_ms > 0 {
+        attributes.push(int("tollgate.retry_after_ms", d.retry_after_ms as i64));
+    }
+    for limit in &d.limits {
+        attributes.push(int(
+            &format!("tollgate.limit.{}.remaining", limit.counter),
+            limit.remaining as i64,
+        ));
+        attributes.push(int(&format!("tollgate.limit.{}.max", limit.counter), limit.max as i64));
+    }
+    Some(Span {
+        trace_id,
+        span_id,
+        parent_span_id,
+        name: tollgate_telemetry::metrics::DECISION_SPAN.to_owned(),
+        kind: span::SpanKind::Internal as i32,
+        start_time_unix_nano: record.start_ns,
+        end_time_unix_nano: record.end_ns.max(record.start_ns),
+        attributes,
+        ..Default::default()
+    })
+}
