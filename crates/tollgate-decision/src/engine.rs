@@ -1154,6 +1154,13 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
+/// Wall clock, nanoseconds since the Unix epoch.
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1177,11 +1184,4 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(125)), "2 min 5 s");
         assert_eq!(human_duration(Duration::from_secs(3700)), "1 h 1 min");
     }
-}
-
-/// Wall clock, nanoseconds since the Unix epoch.
-fn wall_clock_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
