@@ -8,7 +8,10 @@
 # (and the collector's CPU), the gateway's own cost without the processes sharing the cores.
 # Starts its own processes on loopback ports.
 #
-# Usage: loadtest/audit-export.sh [CONCURRENCY=16] [SECONDS=10] [ROUNDS=2]
+# With JOURNAL=1 each round also runs "journal": export on, with the decision journal
+# ([audit] journal_dir), so decision spans are exported from the journal.
+#
+# Usage: [JOURNAL=1] loadtest/audit-export.sh [CONCURRENCY=16] [SECONDS=10] [ROUNDS=2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrency=${1:-16}
@@ -33,12 +36,19 @@ start_upstream
 
 write_counted_policy
 
-run() { # $1: off | on
+run() { # $1: off | on | journal
   local port telemetry=""
   port=$(free_port)
-  if [ "$1" = on ]; then
+  if [ "$1" != off ]; then
     telemetry="[telemetry]
 otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
+  fi
+  if [ "$1" = journal ]; then
+    rm -rf "$work/journal"
+    telemetry="$telemetry
+
+[audit]
+journal_dir = \"$work/journal\""
   fi
   write_up "$work/up.toml" "$port" "$upstream_port" "$telemetry"
   write_list_scenario "$work/load.toml" "http://127.0.0.1:$port/mcp/k8s" "$upstream_port"
@@ -55,6 +65,10 @@ otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
   awk -v a="$cpu_before" -v b="$(cpu_seconds "$up")" -v ra="$rotel_before" -v rb="$(cpu_seconds "$rotel_pid")" \
     '/^gateway/ { n = $3 } END { c = b - a; printf "tollgate up CPU: %.2f s, %.0f calls per CPU second; collector CPU: %.2f s\n", c, (c > 0 ? n / c : 0), rb - ra }' \
     "$work/run.log"
+  if [ "$1" = journal ]; then
+    sleep 2
+    echo "journal: $(du -sb "$work/journal" | cut -f1) bytes, exported up to record $(cat "$work/journal/exported" 2>/dev/null || echo 0)"
+  fi
   if [ "$1" = on ]; then
     sleep 2 # one scheduled export (500 ms) and more, so the queue is empty
     curl -s "http://127.0.0.1:$port/metrics" | awk '
@@ -71,4 +85,7 @@ otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
 for _ in $(seq "$rounds"); do
   run off
   run on
+  if [ "${JOURNAL:-0}" = 1 ]; then
+    run journal
+  fi
 done

@@ -46,27 +46,34 @@ impl JournalExport {
     async fn run(self, mut client: TraceServiceClient<tonic::transport::Channel>) {
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
+        let from = tollgate_journal::read_exported(&self.dir) + 1;
+        let mut reader = Some(tollgate_journal::Reader::new(&self.dir, from));
+        // Records read but not yet acknowledged: sent again until they are.
+        let mut pending: Vec<tollgate_journal::Record> = Vec::new();
         loop {
-            let dir = self.dir.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                let from = tollgate_journal::read_exported(&dir) + 1;
-                tollgate_journal::records(&dir, from, BATCH)
-            })
-            .await;
-            let records = match read {
-                Ok(Ok(records)) => records,
-                Ok(Err(e)) => {
-                    tracing::warn!("cannot read the decision journal for export: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            if pending.is_empty() {
+                let Some(mut taken) = reader.take() else { return };
+                let read = tokio::task::spawn_blocking(move || {
+                    let records = taken.read(BATCH);
+                    (taken, records)
+                })
+                .await;
+                let Ok((back, records)) = read else { return };
+                reader = Some(back);
+                match records {
+                    Ok(records) => pending = records,
+                    Err(e) => {
+                        tracing::warn!("cannot read the decision journal for export: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
-                Err(_) => return,
-            };
-            let Some(last) = records.last().map(|r| r.seq) else {
+            }
+            let Some(last) = pending.last().map(|r| r.seq) else {
                 tokio::time::sleep(IDLE).await;
                 continue;
             };
-            let spans: Vec<Span> = records
+            let spans: Vec<Span> = pending
                 .iter()
                 .filter_map(|r| serde_json::from_slice::<JournalRecord>(&r.payload).ok())
                 .filter_map(|r| span_of(&r))
@@ -95,6 +102,7 @@ impl JournalExport {
                         failing = false;
                     }
                     backoff = Duration::from_millis(100);
+                    pending.clear();
                     let dir = self.dir.clone();
                     let written =
                         tokio::task::spawn_blocking(move || tollgate_journal::write_exported(&dir, last)).await;

@@ -5,12 +5,14 @@
 
 mod format;
 mod journal;
+mod reader;
 mod verify;
 
 pub use format::{Hash, MAX_PAYLOAD_BYTES, Record, chain, segment_name, segments};
 pub use journal::{
     EXPORTED_FILE, Journal, JournalError, JournalSettings, JournalStats, OnFull, Receipt, read_exported, write_exported,
 };
+pub use reader::Reader;
 pub use verify::{Broken, Verified, verify};
 
 /// The whole records of the journal in `dir` from sequence number `from` on, in order; at

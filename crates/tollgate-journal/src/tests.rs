@@ -201,3 +201,27 @@ async fn a_full_journal_refuses_or_drops_its_oldest_as_configured() {
     let verified = verify(&dir).expect("what is left still verifies");
     assert_eq!(verified.last_seq, Some(40));
 }
+
+#[tokio::test]
+async fn a_reader_follows_the_journal_as_it_grows_across_segments() {
+    let dir = temp("reader");
+    let journal = Journal::open(JournalSettings {
+        segment_bytes: 400,
+        ..JournalSettings::new(&dir)
+    })
+    .expect("open");
+    let mut reader = Reader::new(&dir, 3);
+    assert!(reader.read(100).expect("read").is_empty(), "nothing yet");
+    for i in 0..10 {
+        journal.append(payload(i)).await.expect("append");
+    }
+    let first: Vec<u64> = reader.read(4).expect("read").iter().map(|r| r.seq).collect();
+    assert_eq!(first, vec![3, 4, 5, 6]);
+    for i in 10..25 {
+        journal.append(payload(i)).await.expect("append");
+    }
+    let rest: Vec<u64> = reader.read(100).expect("read").iter().map(|r| r.seq).collect();
+    assert_eq!(rest, (7..=25).collect::<Vec<u64>>());
+    assert!(segments(&dir).expect("segments").len() > 2, "it crossed segments");
+    assert!(reader.read(100).expect("read").is_empty());
+}
