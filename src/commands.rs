@@ -788,6 +788,11 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         );
         // With on_full = "refuse" a call whose record finds the journal full is refused, so
         // its decision waits for the record as in required mode.
+        spawn_journal_metrics(
+            journal.stats().clone(),
+            PathBuf::from(&dir),
+            config.telemetry.otlp_endpoint.is_some(),
+        );
         let waits = config.audit.required || config.audit.on_full == tollgate_decision::audit::OnFullSetting::Refuse;
         engine = engine.with_journal(journal, waits);
         // Decision spans go to the collector from the journal, so an outage loses none.
@@ -953,4 +958,34 @@ pub fn audit_export(dir: &Path, from: u64, since: Option<u64>, format: &str) -> 
     }
     out.flush()?;
     Ok(())
+}
+
+/// Refreshes the journal's gauges every second (the backlog only when spans are exported
+/// from the journal).
+fn spawn_journal_metrics(stats: Arc<tollgate_journal::JournalStats>, dir: PathBuf, exporting: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticks.tick().await;
+            let m = tollgate_telemetry::metrics::metrics();
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            m.journal_bytes.set(gauge(stats.bytes.load(Relaxed)));
+            m.journal_appended.set(gauge(stats.appended.load(Relaxed)));
+            m.journal_dropped.set(gauge(stats.dropped.load(Relaxed)));
+            m.journal_refused.set(gauge(stats.refused.load(Relaxed)));
+            m.journal_failures.set(gauge(stats.failures.load(Relaxed)));
+            if !exporting {
+                continue;
+            }
+            let exported = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || tollgate_journal::read_exported(&dir)
+            })
+            .await
+            .unwrap_or(0);
+            m.journal_backlog
+                .set(gauge(stats.last_seq.load(Relaxed).saturating_sub(exported)));
+        }
+    });
 }

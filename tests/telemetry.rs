@@ -720,3 +720,52 @@ async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 25, tests: with `audit.required`, a decision is answered only once its record is
+/// durable, so a replica SIGKILLed right after a burst and started again (the collector down
+/// meanwhile) still exports every decision its agent was answered, each once.
+#[tokio::test]
+async fn a_replica_killed_after_a_burst_loses_no_answered_decision() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("otel-journal-kill");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    append(
+        &config,
+        &format!(
+            "{}\n[audit]\njournal_dir = \"{}\"\nrequired = true\n",
+            telemetry_section(&endpoint, ""),
+            dir.join("journal").display()
+        ),
+    );
+    let path = config.to_str().expect("path").to_owned();
+    let mut up = Proc::start("up", &["up", "--config", &path], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let mut refused = Vec::new();
+    for _ in 0..30 {
+        let result = agent
+            .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+            .await;
+        if let Some(details) = refusal(&result) {
+            refused.push(details["decision_id"].as_str().expect("id").to_owned());
+        }
+    }
+    assert_eq!(refused.len(), 29, "one admitted, 29 over the limit");
+    up.kill();
+    let (collector, _) = Collector::start_on(&format!("127.0.0.1:{port}")).await;
+    let _again = Proc::start("up-again", &["up", "--config", &path], &[]);
+    let decided = collector.wait_for("tollgate.decide", 30).await;
+    let ids: std::collections::HashSet<String> =
+        decided.iter().filter_map(|d| d.attr("tollgate.decision_id")).collect();
+    for id in &refused {
+        assert!(ids.contains(id), "decision {id} was answered but did not arrive");
+    }
+    let spans: std::collections::HashSet<&Vec<u8>> = decided.iter().map(|d| &d.span.span_id).collect();
+    assert_eq!(spans.len(), decided.len(), "each decision once");
+    assert_eq!(decided.len(), 30, "every answered decision, none more");
+}

@@ -91,6 +91,8 @@ pub struct JournalStats {
     pub refused: AtomicU64,
     pub failures: AtomicU64,
     pub syncs: AtomicU64,
+    /// The last record's sequence number.
+    pub last_seq: AtomicU64,
 }
 
 struct Append {
@@ -237,6 +239,7 @@ impl Writer {
         use std::io::Seek;
         writer.file.seek(std::io::SeekFrom::End(0))?;
         writer.stats.bytes.store(writer.total_bytes(), Ordering::Relaxed);
+        writer.stats.last_seq.store(writer.next_seq - 1, Ordering::Relaxed);
         Ok(writer)
     }
 
@@ -313,6 +316,7 @@ impl Writer {
         let appended = results.iter().filter(|r| r.is_ok()).count() as u64;
         self.stats.appended.fetch_add(appended, Ordering::Relaxed);
         self.stats.bytes.store(self.total_bytes(), Ordering::Relaxed);
+        self.stats.last_seq.store(self.next_seq - 1, Ordering::Relaxed);
         results
     }
 

@@ -54,6 +54,13 @@ pub struct Metrics {
     pub spans_exported: Counter,
     pub spans_lost: Counter,
     pub console_tail_skipped: Counter,
+    /// The decision journal (`[audit]`), refreshed every second.
+    pub journal_bytes: Gauge,
+    pub journal_appended: Gauge,
+    pub journal_dropped: Gauge,
+    pub journal_refused: Gauge,
+    pub journal_failures: Gauge,
+    pub journal_backlog: Gauge,
     tools: Mutex<HashSet<String>>,
     export_failure_logged: std::sync::atomic::AtomicBool,
 }
@@ -103,6 +110,12 @@ impl Metrics {
             spans_exported: Counter::default(),
             spans_lost: Counter::default(),
             console_tail_skipped: Counter::default(),
+            journal_bytes: Gauge::default(),
+            journal_appended: Gauge::default(),
+            journal_dropped: Gauge::default(),
+            journal_refused: Gauge::default(),
+            journal_failures: Gauge::default(),
+            journal_backlog: Gauge::default(),
             tools: Mutex::default(),
             export_failure_logged: Default::default(),
             registry: Registry::default(),
@@ -176,6 +189,40 @@ impl Metrics {
             "MCP requests being handled by this edge",
             m.requests_in_flight.clone(),
         );
+        for (name, help, gauge) in [
+            (
+                "journal_bytes",
+                "Bytes of the decision journal on disk",
+                &m.journal_bytes,
+            ),
+            (
+                "journal_appended_records",
+                "Decision records appended to the journal since start",
+                &m.journal_appended,
+            ),
+            (
+                "journal_dropped_records",
+                "Records removed unexported because the journal was full (on_full = drop_oldest_unexported)",
+                &m.journal_dropped,
+            ),
+            (
+                "journal_refused_records",
+                "Records the journal refused (full with on_full = refuse, or too large)",
+                &m.journal_refused,
+            ),
+            (
+                "journal_write_failures",
+                "Batches the journal could not write or sync",
+                &m.journal_failures,
+            ),
+            (
+                "journal_backlog_records",
+                "Journal records not yet acknowledged by the OTLP collector",
+                &m.journal_backlog,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         registry.register(
             "held_calls",
             "tools/call requests this edge holds open waiting for an operator's approval",
