@@ -32,6 +32,14 @@ fn compose_mounts_only_files_that_exist() {
                 .as_str()
                 .and_then(|v| v.split(':').next())
                 .expect("volume string");
+            // A named volume (no path) must be declared; a path must exist.
+            if !host.contains('/') && !host.starts_with('.') {
+                assert!(
+                    compose["volumes"].get(host).is_some(),
+                    "{name:?} mounts the volume {host}, which is not declared"
+                );
+                continue;
+            }
             assert!(
                 Path::new(DIR).join(host).exists(),
                 "{name:?} mounts {host}, which is missing"
@@ -207,7 +215,25 @@ fn compose_runs_the_whole_cluster_and_its_configuration_passes_tollgate_check() 
         let name = name.as_str().expect("name");
         for volume in svc["volumes"].as_sequence().into_iter().flatten() {
             let host = volume.as_str().and_then(|v| v.split(':').next()).expect("volume");
+            if !host.contains('/') && !host.starts_with('.') {
+                assert!(
+                    compose["volumes"].get(host).is_some(),
+                    "{name} mounts the undeclared volume {host}"
+                );
+                continue;
+            }
             assert!(deploy.join(host).exists(), "{name} mounts {host}, which is missing");
+        }
+        // A decision replica's journal directory is on a volume of its own.
+        if svc["command"][0].as_str() == Some("decision") {
+            let journal = svc["environment"]["TOLLGATE_AUDIT__JOURNAL_DIR"].as_str();
+            assert_eq!(journal, Some("/var/lib/tollgate/journal"), "{name}");
+            assert!(
+                svc["volumes"].as_sequence().is_some_and(|v| v
+                    .iter()
+                    .any(|v| v.as_str().is_some_and(|v| v.ends_with(":/var/lib/tollgate/journal")))),
+                "{name}: the journal is on a volume"
+            );
         }
         let Some(role) = svc["command"][0].as_str() else {
             continue;

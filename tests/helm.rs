@@ -292,7 +292,7 @@ fn the_chart_with_other_values_renders_valid_objects_too() {
             "secrets": {"existingSecret": "tollgate-keys"},
             "redis": {"bundled": {"enabled": true}},
             "edge": {"autoscaling": {"enabled": false}, "replicas": 5},
-            "decision": {"replicas": 3},
+            "decision": {"replicas": 3, "journal": {"enabled": true, "size": "5Gi", "required": true}},
             "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
             "networkPolicy": {"enabled": true, "allowFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
             "telemetry": {"otlpEndpoint": "http://otel-collector.observability:4317"},
@@ -335,6 +335,24 @@ fn the_chart_with_other_values_renders_valid_objects_too() {
         );
     }
     assert!(config.contains("url = \"redis://tg-tollgate-redis:6379\""), "{config}");
+    // The decision journal: a claim per replica, mounted where audit.journal_dir says.
+    let decision = rendered.get("StatefulSet/tg-tollgate-decision");
+    let claim = &decision["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"].as_str(), Some("journal"));
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"].as_str(), Some("5Gi"));
+    let container = &decision["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["volumeMounts"].as_sequence().is_some_and(|m| m
+            .iter()
+            .any(|v| v["mountPath"].as_str() == Some("/var/lib/tollgate/journal"))),
+        "the journal is mounted"
+    );
+    assert!(
+        container["env"].as_sequence().is_some_and(|e| e
+            .iter()
+            .any(|v| v["name"].as_str() == Some("TOLLGATE_AUDIT__JOURNAL_DIR"))),
+        "audit.journal_dir points at it"
+    );
     let secret = BTreeMap::from([
         ("cluster-token", TOKEN.to_owned()),
         ("cluster-token-sha256", sha256_hex(TOKEN)),
