@@ -103,7 +103,7 @@ async fn every_decision_is_a_record_that_verifies_and_exports() {
 
 #[tokio::test]
 async fn a_full_journal_that_refuses_refuses_calls_with_the_reason() {
-    let (_upstream, up, _journal) = up_with_journal(
+    let (_upstream, up, journal) = up_with_journal(
         "audit-full",
         "on_full = \"refuse\"\njournal_segment_bytes = 4096\njournal_max_bytes = 8192",
     );
@@ -124,4 +124,23 @@ async fn a_full_journal_that_refuses_refuses_calls_with_the_reason() {
     let (after, details) = full.expect("the journal filled up and calls were refused");
     assert!(after > 5, "some calls were recorded first ({after})");
     assert_eq!(details["verdict"], "DENY", "{details}");
+    let ready = || async { reqwest::get(up.url("/readyz")).await.expect("readyz").status().as_u16() };
+    assert_eq!(ready().await, 503, "a node that refuses every call is not ready");
+    // Room comes back (the oldest segment archived away): calls are recorded again, and the
+    // node is ready, by itself.
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&journal)
+        .expect("journal")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tgj"))
+        .collect();
+    found.sort();
+    std::fs::remove_file(&found[0]).expect("archive the oldest segment");
+    let result = agent.call("k8s_list_namespaces", json!({})).await;
+    let reason = refusal(&result).map(|d| d["reason"].as_str().unwrap_or_default().to_owned());
+    assert!(
+        !reason.as_deref().unwrap_or_default().contains("audit journal"),
+        "recorded again: {result}"
+    );
+    assert_eq!(ready().await, 200, "ready again");
 }

@@ -169,6 +169,14 @@ impl Engine {
         self
     }
 
+    /// Whether decisions wait for a journal that cannot take their records now (the replica
+    /// refuses every call meanwhile, and reports itself not ready).
+    pub fn journal_refusing(&self) -> bool {
+        self.journal.as_ref().is_some_and(|(journal, waits)| {
+            *waits && journal.stats().failing.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// The decision journal, when one is kept.
     pub fn journal(&self) -> Option<&tollgate_journal::Journal> {
         self.journal.as_ref().map(|(j, _)| j)
@@ -923,6 +931,13 @@ impl Decider for Engine {
     }
 
     async fn visible_tools(&self, request: VisibleToolsRequest) -> Result<VisibleToolsResponse, DecisionError> {
+        // In one process (`tollgate up`) this is also the edge's readiness probe: a journal
+        // that refuses every call makes the node not ready.
+        if self.journal_refusing() {
+            return Err(DecisionError::Unavailable(
+                "the audit journal cannot record decisions (audit.required or on_full = \"refuse\")".into(),
+            ));
+        }
         Ok(Engine::visible_tools(self, &request))
     }
 

@@ -592,6 +592,35 @@ pub async fn serve(
     health_reporter
         .set_serving::<DecisionServiceServer<DecisionGrpc>>()
         .await;
+    // A replica whose decisions wait for a journal that cannot take them refuses every call:
+    // it says so on the health service (readiness probes), until the journal takes records.
+    if engine.journal().is_some() {
+        let (engine, reporter) = (engine.clone(), health_reporter.clone());
+        tokio::spawn(async move {
+            let mut refusing = false;
+            let mut ticks = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                ticks.tick().await;
+                let now = engine.journal_refusing();
+                if now != refusing {
+                    refusing = now;
+                    if now {
+                        tracing::error!("not ready: the audit journal cannot record decisions; every call is refused");
+                        reporter.set_not_serving::<DecisionServiceServer<DecisionGrpc>>().await;
+                        reporter
+                            .set_service_status("", tonic_health::ServingStatus::NotServing)
+                            .await;
+                    } else {
+                        tracing::info!("ready again: the audit journal records decisions");
+                        reporter.set_serving::<DecisionServiceServer<DecisionGrpc>>().await;
+                        reporter
+                            .set_service_status("", tonic_health::ServingStatus::Serving)
+                            .await;
+                    }
+                }
+            }
+        });
+    }
     let envoy = (!envoy.is_empty()).then(|| {
         tonic::service::interceptor::InterceptedService::new(
             crate::envoy::service(engine.clone(), envoy.clone()),

@@ -93,6 +93,9 @@ pub struct JournalStats {
     pub syncs: AtomicU64,
     /// The last record's sequence number.
     pub last_seq: AtomicU64,
+    /// The last batch could not be written, or a record did not fit: until a batch is
+    /// written whole again.
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 struct Append {
@@ -301,6 +304,7 @@ impl Writer {
         if let Err(e) = written {
             // Nothing of the batch counts: the segment is cut back to where it was.
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.stats.failing.store(true, Ordering::Relaxed);
             tracing::error!("the audit journal cannot be written: {e}");
             let _ = self.file.set_len(start_size);
             use std::io::Seek;
@@ -313,6 +317,8 @@ impl Writer {
                 .collect();
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        let refused = results.iter().any(|r| r.is_err());
+        self.stats.failing.store(refused, Ordering::Relaxed);
         let appended = results.iter().filter(|r| r.is_ok()).count() as u64;
         self.stats.appended.fetch_add(appended, Ordering::Relaxed);
         self.stats.bytes.store(self.total_bytes(), Ordering::Relaxed);
@@ -332,6 +338,10 @@ impl Writer {
             pending.clear();
         }
         self.remove_expired();
+        if self.total_bytes() + needed > self.settings.max_bytes {
+            // Segments an operator removed (or archived) give their room back.
+            self.sealed.retain(|(_, path, _, _)| path.exists());
+        }
         while self.total_bytes() + needed > self.settings.max_bytes {
             if self.settings.on_full == OnFull::Refuse || self.sealed.is_empty() {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
