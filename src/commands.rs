@@ -899,8 +899,17 @@ async fn flush(telemetry: tollgate_telemetry::Telemetry) {
 }
 
 /// `tollgate audit verify DIR`.
-pub fn audit_verify(dir: &Path) -> anyhow::Result<()> {
-    match tollgate_journal::verify(dir) {
+pub fn audit_verify(dir: &Path, key: Option<&str>) -> anyhow::Result<()> {
+    let key = match key {
+        Some(text) => Some(
+            hex::decode(text.trim())
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| anyhow::anyhow!("--key must be an Ed25519 public key, 64 hex digits"))?,
+        ),
+        None => None,
+    };
+    match tollgate_journal::verify(dir, key.as_deref()) {
         Ok(verified) => {
             let range = match (verified.first_seq, verified.last_seq) {
                 (Some(first), Some(last)) => format!("records {first} to {last}"),
@@ -913,6 +922,9 @@ pub fn audit_verify(dir: &Path) -> anyhow::Result<()> {
                 verified.segments,
                 verified.head
             );
+            if key.is_some() {
+                println!("{} closed segments carry a valid signature", verified.signed_segments);
+            }
             if verified.torn_tail {
                 println!(
                     "the last segment ends inside a record (a write cut short by a crash): it is cut when the journal is next opened"
@@ -988,4 +1000,12 @@ fn spawn_journal_metrics(stats: Arc<tollgate_journal::JournalStats>, dir: PathBu
                 .set(gauge(stats.last_seq.load(Relaxed).saturating_sub(exported)));
         }
     });
+}
+
+/// `tollgate audit keygen`.
+pub fn audit_keygen() -> anyhow::Result<()> {
+    let (seed, public) = tollgate_journal::generate_signing_key().map_err(anyhow::Error::msg)?;
+    println!("signing key (audit.signing_key, secret): {seed}");
+    println!("public key (tollgate audit verify --key): {public}");
+    Ok(())
 }

@@ -188,7 +188,14 @@ enum AuditCommand {
     Verify {
         /// The journal directory (audit.journal_dir).
         dir: PathBuf,
+        /// The replica's Ed25519 public key (hex, from `tollgate audit keygen`): every closed
+        /// segment must then carry a valid signature.
+        #[arg(long)]
+        key: Option<String>,
     },
+    /// Print a new Ed25519 signing key for audit.signing_key (a secret: keep it like the
+    /// cluster token) and its public key for `audit verify --key`.
+    Keygen,
     /// Write the journal's decision records as JSON lines (for a SIEM or a log shipper):
     /// each record's fields, with its sequence number (`seq`) and chain hash (`hash`).
     Export {
@@ -308,7 +315,8 @@ fn main() -> ExitCode {
         }
         Command::Keygen => commands::keygen(),
         Command::Audit { command } => match command {
-            AuditCommand::Verify { dir } => commands::audit_verify(&dir),
+            AuditCommand::Verify { dir, key } => commands::audit_verify(&dir, key.as_deref()),
+            AuditCommand::Keygen => commands::audit_keygen(),
             AuditCommand::Export {
                 dir,
                 from,

@@ -144,3 +144,43 @@ async fn a_full_journal_that_refuses_refuses_calls_with_the_reason() {
     );
     assert_eq!(ready().await, 200, "ready again");
 }
+
+#[tokio::test]
+async fn closed_segments_are_signed_and_verify_with_the_public_key() {
+    let (code, keys, err) = run(&["audit", "keygen"]);
+    assert_eq!(code, 0, "{err}");
+    let value = |label: &str| {
+        keys.lines()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .expect("key line")
+            .to_owned()
+    };
+    let (seed, public) = (value("signing key"), value("public key"));
+    let (_upstream, up, journal) = up_with_journal(
+        "audit-signed",
+        &format!("journal_segment_bytes = 4096\nsigning_key = \"{seed}\""),
+    );
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    for _ in 0..30 {
+        agent.call("k8s_list_namespaces", json!({})).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    up.terminate();
+    let dir = journal.to_str().expect("path");
+    let (code, out, err) = run(&["audit", "verify", dir, "--key", &public]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("closed segments carry a valid signature"), "{out}");
+    assert!(!out.contains(" 0 closed segments"), "{out}");
+    let (_, other, _) = run(&["audit", "keygen"]);
+    let other = other
+        .lines()
+        .find(|l| l.starts_with("public key"))
+        .and_then(|l| l.rsplit(' ').next())
+        .expect("key")
+        .to_owned();
+    let (code, out, err) = run(&["audit", "verify", dir, "--key", &other]);
+    assert_eq!(code, 1, "another key: {out}{err}");
+    assert!(err.contains("does not verify"), "{err}");
+}

@@ -695,6 +695,12 @@ async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
         "{:?}",
         decided[0].service
     );
+    assert!(
+        decided
+            .iter()
+            .all(|d| d.attr("tollgate.audit.chain").is_some_and(|h| h.len() == 64)),
+        "each span names its journal record's chain hash"
+    );
     // With the collector up, a decision's span is the child of the edge's span, as on the
     // live path.
     agent.call("k8s_list_namespaces", json!({})).await;

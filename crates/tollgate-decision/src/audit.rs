@@ -41,6 +41,21 @@ pub struct AuditSettings {
     /// cannot be written.
     #[serde(default)]
     pub required: bool,
+    /// This replica's Ed25519 key (a 32-byte seed, 64 hex digits; `tollgate audit keygen`):
+    /// each closed segment's last record is signed with it (`<segment>.sig`).
+    #[serde(default)]
+    pub signing_key: Option<SigningSeed>,
+}
+
+/// A signing key's seed: usable by the code, never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SigningSeed(pub String);
+
+impl std::fmt::Debug for SigningSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<secret>\"")
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -78,6 +93,7 @@ impl Default for AuditSettings {
             journal_retain: default_retain(),
             on_full: OnFullSetting::default(),
             required: false,
+            signing_key: None,
         }
     }
 }
@@ -100,7 +116,12 @@ impl AuditSettings {
         if self.journal_segment_bytes < 4096 || self.journal_max_bytes < self.journal_segment_bytes {
             return Err("audit.journal_segment_bytes must be at least 4096 and at most audit.journal_max_bytes".into());
         }
+        let signing_key = match &self.signing_key {
+            Some(seed) => Some(std::sync::Arc::new(tollgate_journal::SigningKey::from_hex(&seed.0)?)),
+            None => None,
+        };
         Ok(Some(tollgate_journal::JournalSettings {
+            signing_key,
             dir: dir.clone(),
             sync_ms: self.journal_sync_ms,
             sync_records: self.journal_sync_records.max(1),

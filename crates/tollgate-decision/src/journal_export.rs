@@ -75,8 +75,15 @@ impl JournalExport {
             };
             let spans: Vec<Span> = pending
                 .iter()
-                .filter_map(|r| serde_json::from_slice::<JournalRecord>(&r.payload).ok())
-                .filter_map(|r| span_of(&r))
+                .filter_map(|r| {
+                    let record = serde_json::from_slice::<JournalRecord>(&r.payload).ok()?;
+                    let mut span = span_of(&record)?;
+                    // The journal's chain head at this decision: an auditor finds the record.
+                    span.attributes.push(text("tollgate.audit.chain", &hex::encode(r.hash)));
+                    span.attributes
+                        .push(int("tollgate.audit.seq", i64::try_from(r.seq).unwrap_or(i64::MAX)));
+                    Some(span)
+                })
                 .collect();
             let request = ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {

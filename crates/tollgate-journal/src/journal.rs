@@ -46,6 +46,8 @@ pub struct JournalSettings {
     /// Segments whose records are all exported are removed once older than this.
     pub retain: Duration,
     pub on_full: OnFull,
+    /// Signs each closed segment's last record (`<segment>.sig`).
+    pub signing_key: Option<Arc<crate::sign::SigningKey>>,
 }
 
 impl JournalSettings {
@@ -58,6 +60,7 @@ impl JournalSettings {
             segment_bytes: 64 << 20,
             retain: Duration::from_secs(7 * 24 * 3600),
             on_full: OnFull::default(),
+            signing_key: None,
         }
     }
 }
@@ -369,6 +372,9 @@ impl Writer {
         file.sync_all()?;
         sync_dir(&self.settings.dir)?;
         let old = self.settings.dir.join(segment_name(self.open_first));
+        if let Some(key) = &self.settings.signing_key {
+            key.sign_segment(&old, self.next_seq - 1, &self.head)?;
+        }
         self.sealed.push((self.open_first, old, self.size, self.next_seq - 1));
         self.file = file;
         self.size = HEADER_BYTES;

@@ -6,6 +6,7 @@
 mod format;
 mod journal;
 mod reader;
+mod sign;
 mod verify;
 
 pub use format::{Hash, MAX_PAYLOAD_BYTES, Record, chain, segment_name, segments};
@@ -13,6 +14,7 @@ pub use journal::{
     EXPORTED_FILE, Journal, JournalError, JournalSettings, JournalStats, OnFull, Receipt, read_exported, write_exported,
 };
 pub use reader::Reader;
+pub use sign::{SigningKey, generate as generate_signing_key};
 pub use verify::{Broken, Verified, verify};
 
 /// The whole records of the journal in `dir` from sequence number `from` on, in order; at

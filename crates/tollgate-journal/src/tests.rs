@@ -53,13 +53,13 @@ async fn records_come_back_in_order_with_their_chain() {
             .collect::<Vec<_>>(),
         vec![15, 16, 17]
     );
-    let verified = verify(&dir).expect("a clean journal verifies");
+    let verified = verify(&dir, None).expect("a clean journal verifies");
     assert_eq!(verified.records, 20);
     assert_eq!(verified.head, hex::encode(receipts[19].hash));
     // Reopened, it goes on from where it was.
     let more = write(&dir, |s| s, 2).await;
     assert_eq!(more[0].seq, 21);
-    assert_eq!(verify(&dir).expect("verifies").records, 22);
+    assert_eq!(verify(&dir, None).expect("verifies").records, 22);
 }
 
 #[tokio::test]
@@ -76,14 +76,14 @@ async fn a_torn_tail_is_cut_never_read_as_a_record() {
         .and_then(|f| f.set_len(cut))
         .expect("cut");
     assert!(cut < len);
-    let verified = verify(&dir).expect("a torn tail is not a break");
+    let verified = verify(&dir, None).expect("a torn tail is not a break");
     assert!(verified.torn_tail);
     assert_eq!(verified.records, 9);
     assert_eq!(records(&dir, 1, 100).expect("records").len(), 9);
     // Opening cuts it and appends after the last whole record.
     let more = write(&dir, |s| s, 1).await;
     assert_eq!(more[0].seq, 10);
-    let verified = verify(&dir).expect("verifies");
+    let verified = verify(&dir, None).expect("verifies");
     assert!(!verified.torn_tail);
     assert_eq!(verified.records, 10);
 }
@@ -108,7 +108,7 @@ async fn verify_finds_a_changed_removed_swapped_or_inserted_record_where_it_is()
     for (tag, expected_seq) in [("changed", 5u64), ("removed", 6), ("swapped", 6), ("inserted", 4)] {
         let dir = temp(tag);
         write(&dir, |s| s, 8).await;
-        assert!(verify(&dir).is_ok());
+        assert!(verify(&dir, None).is_ok());
         edit(&dir, |bytes| match tag {
             // One byte of record 5's payload.
             "changed" => {
@@ -134,7 +134,7 @@ async fn verify_finds_a_changed_removed_swapped_or_inserted_record_where_it_is()
             }
             _ => unreachable!(),
         });
-        let broken = verify(&dir).expect_err(tag);
+        let broken = verify(&dir, None).expect_err(tag);
         assert_eq!(broken.seq, expected_seq, "{tag}: {broken}");
         assert_eq!(broken.offset, offset_of(5), "{tag}: {broken}");
     }
@@ -150,12 +150,12 @@ async fn segments_roll_and_chain_and_a_missing_one_is_found() {
     write(&dir, small, 30).await;
     let found = segments(&dir).expect("segments");
     assert!(found.len() >= 3, "{found:?}");
-    let verified = verify(&dir).expect("verifies");
+    let verified = verify(&dir, None).expect("verifies");
     assert_eq!((verified.records, verified.segments), (30, found.len()));
     assert_eq!(records(&dir, 1, 100).expect("records").len(), 30);
     assert_eq!(records(&dir, 29, 100).expect("records").len(), 2);
     std::fs::remove_file(&found[1].1).expect("remove");
-    let broken = verify(&dir).expect_err("a segment is missing");
+    let broken = verify(&dir, None).expect_err("a segment is missing");
     assert_eq!(broken.segment, found[2].1, "{broken}");
     assert!(broken.what.contains("removed or inserted"), "{broken}");
 }
@@ -177,7 +177,7 @@ async fn a_full_journal_refuses_or_drops_its_oldest_as_configured() {
         }
     }
     assert!(refused > 0, "a full journal refuses");
-    assert!(verify(&dir).is_ok());
+    assert!(verify(&dir, None).is_ok());
     let dir = temp("full-drop");
     let journal = Journal::open(JournalSettings {
         segment_bytes: 300,
@@ -198,7 +198,7 @@ async fn a_full_journal_refuses_or_drops_its_oldest_as_configured() {
         .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();
     assert!(total <= 900, "{total} bytes on disk");
-    let verified = verify(&dir).expect("what is left still verifies");
+    let verified = verify(&dir, None).expect("what is left still verifies");
     assert_eq!(verified.last_seq, Some(40));
 }
 
@@ -224,4 +224,30 @@ async fn a_reader_follows_the_journal_as_it_grows_across_segments() {
     assert_eq!(rest, (7..=25).collect::<Vec<u64>>());
     assert!(segments(&dir).expect("segments").len() > 2, "it crossed segments");
     assert!(reader.read(100).expect("read").is_empty());
+}
+
+#[tokio::test]
+async fn closed_segments_are_signed_and_checked_with_the_public_key() {
+    let dir = temp("signed");
+    let (seed, public) = crate::generate_signing_key().expect("key");
+    let key = std::sync::Arc::new(SigningKey::from_hex(&seed).expect("seed"));
+    let signed = |mut s: JournalSettings| {
+        s.segment_bytes = 400;
+        s.signing_key = Some(key.clone());
+        s
+    };
+    write(&dir, signed, 30).await;
+    let public = hex::decode(&public).expect("hex");
+    let verified = verify(&dir, Some(&public)).expect("signed segments verify");
+    assert!(verified.signed_segments >= 2, "{verified:?}");
+    // Another key does not verify them.
+    let (_, other) = crate::generate_signing_key().expect("key");
+    let other = hex::decode(&other).expect("hex");
+    let broken = verify(&dir, Some(&other)).expect_err("another key");
+    assert!(broken.what.contains("does not verify"), "{broken}");
+    // A closed segment without its signature is reported.
+    let first = segments(&dir).expect("segments")[0].1.clone();
+    std::fs::remove_file(crate::sign::signature_path(&first)).expect("remove");
+    let broken = verify(&dir, Some(&public)).expect_err("a missing signature");
+    assert!(broken.what.contains("no signature"), "{broken}");
 }

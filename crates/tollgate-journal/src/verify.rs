@@ -17,6 +17,8 @@ pub struct Verified {
     /// The last segment ends inside a record (a crash while writing; the journal cuts it
     /// when it is next opened). Everything before it is whole.
     pub torn_tail: bool,
+    /// Closed segments whose signature was checked (with a key).
+    pub signed_segments: usize,
 }
 
 /// Where a journal's chain breaks.
@@ -30,8 +32,10 @@ pub struct Broken {
     pub what: String,
 }
 
-/// Checks every record of the journal in `dir`; the first break, if any.
-pub fn verify(dir: &Path) -> Result<Verified, Broken> {
+/// Checks every record of the journal in `dir`; the first break, if any. With `key` (an
+/// Ed25519 public key), every closed segment must also carry a valid signature of its last
+/// record.
+pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Verified, Broken> {
     let found = segments(dir).map_err(|e| Broken {
         segment: dir.to_owned(),
         offset: 0,
@@ -45,6 +49,7 @@ pub fn verify(dir: &Path) -> Result<Verified, Broken> {
         last_seq: None,
         head: hex::encode([0u8; 32]),
         torn_tail: false,
+        signed_segments: 0,
     };
     let mut last: Option<(u64, Hash)> = None;
     let count = found.len();
@@ -111,6 +116,13 @@ pub fn verify(dir: &Path) -> Result<Verified, Broken> {
             verified.first_seq.get_or_insert(*seq);
             verified.last_seq = Some(*seq);
             last = Some((*seq, *hash));
+        }
+        if let (Some(public), Some((last_seq, last_hash))) = (key, last)
+            && index + 1 < count
+        {
+            crate::sign::check_segment(&path, last_seq, &last_hash, public)
+                .map_err(|what| broken(0, last_seq, what))?;
+            verified.signed_segments += 1;
         }
         if segment.records.is_empty() && last.is_none() {
             // An empty first segment: the chain starts from its header.
