@@ -485,12 +485,29 @@ fn hex(bytes: &[u8]) -> String {
 /// approval links to it: a trace shows who let the call through.
 #[tokio::test]
 async fn the_decision_that_consumes_an_approval_links_to_the_operators_span() {
+    approval_link(false).await;
+}
+
+/// The same with a decision journal: the span exported from the journal links to the
+/// operator's span too.
+#[tokio::test]
+async fn the_journal_exported_decision_that_consumes_an_approval_links_to_the_operators_span() {
+    approval_link(true).await;
+}
+
+async fn approval_link(journal: bool) {
     let (collector, endpoint) = Collector::start().await;
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("otel-approval");
     let policy =
         r#"{"version": "1", "tools": {"k8s_scale": {"action": "require_approval", "approval": {"mode": "retry"}}}}"#;
     let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
+    if journal {
+        append(
+            &config,
+            &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
+        );
+    }
     let key = "tg_operator_key_for_spans";
     append(
         &config,

@@ -168,6 +168,10 @@ pub struct JournalRecord {
     pub end_ns: u64,
     /// The MCP method (`tools/call`, `resources/read`, `prompts/get`).
     pub mcp_method: String,
+    /// Spans the decision span links to (W3C traceparents): the operator's approval it
+    /// consumed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
     pub subject: String,
     pub issuer: String,
 }

@@ -482,7 +482,19 @@ impl Engine {
         span_id: String,
         (parent_span_id, start_ns, end_ns): (String, u64, u64),
     ) -> Result<(), Decision> {
+        // A decision that consumed an approval links to the operator's span (as the live
+        // span does): the approval's record says which.
+        let mut links = Vec::new();
+        if !record.approval_id.is_empty()
+            && record.verdict == "ALLOW"
+            && let Ok(Ok(Some(approval))) =
+                tokio::time::timeout(self.store_timeout, self.approvals.get(&record.approval_id)).await
+            && let Some(trace) = approval.resolved_trace
+        {
+            links.push(trace);
+        }
         let entry = crate::audit::JournalRecord {
+            links,
             decision: record.clone(),
             request_id: request.request_id.clone(),
             span_id,

@@ -197,7 +197,22 @@ fn span_of(record: &JournalRecord) -> Option<Span> {
         ));
         attributes.push(int(&format!("tollgate.limit.{}.max", limit.counter), limit.max as i64));
     }
+    let links = record
+        .links
+        .iter()
+        .filter_map(|traceparent| {
+            let mut parts = traceparent.split('-').skip(1);
+            let trace_id = hex::decode(parts.next()?).ok().filter(|b| b.len() == 16)?;
+            let span_id = hex::decode(parts.next()?).ok().filter(|b| b.len() == 8)?;
+            Some(span::Link {
+                trace_id,
+                span_id,
+                ..Default::default()
+            })
+        })
+        .collect();
     Some(Span {
+        links,
         trace_id,
         span_id,
         parent_span_id,
