@@ -649,27 +649,34 @@ async fn a_tasks_result_is_in_the_trace_of_the_decision_that_made_it() {
     assert_eq!(result.attr("tollgate.grant").as_deref(), Some("a"));
 }
 
-/// Issue 25, item 2: with a decision journal, decision spans are exported from it. A
-/// collector that is down while calls are decided loses none of them: when it comes up, every
-/// decision arrives as its span (ids, parent and attributes as on the live path), once.
-#[tokio::test]
-async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
+/// A port no collector listens on yet, the demo upstream, and a config exporting to that
+/// port with a decision journal (`audit` adds lines to `[audit]`).
+fn journal_config(tag: &str, audit: &str) -> (u16, Proc, std::path::PathBuf) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-    let dir = support::temp_dir("otel-journal");
+    let dir = support::temp_dir(tag);
     let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
     append(
         &config,
         &format!(
-            "{}\n[audit]\njournal_dir = \"{}\"\n",
+            "{}\n[audit]\njournal_dir = \"{}\"\n{audit}\n",
             telemetry_section(&endpoint, ""),
             dir.join("journal").display()
         ),
     );
+    (port, upstream, config)
+}
+
+/// Issue 25, item 2: with a decision journal, decision spans are exported from it. A
+/// collector that is down while calls are decided loses none of them: when it comes up, every
+/// decision arrives as its span (ids, parent and attributes as on the live path), once.
+#[tokio::test]
+async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
+    let (port, _upstream, config) = journal_config("otel-journal", "");
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
     agent.initialize().await;
@@ -749,22 +756,7 @@ async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
 /// meanwhile) still exports every decision its agent was answered, each once.
 #[tokio::test]
 async fn a_replica_killed_after_a_burst_loses_no_answered_decision() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-    let dir = support::temp_dir("otel-journal-kill");
-    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
-    append(
-        &config,
-        &format!(
-            "{}\n[audit]\njournal_dir = \"{}\"\nrequired = true\n",
-            telemetry_section(&endpoint, ""),
-            dir.join("journal").display()
-        ),
-    );
+    let (port, _upstream, config) = journal_config("otel-journal-kill", "required = true");
     let path = config.to_str().expect("path").to_owned();
     let mut up = Proc::start("up", &["up", "--config", &path], &[]);
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);

@@ -220,22 +220,7 @@ impl Issuer {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         };
-        let ttl = self.gw.settings.input_state_ttl_ms;
-        let envelope = Envelope {
-            s: self.server.clone(),
-            n: self.subject.clone(),
-            d: self.digest.clone(),
-            r: self.request_id.clone(),
-            k: self.round + 1,
-            e: now_ms().saturating_add(ttl),
-            u: upstream_state,
-            i: uuid::Uuid::new_v4().simple().to_string(),
-            a: None,
-        };
-        let sealed = serde_json::to_vec(&envelope)
-            .ok()
-            .and_then(|plain| self.gw.sealer.seal_input_state(&self.grant, &plain));
-        match sealed {
+        match self.seal(upstream_state, None) {
             Some(text) => {
                 result.insert("requestState".into(), json!(text));
             }
@@ -249,25 +234,30 @@ impl Issuer {
 }
 
 impl Issuer {
-    /// The answer to a stateless call held for approval, for a client that supports URL-mode
-    /// elicitation: an `InputRequiredResult` asking its user to follow the approval at `url`,
-    /// with an envelope whose retry is decided again (same request id: charged once).
-    pub(crate) fn approval_answer(&self, id: &Value, approval_id: &str, what: &str, url: &str) -> Value {
-        let ttl = self.gw.settings.input_state_ttl_ms;
+    /// The next round's envelope, sealed for the grant: the upstream's own state, or the
+    /// approval the gateway asked the user to follow.
+    fn seal(&self, upstream_state: Option<String>, approval: Option<String>) -> Option<String> {
         let envelope = Envelope {
             s: self.server.clone(),
             n: self.subject.clone(),
             d: self.digest.clone(),
             r: self.request_id.clone(),
             k: self.round + 1,
-            e: now_ms().saturating_add(ttl),
-            u: None,
+            e: now_ms().saturating_add(self.gw.settings.input_state_ttl_ms),
+            u: upstream_state,
             i: uuid::Uuid::new_v4().simple().to_string(),
-            a: Some(approval_id.to_owned()),
+            a: approval,
         };
-        let sealed = serde_json::to_vec(&envelope)
+        serde_json::to_vec(&envelope)
             .ok()
-            .and_then(|plain| self.gw.sealer.seal_input_state(&self.grant, &plain));
+            .and_then(|plain| self.gw.sealer.seal_input_state(&self.grant, &plain))
+    }
+
+    /// The answer to a stateless call held for approval, for a client that supports URL-mode
+    /// elicitation: an `InputRequiredResult` asking its user to follow the approval at `url`,
+    /// with an envelope whose retry is decided again (same request id: charged once).
+    pub(crate) fn approval_answer(&self, id: &Value, approval_id: &str, what: &str, url: &str) -> Value {
+        let sealed = self.seal(None, Some(approval_id.to_owned()));
         let message = format!(
             "An operator must approve this call ({what}) before it runs: approval {approval_id}. \
              The link opens it in Tollgate's console; once it is decided, continue to retry the call."
