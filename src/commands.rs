@@ -789,7 +789,7 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         // With on_full = "refuse" a call whose record finds the journal full is refused, so
         // its decision waits for the record as in required mode.
         spawn_journal_metrics(
-            journal.stats().clone(),
+            journal.clone(),
             PathBuf::from(&dir),
             config.telemetry.otlp_endpoint.is_some(),
         );
@@ -969,17 +969,29 @@ pub fn audit_export(dir: &Path, from: u64, since: Option<u64>, format: &str) -> 
         next = last + 1;
     }
     out.flush()?;
+    // Reading stops where the chain breaks: say so, rather than end as if it were all.
+    if let Err(broken) = tollgate_journal::verify(dir, None) {
+        anyhow::bail!(
+            "the export stopped where the journal's chain breaks, at record {} ({broken})",
+            broken.seq
+        );
+    }
     Ok(())
 }
 
 /// Refreshes the journal's gauges every second (the backlog only when spans are exported
-/// from the journal).
-fn spawn_journal_metrics(stats: Arc<tollgate_journal::JournalStats>, dir: PathBuf, exporting: bool) {
+/// from the journal), and has a refusing journal check whether it could take records again.
+fn spawn_journal_metrics(journal: tollgate_journal::Journal, dir: PathBuf, exporting: bool) {
     use std::sync::atomic::Ordering::Relaxed;
+    let stats = journal.stats().clone();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         loop {
             ticks.tick().await;
+            // A journal that refuses records checks by itself whether it could take them again.
+            if stats.failing.load(Relaxed) {
+                journal.probe();
+            }
             let m = tollgate_telemetry::metrics::metrics();
             let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             m.journal_bytes.set(gauge(stats.bytes.load(Relaxed)));

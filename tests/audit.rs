@@ -136,6 +136,12 @@ async fn a_full_journal_that_refuses_refuses_calls_with_the_reason() {
         .collect();
     found.sort();
     std::fs::remove_file(&found[0]).expect("archive the oldest segment");
+    // Ready again by itself (a node nobody sends calls to must come back).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ready().await != 200 {
+        assert!(std::time::Instant::now() < deadline, "not ready again without a call");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let result = agent.call("k8s_list_namespaces", json!({})).await;
     let reason = refusal(&result).map(|d| d["reason"].as_str().unwrap_or_default().to_owned());
     assert!(

@@ -50,6 +50,7 @@ impl JournalExport {
         let mut reader = Some(tollgate_journal::Reader::new(&self.dir, from));
         // Records read but not yet acknowledged: sent again until they are.
         let mut pending: Vec<tollgate_journal::Record> = Vec::new();
+        let mut last_error: Option<String> = None;
         loop {
             if pending.is_empty() {
                 let Some(mut taken) = reader.take() else { return };
@@ -63,7 +64,13 @@ impl JournalExport {
                 match records {
                     Ok(records) => pending = records,
                     Err(e) => {
-                        tracing::warn!("cannot read the decision journal for export: {e}");
+                        // Logged once per problem: a broken record stops the export until an
+                        // operator looks (the backlog metric keeps growing meanwhile).
+                        let text = e.to_string();
+                        if last_error.as_deref() != Some(text.as_str()) {
+                            tracing::error!("cannot read the decision journal for export: {text}");
+                            last_error = Some(text);
+                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }

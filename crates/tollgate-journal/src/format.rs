@@ -90,6 +90,7 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
             continue;
         };
         if stem.len() == 20
+            && stem.bytes().all(|b| b.is_ascii_digit())
             && let Ok(first) = stem.parse::<u64>()
         {
             found.push((first, path));
@@ -203,7 +204,14 @@ pub fn read_segment(path: &Path) -> std::io::Result<Segment> {
         ));
         offset += RECORD_OVERHEAD + len as u64;
         previous = hash;
-        expected += 1;
+        let Some(next) = expected.checked_add(1) else {
+            break End::Broken {
+                offset,
+                seq,
+                what: "the last sequence number there can be".into(),
+            };
+        };
+        expected = next;
     };
     Ok(Segment {
         first_seq,

@@ -104,6 +104,8 @@ pub struct JournalStats {
 struct Append {
     payload: Vec<u8>,
     done: Option<oneshot::Sender<Result<Receipt, JournalError>>>,
+    /// Not a record: asks the writer whether it could take records again.
+    probe: bool,
 }
 
 /// A journal open for appending.
@@ -138,6 +140,7 @@ impl Journal {
             .send(Append {
                 payload,
                 done: Some(done),
+                probe: false,
             })
             .await
             .map_err(|_| JournalError::Stopped)?;
@@ -151,13 +154,28 @@ impl Journal {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let append = Append { payload, done: None };
+        let append = Append {
+            payload,
+            done: None,
+            probe: false,
+        };
         if let Err(mpsc::error::TrySendError::Full(append)) = self.tx.try_send(append) {
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 let _ = tx.send(append).await;
             });
         }
+    }
+
+    /// While the journal refuses records (`stats().failing`), asks it to check whether it
+    /// could take them again (room came back, the segment syncs), so that readiness recovers
+    /// without a record to try.
+    pub fn probe(&self) {
+        let _ = self.tx.try_send(Append {
+            payload: Vec::new(),
+            done: None,
+            probe: true,
+        });
     }
 
     pub fn stats(&self) -> &Arc<JournalStats> {
@@ -178,11 +196,26 @@ struct Writer {
     head: Hash,
     /// Sealed segments: (first seq, path, bytes, last seq), oldest first.
     sealed: Vec<(u64, PathBuf, u64, u64)>,
+    /// Held (locked) while the writer lives.
+    _lock: File,
 }
 
 impl Writer {
     fn open(settings: JournalSettings, stats: Arc<JournalStats>) -> std::io::Result<Writer> {
         std::fs::create_dir_all(&settings.dir)?;
+        // One writer per journal: a second process on the same directory would write over
+        // the first one's records.
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(settings.dir.join(LOCK_FILE))?;
+        if lock.try_lock().is_err() {
+            return Err(std::io::Error::other(format!(
+                "{} is in use by another process (one journal directory per decision replica)",
+                settings.dir.display()
+            )));
+        }
         let found = segments(&settings.dir)?;
         let mut sealed = Vec::new();
         for (first, path) in &found[..found.len().saturating_sub(1)] {
@@ -194,30 +227,66 @@ impl Writer {
             segment.3 = next_first.saturating_sub(1);
         }
         let open_first = found.last().map_or(1, |(first, _)| (*first).max(1));
+        let refuse = |path: &Path, what: String| {
+            std::io::Error::other(format!(
+                "{}: {what}; run `tollgate audit verify` on the journal, and move the segment away (keeping it for the \
+                 auditors) to start again after it",
+                path.display()
+            ))
+        };
         let (file, size, next_seq, head) = match found.last() {
-            Some((_, path)) => {
+            Some((named, path)) => {
                 let segment = read_segment(path)?;
-                if !matches!(segment.end, End::Clean) {
-                    tracing::warn!(
+                match &segment.end {
+                    End::Clean => {}
+                    // A write cut short by a crash: the records before it are whole.
+                    End::Torn { offset } if *offset >= HEADER_BYTES => tracing::warn!(
                         segment = %path.display(),
-                        "the journal's last segment ends {:?}; cutting it after its last whole record (byte {})",
-                        segment.end,
+                        "the journal's last segment ends inside a record (a write cut short); cutting it after byte {}",
                         segment.valid_bytes
-                    );
+                    ),
+                    End::Torn { .. } => {}
+                    // A record that breaks the chain is evidence, not a tail to cut.
+                    End::Broken { offset, what, .. } => {
+                        return Err(refuse(path, format!("at byte {offset}: {what}")));
+                    }
                 }
-                let file = OpenOptions::new().read(true).write(true).open(path)?;
+                let mut file = OpenOptions::new().read(true).write(true).open(path)?;
                 if segment.valid_bytes < HEADER_BYTES {
-                    // Not even a whole header: start the segment again.
+                    // A roll cut short before its header was written: the segment continues
+                    // the one before, as its name says.
+                    let previous = match found.len().checked_sub(2).map(|i| &found[i]) {
+                        Some((_, before)) => {
+                            let before = read_segment(before)?;
+                            if !matches!(before.end, End::Clean) {
+                                return Err(refuse(path, "the segment before it does not end cleanly".into()));
+                            }
+                            match before.records.last() {
+                                Some((_, r)) if r.seq.checked_add(1) == Some(*named) => r.hash,
+                                _ => return Err(refuse(path, "it does not follow the segment before it".into())),
+                            }
+                        }
+                        None if *named == 1 => [0; 32],
+                        None => return Err(refuse(path, "an empty first segment that is not record 1".into())),
+                    };
                     file.set_len(0)?;
-                    let mut file = file;
-                    file.write_all(&header(segment.first_seq.max(1), &segment.previous))?;
+                    file.write_all(&header(*named, &previous))?;
                     file.sync_all()?;
-                    (file, HEADER_BYTES, segment.first_seq.max(1), segment.previous)
+                    (file, HEADER_BYTES, *named, previous)
                 } else {
+                    if segment.first_seq != *named {
+                        return Err(refuse(
+                            path,
+                            format!(
+                                "it is named for record {named} but starts with record {}",
+                                segment.first_seq
+                            ),
+                        ));
+                    }
                     file.set_len(segment.valid_bytes)?;
                     file.sync_all()?;
                     let (next, head) = match segment.records.last() {
-                        Some((_, r)) => (r.seq + 1, r.hash),
+                        Some((_, r)) => (r.seq.saturating_add(1), r.hash),
                         None => (segment.first_seq, segment.previous),
                     };
                     (file, segment.valid_bytes, next, head)
@@ -225,13 +294,32 @@ impl Writer {
             }
             None => {
                 let path = settings.dir.join(segment_name(1));
-                let mut file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+                let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
                 file.write_all(&header(1, &[0; 32]))?;
                 file.sync_all()?;
                 sync_dir(&settings.dir)?;
                 (file, HEADER_BYTES, 1, [0; 32])
             }
         };
+        // A closed segment left unsigned (a crash between a roll and its signature) is signed
+        // now, from its own last record.
+        if let Some(key) = &settings.signing_key {
+            for (_, path) in &found[..found.len().saturating_sub(1)] {
+                if crate::sign::signature_path(path).exists() {
+                    continue;
+                }
+                let segment = read_segment(path)?;
+                if let (End::Clean, Some((_, last))) = (&segment.end, segment.records.last()) {
+                    tracing::warn!(segment = %path.display(), "signing a closed journal segment that had no signature");
+                    key.sign_segment(path, last.seq, &last.hash)?;
+                }
+            }
+        }
+        // An export position past the journal's end belongs to a journal that is gone (its
+        // segments archived): this one's records are all still to be exported.
+        if read_exported(&settings.dir) > next_seq.saturating_sub(1) {
+            write_exported(&settings.dir, next_seq.saturating_sub(1))?;
+        }
         let mut writer = Writer {
             settings,
             stats,
@@ -241,6 +329,7 @@ impl Writer {
             next_seq,
             head,
             sealed,
+            _lock: lock,
         };
         use std::io::Seek;
         writer.file.seek(std::io::SeekFrom::End(0))?;
@@ -265,9 +354,18 @@ impl Writer {
                     _ => break,
                 }
             }
+            let probed = batch.iter().any(|a| a.probe);
+            batch.retain(|a| !a.probe);
             // Disk work off the async threads; the writer's state goes with it and comes back.
             let writing = tokio::task::spawn_blocking(move || {
-                let results = self.write_batch(&batch);
+                let results = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    self.write_batch(&batch)
+                };
+                if probed {
+                    self.probe();
+                }
                 (self, batch, results)
             })
             .await;
@@ -284,15 +382,42 @@ impl Writer {
         }
     }
 
-    /// Writes and syncs one batch; each record's outcome.
+    /// Writes and syncs one batch; each record's outcome. Records are made durable segment
+    /// by segment: those written into a segment before a roll are synced with it; a failure
+    /// cuts the open segment back to its last durable record and fails only the records not
+    /// yet durable.
     fn write_batch(&mut self, batch: &[Append]) -> Vec<Result<Receipt, JournalError>> {
-        let mut results = Vec::with_capacity(batch.len());
+        let mut results: Vec<Result<Receipt, JournalError>> = Vec::with_capacity(batch.len());
         let mut bytes = Vec::new();
-        let (start_seq, start_head, start_size) = (self.next_seq, self.head, self.size);
+        // Where the bytes not yet durable start: their first result, and the state before them.
+        let mut pending_from = 0;
+        let mut before = (self.next_seq, self.head, self.size);
+        let mut failed = false;
         for append in batch {
             let needed = RECORD_OVERHEAD + append.payload.len() as u64;
-            if let Err(e) = self.make_room(needed, &mut bytes) {
+            if self.size + needed > self.settings.segment_bytes && self.size > HEADER_BYTES {
+                let flushed = self.flush(&bytes, before, &mut results[pending_from..]);
+                bytes.clear();
+                pending_from = results.len();
+                before = (self.next_seq, self.head, self.size);
+                if !flushed {
+                    failed = true;
+                }
+                if flushed && let Err(e) = self.roll() {
+                    tracing::error!("the audit journal cannot start its next segment: {e}");
+                    failed = true;
+                }
+                if self.size + needed > self.settings.segment_bytes && self.size > HEADER_BYTES {
+                    // Still in the full segment: the roll failed.
+                    results.push(Err(JournalError::Io("cannot start the next journal segment".into())));
+                    pending_from = results.len();
+                    continue;
+                }
+                before = (self.next_seq, self.head, self.size);
+            }
+            if let Err(e) = self.make_room(needed) {
                 results.push(Err(e));
+                failed = true;
                 continue;
             }
             let seq = self.next_seq;
@@ -303,43 +428,70 @@ impl Writer {
             self.head = hash;
             results.push(Ok(Receipt { seq, hash }));
         }
-        let written = self.file.write_all(&bytes).and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            // Nothing of the batch counts: the segment is cut back to where it was.
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            self.stats.failing.store(true, Ordering::Relaxed);
-            tracing::error!("the audit journal cannot be written: {e}");
-            let _ = self.file.set_len(start_size);
-            use std::io::Seek;
-            let _ = self.file.seek(std::io::SeekFrom::Start(start_size));
-            (self.next_seq, self.head, self.size) = (start_seq, start_head, start_size);
-            let error = JournalError::Io(e.to_string());
-            return results
-                .into_iter()
-                .map(|r| r.and_then(|_| Err(error.clone())))
-                .collect();
+        if !self.flush(&bytes, before, &mut results[pending_from..]) {
+            failed = true;
         }
-        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        let refused = results.iter().any(|r| r.is_err());
-        self.stats.failing.store(refused, Ordering::Relaxed);
+        if failed {
+            self.stats.failing.store(true, Ordering::Relaxed);
+        } else {
+            self.stats.failing.store(false, Ordering::Relaxed);
+        }
         let appended = results.iter().filter(|r| r.is_ok()).count() as u64;
         self.stats.appended.fetch_add(appended, Ordering::Relaxed);
         self.stats.bytes.store(self.total_bytes(), Ordering::Relaxed);
-        self.stats.last_seq.store(self.next_seq - 1, Ordering::Relaxed);
+        self.stats
+            .last_seq
+            .store(self.next_seq.saturating_sub(1), Ordering::Relaxed);
         results
     }
 
-    /// Rolls the segment when the record would pass `segment_bytes`, and keeps the journal
-    /// within `max_bytes` (removing old segments, or refusing). `pending` holds bytes of the
-    /// batch not yet written to the open segment.
-    fn make_room(&mut self, needed: u64, pending: &mut Vec<u8>) -> Result<(), JournalError> {
-        if self.size + needed > self.settings.segment_bytes && self.size > HEADER_BYTES {
-            self.file
-                .write_all(pending)
-                .and_then(|()| self.roll())
-                .map_err(|e| JournalError::Io(e.to_string()))?;
-            pending.clear();
+    /// Writes `bytes` (the records whose results are `pending`) to the open segment and syncs
+    /// it; on failure cuts the segment back to `before` and fails those records.
+    fn flush(&mut self, bytes: &[u8], before: (u64, Hash, u64), pending: &mut [Result<Receipt, JournalError>]) -> bool {
+        if bytes.is_empty() {
+            return true;
         }
+        let written = self
+            .linked()
+            .and_then(|()| self.file.write_all(bytes))
+            .and_then(|()| self.file.sync_data());
+        let Err(e) = written else {
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            return true;
+        };
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("the audit journal cannot be written: {e}");
+        let (seq, head, size) = before;
+        let _ = self.file.set_len(size);
+        use std::io::Seek;
+        let _ = self.file.seek(std::io::SeekFrom::Start(size));
+        (self.next_seq, self.head, self.size) = (seq, head, size);
+        let error = JournalError::Io(e.to_string());
+        for result in pending.iter_mut() {
+            if result.is_ok() {
+                *result = Err(error.clone());
+            }
+        }
+        false
+    }
+
+    /// An error when the open segment is no longer in the journal's directory (removed, or
+    /// the directory with it): what is written there would be lost.
+    fn linked(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.settings.dir.join(segment_name(self.open_first));
+        let (file, path) = (self.file.metadata()?, std::fs::metadata(&open));
+        match path {
+            Ok(path) if file.nlink() > 0 && path.ino() == file.ino() && path.dev() == file.dev() => Ok(()),
+            _ => Err(std::io::Error::other(format!(
+                "the open journal segment {} was removed",
+                open.display()
+            ))),
+        }
+    }
+
+    /// Keeps the journal within `max_bytes` (removing old segments, or refusing).
+    fn make_room(&mut self, needed: u64) -> Result<(), JournalError> {
         self.remove_expired();
         if self.total_bytes() + needed > self.settings.max_bytes {
             // Segments an operator removed (or archived) give their room back.
@@ -350,7 +502,7 @@ impl Writer {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(JournalError::Full);
             }
-            let (first, path, bytes, last) = self.sealed.remove(0);
+            let (first, path, _, last) = self.sealed.remove(0);
             let dropped = last.saturating_sub(first) + 1;
             tracing::warn!(segment = %path.display(), "audit journal full: removing its oldest segment ({dropped} records)");
             self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -358,16 +510,31 @@ impl Writer {
                 tracing::error!(segment = %path.display(), "cannot remove a journal segment: {e}");
                 return Err(JournalError::Io(e.to_string()));
             }
-            let _ = bytes;
         }
         Ok(())
+    }
+
+    /// Whether the journal could take a record now (for readiness while it refuses): the
+    /// open segment is still in the directory, syncs, and there is room.
+    fn probe(&mut self) {
+        if !self.stats.failing.load(Ordering::Relaxed) {
+            return;
+        }
+        self.sealed.retain(|(_, path, _, _)| path.exists());
+        let room = self.settings.on_full != OnFull::Refuse
+            || self.total_bytes() + RECORD_OVERHEAD + 1024 <= self.settings.max_bytes;
+        let ok = room && self.linked().and_then(|()| self.file.sync_data()).is_ok();
+        if ok {
+            self.stats.failing.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Closes the open segment and starts the next.
     fn roll(&mut self) -> std::io::Result<()> {
         self.file.sync_data()?;
         let path = self.settings.dir.join(segment_name(self.next_seq));
-        let mut file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+        // Never over an existing file: a segment is written once.
+        let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
         file.write_all(&header(self.next_seq, &self.head))?;
         file.sync_all()?;
         sync_dir(&self.settings.dir)?;
@@ -400,6 +567,9 @@ impl Writer {
         }
     }
 }
+
+/// The file a journal's writer holds locked.
+pub const LOCK_FILE: &str = "lock";
 
 /// The file that holds the last exported sequence number.
 pub const EXPORTED_FILE: &str = "exported";

@@ -11,7 +11,8 @@ mod verify;
 
 pub use format::{Hash, MAX_PAYLOAD_BYTES, Record, chain, segment_name, segments};
 pub use journal::{
-    EXPORTED_FILE, Journal, JournalError, JournalSettings, JournalStats, OnFull, Receipt, read_exported, write_exported,
+    EXPORTED_FILE, Journal, JournalError, JournalSettings, JournalStats, LOCK_FILE, OnFull, Receipt, read_exported,
+    write_exported,
 };
 pub use reader::Reader;
 pub use sign::{SigningKey, generate as generate_signing_key};

@@ -45,7 +45,16 @@ impl Reader {
                 break;
             }
             let Some(position) = self.position.as_mut() else { break };
-            let read = read_from(position, most - out.len())?;
+            let read = match read_from(position, most - out.len()) {
+                Ok(read) => read,
+                // Its segment was removed (the journal was full and dropped it): go on from
+                // the first segment kept.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.position = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let ended = read.is_empty();
             out.extend(read.into_iter().filter(|r| r.seq >= self.from));
             if ended && !self.next_segment()? {
@@ -143,7 +152,16 @@ fn read_from(position: &mut Position, most: usize) -> std::io::Result<Vec<Record
         let hash: Hash = body[size..].try_into().unwrap_or([0; 32]);
         body.truncate(size);
         if seq != position.next_seq || chain(&position.previous, seq, &body) != hash {
-            break;
+            // Not a record being written: one that breaks the chain. Said, not skipped.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: at byte {}: record {seq} breaks the chain (record {} expected); run `tollgate audit verify`",
+                    position.segment.display(),
+                    position.offset,
+                    position.next_seq
+                ),
+            ));
         }
         position.offset += RECORD_OVERHEAD + size as u64;
         position.previous = hash;

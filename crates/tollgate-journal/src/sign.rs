@@ -51,7 +51,12 @@ impl SigningKey {
             hex::encode(last_hash),
             hex::encode(signature.as_ref())
         );
-        std::fs::write(signature_path(segment), text)
+        // Written whole or not at all: a temporary file, synced, renamed into place.
+        let path = signature_path(segment);
+        let temporary = path.with_extension("sig.tmp");
+        std::fs::write(&temporary, text)?;
+        std::fs::File::open(&temporary)?.sync_all()?;
+        std::fs::rename(&temporary, &path)
     }
 }
 

@@ -19,7 +19,51 @@ async fn write(dir: &Path, settings: impl Fn(JournalSettings) -> JournalSettings
     for i in 0..n {
         receipts.push(journal.append(payload(i)).await.expect("append"));
     }
+    drop(journal);
+    // The writer lets go of the journal (its lock) once it sees the journal dropped.
+    for _ in 0..200 {
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .expect("lock file");
+        if lock.try_lock().is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     receipts
+}
+
+#[tokio::test]
+async fn one_writer_per_journal_and_a_crashed_roll_continues_the_chain() {
+    let dir = temp("one-writer");
+    let journal = Journal::open(JournalSettings::new(&dir)).expect("open");
+    let second = Journal::open(JournalSettings::new(&dir));
+    assert!(
+        matches!(second, Err(JournalError::Io(ref e)) if e.contains("in use")),
+        "a second writer is refused"
+    );
+    drop(journal);
+    // A roll cut short: the next segment exists, empty, after 10 records.
+    let dir = temp("crashed-roll");
+    write(&dir, |s| s, 10).await;
+    std::fs::write(dir.join(segment_name(11)), b"").expect("an empty segment");
+    let more = write(&dir, |s| s, 3).await;
+    assert_eq!(more[0].seq, 11, "the chain goes on from the segment before");
+    let verified = verify(&dir, None).expect("the chain holds");
+    assert_eq!(verified.records, 13);
+    // A segment that breaks the chain is not cut: the journal refuses to start.
+    let segment = dir.join(segment_name(11));
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let last = bytes.len() - 40;
+    bytes[last] ^= 1;
+    std::fs::write(&segment, bytes).expect("write");
+    let refused = Journal::open(JournalSettings::new(&dir));
+    assert!(
+        matches!(refused, Err(JournalError::Io(ref e)) if e.contains("does not match its hash")),
+        "{:?}",
+        refused.err()
+    );
 }
 
 /// The byte offset of record `seq` in a single-segment journal whose payloads are `payload(i)`.
@@ -224,6 +268,13 @@ async fn a_reader_follows_the_journal_as_it_grows_across_segments() {
     assert_eq!(rest, (7..=25).collect::<Vec<u64>>());
     assert!(segments(&dir).expect("segments").len() > 2, "it crossed segments");
     assert!(reader.read(100).expect("read").is_empty());
+    // The segment it reads is removed (a full journal dropped it): it goes on from the first
+    // segment kept.
+    let mut reader = Reader::new(&dir, 1);
+    assert_eq!(reader.read(1).expect("read")[0].seq, 1);
+    std::fs::remove_file(&segments(&dir).expect("segments")[0].1).expect("remove");
+    let next = reader.read(1).expect("read after the removal");
+    assert!(next.first().is_some_and(|r| r.seq > 2), "{next:?}");
 }
 
 #[tokio::test]
@@ -250,4 +301,17 @@ async fn closed_segments_are_signed_and_checked_with_the_public_key() {
     std::fs::remove_file(crate::sign::signature_path(&first)).expect("remove");
     let broken = verify(&dir, Some(&public)).expect_err("a missing signature");
     assert!(broken.what.contains("no signature"), "{broken}");
+}
+
+#[tokio::test]
+async fn a_journal_whose_directory_was_removed_refuses_records() {
+    let dir = temp("removed");
+    let journal = Journal::open(JournalSettings::new(&dir)).expect("open");
+    journal.append(payload(0)).await.expect("append");
+    std::fs::remove_dir_all(&dir).expect("remove");
+    assert!(
+        matches!(journal.append(payload(1)).await, Err(JournalError::Io(ref e)) if e.contains("was removed")),
+        "a record written to a removed file would be lost"
+    );
+    assert!(journal.stats().failing.load(std::sync::atomic::Ordering::Relaxed));
 }

@@ -78,7 +78,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Verified, Broken> {
         }
         // Segments chain too: each starts after the last record of the one before.
         if let Some((last_seq, last_hash)) = last {
-            if segment.first_seq != last_seq + 1 {
+            if Some(segment.first_seq) != last_seq.checked_add(1) {
                 return Err(broken(
                     0,
                     segment.first_seq,
