@@ -9,7 +9,8 @@
 # Starts its own processes on loopback ports.
 #
 # With JOURNAL=1 each round also runs "journal": export on, with the decision journal
-# ([audit] journal_dir), so decision spans are exported from the journal.
+# ([audit] journal_dir), so decision spans are exported from the journal; with REQUIRED=1
+# also "required": the same with audit.required (a decision waits for its record's fsync).
 #
 # Usage: [JOURNAL=1] loadtest/audit-export.sh [CONCURRENCY=16] [SECONDS=10] [ROUNDS=2]
 set -euo pipefail
@@ -43,12 +44,16 @@ run() { # $1: off | on | journal
     telemetry="[telemetry]
 otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
   fi
-  if [ "$1" = journal ]; then
+  if [ "$1" = journal ] || [ "$1" = required ]; then
     rm -rf "$work/journal"
     telemetry="$telemetry
 
 [audit]
 journal_dir = \"$work/journal\""
+  fi
+  if [ "$1" = required ]; then
+    telemetry="$telemetry
+required = true"
   fi
   write_up "$work/up.toml" "$port" "$upstream_port" "$telemetry"
   write_list_scenario "$work/load.toml" "http://127.0.0.1:$port/mcp/k8s" "$upstream_port"
@@ -65,7 +70,7 @@ journal_dir = \"$work/journal\""
   awk -v a="$cpu_before" -v b="$(cpu_seconds "$up")" -v ra="$rotel_before" -v rb="$(cpu_seconds "$rotel_pid")" \
     '/^gateway/ { n = $3 } END { c = b - a; printf "tollgate up CPU: %.2f s, %.0f calls per CPU second; collector CPU: %.2f s\n", c, (c > 0 ? n / c : 0), rb - ra }' \
     "$work/run.log"
-  if [ "$1" = journal ]; then
+  if [ "$1" = journal ] || [ "$1" = required ]; then
     sleep 2
     echo "journal: $(du -sb "$work/journal" | cut -f1) bytes, exported up to record $(cat "$work/journal/exported" 2>/dev/null || echo 0)"
   fi
@@ -87,5 +92,8 @@ for _ in $(seq "$rounds"); do
   run on
   if [ "${JOURNAL:-0}" = 1 ]; then
     run journal
+  fi
+  if [ "${REQUIRED:-0}" = 1 ]; then
+    run required
   fi
 done

@@ -346,12 +346,24 @@ impl Writer {
         let wait = Duration::from_millis(self.settings.sync_ms);
         let most = self.settings.sync_records.max(1);
         while let Some(first) = rx.recv().await {
+            // Group commit: everything already queued goes in this batch. A decision that waits
+            // for its record (required) is written at once, with whatever came meanwhile (more
+            // arrive while the fsync runs, for the next batch); records nobody waits for gather
+            // for up to sync_ms, so that one fsync covers many.
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + wait;
             while batch.len() < most {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(append)) => batch.push(append),
-                    _ => break,
+                match rx.try_recv() {
+                    Ok(append) => batch.push(append),
+                    Err(_) => break,
+                }
+            }
+            if !batch.iter().any(|a| a.done.is_some()) {
+                let deadline = tokio::time::Instant::now() + wait;
+                while batch.len() < most {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(append)) => batch.push(append),
+                        _ => break,
+                    }
                 }
             }
             let probed = batch.iter().any(|a| a.probe);
