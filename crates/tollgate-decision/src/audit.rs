@@ -122,6 +122,7 @@ impl AuditSettings {
         };
         Ok(Some(tollgate_journal::JournalSettings {
             signing_key,
+            sign_head_every: Duration::from_secs(1),
             dir: dir.clone(),
             sync_ms: self.journal_sync_ms,
             sync_records: self.journal_sync_records.max(1),

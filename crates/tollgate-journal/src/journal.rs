@@ -46,8 +46,10 @@ pub struct JournalSettings {
     /// Segments whose records are all exported are removed once older than this.
     pub retain: Duration,
     pub on_full: OnFull,
-    /// Signs each closed segment's last record (`<segment>.sig`).
+    /// Signs each closed segment's last record (`<segment>.sig`), and the journal's head
+    /// (`head.sig`) at most every `sign_head_every`.
     pub signing_key: Option<Arc<crate::sign::SigningKey>>,
+    pub sign_head_every: Duration,
 }
 
 impl JournalSettings {
@@ -61,6 +63,7 @@ impl JournalSettings {
             retain: Duration::from_secs(7 * 24 * 3600),
             on_full: OnFull::default(),
             signing_key: None,
+            sign_head_every: Duration::from_secs(1),
         }
     }
 }
@@ -198,6 +201,8 @@ struct Writer {
     sealed: Vec<(u64, PathBuf, u64, u64)>,
     /// Held (locked) while the writer lives.
     _lock: File,
+    /// When the head was last signed.
+    head_signed: Option<std::time::Instant>,
 }
 
 impl Writer {
@@ -330,6 +335,7 @@ impl Writer {
             head,
             sealed,
             _lock: lock,
+            head_signed: None,
         };
         use std::io::Seek;
         writer.file.seek(std::io::SeekFrom::End(0))?;
@@ -450,6 +456,19 @@ impl Writer {
         }
         let appended = results.iter().filter(|r| r.is_ok()).count() as u64;
         self.stats.appended.fetch_add(appended, Ordering::Relaxed);
+        // The head is signed at most a second apart: the open segment and the journal's end
+        // are then covered by a signature too (but the last second's records).
+        if appended > 0
+            && let Some(key) = &self.settings.signing_key
+            && self
+                .head_signed
+                .is_none_or(|at| at.elapsed() >= self.settings.sign_head_every)
+        {
+            match key.sign_head(&self.settings.dir, self.next_seq.saturating_sub(1), &self.head) {
+                Ok(()) => self.head_signed = Some(std::time::Instant::now()),
+                Err(e) => tracing::warn!("cannot sign the journal's head: {e}"),
+            }
+        }
         self.stats.bytes.store(self.total_bytes(), Ordering::Relaxed);
         self.stats
             .last_seq

@@ -60,6 +60,41 @@ impl SigningKey {
     }
 }
 
+/// The file that holds the signed head of the journal (its newest record, signed at most
+/// a second apart), which covers the open segment and the end of the journal.
+pub const HEAD_FILE: &str = "head.sig";
+
+impl SigningKey {
+    /// Signs the journal's head (record `seq` with chain hash `hash`) in `head.sig`.
+    pub fn sign_head(&self, dir: &Path, seq: u64, hash: &Hash) -> std::io::Result<()> {
+        let signature = self.0.sign(&message(seq, hash));
+        let text = format!("{seq} {} {}\n", hex::encode(hash), hex::encode(signature.as_ref()));
+        let temporary = dir.join(format!("{HEAD_FILE}.tmp"));
+        std::fs::write(&temporary, text)?;
+        std::fs::File::open(&temporary)?.sync_all()?;
+        std::fs::rename(&temporary, dir.join(HEAD_FILE))
+    }
+}
+
+/// The signed head of the journal in `dir`, checked with `public`: the record it names.
+pub(crate) fn signed_head(dir: &Path, public: &[u8]) -> Result<(u64, Hash), String> {
+    let text = std::fs::read_to_string(dir.join(HEAD_FILE)).map_err(|_| "no signed head (head.sig)".to_owned())?;
+    let mut parts = text.split_whitespace();
+    let (Some(seq), Some(hash), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("an unreadable head.sig".into());
+    };
+    let seq: u64 = seq.parse().map_err(|_| "an unreadable head.sig".to_owned())?;
+    let hash: Hash = hex::decode(hash)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| "an unreadable head.sig".to_owned())?;
+    let signature = hex::decode(signature).map_err(|_| "an unreadable head.sig".to_owned())?;
+    UnparsedPublicKey::new(&ED25519, public)
+        .verify(&message(seq, &hash), &signature)
+        .map_err(|_| "head.sig does not verify with this key".to_owned())?;
+    Ok((seq, hash))
+}
+
 /// A new random seed and its public key (hex), for `tollgate audit keygen`.
 pub fn generate() -> Result<(String, String), String> {
     let mut seed = [0u8; 32];

@@ -285,6 +285,7 @@ async fn closed_segments_are_signed_and_checked_with_the_public_key() {
     let signed = |mut s: JournalSettings| {
         s.segment_bytes = 400;
         s.signing_key = Some(key.clone());
+        s.sign_head_every = std::time::Duration::ZERO;
         s
     };
     write(&dir, signed, 30).await;
@@ -296,6 +297,16 @@ async fn closed_segments_are_signed_and_checked_with_the_public_key() {
     let other = hex::decode(&other).expect("hex");
     let broken = verify(&dir, Some(&other)).expect_err("another key");
     assert!(broken.what.contains("does not verify"), "{broken}");
+    // The newest segment removed (its records with it): the signed head names a record the
+    // journal no longer holds.
+    let found = segments(&dir).expect("segments");
+    let newest = found.last().expect("segments").1.clone();
+    let kept = std::fs::read(&newest).expect("read");
+    std::fs::remove_file(&newest).expect("remove");
+    let broken = verify(&dir, Some(&public)).expect_err("the end removed");
+    assert!(broken.what.contains("no longer holds"), "{broken}");
+    std::fs::write(&newest, kept).expect("put back");
+    assert!(verify(&dir, Some(&public)).is_ok());
     // A closed segment without its signature is reported.
     let first = segments(&dir).expect("segments")[0].1.clone();
     std::fs::remove_file(crate::sign::signature_path(&first)).expect("remove");

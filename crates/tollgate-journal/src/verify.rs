@@ -53,6 +53,19 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Verified, Broken> {
     };
     let mut last: Option<(u64, Hash)> = None;
     let count = found.len();
+    // With a key, the signed head names a record the journal must still hold, unchanged.
+    let no_head = !dir.join(crate::sign::HEAD_FILE).exists();
+    let head = match key {
+        Some(_) if no_head => None,
+        Some(public) => Some(crate::sign::signed_head(dir, public).map_err(|what| Broken {
+            segment: dir.join(crate::sign::HEAD_FILE),
+            offset: 0,
+            seq: 0,
+            what,
+        })?),
+        None => None,
+    };
+    let mut head_found = false;
     for (index, (named, path)) in found.into_iter().enumerate() {
         let segment = read_segment(&path).map_err(|e| Broken {
             segment: path.clone(),
@@ -112,6 +125,14 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Verified, Broken> {
             End::Broken { offset, seq, what } => return Err(broken(*offset, *seq, what.clone())),
         }
         for (_, Record { seq, hash, .. }) in &segment.records {
+            if let Some((head_seq, head_hash)) = head
+                && *seq == head_seq
+            {
+                if *hash != head_hash {
+                    return Err(broken(0, *seq, "record named by the signed head was changed".into()));
+                }
+                head_found = true;
+            }
             verified.records += 1;
             verified.first_seq.get_or_insert(*seq);
             verified.last_seq = Some(*seq);
@@ -128,6 +149,26 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Verified, Broken> {
             // An empty first segment: the chain starts from its header.
             last = segment.first_seq.checked_sub(1).map(|s| (s, segment.previous));
         }
+    }
+    if key.is_some() && no_head && verified.records > 0 {
+        return Err(Broken {
+            segment: dir.join(crate::sign::HEAD_FILE),
+            offset: 0,
+            seq: 0,
+            what: "no signed head (head.sig) for a signed journal with records".into(),
+        });
+    }
+    if let Some((head_seq, _)) = head
+        && !head_found
+    {
+        return Err(Broken {
+            segment: dir.join(crate::sign::HEAD_FILE),
+            offset: 0,
+            seq: head_seq,
+            what: format!(
+                "the signed head names record {head_seq}, which the journal no longer holds (records removed from its end?)"
+            ),
+        });
     }
     if let Some((_, hash)) = last {
         verified.head = hex::encode(hash);
