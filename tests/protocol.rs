@@ -75,12 +75,21 @@ fn client(url: &str, mode: &str, tool: &str, arguments: Value, calls: u32) -> Va
 }
 
 fn client_once(url: &str, mode: &str, tool: &str, arguments: Value, calls: u32) -> Value {
+    run_python(
+        "py_modern_client.py",
+        &[url, KEY_A, mode, tool, &arguments.to_string(), &calls.to_string()],
+    )
+}
+
+/// Runs `tests/interop/SCRIPT` with the SDK's Python and `args`: the JSON it prints.
+fn run_python(script: &str, args: &[&str]) -> Value {
     let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/py_modern_client.py"
-        ))
-        .args([url, KEY_A, mode, tool, &arguments.to_string(), &calls.to_string()])
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/interop")
+                .join(script),
+        )
+        .args(args)
         .output()
         .expect("python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -346,17 +355,7 @@ async fn param_headers_follow_the_decided_arguments() {
 /// The Python SDK client's `subscriptions/listen` through `url`, asking for `uris`; calls
 /// `tool` once the stream is acknowledged (see tests/interop/py_listen_client.py).
 fn listen_client(url: &str, tool: &str, uris: &[&str]) -> Value {
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/py_listen_client.py"
-        ))
-        .args([url, KEY_A, tool, &json!(uris).to_string()])
-        .output()
-        .expect("python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+    run_python("py_listen_client.py", &[url, KEY_A, tool, &json!(uris).to_string()])
 }
 
 const PUBLIC: &str = "file:///etc/app/public.json";
@@ -593,17 +592,10 @@ async fn the_seed_limit_is_exact_across_two_edges_without_sessions() {
 /// `url`; resolves the approval it is pointed at with `verb` (see
 /// tests/interop/py_approval_client.py).
 fn approval_client(url: &str, admin: &str, verb: &str, tool: &str, arguments: Value) -> Value {
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/py_approval_client.py"
-        ))
-        .args([url, KEY_A, admin, OPERATOR_KEY, verb, tool, &arguments.to_string()])
-        .output()
-        .expect("python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+    run_python(
+        "py_approval_client.py",
+        &[url, KEY_A, admin, OPERATOR_KEY, verb, tool, &arguments.to_string()],
+    )
 }
 
 const OPERATOR_KEY: &str = "tg_test_operator_key_for_protocol_tests";
