@@ -694,8 +694,16 @@ async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
         .as_str()
         .expect("id")
         .to_owned();
-    // The collector is down for a while, then comes up.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The collector is down for a while (the export lag shows), then comes up.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text = reqwest::get(up.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let lag = sample(&text, "tollgate_journal_backlog_age_seconds", &[]).expect("the export lag");
+    assert!(lag >= 1.0, "the oldest unexported decision waits: {lag}");
     let (collector, _) = Collector::start_on(&format!("127.0.0.1:{port}")).await;
     let decided = collector.wait_for("tollgate.decide", 8).await;
     assert_eq!(decided.len(), 8, "every decision arrives");

@@ -77,9 +77,20 @@ impl JournalExport {
                 }
             }
             let Some(last) = pending.last().map(|r| r.seq) else {
+                tollgate_telemetry::metrics::metrics().journal_backlog_age.set(0);
                 tokio::time::sleep(IDLE).await;
                 continue;
             };
+            // The export lag: how long the oldest decision not yet acknowledged has waited.
+            if let Some(oldest) = pending
+                .first()
+                .and_then(|r| serde_json::from_slice::<JournalRecord>(&r.payload).ok())
+            {
+                let age_ms = tollgate_limiter::wall_clock_ms().saturating_sub(oldest.decision.at_ms);
+                tollgate_telemetry::metrics::metrics()
+                    .journal_backlog_age
+                    .set(i64::try_from(age_ms / 1000).unwrap_or(i64::MAX));
+            }
             let spans: Vec<Span> = pending
                 .iter()
                 .filter_map(|r| {

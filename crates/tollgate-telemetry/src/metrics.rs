@@ -61,6 +61,7 @@ pub struct Metrics {
     pub journal_refused: Gauge,
     pub journal_failures: Gauge,
     pub journal_backlog: Gauge,
+    pub journal_backlog_age: Gauge,
     tools: Mutex<HashSet<String>>,
     export_failure_logged: std::sync::atomic::AtomicBool,
 }
@@ -116,6 +117,7 @@ impl Metrics {
             journal_refused: Gauge::default(),
             journal_failures: Gauge::default(),
             journal_backlog: Gauge::default(),
+            journal_backlog_age: Gauge::default(),
             tools: Mutex::default(),
             export_failure_logged: Default::default(),
             registry: Registry::default(),
@@ -219,6 +221,11 @@ impl Metrics {
                 "journal_backlog_records",
                 "Journal records not yet acknowledged by the OTLP collector",
                 &m.journal_backlog,
+            ),
+            (
+                "journal_backlog_age_seconds",
+                "Age of the oldest decision not yet acknowledged by the OTLP collector (the export lag); 0 when caught up",
+                &m.journal_backlog_age,
             ),
         ] {
             registry.register(name, help, gauge.clone());
