@@ -109,6 +109,31 @@ fn text(result: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// What the Python client saw calling `k8s_rollout_pause` (listed as `tool`) four times with
+/// `name`: it spoke a revision starting with `expected`, the list was filtered to that one
+/// tool, three calls ran and the fourth was refused by the limit.
+fn three_admitted_then_limited(seen: &Value, label: &str, expected: &str, tool: &str, name: &str) {
+    assert!(seen.get("error").is_none(), "{label}: {seen}");
+    assert!(
+        seen["protocol"].as_str().is_some_and(|p| p.starts_with(expected)),
+        "{label} spoke {}: {seen}",
+        seen["protocol"]
+    );
+    assert_eq!(seen["tools"], json!([tool]), "{label}: the list is filtered");
+    let results = seen["results"].as_array().expect("results");
+    for result in &results[..3] {
+        assert!(
+            result["isError"] != true && text(result).contains(&format!("web/{name}")),
+            "{label}: {result}"
+        );
+    }
+    let fourth = &results[3];
+    assert!(
+        fourth["isError"] == true && text(fourth).contains("rate limit"),
+        "{label}: the fourth call is refused by the limit: {fourth}"
+    );
+}
+
 #[test]
 fn both_eras_hold_the_policy_on_both_endpoints() {
     let (_python, python_url) = modern_upstream();
@@ -131,29 +156,8 @@ fn both_eras_hold_the_policy_on_both_endpoints() {
                 json!({"namespace": "web", "name": mode}),
                 4,
             );
-            assert!(seen.get("error").is_none(), "{upstream}, {mode}: {seen}");
-            assert!(
-                seen["protocol"].as_str().is_some_and(|p| p.starts_with(expected)),
-                "{upstream}, {mode} spoke {}: {seen}",
-                seen["protocol"]
-            );
-            assert_eq!(
-                seen["tools"],
-                json!(["k8s_rollout_pause"]),
-                "{upstream}, {mode}: the list is filtered"
-            );
-            let results = seen["results"].as_array().expect("results");
-            for result in &results[..3] {
-                assert!(
-                    result["isError"] != true && text(result).contains(&format!("web/{mode}")),
-                    "{upstream}, {mode}: {result}"
-                );
-            }
-            let fourth = &results[3];
-            assert!(
-                fourth["isError"] == true && text(fourth).contains("rate limit"),
-                "{upstream}, {mode}: the fourth call is refused by the limit: {fourth}"
-            );
+            let label = format!("{upstream}, {mode}");
+            three_admitted_then_limited(&seen, &label, expected, "k8s_rollout_pause", mode);
             let denied = client(&edge, mode, "k8s_delete_namespace", json!({"namespace": "prod"}), 1);
             let refused = &denied["results"][0];
             assert!(
@@ -171,29 +175,8 @@ fn both_eras_hold_the_policy_on_both_endpoints() {
                 json!({"namespace": "web", "name": name}),
                 4,
             );
-            assert!(seen.get("error").is_none(), "/mcp, {upstream}, {mode}: {seen}");
-            assert!(
-                seen["protocol"].as_str().is_some_and(|p| p.starts_with(expected)),
-                "/mcp, {upstream}, {mode} spoke {}: {seen}",
-                seen["protocol"]
-            );
-            assert_eq!(
-                seen["tools"],
-                json!(["k8s__k8s_rollout_pause"]),
-                "/mcp, {upstream}, {mode}"
-            );
-            let results = seen["results"].as_array().expect("results");
-            for result in &results[..3] {
-                assert!(
-                    result["isError"] != true && text(result).contains(&format!("web/{name}")),
-                    "/mcp, {upstream}, {mode}: {result}"
-                );
-            }
-            assert!(
-                results[3]["isError"] == true && text(&results[3]).contains("rate limit"),
-                "/mcp, {upstream}, {mode}: {}",
-                results[3]
-            );
+            let label = format!("/mcp, {upstream}, {mode}");
+            three_admitted_then_limited(&seen, &label, expected, "k8s__k8s_rollout_pause", &name);
         }
     }
 }
@@ -474,6 +457,28 @@ async fn subscriptions_carry_only_what_the_grant_may_read() {
     );
     let public = subscribe(PUBLIC).await.expect("send").text().await.expect("text");
     assert!(!public.contains("no resource of this server"), "{public}");
+    // A listen sent as a notification (no id to answer on) and one with a filter of the
+    // wrong shape go nowhere.
+    let bare = |body: Value| {
+        http.post(up.url("/mcp/k8s"))
+            .bearer_auth(KEY_A)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .json(&body)
+            .send()
+    };
+    let notification = bare(json!({"jsonrpc": "2.0", "method": "subscriptions/listen",
+                                    "params": {"_meta": meta, "notifications": {"toolsListChanged": true}}}))
+    .await
+    .expect("send");
+    assert_eq!(notification.status(), 400);
+    let shaped = bare(json!({"jsonrpc": "2.0", "id": 6, "method": "subscriptions/listen",
+                             "params": {"_meta": meta, "notifications": {"resourceSubscriptions": "file:///etc/app/public.json"}}}))
+    .await
+    .expect("send");
+    let body: Value = shaped.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
     // Too many URIs.
     let uris: Vec<String> = (0..257).map(|i| format!("file:///etc/app/{i}.json")).collect();
     let refused = listen(up.url("/mcp/k8s"), 5, uris).await.expect("listen");

@@ -6,11 +6,8 @@
 //! cannot read keeps its capability (calls are decided one by one anyway). The answer is
 //! one caller's view: `cacheScope: "private"`, fresh no longer than `edge.list_cache_ms`.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 
 use crate::exchange::Exchange;
@@ -97,15 +94,8 @@ async fn uses_any(exchange: &Exchange<'_>, name: &str, method: &str) -> bool {
 
 /// A JSON answer, read within the edge's limits.
 async fn read(exchange: &Exchange<'_>, body: hyper::body::Incoming) -> Option<Value> {
-    let settings = &exchange.gw.settings;
-    let timeout = Duration::from_millis(settings.upstream_timeout_ms);
-    let bytes = tokio::time::timeout(
-        timeout,
-        Limited::new(body, settings.max_upstream_message_bytes).collect(),
-    )
-    .await
-    .ok()?
-    .ok()?
-    .to_bytes();
+    let bytes = exchange
+        .read_body(body, exchange.gw.settings.max_upstream_message_bytes)
+        .await?;
     jsonrpc::parse_strict(&bytes).ok().filter(Value::is_object)
 }

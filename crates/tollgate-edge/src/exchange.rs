@@ -88,15 +88,18 @@ impl Exchange<'_> {
         let status = response.status();
         let method = jsonrpc::printable(message.get("method").and_then(Value::as_str).unwrap_or("a request"), 64);
         let limit = self.gw.settings.max_upstream_message_bytes.min(64 * 1024);
-        let timeout = std::time::Duration::from_millis(self.gw.settings.upstream_timeout_ms);
-        let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(response.into_body(), limit));
-        let body = match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            _ => axum::body::Bytes::new(),
-        };
+        let body = self.read_body(response.into_body(), limit).await.unwrap_or_default();
         tracing::info!(upstream = %self.upstream.name, status = status.as_u16(), method = %method,
             "the upstream refused a 2026-07-28 request");
         crate::eras::upstream_refused(&self.upstream.name, &method, status, &body, id)
+    }
+
+    /// An upstream's body, read whole within `limit` bytes and `edge.upstream_timeout_ms`;
+    /// `None` when it is larger, slower, or broken off.
+    pub(crate) async fn read_body(&self, body: Incoming, limit: usize) -> Option<axum::body::Bytes> {
+        let timeout = std::time::Duration::from_millis(self.gw.settings.upstream_timeout_ms);
+        let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+        Some(tokio::time::timeout(timeout, read).await.ok()?.ok()?.to_bytes())
     }
 
     /// What the decision service is asked about `call` on this exchange.

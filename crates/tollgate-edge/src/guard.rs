@@ -498,7 +498,7 @@ pub(crate) async fn owned_ids(gw: &Gateway, grant: &str, server: &str, ids: Vec<
     let request = tollgate_api::proto::OwnedTasksRequest {
         grant: grant.to_owned(),
         server: server.to_owned(),
-        task_ids: ids.into_iter().take(tollgate_limiter_max_query()).collect(),
+        task_ids: ids.into_iter().take(MAX_TASKS_PER_QUERY).collect(),
     };
     match gw.decider.owned_tasks(request).await {
         Ok(records) => records.into_iter().map(|r| r.task_id).collect(),
@@ -520,10 +520,9 @@ pub(crate) async fn owns_named_tasks(gw: &Gateway, grant: &str, server: &str, me
     named.iter().all(|id| owned.contains(id))
 }
 
-/// Most task ids one ownership query names (the decision service's bound).
-fn tollgate_limiter_max_query() -> usize {
-    1000
-}
+/// Most task ids one ownership query names (the decision service refuses more; the edge
+/// does not depend on the stores' crate, where the bound is `MAX_TASKS_PER_QUERY` too).
+const MAX_TASKS_PER_QUERY: usize = 1000;
 
 #[cfg(test)]
 mod tests {

@@ -252,10 +252,10 @@ impl Part {
         let (_, body) = response.into_parts();
         if json {
             // A JSON answer ends the subscription before it began: most likely an error.
-            let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, max))
+            let bytes = exchange
+                .read_body(body, max)
                 .await
-                .map_err(|_| "an answer Tollgate could not read".to_owned())?
-                .to_bytes();
+                .ok_or_else(|| "an answer Tollgate could not read".to_owned())?;
             let answer = jsonrpc::parse_strict(&bytes).map_err(|e| format!("an answer Tollgate cannot parse ({e})"))?;
             return Err(match answer.pointer("/error/message").and_then(Value::as_str) {
                 Some(text) => format!("it refused: {}", jsonrpc::printable(text, 200)),

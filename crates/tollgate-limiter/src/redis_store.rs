@@ -504,14 +504,19 @@ impl RedisStore {
     /// on a Cluster), the server's length first so that no server and id pair reads as
     /// another.
     fn task_key(&self, grant: &str, server: &str, task_id: &str) -> String {
-        let grant: String = grant.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{{tasks:{grant}}}:{}:{server}:{task_id}", self.prefix, server.len())
+        format!("{}:{}:{server}:{task_id}", self.task_slot(grant), server.len())
     }
 
     /// One grant's index of its task records (same hash slot as the records).
     fn task_index_key(&self, grant: &str) -> String {
+        format!("{}:index", self.task_slot(grant))
+    }
+
+    /// The start of every key of one grant's task records: its hash tag is the grant (hex,
+    /// so that no grant name can end the tag).
+    fn task_slot(&self, grant: &str) -> String {
         let grant: String = grant.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{{tasks:{grant}}}:index", self.prefix)
+        format!("{}:{{tasks:{grant}}}", self.prefix)
     }
 
     fn approval_key(&self, part: &str) -> String {
