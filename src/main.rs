@@ -61,6 +61,11 @@ enum Command {
         config: PathBuf,
     },
     /// A harmless MCP server with Kubernetes-style tools, at http://LISTEN/mcp.
+    ///
+    /// Built on the official Rust MCP SDK (rmcp): it speaks MCP 2026-07-28 (stateless) and the
+    /// session-based revisions up to 2025-11-25 (initialize hands out a session; a request
+    /// sent without one is served on its own). GET /stats counts the tools/call requests that
+    /// reached it, per tool, and its POSTs per HTTP version.
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,

@@ -159,6 +159,11 @@ async fn the_quick_start_and_its_curl_blocks_run_as_written() {
         answer.contains("\"result\"") && !answer.contains("\"isError\":true"),
         "{answer}"
     );
+    let modern = bash(&block_with("MCP-Protocol-Version: 2026-07-28"));
+    assert!(
+        modern.contains("\"resultType\":\"complete\"") && modern.contains("paused rollout"),
+        "the 2026-07-28 block as written: {modern}"
+    );
     let aggregated = bash(&block_with("http://127.0.0.1:8080/mcp -H"));
     assert!(
         aggregated.contains("\"result\"") && !aggregated.contains("\"error\""),

@@ -340,9 +340,12 @@ impl Engine {
             gen_ai.prompt.name = Empty,
             mcp.resource.uri = Empty,
             mcp.method.name = tollgate_api::subject_method(request.kind()),
-            mcp.session.id = request.session_id.as_str(),
+            mcp.session.id = Empty,
         );
         span.record(tollgate_api::subject_attribute(request.kind()), request.tool.as_str());
+        if !request.session_id.is_empty() {
+            span.record("mcp.session.id", request.session_id.as_str());
+        }
         tollgate_telemetry::propagation::set_parent(&span, parent);
         let parsed = parse_json(&request.arguments_json);
         // The console's tail takes this decision only while its batch has room (checked once,

@@ -200,8 +200,12 @@ fn span_of(record: &JournalRecord) -> Option<Span> {
         text("tollgate.arguments.sha256", &d.arguments_sha256),
         text(subject_key, &d.tool),
         text("mcp.method.name", &record.mcp_method),
-        text("mcp.session.id", &d.session),
     ];
+    // No session (a stateless request, or a server without sessions): no attribute, as on the
+    // span the engine records.
+    if !d.session.is_empty() {
+        attributes.push(text("mcp.session.id", &d.session));
+    }
     if !d.approval_id.is_empty() {
         attributes.push(text("tollgate.approval.id", &d.approval_id));
     }

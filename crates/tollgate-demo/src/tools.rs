@@ -139,20 +139,22 @@ pub fn stats() -> Value {
     serde_json::json!({ "tools_call": calls, "http_versions": versions })
 }
 
-/// Runs a `tools/call`: `Err` is a JSON-RPC error (unknown tool), bad arguments are a tool
-/// result with `isError`, as MCP asks.
-pub fn call(params: &Value) -> Result<Value, (i64, String)> {
-    let name = params
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or((-32602, "tools/call needs params.name".to_string()))?;
+/// What a tool answered: its text, and whether it is an error (bad arguments).
+pub struct Answer {
+    pub text: String,
+    pub is_error: bool,
+}
+
+/// Runs a `tools/call`: `Err` is the message of a JSON-RPC error (unknown tool), bad
+/// arguments are a tool result with `isError`, as MCP asks.
+pub fn call(name: &str, arguments: &Value) -> Result<Answer, String> {
     let tool = TOOLS
         .iter()
         .find(|t| t.name == name)
-        .ok_or_else(|| (-32602, format!("unknown tool: {name}")))?;
+        .ok_or_else(|| format!("unknown tool: {name}"))?;
     count_call(tool.name);
     let empty = Map::new();
-    let args = params.get("arguments").and_then(Value::as_object).unwrap_or(&empty);
+    let args = arguments.as_object().unwrap_or(&empty);
     for (arg, kind, required) in tool.arguments {
         let ok = match (args.get(*arg), *kind) {
             (None, _) => !required,
@@ -161,7 +163,10 @@ pub fn call(params: &Value) -> Result<Value, (i64, String)> {
             _ => true,
         };
         if !ok {
-            return Ok(result(format!("{name}: argument \"{arg}\" must be a {kind}"), true));
+            return Ok(Answer {
+                text: format!("{name}: argument \"{arg}\" must be a {kind}"),
+                is_error: true,
+            });
         }
     }
     let s = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
@@ -191,9 +196,5 @@ pub fn call(params: &Value) -> Result<Value, (i64, String)> {
         "k8s_delete_namespace" => format!("deleted namespace {} (demo: nothing was changed)", s("namespace")),
         _ => unreachable!("every tool in TOOLS has a handler"),
     };
-    Ok(result(text, false))
-}
-
-fn result(text: String, is_error: bool) -> Value {
-    json!({"content": [{"type": "text", "text": text}], "isError": is_error})
+    Ok(Answer { text, is_error: false })
 }

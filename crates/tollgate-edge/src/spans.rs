@@ -33,7 +33,7 @@ pub(crate) fn request_span(message: &Message<'_>, server: &str, caller: &Caller,
         otel.kind = "server",
         mcp.method.name = %method,
         tollgate.mcp.era = era,
-        mcp.session.id = session.as_str(),
+        mcp.session.id = tracing::field::Empty,
         jsonrpc.request.id = id.as_str(),
         gen_ai.tool.name = tracing::field::Empty,
         gen_ai.prompt.name = tracing::field::Empty,
@@ -44,6 +44,9 @@ pub(crate) fn request_span(message: &Message<'_>, server: &str, caller: &Caller,
         enduser.id = caller.subject.as_deref().unwrap_or_default(),
         tollgate.token.issuer = caller.issuer.as_deref().unwrap_or_default(),
     );
+    if !session.is_empty() {
+        span.record("mcp.session.id", session.as_str());
+    }
     let meta = params.and_then(|p| p.get("_meta"));
     let text = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
     let from_meta = text("traceparent").and_then(|tp| propagation::from_traceparent(tp, text("tracestate")));
