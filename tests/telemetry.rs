@@ -148,6 +148,25 @@ fn split(tag: &str, endpoint: &str, edge_extra: &str) -> (Proc, Proc, Proc) {
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const AGENT_SPAN: &str = "00f067aa0ba902b7";
 
+/// A call made without a session (no handshake) has no `mcp.session.id` on either span,
+/// rather than an empty one.
+#[tokio::test]
+async fn a_call_without_a_session_has_no_session_attribute() {
+    let (collector, endpoint) = Collector::start().await;
+    let (_upstream, _decision, edge) = split("otel-no-session", &endpoint, "");
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    let allowed = agent
+        .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+        .await;
+    assert!(refusal(&allowed).is_none(), "{allowed}");
+    let decide = collector.wait_for("tollgate.decide", 1).await;
+    let edge_span = collector.wait_for("mcp tools/call", 1).await;
+    for span in [&decide[0], &edge_span[0]] {
+        assert_eq!(span.attr("tollgate.grant").as_deref(), Some("a"), "{span:?}");
+        assert_eq!(span.attr("mcp.session.id"), None, "{span:?}");
+    }
+}
+
 #[tokio::test]
 async fn every_decision_is_a_span_under_the_edge_span_in_the_agents_trace() {
     let (collector, endpoint) = Collector::start().await;
