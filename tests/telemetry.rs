@@ -134,15 +134,28 @@ fn telemetry_section(endpoint: &str, extra: &str) -> String {
 
 /// demo upstream + decision + edge, both exporting to `endpoint`.
 fn split(tag: &str, endpoint: &str, edge_extra: &str) -> (Proc, Proc, Proc) {
+    let (upstream, decision, edge, _) = split_with(tag, endpoint, edge_extra, false);
+    (upstream, decision, edge)
+}
+
+/// [`split`], the decision replica keeping a decision journal when `journal` (the folder is
+/// returned).
+fn split_with(tag: &str, endpoint: &str, edge_extra: &str, journal: bool) -> (Proc, Proc, Proc, std::path::PathBuf) {
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir(tag);
     let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
     append(&config, &telemetry_section(endpoint, ""));
+    if journal {
+        append(
+            &config,
+            &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
+        );
+    }
     let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
     let config = write_config(&dir, &upstream.url("/mcp"), &[decision.url("")], POLICY, "");
     append(&config, &telemetry_section(endpoint, edge_extra));
     let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
-    (upstream, decision, edge)
+    (upstream, decision, edge, dir)
 }
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -169,8 +182,19 @@ async fn a_call_without_a_session_has_no_session_attribute() {
 
 #[tokio::test]
 async fn every_decision_is_a_span_under_the_edge_span_in_the_agents_trace() {
+    decision_spans_under_edge_spans(false).await;
+}
+
+/// The same with a decision journal: the decision spans come from the journal's exporter
+/// (their ids given by the engine, no `tracing` span), and a dashboard sees the same spans.
+#[tokio::test]
+async fn decision_spans_from_the_journal_are_the_same_spans() {
+    decision_spans_under_edge_spans(true).await;
+}
+
+async fn decision_spans_under_edge_spans(journal: bool) {
     let (collector, endpoint) = Collector::start().await;
-    let (_upstream, _decision, edge) = split("otel", &endpoint, "");
+    let (_upstream, _decision, edge, _dir) = split_with("otel", &endpoint, "", journal);
     let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
     agent.initialize().await;
     agent.traceparent = Some(format!("00-{TRACE_ID}-{AGENT_SPAN}-01"));

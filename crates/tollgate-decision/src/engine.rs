@@ -298,54 +298,34 @@ impl Engine {
         parent: Option<opentelemetry::Context>,
     ) -> Decision {
         let began = wall_clock_ns();
-        // The parent's span id, for the journal's record of the span (read only when kept).
-        let parent_span_id = self.journal.as_ref().map(|_| match &parent {
-            Some(cx) => {
-                use opentelemetry::trace::TraceContextExt;
-                let sc = cx.span().span_context().clone();
-                if sc.is_valid() {
-                    sc.span_id().to_string()
-                } else {
-                    String::new()
+        // The parent span (the edge's), for the journal's record of the decision span (read
+        // only when a journal is kept).
+        let parent_context = self.journal.as_ref().map(|_| {
+            use opentelemetry::trace::TraceContextExt;
+            let sc = match &parent {
+                Some(cx) => cx.span().span_context().clone(),
+                None => {
+                    use tracing_opentelemetry::OpenTelemetrySpanExt;
+                    tracing::Span::current().context().span().span_context().clone()
                 }
-            }
-            None => tollgate_telemetry::propagation::traceparent_of(&tracing::Span::current())
-                .split('-')
-                .nth(2)
-                .unwrap_or_default()
-                .to_owned(),
+            };
+            sc.is_valid().then_some(sc)
         });
-        // Text that came over the wire is recorded as `&str`: quoted and escaped in log lines
-        // (a value cannot forge another field), as it is in OpenTelemetry attributes.
-        let span = tracing::info_span!(
-            target: "tollgate::audit",
-            "tollgate.decide",
-            otel.kind = "internal",
-            tollgate.verdict = Empty,
-            tollgate.rule = Empty,
-            tollgate.reason = Empty,
-            tollgate.decision_id = Empty,
-            tollgate.approval.id = Empty,
-            tollgate.server = request.server.as_str(),
-            tollgate.grant = request.grant.as_str(),
-            tollgate.agent = request.agent.as_str(),
-            enduser.id = request.subject.as_str(),
-            tollgate.token.issuer = request.issuer.as_str(),
-            tollgate.request_id = request.request_id.as_str(),
-            tollgate.retry_after_ms = Empty,
-            tollgate.refused_locally = Empty,
-            tollgate.arguments.sha256 = Empty,
-            tollgate.arguments = Empty,
-            gen_ai.tool.name = Empty,
-            gen_ai.prompt.name = Empty,
-            mcp.resource.uri = Empty,
-            mcp.method.name = tollgate_api::subject_method(request.kind()),
-            mcp.session.id = Empty,
-        );
-        span.record(tollgate_api::subject_attribute(request.kind()), request.tool.as_str());
-        if !request.session_id.is_empty() {
-            span.record("mcp.session.id", request.session_id.as_str());
-        }
+        let parent_span_id = parent_context
+            .as_ref()
+            .map(|sc| sc.as_ref().map(|sc| sc.span_id().to_string()).unwrap_or_default());
+        // Decision spans exported from the journal get their ids here, and no `tracing` span
+        // is built for them (the tracing pipeline would only drop it): the span the collector
+        // receives is the journal's record, with the same name, attributes, links and parent.
+        let own_ids = match &parent_context {
+            Some(parent) if self.spans_from_journal() => Some(span_ids(parent.as_ref())),
+            _ => None,
+        };
+        let span = if own_ids.is_some() {
+            tracing::Span::none()
+        } else {
+            self.decision_span(request)
+        };
         tollgate_telemetry::propagation::set_parent(&span, parent);
         let parsed = parse_json(&request.arguments_json);
         // The console's tail takes this decision only while its batch has room (checked once,
@@ -394,19 +374,24 @@ impl Engine {
         }
         let mut decision = decision;
         if tail.is_some() || self.journal.is_some() {
-            let traceparent = if span.is_disabled() {
-                String::new()
-            } else {
-                tollgate_telemetry::propagation::traceparent_of(&span)
+            let (trace_id, span_id) = match own_ids {
+                Some(ids) => ids,
+                None => {
+                    let traceparent = if span.is_disabled() {
+                        String::new()
+                    } else {
+                        tollgate_telemetry::propagation::traceparent_of(&span)
+                    };
+                    let mut ids = traceparent.split('-').skip(1);
+                    let mut id = || {
+                        ids.next()
+                            .filter(|id| id.bytes().any(|b| b != b'0'))
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    (id(), id())
+                }
             };
-            let mut ids = traceparent.split('-').skip(1);
-            let mut id = || {
-                ids.next()
-                    .filter(|id| id.bytes().any(|b| b != b'0'))
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let (trace_id, span_id) = (id(), id());
             let record = DecisionRecord {
                 id: decision.decision_id.clone(),
                 at_ms: tollgate_limiter::wall_clock_ms(),
@@ -472,6 +457,48 @@ impl Engine {
             )
         });
         decision
+    }
+
+    /// The `tollgate.decide` span of a decision whose span goes through the tracing pipeline.
+    fn decision_span(&self, request: &DecideRequest) -> tracing::Span {
+        // Text that came over the wire is recorded as `&str`: quoted and escaped in log lines
+        // (a value cannot forge another field), as it is in OpenTelemetry attributes.
+        let span = tracing::info_span!(
+            target: "tollgate::audit",
+            "tollgate.decide",
+            otel.kind = "internal",
+            tollgate.verdict = Empty,
+            tollgate.rule = Empty,
+            tollgate.reason = Empty,
+            tollgate.decision_id = Empty,
+            tollgate.approval.id = Empty,
+            tollgate.server = request.server.as_str(),
+            tollgate.grant = request.grant.as_str(),
+            tollgate.agent = request.agent.as_str(),
+            enduser.id = request.subject.as_str(),
+            tollgate.token.issuer = request.issuer.as_str(),
+            tollgate.request_id = request.request_id.as_str(),
+            tollgate.retry_after_ms = Empty,
+            tollgate.refused_locally = Empty,
+            tollgate.arguments.sha256 = Empty,
+            tollgate.arguments = Empty,
+            gen_ai.tool.name = Empty,
+            gen_ai.prompt.name = Empty,
+            mcp.resource.uri = Empty,
+            mcp.method.name = tollgate_api::subject_method(request.kind()),
+            mcp.session.id = Empty,
+        );
+        span.record(tollgate_api::subject_attribute(request.kind()), request.tool.as_str());
+        if !request.session_id.is_empty() {
+            span.record("mcp.session.id", request.session_id.as_str());
+        }
+        span
+    }
+
+    /// Whether decision spans leave through the journal's exporter (see
+    /// [`tollgate_telemetry::metrics::decisions_from_journal`]).
+    fn spans_from_journal(&self) -> bool {
+        self.journal.is_some() && tollgate_telemetry::metrics::decisions_from_journal()
     }
 
     /// Appends the decision's record to the journal; with `required`, waits until it is
@@ -677,7 +704,10 @@ impl Engine {
         let tool = label.as_str();
         match asked {
             Claim::Approved(approval) => {
-                if let Some(trace) = &approval.resolved_trace {
+                // (From the journal, the record's links carry it.)
+                if let Some(trace) = &approval.resolved_trace
+                    && !self.spans_from_journal()
+                {
                     tollgate_telemetry::propagation::link_to(&tracing::Span::current(), trace);
                 }
                 let hits = policy.counter_hits(rule, call);
@@ -1214,4 +1244,35 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(125)), "2 min 5 s");
         assert_eq!(human_duration(Duration::from_secs(3700)), "1 h 1 min");
     }
+}
+
+/// Ids for a decision span built outside the tracing pipeline: the parent's trace id (a new
+/// one for a root span) and a new span id, as lowercase hex. Random from a per-thread
+/// generator seeded once from the operating system (span ids need to be unique, not secret).
+fn span_ids(parent: Option<&opentelemetry::trace::SpanContext>) -> (String, String) {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+    }
+    // SplitMix64: never zero over a thread's first 2^64 draws of a non-zero walk.
+    let next = || {
+        STATE.with(|state| {
+            loop {
+                let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+                state.set(s);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                if z != 0 {
+                    return z;
+                }
+            }
+        })
+    };
+    let trace_id = match parent {
+        Some(parent) => parent.trace_id().to_string(),
+        None => format!("{:016x}{:016x}", next(), next()),
+    };
+    (trace_id, format!("{:016x}", next()))
 }

@@ -427,9 +427,16 @@ pub const DECISION_SPAN: &str = "tollgate.decide";
 static DECISIONS_FROM_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// From now on, decision spans are exported from the decision journal, not through the
-/// tracing pipeline (which still gives them their ids).
+/// tracing pipeline.
 pub fn export_decisions_from_journal() {
     DECISIONS_FROM_JOURNAL.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether decision spans are exported from the decision journal (see
+/// [`export_decisions_from_journal`]): the engine then gives them their ids itself and builds
+/// no `tracing` span for them.
+pub fn decisions_from_journal() -> bool {
+    DECISIONS_FROM_JOURNAL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Wraps the OTLP exporter to count what reaches the collector and what does not, and to
