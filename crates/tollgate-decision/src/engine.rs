@@ -1221,31 +1221,6 @@ fn wall_clock_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What a policy accepts, every store counts exactly.
-    #[test]
-    fn policy_bounds_fit_the_stores() {
-        assert_eq!(
-            tollgate_policy::MAX_SLIDING_LOG_MAX,
-            tollgate_limiter::MAX_SLIDING_LOG_MAX
-        );
-        assert_eq!(tollgate_policy::MAX_COUNT, tollgate_limiter::MAX_COUNT);
-        assert!(tollgate_policy::MAX_WINDOW.as_micros() <= u128::from(tollgate_limiter::MAX_WINDOW_MICROS));
-    }
-
-    #[test]
-    fn durations_read_naturally_and_round_up() {
-        assert_eq!(human_duration(Duration::from_millis(350)), "350 ms");
-        assert_eq!(human_duration(Duration::from_micros(40_000_001)), "41 s");
-        assert_eq!(human_duration(Duration::from_secs(120)), "2 min");
-        assert_eq!(human_duration(Duration::from_secs(125)), "2 min 5 s");
-        assert_eq!(human_duration(Duration::from_secs(3700)), "1 h 1 min");
-    }
-}
-
 /// Ids for a decision span built outside the tracing pipeline: the parent's trace id (a new
 /// one for a root span) and a new span id, as lowercase hex. Random from a per-thread
 /// generator seeded once from the operating system (span ids need to be unique, not secret).
@@ -1275,4 +1250,48 @@ fn span_ids(parent: Option<&opentelemetry::trace::SpanContext>) -> (String, Stri
         None => format!("{:016x}{:016x}", next(), next()),
     };
     (trace_id, format!("{:016x}", next()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a policy accepts, every store counts exactly.
+    #[test]
+    fn policy_bounds_fit_the_stores() {
+        assert_eq!(
+            tollgate_policy::MAX_SLIDING_LOG_MAX,
+            tollgate_limiter::MAX_SLIDING_LOG_MAX
+        );
+        assert_eq!(tollgate_policy::MAX_COUNT, tollgate_limiter::MAX_COUNT);
+        assert!(tollgate_policy::MAX_WINDOW.as_micros() <= u128::from(tollgate_limiter::MAX_WINDOW_MICROS));
+    }
+
+    #[test]
+    fn durations_read_naturally_and_round_up() {
+        assert_eq!(human_duration(Duration::from_millis(350)), "350 ms");
+        assert_eq!(human_duration(Duration::from_micros(40_000_001)), "41 s");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2 min");
+        assert_eq!(human_duration(Duration::from_secs(125)), "2 min 5 s");
+        assert_eq!(human_duration(Duration::from_secs(3700)), "1 h 1 min");
+    }
+
+    #[test]
+    fn span_ids_continue_the_parents_trace_and_differ() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let parent = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let (trace, first) = super::span_ids(Some(&parent));
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let (root, second) = super::span_ids(None);
+        assert_eq!((root.len(), first.len()), (32, 16));
+        assert_ne!(root, trace);
+        assert_ne!(first, second);
+        assert_ne!(first, "0000000000000000");
+    }
 }
