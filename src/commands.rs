@@ -22,7 +22,11 @@ const DEMO_KEY: &str = "tg_demo_key";
 pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     runtime()?.block_on(async move {
-        let telemetry = tollgate_telemetry::init(&config.telemetry, &config.log.level, "up")?;
+        let level = match demo_listen {
+            Some(_) => quiet_sdk(&config.log.level),
+            None => config.log.level.clone(),
+        };
+        let telemetry = tollgate_telemetry::init(&config.telemetry, &level, "up")?;
         let shutdown = Shutdown::on_signals();
         if let Some(listen) = &demo_listen {
             let listener = bind(listen, "demo MCP server").await?;
@@ -267,6 +271,17 @@ fn scheme(config: &Config) -> &'static str {
     }
 }
 
+/// The log filter `level` with the MCP SDK the demo runs on (`rmcp`) at `warn`, unless the
+/// filter names it: at `info` it logs every session it opens and every client that finishes
+/// its handshake, a line per agent session that helps nobody running the demo.
+fn quiet_sdk(level: &str) -> String {
+    if level.contains("rmcp") {
+        level.to_owned()
+    } else {
+        format!("{level},rmcp=warn")
+    }
+}
+
 pub fn demo_upstream(
     listen: &str,
     options: tollgate_demo::DemoOptions,
@@ -274,7 +289,7 @@ pub fn demo_upstream(
     client_ca: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let _telemetry = tollgate_telemetry::init(&Default::default(), "info", "demo-upstream")?;
+        let _telemetry = tollgate_telemetry::init(&Default::default(), &quiet_sdk("info"), "demo-upstream")?;
         let shutdown = Shutdown::on_signals();
         let tls = match &tls {
             Some((cert, key)) => Some(tollgate_tls::server_config(
