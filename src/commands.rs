@@ -821,6 +821,7 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
                     .clone()
                     .unwrap_or_else(|| format!("tollgate-{role}")),
                 timeout: Duration::from_millis(config.telemetry.export_timeout_ms),
+                spans_per_second: config.audit.export_spans_per_second,
             }
             .spawn()
             .map_err(anyhow::Error::msg)?;

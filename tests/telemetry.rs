@@ -835,3 +835,38 @@ async fn a_replica_killed_after_a_burst_loses_no_answered_decision() {
     assert_eq!(spans.len(), decided.len(), "each decision once");
     assert_eq!(decided.len(), 30, "every answered decision, none more");
 }
+
+/// Issue 25, item 2: a backlog left by a collector outage drains at
+/// `audit.export_spans_per_second`, not as fast as the collector takes it: after a batch of n
+/// spans the next waits n / rate. 700 decisions wait; in batches of at most 512, the last
+/// leaves no sooner than (700 - 512) / 150 s = 1.25 s after the first.
+#[tokio::test]
+async fn a_backlog_drains_at_the_configured_rate() {
+    let (port, _upstream, config) = journal_config("otel-journal-rate", "export_spans_per_second = 150");
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let calls = (0..4).map(|_| {
+        let url = up.url("/mcp/k8s");
+        tokio::spawn(async move {
+            let mut agent = Mcp::new(&url, KEY_A);
+            agent.initialize().await;
+            for _ in 0..175 {
+                let listed = agent.call("k8s_list_namespaces", json!({})).await;
+                assert!(refusal(&listed).is_none(), "{listed}");
+            }
+        })
+    });
+    for call in calls {
+        call.await.expect("calls");
+    }
+    let (collector, _) = Collector::start_on(&format!("127.0.0.1:{port}")).await;
+    let first = collector.wait_for("tollgate.decide", 1).await;
+    assert!(!first.is_empty(), "the backlog starts to drain");
+    let began = Instant::now();
+    let all = collector.wait_for("tollgate.decide", 700).await;
+    assert_eq!(all.len(), 700, "the whole backlog arrives");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "the last batch waits for the rate: {took:?}"
+    );
+}

@@ -45,6 +45,12 @@ pub struct AuditSettings {
     /// each closed segment's last record is signed with it (`<segment>.sig`).
     #[serde(default)]
     pub signing_key: Option<SigningSeed>,
+    /// Most decision spans per second the journal's exporter sends to the collector: a
+    /// backlog left by a collector outage drains at this rate, so catching up neither floods
+    /// the collector nor takes the replica's CPU from live decisions. Set it above the
+    /// replica's peak decision rate, or the backlog never drains. Default 50,000.
+    #[serde(default = "default_export_spans_per_second")]
+    pub export_spans_per_second: u64,
 }
 
 /// A signing key's seed: usable by the code, never printed.
@@ -78,6 +84,9 @@ fn default_max_bytes() -> u64 {
 fn default_segment_bytes() -> u64 {
     64 << 20
 }
+fn default_export_spans_per_second() -> u64 {
+    50_000
+}
 fn default_retain() -> String {
     "7d".into()
 }
@@ -94,6 +103,7 @@ impl Default for AuditSettings {
             on_full: OnFullSetting::default(),
             required: false,
             signing_key: None,
+            export_spans_per_second: default_export_spans_per_second(),
         }
     }
 }
@@ -113,6 +123,12 @@ impl AuditSettings {
                 self.journal_retain
             )
         })?;
+        if self.export_spans_per_second < 100 {
+            return Err(format!(
+                "audit.export_spans_per_second = {} is too low: at least 100 (it must stay above the replica's decision rate)",
+                self.export_spans_per_second
+            ));
+        }
         if self.journal_segment_bytes < 4096 || self.journal_max_bytes < self.journal_segment_bytes {
             return Err("audit.journal_segment_bytes must be at least 4096 and at most audit.journal_max_bytes".into());
         }
@@ -193,5 +209,12 @@ mod tests {
         };
         assert!(required_without_dir.journal().is_err());
         assert!(matches!(AuditSettings::default().journal(), Ok(None)));
+        let too_slow = AuditSettings {
+            journal_dir: Some("/tmp/never-opened".into()),
+            export_spans_per_second: 10,
+            ..Default::default()
+        };
+        let error = too_slow.journal().err().unwrap_or_default();
+        assert!(error.contains("audit.export_spans_per_second = 10"), "{error}");
     }
 }

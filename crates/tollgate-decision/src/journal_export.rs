@@ -28,6 +28,8 @@ pub struct JournalExport {
     pub endpoint: String,
     pub service: String,
     pub timeout: Duration,
+    /// Most spans sent per second (`audit.export_spans_per_second`).
+    pub spans_per_second: u64,
 }
 
 impl JournalExport {
@@ -51,6 +53,7 @@ impl JournalExport {
         // Records read but not yet acknowledged: sent again until they are.
         let mut pending: Vec<tollgate_journal::Record> = Vec::new();
         let mut last_error: Option<String> = None;
+        let mut not_before: Option<tokio::time::Instant> = None;
         loop {
             if pending.is_empty() {
                 let Some(mut taken) = reader.take() else { return };
@@ -120,8 +123,16 @@ impl JournalExport {
                     schema_url: String::new(),
                 }],
             };
+            // The rate bound: a batch of n spans is sent no sooner than n / rate after the one
+            // before began (live traffic stays below it; a backlog drains at it).
+            if let Some(at) = not_before {
+                tokio::time::sleep_until(at).await;
+            }
+            let sending = pending.len() as u64;
+            let began = tokio::time::Instant::now();
             match client.export(request).await {
                 Ok(_) => {
+                    not_before = Some(began + pace(sending, self.spans_per_second));
                     if failing {
                         tracing::info!("the collector answers again: the decision journal's backlog is being sent");
                         failing = false;
@@ -149,6 +160,11 @@ impl JournalExport {
             }
         }
     }
+}
+
+/// How long sending `spans` takes at `per_second`.
+fn pace(spans: u64, per_second: u64) -> Duration {
+    Duration::from_micros(spans.saturating_mul(1_000_000) / per_second.max(1))
 }
 
 fn text(key: &str, value: &str) -> KeyValue {
@@ -245,4 +261,14 @@ fn span_of(record: &JournalRecord) -> Option<Span> {
         attributes,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_batch_waits_its_share_of_a_second() {
+        assert_eq!(super::pace(512, 50_000), std::time::Duration::from_micros(10_240));
+        assert_eq!(super::pace(300, 300), std::time::Duration::from_secs(1));
+        assert_eq!(super::pace(1, 0), std::time::Duration::from_secs(1));
+    }
 }
