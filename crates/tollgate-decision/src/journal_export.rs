@@ -21,6 +21,8 @@ use crate::audit::JournalRecord;
 const BATCH: usize = 512;
 /// How often the journal is read again when everything was sent.
 const IDLE: Duration = Duration::from_millis(100);
+/// How often the export position is written while a backlog drains (and once caught up).
+const POSITION_EVERY: Duration = Duration::from_millis(250);
 
 /// Where and as whom decision spans are exported.
 pub struct JournalExport {
@@ -54,6 +56,10 @@ impl JournalExport {
         let mut pending: Vec<tollgate_journal::Record> = Vec::new();
         let mut last_error: Option<String> = None;
         let mut not_before: Option<tokio::time::Instant> = None;
+        // The last sequence number the collector acknowledged, and the last written to disk.
+        let mut acknowledged = from - 1;
+        let mut written = acknowledged;
+        let mut written_at = tokio::time::Instant::now();
         loop {
             if pending.is_empty() {
                 let Some(mut taken) = reader.take() else { return };
@@ -81,6 +87,11 @@ impl JournalExport {
             }
             let Some(last) = pending.last().map(|r| r.seq) else {
                 tollgate_telemetry::metrics::metrics().journal_backlog_age.set(0);
+                // Caught up: the position on disk says so too.
+                if acknowledged > written && written_at.elapsed() >= POSITION_EVERY {
+                    written = self.write_position(acknowledged).await;
+                    written_at = tokio::time::Instant::now();
+                }
                 tokio::time::sleep(IDLE).await;
                 continue;
             };
@@ -139,11 +150,13 @@ impl JournalExport {
                     }
                     backoff = Duration::from_millis(100);
                     pending.clear();
-                    let dir = self.dir.clone();
-                    let written =
-                        tokio::task::spawn_blocking(move || tollgate_journal::write_exported(&dir, last)).await;
-                    if let Ok(Err(e)) = written {
-                        tracing::warn!("cannot record the export position of the decision journal: {e}");
+                    acknowledged = last;
+                    // The position is made durable (two fsyncs) at most every POSITION_EVERY
+                    // while a backlog drains, not per batch: a restart sends the spans of
+                    // that last stretch again (at least once; the same span ids).
+                    if written_at.elapsed() >= POSITION_EVERY {
+                        written = self.write_position(acknowledged).await;
+                        written_at = tokio::time::Instant::now();
                     }
                 }
                 Err(status) => {
@@ -157,6 +170,34 @@ impl JournalExport {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+    }
+
+    /// Writes the export position; what is on disk afterwards (the old position when the
+    /// write failed, so it is tried again). A failure is logged when it starts, not on every
+    /// try.
+    async fn write_position(&self, seq: u64) -> u64 {
+        static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let dir = self.dir.clone();
+        let written = tokio::task::spawn_blocking(move || tollgate_journal::write_exported(&dir, seq)).await;
+        match written {
+            Ok(Ok(())) => {
+                FAILING.store(false, std::sync::atomic::Ordering::Relaxed);
+                seq
+            }
+            failed => {
+                if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the writing task failed".to_owned(),
+                    };
+                    tracing::warn!("cannot record the export position of the decision journal: {why}");
+                }
+                let dir = self.dir.clone();
+                tokio::task::spawn_blocking(move || tollgate_journal::read_exported(&dir))
+                    .await
+                    .unwrap_or(0)
             }
         }
     }
