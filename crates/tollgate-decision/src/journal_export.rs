@@ -6,6 +6,7 @@
 //! is sent when the collector answers again, in order, with the original ids and times (at
 //! least once; a duplicate has the same span id).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use crate::audit::JournalRecord;
 const BATCH: usize = 512;
 /// How often the journal is read again when everything was sent.
 const IDLE: Duration = Duration::from_millis(100);
+/// Batches sent to the collector before the oldest is acknowledged.
+const IN_FLIGHT: usize = 4;
 /// How often the export position is written while a backlog drains (and once caught up).
 const POSITION_EVERY: Duration = Duration::from_millis(250);
 
@@ -47,21 +50,24 @@ impl JournalExport {
         Ok(())
     }
 
-    async fn run(self, mut client: TraceServiceClient<tonic::transport::Channel>) {
+    async fn run(self, client: TraceServiceClient<tonic::transport::Channel>) {
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
         let from = tollgate_journal::read_exported(&self.dir) + 1;
         let mut reader = Some(tollgate_journal::Reader::new(&self.dir, from));
-        // Records read but not yet acknowledged: sent again until they are.
-        let mut pending: Vec<tollgate_journal::Record> = Vec::new();
         let mut last_error: Option<String> = None;
         let mut not_before: Option<tokio::time::Instant> = None;
         // The last sequence number the collector acknowledged, and the last written to disk.
         let mut acknowledged = from - 1;
         let mut written = acknowledged;
         let mut written_at = tokio::time::Instant::now();
+        // Batches sent and not yet acknowledged, oldest first (at most IN_FLIGHT): a
+        // collector's latency is paid once per IN_FLIGHT batches, not per batch. Each holds
+        // its last sequence number and the time of its oldest decision.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         loop {
-            if pending.is_empty() {
+            // Send what the journal holds, up to IN_FLIGHT batches.
+            while in_flight.len() < IN_FLIGHT {
                 let Some(mut taken) = reader.take() else { return };
                 let read = tokio::task::spawn_blocking(move || {
                     let records = taken.read(BATCH);
@@ -70,8 +76,8 @@ impl JournalExport {
                 .await;
                 let Ok((back, records)) = read else { return };
                 reader = Some(back);
-                match records {
-                    Ok(records) => pending = records,
+                let records = match records {
+                    Ok(records) => records,
                     Err(e) => {
                         // Logged once per problem: a broken record stops the export until an
                         // operator looks (the backlog metric keeps growing meanwhile).
@@ -81,11 +87,27 @@ impl JournalExport {
                             last_error = Some(text);
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
+                        break;
                     }
+                };
+                let Some(last) = records.last().map(|r| r.seq) else {
+                    break;
+                };
+                let (request, oldest_ms) = self.request_of(&records);
+                // The rate bound: a batch of n spans is sent no sooner than n / rate after
+                // the one before (live traffic stays below it; a backlog drains at it).
+                if let Some(at) = not_before {
+                    tokio::time::sleep_until(at).await;
                 }
+                not_before = Some(tokio::time::Instant::now() + pace(records.len() as u64, self.spans_per_second));
+                let mut sender = client.clone();
+                in_flight.push_back(InFlight {
+                    last,
+                    oldest_ms,
+                    answer: tokio::spawn(async move { sender.export(request).await.map(|_| ()) }),
+                });
             }
-            let Some(last) = pending.last().map(|r| r.seq) else {
+            let Some(front) = in_flight.pop_front() else {
                 tollgate_telemetry::metrics::metrics().journal_backlog_age.set(0);
                 // Caught up: the position on disk says so too.
                 if acknowledged > written && written_at.elapsed() >= POSITION_EVERY {
@@ -96,61 +118,20 @@ impl JournalExport {
                 continue;
             };
             // The export lag: how long the oldest decision not yet acknowledged has waited.
-            if let Some(oldest) = pending
-                .first()
-                .and_then(|r| serde_json::from_slice::<JournalRecord>(&r.payload).ok())
-            {
-                let age_ms = tollgate_limiter::wall_clock_ms().saturating_sub(oldest.decision.at_ms);
+            if let Some(at_ms) = front.oldest_ms {
+                let age_ms = tollgate_limiter::wall_clock_ms().saturating_sub(at_ms);
                 tollgate_telemetry::metrics::metrics()
                     .journal_backlog_age
                     .set(i64::try_from(age_ms / 1000).unwrap_or(i64::MAX));
             }
-            let spans: Vec<Span> = pending
-                .iter()
-                .filter_map(|r| {
-                    let record = serde_json::from_slice::<JournalRecord>(&r.payload).ok()?;
-                    let mut span = span_of(&record)?;
-                    // The journal's chain head at this decision: an auditor finds the record.
-                    span.attributes.push(text("tollgate.audit.chain", &hex::encode(r.hash)));
-                    span.attributes
-                        .push(int("tollgate.audit.seq", i64::try_from(r.seq).unwrap_or(i64::MAX)));
-                    Some(span)
-                })
-                .collect();
-            let request = ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    resource: Some(Resource {
-                        attributes: vec![text("service.name", &self.service)],
-                        ..Default::default()
-                    }),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: "tollgate".into(),
-                            ..Default::default()
-                        }),
-                        spans,
-                        schema_url: String::new(),
-                    }],
-                    schema_url: String::new(),
-                }],
-            };
-            // The rate bound: a batch of n spans is sent no sooner than n / rate after the one
-            // before began (live traffic stays below it; a backlog drains at it).
-            if let Some(at) = not_before {
-                tokio::time::sleep_until(at).await;
-            }
-            let sending = pending.len() as u64;
-            let began = tokio::time::Instant::now();
-            match client.export(request).await {
-                Ok(_) => {
-                    not_before = Some(began + pace(sending, self.spans_per_second));
+            match front.answer.await {
+                Ok(Ok(())) => {
                     if failing {
                         tracing::info!("the collector answers again: the decision journal's backlog is being sent");
                         failing = false;
                     }
                     backoff = Duration::from_millis(100);
-                    pending.clear();
-                    acknowledged = last;
+                    acknowledged = front.last;
                     // The position is made durable (two fsyncs) at most every POSITION_EVERY
                     // while a backlog drains, not per batch: a restart sends the spans of
                     // that last stretch again (at least once; the same span ids).
@@ -159,19 +140,63 @@ impl JournalExport {
                         written_at = tokio::time::Instant::now();
                     }
                 }
-                Err(status) => {
+                failed => {
                     if !failing {
+                        let why = match failed {
+                            Ok(Err(status)) => status.message().to_owned(),
+                            _ => "the export task failed".to_owned(),
+                        };
                         tracing::warn!(
-                            "cannot export decision spans ({}); they stay in the decision journal and are sent when the collector answers",
-                            status.message()
+                            "cannot export decision spans ({why}); they stay in the decision journal and are sent when the collector answers"
                         );
                         failing = true;
                     }
+                    // Everything after the last acknowledged batch is sent again, in order.
+                    for batch in in_flight.drain(..) {
+                        batch.answer.abort();
+                    }
+                    reader = Some(tollgate_journal::Reader::new(&self.dir, acknowledged + 1));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+
+    /// The OTLP request for `records`, and the time of the oldest decision among them.
+    fn request_of(&self, records: &[tollgate_journal::Record]) -> (ExportTraceServiceRequest, Option<u64>) {
+        let mut oldest_ms = None;
+        let spans: Vec<Span> = records
+            .iter()
+            .filter_map(|r| {
+                let record = serde_json::from_slice::<JournalRecord>(&r.payload).ok()?;
+                oldest_ms.get_or_insert(record.decision.at_ms);
+                let mut span = span_of(&record)?;
+                // The journal's chain head at this decision: an auditor finds the record.
+                span.attributes.push(text("tollgate.audit.chain", &hex::encode(r.hash)));
+                span.attributes
+                    .push(int("tollgate.audit.seq", i64::try_from(r.seq).unwrap_or(i64::MAX)));
+                Some(span)
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![text("service.name", &self.service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "tollgate".into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        (request, oldest_ms)
     }
 
     /// Writes the export position; what is on disk afterwards (the old position when the
@@ -201,6 +226,15 @@ impl JournalExport {
             }
         }
     }
+}
+
+/// A batch sent and not yet acknowledged.
+struct InFlight {
+    /// Its last record's sequence number.
+    last: u64,
+    /// When its oldest decision was made (ms since the epoch).
+    oldest_ms: Option<u64>,
+    answer: tokio::task::JoinHandle<Result<(), tonic::Status>>,
 }
 
 /// How long sending `spans` takes at `per_second`.
