@@ -40,26 +40,33 @@ fn python() -> std::path::PathBuf {
 
 /// The Python SDK's `MCPServer` on a free port; its `/mcp` URL once it accepts connections.
 fn modern_upstream() -> (Upstream, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let child = Command::new(python())
+    use std::io::BufRead;
+    let mut child = Command::new(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/interop/py_modern_server.py"
         ))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
+        .arg("0")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("python");
+    // The server binds a free port itself and prints it, then serves on it.
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the Python upstream did not print its port: {line:?}"));
+    let upstream = Upstream(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the Python upstream did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (Upstream(child), format!("http://127.0.0.1:{port}/mcp"))
+    (upstream, format!("http://127.0.0.1:{port}/mcp"))
 }
 
 /// The Python SDK client in `mode` against `url`: what it saw. A client that failed as a

@@ -3,7 +3,7 @@
 127.0.0.1:PORT/mcp. Its tools echo what they were called with, so a test sees what the
 upstream acted on. Used by tests/protocol.rs.
 
-Usage: python py_modern_server.py PORT
+Usage: python py_modern_server.py PORT  (0: a free port, printed on the first line of stdout)
 """
 
 import sys
@@ -64,5 +64,18 @@ def k8s_scale(
 
 
 if __name__ == "__main__":
-    print(f"listening on http://127.0.0.1:{sys.argv[1]}/mcp", flush=True)
-    server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+    # Port 0: the server binds a free port itself and prints it (a port chosen by the test and
+    # bound later could be taken meanwhile by another process of a parallel test).
+    import anyio
+    import socket
+
+    import uvicorn
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(sys.argv[1])))
+    listener.listen(128)
+    print(listener.getsockname()[1], flush=True)
+    app = server.streamable_http_app(host="127.0.0.1")
+    config = uvicorn.Config(app, log_level="warning")
+    anyio.run(lambda: uvicorn.Server(config).serve(sockets=[listener]))
