@@ -203,6 +203,8 @@ struct Writer {
     _lock: File,
     /// When the head was last signed.
     head_signed: Option<std::time::Instant>,
+    /// When retention was last applied (it reads the export position, a file).
+    expired_checked: Option<std::time::Instant>,
 }
 
 impl Writer {
@@ -336,6 +338,7 @@ impl Writer {
             sealed,
             _lock: lock,
             head_signed: None,
+            expired_checked: None,
         };
         use std::io::Seek;
         writer.file.seek(std::io::SeekFrom::End(0))?;
@@ -523,8 +526,16 @@ impl Writer {
 
     /// Keeps the journal within `max_bytes` (removing old segments, or refusing).
     fn make_room(&mut self, needed: u64) -> Result<(), JournalError> {
-        self.remove_expired();
+        // Retention is applied at most once a second (it reads the export position and a
+        // segment's time), and at once when the journal is full.
+        if self
+            .expired_checked
+            .is_none_or(|at| at.elapsed() >= EXPIRED_CHECK_EVERY)
+        {
+            self.remove_expired();
+        }
         if self.total_bytes() + needed > self.settings.max_bytes {
+            self.remove_expired();
             // Segments an operator removed (or archived) give their room back.
             self.sealed.retain(|(_, path, _, _)| path.exists());
         }
@@ -582,6 +593,7 @@ impl Writer {
 
     /// Removes sealed segments all of whose records are exported and older than `retain`.
     fn remove_expired(&mut self) {
+        self.expired_checked = Some(std::time::Instant::now());
         let exported = read_exported(&self.settings.dir);
         let now = SystemTime::now();
         while let Some((_, path, _, last)) = self.sealed.first() {
@@ -601,6 +613,9 @@ impl Writer {
 
 /// The file a journal's writer holds locked.
 pub const LOCK_FILE: &str = "lock";
+
+/// How often retention is applied while records are written.
+const EXPIRED_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The file that holds the last exported sequence number.
 pub const EXPORTED_FILE: &str = "exported";

@@ -326,3 +326,45 @@ async fn a_journal_whose_directory_was_removed_refuses_records() {
     );
     assert!(journal.stats().failing.load(std::sync::atomic::Ordering::Relaxed));
 }
+
+/// Retention: sealed segments all of whose records are exported and older than `retain` are
+/// removed; a segment holding a record not yet exported stays, with every one after it.
+#[tokio::test]
+async fn exported_segments_past_retention_are_removed_and_the_rest_kept() {
+    let dir = temp("retention");
+    let small = |s: JournalSettings| JournalSettings {
+        segment_bytes: 4096,
+        retain: std::time::Duration::ZERO,
+        ..s
+    };
+    write(&dir, small, 300).await;
+    let segments = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(crate::format::SEGMENT_SUFFIX))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = segments(&dir);
+    assert!(before.len() >= 4, "several segments: {before:?}");
+    write_exported(&dir, 150).expect("exported position");
+    // The next record applies retention (the first append after opening does at once).
+    write(&dir, small, 1).await;
+    let after = segments(&dir);
+    assert!(
+        !after.contains(&segment_name(1)),
+        "the first segment is gone: {after:?}"
+    );
+    assert!(after.len() < before.len(), "{before:?} → {after:?}");
+    // What is left starts at or before record 151: nothing unexported was removed.
+    let first_kept: u64 = after[0]
+        .trim_end_matches(crate::format::SEGMENT_SUFFIX)
+        .trim_start_matches('0')
+        .parse()
+        .expect("a segment's first sequence number");
+    assert!(first_kept <= 151, "{after:?}");
+    let records = records(&dir, first_kept, 1000).expect("records");
+    assert_eq!(records.last().map(|r| r.seq), Some(301));
+}
