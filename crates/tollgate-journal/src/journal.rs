@@ -128,7 +128,17 @@ impl Journal {
         let stats = Arc::new(JournalStats::default());
         let writer = Writer::open(settings, stats.clone()).map_err(|e| JournalError::Io(e.to_string()))?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer.run(rx));
+        // The writer has a thread of its own (its disk work blocks), with a single-threaded
+        // runtime for its queue and the group commit's timer: no hand-off to a blocking pool
+        // and back for every batch. It ends when the last `Journal` is dropped.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| JournalError::Io(format!("cannot start the journal's writer: {e}")))?;
+        std::thread::Builder::new()
+            .name("tollgate-journal".into())
+            .spawn(move || runtime.block_on(writer.run(rx)))
+            .map_err(|e| JournalError::Io(format!("cannot start the journal's writer: {e}")))?;
         Ok(Journal { tx, stats })
     }
 
@@ -377,24 +387,15 @@ impl Writer {
             }
             let probed = batch.iter().any(|a| a.probe);
             batch.retain(|a| !a.probe);
-            // Disk work off the async threads; the writer's state goes with it and comes back.
-            let writing = tokio::task::spawn_blocking(move || {
-                let results = if batch.is_empty() {
-                    Vec::new()
-                } else {
-                    self.write_batch(&batch)
-                };
-                if probed {
-                    self.probe();
-                }
-                (self, batch, results)
-            })
-            .await;
-            let Ok((writer, batch, results)) = writing else {
-                tracing::error!("the audit journal's writer failed; the journal has stopped");
-                return;
+            // On the writer's own thread: blocking here holds up nothing else.
+            let results = if batch.is_empty() {
+                Vec::new()
+            } else {
+                self.write_batch(&batch)
             };
-            self = writer;
+            if probed {
+                self.probe();
+            }
             for (append, result) in batch.into_iter().zip(results) {
                 if let Some(done) = append.done {
                     let _ = done.send(result);
