@@ -876,6 +876,14 @@ fn print_endpoints(config: &Config, addr: SocketAddr, demo: bool) {
              -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"k8s_rollout_pause\",\"arguments\":{{\"namespace\":\"default\",\"name\":\"web\"}}}}}}'",
             upstream.name
         );
+        println!("The same call in MCP 2026-07-28 (stateless: no session; the routing headers must match the body):");
+        println!(
+            "  curl -s http://{addr}/mcp/{} -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' \
+             -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \
+             -H 'Mcp-Method: tools/call' -H 'Mcp-Name: k8s_rollout_pause' \
+             -d '{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{{\"name\":\"k8s_rollout_pause\",\"arguments\":{{\"namespace\":\"default\",\"name\":\"web\"}},\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}'",
+            upstream.name
+        );
     }
 }
 

@@ -131,13 +131,24 @@ async fn the_quick_start_and_its_curl_blocks_run_as_written() {
         .expect("the quick start command");
     let command = first.split('#').next().unwrap_or_default().trim();
     let args: Vec<&str> = command.split_whitespace().skip(3).collect();
-    let up = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut up = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("tollgate up");
+    // What `up` prints: the calls to try, run below as printed.
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    if let Some(stdout) = up.stdout.take() {
+        let printed = printed.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                printed.lock().expect("lines").push(line);
+            }
+        });
+    }
     let _started = Started(vec![up]);
     let bash = |block: &str| {
         let out = Command::new("bash")
@@ -164,6 +175,23 @@ async fn the_quick_start_and_its_curl_blocks_run_as_written() {
         modern.contains("\"resultType\":\"complete\"") && modern.contains("paused rollout"),
         "the 2026-07-28 block as written: {modern}"
     );
+    // The calls `up --demo` prints (session era, then 2026-07-28) run as printed.
+    let calls: Vec<String> = printed
+        .lock()
+        .expect("lines")
+        .iter()
+        .filter(|l| l.trim_start().starts_with("curl -s "))
+        .cloned()
+        .collect();
+    assert_eq!(calls.len(), 2, "two calls to try: {:?}", printed.lock().expect("lines"));
+    for call in &calls {
+        let out = bash(call);
+        assert!(
+            out.contains("\"result\"") && out.contains("paused rollout") && !out.contains("\"isError\":true"),
+            "{call}\n{out}"
+        );
+    }
+    assert!(calls[1].contains("MCP-Protocol-Version: 2026-07-28"), "{}", calls[1]);
     let aggregated = bash(&block_with("http://127.0.0.1:8080/mcp -H"));
     assert!(
         aggregated.contains("\"result\"") && !aggregated.contains("\"error\""),
