@@ -886,3 +886,69 @@ async fn a_backlog_drains_at_the_configured_rate() {
         "the last batch waits for the rate: {took:?}"
     );
 }
+
+/// Issue 25: the collector is down when a concurrent load starts and comes up while it runs.
+/// Every call the clients saw answered arrives as exactly one decision (by decision id).
+/// Spans may arrive twice, but a duplicate carries the same span id.
+#[tokio::test]
+async fn a_collector_outage_under_load_loses_no_decision() {
+    let (port, _upstream, config) = journal_config("otel-journal-load", "");
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let url = up.url("/mcp/k8s");
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut agent = Mcp::new(&url, KEY_A);
+                agent.initialize().await;
+                let mut answered = 0;
+                for _ in 0..150 {
+                    let listed = agent.call("k8s_list_namespaces", json!({})).await;
+                    assert!(refusal(&listed).is_none(), "{listed}");
+                    answered += 1;
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                answered
+            })
+        })
+        .collect();
+    // The collector comes up once a third of the load is answered (the rest is still running
+    // unless this machine is very slow; the check below holds either way).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(std::sync::atomic::Ordering::Relaxed) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (collector, _) = Collector::start_on(&format!("127.0.0.1:{port}")).await;
+    let mut answered = 0;
+    for call in calls {
+        answered += call.await.expect("calls");
+    }
+    assert_eq!(answered, 600);
+    let seen = || {
+        let spans: Vec<Received> = collector
+            .all()
+            .into_iter()
+            .filter(|r| r.span.name == "tollgate.decide")
+            .collect();
+        let mut decisions: Vec<String> = spans.iter().filter_map(|r| r.attr("tollgate.decision_id")).collect();
+        decisions.sort();
+        decisions.dedup();
+        let mut by_span: HashMap<Vec<u8>, Option<String>> = HashMap::new();
+        for r in &spans {
+            let decision = r.attr("tollgate.decision_id");
+            let earlier = by_span
+                .entry(r.span.span_id.clone())
+                .or_insert_with(|| decision.clone());
+            assert_eq!(*earlier, decision, "a span id names one decision");
+        }
+        (decisions.len(), by_span.len())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen().0 < answered && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (decisions, span_ids) = seen();
+    assert_eq!(decisions, answered, "every answered call's decision arrives");
+    assert_eq!(span_ids, answered, "one span id per decision (duplicates repeat it)");
+}
