@@ -21,16 +21,8 @@ rounds=${3:-2}
 # shellcheck source=loadtest/common.sh
 source loadtest/common.sh
 
-# rotel ships as a Python wheel with its binary inside.
-if [ ! -x "$work/../tollgate-rotel/bin/python" ]; then
-  python3 -m venv "$work/../tollgate-rotel" >/dev/null
-  "$work/../tollgate-rotel/bin/pip" install --quiet rotel
-fi
-rotel=$(find "$work/../tollgate-rotel" -name rotel-agent -type f | head -1)
 otlp_port=$(free_port)
-"$rotel" start --otlp-grpc-endpoint "127.0.0.1:$otlp_port" --otlp-http-endpoint "127.0.0.1:$(free_port)" \
-  --exporter blackhole > "$work/rotel.out" 2>&1 &
-rotel_pid=$!
+start_rotel "$otlp_port"
 until (echo > "/dev/tcp/127.0.0.1/$otlp_port") 2>/dev/null; do sleep 0.1; done
 
 start_upstream

@@ -173,3 +173,19 @@ decisions_under_load() {
   "$bin/tollgate-loadtest" decide --url "$addr" --tool bench --concurrency 64 --duration "$seconds" | tail -1
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
+
+# start_rotel PORT: a collector that discards what it receives (rotel, a Rust OpenTelemetry
+# collector from PyPI, blackhole exporter) with OTLP/gRPC on 127.0.0.1:PORT, installed into
+# a virtualenv beside the work directory on first use (the wheel carries the binary); its
+# output goes to $work/rotel.out. Sets rotel_pid.
+start_rotel() {
+  local venv="$work/../tollgate-rotel" rotel
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" >/dev/null
+    "$venv/bin/pip" install --quiet rotel
+  fi
+  rotel=$(find "$venv" -name rotel-agent -type f | head -1)
+  "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$1" --otlp-http-endpoint "127.0.0.1:$(free_port)" \
+    --exporter blackhole > "$work/rotel.out" 2>&1 &
+  rotel_pid=$!
+}

@@ -16,12 +16,6 @@ rounds=${3:-2}
 # shellcheck source=loadtest/common.sh
 source loadtest/common.sh
 
-if [ ! -x "$work/../tollgate-rotel/bin/python" ]; then
-  python3 -m venv "$work/../tollgate-rotel" >/dev/null
-  "$work/../tollgate-rotel/bin/pip" install --quiet rotel
-fi
-rotel=$(find "$work/../tollgate-rotel" -name rotel-agent -type f | head -1)
-
 start_upstream
 write_counted_policy
 
@@ -50,9 +44,7 @@ $rate_line"
   decided=$(awk '/^gateway/ { print $3 }' "$work/run.log")
   sleep 1
   journal_bytes=$(du -sb "$work/journal" | cut -f1)
-  "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$otlp_port" --otlp-http-endpoint "127.0.0.1:$(free_port)" \
-    --exporter blackhole > "$work/rotel.out" 2>&1 &
-  rotel_pid=$!
+  start_rotel "$otlp_port"
   up_at=$(now)
   first="" cpu_first=""
   while :; do
