@@ -303,12 +303,7 @@ async fn approvals_work_in_tollgate_up() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(up.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = support::get_text(&up.url("/metrics")).await;
     for event in ["requested", "consumed", "approved", "denied", "expired", "notified"] {
         assert!(
             metrics.contains(&format!("tollgate_approvals_total{{event=\"{event}\"}}")),
@@ -507,20 +502,11 @@ fn gauge(metrics: &str, name: &str) -> Option<i64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-async fn metrics_page(url: &str) -> String {
-    reqwest::get(url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 /// Waits until `tollgate_held_calls` on `metrics_url` is `want`.
 async fn held_calls_become(metrics_url: &str, want: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let held = gauge(&metrics_page(metrics_url).await, "tollgate_held_calls");
+        let held = gauge(&support::get_text(metrics_url).await, "tollgate_held_calls");
         if held == Some(want) {
             return;
         }
@@ -704,7 +690,7 @@ async fn held_calls_work_in_tollgate_up() {
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let admin = up.admin_url.clone().expect("tollgate up serves the operators' API");
     held_flow(&[up.url("/mcp/k8s")], std::slice::from_ref(&admin)).await;
-    let metrics = metrics_page(&up.url("/metrics")).await;
+    let metrics = support::get_text(&up.url("/metrics")).await;
     assert!(
         gauge(&metrics, "tollgate_approvals_pending").is_some(),
         "the pending-approvals gauge is exported: {metrics}"

@@ -45,12 +45,7 @@ async fn every_decision_is_a_record_that_verifies_and_exports() {
     assert_eq!(refused_ids.len(), 3, "two over the limit, one denied");
     // Records are made durable within journal_sync_ms (5 ms); the gauges refresh every second.
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-    let metrics = reqwest::get(up.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = support::get_text(&up.url("/metrics")).await;
     assert!(metrics.contains("tollgate_journal_appended_records 13"), "{metrics}");
     assert!(metrics.contains("tollgate_journal_dropped_records 0"), "{metrics}");
     up.terminate();

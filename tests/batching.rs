@@ -49,12 +49,7 @@ fn decision_replica(tag: &str) -> Proc {
 /// `tollgate_decide_batch_size{direction}`'s count (messages) and sum (decisions) on
 /// `metrics_url`, zero before the first message.
 async fn batches(metrics_url: &str, direction: &str) -> (f64, f64) {
-    let text = reqwest::get(metrics_url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = support::get_text(metrics_url).await;
     let value = |suffix: &str| {
         let prefix = format!("tollgate_decide_batch_size_{suffix}{{direction=\"{direction}\"}} ");
         text.lines()
@@ -313,12 +308,7 @@ async fn a_stream_of_hostile_items_is_answered_item_by_item_without_deciding_the
         }
     }
     assert_eq!(batches(&metrics, "received").await.1, 5000.0);
-    let decisions = reqwest::get(&metrics)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let decisions = support::get_text(&metrics).await;
     assert!(
         !decisions.contains("tollgate_decisions_total{"),
         "nothing was decided: {decisions}"

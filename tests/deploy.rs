@@ -170,12 +170,7 @@ async fn dashboard_queries_only_metrics_tollgate_exports() {
     Mcp::new(&up.url("/mcp/k8s"), KEY_A)
         .call("k8s_rollout_pause", json!({"namespace": "a", "name": "b"}))
         .await;
-    let metrics = reqwest::get(up.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let metrics = support::get_text(&up.url("/metrics")).await;
     let exported = exported_names(&metrics);
     let unknown: Vec<&String> = queried.difference(&exported).collect();
     assert!(

@@ -379,12 +379,7 @@ async fn tool_names_are_checked_before_anything_else_sees_them() {
     // Only tools an upstream listed become metric labels.
     let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "never-listed"}});
     assert_eq!(post(&url, call.to_string()).await.status, 200);
-    let metrics = reqwest::get(up.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = support::get_text(&up.url("/metrics")).await;
     assert!(
         !metrics.contains("never-listed") && !metrics.contains("xxxxxxxx"),
         "{metrics}"

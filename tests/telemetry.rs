@@ -362,12 +362,7 @@ async fn a_dead_collector_neither_slows_requests_nor_loses_decisions() {
     let metrics_url = results[1].2.url("/metrics");
     let mut lost = 0.0;
     for _ in 0..50 {
-        let text = reqwest::get(&metrics_url)
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body");
+        let text = support::get_text(&metrics_url).await;
         lost = sample(&text, "tollgate_spans_lost_total", &[]).unwrap_or(0.0);
         if lost > 0.0 {
             break;
@@ -416,7 +411,7 @@ async fn only_tollgate_spans_are_exported_and_every_one_is_counted() {
         ("decision", decision.metrics_url.clone().expect("decision metrics")),
         ("edge", edge.url("/metrics")),
     ] {
-        let text = reqwest::get(&url).await.expect("metrics").text().await.expect("body");
+        let text = support::get_text(&url).await;
         let ended = sample(&text, "tollgate_spans_ended_total", &[]).expect("spans_ended");
         let exported = sample(&text, "tollgate_spans_exported_total", &[]).expect("spans_exported");
         assert!(ended > 0.0, "{process} recorded spans");
@@ -465,12 +460,7 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls() {
 
     // The decision service's own /metrics: its address is in its ready line.
     let line_addr = decision_metrics_url(&decision);
-    let text = reqwest::get(&line_addr)
-        .await
-        .expect("decision metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = support::get_text(&line_addr).await;
     let decided = |verdict: &str, tool: &str| {
         sample(
             &text,
@@ -491,12 +481,7 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls() {
         Some(3.0)
     );
 
-    let text = reqwest::get(edge.url("/metrics"))
-        .await
-        .expect("edge metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = support::get_text(&edge.url("/metrics")).await;
     assert_eq!(
         sample(
             &text,
@@ -739,12 +724,7 @@ async fn decisions_reach_a_collector_that_was_down_through_the_journal() {
         .to_owned();
     // The collector is down for a while (the export lag shows), then comes up.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let text = reqwest::get(up.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = support::get_text(&up.url("/metrics")).await;
     let lag = sample(&text, "tollgate_journal_backlog_age_seconds", &[]).expect("the export lag");
     assert!(lag >= 1.0, "the oldest unexported decision waits: {lag}");
     let (collector, _) = Collector::start_on(&format!("127.0.0.1:{port}")).await;

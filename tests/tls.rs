@@ -94,12 +94,7 @@ async fn https_upstreams_are_reached_with_their_ca_and_refused_without_it() {
         message.contains("\"k8s\"") && message.contains("TLS"),
         "the agent learns which upstream and that TLS failed: {message}"
     );
-    let metrics = reqwest::get(up.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = support::get_text(&up.url("/metrics")).await;
     assert!(
         metrics.contains("tollgate_upstream_errors_total{upstream=\"k8s\",kind=\"tls\"}"),
         "{metrics}"

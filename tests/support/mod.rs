@@ -507,6 +507,16 @@ impl Mcp {
 
 /// Runs a client program (an SDK client script) and parses the JSON it prints; fails the
 /// test, naming scripts/test.sh, when it cannot run or fails.
+/// The body of a GET of `url` (a `/metrics` page, a status page) as text.
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: the body: {e}"))
+}
+
 pub fn run_json(program: &str, args: &[&str]) -> Value {
     let out = Command::new(program)
         .args(args)
