@@ -153,19 +153,9 @@ impl AuditSettings {
     }
 }
 
-/// `30s`, `30m`, `12h`, `7d`.
+/// `30s`, `30m`, `12h`, `7d`: the policy's duration syntax; none for one too long to count.
 fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let unit = text.chars().last()?;
-    let number: u64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
-    let seconds = match unit {
-        's' => number,
-        'm' => number.checked_mul(60)?,
-        'h' => number.checked_mul(3600)?,
-        'd' => number.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(seconds))
+    tollgate_policy::parse_duration(text.trim()).filter(|d| *d != Duration::MAX)
 }
 
 /// One decision as the journal keeps it: what the console's record says, plus the request

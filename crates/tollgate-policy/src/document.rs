@@ -263,7 +263,10 @@ impl Window {
     }
 }
 
-fn parse_duration(text: &str) -> Option<Duration> {
+/// A duration as the configuration writes it: a number and one of `ms`, `s`, `m`, `h`, `d`
+/// (`500ms`, `30s`, `5m`, `1h`, `7d`); `Duration::MAX` for one too long to count in
+/// milliseconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
