@@ -790,11 +790,12 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         .with_recorded_arguments(config.telemetry.record_arguments)
         .with_full_cache_entries(settings.full_cache_entries);
     if let Some(journal) = journal {
-        let dir = journal.dir.display().to_string();
-        let journal =
-            tollgate_journal::Journal::open(journal).map_err(|e| anyhow::anyhow!("audit.journal_dir {dir}: {e}"))?;
+        let dir = journal.dir.clone();
+        let journal = tollgate_journal::Journal::open(journal)
+            .map_err(|e| anyhow::anyhow!("audit.journal_dir {}: {e}", dir.display()))?;
         println!(
-            "decision journal in {dir}{}",
+            "decision journal in {}{}",
+            dir.display(),
             if config.audit.required {
                 " (audit.required: a decision waits for its record)"
             } else {
@@ -803,17 +804,13 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         );
         // With on_full = "refuse" a call whose record finds the journal full is refused, so
         // its decision waits for the record as in required mode.
-        spawn_journal_metrics(
-            journal.clone(),
-            PathBuf::from(&dir),
-            config.telemetry.otlp_endpoint.is_some(),
-        );
+        spawn_journal_metrics(journal.clone(), dir.clone(), config.telemetry.otlp_endpoint.is_some());
         let waits = config.audit.required || config.audit.on_full == tollgate_decision::audit::OnFullSetting::Refuse;
         engine = engine.with_journal(journal, waits);
         // Decision spans go to the collector from the journal, so an outage loses none.
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {
             tollgate_decision::journal_export::JournalExport {
-                dir: PathBuf::from(&dir),
+                dir,
                 endpoint: endpoint.clone(),
                 service: config
                     .telemetry
@@ -964,34 +961,30 @@ pub fn audit_verify(dir: &Path, key: Option<&str>) -> anyhow::Result<()> {
     }
 }
 
-/// `tollgate audit export DIR`: JSON lines, read a bounded number of records at a time.
+/// `tollgate audit export DIR`: JSON lines, reading one segment at a time.
 pub fn audit_export(dir: &Path, from: u64, since: Option<u64>, format: &str) -> anyhow::Result<()> {
     if format != "jsonl" {
         anyhow::bail!("--format {format:?}: only jsonl is supported");
     }
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut next = from.max(1);
-    loop {
-        let records = tollgate_journal::records(dir, next, 10_000)
-            .map_err(|e| anyhow::anyhow!("cannot read the journal in {}: {e}", dir.display()))?;
-        let Some(last) = records.last().map(|r| r.seq) else {
-            break;
+    // A failure to write the output is its own error, not the journal's.
+    let mut written = Ok(());
+    tollgate_journal::each_record(dir, from.max(1), |record| {
+        let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(&record.payload) else {
+            eprintln!("tollgate: record {} is not a JSON object; skipped", record.seq);
+            return Ok(true);
         };
-        for record in records {
-            let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(&record.payload) else {
-                eprintln!("tollgate: record {} is not a JSON object; skipped", record.seq);
-                continue;
-            };
-            if since.is_some_and(|t| fields.get("at_ms").and_then(serde_json::Value::as_u64).unwrap_or(0) < t) {
-                continue;
-            }
-            fields.insert("seq".into(), record.seq.into());
-            fields.insert("hash".into(), hex::encode(record.hash).into());
-            writeln!(out, "{}", serde_json::Value::Object(fields))?;
+        if since.is_some_and(|t| fields.get("at_ms").and_then(serde_json::Value::as_u64).unwrap_or(0) < t) {
+            return Ok(true);
         }
-        next = last + 1;
-    }
+        fields.insert("seq".into(), record.seq.into());
+        fields.insert("hash".into(), hex::encode(record.hash).into());
+        written = writeln!(out, "{}", serde_json::Value::Object(fields));
+        Ok(written.is_ok())
+    })
+    .map_err(|e| anyhow::anyhow!("cannot read the journal in {}: {e}", dir.display()))?;
+    written?;
     out.flush()?;
     // Reading stops where the chain breaks: say so, rather than end as if it were all.
     if let Err(broken) = tollgate_journal::verify(dir, None) {

@@ -22,28 +22,39 @@ pub use verify::{Broken, Verified, verify};
 /// most `most`. Reading stops at the first record that breaks the chain (run [`verify()`] to
 /// find it) or at a torn tail.
 pub fn records(dir: &std::path::Path, from: u64, most: usize) -> std::io::Result<Vec<Record>> {
-    let found = format::segments(dir)?;
     let mut out = Vec::new();
-    for (index, (first, path)) in found.iter().enumerate() {
+    each_record(dir, from, |record| {
+        out.push(record);
+        Ok(out.len() < most)
+    })?;
+    Ok(out)
+}
+
+/// Hands `visit` each whole record of the journal in `dir` from sequence number `from` on, in
+/// order, reading each segment once, until `visit` answers false. Reading stops at the first
+/// record that breaks the chain (run [`verify()`] to find it) or at a torn tail.
+pub fn each_record(
+    dir: &std::path::Path,
+    from: u64,
+    mut visit: impl FnMut(Record) -> std::io::Result<bool>,
+) -> std::io::Result<()> {
+    let found = format::segments(dir)?;
+    for (index, (_, path)) in found.iter().enumerate() {
         // Skip segments that end before `from`.
         if found.get(index + 1).is_some_and(|(next, _)| *next <= from) {
             continue;
         }
-        let _ = first;
         let segment = format::read_segment(path)?;
         for (_, record) in segment.records {
-            if record.seq >= from {
-                out.push(record);
-                if out.len() >= most {
-                    return Ok(out);
-                }
+            if record.seq >= from && !visit(record)? {
+                return Ok(());
             }
         }
         if !matches!(segment.end, format::End::Clean) {
             break;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
