@@ -402,7 +402,7 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
         metrics().spans_ended.inc();
         // Decision spans exported from the decision journal instead (it keeps them through a
         // collector outage or a restart) are not exported twice.
-        if DECISIONS_FROM_JOURNAL.load(std::sync::atomic::Ordering::Relaxed) && span.name == DECISION_SPAN {
+        if decisions_from_journal() && span.name == DECISION_SPAN {
             return;
         }
         self.inner.on_end(span);
