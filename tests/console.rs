@@ -715,3 +715,94 @@ async fn open_pages_share_one_read_of_the_queue_and_entries_are_bounded() {
         "{reads} reads of the queue in 2 s with 6 pages open"
     );
 }
+
+/// Issue 25, tests: with `audit.required`, a journal that cannot be written refuses every
+/// call with the reason, the node is not ready, and it recovers by itself once the journal
+/// can be written again. The console's tail shows the refused call as it was answered (a
+/// refusal by the `audit` rule), not as the verdict the policy gave before it.
+#[tokio::test]
+async fn required_audit_refuses_while_the_journal_cannot_be_written_and_the_tail_says_so() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("console-required");
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
+    let journal = dir.join("journal");
+    support::append(
+        &config,
+        &format!(
+            "{}\n[audit]\njournal_dir = \"{}\"\nrequired = true\n",
+            operators(),
+            journal.display()
+        ),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("admin");
+    let cookie = sign_in(&admin).await;
+    let events = get(&format!("{admin}/console/events"), Some(&cookie)).await;
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut body = events.bytes_stream();
+    let ready = || async { reqwest::get(up.url("/readyz")).await.expect("readyz").status().as_u16() };
+
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    let pause = json!({"namespace": "web", "name": "api"});
+    let first = agent.call("k8s_rollout_pause", pause.clone()).await;
+    assert!(refusal(&first).is_none(), "recorded and allowed: {first}");
+    assert_eq!(ready().await, 200);
+
+    // The journal's directory is moved away: the open segment is no longer where the
+    // journal keeps it, so nothing can be recorded.
+    let away = dir.join("journal.away");
+    std::fs::rename(&journal, &away).expect("move the journal away");
+    let refused = agent.call("k8s_rollout_pause", pause.clone()).await;
+    let details = refusal(&refused).unwrap_or_else(|| panic!("refused while unrecorded: {refused}"));
+    assert_eq!(details["verdict"], "DENY", "{details}");
+    let reason = details["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("calls are refused until their decisions can be recorded"),
+        "{details}"
+    );
+    let refused_id = details["decision_id"].as_str().expect("decision id").to_owned();
+    assert_eq!(ready().await, 503, "a node that refuses every call is not ready");
+
+    // The tail shows that decision as refused by the audit rule.
+    let mut seen = String::new();
+    let row = format!("data-id=\"{refused_id}\"");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&row) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("the refused decision is not in the tail:\n{seen}"));
+        let Some(Ok(chunk)) = chunk else {
+            panic!("the event stream ended:\n{seen}")
+        };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let at = seen.find(&row).expect("row");
+    let tr = &seen[seen[..at].rfind("<tr").unwrap_or(0)..];
+    let tr = &tr[..tr.find("</tr>").unwrap_or(tr.len())];
+    assert!(tr.contains("data-verdict=\"DENY\""), "shown as answered: {tr}");
+    assert!(tr.contains("audit"), "by the audit rule: {tr}");
+    // And counted as answered.
+    let metrics = support::get_text(&up.url("/metrics")).await;
+    assert!(
+        metrics.contains("tollgate_decisions_total{verdict=\"DENY\",server=\"k8s\",tool=\"_unlisted\"} 1"),
+        "{metrics}"
+    );
+
+    // The journal comes back: the node is ready again by itself, and calls are recorded.
+    std::fs::rename(&away, &journal).expect("move the journal back");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ready().await != 200 {
+        assert!(std::time::Instant::now() < deadline, "not ready again without a call");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = agent.call("k8s_rollout_pause", pause).await;
+    assert!(refusal(&again).is_none(), "recorded again: {again}");
+    up.terminate();
+    let (code, out, err) = run(&["audit", "verify", journal.to_str().expect("path")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("the chain holds: 2 records"),
+        "the refused call left no record: {out}"
+    );
+}

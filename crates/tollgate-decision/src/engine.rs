@@ -346,15 +346,6 @@ impl Engine {
         let decision =
             tracing::Instrument::instrument(self.evaluate(request, call_arguments(parsed)), span.clone()).await;
         let verdict = verdict_name(decision.verdict());
-        // Only tools an upstream listed (the edge sends their annotations) become label
-        // values: agents choose the names of the rest, and of every resource and prompt.
-        let tool_label = match request.kind() {
-            SubjectKind::Tool if request.annotations.is_some() => request.tool.as_str(),
-            SubjectKind::Tool => "_unlisted",
-            SubjectKind::Resource => "_resource",
-            SubjectKind::Prompt => "_prompt",
-        };
-        metrics().observe_decision(verdict, &request.server, tool_label, started.elapsed());
         span.record("tollgate.verdict", verdict);
         span.record("tollgate.rule", decision.rule.as_str());
         span.record("tollgate.reason", decision.reason.as_str());
@@ -392,7 +383,7 @@ impl Engine {
                     (id(), id())
                 }
             };
-            let record = DecisionRecord {
+            let mut record = DecisionRecord {
                 id: decision.decision_id.clone(),
                 at_ms: tollgate_limiter::wall_clock_ms(),
                 replica: tail.map(|t| t.replica().to_owned()).unwrap_or_default(),
@@ -429,12 +420,29 @@ impl Engine {
                 span.record("tollgate.verdict", verdict_name(decision.verdict()));
                 span.record("tollgate.rule", decision.rule.as_str());
                 span.record("tollgate.reason", decision.reason.as_str());
+                // The console's tail shows the call as it was answered: refused.
+                record.verdict = verdict_name(decision.verdict()).to_owned();
+                record.rule = decision.rule.clone();
+                record.reason = decision.reason.clone();
+                record.approval_id.clear();
+                record.retry_after_ms = 0;
+                record.limits.clear();
             }
             if let Some(tail) = tail {
                 tail.record(record);
             }
         }
         let verdict = verdict_name(decision.verdict());
+        // Counted as answered (a refusal by the journal included). Only tools an upstream
+        // listed (the edge sends their annotations) become label values: agents choose the
+        // names of the rest, and of every resource and prompt.
+        let tool_label = match request.kind() {
+            SubjectKind::Tool if request.annotations.is_some() => request.tool.as_str(),
+            SubjectKind::Tool => "_unlisted",
+            SubjectKind::Resource => "_resource",
+            SubjectKind::Prompt => "_prompt",
+        };
+        metrics().observe_decision(verdict, &request.server, tool_label, started.elapsed());
         span.in_scope(|| {
             // Fields that came over the wire are logged with `?` (quoted and escaped): a
             // value holding a newline cannot forge a log line, whatever the format.
