@@ -10,7 +10,9 @@
 #
 # With JOURNAL=1 each round also runs "journal": export on, with the decision journal
 # ([audit] journal_dir), so decision spans are exported from the journal; with REQUIRED=1
-# also "required": the same with audit.required (a decision waits for its record's fsync).
+# also "required": the same with audit.required (a decision waits for its record's fsync);
+# with ONLY=1 also "journal-only": the journal without any export (what writing it costs).
+# PROFILE=MODE records a CPU profile of the gateway during that mode's runs (perf.MODE.data).
 #
 # Usage: [JOURNAL=1] loadtest/audit-export.sh [CONCURRENCY=16] [SECONDS=10] [ROUNDS=2]
 set -euo pipefail
@@ -32,11 +34,11 @@ write_counted_policy
 run() { # $1: off | on | journal
   local port telemetry=""
   port=$(free_port)
-  if [ "$1" != off ]; then
+  if [ "$1" != off ] && [ "$1" != journal-only ]; then
     telemetry="[telemetry]
 otlp_endpoint = \"http://127.0.0.1:$otlp_port\""
   fi
-  if [ "$1" = journal ] || [ "$1" = required ]; then
+  if [ "$1" = journal ] || [ "$1" = required ] || [ "$1" = journal-only ]; then
     rm -rf "$work/journal"
     telemetry="$telemetry
 
@@ -56,13 +58,20 @@ required = true"
   local cpu_before rotel_before
   cpu_before=$(cpu_seconds "$up")
   rotel_before=$(cpu_seconds "$rotel_pid")
+  local perf=""
+  if [ "${PROFILE:-}" = "$1" ]; then
+    # PROFILE=MODE: a CPU profile of `tollgate up` during that mode's runs (perf.MODE.data).
+    perf record -q ${PERF_ARGS:--g} -o "perf.$1.data" -p "$up" -- sleep "$((seconds - 1))" > /dev/null 2>&1 &
+    perf=$!
+  fi
   "$bin/tollgate-loadtest" mcp "$work/load.toml" | grep -v "^$" | tee "$work/run.log"
+  if [ -n "$perf" ]; then wait "$perf" || true; fi
   # The gateway's own cost per call, without the client, upstream and collector sharing the
   # cores; and what the collector took.
   awk -v a="$cpu_before" -v b="$(cpu_seconds "$up")" -v ra="$rotel_before" -v rb="$(cpu_seconds "$rotel_pid")" \
     '/^gateway/ { n = $3 } END { c = b - a; printf "tollgate up CPU: %.2f s, %.0f calls per CPU second; collector CPU: %.2f s\n", c, (c > 0 ? n / c : 0), rb - ra }' \
     "$work/run.log"
-  if [ "$1" = journal ] || [ "$1" = required ]; then
+  if [ "$1" = journal ] || [ "$1" = required ] || [ "$1" = journal-only ]; then
     sleep 2
     echo "journal: $(du -sb "$work/journal" | cut -f1) bytes, exported up to record $(cat "$work/journal/exported" 2>/dev/null || echo 0)"
   fi
@@ -87,5 +96,8 @@ for _ in $(seq "$rounds"); do
   fi
   if [ "${REQUIRED:-0}" = 1 ]; then
     run required
+  fi
+  if [ "${ONLY:-0}" = 1 ]; then
+    run journal-only
   fi
 done

@@ -971,13 +971,19 @@ pub fn audit_export(dir: &Path, from: u64, since: Option<u64>, format: &str) -> 
     // A failure to write the output is its own error, not the journal's.
     let mut written = Ok(());
     tollgate_journal::each_record(dir, from.max(1), |record| {
-        let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(&record.payload) else {
-            eprintln!("tollgate: record {} is not a JSON object; skipped", record.seq);
-            return Ok(true);
+        let decoded = match tollgate_decision::audit::decode_record(&record.payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                eprintln!("tollgate: record {} skipped: {e}", record.seq);
+                return Ok(true);
+            }
         };
-        if since.is_some_and(|t| fields.get("at_ms").and_then(serde_json::Value::as_u64).unwrap_or(0) < t) {
+        if since.is_some_and(|t| decoded.decision.at_ms < t) {
             return Ok(true);
         }
+        let Ok(serde_json::Value::Object(mut fields)) = serde_json::to_value(&decoded) else {
+            return Ok(true);
+        };
         fields.insert("seq".into(), record.seq.into());
         fields.insert("hash".into(), hex::encode(record.hash).into());
         written = writeln!(out, "{}", serde_json::Value::Object(fields));

@@ -303,11 +303,27 @@ async fn sampling_never_drops_a_decision() {
 
 #[tokio::test]
 async fn raw_arguments_are_recorded_only_when_asked() {
+    raw_arguments_recorded(false).await;
+}
+
+/// The same when decision spans come from the journal: the record carries the arguments.
+#[tokio::test]
+async fn raw_arguments_are_recorded_from_the_journal_too() {
+    raw_arguments_recorded(true).await;
+}
+
+async fn raw_arguments_recorded(journal: bool) {
     let (collector, endpoint) = Collector::start().await;
     let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
     let dir = support::temp_dir("otel-args");
     let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
     append(&config, &telemetry_section(&endpoint, "record_arguments = true"));
+    if journal {
+        append(
+            &config,
+            &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
+        );
+    }
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
     agent

@@ -542,10 +542,13 @@ impl Engine {
             mcp_method: tollgate_api::subject_method(request.kind()).to_owned(),
             subject: request.subject.clone(),
             issuer: request.issuer.clone(),
+            arguments: if self.record_arguments {
+                request.arguments_json.clone()
+            } else {
+                String::new()
+            },
         };
-        let Ok(bytes) = serde_json::to_vec(&entry) else {
-            return Ok(());
-        };
+        let bytes = crate::audit::encode_record(&entry);
         if !required {
             journal.append_later(bytes);
             return Ok(());

@@ -10,13 +10,11 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
 
-use crate::audit::JournalRecord;
+use crate::audit::{int, text};
 
 /// Records sent in one export request at most.
 const BATCH: usize = 512;
@@ -46,11 +44,11 @@ impl JournalExport {
             .timeout(self.timeout)
             .connect_lazy();
         tollgate_telemetry::metrics::export_decisions_from_journal();
-        tokio::spawn(self.run(TraceServiceClient::new(channel)));
+        tokio::spawn(self.run(tonic::client::Grpc::new(channel)));
         Ok(())
     }
 
-    async fn run(self, client: TraceServiceClient<tonic::transport::Channel>) {
+    async fn run(self, client: tonic::client::Grpc<tonic::transport::Channel>) {
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
         let from = tollgate_journal::read_exported(&self.dir) + 1;
@@ -104,7 +102,7 @@ impl JournalExport {
                 in_flight.push_back(InFlight {
                     last,
                     oldest_ms,
-                    answer: tokio::spawn(async move { sender.export(request).await.map(|_| ()) }),
+                    answer: tokio::spawn(async move { export(&mut sender, request).await }),
                 });
             }
             let Some(front) = in_flight.pop_front() else {
@@ -163,39 +161,72 @@ impl JournalExport {
         }
     }
 
-    /// The OTLP request for `records`, and the time of the oldest decision among them.
-    fn request_of(&self, records: &[tollgate_journal::Record]) -> (ExportTraceServiceRequest, Option<u64>) {
+    /// The OTLP request for `records` (encoded), and the time of the oldest decision among
+    /// them. Each record's span is sent as the journal holds it, with two attributes appended
+    /// (a repeated protobuf field may continue after the message's end): the journal's chain
+    /// head at that decision and its sequence number, by which an auditor finds the record.
+    fn request_of(&self, records: &[tollgate_journal::Record]) -> (Vec<u8>, Option<u64>) {
+        use prost::Message;
+        use prost::encoding::{WireType, encode_key, encode_varint, message};
         let mut oldest_ms = None;
-        let spans: Vec<Span> = records
-            .iter()
-            .filter_map(|r| {
-                let record = serde_json::from_slice::<JournalRecord>(&r.payload).ok()?;
-                oldest_ms.get_or_insert(record.decision.at_ms);
-                let mut span = span_of(&record)?;
-                // The journal's chain head at this decision: an auditor finds the record.
-                span.attributes.push(text("tollgate.audit.chain", &hex::encode(r.hash)));
-                span.attributes
-                    .push(int("tollgate.audit.seq", i64::try_from(r.seq).unwrap_or(i64::MAX)));
-                Some(span)
-            })
-            .collect();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![text("service.name", &self.service)],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "tollgate".into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
+        let mut scope_spans = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 128).sum());
+        message::encode(
+            1,
+            &InstrumentationScope {
+                name: "tollgate".into(),
+                ..Default::default()
+            },
+            &mut scope_spans,
+        );
+        let mut extra = Vec::with_capacity(128);
+        let mut legacy = Vec::new();
+        for r in records {
+            let (span, at_ms) = match crate::audit::span_record(&r.payload) {
+                Some(record) if record.traced => (record.span, record.at_ms),
+                Some(_) => continue,
+                // A record written by an earlier version (JSON).
+                None => {
+                    let Ok(record) = crate::audit::decode_record(&r.payload) else {
+                        continue;
+                    };
+                    let span = crate::audit::span_of(&record);
+                    if span.trace_id.is_empty() {
+                        continue;
+                    }
+                    legacy.clear();
+                    span.encode_raw(&mut legacy);
+                    (legacy.as_slice(), record.decision.at_ms)
+                }
+            };
+            oldest_ms.get_or_insert(at_ms);
+            extra.clear();
+            message::encode(9, &text("tollgate.audit.chain", &hex::encode(r.hash)), &mut extra);
+            message::encode(
+                9,
+                &int("tollgate.audit.seq", i64::try_from(r.seq).unwrap_or(i64::MAX)),
+                &mut extra,
+            );
+            encode_key(2, WireType::LengthDelimited, &mut scope_spans);
+            encode_varint((span.len() + extra.len()) as u64, &mut scope_spans);
+            scope_spans.extend_from_slice(span);
+            scope_spans.extend_from_slice(&extra);
+        }
+        let mut resource_spans = Vec::with_capacity(scope_spans.len() + 64);
+        message::encode(
+            1,
+            &Resource {
+                attributes: vec![text("service.name", &self.service)],
+                ..Default::default()
+            },
+            &mut resource_spans,
+        );
+        encode_key(2, WireType::LengthDelimited, &mut resource_spans);
+        encode_varint(scope_spans.len() as u64, &mut resource_spans);
+        resource_spans.extend_from_slice(&scope_spans);
+        let mut request = Vec::with_capacity(resource_spans.len() + 8);
+        encode_key(1, WireType::LengthDelimited, &mut request);
+        encode_varint(resource_spans.len() as u64, &mut request);
+        request.extend_from_slice(&resource_spans);
         (request, oldest_ms)
     }
 
@@ -237,105 +268,69 @@ struct InFlight {
     answer: tokio::task::JoinHandle<Result<(), tonic::Status>>,
 }
 
+/// Sends one encoded `ExportTraceServiceRequest` (OTLP/gRPC `TraceService/Export`).
+async fn export(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    request: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("the collector is not reachable: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let answer = client.unary(tonic::Request::new(request), path, Encoded).await?;
+    // Spans the collector took but rejected are not sent again (they would be rejected
+    // again); it says how many and why.
+    if let Some(partial) = answer.into_inner().partial_success
+        && partial.rejected_spans > 0
+    {
+        tracing::warn!(
+            rejected = partial.rejected_spans,
+            "the collector rejected decision spans: {:?}",
+            partial.error_message
+        );
+    }
+    Ok(())
+}
+
+/// A gRPC codec whose requests are already encoded (the journal holds spans as protobuf) and
+/// whose answers are `ExportTraceServiceResponse`.
+#[derive(Clone, Copy)]
+struct Encoded;
+
+struct EncodedRequest;
+
+impl tonic::codec::Encoder for EncodedRequest {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Vec<u8>;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = EncodedRequest;
+    type Decoder = tonic_prost::ProstDecoder<ExportTraceServiceResponse>;
+
+    fn encoder(&mut self) -> EncodedRequest {
+        EncodedRequest
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
 /// How long sending `spans` takes at `per_second`.
 fn pace(spans: u64, per_second: u64) -> Duration {
     Duration::from_micros(spans.saturating_mul(1_000_000) / per_second.max(1))
-}
-
-fn text(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..Default::default()
-    }
-}
-
-/// The `tollgate.decide` span a journal record stands for (none for a record that was not
-/// traced).
-fn span_of(record: &JournalRecord) -> Option<Span> {
-    let d = &record.decision;
-    let trace_id = hex::decode(&d.trace_id).ok().filter(|b| b.len() == 16)?;
-    let span_id = hex::decode(&record.span_id).ok().filter(|b| b.len() == 8)?;
-    let parent_span_id = hex::decode(&record.parent_span_id)
-        .ok()
-        .filter(|b| b.len() == 8)
-        .unwrap_or_default();
-    let subject_key = match record.mcp_method.as_str() {
-        "resources/read" => "mcp.resource.uri",
-        "prompts/get" => "gen_ai.prompt.name",
-        _ => "gen_ai.tool.name",
-    };
-    let mut attributes = vec![
-        text("tollgate.verdict", &d.verdict),
-        text("tollgate.rule", &d.rule),
-        text("tollgate.reason", &d.reason),
-        text("tollgate.decision_id", &d.id),
-        text("tollgate.server", &d.server),
-        text("tollgate.grant", &d.grant),
-        text("tollgate.agent", &d.agent),
-        text("enduser.id", &record.subject),
-        text("tollgate.token.issuer", &record.issuer),
-        text("tollgate.request_id", &record.request_id),
-        text("tollgate.arguments.sha256", &d.arguments_sha256),
-        text(subject_key, &d.tool),
-        text("mcp.method.name", &record.mcp_method),
-    ];
-    // No session (a stateless request, or a server without sessions): no attribute, as on the
-    // span the engine records.
-    if !d.session.is_empty() {
-        attributes.push(text("mcp.session.id", &d.session));
-    }
-    if !d.approval_id.is_empty() {
-        attributes.push(text("tollgate.approval.id", &d.approval_id));
-    }
-    if d.retry_after_ms > 0 {
-        attributes.push(int("tollgate.retry_after_ms", d.retry_after_ms as i64));
-    }
-    for limit in &d.limits {
-        attributes.push(int(
-            &format!("tollgate.limit.{}.remaining", limit.counter),
-            limit.remaining as i64,
-        ));
-        attributes.push(int(&format!("tollgate.limit.{}.max", limit.counter), limit.max as i64));
-    }
-    let links = record
-        .links
-        .iter()
-        .filter_map(|traceparent| {
-            let mut parts = traceparent.split('-').skip(1);
-            let trace_id = hex::decode(parts.next()?).ok().filter(|b| b.len() == 16)?;
-            let span_id = hex::decode(parts.next()?).ok().filter(|b| b.len() == 8)?;
-            Some(span::Link {
-                trace_id,
-                span_id,
-                ..Default::default()
-            })
-        })
-        .collect();
-    Some(Span {
-        links,
-        trace_id,
-        span_id,
-        parent_span_id,
-        name: tollgate_telemetry::metrics::DECISION_SPAN.to_owned(),
-        kind: span::SpanKind::Internal as i32,
-        start_time_unix_nano: record.start_ns,
-        end_time_unix_nano: record.end_ns.max(record.start_ns),
-        attributes,
-        ..Default::default()
-    })
 }
 
 #[cfg(test)]

@@ -116,6 +116,10 @@ struct Append {
 pub struct Journal {
     tx: mpsc::Sender<Append>,
     stats: Arc<JournalStats>,
+    /// Wakes the writer while it gathers a batch, once `sync_records` are queued (records
+    /// nobody waits for do not wake it one by one).
+    full: Arc<tokio::sync::Notify>,
+    sync_records: usize,
 }
 
 /// Records queued for the writer at most.
@@ -126,6 +130,8 @@ impl Journal {
     /// writer.
     pub fn open(settings: JournalSettings) -> Result<Journal, JournalError> {
         let stats = Arc::new(JournalStats::default());
+        let full = Arc::new(tokio::sync::Notify::new());
+        let sync_records = settings.sync_records.max(1);
         let writer = Writer::open(settings, stats.clone()).map_err(|e| JournalError::Io(e.to_string()))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         // The writer has a thread of its own (its disk work blocks), with a single-threaded
@@ -137,9 +143,17 @@ impl Journal {
             .map_err(|e| JournalError::Io(format!("cannot start the journal's writer: {e}")))?;
         std::thread::Builder::new()
             .name("tollgate-journal".into())
-            .spawn(move || runtime.block_on(writer.run(rx)))
+            .spawn({
+                let full = full.clone();
+                move || runtime.block_on(writer.run(rx, full))
+            })
             .map_err(|e| JournalError::Io(format!("cannot start the journal's writer: {e}")))?;
-        Ok(Journal { tx, stats })
+        Ok(Journal {
+            tx,
+            stats,
+            full,
+            sync_records,
+        })
     }
 
     /// Appends `payload`; the receipt once it is durable (its batch `fsync`ed). Dropping the
@@ -157,6 +171,8 @@ impl Journal {
             })
             .await
             .map_err(|_| JournalError::Stopped)?;
+        // Someone waits for this one: the writer stops gathering.
+        self.full.notify_one();
         answer.await.unwrap_or(Err(JournalError::Stopped))
     }
 
@@ -172,11 +188,20 @@ impl Journal {
             done: None,
             probe: false,
         };
-        if let Err(mpsc::error::TrySendError::Full(append)) = self.tx.try_send(append) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(append).await;
-            });
+        match self.tx.try_send(append) {
+            Ok(()) => {
+                if self.tx.max_capacity() - self.tx.capacity() >= self.sync_records {
+                    self.full.notify_one();
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(append)) => {
+                self.full.notify_one();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(append).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -361,7 +386,7 @@ impl Writer {
         self.size + self.sealed.iter().map(|s| s.2).sum::<u64>()
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Append>, full: Arc<tokio::sync::Notify>) {
         let wait = Duration::from_millis(self.settings.sync_ms);
         let most = self.settings.sync_records.max(1);
         while let Some(first) = rx.recv().await {
@@ -376,12 +401,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !batch.iter().any(|a| a.done.is_some()) {
+            if batch.len() < most && !batch.iter().any(|a| a.done.is_some()) {
+                // Sleeps through the window instead of taking records one wake-up at a time
+                // (a wake-up of this thread per decision cost more than the write); woken
+                // early when sync_records are queued.
                 let deadline = tokio::time::Instant::now() + wait;
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = full.notified() => {}
+                }
                 while batch.len() < most {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(append)) => batch.push(append),
-                        _ => break,
+                    match rx.try_recv() {
+                        Ok(append) => batch.push(append),
+                        Err(_) => break,
                     }
                 }
             }
