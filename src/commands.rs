@@ -805,12 +805,14 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         // With on_full = "refuse" a call whose record finds the journal full is refused, so
         // its decision waits for the record as in required mode.
         spawn_journal_metrics(journal.clone(), dir.clone(), config.telemetry.otlp_endpoint.is_some());
+        let durable = journal.stats().clone();
         let waits = config.audit.required || config.audit.on_full == tollgate_decision::audit::OnFullSetting::Refuse;
         engine = engine.with_journal(journal, waits);
         // Decision spans go to the collector from the journal, so an outage loses none.
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {
             tollgate_decision::journal_export::JournalExport {
                 dir,
+                durable,
                 endpoint: endpoint.clone(),
                 service: config
                     .telemetry

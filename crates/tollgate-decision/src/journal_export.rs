@@ -28,6 +28,8 @@ const POSITION_EVERY: Duration = Duration::from_millis(250);
 /// Where and as whom decision spans are exported.
 pub struct JournalExport {
     pub dir: PathBuf,
+    /// The journal's writer in this process: only durable records are read.
+    pub durable: std::sync::Arc<tollgate_journal::JournalStats>,
     pub endpoint: String,
     pub service: String,
     pub timeout: Duration,
@@ -52,7 +54,11 @@ impl JournalExport {
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
         let from = tollgate_journal::read_exported(&self.dir) + 1;
-        let mut reader = Some(tollgate_journal::Reader::new(&self.dir, from));
+        let mut reader = Some(tollgate_journal::Reader::following(
+            &self.dir,
+            from,
+            self.durable.clone(),
+        ));
         let mut last_error: Option<String> = None;
         let mut not_before: Option<tokio::time::Instant> = None;
         // The last sequence number the collector acknowledged, and the last written to disk.
@@ -153,7 +159,11 @@ impl JournalExport {
                     for batch in in_flight.drain(..) {
                         batch.answer.abort();
                     }
-                    reader = Some(tollgate_journal::Reader::new(&self.dir, acknowledged + 1));
+                    reader = Some(tollgate_journal::Reader::following(
+                        &self.dir,
+                        acknowledged + 1,
+                        self.durable.clone(),
+                    ));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -8,9 +8,14 @@
 //! ```text
 //! length  u32 LE   of the payload
 //! seq     u64 LE   one more than the record before
-//! payload length bytes (a decision record, JSON)
+//! payload length bytes (a decision record)
 //! hash    32 bytes SHA-256(previous hash ‖ seq LE ‖ payload)
 //! ```
+//!
+//! The segment being written holds zeros after its last record (written ahead, so that an
+//! append does not change the file's size): a record header of zeros (sequence number 0,
+//! which no record has) marks the end of the records. A closed segment ends at its last
+//! record.
 //!
 //! Every record's hash covers the one before it, so the records form one chain across
 //! segments: a changed byte, a removed, reordered or inserted record breaks it at that
@@ -165,6 +170,15 @@ pub fn read_segment(path: &Path) -> std::io::Result<Segment> {
             n if n < fixed.len() => break End::Torn { offset },
             _ => {}
         }
+        if fixed == [0; 12] {
+            // The end of the records, if only zeros follow; anything else there is a write
+            // cut short (the records after a crash's gap were never acknowledged).
+            break if zeros_to_the_end(&mut reader)? {
+                End::Clean
+            } else {
+                End::Torn { offset }
+            };
+        }
         let len = u32::from_le_bytes(fixed[..4].try_into().unwrap_or_default()) as usize;
         let seq = u64::from_le_bytes(fixed[4..12].try_into().unwrap_or_default());
         if len > MAX_PAYLOAD_BYTES {
@@ -220,6 +234,18 @@ pub fn read_segment(path: &Path) -> std::io::Result<Segment> {
         end,
         valid_bytes: offset,
     })
+}
+
+/// Whether nothing but zeros is left to read.
+fn zeros_to_the_end(reader: &mut impl Read) -> std::io::Result<bool> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|b| *b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
 }
 
 /// Reads until `buf` is full or the file ends; the bytes read.

@@ -97,7 +97,8 @@ pub struct JournalStats {
     pub refused: AtomicU64,
     pub failures: AtomicU64,
     pub syncs: AtomicU64,
-    /// The last record's sequence number.
+    /// The last durable record's sequence number (written whole and synced): a
+    /// [`crate::Reader`] following the journal reads up to it.
     pub last_seq: AtomicU64,
     /// The last batch could not be written, or a record did not fit: until a batch is
     /// written whole again.
@@ -240,7 +241,18 @@ struct Writer {
     head_signed: Option<std::time::Instant>,
     /// When retention was last applied (it reads the export position, a file).
     expired_checked: Option<std::time::Instant>,
+    /// The open segment's length on disk: its records, then zeros written ahead of them.
+    zeroed: u64,
 }
+
+/// Zeros written ahead of the records at a time. A record written over zeros that are
+/// already in the file leaves the file's size as it is, so its `fdatasync` writes only the
+/// data, not the inode as well: on the disks measured (BENCHMARKS) that halves the time an
+/// `fsync` takes. The zeros cost one size change per MiB of records instead of one per group.
+const ZERO_AHEAD: u64 = 1 << 20;
+/// The zero record header after the last record (a real record's sequence number is never 0):
+/// where the records end in a segment still being written.
+const END_MARKER: u64 = 12;
 
 impl Writer {
     fn open(settings: JournalSettings, stats: Arc<JournalStats>) -> std::io::Result<Writer> {
@@ -362,7 +374,7 @@ impl Writer {
         if read_exported(&settings.dir) > next_seq.saturating_sub(1) {
             write_exported(&settings.dir, next_seq.saturating_sub(1))?;
         }
-        let mut writer = Writer {
+        let writer = Writer {
             settings,
             stats,
             file,
@@ -374,11 +386,10 @@ impl Writer {
             _lock: lock,
             head_signed: None,
             expired_checked: None,
+            zeroed: size,
         };
-        use std::io::Seek;
-        writer.file.seek(std::io::SeekFrom::End(0))?;
         writer.stats.bytes.store(writer.total_bytes(), Ordering::Relaxed);
-        writer.stats.last_seq.store(writer.next_seq - 1, Ordering::Relaxed);
+        writer.stats.last_seq.store(writer.next_seq - 1, Ordering::Release);
         Ok(writer)
     }
 
@@ -433,6 +444,11 @@ impl Writer {
                     let _ = done.send(result);
                 }
             }
+        }
+        // Closed: the segment ends at its last record (after a crash the zeros ahead stay,
+        // and mark the end just as well).
+        if self.zeroed > self.size && self.linked().is_ok() {
+            let _ = self.file.set_len(self.size).and_then(|()| self.file.sync_all());
         }
     }
 
@@ -508,7 +524,7 @@ impl Writer {
         self.stats.bytes.store(self.total_bytes(), Ordering::Relaxed);
         self.stats
             .last_seq
-            .store(self.next_seq.saturating_sub(1), Ordering::Relaxed);
+            .store(self.next_seq.saturating_sub(1), Ordering::Release);
         results
     }
 
@@ -518,9 +534,12 @@ impl Writer {
         if bytes.is_empty() {
             return true;
         }
+        use std::os::unix::fs::FileExt;
+        let at = before.2;
         let written = self
             .linked()
-            .and_then(|()| self.file.write_all(bytes))
+            .and_then(|()| self.zero_ahead(at + bytes.len() as u64))
+            .and_then(|()| self.file.write_all_at(bytes, at))
             .and_then(|()| self.file.sync_data());
         let Err(e) = written else {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -530,8 +549,7 @@ impl Writer {
         tracing::error!("the audit journal cannot be written: {e}");
         let (seq, head, size) = before;
         let _ = self.file.set_len(size);
-        use std::io::Seek;
-        let _ = self.file.seek(std::io::SeekFrom::Start(size));
+        self.zeroed = size;
         (self.next_seq, self.head, self.size) = (seq, head, size);
         let error = JournalError::Io(e.to_string());
         for result in pending.iter_mut() {
@@ -540,6 +558,28 @@ impl Writer {
             }
         }
         false
+    }
+
+    /// Makes sure the open segment holds zeros from `end` (where the records being written
+    /// will end) through the end marker after them, writing up to [`ZERO_AHEAD`] more (within
+    /// the segment's size).
+    fn zero_ahead(&mut self, end: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let needed = end + END_MARKER;
+        if needed <= self.zeroed {
+            return Ok(());
+        }
+        let most = (self.settings.segment_bytes + END_MARKER).max(needed);
+        let target = needed.saturating_add(ZERO_AHEAD).min(most);
+        let mut at = self.zeroed.max(self.size);
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64);
+            self.file.write_all_at(&ZEROS[..n as usize], at)?;
+            at += n;
+        }
+        self.zeroed = target;
+        Ok(())
     }
 
     /// An error when the open segment is no longer in the journal's directory (removed, or
@@ -606,7 +646,9 @@ impl Writer {
 
     /// Closes the open segment and starts the next.
     fn roll(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()?;
+        // A closed segment ends at its last record (the zeros ahead are cut).
+        self.file.set_len(self.size)?;
+        self.file.sync_all()?;
         let path = self.settings.dir.join(segment_name(self.next_seq));
         // Never over an existing file: a segment is written once.
         let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
@@ -620,6 +662,7 @@ impl Writer {
         self.sealed.push((self.open_first, old, self.size, self.next_seq - 1));
         self.file = file;
         self.size = HEADER_BYTES;
+        self.zeroed = HEADER_BYTES;
         self.open_first = self.next_seq;
         Ok(())
     }

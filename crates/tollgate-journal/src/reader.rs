@@ -24,16 +24,30 @@ pub struct Reader {
     dir: PathBuf,
     from: u64,
     position: Option<Position>,
+    /// The writer's durable records, when it runs in this process: reading stops after the
+    /// last of them (a record being written is never read half-way).
+    durable: Option<std::sync::Arc<crate::JournalStats>>,
 }
 
 impl Reader {
     /// A reader of the journal in `dir` whose first record will be `from` (or the first one
     /// kept after it, when older segments were removed).
+    /// For a journal no writer is appending to (or one written only between reads).
     pub fn new(dir: &Path, from: u64) -> Reader {
         Reader {
             dir: dir.to_owned(),
             from: from.max(1),
             position: None,
+            durable: None,
+        }
+    }
+
+    /// A reader of a journal this process is writing (`journal.stats()`): it reads only
+    /// records already durable.
+    pub fn following(dir: &Path, from: u64, stats: std::sync::Arc<crate::JournalStats>) -> Reader {
+        Reader {
+            durable: Some(stats),
+            ..Reader::new(dir, from)
         }
     }
 
@@ -45,7 +59,11 @@ impl Reader {
                 break;
             }
             let Some(position) = self.position.as_mut() else { break };
-            let read = match read_from(position, most - out.len()) {
+            let limit = self
+                .durable
+                .as_ref()
+                .map_or(u64::MAX, |s| s.last_seq.load(std::sync::atomic::Ordering::Acquire));
+            let read = match read_from(position, most - out.len(), limit) {
                 Ok(read) => read,
                 // Its segment was removed (the journal was full and dropped it): go on from
                 // the first segment kept.
@@ -132,8 +150,9 @@ fn header_of(path: &Path, first: u64) -> std::io::Result<Option<Hash>> {
     Ok(head[12..44].try_into().ok())
 }
 
-/// Whole, chained records from `position` on, at most `most`; the position moves past them.
-fn read_from(position: &mut Position, most: usize) -> std::io::Result<Vec<Record>> {
+/// Whole, chained records from `position` on, at most `most` and none after `limit`; the
+/// position moves past them.
+fn read_from(position: &mut Position, most: usize, limit: u64) -> std::io::Result<Vec<Record>> {
     let mut file = File::open(&position.segment)?;
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(position.offset))?;
@@ -144,6 +163,9 @@ fn read_from(position: &mut Position, most: usize) -> std::io::Result<Vec<Record
         reader.read_exact(&mut fixed)?;
         let size = u32::from_le_bytes(fixed[..4].try_into().unwrap_or_default()) as usize;
         let seq = u64::from_le_bytes(fixed[4..12].try_into().unwrap_or_default());
+        if fixed == [0; 12] || seq > limit {
+            break; // the end of the records so far (zeros written ahead of them), or not durable yet
+        }
         if size > MAX_PAYLOAD_BYTES || position.offset + RECORD_OVERHEAD + size as u64 > len {
             break; // being written (or broken): read again later
         }

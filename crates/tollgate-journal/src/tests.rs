@@ -1,4 +1,6 @@
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::format::{HEADER_BYTES, RECORD_OVERHEAD};
@@ -367,4 +369,64 @@ async fn exported_segments_past_retention_are_removed_and_the_rest_kept() {
     assert!(first_kept <= 151, "{after:?}");
     let records = records(&dir, first_kept, 1000).expect("records");
     assert_eq!(records.last().map(|r| r.seq), Some(301));
+}
+
+/// Records are written over zeros written ahead of them (an append leaves the file's size
+/// alone, so its fsync writes no inode). A crash leaves the zeros in place: they mark the end
+/// of the records, a reader stops there, and the journal reopens after the last record. Bytes
+/// after the zeros (a write cut short) are a torn tail, cut on opening.
+#[tokio::test]
+async fn records_written_over_zeros_read_back_and_survive_a_crash() {
+    let dir = temp("zeroed");
+    let journal = Journal::open(JournalSettings::new(&dir)).expect("open");
+    let mut receipts = Vec::new();
+    for i in 0..20 {
+        receipts.push(journal.append(payload(i)).await.expect("append"));
+    }
+    let segment = only_segment(&dir);
+    let data_end = offset_of(21);
+    let on_disk = std::fs::metadata(&segment).expect("meta").len();
+    assert!(
+        on_disk > data_end,
+        "zeros ahead of the records: {on_disk} bytes for {data_end}"
+    );
+    let bytes = std::fs::read(&segment).expect("read");
+    assert!(bytes[data_end as usize..].iter().all(|b| *b == 0));
+    // Read while the writer has it open: the records, then nothing.
+    let verified = verify(&dir, None).expect("verifies");
+    assert_eq!((verified.records, verified.torn_tail), (20, false));
+    let mut reader = Reader::new(&dir, 1);
+    assert_eq!(reader.read(100).expect("read").len(), 20);
+    assert!(reader.read(100).expect("read").is_empty());
+    // A reader following the writer reads only what it says is durable.
+    let stats = Arc::new(JournalStats::default());
+    stats.last_seq.store(5, Ordering::Relaxed);
+    let mut following = Reader::following(&dir, 1, stats.clone());
+    assert_eq!(following.read(100).expect("read").len(), 5);
+    stats.last_seq.store(20, Ordering::Relaxed);
+    assert_eq!(following.read(100).expect("read").len(), 15);
+
+    // The disk as a crash leaves it (the writer still running): copied elsewhere, reopened.
+    let crashed = temp("zeroed-crash");
+    std::fs::create_dir_all(&crashed).expect("dir");
+    std::fs::copy(&segment, crashed.join(segment_name(1))).expect("copy");
+    let more = write(&crashed, |s| s, 2).await;
+    assert_eq!(more[0].seq, 21, "it goes on after the last record");
+    assert_eq!(verify(&crashed, None).expect("verifies").records, 22);
+
+    // Bytes after the zeros: a write cut short, not records.
+    let torn = temp("zeroed-torn");
+    std::fs::create_dir_all(&torn).expect("dir");
+    let mut cut = bytes.clone();
+    let at = data_end as usize + 100;
+    cut[at..at + 4].copy_from_slice(b"\x07\x00\x00\x00");
+    std::fs::write(torn.join(segment_name(1)), &cut).expect("write");
+    let verified = verify(&torn, None).expect("a torn tail is not a break");
+    assert_eq!((verified.records, verified.torn_tail), (20, true));
+    let more = write(&torn, |s| s, 1).await;
+    assert_eq!(more[0].seq, 21);
+    let verified = verify(&torn, None).expect("verifies");
+    assert_eq!((verified.records, verified.torn_tail), (21, false));
+    drop(journal);
+    assert_eq!(receipts.len(), 20);
 }
