@@ -13,6 +13,7 @@
 # also "required": the same with audit.required (a decision waits for its record's fsync);
 # with ONLY=1 also "journal-only": the journal without any export (what writing it costs).
 # PROFILE=MODE records a CPU profile of the gateway during that mode's runs (perf.MODE.data).
+# MODES="off journal" runs just those modes, in that order, each round.
 #
 # Usage: [JOURNAL=1] loadtest/audit-export.sh [CONCURRENCY=16] [SECONDS=10] [ROUNDS=2]
 set -euo pipefail
@@ -88,16 +89,14 @@ required = true"
   kill "$up"; wait "$up" 2>/dev/null || true
 }
 
+modes=${MODES:-off on}
+if [ -z "${MODES:-}" ]; then
+  if [ "${JOURNAL:-0}" = 1 ]; then modes="$modes journal"; fi
+  if [ "${REQUIRED:-0}" = 1 ]; then modes="$modes required"; fi
+  if [ "${ONLY:-0}" = 1 ]; then modes="$modes journal-only"; fi
+fi
 for _ in $(seq "$rounds"); do
-  run off
-  run on
-  if [ "${JOURNAL:-0}" = 1 ]; then
-    run journal
-  fi
-  if [ "${REQUIRED:-0}" = 1 ]; then
-    run required
-  fi
-  if [ "${ONLY:-0}" = 1 ]; then
-    run journal-only
-  fi
+  for mode in $modes; do
+    run "$mode"
+  done
 done
