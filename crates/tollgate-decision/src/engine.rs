@@ -820,7 +820,14 @@ impl Engine {
         };
         let keep_late_hits = rule.on_store_error == OnStoreError::Allow;
         let batch: Arc<[Hit]> = hits.iter().map(store_hit).collect();
-        match self.take(store_id, batch, keep_late_hits).await {
+        // A refusal is remembered only for counters whose hits are never held and given back
+        // by other calls (the policy knows which).
+        let policy = self.policy.load();
+        let rememberable: Vec<bool> = hits
+            .iter()
+            .map(|h| !policy.may_be_given_back(&h.limit.counter))
+            .collect();
+        match self.take(store_id, batch, keep_late_hits, &rememberable).await {
             Ok(Taken::KnownFull(left)) => refused_locally(decision, rule, hits, &left),
             Ok(Taken::Store(admission)) => admitted_or_limited(decision, rule, hits, &admission),
             Err(cause) => {
@@ -846,8 +853,17 @@ impl Engine {
 
     /// Takes `hits` for a decision (MCP calls, and Envoy's rate limit service): counters known
     /// to be full are refused here, the store is asked within `store_timeout`, a late
-    /// answer's hits are given back (unless `keep_late_hits`), refusals are remembered.
-    pub async fn take(&self, request_id: &str, hits: Arc<[Hit]>, keep_late_hits: bool) -> Result<Taken, String> {
+    /// answer's hits are given back (unless `keep_late_hits`), refusals are remembered for
+    /// the hits whose `rememberable` is true (one per hit): a counter whose hits other calls
+    /// may hold for a moment and give back can refuse because of them, and such a refusal
+    /// says nothing about the next moment.
+    pub async fn take(
+        &self,
+        request_id: &str,
+        hits: Arc<[Hit]>,
+        keep_late_hits: bool,
+        rememberable: &[bool],
+    ) -> Result<Taken, String> {
         if let Some(full) = &self.full
             && let Some(left) = full.check(&hits)
         {
@@ -864,7 +880,7 @@ impl Engine {
         if let (Some(full), Ok(admission)) = (&self.full, &outcome)
             && !admission.admitted
         {
-            full.remember(&hits, admission, Instant::now());
+            full.remember(&hits, admission, Instant::now(), rememberable);
         }
         outcome.map(Taken::Store)
     }

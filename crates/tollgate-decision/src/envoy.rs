@@ -123,6 +123,10 @@ fn escape_into(out: &mut String, text: &str) {
 #[derive(Debug, Default)]
 pub struct EnvoyLimits {
     limits: Vec<Limit>,
+    /// The counter a store takes last in any request (see `tollgate_limiter::tag_order`):
+    /// Envoy may send any limits together, so every other counter's hits may be held and
+    /// given back, and only this one's refusals are remembered ("full until").
+    last_counter: Option<String>,
     /// SHA-256 of Envoy's token, when one is set.
     token_hash: Option<[u8; 32]>,
 }
@@ -206,7 +210,16 @@ impl EnvoyLimits {
             }
             limits.push(checked);
         }
-        Ok(EnvoyLimits { limits, token_hash })
+        let last_counter = limits
+            .iter()
+            .map(|l| l.counter.as_str())
+            .max_by(|a, b| tollgate_limiter::tag_order(a).cmp(&tollgate_limiter::tag_order(b)))
+            .map(str::to_owned);
+        Ok(EnvoyLimits {
+            limits,
+            token_hash,
+            last_counter,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -344,12 +357,19 @@ impl RateLimitService for EnvoyRateLimit {
             return Ok(Response::new(answer(Code::Ok, statuses, None)));
         }
         let request_id = format!("envoy-{}", uuid::Uuid::new_v4());
-        let taken = tracing::Instrument::instrument(self.engine.take(&request_id, hits.into(), false), span.clone())
-            .await
-            .map_err(|cause| {
-                tracing::warn!(parent: &span, "Envoy rate limit: counter store error: {cause}");
-                Status::unavailable(format!("counter store unavailable: {cause}"))
-            })?;
+        let rememberable: Vec<bool> = hits
+            .iter()
+            .map(|h| self.limits.last_counter.as_deref() == Some(h.tag.as_str()))
+            .collect();
+        let taken = tracing::Instrument::instrument(
+            self.engine.take(&request_id, hits.into(), false, &rememberable),
+            span.clone(),
+        )
+        .await
+        .map_err(|cause| {
+            tracing::warn!(parent: &span, "Envoy rate limit: counter store error: {cause}");
+            Status::unavailable(format!("counter store unavailable: {cause}"))
+        })?;
         let (code, retry) = match taken {
             Taken::Store(admission) => {
                 for (m, counter) in matched.iter().zip(&admission.counters) {

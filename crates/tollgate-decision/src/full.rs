@@ -8,8 +8,13 @@
 //! retry-after instead of one per call.
 //!
 //! It can only refuse more, never admit more: the deadline is measured from when the answer
-//! arrived (later than the store's own moment), and hits given back early (a rolled-back
-//! cross-slot call, a late answer released) only mean the counter had room a little sooner.
+//! arrived (later than the store's own moment). A call whose counters span slot groups takes
+//! them group by group and gives back what it took when a later group refuses: such a held
+//! hit can refuse another call for the milliseconds it is held, and remembering that refusal
+//! would refuse calls for a whole window while there is room. So refusals are remembered
+//! only for counters the policy never takes before another group
+//! (`Policy::may_be_given_back`; for Envoy, only the counter taken last). A late answer's
+//! hits given back can still make a remembered refusal last a little longer than needed.
 //! `sliding_window` counters are approximate, so their refusals are not remembered. Entries
 //! are per store key (tag and counter key), `max`, window and cost, so a reloaded policy with other numbers is
 //! never refused by an old entry; the map is bounded (expired entries go first, then any).
@@ -82,16 +87,18 @@ impl FullUntil {
         known.then_some(left)
     }
 
-    /// Remembers the `sliding_log` counters that refused `hits` (answered at `answered`).
-    pub(crate) fn remember(&self, hits: &[Hit], admission: &Admission, answered: Instant) {
+    /// Remembers the `sliding_log` counters that refused `hits` (answered at `answered`),
+    /// those whose `rememberable` is true (one per hit; missing counts as false).
+    pub(crate) fn remember(&self, hits: &[Hit], admission: &Admission, answered: Instant, rememberable: &[bool]) {
         if admission.admitted || self.capacity == 0 {
             return;
         }
         let full: Vec<(FullKey, Instant)> = hits
             .iter()
             .zip(&admission.counters)
-            .filter(|(hit, _)| hit.algorithm == Algorithm::SlidingLog)
-            .filter_map(|(hit, status)| {
+            .zip(rememberable.iter().chain(std::iter::repeat(&false)))
+            .filter(|((hit, _), rememberable)| **rememberable && hit.algorithm == Algorithm::SlidingLog)
+            .filter_map(|((hit, status), _)| {
                 let retry = status.retry_after.filter(|d| !d.is_zero())?;
                 Some((FullKey::of(hit), answered + retry))
             })
@@ -167,6 +174,7 @@ mod tests {
             &hits,
             &refused(&[Some(Duration::from_secs(30)), Some(Duration::from_secs(30)), None]),
             at,
+            &[true; 3],
         );
         let left = full.check(&hits).expect("a is full");
         assert!(left[0].is_some_and(|d| d <= Duration::from_secs(30) && d > Duration::from_secs(29)));
@@ -180,9 +188,29 @@ mod tests {
         bigger.max = 3;
         assert!(full.check(&[bigger]).is_none());
         // Expired entries are not full any more.
-        full.remember(&hits[2..], &refused(&[Some(Duration::from_millis(1))]), at);
+        full.remember(&hits[2..], &refused(&[Some(Duration::from_millis(1))]), at, &[true]);
         std::thread::sleep(Duration::from_millis(5));
         assert!(full.check(&hits[2..]).is_none());
+    }
+
+    /// Issue 30, item 5: a counter whose hits other calls may hold and give back is never
+    /// remembered as full, even when it refused with a retry-after.
+    #[test]
+    fn counters_that_may_be_given_back_are_not_remembered() {
+        let full = FullUntil::new(10);
+        let hits = [
+            hit("per-grant/grant=g", Algorithm::SlidingLog),
+            hit("everyone", Algorithm::SlidingLog),
+        ];
+        let both_full = refused(&[Some(Duration::from_secs(30)), Some(Duration::from_secs(30))]);
+        full.remember(&hits, &both_full, Instant::now(), &[false, true]);
+        let left = full.check(&hits).expect("everyone is remembered");
+        assert_eq!(left[0], None, "per-grant may be held by others: not remembered");
+        assert!(left[1].is_some());
+        // Missing flags count as "may be given back".
+        let other = [hit("other/grant=g", Algorithm::SlidingLog)];
+        full.remember(&other, &refused(&[Some(Duration::from_secs(30))]), Instant::now(), &[]);
+        assert!(full.check(&other).is_none());
     }
 
     /// Issue 24, item 6: an Envoy counter and a policy counter with one name and key are
@@ -202,6 +230,7 @@ mod tests {
             std::slice::from_ref(&envoy),
             &refused(&[Some(Duration::from_secs(30))]),
             Instant::now(),
+            &[true],
         );
         assert!(full.check(std::slice::from_ref(&envoy)).is_some());
         assert!(full.check(&[policy]).is_none(), "the policy's counter has room");
@@ -212,7 +241,7 @@ mod tests {
         let full = FullUntil::new(3);
         for i in 0..10 {
             let h = [hit(&format!("k{i}/grant=g"), Algorithm::SlidingLog)];
-            full.remember(&h, &refused(&[Some(Duration::from_secs(60))]), Instant::now());
+            full.remember(&h, &refused(&[Some(Duration::from_secs(60))]), Instant::now(), &[true]);
             assert!(full.len() <= 3);
         }
         let last = [hit("k9/grant=g", Algorithm::SlidingLog)];

@@ -10,7 +10,9 @@
 --               in this slot, scored by a time (µs) after which each key is surely gone
 -- ARGV[1]       request id; "" disables the request record
 -- ARGV[2]       request record TTL in milliseconds
--- ARGV[3]       member prefix, unique to this call (sliding_log entries are "<prefix>:<i>:<unit>")
+-- ARGV[3]       member prefix, unique to this call (sliding_log entries are "<prefix>:<i>:<unit>");
+--               "" only reads: the counters' statuses as they are, nothing taken or recorded
+--               (for the groups after the one that refused a call: they are never asked to take)
 -- ARGV[4+4(i-1)..] per counter i: algorithm (0 sliding_log, 1 sliding_window), window (µs),
 --               max, cost (the caller checked: 1 <= cost, max <= 100000 for sliding_log)
 -- ARGV[4+4n]    most live keys a registry may hold
@@ -106,9 +108,10 @@ local n = (#KEYS - 1) / 2
 local max_keys = tonumber(ARGV[4 + 4 * n])
 local out = {1}
 local state = {}
+local read_only = ARGV[3] == ''
 
--- Scope values come from callers: a counter may create only so many keys.
-for i = 1, n do
+-- Scope values come from callers: a counter may create only so many keys (a read creates none).
+for i = 1, read_only and 0 or n do
   local key = KEYS[i + 1]
   if redis.call('EXISTS', key) == 0 then
     local registry = KEYS[n + 1 + i]
@@ -199,8 +202,8 @@ for i = 1, n do
   out[#out + 1] = bucket
 end
 
-if out[1] == 0 then
-  -- Refused: nothing is taken, so a counter that had room keeps all of it.
+if out[1] == 0 or read_only then
+  -- Refused (or only read): nothing is taken, so a counter that had room keeps all of it.
   for i = 1, n do
     local at = 2 + 4 * (i - 1)
     if out[at + 2] < 0 then out[at] = out[at] + tonumber(ARGV[4 + (i - 1) * 4 + 3]) end
@@ -232,7 +235,7 @@ else
   end
 end
 
-if ARGV[1] ~= '' then
+if ARGV[1] ~= '' and not read_only then
   redis.call('SET', KEYS[1], cjson.encode(out), 'PX', ARGV[2])
 end
 return out

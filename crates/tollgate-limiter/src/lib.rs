@@ -77,6 +77,22 @@ pub const MAX_SLIDING_LOG_MAX: u64 = 100_000;
 /// Lua's numbers.
 pub const MAX_COUNT: u64 = 1 << 53;
 
+/// The order in which a store takes a call's hits, slot group by slot group (tag by tag):
+/// counters keyed by a value the caller chooses (`counter=NAME`: session, tool, argument
+/// scopes) first, then grant-, agent- and server-scoped ones (`grant=…`, by tag), `global`
+/// last. A store stops at the first group that refuses, so only groups before the last can
+/// hold hits that are given back; `global` never does when other groups come before it.
+pub fn tag_order(tag: &str) -> (u8, &str) {
+    let rank = if tag.starts_with("counter=") {
+        0
+    } else if tag == "global" {
+        2
+    } else {
+        1
+    };
+    (rank, tag)
+}
+
 /// A counter key's counter name: the key up to its first `/`.
 pub(crate) fn counter_name(key: &str) -> &str {
     key.split('/').next().unwrap_or(key)

@@ -477,6 +477,13 @@ impl RedisStore {
         })
     }
 
+    /// The statuses of a group's counters as they are (the script's read-only mode:
+    /// nothing taken, nothing recorded).
+    async fn read_group(&self, tag: &str, hits: &[&Hit]) -> Result<Vec<CounterStatus>, StoreError> {
+        let answer = self.acquire_group("", "", tag, hits).await?;
+        Ok(answer.counters.into_iter().map(|(status, _)| status).collect())
+    }
+
     async fn release_group(
         &self,
         request_id: &str,
@@ -836,13 +843,14 @@ async fn relay(
     }
 }
 
-/// A call's hits by tag (one Redis Cluster slot each), as indexes into `hits`.
-fn slot_groups(hits: &[Hit]) -> BTreeMap<&str, Vec<usize>> {
-    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+/// A call's hits by tag (one Redis Cluster slot each), as indexes into `hits`, in the order
+/// their hits are taken: see [`crate::tag_order`].
+fn slot_groups(hits: &[Hit]) -> Vec<(&str, Vec<usize>)> {
+    let mut groups: BTreeMap<(u8, &str), Vec<usize>> = BTreeMap::new();
     for (i, hit) in hits.iter().enumerate() {
-        groups.entry(hit.tag.as_str()).or_default().push(i);
+        groups.entry(crate::tag_order(&hit.tag)).or_default().push(i);
     }
-    groups
+    groups.into_iter().map(|((_, tag), indexes)| (tag, indexes)).collect()
 }
 
 fn record_ttl_ms() -> u64 {
@@ -867,17 +875,20 @@ impl CounterStore for RedisStore {
         };
         let groups = slot_groups(hits);
 
-        // Reserve in every slot group; remember which groups took their hits.
+        // Reserve slot group by slot group, narrow counters first and global ones last, and
+        // stop at the first group that refuses: a call refused by its own grant's counter
+        // never holds a hit on a counter other grants share (a held hit, given back
+        // milliseconds later, could refuse someone else's call meanwhile).
         let mut statuses: Vec<Option<CounterStatus>> = vec![None; hits.len()];
         let mut buckets = vec![0i64; hits.len()];
         let mut taken: Vec<(&str, Vec<usize>, Vec<i64>)> = Vec::new();
         let mut admitted = true;
         let mut failure = None;
-        for (tag, indexes) in &groups {
+        let mut refused_at = groups.len();
+        for (position, (tag, indexes)) in groups.iter().enumerate() {
             let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
             match self.acquire_group(request_id, &members, tag, &group).await {
                 Ok(answer) => {
-                    admitted &= answer.admitted;
                     let group_buckets = answer.counters.iter().map(|(_, b)| *b).collect();
                     for (&i, (status, bucket)) in indexes.iter().zip(answer.counters) {
                         statuses[i] = Some(status);
@@ -885,12 +896,41 @@ impl CounterStore for RedisStore {
                     }
                     if answer.admitted {
                         taken.push((tag, indexes.clone(), group_buckets));
+                    } else {
+                        admitted = false;
+                        refused_at = position;
+                        break;
                     }
                 }
                 Err(e) => {
                     failure = Some(e);
                     admitted = false;
                     break;
+                }
+            }
+        }
+        // The groups after a refusal were not asked to take anything: their counters are
+        // read (nothing taken), so the refusal still reports every counter.
+        if failure.is_none() {
+            for (tag, indexes) in groups.iter().skip(refused_at + 1) {
+                let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
+                match self.read_group(tag, &group).await {
+                    Ok(read) => {
+                        for (&i, status) in indexes.iter().zip(read) {
+                            statuses[i] = Some(status);
+                        }
+                    }
+                    Err(e) => {
+                        // The call is refused whatever these say; say what is not known.
+                        tracing::warn!(tag, "cannot read counters after a refusal: {e}");
+                        for &i in indexes {
+                            statuses[i] = Some(CounterStatus {
+                                remaining: 0,
+                                reset_after: Duration::ZERO,
+                                retry_after: None,
+                            });
+                        }
+                    }
                 }
             }
         }

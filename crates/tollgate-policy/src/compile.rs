@@ -184,16 +184,19 @@ impl Compiler<'_, '_> {
             return Err(PolicyError { errors: self.errors });
         }
         self.warnings.sort_by_key(|d| (d.location.line, d.location.column));
+        let mut policy = Policy {
+            default,
+            sets,
+            servers,
+            grants,
+            classes,
+            covers: self.covers,
+            digest: 0,
+            given_back: Default::default(),
+        };
+        policy.given_back = policy.counters_that_can_be_given_back();
         Ok(Compiled {
-            policy: Policy {
-                default,
-                sets,
-                servers,
-                grants,
-                classes,
-                covers: self.covers,
-                digest: 0,
-            },
+            policy,
             warnings: self.warnings,
             source: String::new(),
         })

@@ -29,6 +29,9 @@ pub struct Policy {
     /// The first 64 bits of the SHA-256 of the policy's source text: equal on every replica
     /// that loaded the same file, different after any edit.
     pub(crate) digest: u64,
+    /// Counters whose hits a store may take and then give back within the same decision
+    /// (see [`Policy::may_be_given_back`]).
+    pub(crate) given_back: std::collections::HashSet<String>,
 }
 
 /// What a decision is about: the MCP method that reaches data.
@@ -381,6 +384,65 @@ impl CounterHit<'_> {
 }
 
 impl Policy {
+    /// Whether a store may take a hit on `counter` and give it back within one decision: the
+    /// counter is in a rule whose limits span more than one slot group (tag), in a group
+    /// taken before the rule's last (the store stops at the first group that refuses and
+    /// gives back what the groups before it took). While such a hit is held, another call
+    /// can be refused by it: a refusal of this counter is no proof that it stays full, so
+    /// the decision service does not remember it ("full until").
+    pub fn may_be_given_back(&self, counter: &str) -> bool {
+        self.given_back.contains(counter)
+    }
+
+    /// Every rule of the policy.
+    fn all_rules(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        fn set_rules(set: &RuleSet) -> impl Iterator<Item = &Arc<Rule>> {
+            set.exact.values().chain(set.patterns.iter().map(|(_, r)| r))
+        }
+        let sets = self.sets.iter().flat_map(set_rules);
+        let scoped = self
+            .servers
+            .values()
+            .chain(self.grants.values())
+            .flat_map(move |rules| rules.default.iter().chain(rules.sets.iter().flat_map(set_rules)));
+        std::iter::once(&self.default)
+            .chain(sets)
+            .chain(scoped)
+            .chain(self.classes.iter().flatten())
+    }
+
+    /// See [`Policy::may_be_given_back`]: per rule, its limits' slot groups in the order a
+    /// store takes them (`tollgate_limiter::tag_order`'s ranks, by the tag's shape: the
+    /// value after `=` is the same call's for every limit of the rule), and every counter
+    /// not in the last group.
+    pub(crate) fn counters_that_can_be_given_back(&self) -> std::collections::HashSet<String> {
+        let mut out = std::collections::HashSet::new();
+        for rule in self.all_rules() {
+            let group = |limit: &Limit| -> (u8, String) {
+                match limit.scope.0.first() {
+                    Some(ScopeDim::Session | ScopeDim::Tool | ScopeDim::Argument(_)) => {
+                        let mut tag = String::from("counter=");
+                        escape_into(&mut tag, &limit.counter);
+                        (0, tag)
+                    }
+                    None | Some(ScopeDim::Global) => (2, String::new()),
+                    Some(ScopeDim::Grant) => (1, "grant=".into()),
+                    Some(ScopeDim::Agent) => (1, "agent=".into()),
+                    Some(ScopeDim::Server) => (1, "server=".into()),
+                }
+            };
+            let Some(last) = rule.limits.iter().map(group).max() else {
+                continue;
+            };
+            for limit in &rule.limits {
+                if group(limit) != last {
+                    out.insert(limit.counter.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// The rule that decides calls of `tool` on `server` by `grant`:
     /// grant > server > top-level tool > class > default (grant's, server's, then top-level).
     pub fn rule_for(&self, server: &str, tool: &str, grant: &str, annotations: Annotations) -> &Arc<Rule> {

@@ -888,3 +888,40 @@ fn every_mistake_of_a_document_is_reported_at_once() {
     );
     assert_eq!(twice.errors.len(), 2, "{twice}");
 }
+
+/// Issue 30, item 5: which counters a store may take and give back within one decision
+/// (taken before the rule's last slot group). Their refusals are never remembered as "full".
+#[test]
+fn counters_taken_before_a_rules_last_slot_group_may_be_given_back() {
+    let p = policy(
+        r#"{
+      "version": "1",
+      "default": "deny",
+      "tools": {
+        "k8s_scale": { "limits": [
+          { "counter": "per-grant", "window": "minute", "max": 10, "scope": "grant" },
+          { "counter": "everyone", "window": "minute", "max": 15, "scope": "global" }
+        ] },
+        "k8s_delete": { "limits": [
+          { "counter": "per-session", "window": "minute", "max": 2, "scope": "session" },
+          { "counter": "per-agent", "window": "minute", "max": 5, "scope": ["agent", "grant"] },
+          { "counter": "per-grant-2", "window": "minute", "max": 5, "scope": "grant" }
+        ] },
+        "k8s_list": { "limits": [
+          { "counter": "alone", "window": "minute", "max": 5, "scope": "grant" },
+          { "counter": "alone-too", "window": "hour", "max": 50, "scope": ["grant", "tool"] }
+        ] }
+      }
+    }"#,
+    );
+    // Global is taken last: never given back; the grant's counter before it may be.
+    assert!(p.may_be_given_back("per-grant"));
+    assert!(!p.may_be_given_back("everyone"));
+    // Session first, then agent=…, then grant=…: only the last group's counter is kept.
+    assert!(p.may_be_given_back("per-session"));
+    assert!(p.may_be_given_back("per-agent"));
+    assert!(!p.may_be_given_back("per-grant-2"));
+    // One slot group (both start with the grant): nothing is ever given back.
+    assert!(!p.may_be_given_back("alone"));
+    assert!(!p.may_be_given_back("alone-too"));
+}
