@@ -180,6 +180,13 @@ pub struct StoreSettings {
     /// The private key of `client_cert` (PEM).
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Redis replicas that must acknowledge an admission's writes (`WAIT`) before the call
+    /// is admitted; 0 (default) does not wait. See "Replica-acknowledged admissions".
+    #[serde(default)]
+    pub replica_ack: Option<u32>,
+    /// How long an admission waits for `replica_ack` replicas (ms). Default 100.
+    #[serde(default)]
+    pub replica_ack_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -217,6 +224,8 @@ impl StoreSettings {
                     ca_file: self.ca_file.clone(),
                     client_cert: self.client_cert.clone(),
                     client_key: self.client_key.clone(),
+                    replica_ack: self.replica_ack.unwrap_or(defaults.replica_ack),
+                    replica_ack_timeout_ms: self.replica_ack_timeout_ms.unwrap_or(defaults.replica_ack_timeout_ms),
                 };
                 let store = Arc::new(RedisStore::new(&redis)?);
                 (store.clone(), store.clone(), store.clone(), store)

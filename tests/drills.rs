@@ -362,3 +362,214 @@ async fn an_edge_killed_under_load() {
         "the session goes on at another edge: {result}"
     );
 }
+
+// ----- Issue 30, item 1: replica-acknowledged admissions (store.replica_ack) -----
+
+/// A TCP relay on loopback that holds every byte `delay` before passing it on, both ways:
+/// a replica replicating through it lags its master by `delay` at least. Returns its port,
+/// and a switch that drops everything not yet passed on (the master's host is gone: what it
+/// had not delivered is lost with it).
+async fn delaying_relay(target: u16, delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+    let port = listener.local_addr().expect("addr").port();
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(delayed_copy(in_read, out_write, delay, cut.clone()));
+            tokio::spawn(delayed_copy(out_read, in_write, delay, cut.clone()));
+        }
+    });
+    (port, switch)
+}
+
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at + delay).await;
+            if cut.load(std::sync::atomic::Ordering::SeqCst) || to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || tx.send((tokio::time::Instant::now(), buf[..n].to_vec())).is_err() {
+            return;
+        }
+    }
+}
+
+/// Makes `replica` replicate `master` through `port` (the master's, or a relay's) and waits
+/// until the master streams writes to it: the link is up and the master has the replica
+/// online (after a full sync it waits for the replica's first acknowledgement).
+fn replicate(master: &RedisServer, replica: &RedisServer, port: u16) {
+    replica.cli(&["REPLICAOF", "127.0.0.1", &port.to_string()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !(replica.cli(&["INFO", "replication"]).contains("master_link_status:up")
+        && master.cli(&["INFO", "replication"]).contains("state=online"))
+    {
+        assert!(std::time::Instant::now() < deadline, "the replica did not sync");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // After a full sync the master streams writes only once the replica has acknowledged
+    // (about a second): a write that reaches the replica shows the stream runs.
+    master.cli(&["SET", "replication-probe", "1"]);
+    while replica.cli(&["GET", "replication-probe"]).trim() != "1" {
+        assert!(std::time::Instant::now() < deadline, "writes do not reach the replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `tollgate up` on `master` with `store_extra` in `[store]` and a decision deadline of
+/// `store_timeout_ms`.
+fn up_on(master: &RedisServer, tag: &str, store_extra: &str, store_timeout_ms: u64) -> (support::Proc, support::Proc) {
+    let upstream = support::Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir(tag);
+    let config = support::write_config(&dir, &upstream.url("/mcp"), &[], &policy("1m", 1000), "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "reload_interval_ms = 100",
+        &format!("reload_interval_ms = 100\nstore_timeout_ms = {store_timeout_ms}"),
+    );
+    std::fs::write(&config, text).expect("config");
+    support::append(
+        &config,
+        &format!(
+            "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{store_extra}\n",
+            master.url()
+        ),
+    );
+    let up = support::Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    (upstream, up)
+}
+
+/// Hits grant a's `pause` counter holds on `server` (its sorted set's size).
+fn pause_hits(server: &RedisServer) -> u64 {
+    let key = server.cli(&["--scan", "--pattern", "*pause/grant=a*"]);
+    let key = key.lines().next().unwrap_or_default().trim().to_owned();
+    if key.is_empty() {
+        return 0;
+    }
+    server.cli(&["ZCARD", &key]).trim().parse().unwrap_or(0)
+}
+
+/// With `store.replica_ack = 1` a call is admitted only once a replica holds its hit. A
+/// replica that cannot acknowledge (asleep) makes admissions a store error: under
+/// `on_store_error: deny` the call is refused and its hit given back on the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_waits_for_its_replica_and_is_refused_without_one() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start();
+    replicate(&master, &replica, master.port);
+    let (_upstream, up) = up_on(
+        &master,
+        "replica-ack",
+        "replica_ack = 1\nreplica_ack_timeout_ms = 150",
+        1000,
+    );
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    let call = json!({"namespace": "default", "name": "web"});
+    let first = agent.call("k8s_rollout_pause", call.clone()).await;
+    assert!(refusal(&first).is_none(), "acknowledged by the replica: {first}");
+    assert_eq!(pause_hits(&replica), 1, "the replica holds the admitted hit");
+
+    let _asleep = replica.sleep(1.5);
+    let refused = agent.call("k8s_rollout_pause", call.clone()).await;
+    let details = refusal(&refused).unwrap_or_else(|| panic!("refused without a replica: {refused}"));
+    assert_eq!(details["verdict"], "DENY", "{details}");
+    let reason = details["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("0 of the 1 replicas store.replica_ack asks for acknowledged"),
+        "{details}"
+    );
+    assert_eq!(
+        pause_hits(&master),
+        1,
+        "the refused call's hit was given back on the master"
+    );
+    // Counted uncounted-but-allowed under on_store_error: allow (the call runs, keeps its hit).
+    let listed = agent.call("k8s_list_namespaces", json!({})).await;
+    assert!(refusal(&listed).is_none(), "on_store_error allow: {listed}");
+
+    // The replica is back: admissions are acknowledged again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let again = agent.call("k8s_rollout_pause", call).await;
+    assert!(refusal(&again).is_none(), "acknowledged again: {again}");
+    assert_eq!(pause_hits(&master), 2);
+}
+
+/// The issue's drill: a replica that lags its master (replication through a relay that
+/// holds every byte 300 ms), load admitted on the master, the master SIGKILLed right after.
+/// What the replica holds is what it would serve once promoted: without `replica_ack` it
+/// misses the last admissions (they could be admitted again: over-admission, measured and
+/// printed); with `replica_ack = 1` it holds every admitted hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_loses_admissions_unless_they_wait_for_it() {
+    let mut lost = Vec::new();
+    for ack in [false, true] {
+        let mut master = RedisServer::start();
+        let replica = RedisServer::start();
+        let (relay, cut) = delaying_relay(master.port, Duration::from_millis(300)).await;
+        replicate(&master, &replica, relay);
+        let extra = if ack {
+            "replica_ack = 1\nreplica_ack_timeout_ms = 2000"
+        } else {
+            ""
+        };
+        let (_upstream, up) = up_on(&master, "replica-lag", extra, 3000);
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let endpoint = up.url("/mcp/k8s");
+            tasks.push(tokio::spawn(async move {
+                let mut agent = Mcp::new(&endpoint, KEY_A);
+                let mut admitted = 0u64;
+                // About a second of load: the lag (300 ms) covers its last part.
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let result = agent
+                        .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+                        .await;
+                    match refusal(&result) {
+                        None => admitted += 1,
+                        Some(d) => println!("refused: {d}"),
+                    }
+                }
+                admitted
+            }));
+        }
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += task.await.expect("calls");
+        }
+        // The master dies, and what it had not yet delivered to its replica with it.
+        cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        master.kill();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let held = pause_hits(&replica);
+        println!(
+            "replica_ack {}: {admitted} admitted, the replica holds {held}: {} admissions lost in a failover",
+            u8::from(ack),
+            admitted.saturating_sub(held)
+        );
+        assert_eq!(admitted, 40, "every call admitted (limit 1000)");
+        lost.push(admitted.saturating_sub(held));
+        up.terminate();
+    }
+    assert!(
+        lost[0] > 0,
+        "without replica_ack the lagging replica misses admissions: {lost:?}"
+    );
+    assert_eq!(lost[1], 0, "with replica_ack = 1 the replica holds every admitted hit");
+}

@@ -875,7 +875,37 @@ impl Engine {
             return Ok(Taken::KnownFull(left));
         }
         let started = Instant::now();
-        let outcome = self.acquire(request_id, hits.clone(), keep_late_hits).await;
+        let mut outcome = self.acquire(request_id, hits.clone(), keep_late_hits).await;
+        // Admitted, but not on as many replicas as store.replica_ack asks: a store error.
+        // Refused for it (on_store_error: deny), the call gives its hits back; allowed
+        // anyway (allow), it keeps them, since it runs.
+        if let Ok(admission) = &outcome
+            && admission.admitted
+            && let Some(cause) = &admission.unreplicated
+        {
+            let cause = format!("counter store: {cause}");
+            if !keep_late_hits {
+                let released =
+                    tokio::time::timeout(LATE_ANSWER_WAIT, self.store.release(request_id, &hits, admission)).await;
+                match released {
+                    Ok(Ok(())) => tracing::warn!(
+                        request_id = ?request_id,
+                        "{cause}: the call is refused and its hits were given back"
+                    ),
+                    Ok(Err(e)) => tracing::error!(
+                        request_id = ?request_id,
+                        "{cause}: the call is refused, and giving back its hits failed (they stay charged until \
+                         their window ends): {e}"
+                    ),
+                    Err(_) => tracing::error!(
+                        request_id = ?request_id,
+                        "{cause}: the call is refused, and giving back its hits did not finish within \
+                         {LATE_ANSWER_WAIT:?}"
+                    ),
+                }
+            }
+            outcome = Err(cause);
+        }
         metrics().observe_store(self.store.kind(), started.elapsed(), outcome.is_err());
         if let (Some(full), Ok(admission)) = (&self.full, &outcome)
             && !admission.admitted

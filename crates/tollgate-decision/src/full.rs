@@ -157,6 +157,7 @@ mod tests {
                 })
                 .collect(),
             receipt: Receipt::default(),
+            unreplicated: None,
         }
     }
 

@@ -169,6 +169,10 @@ pub struct Admission {
     pub counters: Vec<CounterStatus>,
     /// Where the store recorded the hits, for [`CounterStore::release`].
     pub receipt: Receipt,
+    /// Admitted, but the store could not confirm that the hits are on as many replicas as
+    /// configured (Redis `store.replica_ack`): why. The caller handles it as a store error
+    /// (giving the hits back when the call is refused for it).
+    pub unreplicated: Option<String>,
 }
 
 /// What a store needs to give an admission's hits back: when they were recorded (memory:

@@ -231,6 +231,7 @@ impl MemoryStore {
                 at,
                 buckets: Vec::new(),
             },
+            unreplicated: None,
         };
         if !request_id.is_empty() {
             let expires = now + REQUEST_MEMORY;

@@ -62,6 +62,17 @@ pub struct RedisSettings {
     /// The private key of `client_cert` (PEM).
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Replicas that must acknowledge an admission's writes (Redis `WAIT`) before the call
+    /// is admitted; 0 (default) does not wait.
+    #[serde(default)]
+    pub replica_ack: u32,
+    /// How long an admission waits for `replica_ack` replicas, in milliseconds. Default 100.
+    #[serde(default = "default_replica_ack_timeout_ms")]
+    pub replica_ack_timeout_ms: u64,
+}
+
+fn default_replica_ack_timeout_ms() -> u64 {
+    100
 }
 
 impl RedisSettings {
@@ -152,6 +163,8 @@ impl Default for RedisSettings {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            replica_ack: 0,
+            replica_ack_timeout_ms: default_replica_ack_timeout_ms(),
         }
     }
 }
@@ -218,7 +231,11 @@ impl<C: Clone> Lanes<C> {
 impl<C: Clone + redis::aio::ConnectionLike + Send> Lanes<C> {
     /// Runs a script on the next lane's connection, taking one from the pool (`checkout`)
     /// when the lane is empty, and emptying every lane when the call or the checkout fails.
-    async fn invoke<T, F, Fut>(&self, invocation: &redis::ScriptInvocation<'_>, checkout: F) -> Result<T, String>
+    async fn invoke<T, F, Fut>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        checkout: F,
+    ) -> Result<(T, usize, C), String>
     where
         T: redis::FromRedisValue,
         F: FnOnce() -> Fut,
@@ -233,10 +250,11 @@ impl<C: Clone + redis::aio::ConnectionLike + Send> Lanes<C> {
                 conn
             }
         };
-        invocation.invoke_async(&mut conn).await.map_err(|e| {
+        let answer = invocation.invoke_async(&mut conn).await.map_err(|e| {
             self.clear_all();
             e.to_string()
-        })
+        })?;
+        Ok((answer, lane, conn))
     }
 }
 
@@ -265,12 +283,26 @@ pub struct RedisStore {
     revoked: Script,
     /// TLS material for `rediss://` nodes.
     tls: Option<redis::TlsCertificates>,
+    /// Replicas that must acknowledge an admission (`WAIT`), and for how long it waits.
+    replica_ack: u32,
+    replica_ack_timeout: Duration,
 }
 
 /// What one slot group's script run answered.
 struct GroupAnswer {
     admitted: bool,
     counters: Vec<(CounterStatus, i64)>,
+    /// The connection it ran on (its lane), for a `WAIT` after it.
+    used: Option<Used>,
+}
+
+/// The connection a script ran on: a `WAIT` sent on it afterwards covers that script's
+/// writes (and every earlier write on the connection).
+#[derive(Clone)]
+enum Used {
+    Standalone(usize, redis::aio::MultiplexedConnection),
+    /// The group's slot (a key in it): the `WAIT` goes to that slot's master.
+    Cluster(String, redis::cluster_async::ClusterConnection),
 }
 
 impl RedisStore {
@@ -285,6 +317,18 @@ impl RedisStore {
             recycle: Some(wait),
         };
         let tls = settings.tls()?;
+        if settings.replica_ack > 0 && !(1..=60_000).contains(&settings.replica_ack_timeout_ms) {
+            return Err(StoreError::Config(
+                "store.replica_ack_timeout_ms must be between 1 and 60000".into(),
+            ));
+        }
+        // A WAIT holds its connection (and the scripts pipelined behind it) for up to
+        // replica_ack_timeout_ms: the client's own answer deadline must be longer.
+        let response_timeout = if settings.replica_ack > 0 {
+            Duration::from_millis(500 + settings.replica_ack_timeout_ms)
+        } else {
+            Duration::from_millis(500)
+        };
         let backend = match (&settings.url, settings.cluster.is_empty()) {
             (Some(_), false) => {
                 return Err(StoreError::Config(
@@ -299,7 +343,8 @@ impl RedisStore {
             (Some(url), true) => {
                 let client = node_client(url, tls.as_ref())
                     .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
-                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+                let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
+                let manager = deadpool_redis::Manager::new_with_config(client.get_connection_info().clone(), config)
                     .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
                 let pool = deadpool_redis::Pool::builder(manager)
                     .config(pool)
@@ -309,7 +354,8 @@ impl RedisStore {
                 Backend::Standalone(pool, Lanes::new())
             }
             (None, false) => {
-                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.cluster.clone());
+                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.cluster.clone())
+                    .response_timeout(response_timeout);
                 if let Some(certs) = &tls {
                     builder = builder.certs(certs.clone());
                 }
@@ -332,6 +378,8 @@ impl RedisStore {
             prefix: settings.key_prefix.clone(),
             max_keys_per_counter: settings.max_keys_per_counter,
             errors: AtomicU64::new(0),
+            replica_ack: settings.replica_ack,
+            replica_ack_timeout: Duration::from_millis(settings.replica_ack_timeout_ms),
             nodes: settings.url.iter().chain(&settings.cluster).cloned().collect(),
             tls,
             wakeups: Arc::new(broadcast::channel(crate::approvals::WAKEUP_BUFFER).0),
@@ -396,23 +444,67 @@ impl RedisStore {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.run_on(invocation, "").await.map(|(answer, _)| answer)
+    }
+
+    /// [`RedisStore::run`], also returning the connection it ran on (`slot_key`: a key of the
+    /// script's slot, for a Cluster).
+    async fn run_on<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        slot_key: &str,
+    ) -> Result<(T, Used), StoreError> {
         let answer = match &self.backend {
-            Backend::Standalone(pool, lanes) => {
-                lanes
-                    .invoke(invocation, || async {
-                        pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
-                    })
-                    .await
-            }
-            Backend::Cluster(pool, lanes) => {
-                lanes
-                    .invoke(invocation, || async {
-                        pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
-                    })
-                    .await
-            }
+            Backend::Standalone(pool, lanes) => lanes
+                .invoke(invocation, || async {
+                    pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
+                })
+                .await
+                .map(|(answer, lane, conn)| (answer, Used::Standalone(lane, conn))),
+            Backend::Cluster(pool, lanes) => lanes
+                .invoke(invocation, || async {
+                    pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
+                })
+                .await
+                .map(|(answer, _, conn)| (answer, Used::Cluster(slot_key.to_owned(), conn))),
         };
         answer.map_err(|cause| self.fail(cause))
+    }
+
+    /// Waits until `replica_ack` replicas hold every write made on `used` (Redis `WAIT`, at
+    /// most `replica_ack_timeout`); why not, when they do not.
+    async fn replicated(&self, used: Used) -> Result<(), String> {
+        let timeout_ms = self.replica_ack_timeout.as_millis() as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.replica_ack).arg(timeout_ms);
+        // The client's own deadline: WAIT answers by its timeout, plus a round trip.
+        let deadline = self.replica_ack_timeout + Duration::from_millis(100);
+        let acknowledged: Result<i64, String> = match used {
+            Used::Standalone(_, mut conn) => tokio::time::timeout(deadline, wait.query_async::<i64>(&mut conn))
+                .await
+                .map_err(|_| "no answer".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+            Used::Cluster(key, mut conn) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                    key.as_bytes(),
+                    SlotAddr::Master,
+                )));
+                tokio::time::timeout(deadline, conn.route_command(wait, route))
+                    .await
+                    .map_err(|_| "no answer".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .and_then(|v| redis::from_redis_value::<i64>(v).map_err(|e| e.to_string()))
+            }
+        };
+        match acknowledged {
+            Ok(n) if n >= i64::from(self.replica_ack) => Ok(()),
+            Ok(n) => Err(format!(
+                "{n} of the {} replicas store.replica_ack asks for acknowledged the admission within {timeout_ms} ms",
+                self.replica_ack
+            )),
+            Err(e) => Err(format!("WAIT for {} replicas failed: {e}", self.replica_ack)),
+        }
     }
 
     fn fail(&self, cause: String) -> StoreError {
@@ -448,7 +540,8 @@ impl RedisStore {
                 .arg(hit.cost);
         }
         invocation.arg(self.max_keys_per_counter);
-        let raw: Vec<i64> = self.run(&invocation).await?;
+        let slot_key = hits.first().map(|h| self.counter_key(h)).unwrap_or_default();
+        let (raw, used): (Vec<i64>, Used) = self.run_on(&invocation, &slot_key).await?;
         if raw == [-1] {
             return Err(StoreError::Full(format!(
                 "a counter already has {} live keys for {tag} (store.max_keys_per_counter)",
@@ -474,6 +567,7 @@ impl RedisStore {
         Ok(GroupAnswer {
             admitted: raw[0] == 1,
             counters,
+            used: Some(used),
         })
     }
 
@@ -866,6 +960,7 @@ impl CounterStore for RedisStore {
                 admitted: true,
                 counters: Vec::new(),
                 receipt: Receipt::default(),
+                unreplicated: None,
             });
         }
         let members = if request_id.is_empty() {
@@ -885,10 +980,20 @@ impl CounterStore for RedisStore {
         let mut admitted = true;
         let mut failure = None;
         let mut refused_at = groups.len();
+        let mut used: Vec<Used> = Vec::new();
         for (position, (tag, indexes)) in groups.iter().enumerate() {
             let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
             match self.acquire_group(request_id, &members, tag, &group).await {
                 Ok(answer) => {
+                    // One WAIT per connection covers every script run on it before.
+                    if let Some(u) = answer.used {
+                        let known = used
+                            .iter()
+                            .any(|k| matches!((k, &u), (Used::Standalone(a, _), Used::Standalone(b, _)) if a == b));
+                        if !known {
+                            used.push(u);
+                        }
+                    }
                     let group_buckets = answer.counters.iter().map(|(_, b)| *b).collect();
                     for (&i, (status, bucket)) in indexes.iter().zip(answer.counters) {
                         statuses[i] = Some(status);
@@ -958,10 +1063,25 @@ impl CounterStore for RedisStore {
             .into_iter()
             .map(|s| s.ok_or_else(|| StoreError::Rejected("a counter got no answer".into())))
             .collect::<Result<_, _>>()?;
+        // Admitted: with store.replica_ack, only once the replicas hold the hits (a master
+        // that fails over before they do would hand them out again). Refusals never wait.
+        let mut unreplicated = None;
+        if admitted && self.replica_ack > 0 {
+            let waits = used.into_iter().map(|u| self.replicated(u));
+            let failed: Vec<String> = futures_util::future::join_all(waits)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if let Some(first) = failed.into_iter().next() {
+                unreplicated = Some(first);
+            }
+        }
         Ok(Admission {
             admitted,
             counters,
             receipt: Receipt { at: 0, buckets },
+            unreplicated,
         })
     }
 
