@@ -193,8 +193,10 @@ enum Backend {
 /// emptied (all lanes are) and refilled from the pool on next use, where deadpool's check weeds out
 /// broken connections and opens new ones.
 struct Lanes<C> {
-    slots: Vec<std::sync::Mutex<Option<C>>>,
+    /// Each lane's connection, with an id of its own (never reused).
+    slots: Vec<std::sync::Mutex<Option<(u64, C)>>>,
     next: std::sync::atomic::AtomicUsize,
+    ids: AtomicU64,
 }
 
 impl<C: Clone> Lanes<C> {
@@ -202,21 +204,25 @@ impl<C: Clone> Lanes<C> {
         Lanes {
             slots: (0..LANES).map(|_| std::sync::Mutex::new(None)).collect(),
             next: Default::default(),
+            ids: AtomicU64::new(1),
         }
     }
 
-    fn slot(&self, lane: usize) -> std::sync::MutexGuard<'_, Option<C>> {
+    fn slot(&self, lane: usize) -> std::sync::MutexGuard<'_, Option<(u64, C)>> {
         self.slots[lane].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next lane and its connection, if it has one.
-    fn pick(&self) -> (usize, Option<C>) {
+    /// The next lane and its connection (with its id), if it has one.
+    fn pick(&self) -> (usize, Option<(u64, C)>) {
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         (lane, self.slot(lane).clone())
     }
 
-    fn fill(&self, lane: usize, conn: C) {
-        *self.slot(lane) = Some(conn);
+    /// Puts `conn` in `lane`; its id.
+    fn fill(&self, lane: usize, conn: C) -> u64 {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        *self.slot(lane) = Some((id, conn));
+        id
     }
 
     /// Empties every lane: a failed connection usually means Redis restarted or failed
@@ -235,26 +241,25 @@ impl<C: Clone + redis::aio::ConnectionLike + Send> Lanes<C> {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
         checkout: F,
-    ) -> Result<(T, usize, C), String>
+    ) -> Result<(T, u64, C), String>
     where
         T: redis::FromRedisValue,
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<C, String>>,
     {
         let (lane, conn) = self.pick();
-        let mut conn = match conn {
+        let (id, mut conn) = match conn {
             Some(conn) => conn,
             None => {
                 let conn = checkout().await.inspect_err(|_| self.clear_all())?;
-                self.fill(lane, conn.clone());
-                conn
+                (self.fill(lane, conn.clone()), conn)
             }
         };
         let answer = invocation.invoke_async(&mut conn).await.map_err(|e| {
             self.clear_all();
             e.to_string()
         })?;
-        Ok((answer, lane, conn))
+        Ok((answer, id, conn))
     }
 }
 
@@ -286,6 +291,8 @@ pub struct RedisStore {
     /// Replicas that must acknowledge an admission (`WAIT`), and for how long it waits.
     replica_ack: u32,
     replica_ack_timeout: Duration,
+    /// Admissions sharing `WAIT`s, per connection or slot.
+    acks: std::sync::Mutex<std::collections::HashMap<AckKey, Arc<AckLane>>>,
 }
 
 /// What one slot group's script run answered.
@@ -300,9 +307,43 @@ struct GroupAnswer {
 /// writes (and every earlier write on the connection).
 #[derive(Clone)]
 enum Used {
-    Standalone(usize, redis::aio::MultiplexedConnection),
+    /// The connection's id (see [`Lanes`]) and the connection.
+    Standalone(u64, redis::aio::MultiplexedConnection),
     /// The group's slot (a key in it): the `WAIT` goes to that slot's master.
     Cluster(String, redis::cluster_async::ClusterConnection),
+}
+
+impl Used {
+    /// Admissions with the same key can share one `WAIT`: the same connection (standalone),
+    /// the same slot and so the same master's connection (Cluster).
+    fn ack_key(&self) -> AckKey {
+        match self {
+            Used::Standalone(id, _) => AckKey::Connection(*id),
+            Used::Cluster(key, _) => AckKey::Slot(redis::cluster_routing::Slot::for_key(key.as_bytes())),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum AckKey {
+    Connection(u64),
+    Slot(redis::cluster_routing::Slot),
+}
+
+/// Admissions waiting for their replicas on one connection (or slot). A `WAIT` covers every
+/// write sent on its connection before it: admissions that join the group before its `WAIT`
+/// is sent (each after its script answered) share that one `WAIT`. At most one `WAIT` per
+/// connection is in flight; admissions arriving meanwhile form the next group.
+#[derive(Default)]
+struct AckLane {
+    /// The group forming (its `WAIT` not sent yet).
+    forming: std::sync::Mutex<Option<Arc<AckGroup>>>,
+    /// Held while a `WAIT` is in flight.
+    in_flight: tokio::sync::Mutex<()>,
+}
+
+struct AckGroup {
+    outcome: tokio::sync::watch::Sender<Option<Result<(), String>>>,
 }
 
 impl RedisStore {
@@ -380,6 +421,7 @@ impl RedisStore {
             errors: AtomicU64::new(0),
             replica_ack: settings.replica_ack,
             replica_ack_timeout: Duration::from_millis(settings.replica_ack_timeout_ms),
+            acks: Default::default(),
             nodes: settings.url.iter().chain(&settings.cluster).cloned().collect(),
             tls,
             wakeups: Arc::new(broadcast::channel(crate::approvals::WAKEUP_BUFFER).0),
@@ -460,7 +502,7 @@ impl RedisStore {
                     pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
                 })
                 .await
-                .map(|(answer, lane, conn)| (answer, Used::Standalone(lane, conn))),
+                .map(|(answer, id, conn)| (answer, Used::Standalone(id, conn))),
             Backend::Cluster(pool, lanes) => lanes
                 .invoke(invocation, || async {
                     pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
@@ -469,6 +511,51 @@ impl RedisStore {
                 .map(|(answer, _, conn)| (answer, Used::Cluster(slot_key.to_owned(), conn))),
         };
         answer.map_err(|cause| self.fail(cause))
+    }
+
+    /// Waits until `replica_ack` replicas hold every write made on `used` so far, sharing one
+    /// `WAIT` with the other admissions on the same connection (see [`AckLane`]).
+    async fn replicated_together(&self, used: Used) -> Result<(), String> {
+        let lane = {
+            let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: one per lane connection and per Cluster slot; lanes of connections
+            // gone (refilled) are dropped when idle.
+            if acks.len() > 2 * LANES + 16_384 {
+                acks.retain(|_, lane| Arc::strong_count(lane) > 1);
+            }
+            acks.entry(used.ack_key()).or_default().clone()
+        };
+        let (group, leads) = {
+            let mut forming = lane.forming.lock().unwrap_or_else(|e| e.into_inner());
+            match &*forming {
+                Some(group) => (group.clone(), false),
+                None => {
+                    let group = Arc::new(AckGroup {
+                        outcome: tokio::sync::watch::channel(None).0,
+                    });
+                    *forming = Some(group.clone());
+                    (group, true)
+                }
+            }
+        };
+        let mut outcome = group.outcome.subscribe();
+        if leads {
+            let in_flight = lane.in_flight.lock().await;
+            // From here on, admissions form the next group: this WAIT is sent after every
+            // member's script answered.
+            lane.forming.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let result = self.replicated(used).await;
+            drop(in_flight);
+            group.outcome.send_replace(Some(result));
+        }
+        loop {
+            if let Some(result) = outcome.borrow_and_update().clone() {
+                return result;
+            }
+            if outcome.changed().await.is_err() {
+                return Err("the WAIT shared with other admissions was abandoned".into());
+            }
+        }
     }
 
     /// Waits until `replica_ack` replicas hold every write made on `used` (Redis `WAIT`, at
@@ -1067,7 +1154,7 @@ impl CounterStore for RedisStore {
         // that fails over before they do would hand them out again). Refusals never wait.
         let mut unreplicated = None;
         if admitted && self.replica_ack > 0 {
-            let waits = used.into_iter().map(|u| self.replicated(u));
+            let waits = used.into_iter().map(|u| self.replicated_together(u));
             let failed: Vec<String> = futures_util::future::join_all(waits)
                 .await
                 .into_iter()
