@@ -155,6 +155,17 @@ pub struct StoreSettings {
     /// Redis Cluster seed nodes (kind = "redis").
     #[serde(default)]
     pub cluster: Vec<String>,
+    /// Redis Sentinel nodes (kind = "redis-sentinel"), e.g. `["redis://10.0.0.1:26379"]`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The master's name at the sentinels (kind = "redis-sentinel").
+    #[serde(default)]
+    pub master_name: Option<String>,
+    /// With sentinels: the user and password for the master and replicas they name.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<tollgate_limiter::Secret>,
     /// Most open Redis connections. Default 32.
     #[serde(default)]
     pub pool_size: Option<usize>,
@@ -195,6 +206,9 @@ pub enum StoreKind {
     #[default]
     Memory,
     Redis,
+    /// A master (with replicas) found through Redis Sentinel.
+    #[serde(rename = "redis-sentinel")]
+    RedisSentinel,
 }
 
 impl StoreSettings {
@@ -212,11 +226,24 @@ impl StoreSettings {
                 Arc::new(MemoryBroadcast::default()),
                 Arc::new(tollgate_limiter::MemoryTasks::default()),
             ),
-            StoreKind::Redis => {
+            StoreKind::Redis | StoreKind::RedisSentinel => {
+                match (self.kind, self.sentinels.is_empty()) {
+                    (StoreKind::Redis, false) => {
+                        anyhow::bail!("store.sentinels is for store.kind = \"redis-sentinel\" (kind is \"redis\")")
+                    }
+                    (StoreKind::RedisSentinel, true) => {
+                        anyhow::bail!("store.kind = \"redis-sentinel\" needs store.sentinels (and store.master_name)")
+                    }
+                    _ => {}
+                }
                 let defaults = RedisSettings::default();
                 let redis = RedisSettings {
                     url: self.url.clone(),
                     cluster: self.cluster.clone(),
+                    sentinels: self.sentinels.clone(),
+                    master_name: self.master_name.clone(),
+                    username: self.username.clone(),
+                    password: self.password.clone(),
                     pool_size: self.pool_size.unwrap_or(defaults.pool_size),
                     connect_timeout_ms: self.connect_timeout_ms.unwrap_or(defaults.connect_timeout_ms),
                     key_prefix: self.key_prefix.clone().unwrap_or(defaults.key_prefix),

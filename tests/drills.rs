@@ -416,6 +416,8 @@ async fn delayed_copy(
 /// until the master streams writes to it: the link is up and the master has the replica
 /// online (after a full sync it waits for the replica's first acknowledgement).
 fn replicate(master: &RedisServer, replica: &RedisServer, port: u16) {
+    // Sync at once (the default waits 5 s for more replicas to share a diskless sync).
+    master.cli(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
     replica.cli(&["REPLICAOF", "127.0.0.1", &port.to_string()]);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !(replica.cli(&["INFO", "replication"]).contains("master_link_status:up")
@@ -572,4 +574,142 @@ async fn a_lagging_replica_loses_admissions_unless_they_wait_for_it() {
         "without replica_ack the lagging replica misses admissions: {lost:?}"
     );
     assert_eq!(lost[1], 0, "with replica_ack = 1 the replica holds every admitted hit");
+}
+
+// ----- Issue 30, item 3: Redis Sentinel -----
+
+/// A primary with two replicas under three sentinels; `tollgate up` finds the primary through
+/// the sentinels (`kind = "redis-sentinel"`, `replica_ack = 1`). Four agents call steadily;
+/// the primary is SIGKILLed once about half of the budget (40 per minute) is spent. The
+/// sentinels promote a replica, and Tollgate follows without a restart: calls are admitted
+/// again, and over the whole run exactly `max` are admitted (demand is far above it), so the
+/// failover neither lost acknowledged hits nor handed any out twice. The gap from the kill to
+/// the first admitted call after it is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_under_load_is_followed_and_admits_exactly_max() {
+    use support::redis::Sentinel;
+    const NAME: &str = "tollgate-primary";
+    const BUDGET: u64 = 40;
+    let mut primary = RedisServer::start();
+    let replicas = [RedisServer::start(), RedisServer::start()];
+    for replica in &replicas {
+        replicate(&primary, replica, primary.port);
+    }
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port, NAME, 2)).collect();
+    // Every sentinel knows the replicas and the other sentinels (they find each other through
+    // the primary's hello channel) before anything fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for sentinel in &sentinels {
+        loop {
+            let master = sentinel.cli(&["SENTINEL", "master", NAME]);
+            let field = |name: &str| {
+                let lines: Vec<&str> = master.lines().collect();
+                lines
+                    .iter()
+                    .position(|l| l.trim() == name)
+                    .and_then(|i| lines.get(i + 1))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            if field("num-slaves") == 2 && field("num-other-sentinels") == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sentinels did not find each other:\n{master}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let upstream = support::Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("sentinel");
+    let config = support::write_config(&dir, &upstream.url("/mcp"), &[], &policy("1m", BUDGET), "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "reload_interval_ms = 100",
+        "reload_interval_ms = 100\nstore_timeout_ms = 1000",
+    );
+    std::fs::write(&config, text).expect("config");
+    let urls: Vec<String> = sentinels.iter().map(|s| format!("\"{}\"", s.url())).collect();
+    support::append(
+        &config,
+        &format!(
+            "\n[store]\nkind = \"redis-sentinel\"\nsentinels = [{}]\nmaster_name = \"{NAME}\"\nreplica_ack = 1\n\
+             replica_ack_timeout_ms = 200\n",
+            urls.join(", ")
+        ),
+    );
+    let up = support::Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+
+    let started = std::time::Instant::now();
+    let mut agents = Vec::new();
+    for _ in 0..4 {
+        let endpoint = up.url("/mcp/k8s");
+        agents.push(tokio::spawn(async move {
+            let mut agent = Mcp::new(&endpoint, KEY_A);
+            let mut admitted = Vec::new();
+            while started.elapsed() < Duration::from_secs(14) {
+                let result = agent
+                    .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+                    .await;
+                if refusal(&result).is_none() {
+                    admitted.push(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            admitted
+        }));
+    }
+    // Kill the primary once about half the budget is spent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pause_hits(&primary) < BUDGET / 2 {
+        assert!(std::time::Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = sentinels[0].cli(&["SENTINEL", "get-master-addr-by-name", NAME]);
+    primary.kill();
+    let killed = started.elapsed();
+    // When the sentinels name the new primary: Redis's own part of the outage.
+    let mut switched = None;
+    while started.elapsed() < killed + Duration::from_secs(10) {
+        if sentinels[0].cli(&["SENTINEL", "get-master-addr-by-name", NAME]) != old {
+            switched = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let switched = switched.expect("the sentinels promoted a replica within 10 s");
+    let mut admitted: Vec<Duration> = Vec::new();
+    for agent in agents {
+        admitted.extend(agent.await.expect("agent"));
+    }
+    admitted.sort();
+    let after: Vec<&Duration> = admitted.iter().filter(|t| **t > killed).collect();
+    let promoted = sentinels[0].cli(&["SENTINEL", "get-master-addr-by-name", NAME]);
+    let first_after = **after
+        .first()
+        .expect("Tollgate followed the failover: calls were admitted after it");
+    println!(
+        "sentinel failover: primary killed at {killed:?}; the sentinels named {} {:?} later; first call admitted {:?} \
+         after the kill ({:?} after the switch); {} admitted before, {} after",
+        promoted.split_whitespace().collect::<Vec<_>>().join(":"),
+        switched - killed,
+        first_after - killed,
+        first_after.saturating_sub(switched),
+        admitted.len() - after.len(),
+        after.len(),
+    );
+    // Tollgate's own part of the outage: from the sentinels' switch to the first admitted
+    // call (calls come about every 60 ms; the new primary's replica must also be back for
+    // replica_ack).
+    assert!(
+        first_after.saturating_sub(switched) < Duration::from_millis(1500),
+        "admitted {:?} after the sentinels switched",
+        first_after.saturating_sub(switched)
+    );
+    assert_eq!(
+        admitted.len() as u64,
+        BUDGET,
+        "exactly max admitted across the failover (demand was far above it)"
+    );
+    up.terminate();
 }

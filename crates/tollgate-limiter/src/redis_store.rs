@@ -28,6 +28,17 @@ pub const ACQUIRE_SCRIPT: &str = include_str!("../lua/acquire.lua");
 /// Connections kept out of the pool for reuse (see [`Lanes`]).
 const LANES: usize = 4;
 
+/// A password: used by the code, never printed (`Debug` shows `<secret>`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<secret>\"")
+    }
+}
+
 /// `[store]` settings for `kind = "redis"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +49,19 @@ pub struct RedisSettings {
     /// Redis Cluster seed nodes, e.g. `["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]`.
     #[serde(default)]
     pub cluster: Vec<String>,
+    /// Redis Sentinel nodes (`kind = "redis-sentinel"`), e.g. `["redis://10.0.0.1:26379"]`;
+    /// a URL's user and password are the sentinels' own.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under (`sentinel monitor NAME …`).
+    #[serde(default)]
+    pub master_name: Option<String>,
+    /// With sentinels: the user and password for the master the sentinels name (and the
+    /// replicas); a standalone or Cluster URL carries its own.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
     /// Most connections (or cluster clients) held open. Default 32.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
@@ -78,7 +102,7 @@ fn default_replica_ack_timeout_ms() -> u64 {
 impl RedisSettings {
     /// The TLS material for `rediss://` URLs, read now (errors name the file).
     fn tls(&self) -> Result<Option<redis::TlsCertificates>, StoreError> {
-        let urls: Vec<&String> = self.url.iter().chain(&self.cluster).collect();
+        let urls: Vec<&String> = self.url.iter().chain(&self.cluster).chain(&self.sentinels).collect();
         let secure = urls.iter().filter(|u| u.starts_with("rediss://")).count();
         if secure != 0 && secure != urls.len() {
             return Err(StoreError::Config(
@@ -147,6 +171,110 @@ impl deadpool::managed::Manager for ClusterManager {
 
 type ClusterPool = deadpool::managed::Pool<ClusterManager>;
 
+/// Connections to the master a set of Redis Sentinels names now. A new connection asks
+/// the sentinels again, so after a failover the pool's new connections go to the new master;
+/// a kept connection whose server is no longer a master (an old master back as a replica)
+/// is dropped when it is checked.
+struct SentinelManager {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    config: redis::AsyncConnectionConfig,
+}
+
+impl deadpool::managed::Manager for SentinelManager {
+    type Type = redis::aio::MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<Self::Type, Self::Error> {
+        let client = self.client.lock().await.async_get_client().await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        is_master(&mut conn).await?;
+        Ok(conn)
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut Self::Type,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<Self::Error> {
+        is_master(conn).await?;
+        Ok(())
+    }
+}
+
+/// An error unless the server on `conn` is a master (`ROLE`).
+async fn is_master(conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
+    match role.first() {
+        Some(redis::Value::BulkString(b)) if b.as_slice() == b"master" => Ok(()),
+        Some(redis::Value::SimpleString(s)) if s == "master" => Ok(()),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "the server is not a master (any more)",
+        ))),
+    }
+}
+
+type SentinelPool = deadpool::managed::Pool<SentinelManager>;
+
+/// A sentinel client for `settings` (kind = "redis-sentinel").
+fn sentinel_client(
+    settings: &RedisSettings,
+    tls: Option<&redis::TlsCertificates>,
+) -> Result<redis::sentinel::SentinelClient, StoreError> {
+    use redis::IntoConnectionInfo;
+    use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+    let master = settings
+        .master_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| StoreError::Config("store.kind = \"redis-sentinel\" needs store.master_name".into()))?;
+    let mut addrs = Vec::new();
+    let mut sentinel_auth = None;
+    for url in &settings.sentinels {
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| StoreError::Config(format!("store.sentinels \"{url}\": {e}")))?;
+        let auth = info.redis_settings();
+        if sentinel_auth.is_none() && auth.password().is_some() {
+            sentinel_auth = Some((
+                auth.username().map(str::to_owned),
+                auth.password().map(str::to_owned).unwrap_or_default(),
+            ));
+        }
+        addrs.push(info.addr().clone());
+    }
+    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+        .map_err(|e| StoreError::Config(format!("store.sentinels: {e}")))?;
+    if settings.sentinels.iter().any(|u| u.starts_with("rediss://")) {
+        builder = builder
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if let Some(certs) = tls {
+            builder = builder
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_certificates(certs.clone());
+        }
+    }
+    if let Some((username, password)) = sentinel_auth {
+        if let Some(username) = username {
+            builder = builder.set_client_to_sentinel_username(username);
+        }
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if let Some(username) = &settings.username {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = &settings.password {
+        builder = builder.set_client_to_redis_password(&password.0);
+    }
+    builder
+        .build()
+        .map_err(|e| StoreError::Config(format!("store.sentinels: {e}")))
+}
+
 fn default_max_keys_per_counter() -> usize {
     crate::DEFAULT_MAX_KEYS_PER_COUNTER
 }
@@ -156,6 +284,10 @@ impl Default for RedisSettings {
         RedisSettings {
             url: None,
             cluster: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            username: None,
+            password: None,
             pool_size: default_pool_size(),
             connect_timeout_ms: default_connect_timeout_ms(),
             key_prefix: default_key_prefix(),
@@ -184,6 +316,8 @@ fn default_key_prefix() -> String {
 enum Backend {
     Standalone(deadpool_redis::Pool, Lanes<redis::aio::MultiplexedConnection>),
     Cluster(ClusterPool, Lanes<redis::cluster_async::ClusterConnection>),
+    /// The master a set of Redis Sentinels names (followed through failovers).
+    Sentinel(SentinelPool, Lanes<redis::aio::MultiplexedConnection>),
 }
 
 /// Connections taken from the pool once and reused. redis-rs connections multiplex: one
@@ -273,7 +407,7 @@ pub struct RedisStore {
     max_keys_per_counter: usize,
     errors: AtomicU64,
     /// Where approval wake-ups are subscribed: the standalone URL or the Cluster's seeds.
-    nodes: Vec<String>,
+    nodes: Nodes,
     wakeups: Arc<broadcast::Sender<String>>,
     /// Whether the wake-up subscriber runs (started by the first waiter).
     subscribed: AtomicBool,
@@ -301,6 +435,14 @@ struct GroupAnswer {
     counters: Vec<(CounterStatus, i64)>,
     /// The connection it ran on (its lane), for a `WAIT` after it.
     used: Option<Used>,
+}
+
+/// Where subscriptions go: a standalone server or a Cluster's seeds, taken in turn, or the
+/// master the sentinels name at each (re)subscription.
+#[derive(Clone)]
+enum Nodes {
+    Fixed(Vec<String>),
+    Sentinel(Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
 }
 
 /// The connection a script ran on: a `WAIT` sent on it afterwards covers that script's
@@ -370,7 +512,34 @@ impl RedisStore {
         } else {
             Duration::from_millis(500)
         };
+        let mut nodes = Nodes::Fixed(settings.url.iter().chain(&settings.cluster).cloned().collect());
+        let sentinel = if settings.sentinels.is_empty() {
+            None
+        } else {
+            // Subscriptions (approval wake-ups, console broadcasts) ask the sentinels too.
+            nodes = Nodes::Sentinel(Arc::new(tokio::sync::Mutex::new(sentinel_client(
+                settings,
+                tls.as_ref(),
+            )?)));
+            if settings.url.is_some() || !settings.cluster.is_empty() {
+                return Err(StoreError::Config(
+                    "set one of store.url (standalone), store.cluster or store.sentinels".into(),
+                ));
+            }
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
+            let manager = SentinelManager {
+                client: tokio::sync::Mutex::new(sentinel_client(settings, tls.as_ref())?),
+                config,
+            };
+            let pool = deadpool::managed::Pool::builder(manager)
+                .config(pool)
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Config(format!("store.sentinels: {e}")))?;
+            Some(Backend::Sentinel(pool, Lanes::new()))
+        };
         let backend = match (&settings.url, settings.cluster.is_empty()) {
+            _ if sentinel.is_some() => sentinel.expect("checked"),
             (Some(_), false) => {
                 return Err(StoreError::Config(
                     "set either store.url (standalone) or store.cluster, not both".into(),
@@ -422,7 +591,7 @@ impl RedisStore {
             replica_ack: settings.replica_ack,
             replica_ack_timeout: Duration::from_millis(settings.replica_ack_timeout_ms),
             acks: Default::default(),
-            nodes: settings.url.iter().chain(&settings.cluster).cloned().collect(),
+            nodes,
             tls,
             wakeups: Arc::new(broadcast::channel(crate::approvals::WAKEUP_BUFFER).0),
             subscribed: AtomicBool::new(false),
@@ -509,6 +678,12 @@ impl RedisStore {
                 })
                 .await
                 .map(|(answer, _, conn)| (answer, Used::Cluster(slot_key.to_owned(), conn))),
+            Backend::Sentinel(pool, lanes) => lanes
+                .invoke(invocation, || async {
+                    pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
+                })
+                .await
+                .map(|(answer, id, conn)| (answer, Used::Standalone(id, conn))),
         };
         answer.map_err(|cause| self.fail(cause))
     }
@@ -946,7 +1121,7 @@ impl crate::Broadcast for RedisStore {
 /// after every (re)subscription it sends [`RECHECK_ALL`], since resolutions published while
 /// no subscription stood were missed.
 async fn listen_for_wakeups(
-    nodes: Vec<String>,
+    nodes: Nodes,
     tls: Option<redis::TlsCertificates>,
     channel: String,
     wakeups: Weak<broadcast::Sender<String>>,
@@ -980,7 +1155,7 @@ async fn listen_for_wakeups(
 /// (re)subscription) until `deliver` answers false or `alive` does (the receiving side is
 /// gone). Subscribes to one node at a time, moving to the next when the connection fails.
 async fn relay(
-    nodes: Vec<String>,
+    nodes: Nodes,
     tls: Option<redis::TlsCertificates>,
     channel: String,
     what: &'static str,
@@ -988,12 +1163,20 @@ async fn relay(
     mut deliver: impl FnMut(Option<&str>) -> bool + Send,
 ) {
     let mut backoff = Duration::from_millis(100);
-    for node in nodes.iter().cycle() {
+    for turn in 0usize.. {
         if !alive() {
             return;
         }
+        let node = match &nodes {
+            Nodes::Fixed(list) if list.is_empty() => return,
+            Nodes::Fixed(list) => list[turn % list.len()].clone(),
+            Nodes::Sentinel(_) => "the master the sentinels name".to_owned(),
+        };
         let subscribed = async {
-            let client = node_client(node, tls.as_ref())?;
+            let client = match &nodes {
+                Nodes::Fixed(_) => node_client(&node, tls.as_ref())?,
+                Nodes::Sentinel(sentinels) => sentinels.lock().await.async_get_client().await?,
+            };
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
@@ -1201,6 +1384,7 @@ impl CounterStore for RedisStore {
         match self.backend {
             Backend::Standalone(..) => "redis",
             Backend::Cluster(..) => "redis-cluster",
+            Backend::Sentinel(..) => "redis-sentinel",
         }
     }
 }
