@@ -381,6 +381,7 @@ pub const LIST_KEYS: &[&str] = &[
     "edge.allowed_hosts",
     "edge.aggregate.session_keys",
     "store.cluster",
+    "store.sentinels",
 ];
 
 fn section_overrides() -> config::Map<String, String> {
