@@ -15,6 +15,9 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::full::FullUntil;
+
+/// Raw arguments a journal record keeps at most (with `telemetry.record_arguments`).
+const MAX_JOURNALED_ARGUMENTS: usize = 64 * 1024;
 use crate::proto::{
     self, DecideRequest, Decision, LimitStatus, SubjectKind, Verdict, VisibleToolsRequest, VisibleToolsResponse,
 };
@@ -76,7 +79,8 @@ impl Engine {
             store_timeout,
             record_arguments: false,
             max_pending_per_grant: tollgate_limiter::DEFAULT_MAX_PENDING_PER_GRANT,
-            full: (!store.answers_at_once()).then(|| FullUntil::new(DEFAULT_FULL_CACHE_ENTRIES)),
+            full: (!store.answers_at_once() && !store.may_give_back_admissions())
+                .then(|| FullUntil::new(DEFAULT_FULL_CACHE_ENTRIES)),
             store,
             tail: None,
             journal: None,
@@ -151,7 +155,8 @@ impl Engine {
     /// Remember at most `entries` counter keys as full (`[decision] full_cache_entries`);
     /// 0 asks the store about every call.
     pub fn with_full_cache_entries(mut self, entries: usize) -> Self {
-        self.full = (entries > 0 && !self.store.answers_at_once()).then(|| FullUntil::new(entries));
+        self.full = (entries > 0 && !self.store.answers_at_once() && !self.store.may_give_back_admissions())
+            .then(|| FullUntil::new(entries));
         self
     }
 
@@ -542,10 +547,15 @@ impl Engine {
             mcp_method: tollgate_api::subject_method(request.kind()).to_owned(),
             subject: request.subject.clone(),
             issuer: request.issuer.clone(),
-            arguments: if self.record_arguments {
-                request.arguments_json.clone()
-            } else {
-                String::new()
+            // Bounded: a record holds at most 1 MiB, and spans travel in batches to a
+            // collector; larger arguments are named by their SHA-256 (on the record anyway).
+            arguments: match self.record_arguments {
+                false => String::new(),
+                true if request.arguments_json.len() <= MAX_JOURNALED_ARGUMENTS => request.arguments_json.clone(),
+                true => format!(
+                    "({} bytes, more than the journal keeps: see tollgate.arguments.sha256)",
+                    request.arguments_json.len()
+                ),
             },
         };
         let bytes = crate::audit::encode_record(&entry);

@@ -18,6 +18,9 @@ use crate::audit::{int, text};
 
 /// Records sent in one export request at most.
 const BATCH: usize = 512;
+/// Bytes of records in one export request at most (past its first record): well within the
+/// 4 MiB a collector's gRPC receiver takes by default.
+const BATCH_BYTES: usize = 2 << 20;
 /// How often the journal is read again when everything was sent.
 const IDLE: Duration = Duration::from_millis(100);
 /// Batches sent to the collector before the oldest is acknowledged.
@@ -74,7 +77,7 @@ impl JournalExport {
             while in_flight.len() < IN_FLIGHT {
                 let Some(mut taken) = reader.take() else { return };
                 let read = tokio::task::spawn_blocking(move || {
-                    let records = taken.read(BATCH);
+                    let records = taken.read_up_to(BATCH, BATCH_BYTES);
                     (taken, records)
                 })
                 .await;

@@ -337,6 +337,7 @@ impl Writer {
                             ),
                         ));
                     }
+                    keep_torn_tail(path, segment.valid_bytes)?;
                     file.set_len(segment.valid_bytes)?;
                     file.sync_all()?;
                     let (next, head) = match segment.records.last() {
@@ -536,11 +537,16 @@ impl Writer {
         }
         use std::os::unix::fs::FileExt;
         let at = before.2;
-        let written = self
-            .linked()
-            .and_then(|()| self.zero_ahead(at + bytes.len() as u64))
-            .and_then(|()| self.file.write_all_at(bytes, at))
-            .and_then(|()| self.file.sync_data());
+        let written = self.linked().and_then(|()| {
+            if let Err(e) = self.zero_ahead(at + bytes.len() as u64) {
+                // No room for zeros ahead (a nearly full disk): append plainly instead.
+                tracing::warn!("cannot write zeros ahead of the journal's records (appending without them): {e}");
+                self.file.set_len(at)?;
+                self.zeroed = at;
+            }
+            self.file.write_all_at(bytes, at)?;
+            self.file.sync_data()
+        });
         let Err(e) = written else {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -697,6 +703,41 @@ const EXPIRED_CHECK_EVERY: Duration = Duration::from_secs(1);
 pub const EXPORTED_FILE: &str = "exported";
 
 /// The last sequence number the exporter acknowledged (0: none).
+/// Before a torn tail is cut from `path` (everything after `valid_bytes`): bytes there that
+/// are not zeros are kept beside the segment (`<segment>.torn-<ms>`, which no reader takes
+/// for a segment). They were never acknowledged, but what they hold is for an auditor to see,
+/// not for the journal to destroy.
+fn keep_torn_tail(path: &Path, valid_bytes: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut file = File::open(path)?;
+    if file.metadata()?.len() <= valid_bytes {
+        return Ok(());
+    }
+    file.seek(std::io::SeekFrom::Start(valid_bytes))?;
+    let mut tail = Vec::new();
+    file.take(64 << 20).read_to_end(&mut tail)?;
+    if tail.iter().all(|b| *b == 0) {
+        return Ok(());
+    }
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let kept = PathBuf::from(format!("{}.torn-{at}", path.display()));
+    let mut out = OpenOptions::new().create_new(true).write(true).open(&kept)?;
+    out.write_all(&tail)?;
+    out.sync_all()?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    tracing::warn!(
+        segment = %path.display(),
+        kept = %kept.display(),
+        "the journal's last segment ends in a write cut short: its {} bytes after the last whole record are kept aside",
+        tail.len()
+    );
+    Ok(())
+}
+
 pub fn read_exported(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join(EXPORTED_FILE))
         .ok()

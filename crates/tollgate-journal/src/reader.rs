@@ -53,8 +53,15 @@ impl Reader {
 
     /// The next records, at most `most`; empty when there is nothing new yet.
     pub fn read(&mut self, most: usize) -> std::io::Result<Vec<Record>> {
-        let mut out = Vec::new();
-        while out.len() < most {
+        self.read_up_to(most, usize::MAX)
+    }
+
+    /// The next records, at most `most` and, past the first, at most `max_bytes` of
+    /// payload in all.
+    pub fn read_up_to(&mut self, most: usize, max_bytes: usize) -> std::io::Result<Vec<Record>> {
+        let mut out: Vec<Record> = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < most && bytes < max_bytes {
             if self.position.is_none() && !self.seek()? {
                 break;
             }
@@ -63,7 +70,7 @@ impl Reader {
                 .durable
                 .as_ref()
                 .map_or(u64::MAX, |s| s.last_seq.load(std::sync::atomic::Ordering::Acquire));
-            let read = match read_from(position, most - out.len(), limit) {
+            let read = match read_from(position, most - out.len(), max_bytes - bytes, limit) {
                 Ok(read) => read,
                 // Its segment was removed (the journal was full and dropped it): go on from
                 // the first segment kept.
@@ -74,6 +81,7 @@ impl Reader {
                 Err(e) => return Err(e),
             };
             let ended = read.is_empty();
+            bytes += read.iter().map(|r| r.payload.len()).sum::<usize>();
             out.extend(read.into_iter().filter(|r| r.seq >= self.from));
             if ended && !self.next_segment()? {
                 break;
@@ -152,13 +160,14 @@ fn header_of(path: &Path, first: u64) -> std::io::Result<Option<Hash>> {
 
 /// Whole, chained records from `position` on, at most `most` and none after `limit`; the
 /// position moves past them.
-fn read_from(position: &mut Position, most: usize, limit: u64) -> std::io::Result<Vec<Record>> {
+fn read_from(position: &mut Position, most: usize, max_bytes: usize, limit: u64) -> std::io::Result<Vec<Record>> {
     let mut file = File::open(&position.segment)?;
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(position.offset))?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut out = Vec::new();
-    while out.len() < most && position.offset + RECORD_OVERHEAD <= len {
+    let mut bytes = 0usize;
+    while out.len() < most && bytes < max_bytes && position.offset + RECORD_OVERHEAD <= len {
         let mut fixed = [0u8; 12];
         reader.read_exact(&mut fixed)?;
         let size = u32::from_le_bytes(fixed[..4].try_into().unwrap_or_default()) as usize;
@@ -188,6 +197,7 @@ fn read_from(position: &mut Position, most: usize, limit: u64) -> std::io::Resul
         position.offset += RECORD_OVERHEAD + size as u64;
         position.previous = hash;
         position.next_seq += 1;
+        bytes += size;
         out.push(Record {
             seq,
             payload: body,

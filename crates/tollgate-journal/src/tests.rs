@@ -427,6 +427,28 @@ async fn records_written_over_zeros_read_back_and_survive_a_crash() {
     assert_eq!(more[0].seq, 21);
     let verified = verify(&torn, None).expect("verifies");
     assert_eq!((verified.records, verified.torn_tail), (21, false));
+    // What was cut is kept aside for an auditor, not destroyed.
+    let kept: Vec<_> = std::fs::read_dir(&torn)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".tgj.torn-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the cut bytes are kept beside the segment");
+
+    // A crash that kept a record's first page and lost the rest (zeros, as written ahead):
+    // the record ends in zeros and only zeros follow. A torn tail, not a changed record.
+    let half = temp("zeroed-half");
+    std::fs::create_dir_all(&half).expect("dir");
+    let mut lost = bytes.clone();
+    let last = offset_of(20) as usize;
+    for b in &mut lost[last + 20..data_end as usize] {
+        *b = 0;
+    }
+    std::fs::write(half.join(segment_name(1)), &lost).expect("write");
+    let verified = verify(&half, None).expect("a half-written last record is not a break");
+    assert_eq!((verified.records, verified.torn_tail), (19, true));
+    let more = write(&half, |s| s, 1).await;
+    assert_eq!(more[0].seq, 20, "record 20 was never whole: it is written again");
     drop(journal);
     assert_eq!(receipts.len(), 20);
 }

@@ -230,4 +230,11 @@ pub trait CounterStore: Send + Sync + 'static {
     fn answers_at_once(&self) -> bool {
         false
     }
+
+    /// True when an admission may be answered as [`Admission::unreplicated`] and its hits
+    /// given back (Redis with `store.replica_ack`): any counter can then hold hits for a
+    /// moment that are given back, so no refusal proves a counter full ("full until" is off).
+    fn may_give_back_admissions(&self) -> bool {
+        false
+    }
 }

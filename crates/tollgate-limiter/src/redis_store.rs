@@ -137,6 +137,20 @@ impl RedisSettings {
     }
 }
 
+/// `url` without its password (for messages): `redis://user:***@host:port`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// A client for one node, with the store's TLS material when it has some.
 fn node_client(url: &str, tls: Option<&redis::TlsCertificates>) -> redis::RedisResult<redis::Client> {
     match tls {
@@ -236,7 +250,7 @@ fn sentinel_client(
         let info = url
             .as_str()
             .into_connection_info()
-            .map_err(|e| StoreError::Config(format!("store.sentinels \"{url}\": {e}")))?;
+            .map_err(|e| StoreError::Config(format!("store.sentinels \"{}\": {e}", redacted(url))))?;
         let auth = info.redis_settings();
         if sentinel_auth.is_none() && auth.password().is_some() {
             sentinel_auth = Some((
@@ -451,8 +465,9 @@ enum Nodes {
 enum Used {
     /// The connection's id (see [`Lanes`]) and the connection.
     Standalone(u64, redis::aio::MultiplexedConnection),
-    /// The group's slot (a key in it): the `WAIT` goes to that slot's master.
-    Cluster(String, redis::cluster_async::ClusterConnection),
+    /// The connection's id, the group's slot (a key in it): the `WAIT` goes to that slot's
+    /// master on the same cluster connection (each lane's has connections of its own).
+    Cluster(u64, String, redis::cluster_async::ClusterConnection),
 }
 
 impl Used {
@@ -461,7 +476,7 @@ impl Used {
     fn ack_key(&self) -> AckKey {
         match self {
             Used::Standalone(id, _) => AckKey::Connection(*id),
-            Used::Cluster(key, _) => AckKey::Slot(redis::cluster_routing::Slot::for_key(key.as_bytes())),
+            Used::Cluster(id, key, _) => AckKey::Slot(*id, redis::cluster_routing::Slot::for_key(key.as_bytes())),
         }
     }
 }
@@ -469,7 +484,7 @@ impl Used {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum AckKey {
     Connection(u64),
-    Slot(redis::cluster_routing::Slot),
+    Slot(u64, redis::cluster_routing::Slot),
 }
 
 /// Admissions waiting for their replicas on one connection (or slot). A `WAIT` covers every
@@ -500,9 +515,10 @@ impl RedisStore {
             recycle: Some(wait),
         };
         let tls = settings.tls()?;
-        if settings.replica_ack > 0 && !(1..=60_000).contains(&settings.replica_ack_timeout_ms) {
+        if settings.replica_ack > 0 && !(1..=10_000).contains(&settings.replica_ack_timeout_ms) {
             return Err(StoreError::Config(
-                "store.replica_ack_timeout_ms must be between 1 and 60000".into(),
+                "store.replica_ack_timeout_ms must be between 1 and 10000 (keep it below decision.store_timeout_ms)"
+                    .into(),
             ));
         }
         // A WAIT holds its connection (and the scripts pipelined behind it) for up to
@@ -552,20 +568,21 @@ impl RedisStore {
             }
             (Some(url), true) => {
                 let client = node_client(url, tls.as_ref())
-                    .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
+                    .map_err(|e| StoreError::Config(format!("store.url \"{}\": {e}", redacted(url))))?;
                 let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
                 let manager = deadpool_redis::Manager::new_with_config(client.get_connection_info().clone(), config)
-                    .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
+                    .map_err(|e| StoreError::Config(format!("store.url \"{}\": {e}", redacted(url))))?;
                 let pool = deadpool_redis::Pool::builder(manager)
                     .config(pool)
                     .runtime(Runtime::Tokio1)
                     .build()
-                    .map_err(|e| StoreError::Config(format!("store.url \"{url}\": {e}")))?;
+                    .map_err(|e| StoreError::Config(format!("store.url \"{}\": {e}", redacted(url))))?;
                 Backend::Standalone(pool, Lanes::new())
             }
             (None, false) => {
-                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.cluster.clone())
-                    .response_timeout(response_timeout);
+                // No answer deadline of the client's own (as before replica_ack): a WAIT's
+                // timeout bounds it, and the decision's deadline bounds the call.
+                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.cluster.clone());
                 if let Some(certs) = &tls {
                     builder = builder.certs(certs.clone());
                 }
@@ -677,7 +694,7 @@ impl RedisStore {
                     pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
                 })
                 .await
-                .map(|(answer, _, conn)| (answer, Used::Cluster(slot_key.to_owned(), conn))),
+                .map(|(answer, id, conn)| (answer, Used::Cluster(id, slot_key.to_owned(), conn))),
             Backend::Sentinel(pool, lanes) => lanes
                 .invoke(invocation, || async {
                     pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
@@ -695,7 +712,7 @@ impl RedisStore {
             let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
             // Bounded: one per lane connection and per Cluster slot; lanes of connections
             // gone (refilled) are dropped when idle.
-            if acks.len() > 2 * LANES + 16_384 {
+            if acks.len() > 4 * 16_384 + 64 {
                 acks.retain(|_, lane| Arc::strong_count(lane) > 1);
             }
             acks.entry(used.ack_key()).or_default().clone()
@@ -715,13 +732,22 @@ impl RedisStore {
         };
         let mut outcome = group.outcome.subscribe();
         if leads {
-            let in_flight = lane.in_flight.lock().await;
-            // From here on, admissions form the next group: this WAIT is sent after every
-            // member's script answered.
-            lane.forming.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let result = self.replicated(used).await;
-            drop(in_flight);
-            group.outcome.send_replace(Some(result));
+            // In a task of its own: a leader whose decision is abandoned (its caller gone)
+            // must not leave the group, and everyone who joins it, without an outcome.
+            let (count, timeout) = (self.replica_ack, self.replica_ack_timeout);
+            tokio::spawn(async move {
+                let in_flight = lane.in_flight.lock().await;
+                // From here on, admissions form the next group: this WAIT is sent after every
+                // member's script answered.
+                lane.forming.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let result = replicated(used, count, timeout).await;
+                drop(in_flight);
+                group.outcome.send_replace(Some(result));
+            });
+        } else {
+            // Members keep only the receiver: should the leader's task end without an
+            // outcome, the channel closes and they hear of it.
+            drop(group);
         }
         loop {
             if let Some(result) = outcome.borrow_and_update().clone() {
@@ -730,42 +756,6 @@ impl RedisStore {
             if outcome.changed().await.is_err() {
                 return Err("the WAIT shared with other admissions was abandoned".into());
             }
-        }
-    }
-
-    /// Waits until `replica_ack` replicas hold every write made on `used` (Redis `WAIT`, at
-    /// most `replica_ack_timeout`); why not, when they do not.
-    async fn replicated(&self, used: Used) -> Result<(), String> {
-        let timeout_ms = self.replica_ack_timeout.as_millis() as u64;
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(self.replica_ack).arg(timeout_ms);
-        // The client's own deadline: WAIT answers by its timeout, plus a round trip.
-        let deadline = self.replica_ack_timeout + Duration::from_millis(100);
-        let acknowledged: Result<i64, String> = match used {
-            Used::Standalone(_, mut conn) => tokio::time::timeout(deadline, wait.query_async::<i64>(&mut conn))
-                .await
-                .map_err(|_| "no answer".to_owned())
-                .and_then(|r| r.map_err(|e| e.to_string())),
-            Used::Cluster(key, mut conn) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                    key.as_bytes(),
-                    SlotAddr::Master,
-                )));
-                tokio::time::timeout(deadline, conn.route_command(wait, route))
-                    .await
-                    .map_err(|_| "no answer".to_owned())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-                    .and_then(|v| redis::from_redis_value::<i64>(v).map_err(|e| e.to_string()))
-            }
-        };
-        match acknowledged {
-            Ok(n) if n >= i64::from(self.replica_ack) => Ok(()),
-            Ok(n) => Err(format!(
-                "{n} of the {} replicas store.replica_ack asks for acknowledged the admission within {timeout_ms} ms",
-                self.replica_ack
-            )),
-            Err(e) => Err(format!("WAIT for {} replicas failed: {e}", self.replica_ack)),
         }
     }
 
@@ -1284,6 +1274,22 @@ impl CounterStore for RedisStore {
                 }
             }
         }
+        // Refused (or failed) somewhere: give back what the other groups took.
+        if !admitted && groups.len() > 1 {
+            for (tag, indexes, buckets) in &taken {
+                let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
+                match self.release_group(request_id, &members, tag, &group, buckets).await {
+                    Ok(()) => {
+                        for &i in indexes {
+                            if let Some(s) = statuses[i].as_mut() {
+                                s.remaining = (s.remaining + hits[i].cost).min(hits[i].max);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(tag, "could not release a reservation (it expires with its window): {e}"),
+                }
+            }
+        }
         // The groups after a refusal were not asked to take anything: their counters are
         // read (nothing taken), so the refusal still reports every counter.
         if failure.is_none() {
@@ -1310,22 +1316,6 @@ impl CounterStore for RedisStore {
             }
         }
 
-        // Refused (or failed) somewhere: give back what the other groups took.
-        if !admitted && groups.len() > 1 {
-            for (tag, indexes, buckets) in &taken {
-                let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
-                match self.release_group(request_id, &members, tag, &group, buckets).await {
-                    Ok(()) => {
-                        for &i in indexes {
-                            if let Some(s) = statuses[i].as_mut() {
-                                s.remaining = (s.remaining + hits[i].cost).min(hits[i].max);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(tag, "could not release a reservation (it expires with its window): {e}"),
-                }
-            }
-        }
         if let Some(e) = failure {
             return Err(e);
         }
@@ -1378,6 +1368,10 @@ impl CounterStore for RedisStore {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    fn may_give_back_admissions(&self) -> bool {
+        self.replica_ack > 0
     }
 
     fn kind(&self) -> &'static str {
@@ -1439,5 +1433,51 @@ impl crate::TaskStore for RedisStore {
             .filter_map(|json| serde_json::from_str::<crate::TaskRecord>(&json).ok())
             .filter(|r| r.grant == grant && r.server == server)
             .collect())
+    }
+}
+
+/// Waits until `count` replicas hold every write made on `used` (Redis `WAIT`, at most
+/// `timeout`); why not, when they do not.
+async fn replicated(used: Used, count: u32, timeout: Duration) -> Result<(), String> {
+    let timeout_ms = timeout.as_millis() as u64;
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(count).arg(timeout_ms);
+    // The client's own deadline: WAIT answers by its timeout, plus a round trip.
+    let deadline = timeout + Duration::from_millis(100);
+    let acknowledged: Result<i64, String> = match used {
+        Used::Standalone(_, mut conn) => tokio::time::timeout(deadline, wait.query_async::<i64>(&mut conn))
+            .await
+            .map_err(|_| "no answer".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        Used::Cluster(_, key, mut conn) => {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                key.as_bytes(),
+                SlotAddr::Master,
+            )));
+            tokio::time::timeout(deadline, conn.route_command(wait, route))
+                .await
+                .map_err(|_| "no answer".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .and_then(|v| redis::from_redis_value::<i64>(v).map_err(|e| e.to_string()))
+        }
+    };
+    match acknowledged {
+        Ok(n) if n >= i64::from(count) => Ok(()),
+        Ok(n) => Err(format!(
+            "{n} of the {count} replicas store.replica_ack asks for acknowledged the admission within {timeout_ms} ms"
+        )),
+        Err(e) => Err(format!("WAIT for {count} replicas failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_in_messages() {
+        assert_eq!(super::redacted("redis://u:secret@h:1"), "redis://u:***@h:1");
+        assert_eq!(super::redacted("rediss://:secret@h:1/0"), "rediss://:***@h:1/0");
+        assert_eq!(super::redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(super::redacted("not a url"), "not a url");
     }
 }
