@@ -48,14 +48,14 @@ for mode in unary batched; do
   per_read "$reads0" "$calls0"
 done
 
-# The same script with the same shape of arguments: a fresh request id and record key, and
-# fresh sorted-set members, per call.
+# The same script with the same shape of arguments: a fresh request id (a new request record)
+# and fresh sorted-set members, per call.
 sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat crates/tollgate-limiter/lua/acquire.lua)")
 for pipeline in 1 16; do
   echo "== redis-benchmark EVALSHA acquire.lua: $concurrency connections, pipeline $pipeline"
   redis-benchmark -p "$port" -c "$concurrency" -P "$pipeline" -n $((seconds * (pipeline > 1 ? 60000 : 40000))) \
     -r 1000000000 -q \
-    EVALSHA "$sha" 3 'tollgate:{grant=bench}:req:__rand_int__' 'tollgate:{grant=bench}:bench/grant=bench' \
+    EVALSHA "$sha" 4 'tollgate:{grant=bench}:reqs' 'tollgate:{grant=bench}:reqs:expire' 'tollgate:{grant=bench}:bench/grant=bench' \
     'tollgate:{grant=bench}:live:bench' 'r__rand_int__' 60000 'm__rand_int__' 0 1000000 100000 1 100000 \
     | tr '\r' '\n' | grep 'requests per second' | sed 's/^.*: \([0-9.]* requests per second\)/\1/'
 done

@@ -287,8 +287,23 @@ async fn redis_keys_carry_the_hash_tag_and_expire_with_their_window() {
             .acquire("rid-1", &[hit("c/grant=a", "grant=a", 30_000, 10)])
             .await
             .expect("answer");
+        // One hash of request records per slot (a long-lived key: a Cluster slot move finds
+        // it like the counters), each record's expiry in a sorted set beside it.
+        assert!(
+            !redis
+                .cli(&["HGET", "tollgate:{grant=a}:reqs", "rid-1"])
+                .trim()
+                .is_empty(),
+            "the request's answer is recorded"
+        );
+        let expires: f64 = redis
+            .cli(&["ZSCORE", "tollgate:{grant=a}:reqs:expire", "rid-1"])
+            .trim()
+            .parse()
+            .expect("zscore");
+        assert!(expires > 0.0);
         redis
-            .cli(&["PTTL", "tollgate:{grant=a}:req:rid-1"])
+            .cli(&["PTTL", "tollgate:{grant=a}:reqs"])
             .trim()
             .parse()
             .expect("pttl")

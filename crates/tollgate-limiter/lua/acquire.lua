@@ -4,9 +4,14 @@
 -- every counter has room for its cost and all of them take it, or none takes anything.
 -- Time comes from Redis (TIME), never from the caller, so callers with skewed clocks agree.
 --
--- KEYS[1]       request record: the answer to `request id`, so a retry is not charged twice
--- KEYS[2..n+1]  counter keys
--- KEYS[n+2..2n+1] per counter, its live-key registry: a sorted set of the counter's live keys
+-- KEYS[1]       request records of this slot: a hash, request id -> the answer, so a retry is
+--               not charged twice
+-- KEYS[2]       when each request record expires: a sorted set, request id scored by µs.
+--               Both are long-lived keys of the slot (not one new key per call): while a Cluster
+--               moves the slot, a call's keys all exist on one side or the other, so the script
+--               meets ASK (followed) rather than TRYAGAIN for the whole move
+-- KEYS[3..n+2]  counter keys
+-- KEYS[n+3..2n+2] per counter, its live-key registry: a sorted set of the counter's live keys
 --               in this slot, scored by a time (µs) after which each key is surely gone
 -- ARGV[1]       request id; "" disables the request record
 -- ARGV[2]       request record TTL in milliseconds
@@ -95,26 +100,33 @@ local function window_from_log(key, now, window)
   end
 end
 
-if ARGV[1] ~= '' then
-  local previous = redis.call('GET', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local read_only = ARGV[3] == ''
+
+if ARGV[1] ~= '' and not read_only then
+  -- Expired records go first (a bounded number per call: at most one is added per call).
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
+  if #expired > 0 then
+    redis.call('HDEL', KEYS[1], unpack(expired))
+    redis.call('ZREM', KEYS[2], unpack(expired))
+  end
+  local previous = redis.call('HGET', KEYS[1], ARGV[1])
   if previous then
     return cjson.decode(previous)
   end
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 2
 local max_keys = tonumber(ARGV[4 + 4 * n])
 local out = {1}
 local state = {}
-local read_only = ARGV[3] == ''
 
 -- Scope values come from callers: a counter may create only so many keys (a read creates none).
 for i = 1, read_only and 0 or n do
-  local key = KEYS[i + 1]
+  local key = KEYS[i + 2]
   if redis.call('EXISTS', key) == 0 then
-    local registry = KEYS[n + 1 + i]
+    local registry = KEYS[n + 2 + i]
     redis.call('ZREMRANGEBYSCORE', registry, '-inf', now)
     if not redis.call('ZSCORE', registry, key) and redis.call('ZCARD', registry) >= max_keys then
       return {-1}
@@ -123,7 +135,7 @@ for i = 1, read_only and 0 or n do
 end
 
 for i = 1, n do
-  local key = KEYS[i + 1]
+  local key = KEYS[i + 2]
   local base = 4 + (i - 1) * 4
   local algorithm = tonumber(ARGV[base])
   local window = tonumber(ARGV[base + 1])
@@ -210,7 +222,7 @@ if out[1] == 0 or read_only then
   end
 else
   for i = 1, n do
-    local key = KEYS[i + 1]
+    local key = KEYS[i + 2]
     local base = 4 + (i - 1) * 4
     local window = tonumber(ARGV[base + 1])
     local cost = tonumber(ARGV[base + 3])
@@ -226,7 +238,7 @@ else
     end
     -- The registry entry outlives its key: it is set to expire two TTLs ahead, and renewed
     -- only once less than one TTL is left (a read on most calls, a write once per TTL).
-    local registry = KEYS[n + 1 + i]
+    local registry = KEYS[n + 2 + i]
     local expires = tonumber(redis.call('ZSCORE', registry, key))
     if not expires or expires < now + ttl * 1000 then
       redis.call('ZADD', registry, now + 2 * ttl * 1000, key)
@@ -236,6 +248,10 @@ else
 end
 
 if ARGV[1] ~= '' and not read_only then
-  redis.call('SET', KEYS[1], cjson.encode(out), 'PX', ARGV[2])
+  local ttl = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(out))
+  redis.call('ZADD', KEYS[2], now + ttl * 1000, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return out

@@ -4,8 +4,8 @@
 -- twice is harmless: sliding_log removes named members, and the request record is
 -- rewritten as refused so a retry of the call is neither charged nor released again.
 --
--- KEYS[1]       request record of the call (as given to acquire.lua)
--- KEYS[2..n+1]  counter keys
+-- KEYS[1], KEYS[2] request records of the slot and their expiry (as given to acquire.lua)
+-- KEYS[3..n+2]  counter keys
 -- ARGV[1]       request id; "" when the call had none
 -- ARGV[2]       request record TTL in milliseconds
 -- ARGV[3]       member prefix used by acquire.lua
@@ -15,18 +15,18 @@
 -- Returns the number of counters released.
 
 if ARGV[1] ~= '' then
-  local previous = redis.call('GET', KEYS[1])
+  local previous = redis.call('HGET', KEYS[1], ARGV[1])
   if previous then
     local record = cjson.decode(previous)
     if record[1] == 0 then return 0 end
     record[1] = 0
-    redis.call('SET', KEYS[1], cjson.encode(record), 'PX', ARGV[2])
+    redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
   end
 end
 
-local n = #KEYS - 1
+local n = #KEYS - 2
 for i = 1, n do
-  local key = KEYS[i + 1]
+  local key = KEYS[i + 2]
   local base = 4 + (i - 1) * 3
   local cost = tonumber(ARGV[base + 1])
   local algorithm = tonumber(ARGV[base])

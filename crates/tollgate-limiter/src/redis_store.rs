@@ -403,10 +403,24 @@ impl<C: Clone + redis::aio::ConnectionLike + Send> Lanes<C> {
                 (self.fill(lane, conn.clone()), conn)
             }
         };
-        let answer = invocation.invoke_async(&mut conn).await.map_err(|e| {
-            self.clear_all();
-            e.to_string()
-        })?;
+        // A slot being moved answers ASK or TRYAGAIN, and a node that never ran the script
+        // NOSCRIPT: the script did not run, so it is sent again (a few times, milliseconds
+        // apart) rather than failing the decision. The client follows most of these itself;
+        // these are the ones it hands back (an ASK to a node without the script, say).
+        let mut attempt = 0;
+        let answer = loop {
+            match invocation.invoke_async(&mut conn).await {
+                Ok(answer) => break answer,
+                Err(e) if attempt < 4 && matches!(e.code(), Some("ASK" | "TRYAGAIN" | "MOVED" | "NOSCRIPT")) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                }
+                Err(e) => {
+                    self.clear_all();
+                    return Err(e.to_string());
+                }
+            }
+        };
         Ok((answer, id, conn))
     }
 }
@@ -582,7 +596,14 @@ impl RedisStore {
             (None, false) => {
                 // No answer deadline of the client's own (as before replica_ack): a WAIT's
                 // timeout bounds it, and the decision's deadline bounds the call.
-                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.cluster.clone());
+                // Retries (MOVED, ASK, TRYAGAIN while a slot moves, a failover's connection
+                // errors) come within milliseconds, not after the client's default of at
+                // least 1.28 s: a decision waits at most decision.store_timeout_ms (250 ms).
+                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.cluster.clone())
+                    .retries(12)
+                    .min_retry_wait(2)
+                    .max_retry_wait(100)
+                    .retry_wait_formula(10, 2);
                 if let Some(certs) = &tls {
                     builder = builder.certs(certs.clone());
                 }
@@ -659,16 +680,12 @@ impl RedisStore {
         format!("{}:{{{}}}:live:{}", self.prefix, hit.tag, hit.counter_name())
     }
 
-    fn record_key(&self, tag: &str, request_id: &str) -> String {
-        let mut id = String::with_capacity(request_id.len());
-        for c in request_id.chars() {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                id.push(c);
-            } else {
-                id.push_str(&format!("%{:02X}", c as u32));
-            }
-        }
-        format!("{}:{{{tag}}}:req:{id}", self.prefix)
+    /// The slot's request records (a hash by request id) and their expiry (a sorted set).
+    fn record_keys(&self, tag: &str) -> (String, String) {
+        (
+            format!("{}:{{{tag}}}:reqs", self.prefix),
+            format!("{}:{{{tag}}}:reqs:expire", self.prefix),
+        )
     }
 
     async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
@@ -772,7 +789,8 @@ impl RedisStore {
         hits: &[&Hit],
     ) -> Result<GroupAnswer, StoreError> {
         let mut invocation = self.acquire.prepare_invoke();
-        invocation.key(self.record_key(tag, request_id));
+        let (records, expiry) = self.record_keys(tag);
+        invocation.key(records).key(expiry);
         for hit in hits {
             invocation.key(self.counter_key(hit));
         }
@@ -839,7 +857,8 @@ impl RedisStore {
         buckets: &[i64],
     ) -> Result<(), StoreError> {
         let mut invocation = self.release.prepare_invoke();
-        invocation.key(self.record_key(tag, request_id));
+        let (records, expiry) = self.record_keys(tag);
+        invocation.key(records).key(expiry);
         for hit in hits {
             invocation.key(self.counter_key(hit));
         }
