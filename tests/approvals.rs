@@ -963,3 +963,18 @@ async fn an_approval_goes_to_the_caller_the_operator_saw_unless_bound_to_the_gra
         }
     }
 }
+
+/// Issue 30, item 3: approvals and their wake-ups through Redis Sentinel (the primary the
+/// sentinel names): a held call on one replica is resolved on the other.
+#[tokio::test]
+async fn held_calls_work_through_redis_sentinel() {
+    let redis = RedisServer::start();
+    let sentinel = support::redis::Sentinel::start(redis.port, "tollgate", 1);
+    let store = format!(
+        "\n[store]\nkind = \"redis-sentinel\"\nsentinels = [\"{}\"]\nmaster_name = \"tollgate\"\n{}",
+        sentinel.url(),
+        operators()
+    );
+    let deployment = Deployment::start("held-sentinel", HELD_POLICY, &store, 2, 2);
+    held_flow(&deployment.edges, &deployment.admins).await;
+}
