@@ -148,19 +148,11 @@ async fn two_grants_share_the_global_budget_exactly(store: &str, tag: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_grants_share_the_global_budget_exactly_on_redis() {
     let redis = RedisServer::start();
-    let store = format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
-    two_grants_share_the_global_budget_exactly(&store, "exact-two-limits").await;
+    two_grants_share_the_global_budget_exactly(&redis.store_toml(), "exact-two-limits").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_grants_share_the_global_budget_exactly_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
-    let seeds = cluster
-        .urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let store = format!("\n[store]\nkind = \"redis\"\ncluster = [{seeds}]\n");
-    two_grants_share_the_global_budget_exactly(&store, "exact-two-limits-cluster").await;
+    two_grants_share_the_global_budget_exactly(&cluster.store_toml(), "exact-two-limits-cluster").await;
 }

@@ -228,6 +228,17 @@ async fn the_upstream_hangs_under_load() {
 }
 
 /// The port of the live Cluster master that serves `slot`, as a node other than `dead` sees it.
+/// Grant a's slot (its counters' hash tag) and the port of the master serving it.
+fn grant_a_slot(cluster: &RedisCluster) -> (u16, u16) {
+    let slot: u16 = cluster.nodes[0]
+        .cli(&["CLUSTER", "KEYSLOT", "grant=a"])
+        .trim()
+        .parse()
+        .expect("slot");
+    let port = master_of(cluster, slot, None).expect("a master serves grant a's slot");
+    (slot, port)
+}
+
 fn master_of(cluster: &RedisCluster, slot: u16, dead: Option<u16>) -> Option<u16> {
     let node = cluster
         .nodes
@@ -258,15 +269,9 @@ async fn a_redis_cluster_master_fails_over_under_load() {
     // still count in the window the promoted replica serves.
     let cluster_policy = policy("30s", 1000);
     let mut cluster = RedisCluster::start();
-    let store = format!("\n[store]\nkind = \"redis\"\ncluster = {:?}\n", cluster.urls());
-    let mut deployment = Deployment::start("drill-cluster", &cluster_policy, &store, 2, 2);
+    let mut deployment = Deployment::start("drill-cluster", &cluster_policy, &cluster.store_toml(), 2, 2);
     // Grant a's counters live in the slot of its hash tag.
-    let slot: u16 = cluster.nodes[0]
-        .cli(&["CLUSTER", "KEYSLOT", "grant=a"])
-        .trim()
-        .parse()
-        .expect("slot");
-    let port = master_of(&cluster, slot, None).expect("a master serves grant a's slot");
+    let (slot, port) = grant_a_slot(&cluster);
     let running = load(&deployment, 10.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let master = cluster
@@ -724,14 +729,14 @@ async fn cluster_failover_gaps(node_timeout_ms: u64) -> (Duration, Duration) {
     for node in &cluster.nodes {
         node.cli(&["CONFIG", "SET", "cluster-node-timeout", &node_timeout_ms.to_string()]);
     }
-    let store = format!("\n[store]\nkind = \"redis\"\ncluster = {:?}\n", cluster.urls());
-    let deployment = Deployment::start("drill-cluster-gap", &policy("30s", 100_000), &store, 2, 2);
-    let slot: u16 = cluster.nodes[0]
-        .cli(&["CLUSTER", "KEYSLOT", "grant=a"])
-        .trim()
-        .parse()
-        .expect("slot");
-    let port = master_of(&cluster, slot, None).expect("a master serves grant a's slot");
+    let deployment = Deployment::start(
+        "drill-cluster-gap",
+        &policy("30s", 100_000),
+        &cluster.store_toml(),
+        2,
+        2,
+    );
+    let (slot, port) = grant_a_slot(&cluster);
     let started = std::time::Instant::now();
     let running = load(&deployment, 9.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -824,14 +829,8 @@ async fn migrate_slot(cluster: &RedisCluster, slot: u16, from: u16, to: u16, pau
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migration_under_load_refuses_nothing() {
     let cluster = RedisCluster::start();
-    let store = format!("\n[store]\nkind = \"redis\"\ncluster = {:?}\n", cluster.urls());
-    let deployment = Deployment::start("drill-migrate", &policy("30s", 100_000), &store, 2, 2);
-    let slot: u16 = cluster.nodes[0]
-        .cli(&["CLUSTER", "KEYSLOT", "grant=a"])
-        .trim()
-        .parse()
-        .expect("slot");
-    let from = master_of(&cluster, slot, None).expect("a master serves grant a's slot");
+    let deployment = Deployment::start("drill-migrate", &policy("30s", 100_000), &cluster.store_toml(), 2, 2);
+    let (slot, from) = grant_a_slot(&cluster);
     let to = cluster
         .nodes
         .iter()

@@ -219,13 +219,12 @@ impl RedisServer {
 
     /// Runs `redis-cli -p PORT ARGS…` and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cli(self.port, args)
+    }
+
+    /// This server as the `[store]` section of a `tollgate.toml`.
+    pub fn store_toml(&self) -> String {
+        format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", self.url())
     }
 
     /// Makes the server unresponsive for `seconds` (`DEBUG SLEEP`): every command sent
@@ -329,6 +328,11 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// This cluster as the `[store]` section of a `tollgate.toml`.
+    pub fn store_toml(&self) -> String {
+        format!("\n[store]\nkind = \"redis\"\ncluster = {:?}\n", self.urls())
+    }
+
     /// `SCRIPT FLUSH` on every node, as after a failover to a fresh replica.
     pub fn flush_scripts(&self) {
         for node in &self.nodes {
@@ -393,14 +397,19 @@ impl Sentinel {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cli(self.port, args)
     }
+}
+
+/// Runs `redis-cli -p PORT ARGS…` and returns its output.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for Sentinel {
