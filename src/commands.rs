@@ -781,6 +781,17 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         tracing::warn!("policy warning: {w}");
     }
     let status = PolicyStatus::loaded(&settings.policy, &compiled.source);
+    let (ack, wait) = (
+        config.store.replica_ack.unwrap_or(0),
+        config.store.replica_ack_timeout_ms.unwrap_or(100),
+    );
+    if ack > 0 && wait >= settings.store_timeout_ms {
+        anyhow::bail!(
+            "store.replica_ack_timeout_ms ({wait}) must be below decision.store_timeout_ms ({}): an admission \
+             waiting longer would be refused by the decision's deadline while its hits stay taken",
+            settings.store_timeout_ms
+        );
+    }
     let (store, approvals, broadcast, tasks) = config.store.build()?;
     let journal = config.audit.journal().map_err(anyhow::Error::msg)?;
     let mut engine = Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))

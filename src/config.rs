@@ -217,6 +217,9 @@ impl StoreSettings {
     /// The counter store, the approval store and the console's broadcast channel.
     pub fn build(&self) -> anyhow::Result<Stores> {
         Ok(match self.kind {
+            StoreKind::Memory if self.replica_ack.unwrap_or(0) > 0 || !self.sentinels.is_empty() => {
+                anyhow::bail!("store.replica_ack and store.sentinels are for Redis stores (store.kind is \"memory\")")
+            }
             StoreKind::Memory => (
                 Arc::new(
                     MemoryStore::default()
@@ -227,6 +230,14 @@ impl StoreSettings {
                 Arc::new(tollgate_limiter::MemoryTasks::default()),
             ),
             StoreKind::Redis | StoreKind::RedisSentinel => {
+                if self.kind == StoreKind::Redis
+                    && (self.username.is_some() || self.password.is_some() || self.master_name.is_some())
+                {
+                    anyhow::bail!(
+                        "store.username, store.password and store.master_name are for store.kind = \"redis-sentinel\" \
+                         (with kind = \"redis\", a URL carries its own credentials: redis://user:password@host:port)"
+                    );
+                }
                 match (self.kind, self.sentinels.is_empty()) {
                     (StoreKind::Redis, false) => {
                         anyhow::bail!("store.sentinels is for store.kind = \"redis-sentinel\" (kind is \"redis\")")

@@ -872,3 +872,68 @@ async fn a_slot_migration_under_load_refuses_nothing() {
     assert!(held > 0, "grant a's counter moved with its slot and counts on");
     assert_eq!(denied, 0, "no call refused for a store error while the slot moved");
 }
+
+/// A manual failover (`SENTINEL FAILOVER`): the sentinels name the new primary while the old
+/// one still answers as a primary for a while. Writes must follow the sentinels at once (the
+/// store watches them), not stay on the old primary, where they would be lost when it is made
+/// a replica: after the switch, the new primary holds every admitted hit, and the limit holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_sentinel_failover_moves_writes_to_the_new_primary_at_once() {
+    use support::redis::Sentinel;
+    const NAME: &str = "tollgate-manual";
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    replicate(&primary, &replica, primary.port);
+    let sentinel = Sentinel::start(primary.port, NAME, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sentinel
+        .cli(&["SENTINEL", "replicas", NAME])
+        .contains(&replica.port.to_string())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sentinel did not find the replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let upstream = support::Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("sentinel-manual");
+    let config = support::write_config(&dir, &upstream.url("/mcp"), &[], &policy("1m", 10), "");
+    support::append(
+        &config,
+        &format!(
+            "\n[store]\nkind = \"redis-sentinel\"\nsentinels = [\"{}\"]\nmaster_name = \"{NAME}\"\n",
+            sentinel.url()
+        ),
+    );
+    let up = support::Proc::start("up", &["up", "--config", config.to_str().expect("path")], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    let call = json!({"namespace": "default", "name": "web"});
+    for _ in 0..5 {
+        let result = agent.call("k8s_rollout_pause", call.clone()).await;
+        assert!(refusal(&result).is_none(), "{result}");
+    }
+    // Refused (NOGOODSLAVE) until the sentinel has the replica's state: asked again.
+    while sentinel.cli(&["SENTINEL", "FAILOVER", NAME]).trim() != "OK" {
+        assert!(std::time::Instant::now() < deadline, "the sentinel would not fail over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while !sentinel
+        .cli(&["SENTINEL", "get-master-addr-by-name", NAME])
+        .contains(&replica.port.to_string())
+    {
+        assert!(std::time::Instant::now() < deadline, "the sentinel did not switch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The store asks the sentinels every 250 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if refusal(&agent.call("k8s_rollout_pause", call.clone()).await).is_none() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "the limit (10) holds across the switch");
+    assert_eq!(pause_hits(&replica), 10, "the new primary holds every admitted hit");
+    up.terminate();
+}

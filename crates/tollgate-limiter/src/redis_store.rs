@@ -139,13 +139,14 @@ impl RedisSettings {
 
 /// `url` without its password (for messages): `redis://user:***@host:port`.
 fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
+    // Whatever comes before the last `@` may hold a password, however malformed the URL.
+    match url.rsplit_once('@') {
+        Some((before, host)) => {
+            let scheme = before
+                .split_once("://")
+                .map(|(s, _)| format!("{s}://"))
+                .unwrap_or_default();
+            format!("{scheme}***@{host}")
         }
         None => url.to_owned(),
     }
@@ -192,6 +193,58 @@ type ClusterPool = deadpool::managed::Pool<ClusterManager>;
 struct SentinelManager {
     client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
     config: redis::AsyncConnectionConfig,
+    /// The primary's address the last connection was made to (see [`SentinelBackend`]).
+    primary: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The Sentinel backend. In a failover the sentinels name the new primary while the old one
+/// may still answer as a primary for seconds (a manual `SENTINEL FAILOVER`, a partition):
+/// writes sent there are lost when it is made a replica. So a watcher asks the sentinels every
+/// [`SENTINEL_WATCH`] which server is the primary, and when it is not the one the connections
+/// in use were made to, drops them (lanes and pool): the next call connects to the new one.
+struct SentinelBackend {
+    pool: SentinelPool,
+    lanes: Lanes<redis::aio::MultiplexedConnection>,
+    primary: Arc<std::sync::Mutex<Option<String>>>,
+    sentinels: Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+    watching: AtomicBool,
+}
+
+/// How often the sentinels are asked which server is the primary.
+const SENTINEL_WATCH: Duration = Duration::from_millis(250);
+
+impl SentinelBackend {
+    /// Starts the watcher (once; it ends with the store).
+    fn watch(self: &Arc<Self>) {
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let backend = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SENTINEL_WATCH).await;
+                let Some(this) = backend.upgrade() else { return };
+                let named = tokio::time::timeout(Duration::from_secs(1), async {
+                    let client = this.sentinels.lock().await.async_get_client().await?;
+                    Ok::<_, redis::RedisError>(client.get_connection_info().addr().to_string())
+                })
+                .await;
+                let Ok(Ok(named)) = named else { continue };
+                let mut primary = this.primary.lock().unwrap_or_else(|e| e.into_inner());
+                if primary.as_ref().is_some_and(|p| *p != named) {
+                    tracing::info!(
+                        old = primary.as_deref().unwrap_or_default(),
+                        new = %named,
+                        "the sentinels name a new primary: dropping the connections to the old one"
+                    );
+                    *primary = None;
+                    drop(primary);
+                    this.lanes.clear_all();
+                    this.pool.retain(|_, _| false);
+                }
+            }
+        });
+    }
 }
 
 impl deadpool::managed::Manager for SentinelManager {
@@ -204,6 +257,7 @@ impl deadpool::managed::Manager for SentinelManager {
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
         is_master(&mut conn).await?;
+        *self.primary.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.get_connection_info().addr().to_string());
         Ok(conn)
     }
 
@@ -331,7 +385,7 @@ enum Backend {
     Standalone(deadpool_redis::Pool, Lanes<redis::aio::MultiplexedConnection>),
     Cluster(ClusterPool, Lanes<redis::cluster_async::ClusterConnection>),
     /// The master a set of Redis Sentinels names (followed through failovers).
-    Sentinel(SentinelPool, Lanes<redis::aio::MultiplexedConnection>),
+    Sentinel(Arc<SentinelBackend>),
 }
 
 /// Connections taken from the pool once and reused. redis-rs connections multiplex: one
@@ -546,27 +600,34 @@ impl RedisStore {
         let sentinel = if settings.sentinels.is_empty() {
             None
         } else {
-            // Subscriptions (approval wake-ups, console broadcasts) ask the sentinels too.
-            nodes = Nodes::Sentinel(Arc::new(tokio::sync::Mutex::new(sentinel_client(
-                settings,
-                tls.as_ref(),
-            )?)));
+            // Subscriptions (approval wake-ups, console broadcasts) ask the sentinels too, and
+            // so does the watcher of the primary.
+            let sentinels = Arc::new(tokio::sync::Mutex::new(sentinel_client(settings, tls.as_ref())?));
+            nodes = Nodes::Sentinel(sentinels.clone());
             if settings.url.is_some() || !settings.cluster.is_empty() {
                 return Err(StoreError::Config(
                     "set one of store.url (standalone), store.cluster or store.sentinels".into(),
                 ));
             }
             let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
+            let primary = Arc::new(std::sync::Mutex::new(None));
             let manager = SentinelManager {
                 client: tokio::sync::Mutex::new(sentinel_client(settings, tls.as_ref())?),
                 config,
+                primary: primary.clone(),
             };
             let pool = deadpool::managed::Pool::builder(manager)
                 .config(pool)
                 .runtime(Runtime::Tokio1)
                 .build()
                 .map_err(|e| StoreError::Config(format!("store.sentinels: {e}")))?;
-            Some(Backend::Sentinel(pool, Lanes::new()))
+            Some(Backend::Sentinel(Arc::new(SentinelBackend {
+                pool,
+                lanes: Lanes::new(),
+                primary,
+                sentinels,
+                watching: AtomicBool::new(false),
+            })))
         };
         let backend = match (&settings.url, settings.cluster.is_empty()) {
             _ if sentinel.is_some() => sentinel.expect("checked"),
@@ -712,12 +773,21 @@ impl RedisStore {
                 })
                 .await
                 .map(|(answer, id, conn)| (answer, Used::Cluster(id, slot_key.to_owned(), conn))),
-            Backend::Sentinel(pool, lanes) => lanes
-                .invoke(invocation, || async {
-                    pool.get().await.map(|c| (*c).clone()).map_err(|e| e.to_string())
-                })
-                .await
-                .map(|(answer, id, conn)| (answer, Used::Standalone(id, conn))),
+            Backend::Sentinel(backend) => {
+                backend.watch();
+                backend
+                    .lanes
+                    .invoke(invocation, || async {
+                        backend
+                            .pool
+                            .get()
+                            .await
+                            .map(|c| (*c).clone())
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map(|(answer, id, conn)| (answer, Used::Standalone(id, conn)))
+            }
         };
         answer.map_err(|cause| self.fail(cause))
     }
@@ -1494,8 +1564,10 @@ async fn replicated(used: Used, count: u32, timeout: Duration) -> Result<(), Str
 mod tests {
     #[test]
     fn passwords_are_not_in_messages() {
-        assert_eq!(super::redacted("redis://u:secret@h:1"), "redis://u:***@h:1");
-        assert_eq!(super::redacted("rediss://:secret@h:1/0"), "rediss://:***@h:1/0");
+        assert_eq!(super::redacted("redis://u:secret@h:1"), "redis://***@h:1");
+        assert_eq!(super::redacted("rediss://:secret@h:1/0"), "rediss://***@h:1/0");
+        assert_eq!(super::redacted("redis//:secret@h:1"), "***@h:1");
+        assert_eq!(super::redacted(":secret@redis://h"), "***@redis://h");
         assert_eq!(super::redacted("redis://h:1"), "redis://h:1");
         assert_eq!(super::redacted("not a url"), "not a url");
     }
