@@ -635,7 +635,8 @@ impl Engine {
                 if hits.is_empty() {
                     return decision.with(Verdict::Allow, &rule.label, String::new());
                 }
-                self.take_hits(decision, rule, &request.request_id, &hits).await
+                self.take_hits(decision, &policy, rule, &request.request_id, &hits)
+                    .await
             }
         }
     }
@@ -735,7 +736,7 @@ impl Engine {
                 let mut decided = if hits.is_empty() {
                     decision.with(Verdict::Allow, &rule.label, String::new())
                 } else {
-                    self.take_hits(decision, rule, request_id, &hits).await
+                    self.take_hits(decision, policy, rule, request_id, &hits).await
                 };
                 if decided.verdict() != Verdict::Allow {
                     // The call does not go through: its approval is not used up.
@@ -820,7 +821,14 @@ impl Engine {
         }
     }
 
-    async fn take_hits(&self, decision: Decision, rule: &Rule, request_id: &str, hits: &[CounterHit<'_>]) -> Decision {
+    async fn take_hits(
+        &self,
+        decision: Decision,
+        policy: &Policy,
+        rule: &Rule,
+        request_id: &str,
+        hits: &[CounterHit<'_>],
+    ) -> Decision {
         // A call without a request id still needs one in the store, so that hits taken
         // after the deadline can be found and given back.
         let store_id = if request_id.is_empty() {
@@ -831,12 +839,15 @@ impl Engine {
         let keep_late_hits = rule.on_store_error == OnStoreError::Allow;
         let batch: Arc<[Hit]> = hits.iter().map(store_hit).collect();
         // A refusal is remembered only for counters whose hits are never held and given back
-        // by other calls (the policy knows which).
-        let policy = self.policy.load();
-        let rememberable: Vec<bool> = hits
-            .iter()
-            .map(|h| !policy.may_be_given_back(&h.limit.counter))
-            .collect();
+        // by other calls (the policy that decided this call knows which); nothing is, when
+        // refusals are not remembered at all.
+        let rememberable: Vec<bool> = match &self.full {
+            Some(_) => hits
+                .iter()
+                .map(|h| !policy.may_be_given_back(&h.limit.counter))
+                .collect(),
+            None => Vec::new(),
+        };
         match self.take(store_id, batch, keep_late_hits, &rememberable).await {
             Ok(Taken::KnownFull(left)) => refused_locally(decision, rule, hits, &left),
             Ok(Taken::Store(admission)) => admitted_or_limited(decision, rule, hits, &admission),
