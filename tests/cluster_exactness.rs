@@ -12,26 +12,9 @@ const CALLS: usize = 300;
 /// Fires `CALLS` concurrent `k8s_rollout_pause` calls for one grant, spread over the edges;
 /// returns (admitted, rate limited).
 async fn burst(edges: &[String]) -> (usize, usize) {
-    let mut tasks = Vec::with_capacity(CALLS);
-    for i in 0..CALLS {
-        let endpoint = edges[i % edges.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut agent = Mcp::new(&endpoint, KEY_A);
-            let result = agent
-                .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
-                .await;
-            refusal(&result).map(|d| d["verdict"].as_str().unwrap_or_default().to_owned())
-        }));
-    }
-    let (mut admitted, mut limited) = (0, 0);
-    for task in tasks {
-        match task.await.expect("call task") {
-            None => admitted += 1,
-            Some(v) if v == "RATE_LIMITED" => limited += 1,
-            Some(other) => panic!("unexpected verdict {other}"),
-        }
-    }
-    (admitted, limited)
+    // Every call not admitted is RATE_LIMITED (`fire` fails on any other refusal).
+    let admitted = fire(edges, KEY_A, CALLS).await;
+    (admitted, CALLS - admitted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

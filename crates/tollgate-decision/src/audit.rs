@@ -208,6 +208,8 @@ const HEADER: usize = 12;
 pub struct SpanRecord<'a> {
     pub traced: bool,
     pub at_ms: u64,
+    /// The replica's name (UTF-8 as written).
+    pub replica: &'a [u8],
     /// The `Span` message's bytes.
     pub span: &'a [u8],
 }
@@ -371,6 +373,7 @@ pub fn span_record(payload: &[u8]) -> Option<SpanRecord<'_>> {
     Some(SpanRecord {
         traced: payload[1] & TRACED != 0,
         at_ms,
+        replica: payload.get(HEADER..HEADER + replica)?,
         span: payload.get(HEADER + replica..)?,
     })
 }
@@ -382,8 +385,7 @@ pub fn decode_record(payload: &[u8]) -> Result<JournalRecord, String> {
         return serde_json::from_slice(payload).map_err(|e| format!("not a decision record: {e}"));
     }
     let header = span_record(payload).ok_or("not a decision record (unknown format)")?;
-    let replica_len = header.span.as_ptr() as usize - payload.as_ptr() as usize - HEADER;
-    let replica = String::from_utf8_lossy(&payload[HEADER..HEADER + replica_len]).into_owned();
+    let replica = String::from_utf8_lossy(header.replica).into_owned();
     let span = Span::decode(header.span).map_err(|e| format!("not a decision span: {e}"))?;
     let mut record = JournalRecord {
         span_id: hex::encode(&span.span_id),

@@ -191,7 +191,7 @@ type ClusterPool = deadpool::managed::Pool<ClusterManager>;
 /// a kept connection whose server is no longer a master (an old master back as a replica)
 /// is dropped when it is checked.
 struct SentinelManager {
-    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    client: Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
     config: redis::AsyncConnectionConfig,
     /// The primary's address the last connection was made to (see [`SentinelBackend`]).
     primary: Arc<std::sync::Mutex<Option<String>>>,
@@ -516,7 +516,7 @@ struct GroupAnswer {
     admitted: bool,
     counters: Vec<(CounterStatus, i64)>,
     /// The connection it ran on (its lane), for a `WAIT` after it.
-    used: Option<Used>,
+    used: Used,
 }
 
 /// Where subscriptions go: a standalone server or a Cluster's seeds, taken in turn, or the
@@ -600,19 +600,19 @@ impl RedisStore {
         let sentinel = if settings.sentinels.is_empty() {
             None
         } else {
-            // Subscriptions (approval wake-ups, console broadcasts) ask the sentinels too, and
-            // so does the watcher of the primary.
-            let sentinels = Arc::new(tokio::sync::Mutex::new(sentinel_client(settings, tls.as_ref())?));
-            nodes = Nodes::Sentinel(sentinels.clone());
             if settings.url.is_some() || !settings.cluster.is_empty() {
                 return Err(StoreError::Config(
                     "set one of store.url (standalone), store.cluster or store.sentinels".into(),
                 ));
             }
+            // One client for the sentinels: the pool's new connections, subscriptions
+            // (approval wake-ups, console broadcasts) and the watcher of the primary ask it.
+            let sentinels = Arc::new(tokio::sync::Mutex::new(sentinel_client(settings, tls.as_ref())?));
+            nodes = Nodes::Sentinel(sentinels.clone());
             let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
             let primary = Arc::new(std::sync::Mutex::new(None));
             let manager = SentinelManager {
-                client: tokio::sync::Mutex::new(sentinel_client(settings, tls.as_ref())?),
+                client: sentinels.clone(),
                 config,
                 primary: primary.clone(),
             };
@@ -629,19 +629,19 @@ impl RedisStore {
                 watching: AtomicBool::new(false),
             })))
         };
-        let backend = match (&settings.url, settings.cluster.is_empty()) {
-            _ if sentinel.is_some() => sentinel.expect("checked"),
-            (Some(_), false) => {
+        let backend = match (sentinel, &settings.url, settings.cluster.is_empty()) {
+            (Some(sentinel), _, _) => sentinel,
+            (None, Some(_), false) => {
                 return Err(StoreError::Config(
                     "set either store.url (standalone) or store.cluster, not both".into(),
                 ));
             }
-            (None, true) => {
+            (None, None, true) => {
                 return Err(StoreError::Config(
                     "store.kind = \"redis\" needs store.url (standalone) or store.cluster (Redis Cluster)".into(),
                 ));
             }
-            (Some(url), true) => {
+            (None, Some(url), true) => {
                 let client = node_client(url, tls.as_ref())
                     .map_err(|e| StoreError::Config(format!("store.url \"{}\": {e}", redacted(url))))?;
                 let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
@@ -654,7 +654,7 @@ impl RedisStore {
                     .map_err(|e| StoreError::Config(format!("store.url \"{}\": {e}", redacted(url))))?;
                 Backend::Standalone(pool, Lanes::new())
             }
-            (None, false) => {
+            (None, None, false) => {
                 // No answer deadline of the client's own (as before replica_ack): a WAIT's
                 // timeout bounds it, and the decision's deadline bounds the call.
                 // Retries (MOVED, ASK, TRYAGAIN while a slot moves, a failover's connection
@@ -907,7 +907,7 @@ impl RedisStore {
         Ok(GroupAnswer {
             admitted: raw[0] == 1,
             counters,
-            used: Some(used),
+            used,
         })
     }
 
@@ -1334,14 +1334,10 @@ impl CounterStore for RedisStore {
             let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
             match self.acquire_group(request_id, &members, tag, &group).await {
                 Ok(answer) => {
-                    // One WAIT per connection covers every script run on it before.
-                    if let Some(u) = answer.used {
-                        let known = used
-                            .iter()
-                            .any(|k| matches!((k, &u), (Used::Standalone(a, _), Used::Standalone(b, _)) if a == b));
-                        if !known {
-                            used.push(u);
-                        }
+                    // One WAIT per connection (and Cluster slot) covers every script run on it
+                    // before.
+                    if !used.iter().any(|u| u.ack_key() == answer.used.ack_key()) {
+                        used.push(answer.used);
                     }
                     let group_buckets = answer.counters.iter().map(|(_, b)| *b).collect();
                     for (&i, (status, bucket)) in indexes.iter().zip(answer.counters) {
@@ -1417,14 +1413,10 @@ impl CounterStore for RedisStore {
         let mut unreplicated = None;
         if admitted && self.replica_ack > 0 {
             let waits = used.into_iter().map(|u| self.replicated_together(u));
-            let failed: Vec<String> = futures_util::future::join_all(waits)
+            unreplicated = futures_util::future::join_all(waits)
                 .await
                 .into_iter()
-                .filter_map(Result::err)
-                .collect();
-            if let Some(first) = failed.into_iter().next() {
-                unreplicated = Some(first);
-            }
+                .find_map(Result::err);
         }
         Ok(Admission {
             admitted,
