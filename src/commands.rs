@@ -792,11 +792,15 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
             settings.store_timeout_ms
         );
     }
-    let (store, approvals, broadcast, tasks) = config.store.build()?;
+    let (store, approvals, broadcast, tasks, pins, shared) = config.store.build()?;
     let journal = config.audit.journal().map_err(anyhow::Error::msg)?;
     let mut engine = Engine::new(compiled.policy, store, Duration::from_millis(settings.store_timeout_ms))
         .with_approvals(approvals)
         .with_tasks(tasks)
+        .with_pins(
+            pins,
+            Duration::from_millis(if shared { settings.pins_cache_ms } else { 0 }),
+        )
         .with_max_pending_per_grant(config.approvals.max_pending_per_grant.max(1))
         .with_recorded_arguments(config.telemetry.record_arguments)
         .with_full_cache_entries(settings.full_cache_entries);

@@ -228,6 +228,8 @@ impl StoreSettings {
                 Arc::new(MemoryApprovals::default()),
                 Arc::new(MemoryBroadcast::default()),
                 Arc::new(tollgate_limiter::MemoryTasks::default()),
+                Arc::new(tollgate_limiter::MemoryPins::default()),
+                false,
             ),
             StoreKind::Redis | StoreKind::RedisSentinel => {
                 if self.kind == StoreKind::Redis
@@ -266,19 +268,21 @@ impl StoreSettings {
                     replica_ack_timeout_ms: self.replica_ack_timeout_ms.unwrap_or(defaults.replica_ack_timeout_ms),
                 };
                 let store = Arc::new(RedisStore::new(&redis)?);
-                (store.clone(), store.clone(), store.clone(), store)
+                (store.clone(), store.clone(), store.clone(), store.clone(), store, true)
             }
         })
     }
 }
 
-/// The counter store, the approval store, the console's broadcast channel and the task
-/// records.
+/// The counter store, the approval store, the console's broadcast channel, the task
+/// records, tool pins, and whether they are shared with other processes (Redis).
 pub type Stores = (
     Arc<dyn CounterStore>,
     Arc<dyn ApprovalStore>,
     Arc<dyn Broadcast>,
     Arc<dyn tollgate_limiter::TaskStore>,
+    Arc<dyn tollgate_limiter::PinStore>,
+    bool,
 );
 
 /// `[log]`
@@ -341,6 +345,7 @@ impl Config {
             &mut edge.decision_ca_file,
             &mut edge.decision_client_cert,
             &mut edge.decision_client_key,
+            &mut edge.pins_file,
             &mut self.store.ca_file,
             &mut self.store.client_cert,
             &mut self.store.client_key,

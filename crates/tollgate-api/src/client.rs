@@ -251,6 +251,17 @@ impl Decider for GrpcDecider {
         .await
     }
 
+    async fn observe_pins(&self, request: crate::proto::ObservePinsRequest) -> Result<(), DecisionError> {
+        self.call(|replica| {
+            let request = self.request(request.clone());
+            async move {
+                let mut client = replica.client.clone();
+                client.observe_pins(request).await.map(|_| ())
+            }
+        })
+        .await
+    }
+
     async fn owned_tasks(
         &self,
         request: crate::proto::OwnedTasksRequest,

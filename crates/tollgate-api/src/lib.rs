@@ -5,6 +5,7 @@
 
 mod batch;
 mod client;
+pub mod definitions;
 pub mod listener;
 mod names;
 
@@ -60,6 +61,9 @@ pub trait Decider: Send + Sync + 'static {
 
     /// The records of `request.task_ids` that belong to `request.grant` (see `OwnedTasks`).
     async fn owned_tasks(&self, request: proto::OwnedTasksRequest) -> Result<Vec<proto::TaskRecord>, DecisionError>;
+
+    /// Records definitions an upstream listed (tool pinning, see `ObservePins`).
+    async fn observe_pins(&self, request: proto::ObservePinsRequest) -> Result<(), DecisionError>;
 }
 
 /// The state of the policy a process enforces, for readiness endpoints.

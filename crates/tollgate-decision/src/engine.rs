@@ -48,6 +48,9 @@ pub struct Engine {
     tail: Option<Arc<DecisionTail>>,
     /// The decision journal (`[audit]`), and whether a decision waits for its record.
     journal: Option<(tollgate_journal::Journal, bool)>,
+    /// Tool pinning's records, and this replica's short-lived copy of them (Redis only).
+    pins: Arc<dyn tollgate_limiter::PinStore>,
+    pin_cache: Option<crate::pins::PinCache>,
 }
 
 /// One counter's use, read from the store (see [`Engine::counter_use`]).
@@ -84,7 +87,25 @@ impl Engine {
             store,
             tail: None,
             journal: None,
+            pins: Arc::new(tollgate_limiter::MemoryPins::default()),
+            pin_cache: None,
         }
+    }
+
+    /// Keeps tool pins in `pins`, read through a cache of `cache_ttl` (zero: none; use none
+    /// for a store in this process).
+    pub fn with_pins(mut self, pins: Arc<dyn tollgate_limiter::PinStore>, cache_ttl: Duration) -> Self {
+        self.pins = pins;
+        self.pin_cache = (!cache_ttl.is_zero()).then(|| crate::pins::PinCache::new(cache_ttl));
+        self
+    }
+
+    pub(crate) fn pins(&self) -> &Arc<dyn tollgate_limiter::PinStore> {
+        &self.pins
+    }
+
+    pub(crate) fn pin_cache(&self) -> Option<&crate::pins::PinCache> {
+        self.pin_cache.as_ref()
     }
 
     /// Hands every decision to the console's live tail.
@@ -495,6 +516,8 @@ impl Engine {
             tollgate.refused_locally = Empty,
             tollgate.arguments.sha256 = Empty,
             tollgate.arguments = Empty,
+            tollgate.pin.state = Empty,
+            tollgate.pin.digest = Empty,
             gen_ai.tool.name = Empty,
             gen_ai.prompt.name = Empty,
             mcp.resource.uri = Empty,
@@ -587,6 +610,18 @@ impl Engine {
             policy_digest: policy.digest(),
             ..Default::default()
         };
+        // Pinning first: a definition nobody approved is refused whatever the policy says.
+        if let Some(pin) = self
+            .check_pin(&request.server, request.kind(), &request.tool, request.pin.as_ref())
+            .await
+        {
+            let span = tracing::Span::current();
+            span.record("tollgate.pin.state", pin.state.as_str());
+            span.record("tollgate.pin.digest", pin.digest.as_str());
+            if pin.refuses() {
+                return decision.with(Verdict::Deny, "pins", pin.reason);
+            }
+        }
         let arguments = match arguments {
             Ok(v) => v,
             Err(reason) => return decision.with(Verdict::Deny, "arguments", reason),
@@ -1023,26 +1058,32 @@ impl Engine {
         }
     }
 
-    pub fn visible_tools(&self, request: &VisibleToolsRequest) -> VisibleToolsResponse {
-        let policy = self.policy.load();
+    pub async fn visible_tools(&self, request: &VisibleToolsRequest) -> VisibleToolsResponse {
+        let policy = self.policy.load_full();
         let kind = policy_kind(request.kind());
+        let pinned = self.pins_visible(&request.server, request.kind(), &request.tools).await;
+        let mut pins_hid = false;
         let visible = request
             .tools
             .iter()
-            .filter(|t| {
-                policy.is_visible_subject(
+            .zip(pinned)
+            .filter(|(t, pinned)| {
+                let by_policy = policy.is_visible_subject(
                     kind,
                     &request.server,
                     &t.name,
                     &request.grant,
                     annotations(t.annotations.as_ref()),
-                )
+                );
+                pins_hid |= by_policy && !pinned;
+                by_policy && *pinned
             })
-            .map(|t| t.name.clone())
+            .map(|(t, _)| t.name.clone())
             .collect();
         VisibleToolsResponse {
             visible,
             policy_digest: policy.digest(),
+            pins_hid,
         }
     }
 }
@@ -1061,7 +1102,7 @@ impl Decider for Engine {
                 "the audit journal cannot record decisions (audit.required or on_full = \"refuse\")".into(),
             ));
         }
-        Ok(Engine::visible_tools(self, &request))
+        Ok(Engine::visible_tools(self, &request).await)
     }
 
     async fn wait_approval(&self, id: &str, max: Duration) -> Result<proto::Approval, DecisionError> {
@@ -1076,6 +1117,16 @@ impl Decider for Engine {
         Engine::record_task(self, &request)
             .await
             .map_err(DecisionError::Unavailable)
+    }
+
+    async fn observe_pins(&self, request: proto::ObservePinsRequest) -> Result<(), DecisionError> {
+        Engine::observe_pins(self, &request).await.map_err(|e| {
+            if e.starts_with("the store") {
+                DecisionError::Unavailable(e)
+            } else {
+                DecisionError::Failed(e)
+            }
+        })
     }
 
     async fn owned_tasks(&self, request: proto::OwnedTasksRequest) -> Result<Vec<proto::TaskRecord>, DecisionError> {

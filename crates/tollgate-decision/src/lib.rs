@@ -12,6 +12,7 @@ mod engine;
 pub mod envoy;
 mod full;
 pub mod journal_export;
+pub mod pins;
 mod reload;
 mod service;
 mod tail;

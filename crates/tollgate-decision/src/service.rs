@@ -48,6 +48,12 @@ pub struct DecisionSettings {
     /// the store about every call.
     #[serde(default = "default_full_cache_entries")]
     pub full_cache_entries: usize,
+    /// How long this replica reuses a tool pin record it read from Redis (ms): an operator's
+    /// approval or rejection on another replica, and a change another edge saw, take effect
+    /// here within this time (a change this replica records, at once). 0 reads the store for
+    /// every check. Default 1000.
+    #[serde(default = "default_pins_cache_ms")]
+    pub pins_cache_ms: u64,
     /// Decisions one `DecideStream` (an edge's stream of batched decisions) may have in
     /// progress at once; the stream is not read further until some are answered.
     #[serde(default = "default_stream_in_flight")]
@@ -179,6 +185,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_reload_ms() -> u64 {
     2000
+}
+
+fn default_pins_cache_ms() -> u64 {
+    1000
 }
 
 fn default_full_cache_entries() -> usize {
@@ -314,7 +324,58 @@ impl DecisionService for DecisionGrpc {
                 request.kind
             )));
         }
-        Ok(Response::new(self.engine.visible_tools(&request)))
+        Ok(Response::new(self.engine.visible_tools(&request).await))
+    }
+
+    async fn observe_pins(
+        &self,
+        request: Request<crate::proto::ObservePinsRequest>,
+    ) -> Result<Response<crate::proto::ObservePinsResponse>, Status> {
+        let request = request.into_inner();
+        match self.engine.observe_pins(&request).await {
+            Ok(()) => Ok(Response::new(crate::proto::ObservePinsResponse {})),
+            Err(e) if e.starts_with("the store") => Err(Status::unavailable(e)),
+            Err(e) => Err(Status::invalid_argument(e)),
+        }
+    }
+
+    async fn list_pins(
+        &self,
+        request: Request<crate::proto::ListPinsRequest>,
+    ) -> Result<Response<crate::proto::ListPinsResponse>, Status> {
+        self.operator(&request)?;
+        let pins = self.engine.list_pins().await.map_err(store_status)?;
+        Ok(Response::new(crate::proto::ListPinsResponse { pins }))
+    }
+
+    async fn resolve_pins(
+        &self,
+        request: Request<crate::proto::ResolvePinsRequest>,
+    ) -> Result<Response<crate::proto::ResolvePinsResponse>, Status> {
+        let operator = self.operator(&request)?;
+        let request = request.into_inner();
+        check_reason(&request.reason).map_err(Status::invalid_argument)?;
+        if request.ids.len() > crate::pins::MAX_OBSERVED {
+            return Err(Status::invalid_argument(format!(
+                "at most {} ids at once",
+                crate::pins::MAX_OBSERVED
+            )));
+        }
+        let (resolved, not_resolved) = self
+            .engine
+            .resolve_pins(
+                &request.ids,
+                request.all_pending,
+                request.approve,
+                &operator,
+                &request.reason,
+            )
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(crate::proto::ResolvePinsResponse {
+            resolved,
+            not_resolved,
+        }))
     }
 
     type WaitApprovalStream =

@@ -126,6 +126,10 @@ impl Exchange<'_> {
             annotations,
             subject: self.caller.subject.clone().unwrap_or_default(),
             issuer: self.caller.issuer.clone().unwrap_or_default(),
+            pin: match call.kind {
+                SubjectKind::Resource => None,
+                kind => self.gw.pins.check(server, kind, call.name(), None),
+            },
             ..Default::default()
         };
         request.set_kind(call.kind);

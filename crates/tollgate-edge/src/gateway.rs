@@ -90,6 +90,8 @@ pub struct Gateway {
     pub(crate) held: GrantQuota,
     /// Server-to-client streams, per grant.
     pub(crate) streams: GrantQuota,
+    /// Tool pinning: the definitions last seen, the lockfile.
+    pub(crate) pins: crate::pins::EdgePins,
 }
 
 impl Gateway {
@@ -99,6 +101,7 @@ impl Gateway {
         grants: &[GrantSettings],
         decider: Arc<dyn Decider>,
         auth: Arc<Authenticator>,
+        pins: crate::pins::EdgePins,
     ) -> Result<Self, EdgeError> {
         let mut grant_servers = HashMap::new();
         for g in grants {
@@ -124,6 +127,7 @@ impl Gateway {
             visible: VisibleCache::new(Duration::from_millis(settings.list_cache_ms)),
             held: GrantQuota::new("edge.max_held_per_grant", settings.max_held_per_grant),
             streams: GrantQuota::new("edge.max_streams_per_grant", settings.max_streams_per_grant),
+            pins,
             settings,
         })
     }

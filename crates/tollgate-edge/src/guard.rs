@@ -45,8 +45,9 @@ pub(crate) fn guarded(
 /// `InputRequiredResult`'s `resultType` and state, a server request). A name could hide only
 /// behind a `\u` escape, so text with any escape of that kind is read in full.
 pub(crate) fn nothing_to_filter(bytes: &[u8]) -> bool {
-    const MARKERS: [&[u8]; 11] = [
+    const MARKERS: [&[u8]; 12] = [
         b"\\u",
+        b"\"resourceTemplates\"",
         b"\"tools\"",
         b"\"resources\"",
         b"\"prompts\"",
@@ -221,10 +222,33 @@ impl ListFilter {
         {
             return Ok(true);
         }
+        if let Some(Value::String(method)) = object.get("method")
+            && matches!(
+                method.as_str(),
+                "notifications/tools/list_changed"
+                    | "notifications/prompts/list_changed"
+                    | "notifications/resources/list_changed"
+            )
+        {
+            // Definitions are read again at once (tool pinning); the notification goes on.
+            self.gw.pins.changed(&self.server);
+        }
         let Some(Value::Object(result)) = object.get_mut("result") else {
             return Ok(false);
         };
         let mut changed = false;
+        if let Some(templates) = result.get_mut("resourceTemplates") {
+            let Value::Array(items) = templates else {
+                return Err(Refused {
+                    status: StatusCode::BAD_GATEWAY,
+                    message: format!(
+                        "upstream MCP server \"{}\" sent a result whose \"resourceTemplates\" is not an array",
+                        self.server
+                    ),
+                });
+            };
+            changed |= self.retain_pinned_templates(items).await?;
+        }
         for (field, key, kind) in LISTS {
             let Some(items) = result.get_mut(field) else {
                 continue;
@@ -273,11 +297,62 @@ impl ListFilter {
         result.insert("cacheScope".into(), Value::from("private"));
     }
 
+    /// Resource templates are shown only when pinning (`enforce`) approves them; the policy
+    /// decides each read by its URI. `true` when the list was looked at.
+    async fn retain_pinned_templates(&self, items: &mut Vec<Value>) -> Result<bool, Refused> {
+        use tollgate_api::proto::Pinning;
+        let kind = SubjectKind::Resource;
+        if self.gw.pins.mode(&self.server) == Pinning::Off {
+            return Ok(false);
+        }
+        items.retain(|item| item.get("uriTemplate").and_then(Value::as_str).is_some());
+        let definitions = crate::pins::definitions_of(kind, "uriTemplate", items, self.gw.pins.max_definition_bytes());
+        crate::pins::report(&self.gw, &self.server, kind, &definitions, false).await;
+        if self.gw.pins.mode(&self.server) != Pinning::Enforce {
+            return Ok(true);
+        }
+        let listed: Vec<Tool> = definitions
+            .iter()
+            .map(|d| Tool {
+                name: d.name.clone(),
+                annotations: None,
+                pin: self.gw.pins.check(&self.server, kind, &d.name, Some(&d.digest)),
+            })
+            .collect();
+        let mut request = VisibleToolsRequest {
+            server: self.server.clone(),
+            grant: self.caller.grant.clone(),
+            agent: self.caller.agent.clone(),
+            tools: listed,
+            ..Default::default()
+        };
+        request.set_kind(kind);
+        // Asked like a resources list (the policy reads a template as a URI pattern's text);
+        // without an answer none is shown.
+        let approved: HashSet<String> = match self.gw.decider.visible_tools(request).await {
+            Ok(answer) => answer.visible.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(upstream = %self.server, "resource templates hidden, no pin check: {e}");
+                HashSet::new()
+            }
+        };
+        items.retain(|item| {
+            item.get("uriTemplate")
+                .and_then(Value::as_str)
+                .is_some_and(|t| approved.contains(t))
+        });
+        Ok(true)
+    }
+
     /// Whether the caller could see `name` (a tool, resource URI or prompt) listed.
     pub(crate) async fn sees(&self, kind: SubjectKind, name: &str) -> Result<bool, Refused> {
         let listed = vec![Tool {
             name: name.to_owned(),
             annotations: None,
+            pin: match kind {
+                SubjectKind::Resource => None,
+                _ => self.gw.pins.check(&self.server, kind, name, None),
+            },
         }];
         Ok(self.visible(kind, listed).await?.iter().any(|v| v == name))
     }
@@ -292,12 +367,37 @@ impl ListFilter {
                 .and_then(Value::as_str)
                 .is_some_and(|n| tollgate_api::check_subject(kind, n).is_ok())
         });
+        // Tool pinning: each definition's digest, reported when new to this edge, and checked
+        // with the rest of the list.
+        let pinned =
+            kind != SubjectKind::Resource && self.gw.pins.mode(&self.server) != tollgate_api::proto::Pinning::Off;
+        let definitions = if pinned {
+            crate::pins::definitions_of(kind, key, items, self.gw.pins.max_definition_bytes())
+        } else {
+            Vec::new()
+        };
+        if pinned {
+            crate::pins::report(&self.gw, &self.server, kind, &definitions, false).await;
+        }
+        let digests: std::collections::HashMap<&str, &str> = definitions
+            .iter()
+            .map(|d| (d.name.as_str(), d.digest.as_str()))
+            .collect();
         let listed: Vec<Tool> = items
             .iter()
             .filter_map(|item| {
+                let name = name_of(item)?;
+                let pin = if pinned {
+                    self.gw
+                        .pins
+                        .check(&self.server, kind, &name, digests.get(name.as_str()).copied())
+                } else {
+                    None
+                };
                 Some(Tool {
-                    name: name_of(item)?,
+                    name,
                     annotations: (kind == SubjectKind::Tool).then(|| annotations_of(item)),
+                    pin,
                 })
             })
             .collect();
@@ -336,6 +436,7 @@ impl ListFilter {
         };
         request.set_kind(kind);
         match self.gw.decider.visible_tools(request).await {
+            Ok(answer) if answer.pins_hid => Ok(answer.visible),
             Ok(answer) => {
                 self.gw.visible.put(
                     grant,

@@ -37,6 +37,7 @@ mod method;
 mod mrtr;
 mod order;
 mod origin;
+pub mod pins;
 mod protocol;
 mod refusal;
 mod request;
@@ -65,8 +66,9 @@ use tollgate_api::{Decider, PolicyHealth};
 pub use auth::{Caller, Keyring};
 pub use identity::{IdentitySettings, JwtSettings};
 pub use server::{PeerAddr, serve, serve_tls};
-pub use settings::{EdgeSettings, GrantSettings, RefusalMode, Secret, UpstreamSettings};
+pub use settings::{EdgeSettings, GrantSettings, PinningMode, RefusalMode, Secret, UpstreamSettings};
 pub use tollgate_api::listener::ListenerLimits;
+pub use upstream::Upstream;
 
 impl EdgeSettings {
     /// The bounds of the edge's listener.
@@ -161,13 +163,16 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
              only (set the same keys on every edge of a cluster)"
         );
     }
+    let pins = pins::EdgePins::new(&parts.settings, &parts.upstreams)?;
     let gateway = Arc::new(gateway::Gateway::new(
         parts.settings,
         upstreams,
         &parts.grants,
         parts.decider,
         auth.clone(),
+        pins,
     )?);
+    pins::start_refreshers(&gateway);
     let door = Arc::new(aggregate::AggregateDoor::new(gateway.clone(), aggregation));
 
     let aggregated = Router::new()

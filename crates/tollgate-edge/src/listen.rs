@@ -112,6 +112,7 @@ pub(crate) async fn readable(filter: &ListFilter, uris: &[String]) -> Result<Vec
     let listed = uris
         .iter()
         .map(|uri| Tool {
+            pin: None,
             name: uri.clone(),
             annotations: None,
         })

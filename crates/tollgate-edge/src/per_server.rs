@@ -55,7 +55,10 @@ impl Route {
                 McpMethod::ToolsCall => Route::Decided(SubjectKind::Tool),
                 McpMethod::ResourcesRead => Route::Decided(SubjectKind::Resource),
                 McpMethod::PromptsGet => Route::Decided(SubjectKind::Prompt),
-                m @ (McpMethod::ToolsList | McpMethod::ResourcesList | McpMethod::PromptsList) => Route::Listed(*m),
+                m @ (McpMethod::ToolsList
+                | McpMethod::ResourcesList
+                | McpMethod::PromptsList
+                | McpMethod::ResourcesTemplatesList) => Route::Listed(*m),
                 McpMethod::SubscriptionsListen => Route::Listen(message.id().cloned().unwrap_or_default()),
                 _ => Route::Forward(message.id().cloned()),
             },

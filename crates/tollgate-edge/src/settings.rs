@@ -144,6 +144,45 @@ pub struct EdgeSettings {
     /// `[approvals] console_url`, and in `tollgate up` the local console.
     #[serde(default)]
     pub console_url: Option<String>,
+    /// Tool pinning for upstreams that do not set their own `pinning`: `off`, `record`
+    /// (definitions recorded, the first of each name approved, changes shown for review,
+    /// nothing refused) or `enforce` (a definition an operator has not approved is hidden
+    /// from lists and its calls are refused). Default `record`.
+    #[serde(default)]
+    pub pinning: PinningMode,
+    /// The edge reads each pinned upstream's tools, prompts and resource templates lists
+    /// itself at least this often (ms), besides every list it forwards and at once on a
+    /// `list_changed` notification: the longest a server can change a definition without
+    /// telling before calls are checked against the new one. Default 30000.
+    #[serde(default = "default_pins_refresh_ms")]
+    pub pins_refresh_ms: u64,
+    /// Approved definitions come from this lockfile (`tollgate pins export`) instead of the
+    /// store: a change is approved by changing the file (it is re-read when it changes, at
+    /// the next refresh). Default: none.
+    #[serde(default)]
+    pub pins_file: Option<PathBuf>,
+    /// Longest canonical definition recorded for review (bytes); a longer one is recorded
+    /// rejected (only its digest is kept). Default 65536.
+    #[serde(default = "default_pins_max_definition_bytes")]
+    pub pins_max_definition_bytes: usize,
+}
+
+/// `pinning`: how an upstream's tool, prompt and resource template definitions are pinned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinningMode {
+    Off,
+    #[default]
+    Record,
+    Enforce,
+}
+
+fn default_pins_refresh_ms() -> u64 {
+    30_000
+}
+
+fn default_pins_max_definition_bytes() -> usize {
+    64 * 1024
 }
 
 fn default_stream_keepalive_ms() -> u64 {
@@ -209,6 +248,10 @@ impl Default for EdgeSettings {
             stream_keepalive_ms: default_stream_keepalive_ms(),
             max_subscription_uris: default_max_subscription_uris(),
             console_url: None,
+            pinning: PinningMode::default(),
+            pins_refresh_ms: default_pins_refresh_ms(),
+            pins_file: None,
+            pins_max_definition_bytes: default_pins_max_definition_bytes(),
         }
     }
 }
@@ -352,6 +395,9 @@ pub struct UpstreamSettings {
     /// for its own bridges. Default false.
     #[serde(default)]
     pub forward_grant: bool,
+    /// Tool pinning for this upstream (`off`, `record`, `enforce`); default `edge.pinning`.
+    #[serde(default)]
+    pub pinning: Option<PinningMode>,
 }
 
 /// `[[upstreams]] http`: which HTTP version the edge speaks to an upstream.

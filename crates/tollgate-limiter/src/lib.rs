@@ -9,6 +9,7 @@
 mod approvals;
 mod broadcast;
 mod memory;
+pub mod pins;
 mod redis_store;
 mod tasks;
 
@@ -20,6 +21,7 @@ pub use approvals::{
 };
 pub use broadcast::{BROADCAST_BUFFER, Broadcast, MAX_BROADCAST_BYTES, MemoryBroadcast};
 pub use memory::{Clock, DEFAULT_MAX_KEYS_PER_COUNTER, ManualClock, MemoryStore, SystemClock};
+pub use pins::{MemoryPins, Pin, PinKey, PinKind, PinResolution, PinState, PinStore, Seen};
 pub use redis_store::{ACQUIRE_SCRIPT, RedisSettings, RedisStore, Secret};
 pub use tasks::{
     DEFAULT_TASK_TTL, MAX_TASK_ID_BYTES, MAX_TASK_TTL, MAX_TASKS_PER_GRANT, MAX_TASKS_PER_QUERY, MemoryTasks,

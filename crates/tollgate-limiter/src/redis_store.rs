@@ -6,7 +6,7 @@
 //! reserves in each and releases the reservations if any slot refuses: it can briefly make
 //! another call see less room than there is (under-admission), never more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -485,6 +485,11 @@ pub struct RedisStore {
     acquire: Script,
     release: Script,
     approval: Script,
+    /// Tool pinning ([`crate::PinStore`]): compare-and-set of records, reads.
+    pins_cas: Script,
+    pins_read: Script,
+    pins_all: Script,
+    pins_by_id: Script,
     prefix: String,
     max_keys_per_counter: usize,
     errors: AtomicU64,
@@ -684,6 +689,16 @@ impl RedisStore {
             acquire: Script::new(ACQUIRE_SCRIPT),
             release: Script::new(include_str!("../lua/release.lua")),
             approval: Script::new(include_str!("../lua/approval.lua")),
+            pins_cas: Script::new(include_str!("../lua/pins_cas.lua")),
+            pins_read: Script::new("return redis.call('HMGET', KEYS[1], unpack(ARGV))"),
+            pins_all: Script::new("return redis.call('HVALS', KEYS[1])"),
+            pins_by_id: Script::new(
+                "local f = redis.call('HGET', KEYS[2], ARGV[1]) \
+                 if not f then return {} end \
+                 local r = redis.call('HGET', KEYS[1], f) \
+                 if not r then return {} end \
+                 return {f, r}",
+            ),
             prefix: settings.key_prefix.clone(),
             max_keys_per_counter: settings.max_keys_per_counter,
             errors: AtomicU64::new(0),
@@ -959,6 +974,76 @@ impl RedisStore {
     fn task_slot(&self, grant: &str) -> String {
         let grant: String = grant.bytes().map(|b| format!("{b:02x}")).collect();
         format!("{}:{{tasks:{grant}}}", self.prefix)
+    }
+
+    /// Tool pinning's records and their id index: one `{pins}` slot.
+    fn pin_keys(&self) -> (String, String) {
+        (
+            format!("{}:{{pins}}:records", self.prefix),
+            format!("{}:{{pins}}:ids", self.prefix),
+        )
+    }
+
+    /// Reads the records of `fields` as JSON text (`None`: absent).
+    async fn pin_texts(&self, fields: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (records, _) = self.pin_keys();
+        let mut invocation = self.pins_read.prepare_invoke();
+        invocation.key(records);
+        for field in fields {
+            invocation.arg(field);
+        }
+        self.run(&invocation).await
+    }
+
+    /// Writes `changed` (each with the text it was read as) unless one changed meanwhile:
+    /// `Ok(false)` then. Indexes the definitions' ids, forgetting those no record holds.
+    async fn pin_cas(&self, changed: &[(Option<String>, crate::Pin)]) -> Result<bool, StoreError> {
+        if changed.is_empty() {
+            return Ok(true);
+        }
+        let (records, ids) = self.pin_keys();
+        let mut invocation = self.pins_cas.prepare_invoke();
+        invocation
+            .key(records)
+            .key(ids)
+            .arg(changed.len())
+            .arg(crate::pins::MAX_PINNED);
+        let mut index: Vec<(String, String)> = Vec::new();
+        let mut forget: Vec<String> = Vec::new();
+        for (before, pin) in changed {
+            let field = pin.key.field();
+            let text = serde_json::to_string(pin).map_err(|e| StoreError::Rejected(e.to_string()))?;
+            invocation.arg(&field).arg(before.as_deref().unwrap_or("")).arg(text);
+            let old: Vec<String> = before
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<crate::Pin>(t).ok())
+                .map(|p| p.definitions.into_iter().map(|d| d.id).collect())
+                .unwrap_or_default();
+            for d in &pin.definitions {
+                if !old.contains(&d.id) {
+                    index.push((d.id.clone(), field.clone()));
+                }
+            }
+            forget.extend(old.into_iter().filter(|id| pin.definitions.iter().all(|d| &d.id != id)));
+        }
+        invocation.arg(index.len());
+        for (id, field) in &index {
+            invocation.arg(id).arg(field);
+        }
+        for id in &forget {
+            invocation.arg(id);
+        }
+        match self.run::<i64>(&invocation).await? {
+            1 => Ok(true),
+            -1 => Err(StoreError::Full(format!(
+                "the store pins {} names already",
+                crate::pins::MAX_PINNED
+            ))),
+            _ => Ok(false),
+        }
     }
 
     fn approval_key(&self, part: &str) -> String {
@@ -1514,6 +1599,98 @@ impl crate::TaskStore for RedisStore {
             .filter_map(|json| serde_json::from_str::<crate::TaskRecord>(&json).ok())
             .filter(|r| r.grant == grant && r.server == server)
             .collect())
+    }
+}
+
+/// Compare-and-set rounds a pin write tries before giving up (another edge or operator
+/// writing the same name each time).
+const PIN_CAS_ROUNDS: usize = 16;
+
+fn parse_pin(text: &str) -> Result<crate::Pin, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Rejected(format!("unreadable pin record: {e}")))
+}
+
+#[async_trait::async_trait]
+impl crate::PinStore for RedisStore {
+    async fn observe(&self, seen: &[crate::Seen], now_ms: u64) -> Result<Vec<crate::Pin>, StoreError> {
+        let fields: Vec<String> = seen.iter().map(|s| s.key.field()).collect();
+        for _ in 0..PIN_CAS_ROUNDS {
+            let texts = self.pin_texts(&fields).await?;
+            let read: HashMap<String, String> = fields
+                .iter()
+                .zip(&texts)
+                .filter_map(|(f, t)| Some((f.clone(), t.clone()?)))
+                .collect();
+            let mut parsed: HashMap<String, crate::Pin> = HashMap::new();
+            for (field, text) in &read {
+                parsed.insert(field.clone(), parse_pin(text)?);
+            }
+            // Counted by the script, which refuses a write past the bound.
+            let (answer, changed) = crate::pins::apply_seen(seen, now_ms, |k| parsed.get(&k.field()).cloned(), 0)?;
+            let writes: Vec<(Option<String>, crate::Pin)> = changed
+                .into_iter()
+                .map(|pin| (read.get(&pin.key.field()).cloned(), pin))
+                .collect();
+            if self.pin_cas(&writes).await? {
+                return Ok(answer);
+            }
+        }
+        Err(StoreError::Rejected(
+            "pin records kept changing while they were written; try again".into(),
+        ))
+    }
+
+    async fn pins(&self, keys: &[crate::PinKey]) -> Result<Vec<Option<crate::Pin>>, StoreError> {
+        let fields: Vec<String> = keys.iter().map(crate::PinKey::field).collect();
+        self.pin_texts(&fields)
+            .await?
+            .into_iter()
+            .map(|t| t.as_deref().map(parse_pin).transpose())
+            .collect()
+    }
+
+    async fn list(&self) -> Result<Vec<crate::Pin>, StoreError> {
+        let (records, _) = self.pin_keys();
+        let mut invocation = self.pins_all.prepare_invoke();
+        invocation.key(records);
+        let texts: Vec<String> = self.run(&invocation).await?;
+        let mut all = texts.iter().map(|t| parse_pin(t)).collect::<Result<Vec<_>, _>>()?;
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
+    }
+
+    async fn resolve(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<crate::PinResolution, StoreError> {
+        if !crate::pins::is_pin_id(id) {
+            return Ok(crate::PinResolution::NotFound);
+        }
+        let (records, ids) = self.pin_keys();
+        for _ in 0..PIN_CAS_ROUNDS {
+            let mut invocation = self.pins_by_id.prepare_invoke();
+            invocation.key(&records).key(&ids).arg(id);
+            let found: Vec<String> = self.run(&invocation).await?;
+            let [_, text] = found.as_slice() else {
+                return Ok(crate::PinResolution::NotFound);
+            };
+            let mut pin = parse_pin(text)?;
+            match pin.resolve(id, approve, by, reason, now_ms) {
+                None => return Ok(crate::PinResolution::NotFound),
+                Some(false) => return Ok(crate::PinResolution::NotPending(pin)),
+                Some(true) => {}
+            }
+            if self.pin_cas(&[(Some(text.clone()), pin.clone())]).await? {
+                return Ok(crate::PinResolution::Resolved(pin));
+            }
+        }
+        Err(StoreError::Rejected(
+            "pin records kept changing while they were written; try again".into(),
+        ))
     }
 }
 
