@@ -28,6 +28,8 @@ pub fn router(engine: Arc<Engine>, operators: Operators) -> axum::Router {
         .route("/admin/approvals", get(list))
         .route("/admin/approvals/{id}/approve", post(approve))
         .route("/admin/approvals/{id}/deny", post(deny))
+        .route("/admin/pins", get(list_pins))
+        .route("/admin/pins/resolve", post(resolve_pins))
         .with_state(Admin { engine, operators })
 }
 
@@ -109,6 +111,60 @@ async fn resolve(
             Json(json!({ "error": "the approval is not pending", "approval": approval })),
         )
             .into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn list_pins(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Err(refused) = admin.operator(&headers) {
+        return *refused;
+    }
+    match admin.engine.list_pins().await {
+        Ok(all) => Json(all.iter().map(tollgate_decision::pins::pin_json).collect::<Vec<_>>()).into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolvePinsBody {
+    #[serde(default)]
+    ids: Vec<String>,
+    /// Every pending definition.
+    #[serde(default)]
+    all_pending: bool,
+    approve: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /admin/pins/resolve`: approves or rejects definitions; answers what was resolved
+/// and which ids were not (unknown, or not pending).
+async fn resolve_pins(State(admin): State<Admin>, headers: HeaderMap, body: Json<ResolvePinsBody>) -> Response {
+    let operator = match admin.operator(&headers) {
+        Ok(operator) => operator,
+        Err(refused) => return *refused,
+    };
+    let Json(body) = body;
+    if let Err(message) = check_reason(&body.reason) {
+        return problem(StatusCode::BAD_REQUEST, &message);
+    }
+    if body.ids.len() > tollgate_decision::pins::MAX_OBSERVED || (body.ids.is_empty() && !body.all_pending) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "name between 1 and 1000 definition ids, or all_pending",
+        );
+    }
+    match admin
+        .engine
+        .resolve_pins(&body.ids, body.all_pending, body.approve, &operator, &body.reason)
+        .await
+    {
+        Ok((resolved, not_resolved)) => Json(json!({
+            "resolved": resolved.iter().map(tollgate_decision::pins::pin_json).collect::<Vec<_>>(),
+            "not_resolved": not_resolved,
+        }))
+        .into_response(),
         Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }

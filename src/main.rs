@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod console;
 mod explain;
+mod pins;
 mod shutdown;
 mod webhook;
 
@@ -147,6 +148,26 @@ enum Command {
         #[arg(long, global = true, env = "TOLLGATE_ADMIN_KEY", hide_env_values = true)]
         key: Option<String>,
     },
+    /// Review tool definitions pinned by the edges (`pinning`): list, diff, approve, reject,
+    /// export the approved ones as a lockfile, and check upstreams against a lockfile.
+    ///
+    /// list, diff, approve, reject and export talk to the operators' API of any decision
+    /// replica (decision.admin_listen) with an operator key; check reads the upstreams of
+    /// the config itself.
+    Pins {
+        #[command(subcommand)]
+        command: PinsCommand,
+        /// Config file: the API address comes from decision.admin_listen; `check` reads its
+        /// [[upstreams]] and edge.pins_file.
+        #[arg(long, short, global = true, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// The operators' API, e.g. http://10.0.0.5:9465 (overrides the config file).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// Operator key.
+        #[arg(long, global = true, env = "TOLLGATE_ADMIN_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
     /// Work with policy files.
     Policy {
         #[command(subcommand)]
@@ -215,6 +236,47 @@ enum AuditCommand {
         /// Format of the output (only `jsonl`).
         #[arg(long, default_value = "jsonl")]
         format: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinsCommand {
+    /// Every recorded definition, pending first: id, state, kind, upstream/name, digest.
+    List {
+        /// One JSON array (with each definition's canonical JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A definition against the approved one of the same name, line by line.
+    Diff { id: String },
+    /// Approve definitions: each becomes the approved one of its name (its tool is shown
+    /// and callable again in `enforce`).
+    Approve {
+        ids: Vec<String>,
+        /// Every pending definition.
+        #[arg(long)]
+        all: bool,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reject definitions: they stay hidden and refused (only their digest is kept).
+    Reject {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Print the approved definitions as a lockfile (for edge.pins_file): `tollgate pins
+    /// export > tools.lock.json`.
+    Export,
+    /// Read every pinned upstream's lists now and compare them with a lockfile; exit 1 with
+    /// a readable diff when a definition changed, is new, or is gone.
+    Check {
+        /// The lockfile (default: edge.pins_file of the config).
+        #[arg(long)]
+        lockfile: Option<PathBuf>,
     },
 }
 
@@ -384,6 +446,32 @@ fn main() -> ExitCode {
                 },
             };
             commands::approvals(&config, url, key, action)
+        }
+        Command::Pins {
+            command,
+            config,
+            url,
+            key,
+        } => {
+            let action = match command {
+                PinsCommand::List { json } => pins::PinsAction::List { json },
+                PinsCommand::Diff { id } => pins::PinsAction::Diff { id },
+                PinsCommand::Approve { ids, all, reason } => pins::PinsAction::Resolve {
+                    ids,
+                    all,
+                    approve: true,
+                    reason,
+                },
+                PinsCommand::Reject { ids, reason } => pins::PinsAction::Resolve {
+                    ids,
+                    all: false,
+                    approve: false,
+                    reason,
+                },
+                PinsCommand::Export => pins::PinsAction::Export,
+                PinsCommand::Check { lockfile } => pins::PinsAction::Check { lockfile },
+            };
+            pins::pins(&config, url, key, action)
         }
     };
     match result {

@@ -162,6 +162,68 @@ fn write_number(out: &mut String, n: &serde_json::Number) {
     }
 }
 
+/// A canonical definition as people read it: indented JSON, members sorted.
+pub fn readable(canonical: &str) -> String {
+    match serde_json::from_str::<Value>(canonical) {
+        Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_else(|_| canonical.to_owned()),
+        Err(_) => canonical.to_owned(),
+    }
+}
+
+/// One line of a [`line_diff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line<'a> {
+    Same(&'a str),
+    Removed(&'a str),
+    Added(&'a str),
+}
+
+/// Lines most a diff compares in full; longer texts are shown as removed and added whole.
+const MAX_DIFF_LINES: usize = 4000;
+
+/// The lines of `old` and `new`, with what changed between them (longest common
+/// subsequence of lines).
+pub fn line_diff<'a>(old: &'a str, new: &'a str) -> Vec<Line<'a>> {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    if a.len() > MAX_DIFF_LINES || b.len() > MAX_DIFF_LINES {
+        return a
+            .iter()
+            .map(|l| Line::Removed(l))
+            .chain(b.iter().map(|l| Line::Added(l)))
+            .collect();
+    }
+    // lengths[i][j]: the longest common subsequence of a[i..] and b[j..].
+    let mut lengths = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lengths[i][j] = if a[i] == b[j] {
+                lengths[i + 1][j + 1] + 1
+            } else {
+                lengths[i + 1][j].max(lengths[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    while i < a.len() && j < b.len() {
+        if a[i] == b[j] {
+            out.push(Line::Same(a[i]));
+            i += 1;
+            j += 1;
+        } else if lengths[i + 1][j] >= lengths[i][j + 1] {
+            out.push(Line::Removed(a[i]));
+            i += 1;
+        } else {
+            out.push(Line::Added(b[j]));
+            j += 1;
+        }
+    }
+    out.extend(a[i..].iter().map(|l| Line::Removed(l)));
+    out.extend(b[j..].iter().map(|l| Line::Added(l)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +283,25 @@ mod tests {
         assert_eq!(
             jcs(&json!({"b": [1, "\u{1}\"\\/\u{7f}\u{2028}"], "a": null, "c": {"z": true, "y": false}})),
             "{\"a\":null,\"b\":[1,\"\\u0001\\\"\\\\/\u{7f}\u{2028}\"],\"c\":{\"y\":false,\"z\":true}}"
+        );
+    }
+
+    #[test]
+    fn a_line_diff_names_what_changed() {
+        let diff = line_diff("a\nb\nc\n", "a\nB\nc\nd\n");
+        assert_eq!(
+            diff,
+            vec![
+                Line::Same("a"),
+                Line::Removed("b"),
+                Line::Added("B"),
+                Line::Same("c"),
+                Line::Added("d")
+            ]
+        );
+        assert_eq!(
+            readable("{\"b\":1,\"a\":[true]}"),
+            "{\n  \"a\": [\n    true\n  ],\n  \"b\": 1\n}"
         );
     }
 

@@ -25,6 +25,7 @@ pub use engine::{CounterUse, DEFAULT_FULL_CACHE_ENTRIES, Engine};
 pub use reload::{ActivePolicy, PolicyStatus, watch_policy};
 pub use service::{DecisionSettings, ServeOptions, ServiceLimits, serve};
 pub use tail::{DecisionRecord, DecisionTail, LimitRecord};
+pub use tollgate_api::definitions;
 pub use tollgate_api::{
     DEFAULT_BATCH_MAX, Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth,
     check_subject, check_tool_name, listener, proto, verdict_name,

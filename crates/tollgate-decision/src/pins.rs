@@ -146,6 +146,33 @@ pub fn definition_message(pin: &Pin, digest: &str) -> Option<proto::PinDefinitio
     Some(message)
 }
 
+/// A definition as the operators' HTTP API writes it.
+pub fn pin_json(d: &proto::PinDefinition) -> serde_json::Value {
+    let state = match d.state() {
+        proto::PinState::Pending => "pending",
+        proto::PinState::Approved => "approved",
+        proto::PinState::Rejected => "rejected",
+        proto::PinState::Unspecified => "unknown",
+    };
+    serde_json::json!({
+        "id": d.id,
+        "server": d.server,
+        "kind": pin_kind(d.kind()).as_str(),
+        "name": d.name,
+        "digest": d.digest,
+        "definition": d.definition,
+        "bytes": d.bytes,
+        "state": state,
+        "first_seen_ms": d.first_seen_ms,
+        "last_seen_ms": d.last_seen_ms,
+        "resolved_by": d.resolved_by,
+        "reason": d.reason,
+        "resolved_ms": d.resolved_ms,
+        "current": d.current,
+        "approved_digest": d.approved_digest,
+    })
+}
+
 impl Engine {
     /// Reads the records of `keys`, through the cache.
     async fn pin_records(&self, keys: &[PinKey]) -> Result<Vec<Option<Pin>>, StoreError> {
