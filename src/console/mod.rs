@@ -379,6 +379,8 @@ pub fn router(console: Arc<Console>) -> axum::Router {
         .route("/console/events", get(events))
         .route("/console/approvals/{id}", post(resolve))
         .route("/console/policy", get(policy))
+        .route("/console/tools", get(tools))
+        .route("/console/tools/{id}", post(resolve_pin))
         .route("/console/counters", get(counters))
         .route(
             "/console/assets/console.css",
@@ -767,6 +769,53 @@ impl ExplainQuery {
 
 /// Longest explain input field.
 const MAX_EXPLAIN_FIELD: usize = 64 * 1024;
+
+async fn tools(State(console): State<Arc<Console>>, headers: HeaderMap, Query(query): Query<HomeQuery>) -> Response {
+    let Some(session) = console.session(&headers).await else {
+        return sign_in_required("sign in to open the console");
+    };
+    let listed = console.engine.list_pins().await;
+    let notice = query.done.as_deref().and_then(pages::pin_notice);
+    pages::tools(&console, &session, listed, notice).into_response()
+}
+
+/// Approves or rejects one pinned definition (the Tools page's forms).
+async fn resolve_pin(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ResolveForm>,
+) -> Response {
+    let Some(session) = console.session(&headers).await else {
+        return unauthorized();
+    };
+    if !console.csrf_ok(&session, &form.csrf) {
+        return csrf_refused();
+    }
+    let approve = match form.decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return (StatusCode::BAD_REQUEST, "decision must be approve or reject").into_response(),
+    };
+    let reason = form.reason.trim();
+    if let Err(message) = check_reason(reason) {
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    }
+    let done = match console
+        .engine
+        .resolve_pins(std::slice::from_ref(&id), false, approve, &session.o, reason)
+        .await
+    {
+        Ok((resolved, _)) if resolved.is_empty() => "missing",
+        Ok(_) if approve => "approved",
+        Ok(_) => "rejected",
+        Err(e) => {
+            tracing::warn!("console: cannot resolve a pin: {e}");
+            "unavailable"
+        }
+    };
+    Redirect::to(&format!("/console/tools?done={done}")).into_response()
+}
 
 async fn policy(
     State(console): State<Arc<Console>>,

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use axum::response::Html;
 use maud::{DOCTYPE, Markup, Render, html};
 use tollgate_decision::DecisionRecord;
+use tollgate_decision::proto as tollgate_api_proto;
 use tollgate_limiter::{Approval, ApprovalStatus, StoreError};
 
 use super::{Console, ExplainQuery, Session};
@@ -104,6 +105,7 @@ fn layout(title: &str, session: Option<(&Session, &str)>, current: &str, body: M
                             (link("/console", "Approvals & decisions"))
                             (link("/console/counters", "Counters"))
                             (link("/console/policy", "Policy"))
+                            (link("/console/tools", "Tools"))
                         }
                         form.signout method="post" action="/console/logout" {
                             span.who { "Signed in as " strong { (Shown(&session.o)) } }
@@ -511,4 +513,184 @@ pub fn policy(
         }
     };
     layout("Policy", Some((session, &csrf)), "/console/policy", body)
+}
+
+/// One row of a side-by-side diff: the approved line, the pending line (either may be
+/// missing), and whether they differ.
+struct DiffRow<'a> {
+    left: Option<&'a str>,
+    right: Option<&'a str>,
+    changed: bool,
+}
+
+/// The rows of a side-by-side diff: runs of removed and added lines are paired.
+fn side_by_side<'a>(lines: &[tollgate_decision::definitions::Line<'a>]) -> Vec<DiffRow<'a>> {
+    use tollgate_decision::definitions::Line;
+    let mut rows = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if let Line::Same(l) = lines[i] {
+            rows.push(DiffRow {
+                left: Some(l),
+                right: Some(l),
+                changed: false,
+            });
+            i += 1;
+            continue;
+        }
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        while i < lines.len() {
+            match lines[i] {
+                Line::Removed(l) => removed.push(l),
+                Line::Added(l) => added.push(l),
+                Line::Same(_) => break,
+            }
+            i += 1;
+        }
+        for k in 0..removed.len().max(added.len()) {
+            rows.push(DiffRow {
+                left: removed.get(k).copied(),
+                right: added.get(k).copied(),
+                changed: true,
+            });
+        }
+    }
+    rows
+}
+
+/// Notices after a pin was resolved.
+pub fn pin_notice(done: &str) -> Option<&'static str> {
+    Some(match done {
+        "approved" => "The definition was approved: its tool is shown and callable again.",
+        "rejected" => "The definition was rejected: it stays hidden and refused.",
+        "missing" => "That definition is no longer pending (another operator resolved it, or it was replaced).",
+        "unavailable" => "The store did not answer; nothing was changed. Try again.",
+        _ => return None,
+    })
+}
+
+/// The "Tools" page: pending definitions, each against the approved one of its name.
+pub fn tools(
+    console: &Console,
+    session: &Session,
+    listed: Result<Vec<tollgate_api_proto::PinDefinition>, StoreError>,
+    notice: Option<&str>,
+) -> Html<String> {
+    use tollgate_api_proto::PinState;
+    let csrf = console.csrf(session);
+    let now = tollgate_limiter::wall_clock_ms();
+    let body = match listed {
+        Err(e) => html! { p.alert role="alert" { "The store did not answer: " (Shown(&e.to_string())) } },
+        Ok(all) => {
+            let pending: Vec<&tollgate_api_proto::PinDefinition> =
+                all.iter().filter(|d| d.state() == PinState::Pending).collect();
+            let settled: Vec<&tollgate_api_proto::PinDefinition> =
+                all.iter().filter(|d| d.state() != PinState::Pending).collect();
+            html! {
+                @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+                section.panel aria-labelledby="pending-title" {
+                    h1 #pending-title { "Definitions awaiting review" }
+                    p.hint {
+                        "Tools, prompts and resource templates whose definition an upstream lists and no operator has "
+                        "approved. With " code { "pinning = \"enforce\"" } " they are hidden from agents and their "
+                        "calls refused until approved."
+                    }
+                    @if pending.is_empty() {
+                        p.empty { "Nothing awaits review." }
+                    }
+                    ol.pins {
+                        @for d in &pending {
+                            (pending_pin(d, &all, &csrf, now))
+                        }
+                    }
+                }
+                section.panel aria-labelledby="settled-title" {
+                    h1 #settled-title { "Reviewed definitions" }
+                    table.pins-settled {
+                        thead { tr { th { "Upstream" } th { "Kind" } th { "Name" } th { "State" } th { "Digest" } th { "By" } th { "Reason" } } }
+                        tbody {
+                            @for d in &settled {
+                                tr data-state=(tollgate_decision::pins::pin_json(d)["state"].as_str().unwrap_or_default()) {
+                                    td { (Shown(&d.server)) }
+                                    td { (tollgate_decision::pins::pin_json(d)["kind"].as_str().unwrap_or_default()) }
+                                    td { (Shown(&d.name)) @if d.current { " " span.tag { "listed now" } } }
+                                    td { (tollgate_decision::pins::pin_json(d)["state"].as_str().unwrap_or_default()) }
+                                    td { code { (d.digest.get(..12).unwrap_or_default()) } }
+                                    td { (Shown(&d.resolved_by)) }
+                                    td { (Shown(&d.reason)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Tools", Some((session, &csrf)), "/console/tools", body)
+}
+
+fn pending_pin(
+    d: &tollgate_api_proto::PinDefinition,
+    all: &[tollgate_api_proto::PinDefinition],
+    csrf: &str,
+    now: u64,
+) -> Markup {
+    let kind = tollgate_decision::pins::pin_json(d)["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let approved = all.iter().find(|o| {
+        o.server == d.server
+            && o.kind == d.kind
+            && o.name == d.name
+            && !d.approved_digest.is_empty()
+            && o.digest == d.approved_digest
+    });
+    let old = approved
+        .map(|o| tollgate_decision::definitions::readable(&o.definition))
+        .unwrap_or_default();
+    let new = tollgate_decision::definitions::readable(&d.definition);
+    let lines = tollgate_decision::definitions::line_diff(&old, &new);
+    let rows = side_by_side(&lines);
+    let reason_id = format!("reason-{}", d.id);
+    html! {
+        li.pin id=(d.id) data-id=(d.id) {
+            div.what { (kind) " " span.tool { (Shown(&d.name)) } " on " span.server { (Shown(&d.server)) } }
+            dl.facts {
+                dt { "First seen" } dd { (ago(now.saturating_sub(d.first_seen_ms))) }
+                dt { "Digest" } dd { code { (d.digest) } }
+                dt { "Approved now" } dd {
+                    @if d.approved_digest.is_empty() { "nothing (a new name)" } @else { code { (d.approved_digest) } }
+                }
+                dt { "Listed now" } dd { @if d.current { "yes" } @else { "no (the upstream lists another definition)" } }
+                dt { "Id" } dd { code { (d.id) } }
+            }
+            table.diff aria-label={ "Approved and pending definition of " (d.name) } {
+                thead { tr { th { "Approved" } th { "Pending" } } }
+                tbody {
+                    @for row in &rows {
+                        tr class=[row.changed.then_some("changed")] {
+                            td class=[row.left.filter(|_| row.changed).map(|_| "removed")] {
+                                @if let Some(l) = row.left { pre { (Shown(l)) } }
+                            }
+                            td class=[row.right.filter(|_| row.changed).map(|_| "added")] {
+                                @if let Some(l) = row.right { pre { (Shown(l)) } }
+                            }
+                        }
+                    }
+                }
+            }
+            @if d.definition.is_empty() {
+                p.alert { "The definition is not kept: " (Shown(&d.reason)) }
+            }
+            form.resolve method="post" action={ "/console/tools/" (d.id) } {
+                input type="hidden" name="csrf" value=(csrf);
+                label for=(reason_id) { "Reason" }
+                input id=(reason_id) name="reason" maxlength="1024" placeholder="kept in the audit trail";
+                button.approve type="submit" name="decision" value="approve" { "Approve" }
+                button.deny type="submit" name="decision" value="reject" { "Reject" }
+            }
+        }
+    }
 }
