@@ -799,7 +799,9 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         .with_tasks(tasks)
         .with_pins(
             pins,
-            Duration::from_millis(if shared { settings.pins_cache_ms } else { 0 }),
+            // In one process every write goes through this engine, which updates its cache:
+            // it is never stale, so it is kept for a minute.
+            Duration::from_millis(if shared { settings.pins_cache_ms } else { 60_000 }),
         )
         .with_max_pending_per_grant(config.approvals.max_pending_per_grant.max(1))
         .with_recorded_arguments(config.telemetry.record_arguments)

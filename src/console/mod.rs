@@ -825,7 +825,10 @@ async fn policy(
     let Some(session) = console.session(&headers).await else {
         return sign_in_required("sign in to open the console");
     };
-    let answer = query.asked().then(|| explain(&console, &query));
+    let answer = match query.asked() {
+        true => Some(explain(&console, &query).await),
+        false => None,
+    };
     pages::policy(&console, &session, &query, answer).into_response()
 }
 
@@ -884,15 +887,24 @@ fn question(query: &ExplainQuery) -> Result<(tollgate_policy::Kind, serde_json::
 
 /// The explain form's answer: the same lines as `tollgate policy explain`, or what is wrong
 /// with the question.
-fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>, String> {
+async fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>, String> {
     let (kind, arguments) = question(query)?;
     let policy = console.engine.policy();
-    Ok(crate::explain::explain(
+    let mut lines = crate::explain::explain(
         &policy,
         &query.server,
         (kind, &query.name),
         &query.grant,
         &query.agent,
         &arguments,
-    ))
+    );
+    let subject = match kind {
+        tollgate_policy::Kind::Tool => Some(tollgate_decision::proto::SubjectKind::Tool),
+        tollgate_policy::Kind::Prompt => Some(tollgate_decision::proto::SubjectKind::Prompt),
+        tollgate_policy::Kind::Resource => None,
+    };
+    if let Some(subject) = subject {
+        lines.push(console.engine.pin_line(&query.server, subject, &query.name).await);
+    }
+    Ok(lines)
 }

@@ -342,7 +342,11 @@ fn decision_markup(console: &Console, r: &DecisionRecord) -> Markup {
         .collect();
     let retry = (r.retry_after_ms > 0).then(|| format!("{} ms", r.retry_after_ms));
     let limits = limits.join("; ");
-    let facts: [(&str, &str); 10] = [
+    let pin = match r.pin_state.as_str() {
+        "" => String::new(),
+        state => format!("{state} ({})", r.pin_digest),
+    };
+    let facts: [(&str, &str); 11] = [
         ("Decision", &r.id),
         ("Method", &r.method),
         ("Rule", &r.rule),
@@ -353,6 +357,7 @@ fn decision_markup(console: &Console, r: &DecisionRecord) -> Markup {
         ("Replica", &r.replica),
         ("Retry after", retry.as_deref().unwrap_or_default()),
         ("Limits", &limits),
+        ("Pin", &pin),
     ];
     let detail_id = format!("d-{}", r.id);
     html! {

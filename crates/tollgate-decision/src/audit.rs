@@ -264,6 +264,10 @@ pub fn encode_record(record: &JournalRecord) -> Vec<u8> {
     if !d.approval_id.is_empty() {
         put_attribute(w, &["tollgate.approval.id"], Value::Text(&d.approval_id));
     }
+    if !d.pin_state.is_empty() {
+        put_attribute(w, &["tollgate.pin.state"], Value::Text(&d.pin_state));
+        put_attribute(w, &["tollgate.pin.digest"], Value::Text(&d.pin_digest));
+    }
     if d.retry_after_ms > 0 {
         put_attribute(w, &["tollgate.retry_after_ms"], Value::Int(d.retry_after_ms));
     }
@@ -425,6 +429,8 @@ pub fn decode_record(payload: &[u8]) -> Result<JournalRecord, String> {
             }
             "mcp.session.id" => d.session = text,
             "tollgate.approval.id" => d.approval_id = text,
+            "tollgate.pin.state" => d.pin_state = text,
+            "tollgate.pin.digest" => d.pin_digest = text,
             "tollgate.retry_after_ms" => d.retry_after_ms = number,
             key => {
                 let Some(limit) = key.strip_prefix("tollgate.limit.") else {
@@ -507,6 +513,10 @@ pub(crate) fn span_of(record: &JournalRecord) -> Span {
     }
     if !d.approval_id.is_empty() {
         attributes.push(text("tollgate.approval.id", &d.approval_id));
+    }
+    if !d.pin_state.is_empty() {
+        attributes.push(text("tollgate.pin.state", &d.pin_state));
+        attributes.push(text("tollgate.pin.digest", &d.pin_digest));
     }
     if d.retry_after_ms > 0 {
         attributes.push(int(

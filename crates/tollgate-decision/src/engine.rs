@@ -369,8 +369,20 @@ impl Engine {
             }
         }
         let started = Instant::now();
-        let decision =
-            tracing::Instrument::instrument(self.evaluate(request, call_arguments(parsed)), span.clone()).await;
+        let pin = self
+            .check_pin(&request.server, request.kind(), &request.tool, request.pin.as_ref())
+            .await;
+        if let Some(pin) = &pin
+            && !span.is_disabled()
+        {
+            span.record("tollgate.pin.state", pin.state.as_str());
+            span.record("tollgate.pin.digest", pin.digest.as_str());
+        }
+        let decision = tracing::Instrument::instrument(
+            self.evaluate(request, call_arguments(parsed), pin.as_ref()),
+            span.clone(),
+        )
+        .await;
         let verdict = verdict_name(decision.verdict());
         span.record("tollgate.verdict", verdict);
         span.record("tollgate.rule", decision.rule.as_str());
@@ -426,6 +438,8 @@ impl Engine {
                 trace_id,
                 approval_id: decision.approval_id.clone(),
                 retry_after_ms: decision.retry_after_ms,
+                pin_state: pin.as_ref().map(|p| p.state.clone()).unwrap_or_default(),
+                pin_digest: pin.as_ref().map(|p| p.digest.clone()).unwrap_or_default(),
                 limits: decision
                     .limits
                     .iter()
@@ -603,7 +617,12 @@ impl Engine {
         }
     }
 
-    async fn evaluate(&self, request: &DecideRequest, arguments: Result<Value, String>) -> Decision {
+    async fn evaluate(
+        &self,
+        request: &DecideRequest,
+        arguments: Result<Value, String>,
+        pin: Option<&crate::pins::PinFinding>,
+    ) -> Decision {
         let policy = self.policy.load();
         let mut decision = Decision {
             decision_id: uuid::Uuid::now_v7().to_string(),
@@ -611,16 +630,10 @@ impl Engine {
             ..Default::default()
         };
         // Pinning first: a definition nobody approved is refused whatever the policy says.
-        if let Some(pin) = self
-            .check_pin(&request.server, request.kind(), &request.tool, request.pin.as_ref())
-            .await
+        if let Some(pin) = pin
+            && pin.refuses()
         {
-            let span = tracing::Span::current();
-            span.record("tollgate.pin.state", pin.state.as_str());
-            span.record("tollgate.pin.digest", pin.digest.as_str());
-            if pin.refuses() {
-                return decision.with(Verdict::Deny, "pins", pin.reason);
-            }
+            return decision.with(Verdict::Deny, "pins", pin.reason.clone());
         }
         let arguments = match arguments {
             Ok(v) => v,

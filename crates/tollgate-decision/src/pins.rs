@@ -9,7 +9,7 @@
 //! approved one is refused whatever the cache holds.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tollgate_limiter::pins::{PinVerdict, check};
@@ -29,7 +29,7 @@ pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
 /// Pin records read from the store, per replica, for a short time.
 pub(crate) struct PinCache {
     ttl: Duration,
-    entries: Mutex<HashMap<PinKey, (Option<Pin>, Instant)>>,
+    entries: Mutex<HashMap<PinKey, (Option<Arc<Pin>>, Instant)>>,
 }
 
 impl PinCache {
@@ -40,17 +40,17 @@ impl PinCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PinKey, (Option<Pin>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PinKey, (Option<Arc<Pin>>, Instant)>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, key: &PinKey) -> Option<Option<Pin>> {
+    fn get(&self, key: &PinKey) -> Option<Option<Arc<Pin>>> {
         let entries = self.lock();
         let (pin, at) = entries.get(key)?;
         (at.elapsed() < self.ttl).then(|| pin.clone())
     }
 
-    fn put(&self, key: PinKey, pin: Option<Pin>) {
+    fn put(&self, key: PinKey, pin: Option<Arc<Pin>>) {
         if self.ttl.is_zero() {
             return;
         }
@@ -175,8 +175,8 @@ pub fn pin_json(d: &proto::PinDefinition) -> serde_json::Value {
 
 impl Engine {
     /// Reads the records of `keys`, through the cache.
-    async fn pin_records(&self, keys: &[PinKey]) -> Result<Vec<Option<Pin>>, StoreError> {
-        let mut found: Vec<Option<Option<Pin>>> =
+    async fn pin_records(&self, keys: &[PinKey]) -> Result<Vec<Option<Arc<Pin>>>, StoreError> {
+        let mut found: Vec<Option<Option<Arc<Pin>>>> =
             keys.iter().map(|k| self.pin_cache().and_then(|c| c.get(k))).collect();
         let missing: Vec<PinKey> = keys
             .iter()
@@ -188,7 +188,7 @@ impl Engine {
             let read = tokio::time::timeout(self.store_timeout(), self.pins().pins(&missing))
                 .await
                 .map_err(|_| StoreError::Rejected("the store did not answer in time".into()))??;
-            let mut read = missing.into_iter().zip(read);
+            let mut read = missing.into_iter().zip(read.into_iter().map(|p| p.map(Arc::new)));
             for slot in found.iter_mut().filter(|f| f.is_none()) {
                 if let Some((key, pin)) = read.next() {
                     if let Some(cache) = self.pin_cache() {
@@ -235,7 +235,40 @@ impl Engine {
                 });
             }
         };
-        Some(finding(record.as_ref(), &key, pin, enforced))
+        Some(finding(record.as_deref(), &key, pin, enforced))
+    }
+
+    /// One line for explain: the pin state of `name` (its last listed definition's digest
+    /// and state, and the approved one), as the store holds it.
+    pub async fn pin_line(&self, server: &str, kind: SubjectKind, name: &str) -> String {
+        let key = PinKey {
+            kind: pin_kind(kind),
+            server: server.to_owned(),
+            name: name.to_owned(),
+        };
+        let short = |d: &str| d.get(..12).unwrap_or(d).to_owned();
+        match self.pin_records(std::slice::from_ref(&key)).await {
+            Err(e) => format!("pin:    unknown: the store did not answer ({e})"),
+            Ok(records) => match records.into_iter().next().flatten() {
+                None => format!(
+                    "pin:    none recorded for {} {name} of {server} (pinning off, or never listed): with pinning = \"enforce\" its calls are refused",
+                    noun(key.kind)
+                ),
+                Some(pin) => {
+                    let current = pin.definition(&pin.current);
+                    let state = current.map(|d| state_name(d.state)).unwrap_or("unknown");
+                    let approved = pin
+                        .approved()
+                        .map(|d| format!("approved {}", short(&d.digest)))
+                        .unwrap_or_else(|| "nothing approved".into());
+                    format!(
+                        "pin:    listed definition {} is {state} ({approved}); digest {}",
+                        short(&pin.current),
+                        pin.current
+                    )
+                }
+            },
+        }
     }
 
     /// Records definitions an edge saw listed.
@@ -294,7 +327,7 @@ impl Engine {
                 );
             }
             if let Some(cache) = self.pin_cache() {
-                cache.put(pin.key.clone(), Some(pin));
+                cache.put(pin.key.clone(), Some(Arc::new(pin)));
             }
         }
         Ok(())
@@ -390,7 +423,7 @@ impl Engine {
                         resolved.push(message);
                     }
                     if let Some(cache) = self.pin_cache() {
-                        cache.put(pin.key.clone(), Some(pin));
+                        cache.put(pin.key.clone(), Some(Arc::new(pin)));
                     }
                 }
                 PinResolution::NotFound | PinResolution::NotPending(_) => not_resolved.push(id),
@@ -458,7 +491,7 @@ impl Engine {
             Ok(records) => {
                 for ((&i, key), record) in checked.iter().zip(&keys).zip(&records) {
                     if let Some(pin) = &tools[i].pin {
-                        visible[i] = !finding(record.as_ref(), key, pin, true).refuses();
+                        visible[i] = !finding(record.as_deref(), key, pin, true).refuses();
                     }
                 }
             }

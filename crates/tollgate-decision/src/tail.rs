@@ -53,6 +53,11 @@ pub struct DecisionRecord {
     pub approval_id: String,
     pub retry_after_ms: u64,
     pub limits: Vec<LimitRecord>,
+    /// Tool pinning: the state of the definition checked (`approved`, `pending`,
+    /// `changed`, `rejected`, `unknown`), empty when the upstream is not pinned.
+    pub pin_state: String,
+    /// The digest of the definition checked.
+    pub pin_digest: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,6 +87,8 @@ impl DecisionRecord {
             &mut self.arguments_sha256,
             &mut self.trace_id,
             &mut self.approval_id,
+            &mut self.pin_state,
+            &mut self.pin_digest,
         ] {
             if field.len() > MAX_FIELD {
                 *field = tollgate_limiter::cut_short(field, MAX_FIELD);
