@@ -226,6 +226,27 @@ impl DecisionService for OldReplica {
     ) -> Result<Response<tollgate_decision::proto::OwnedTasksResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn observe_pins(
+        &self,
+        _: Request<tollgate_decision::proto::ObservePinsRequest>,
+    ) -> Result<Response<tollgate_decision::proto::ObservePinsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn list_pins(
+        &self,
+        _: Request<tollgate_decision::proto::ListPinsRequest>,
+    ) -> Result<Response<tollgate_decision::proto::ListPinsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn resolve_pins(
+        &self,
+        _: Request<tollgate_decision::proto::ResolvePinsRequest>,
+    ) -> Result<Response<tollgate_decision::proto::ResolvePinsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 #[tokio::test]

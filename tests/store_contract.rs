@@ -934,3 +934,110 @@ async fn task_records_hold_in_every_store() {
     let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
     task_records_belong_to_their_grant(&store, "c-").await;
 }
+
+fn seen(p: &str, name: &str, digest: &str, approve_first: bool) -> tollgate_limiter::Seen {
+    tollgate_limiter::Seen {
+        key: tollgate_limiter::PinKey {
+            kind: tollgate_limiter::PinKind::Tool,
+            server: format!("{p}k8s"),
+            name: name.into(),
+        },
+        digest: digest.into(),
+        definition: format!("{{\"name\":\"{name}\",\"v\":\"{digest}\"}}"),
+        bytes: 20,
+        approve_first,
+    }
+}
+
+/// Tool pins: recorded once however many edges report the same definition at once, a change
+/// waits for an operator, resolutions are exclusive.
+async fn pins_contract(store: std::sync::Arc<dyn tollgate_limiter::PinStore>, p: &str) {
+    use tollgate_limiter::{PinResolution, PinState};
+    let now = tollgate_limiter::wall_clock_ms();
+    // Eight edges report the same new definitions at once: one record each, one definition.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let batch = vec![seen(p, "scale", "a1", false), seen(p, "pause", "b1", true)];
+        tasks.push(tokio::spawn(async move { store.observe(&batch, now).await }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("observe");
+    }
+    let listed: Vec<_> = store
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|pin| pin.key.server == format!("{p}k8s"))
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let scale = listed.iter().find(|pin| pin.key.name == "scale").expect("scale");
+    assert_eq!(scale.definitions.len(), 1);
+    assert_eq!(scale.definitions[0].state, PinState::Pending, "enforce: pending");
+    let pause = listed.iter().find(|pin| pin.key.name == "pause").expect("pause");
+    assert_eq!(
+        pause.definitions[0].state,
+        PinState::Approved,
+        "record: the first is approved"
+    );
+
+    // Two operators approve at once: one resolves it, the other finds it resolved.
+    let id = scale.definitions[0].id.clone();
+    let (a, b) = tokio::join!(
+        store.resolve(&id, true, "alice", "ok", now),
+        store.resolve(&id, true, "bob", "ok", now)
+    );
+    let outcomes = [a.expect("resolve"), b.expect("resolve")];
+    let resolved = outcomes
+        .iter()
+        .filter(|o| matches!(o, PinResolution::Resolved(_)))
+        .count();
+    assert_eq!(resolved, 1, "{outcomes:?}");
+
+    // The server changes the tool: the approved definition stays, the new one is pending.
+    let changed = store
+        .observe(&[seen(p, "scale", "a2", false)], now + 1)
+        .await
+        .expect("observe");
+    assert_eq!(changed[0].current, "a2");
+    assert_eq!(changed[0].approved().map(|d| d.digest.as_str()), Some("a1"));
+    let new_id = changed[0].definition("a2").expect("recorded").id.clone();
+    assert!(matches!(
+        store
+            .resolve(&new_id, false, "alice", "exfiltrates", now + 2)
+            .await
+            .expect("resolve"),
+        PinResolution::Resolved(_)
+    ));
+    let key = changed[0].key.clone();
+    let read = store.pins(std::slice::from_ref(&key)).await.expect("pins");
+    let pin = read[0].as_ref().expect("recorded");
+    assert_eq!(pin.definition("a2").map(|d| d.state), Some(PinState::Rejected));
+    assert!(pin.definition("a2").is_some_and(|d| d.definition.is_empty()));
+    assert_eq!(
+        store
+            .resolve("pin_000000000000000000000000", true, "alice", "", now)
+            .await
+            .expect("resolve"),
+        PinResolution::NotFound
+    );
+    assert_eq!(
+        store
+            .resolve("not an id", true, "alice", "", now)
+            .await
+            .expect("resolve"),
+        PinResolution::NotFound
+    );
+}
+
+#[tokio::test]
+async fn pins_meet_the_contract_in_every_store() {
+    pins_contract(std::sync::Arc::new(tollgate_limiter::MemoryPins::default()), "m").await;
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis_settings(Some(redis.url()), vec![])).expect("store");
+    pins_contract(std::sync::Arc::new(store), "r").await;
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(&redis_settings(None, cluster.urls())).expect("store");
+    pins_contract(std::sync::Arc::new(store), "c").await;
+}

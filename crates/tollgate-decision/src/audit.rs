@@ -585,6 +585,8 @@ mod tests {
                 trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
                 approval_id: "apr_1".into(),
                 retry_after_ms: 1500,
+                pin_state: "approved".into(),
+                pin_digest: "cd".repeat(32),
                 limits: vec![
                     LimitRecord {
                         counter: "per.grant".into(),

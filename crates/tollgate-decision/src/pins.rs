@@ -26,10 +26,13 @@ pub const MAX_OBSERVED: usize = 1000;
 /// `pins_max_definition_bytes`, whose bound this is).
 pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
 
+/// A name's record (none: never seen), and when it was read.
+type Cached = (Option<Arc<Pin>>, Instant);
+
 /// Pin records read from the store, per replica, for a short time.
 pub(crate) struct PinCache {
     ttl: Duration,
-    entries: Mutex<HashMap<PinKey, (Option<Arc<Pin>>, Instant)>>,
+    entries: Mutex<HashMap<PinKey, Cached>>,
 }
 
 impl PinCache {
@@ -40,7 +43,7 @@ impl PinCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PinKey, (Option<Arc<Pin>>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PinKey, Cached>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -358,6 +358,7 @@ pub(crate) fn start_refreshers(gw: &Arc<Gateway>) {
         return;
     }
     for (server, wake) in &gw.pins.wake {
+        tokio::spawn(watch_changes(Arc::downgrade(gw), server.clone(), wake.clone()));
         let weak = Arc::downgrade(gw);
         let server = server.clone();
         let wake = wake.clone();
@@ -389,6 +390,123 @@ pub(crate) fn start_refreshers(gw: &Arc<Gateway>) {
                 }
             }
         });
+    }
+}
+
+/// Longest a notification stream is kept before it is opened again.
+const STREAM_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Holds a notification stream open to a pinned upstream (`subscriptions/listen` for the
+/// list flags, or a session's GET stream) and wakes its refresher on every
+/// `notifications/*/list_changed`, so a change a server announces is read at once even when
+/// no agent has a stream open. Opened again after a pause when it ends or fails.
+async fn watch_changes(gw: std::sync::Weak<Gateway>, server: String, wake: Arc<tokio::sync::Notify>) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let opened = {
+            let Some(gw) = gw.upgrade() else { return };
+            let Some(upstream) = gw.upstreams.get(&server) else {
+                return;
+            };
+            let timeout = Duration::from_millis(gw.settings.upstream_timeout_ms);
+            let limit = gw.settings.max_upstream_message_bytes;
+            open_notifications(upstream, timeout, limit).await
+        };
+        match opened {
+            Ok((body, limit)) => {
+                let heard = tokio::time::timeout(STREAM_LIFETIME, hear_changes(body, limit, &wake)).await;
+                if let Ok(Err(e)) = heard {
+                    tracing::debug!(upstream = %server, "pin notification stream ended: {e}");
+                }
+                pause = Duration::from_secs(1);
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %server, "no pin notification stream ({e}); definitions are read every edge.pins_refresh_ms");
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Opens a notification stream: `subscriptions/listen` (2026-07-28), else a session's GET
+/// stream.
+async fn open_notifications(
+    upstream: &Upstream,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(hyper::body::Incoming, usize), String> {
+    let mut reader = Reader {
+        upstream,
+        timeout,
+        limit,
+        session: None,
+        next_id: 0,
+    };
+    let listen = json!({
+        "jsonrpc": "2.0",
+        "id": "tollgate-pins-listen",
+        "method": "subscriptions/listen",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            },
+            "notifications": {"toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true}
+        }
+    });
+    let headers = reader.headers("subscriptions/listen", true);
+    if let Ok(response) = upstream
+        .send(Method::POST, &headers, "", Body::from(listen.to_string()), timeout)
+        .await
+        && response.status().is_success()
+        && crate::request::content_type_is(response.headers(), "text/event-stream")
+    {
+        return Ok((response.into_body(), limit));
+    }
+    reader.initialize().await?;
+    let mut headers = reader.headers("", false);
+    headers.insert(
+        axum::http::header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.remove(axum::http::header::CONTENT_TYPE);
+    let response = upstream
+        .send(Method::GET, &headers, "", Body::empty(), timeout)
+        .await
+        .map_err(|e| e.public_message())?;
+    if !response.status().is_success() || !crate::request::content_type_is(response.headers(), "text/event-stream") {
+        return Err(format!("its GET stream answered HTTP {}", response.status().as_u16()));
+    }
+    Ok((response.into_body(), limit))
+}
+
+/// Reads a notification stream, waking the refresher on each list change.
+async fn hear_changes(mut body: hyper::body::Incoming, limit: usize, wake: &tokio::sync::Notify) -> Result<(), String> {
+    let mut splitter = sse::EventSplitter::new(limit);
+    loop {
+        let Some(frame) = body.frame().await else {
+            return Err("the upstream ended it".into());
+        };
+        let frame = frame.map_err(|e| format!("a broken stream ({e})"))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        splitter.push(&chunk);
+        while let Some(event) = splitter
+            .next_event()
+            .map_err(|sse::EventTooLarge(max)| format!("an event larger than {max} bytes"))?
+        {
+            let Some(data) = sse::data(&event) else { continue };
+            let Ok(message) = jsonrpc::parse_strict(data.as_bytes()) else {
+                continue;
+            };
+            if message
+                .get("method")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.starts_with("notifications/") && m.ends_with("/list_changed"))
+            {
+                wake.notify_one();
+            }
+        }
     }
 }
 

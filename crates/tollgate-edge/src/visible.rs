@@ -149,6 +149,7 @@ mod tests {
             .map(|n| Tool {
                 name: (*n).to_owned(),
                 annotations: None,
+                pin: None,
             })
             .collect()
     }

@@ -518,7 +518,7 @@ mod tests {
                 .expect("resolve"),
             PinResolution::Resolved(_)
         ));
-        let pins = store.pins(&[pin.key.clone()]).await.expect("pins");
+        let pins = store.pins(std::slice::from_ref(&pin.key)).await.expect("pins");
         let pin = pins[0].as_ref().expect("recorded");
         assert!(matches!(
             check(Some(pin), "scale", "tool", "b2", Some("a1")),
@@ -560,7 +560,7 @@ mod tests {
                 .await
                 .expect("observe");
         }
-        let pin = &store.pins(&[pin.key.clone()]).await.expect("pins")[0];
+        let pin = &store.pins(std::slice::from_ref(&pin.key)).await.expect("pins")[0];
         let pin = pin.as_ref().expect("recorded");
         let pending = pin.definitions.iter().filter(|d| d.state == PinState::Pending).count();
         assert_eq!(pending, MAX_PENDING_PER_NAME);
