@@ -461,6 +461,7 @@ tls_key = "a"
 decision_ca_file = "a"
 decision_client_cert = "a"
 decision_client_key = "a"
+pins_file = "a"
 [decision]
 policy = "a"
 tls_cert = "a"

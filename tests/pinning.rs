@@ -674,3 +674,74 @@ async fn huge_definitions_are_bounded_and_a_name_is_pinned_per_upstream() {
         .sum();
     assert!(total < 64 * 1024, "{total} bytes of definitions kept");
 }
+
+#[tokio::test]
+async fn an_operator_approves_a_changed_tool_in_a_real_browser() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: run scripts/test.sh (it installs Debian's chromium) or set CHROMIUM"
+    );
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    assert!(
+        interop.join("node_modules/puppeteer-core").is_dir(),
+        "puppeteer-core is not installed: run scripts/test.sh (npm ci --prefix tests/interop)"
+    );
+    let (_upstream, url) = rugpull_upstream();
+    let dir = temp_dir("pins-browser");
+    let c = config(
+        &dir,
+        "tollgate.toml",
+        &[("k8s", &url)],
+        &[],
+        "pinning = \"enforce\"\npins_refresh_ms = 60000",
+        "",
+    );
+    let up = Proc::start("up", &["up", "--config", c.to_str().unwrap()], &[]);
+    let admin = up.admin_url.clone().expect("admin");
+    let endpoint = up.url("/mcp/k8s");
+    eventually(Duration::from_secs(10), "the definitions are recorded", || async {
+        admin_pins(&admin).await.len() >= 4
+    })
+    .await;
+    admin_resolve(
+        &admin,
+        json!({"all_pending": true, "approve": true, "reason": "first review"}),
+    )
+    .await;
+    // The server changes k8s_scale and says so: hidden and refused until reviewed.
+    modern_call(&endpoint, "swap_definitions", json!({"version": "2", "notify": true})).await;
+    eventually(Duration::from_secs(5), "the changed tool is hidden", || async {
+        !modern_tools(&endpoint).await.contains(&"k8s_scale".to_owned())
+    })
+    .await;
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let output = Command::new("node")
+        .arg(interop.join("console_pins.mjs"))
+        .args([admin.as_str(), &endpoint, KEY_A, OPERATOR_KEY, shots.to_str().unwrap()])
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node runs (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("step: done"), "{stdout}");
+    // The operator's approval is in the store, with the reason typed on the page.
+    let pins = admin_pins(&admin).await;
+    let approved = pins
+        .iter()
+        .find(|p| p["name"] == "k8s_scale" && p["state"] == "approved")
+        .expect("approved");
+    assert_eq!(approved["resolved_by"], "olga");
+    assert_eq!(approved["reason"], "reviewed: the note field is harmless here");
+    assert!(
+        approved["definition"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("IMPORTANT")
+    );
+}

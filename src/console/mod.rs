@@ -825,11 +825,14 @@ async fn policy(
     let Some(session) = console.session(&headers).await else {
         return sign_in_required("sign in to open the console");
     };
-    let answer = match query.asked() {
-        true => Some(explain(&console, &query).await),
-        false => None,
+    let (answer, pin) = match query.asked() {
+        true => {
+            let (answer, pin) = explain(&console, &query).await;
+            (Some(answer), pin)
+        }
+        false => (None, None),
     };
-    pages::policy(&console, &session, &query, answer).into_response()
+    pages::policy(&console, &session, &query, answer, pin).into_response()
 }
 
 async fn counters(
@@ -887,10 +890,15 @@ fn question(query: &ExplainQuery) -> Result<(tollgate_policy::Kind, serde_json::
 
 /// The explain form's answer: the same lines as `tollgate policy explain`, or what is wrong
 /// with the question.
-async fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>, String> {
-    let (kind, arguments) = question(query)?;
+/// The explain answer (the same lines as `tollgate policy explain`), and the pin state of
+/// the tool or prompt asked about (which only a replica, with the store, can say).
+async fn explain(console: &Console, query: &ExplainQuery) -> (Result<Vec<String>, String>, Option<String>) {
+    let (kind, arguments) = match question(query) {
+        Ok(q) => q,
+        Err(e) => return (Err(e), None),
+    };
     let policy = console.engine.policy();
-    let mut lines = crate::explain::explain(
+    let lines = crate::explain::explain(
         &policy,
         &query.server,
         (kind, &query.name),
@@ -903,8 +911,9 @@ async fn explain(console: &Console, query: &ExplainQuery) -> Result<Vec<String>,
         tollgate_policy::Kind::Prompt => Some(tollgate_decision::proto::SubjectKind::Prompt),
         tollgate_policy::Kind::Resource => None,
     };
-    if let Some(subject) = subject {
-        lines.push(console.engine.pin_line(&query.server, subject, &query.name).await);
-    }
-    Ok(lines)
+    let pin = match subject {
+        Some(subject) => Some(console.engine.pin_line(&query.server, subject, &query.name).await),
+        None => None,
+    };
+    (Ok(lines), pin)
 }

@@ -471,6 +471,7 @@ pub fn policy(
     session: &Session,
     query: &ExplainQuery,
     answer: Option<Result<Vec<String>, String>>,
+    pin: Option<String>,
 ) -> Html<String> {
     let csrf = console.csrf(session);
     let active = console.status.active();
@@ -491,6 +492,10 @@ pub fn policy(
                 Some(Ok(lines)) => {
                     h2 #explained { "Answer" }
                     pre.explain aria-labelledby="explained" { (Shown(&lines.join("\n"))) }
+                    @if let Some(pin) = &pin {
+                        h2 #pinned { "Tool pinning" }
+                        pre.pin aria-labelledby="pinned" { (Shown(pin)) }
+                    }
                 }
                 Some(Err(message)) => p.alert role="alert" { (Shown(message)) },
             }
