@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tollgate_decision::definitions::{Line, line_diff, readable};
-use tollgate_edge::pins::{LockedPin, Lockfile, kind_word, read_lists};
+use tollgate_edge::pin_refresh::read_lists;
+use tollgate_edge::pins::{LockedPin, Lockfile, kind_word};
 
 use crate::config::Config;
 

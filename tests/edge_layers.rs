@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("guard", 4),
     // One resolution of every request.
     ("mrtr", 3),
+    ("pin_refresh", 3),
     ("resolve", 3),
     ("spans", 3),
     // Shared state.
@@ -35,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("marks", 1),
     ("order", 1),
     ("origin", 1),
+    ("pins", 1),
     ("protocol", 1),
     ("refusal", 1),
     ("request", 1),

@@ -461,13 +461,14 @@ fn csrf_of(page: &str) -> String {
 async fn a_silent_change_between_list_and_call_is_refused_within_the_refresh_bound() {
     let (_upstream, url) = rugpull_upstream();
     let dir = temp_dir("pins-silent");
+    let journal = dir.join("journal");
     let c = config(
         &dir,
         "tollgate.toml",
         &[("k8s", &url)],
         &[],
         "pinning = \"enforce\"\npins_refresh_ms = 400",
-        "",
+        &format!("\n[audit]\njournal_dir = \"{}\"\n", journal.display()),
     );
     let up = Proc::start("up", &["up", "--config", c.to_str().unwrap()], &[]);
     let admin = up.admin_url.clone().expect("admin");
@@ -499,6 +500,26 @@ async fn a_silent_change_between_list_and_call_is_refused_within_the_refresh_bou
         changed.elapsed()
     );
     assert!(!modern_tools(&endpoint).await.contains(&"k8s_scale".to_owned()));
+
+    // The operator's approvals are in the journal's chain; the refusals name the pin.
+    drop(up);
+    let (code, out, err) = support::run(&["audit", "export", journal.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let approvals: Vec<&Value> = records.iter().filter(|r| r["verdict"] == "PIN_APPROVED").collect();
+    assert_eq!(approvals.len(), 4, "{out}");
+    assert!(
+        approvals.iter().all(|r| r["agent"] == "olga" && r["rule"] == "pins"),
+        "{out}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["verdict"] == "DENY" && r["rule"] == "pins" && r["pin_state"] == "changed"),
+        "{out}"
+    );
+    let (code, out, err) = support::run(&["audit", "verify", journal.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[tokio::test]

@@ -422,6 +422,7 @@ impl Engine {
                             "pin resolved"
                         )
                     });
+                    self.journal_pin(&pin, &digest, approve, operator, reason, now);
                     if let Some(message) = definition_message(&pin, &digest) {
                         resolved.push(message);
                     }
@@ -433,6 +434,39 @@ impl Engine {
             }
         }
         Ok((resolved, not_resolved))
+    }
+}
+
+impl Engine {
+    /// An operator's pin resolution as a journal record (when a journal is kept): verdict
+    /// `PIN_APPROVED` or `PIN_REJECTED`, rule `pins`, the operator as the agent, the name as
+    /// the tool, the definition's digest. Kept in the hash chain for auditors (`tollgate
+    /// audit export`, `verify`); not exported as a decision span (the `tollgate.pin` span is).
+    fn journal_pin(&self, pin: &Pin, digest: &str, approve: bool, operator: &str, reason: &str, now_ms: u64) {
+        let Some(journal) = self.journal() else { return };
+        let outcome = if approve { "approved" } else { "rejected" };
+        let entry = crate::audit::JournalRecord {
+            decision: crate::DecisionRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                at_ms: now_ms,
+                replica: self.tail().map(|t| t.replica().to_owned()).unwrap_or_default(),
+                verdict: if approve { "PIN_APPROVED" } else { "PIN_REJECTED" }.into(),
+                rule: "pins".into(),
+                reason: reason.to_owned(),
+                method: "pins/resolve".into(),
+                server: pin.key.server.clone(),
+                tool: pin.key.name.clone(),
+                agent: operator.to_owned(),
+                pin_state: outcome.into(),
+                pin_digest: digest.to_owned(),
+                ..Default::default()
+            },
+            mcp_method: "pins/resolve".into(),
+            start_ns: now_ms.saturating_mul(1_000_000),
+            end_ns: now_ms.saturating_mul(1_000_000),
+            ..Default::default()
+        };
+        journal.append_later(crate::audit::encode_record(&entry));
     }
 }
 

@@ -247,7 +247,7 @@ impl ListFilter {
                     ),
                 });
             };
-            changed |= self.retain_pinned_templates(items).await?;
+            changed |= crate::pin_refresh::retain_pinned_templates(&self.gw, &self.server, &self.caller, items).await;
         }
         for (field, key, kind) in LISTS {
             let Some(items) = result.get_mut(field) else {
@@ -297,53 +297,6 @@ impl ListFilter {
         result.insert("cacheScope".into(), Value::from("private"));
     }
 
-    /// Resource templates are shown only when pinning (`enforce`) approves them; the policy
-    /// decides each read by its URI. `true` when the list was looked at.
-    async fn retain_pinned_templates(&self, items: &mut Vec<Value>) -> Result<bool, Refused> {
-        use tollgate_api::proto::Pinning;
-        let kind = SubjectKind::Resource;
-        if self.gw.pins.mode(&self.server) == Pinning::Off {
-            return Ok(false);
-        }
-        items.retain(|item| item.get("uriTemplate").and_then(Value::as_str).is_some());
-        let definitions = crate::pins::definitions_of(kind, "uriTemplate", items, self.gw.pins.max_definition_bytes());
-        crate::pins::report(&self.gw, &self.server, kind, &definitions, false).await;
-        if self.gw.pins.mode(&self.server) != Pinning::Enforce {
-            return Ok(true);
-        }
-        let listed: Vec<Tool> = definitions
-            .iter()
-            .map(|d| Tool {
-                name: d.name.clone(),
-                annotations: None,
-                pin: self.gw.pins.check(&self.server, kind, &d.name, Some(&d.digest)),
-            })
-            .collect();
-        let mut request = VisibleToolsRequest {
-            server: self.server.clone(),
-            grant: self.caller.grant.clone(),
-            agent: self.caller.agent.clone(),
-            tools: listed,
-            ..Default::default()
-        };
-        request.set_kind(kind);
-        // Asked like a resources list (the policy reads a template as a URI pattern's text);
-        // without an answer none is shown.
-        let approved: HashSet<String> = match self.gw.decider.visible_tools(request).await {
-            Ok(answer) => answer.visible.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(upstream = %self.server, "resource templates hidden, no pin check: {e}");
-                HashSet::new()
-            }
-        };
-        items.retain(|item| {
-            item.get("uriTemplate")
-                .and_then(Value::as_str)
-                .is_some_and(|t| approved.contains(t))
-        });
-        Ok(true)
-    }
-
     /// Whether the caller could see `name` (a tool, resource URI or prompt) listed.
     pub(crate) async fn sees(&self, kind: SubjectKind, name: &str) -> Result<bool, Refused> {
         let listed = vec![Tool {
@@ -371,13 +324,16 @@ impl ListFilter {
         // with the rest of the list.
         let pinned =
             kind != SubjectKind::Resource && self.gw.pins.mode(&self.server) != tollgate_api::proto::Pinning::Off;
+        if pinned {
+            crate::pins::drop_duplicate_names(items, key);
+        }
         let definitions = if pinned {
             crate::pins::definitions_of(kind, key, items, self.gw.pins.max_definition_bytes())
         } else {
             Vec::new()
         };
         if pinned {
-            crate::pins::report(&self.gw, &self.server, kind, &definitions, false).await;
+            crate::pin_refresh::report(&self.gw, &self.server, kind, &definitions, false).await;
         }
         let digests: std::collections::HashMap<&str, &str> = definitions
             .iter()

@@ -37,6 +37,7 @@ mod method;
 mod mrtr;
 mod order;
 mod origin;
+pub mod pin_refresh;
 pub mod pins;
 mod protocol;
 mod refusal;
@@ -172,7 +173,7 @@ pub fn router(parts: EdgeParts) -> Result<Router, EdgeError> {
         auth.clone(),
         pins,
     )?);
-    pins::start_refreshers(&gateway);
+    pin_refresh::start_refreshers(&gateway);
     let door = Arc::new(aggregate::AggregateDoor::new(gateway.clone(), aggregation));
 
     let aggregated = Router::new()
