@@ -272,7 +272,6 @@ fn check(config_path: &Path, lockfile: Option<PathBuf>) -> anyhow::Result<()> {
             let upstream = tollgate_edge::Upstream::new(u, connect).map_err(|e| anyhow::anyhow!("{e}"))?;
             let lists = read_lists(
                 &upstream,
-                &mut None,
                 timeout,
                 settings.max_upstream_message_bytes,
                 settings.pins_max_definition_bytes,

@@ -378,9 +378,12 @@ fn resolution_harness() -> Resolution {
             Arc::new(MemoryStore::default()),
             Duration::from_secs(1),
         ));
+        // Not pinned: the edge's own reads of the upstreams' lists would reach both, and
+        // this harness counts what agents' requests reach.
         let upstream = |name: &str, url: &str| UpstreamSettings {
             name: name.into(),
             url: url.into(),
+            pinning: Some(tollgate_edge::PinningMode::Off),
             ..Default::default()
         };
         let router = tollgate_edge::router(EdgeParts {

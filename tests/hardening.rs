@@ -11,6 +11,10 @@ use axum::http::Method;
 use serde_json::{Value, json};
 use support::hostile::{Hostile, Reply, tools_list};
 use support::{KEY_A, Proc, write_config};
+
+/// The hostile upstream records every request it gets: the edges here do not read its lists
+/// for tool pinning (tests/pinning.rs covers that), so what it records is what agents sent.
+const NOT_PINNED: &str = "pinning = \"off\"";
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICY: &str = r#"{
@@ -46,7 +50,7 @@ fn honest(method: &Method, message: &Value) -> Reply {
 /// `tollgate up` in front of `upstream`, with `extra` appended to `[edge]`.
 fn gateway(tag: &str, upstream: &Hostile, extra: &str) -> (Proc, std::path::PathBuf) {
     let dir = support::temp_dir(tag);
-    let config = write_config(&dir, &upstream.url, &[], POLICY, extra);
+    let config = write_config(&dir, &upstream.url, &[], POLICY, &format!("{NOT_PINNED}\n{extra}"));
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     (up, dir)
 }
@@ -543,7 +547,7 @@ async fn idle_and_slow_clients_cannot_starve_the_rest() {
 async fn argument_scoped_keys_stay_small_and_bounded_in_number() {
     let upstream = Hostile::start(honest).await;
     let dir = support::temp_dir("argument-keys");
-    let config = write_config(&dir, &upstream.url, &[], POLICY, "");
+    let config = write_config(&dir, &upstream.url, &[], POLICY, NOT_PINNED);
     support::append(&config, "\n[store]\nmax_keys_per_counter = 3\n");
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let url = up.url("/mcp/k8s");
@@ -572,7 +576,7 @@ async fn argument_scoped_keys_stay_small_and_bounded_in_number() {
 /// Starts `tollgate decision` with a cluster token and an edge in front of `upstream`.
 fn split(tag: &str, upstream: &Hostile, edge_extra: &str) -> (Proc, Proc) {
     let dir = support::temp_dir(tag);
-    let config = write_config(&dir, &upstream.url, &[], POLICY, "");
+    let config = write_config(&dir, &upstream.url, &[], POLICY, NOT_PINNED);
     let text = std::fs::read_to_string(&config).expect("config");
     let with_token = text.replace(
         "reload_interval_ms = 100",
@@ -583,7 +587,13 @@ fn split(tag: &str, upstream: &Hostile, edge_extra: &str) -> (Proc, Proc) {
     );
     std::fs::write(&config, with_token).expect("write");
     let decision = Proc::start("decision", &["decision", "--config", config.to_str().unwrap()], &[]);
-    let edge_config = write_config(&dir, &upstream.url, &[decision.url("")], POLICY, edge_extra);
+    let edge_config = write_config(
+        &dir,
+        &upstream.url,
+        &[decision.url("")],
+        POLICY,
+        &format!("{NOT_PINNED}\n{edge_extra}"),
+    );
     let edge = Proc::start("edge", &["edge", "--config", edge_config.to_str().unwrap()], &[]);
     (decision, edge)
 }
@@ -647,7 +657,7 @@ async fn the_decision_service_serves_only_callers_with_the_cluster_token() {
 #[test]
 fn a_decision_service_off_loopback_needs_a_token() {
     let dir = support::temp_dir("token-required");
-    let config = write_config(&dir, "http://127.0.0.1:9/mcp", &[], POLICY, "");
+    let config = write_config(&dir, "http://127.0.0.1:9/mcp", &[], POLICY, NOT_PINNED);
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
@@ -685,7 +695,7 @@ fn a_decision_service_off_loopback_needs_a_token() {
 async fn the_decision_listeners_close_silent_connections() {
     let upstream = Hostile::start(honest).await;
     let dir = support::temp_dir("decision-silent");
-    let config = write_config(&dir, &upstream.url, &[], POLICY, "");
+    let config = write_config(&dir, &upstream.url, &[], POLICY, NOT_PINNED);
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
@@ -725,7 +735,7 @@ async fn the_decision_listeners_close_silent_connections() {
 async fn wire_text_cannot_forge_fields_of_a_log_line() {
     let upstream = Hostile::start(honest).await;
     let dir = support::temp_dir("log-forging");
-    let config = write_config(&dir, &upstream.url, &[], POLICY, "");
+    let config = write_config(&dir, &upstream.url, &[], POLICY, NOT_PINNED);
     let log = dir.join("up.log");
     let up = Proc::start_logging(
         "up",

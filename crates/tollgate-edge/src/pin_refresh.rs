@@ -101,127 +101,87 @@ pub(crate) fn start_refreshers(gw: &Arc<Gateway>) {
         return;
     }
     for (server, wake) in &gw.pins.wake {
-        tokio::spawn(watch_changes(Arc::downgrade(gw), server.clone(), wake.clone()));
-        let weak = Arc::downgrade(gw);
-        let server = server.clone();
-        let wake = wake.clone();
-        tokio::spawn(async move {
-            let mut era: Option<Era> = None;
-            loop {
-                let Some(gw) = weak.upgrade() else { return };
-                if let Some(locked) = &gw.pins.locked {
-                    locked.reload();
-                }
-                let every = Duration::from_millis(gw.settings.pins_refresh_ms.max(100));
-                if let Some(upstream) = gw.upstreams.get(&server) {
-                    match read_definitions(&gw, upstream, &mut era).await {
-                        Ok(lists) => {
-                            for (kind, definitions) in lists {
-                                report(&gw, &server, kind, &definitions, true).await;
-                            }
-                        }
-                        Err(e) => tracing::warn!(upstream = %server, "could not read definitions for pinning: {e}"),
-                    }
-                }
-                drop(gw);
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = wake.notified() => {
-                        // Several list_changed at once are one read.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
+        tokio::spawn(keep_pinned(Arc::downgrade(gw), server.clone(), wake.clone()));
     }
 }
 
-/// Longest a notification stream is kept before it is opened again.
+/// Longest a notification stream is kept before the link is made again.
 const STREAM_LIFETIME: Duration = Duration::from_secs(600);
 
-/// Holds a notification stream open to a pinned upstream (`subscriptions/listen` for the
-/// list flags, or a session's GET stream) and wakes its refresher on every
-/// `notifications/*/list_changed`, so a change a server announces is read at once even when
-/// no agent has a stream open. Opened again after a pause when it ends or fails.
-async fn watch_changes(gw: std::sync::Weak<Gateway>, server: String, wake: Arc<tokio::sync::Notify>) {
+/// One pinned upstream's refresher. It links to the upstream once (stateless requests when
+/// it answers them, else one session of its own, kept), reads every pinned list, and holds a
+/// notification stream open on the link (`subscriptions/listen` for the three list flags, or
+/// the session's GET stream); it reads the lists again every `edge.pins_refresh_ms`, on every
+/// `notifications/*/list_changed` it hears, and when the guard wakes it (a list_changed on an
+/// agent's stream). A failed read or an ended stream makes the link again, after a pause that
+/// doubles up to the refresh interval. The task ends with the gateway.
+async fn keep_pinned(gw: std::sync::Weak<Gateway>, server: String, wake: Arc<tokio::sync::Notify>) {
     let mut pause = Duration::from_secs(1);
     loop {
-        let opened = {
-            let Some(gw) = gw.upgrade() else { return };
-            let Some(upstream) = gw.upstreams.get(&server) else {
-                return;
-            };
-            let timeout = Duration::from_millis(gw.settings.upstream_timeout_ms);
-            let limit = gw.settings.max_upstream_message_bytes;
-            open_notifications(upstream, timeout, limit).await
+        let Some((upstream, timeout, limit, max, every)) = gw.upgrade().and_then(|gw| {
+            Some((
+                gw.upstreams.get(&server)?.clone(),
+                Duration::from_millis(gw.settings.upstream_timeout_ms),
+                gw.settings.max_upstream_message_bytes,
+                gw.pins.max_definition_bytes(),
+                Duration::from_millis(gw.settings.pins_refresh_ms.max(100)),
+            ))
+        }) else {
+            return;
         };
-        match opened {
-            Ok((body, limit)) => {
-                let heard = tokio::time::timeout(STREAM_LIFETIME, hear_changes(body, limit, &wake)).await;
-                if let Ok(Err(e)) = heard {
-                    tracing::debug!(upstream = %server, "pin notification stream ended: {e}");
-                }
-                pause = Duration::from_secs(1);
-            }
+        let mut reader = Reader::new(&upstream, timeout, limit);
+        if let Err(e) = reader.connect().await {
+            tracing::warn!(upstream = %server, "could not read definitions for pinning: {e}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(every.max(Duration::from_secs(1)));
+            continue;
+        }
+        let stream = match reader.notifications().await {
+            Ok(body) => Some(body),
             Err(e) => {
-                tracing::debug!(upstream = %server, "no pin notification stream ({e}); definitions are read every edge.pins_refresh_ms");
-                pause = (pause * 2).min(Duration::from_secs(60));
+                tracing::debug!(upstream = %server, "no notification stream for pinning ({e}); lists are read every edge.pins_refresh_ms");
+                None
+            }
+        };
+        let heard = async {
+            match stream {
+                Some(body) => {
+                    let _ = tokio::time::timeout(STREAM_LIFETIME, hear_changes(body, limit, &wake)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(heard);
+        loop {
+            match reader.read(max).await {
+                Ok(lists) => {
+                    let Some(gw) = gw.upgrade() else { return };
+                    if let Some(locked) = &gw.pins.locked {
+                        locked.reload();
+                    }
+                    for (kind, definitions) in lists {
+                        report(&gw, &server, kind, &definitions, true).await;
+                    }
+                    pause = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %server, "could not read definitions for pinning: {e}");
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = wake.notified() => {
+                    // Several list_changed at once are one read.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = &mut heard => break,
             }
         }
+        reader.end_session().await;
         tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(every.max(Duration::from_secs(1)));
     }
-}
-
-/// Opens a notification stream: `subscriptions/listen` (2026-07-28), else a session's GET
-/// stream.
-async fn open_notifications(
-    upstream: &Upstream,
-    timeout: Duration,
-    limit: usize,
-) -> Result<(hyper::body::Incoming, usize), String> {
-    let mut reader = Reader {
-        upstream,
-        timeout,
-        limit,
-        session: None,
-        next_id: 0,
-    };
-    let listen = json!({
-        "jsonrpc": "2.0",
-        "id": "tollgate-pins-listen",
-        "method": "subscriptions/listen",
-        "params": {
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {}
-            },
-            "notifications": {"toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true}
-        }
-    });
-    let headers = reader.headers("subscriptions/listen", true);
-    if let Ok(response) = upstream
-        .send(Method::POST, &headers, "", Body::from(listen.to_string()), timeout)
-        .await
-        && response.status().is_success()
-        && crate::request::content_type_is(response.headers(), "text/event-stream")
-    {
-        return Ok((response.into_body(), limit));
-    }
-    reader.initialize().await?;
-    let mut headers = reader.headers("", false);
-    headers.insert(
-        axum::http::header::ACCEPT,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.remove(axum::http::header::CONTENT_TYPE);
-    let response = upstream
-        .send(Method::GET, &headers, "", Body::empty(), timeout)
-        .await
-        .map_err(|e| e.public_message())?;
-    if !response.status().is_success() || !crate::request::content_type_is(response.headers(), "text/event-stream") {
-        return Err(format!("its GET stream answered HTTP {}", response.status().as_u16()));
-    }
-    Ok((response.into_body(), limit))
 }
 
 /// Reads a notification stream, waking the refresher on each list change.
@@ -253,74 +213,114 @@ async fn hear_changes(mut body: hyper::body::Incoming, limit: usize, wake: &toki
     }
 }
 
-/// How an upstream is read: stateless (2026-07-28) or with a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Era {
-    Stateless,
-    Session,
-}
-
-/// Reads every pinned list of `upstream` (each page), as definitions.
-pub(crate) async fn read_definitions(
-    gw: &Gateway,
-    upstream: &Upstream,
-    era: &mut Option<Era>,
-) -> Result<Vec<(SubjectKind, Vec<Definition>)>, String> {
-    let timeout = Duration::from_millis(gw.settings.upstream_timeout_ms);
-    let limit = gw.settings.max_upstream_message_bytes;
-    let max = gw.pins.max_definition_bytes();
-    read_lists(upstream, era, timeout, limit, max).await
-}
-
-/// [`read_definitions`] with explicit bounds (also `tollgate pins check`).
+/// Reads every pinned list of `upstream` now, each page (`tollgate pins check`): stateless
+/// when it answers so, else in a session of its own, ended afterwards.
 pub async fn read_lists(
     upstream: &Upstream,
-    era: &mut Option<Era>,
     timeout: Duration,
     limit: usize,
     max_definition_bytes: usize,
 ) -> Result<Vec<(SubjectKind, Vec<Definition>)>, String> {
-    let mut reader = Reader {
-        upstream,
-        timeout,
-        limit,
-        session: None,
-        next_id: 0,
-    };
-    let stateless_first = *era != Some(Era::Session);
-    let mut answer = None;
-    if stateless_first {
-        match reader.all_lists(true, max_definition_bytes).await {
-            Ok(lists) => {
-                *era = Some(Era::Stateless);
-                answer = Some(lists);
-            }
-            Err(e) if *era == Some(Era::Stateless) => return Err(e),
-            Err(_) => {}
-        }
-    }
-    let lists = match answer {
-        Some(lists) => lists,
-        None => {
-            let capabilities = reader.initialize().await?;
-            let lists = reader.session_lists(&capabilities, max_definition_bytes).await;
-            reader.end_session().await;
-            *era = Some(Era::Session);
-            lists?
-        }
-    };
-    Ok(lists)
+    let mut reader = Reader::new(upstream, timeout, limit);
+    reader.connect().await?;
+    let lists = reader.read(max_definition_bytes).await;
+    reader.end_session().await;
+    lists
 }
 
+/// A link to one upstream for reading its lists: stateless, or a session of its own.
 struct Reader<'a> {
     upstream: &'a Upstream,
     timeout: Duration,
     limit: usize,
     session: Option<HeaderValue>,
     next_id: u64,
+    /// Whether the upstream answers stateless (2026-07-28) requests; else `capabilities` is
+    /// what its `initialize` said.
+    stateless: bool,
+    capabilities: Value,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(upstream: &'a Upstream, timeout: Duration, limit: usize) -> Reader<'a> {
+        Reader {
+            upstream,
+            timeout,
+            limit,
+            session: None,
+            next_id: 0,
+            stateless: false,
+            capabilities: Value::Null,
+        }
+    }
+
+    /// Makes the link: stateless when the upstream answers a stateless `tools/list`, else
+    /// a session (`initialize`).
+    async fn connect(&mut self) -> Result<(), String> {
+        let probe = json!({"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }});
+        if self.ask("tools/list", probe, true).await.is_ok() {
+            self.stateless = true;
+            return Ok(());
+        }
+        self.capabilities = self.initialize().await?;
+        Ok(())
+    }
+
+    /// Every pinned list, each page, on the link.
+    async fn read(&mut self, max: usize) -> Result<Vec<(SubjectKind, Vec<Definition>)>, String> {
+        if self.stateless {
+            self.all_lists(true, max).await
+        } else {
+            let capabilities = self.capabilities.clone();
+            self.session_lists(&capabilities, max).await
+        }
+    }
+
+    /// The link's notification stream: `subscriptions/listen` for the list flags
+    /// (stateless), or the session's GET stream.
+    async fn notifications(&mut self) -> Result<hyper::body::Incoming, String> {
+        let (method, headers, body) = if self.stateless {
+            let listen = json!({
+                "jsonrpc": "2.0",
+                "id": "tollgate-pins-listen",
+                "method": "subscriptions/listen",
+                "params": {
+                    "_meta": {
+                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientCapabilities": {}
+                    },
+                    "notifications": {"toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true}
+                }
+            });
+            (
+                Method::POST,
+                self.headers("subscriptions/listen", true),
+                Body::from(listen.to_string()),
+            )
+        } else {
+            let mut headers = self.headers("", false);
+            headers.insert(
+                axum::http::header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.remove(axum::http::header::CONTENT_TYPE);
+            (Method::GET, headers, Body::empty())
+        };
+        let response = self
+            .upstream
+            .send(method, &headers, "", body, self.timeout)
+            .await
+            .map_err(|e| e.public_message())?;
+        if !response.status().is_success() || !crate::request::content_type_is(response.headers(), "text/event-stream")
+        {
+            return Err(format!("it answered HTTP {}", response.status().as_u16()));
+        }
+        Ok(response.into_body())
+    }
+
     fn headers(&self, method: &str, stateless: bool) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(

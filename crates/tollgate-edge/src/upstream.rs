@@ -67,6 +67,7 @@ pub(crate) fn http_client(connect_timeout: Duration, tls: rustls::ClientConfig, 
 }
 
 /// One configured upstream MCP server.
+#[derive(Clone)]
 pub struct Upstream {
     pub name: String,
     uri: Uri,
