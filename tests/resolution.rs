@@ -88,9 +88,12 @@ fn edge(policy: &str, settings: EdgeSettings, identity: IdentitySettings, upstre
         settings,
         upstreams: upstreams
             .iter()
+            // Not pinned: the edge's own reads of the upstreams' lists would reach every one,
+            // and these tests check what agents' requests reach.
             .map(|(name, url)| UpstreamSettings {
                 name: (*name).into(),
                 url: (*url).into(),
+                pinning: Some(tollgate_edge::PinningMode::Off),
                 ..Default::default()
             })
             .collect(),

@@ -437,7 +437,9 @@ impl Up {
         let dir = support::temp_dir(tag);
         let log = dir.join("children.log");
         let policy = r#"{"version": "1", "default": "allow"}"#;
-        let config = write_config(&dir, "http://replaced", &[], policy, "");
+        // Not pinned: pinning's own session would start a child too, and these tests count the
+        // children agents' sessions start.
+        let config = write_config(&dir, "http://replaced", &[], policy, "pinning = \"off\"");
         let command = serde_json::to_string(&child_command(&dir)).expect("command as a TOML array");
         let text = std::fs::read_to_string(&config).expect("config");
         let env = format!("env = {{ CHILD_LOG = {} }}", serde_json::to_string(&log).expect("path"));
