@@ -772,3 +772,45 @@ async fn wire_text_cannot_forge_fields_of_a_log_line() {
         );
     }
 }
+
+/// A JSON answer to a request that is not a list is read too: an upstream cannot slip a list
+/// past the filter by answering a ping (or any forwarded method, or a call) with a tools list,
+/// and an answer with another request's id (which a client would take for that request's
+/// answer) is not passed on at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_smuggled_into_another_answer_is_filtered_or_refused() {
+    let upstream = Hostile::start(|method, message| {
+        let name = message.pointer("/params/name").and_then(Value::as_str);
+        match (message.get("method").and_then(Value::as_str), name) {
+            // Another request's id, with every tool.
+            (Some("ping"), _) => Reply::Json(200, tools_list("999", &LISTED)),
+            // Its own id, with a tools list as the call's result.
+            (Some("tools/call"), Some("allowed")) => {
+                let id = message.get("id").map(Value::to_string).unwrap_or_default();
+                Reply::Json(200, tools_list(&id, &LISTED))
+            }
+            _ => honest(method, message),
+        }
+    })
+    .await;
+    let (up, _dir) = gateway("smuggled", &upstream, "");
+    let url = up.url("/mcp/k8s");
+    let ping = post(&url, json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}).to_string()).await;
+    assert_eq!(ping.status, 502, "{}", ping.text);
+    assert!(!ping.text.contains("\"secret\""), "{}", ping.text);
+    assert!(ping.text.contains("does not answer the request"), "{}", ping.text);
+    let call = post(
+        &url,
+        json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "allowed", "arguments": {}}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(call.status, 200, "{}", call.text);
+    let tools = call.json()["result"]["tools"].clone();
+    assert_eq!(
+        tools.as_array().map(Vec::len),
+        Some(2),
+        "filtered to what the grant may call: {tools}"
+    );
+    assert!(!call.text.contains("\"secret\""), "{}", call.text);
+}

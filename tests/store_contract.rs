@@ -1014,7 +1014,14 @@ async fn pins_contract(store: std::sync::Arc<dyn tollgate_limiter::PinStore>, p:
     let read = store.pins(std::slice::from_ref(&key)).await.expect("pins");
     let pin = read[0].as_ref().expect("recorded");
     assert_eq!(pin.definition("a2").map(|d| d.state), Some(PinState::Rejected));
-    assert!(pin.definition("a2").is_some_and(|d| d.definition.is_empty()));
+    let back = store
+        .observe(&[seen(p, "scale", "a1", false)], now + 3)
+        .await
+        .expect("observe");
+    assert!(
+        back[0].definition("a2").is_some_and(|d| d.definition.is_empty()),
+        "digest only"
+    );
     assert_eq!(
         store
             .resolve("pin_000000000000000000000000", true, "alice", "", now)

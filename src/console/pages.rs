@@ -53,6 +53,21 @@ pub(crate) fn is_invisible_control(c: char) -> bool {
         | '\u{0}'..='\u{8}' | '\u{B}'..='\u{1F}' | '\u{7F}'..='\u{9F}')
 }
 
+/// Text from outside for an attribute value (escaped by the template): every invisible or
+/// bidirectional control as the text `U+XXXX`, since an attribute cannot hold [`Shown`]'s
+/// markup.
+fn plain(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if is_invisible_control(c) {
+                format!("U+{:04X}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `HH:MM:SS` (UTC) of a time in ms since the epoch.
 fn clock(ms: u64) -> String {
     let s = (ms / 1000) % 86_400;
@@ -676,7 +691,7 @@ fn pending_pin(
                 dt { "Listed now" } dd { @if d.current { "yes" } @else { "no (the upstream lists another definition)" } }
                 dt { "Id" } dd { code { (d.id) } }
             }
-            table.diff aria-label={ "Approved and pending definition of " (d.name) } {
+            table.diff aria-label={ "Approved and pending definition of " (plain(&d.name)) } {
                 thead { tr { th { "Approved" } th { "Pending" } } }
                 tbody {
                     @for row in &rows {

@@ -13,6 +13,7 @@ use crate::proto::SubjectKind;
 /// else (`icons`, `_meta`, members a later revision adds) does not change the digest.
 pub fn definition_members(kind: SubjectKind) -> &'static [&'static str] {
     match kind {
+        // `execution` (task support) changes how a call must be made.
         SubjectKind::Tool => &[
             "name",
             "title",
@@ -20,6 +21,7 @@ pub fn definition_members(kind: SubjectKind) -> &'static [&'static str] {
             "inputSchema",
             "outputSchema",
             "annotations",
+            "execution",
         ],
         SubjectKind::Prompt => &["name", "title", "description", "arguments"],
         // Resource templates (`resources/templates/list`).
@@ -43,6 +45,20 @@ pub fn canonical_definition(kind: SubjectKind, entry: &Value) -> String {
 /// Lowercase hex SHA-256 of `canonical` (a definition's digest).
 pub fn digest_of(canonical: &str) -> String {
     hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Longest name (tool, prompt, template) pinning records.
+pub const MAX_NAME_BYTES: usize = 4096;
+
+/// Whether pinning records `name`: not empty, at most [`MAX_NAME_BYTES`], no control
+/// characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(format!(
+            "a name is empty, longer than {MAX_NAME_BYTES} bytes, or holds control characters"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `digest` is one [`digest_of`] could have made.

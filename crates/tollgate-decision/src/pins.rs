@@ -286,8 +286,11 @@ impl Engine {
             if !tollgate_api::definitions::is_digest(&d.digest) {
                 return Err(format!("definition of {:?}: not a SHA-256 digest", d.name));
             }
-            if d.name.is_empty() || d.name.len() > 4096 || d.name.chars().any(char::is_control) {
-                return Err("a definition's name is empty, longer than 4096 bytes, or holds control characters".into());
+            if let Err(e) = tollgate_api::definitions::check_name(&d.name) {
+                // One bad name (an edge of another version) does not keep the rest from being
+                // recorded.
+                tracing::warn!(server = ?request.server, "a reported definition is skipped: {e}");
+                continue;
             }
             if d.definition.len() > MAX_DEFINITION_BYTES {
                 return Err(format!(
@@ -370,10 +373,12 @@ impl Engine {
         let mut ids: Vec<String> = ids.to_vec();
         if all_pending {
             for pin in self.pins().list().await? {
+                // The definition each name is listed with now, if it is pending: approving every
+                // pending definition of a name would leave whichever came last approved.
                 ids.extend(
                     pin.definitions
                         .iter()
-                        .filter(|d| d.state == PinState::Pending)
+                        .filter(|d| d.state == PinState::Pending && d.digest == pin.current)
                         .map(|d| d.id.clone()),
                 );
             }
@@ -482,7 +487,7 @@ fn finding(record: Option<&Pin>, key: &PinKey, pin: &PinCheck, enforced: bool) -
     } else {
         pin.digest.clone()
     };
-    match check(record, &key.name, noun(key.kind), &pin.digest, approved) {
+    match check(record, &key.name, noun(key.kind), &pin.digest, approved, !pin.locked) {
         PinVerdict::Approved => PinFinding {
             state: "approved".into(),
             digest,

@@ -28,7 +28,7 @@ pub(crate) async fn per_server(exchange: &Exchange<'_>, message: &Value, id: &Va
         Err(response) => return response,
     };
     if !response.status().is_success() || content_type_is(response.headers(), "text/event-stream") {
-        return guarded(response, exchange.list_filter(), Some(id.clone()));
+        return guarded(response, exchange.list_filter(), Some(id.clone())).await;
     }
     let (parts, body) = response.into_parts();
     let Some(mut answer) = read(exchange, body).await else {

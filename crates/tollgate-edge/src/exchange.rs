@@ -160,7 +160,7 @@ impl Exchange<'_> {
         filter.input_state = issuer;
         filter.task_origin = origin;
         if crate::request::content_type_is(response.headers(), "text/event-stream") {
-            return guarded(response, filter, Some(id.clone()));
+            return guarded(response, filter, Some(id.clone())).await;
         }
         let (parts, body) = response.into_parts();
         let limit = self.gw.settings.max_upstream_message_bytes;
@@ -239,7 +239,7 @@ impl Exchange<'_> {
     /// [`Exchange::send`], with the answer streamed back through the list guard.
     pub(crate) async fn forward(&self, message: &Value, id: Option<&Value>) -> Response {
         match self.send(message, id).await {
-            Ok(response) => guarded(response, self.list_filter(), id.cloned()),
+            Ok(response) => guarded(response, self.list_filter(), id.cloned()).await,
             Err(response) => response,
         }
     }

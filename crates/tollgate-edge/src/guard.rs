@@ -22,22 +22,82 @@ use crate::request::content_type_is;
 use crate::{sse, upstream};
 use futures_util::StreamExt;
 
-/// An upstream answer as the agent receives it: only the headers agents may see, and an
-/// SSE body through the list guard. A JSON body of anything but the list methods streams as
-/// it came (it answers the request it was sent for).
-pub(crate) fn guarded(
+/// An upstream answer as the agent receives it: only the headers agents may see, an SSE body
+/// through the list guard, and a JSON body read whole (within
+/// `edge.max_upstream_message_bytes`) and, unless it names nothing the guard reads, parsed,
+/// checked to answer `request_id` (an upstream must not answer one request with another's
+/// id: a client would take it for that request's answer, e.g. a tools list smuggled into the
+/// answer to a ping), and filtered like any list. What cannot be read is not passed on.
+pub(crate) async fn guarded(
     response: axum::http::Response<Incoming>,
     filter: ListFilter,
     request_id: Option<Value>,
 ) -> Response {
-    let sse = content_type_is(response.headers(), "text/event-stream");
+    if content_type_is(response.headers(), "text/event-stream") {
+        let (parts, body) = response.into_parts();
+        let body = filter.event_stream(request_id, body);
+        return (parts.status, upstream::response_headers(&parts.headers), body).into_response();
+    }
     let (parts, body) = response.into_parts();
-    let body = if sse {
-        filter.event_stream(request_id, body)
-    } else {
-        Body::new(body)
+    let server = filter.server.clone();
+    let refuse = |what: String| {
+        tracing::warn!(upstream = %server, status = parts.status.as_u16(), "upstream sent {what}; not passed on");
+        let text = format!("upstream MCP server \"{server}\" sent {what}");
+        crate::jsonrpc::error_response(
+            StatusCode::BAD_GATEWAY,
+            request_id.as_ref(),
+            crate::jsonrpc::UPSTREAM_ERROR,
+            &text,
+            None,
+        )
     };
-    (parts.status, upstream::response_headers(&parts.headers), body).into_response()
+    let limit = filter.gw.settings.max_upstream_message_bytes;
+    let timeout = std::time::Duration::from_millis(filter.gw.settings.upstream_timeout_ms);
+    let read = tokio::time::timeout(
+        timeout,
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)),
+    );
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return refuse("an answer larger than edge.max_upstream_message_bytes".into()),
+        Err(_) => return refuse("an answer that did not arrive within edge.upstream_timeout_ms".into()),
+    };
+    let headers = upstream::response_headers(&parts.headers);
+    if nothing_to_filter(&bytes) {
+        // Most answers: nothing in them the guard changes, so they are not parsed at all.
+        return (parts.status, headers, bytes).into_response();
+    }
+    let mut answer = match crate::jsonrpc::parse_strict(&bytes) {
+        Ok(answer) => answer,
+        Err(e) => {
+            return refuse(format!(
+                "an answer Tollgate cannot parse ({})",
+                crate::jsonrpc::printable(&e.to_string(), 200)
+            ));
+        }
+    };
+    if let Some(id) = &request_id
+        && (answer.get("method").is_some()
+            || answer.get("id").is_some_and(|answered| answered != id)
+            || answer.is_array())
+    {
+        return refuse(
+            "an answer that does not answer the request it was sent for (another id, or not one response)".into(),
+        );
+    }
+    match filter.filter(&mut answer).await {
+        Ok(true) => (parts.status, headers, answer.to_string()).into_response(),
+        Ok(false) => (parts.status, headers, bytes).into_response(),
+        Err(refused) => {
+            let error = crate::jsonrpc::error_body(
+                request_id.as_ref(),
+                crate::jsonrpc::INTERNAL_ERROR,
+                &refused.message,
+                None,
+            );
+            crate::jsonrpc::json_response(refused.status, &error)
+        }
+    }
 }
 
 /// Whether the guard could change nothing in the JSON text `bytes` (an answer to a call): it
@@ -324,11 +384,12 @@ impl ListFilter {
         // with the rest of the list.
         let pinned =
             kind != SubjectKind::Resource && self.gw.pins.mode(&self.server) != tollgate_api::proto::Pinning::Off;
-        if pinned {
-            crate::pins::drop_duplicate_names(items, key);
-        }
+        // A name listed twice is reported as one definition of both (refused until reviewed),
+        // and neither entry is shown.
         let definitions = if pinned {
-            crate::pins::definitions_of(kind, key, items, self.gw.pins.max_definition_bytes())
+            let definitions = crate::pins::definitions_of(kind, key, items, self.gw.pins.max_definition_bytes());
+            crate::pins::drop_duplicate_names(items, key);
+            definitions
         } else {
             Vec::new()
         };

@@ -223,7 +223,9 @@ impl Held {
             }
         };
         if content_type_is(response.headers(), "text/event-stream") {
-            let mut body = guarded(response, exchange.list_filter(), Some(self.id.clone())).into_body();
+            let mut body = guarded(response, exchange.list_filter(), Some(self.id.clone()))
+                .await
+                .into_body();
             while let Some(frame) = body.frame().await {
                 let Ok(frame) = frame else { return };
                 if let Ok(data) = frame.into_data()

@@ -152,7 +152,7 @@ pub(crate) async fn per_server(exchange: &Exchange<'_>, mut message: Value, id: 
     };
     let stream = response.status().is_success() && content_type_is(response.headers(), "text/event-stream");
     if !stream {
-        return guarded(response, filter, Some(id.clone())); // an error answer: nothing is held open
+        return guarded(response, filter, Some(id.clone())).await; // an error answer: nothing is held open
     }
     let (parts, body) = response.into_parts();
     let part = Part::reading(exchange, body, id, requested.uris);

@@ -23,7 +23,7 @@ pub(crate) async fn list(exchange: &Exchange<'_>, method: &str, message: &Value,
         Err(response) => return response,
     };
     if content_type_is(response.headers(), "text/event-stream") {
-        return guarded(response, exchange.list_filter(), Some(id.clone()));
+        return guarded(response, exchange.list_filter(), Some(id.clone())).await;
     }
     let (parts, body) = response.into_parts();
     // Nothing of an answer the edge could not check is passed on: not its body, and for a

@@ -296,7 +296,7 @@ async fn bodyless(
                 seal_tasks: true,
                 task_origin: None,
             };
-            holding(guarded(response, filter, None), slot)
+            holding(guarded(response, filter, None).await, slot)
         }
         Err(response) => response,
     }

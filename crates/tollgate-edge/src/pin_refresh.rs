@@ -39,8 +39,8 @@ pub(crate) async fn retain_pinned_templates(
         return false;
     }
     items.retain(|item| item.get("uriTemplate").and_then(Value::as_str).is_some());
-    crate::pins::drop_duplicate_names(items, "uriTemplate");
     let definitions = definitions_of(kind, "uriTemplate", items, gw.pins.max_definition_bytes());
+    crate::pins::drop_duplicate_names(items, "uriTemplate");
     report(gw, server, kind, &definitions, false).await;
     if gw.pins.mode(server) != Pinning::Enforce {
         return true;
@@ -87,10 +87,14 @@ pub(crate) async fn report(gw: &Gateway, server: &str, kind: SubjectKind, defini
     for chunk in request.definitions.chunks(REPORT_CHUNK) {
         let mut part = request.clone();
         part.definitions = chunk.to_vec();
-        if let Err(e) = gw.decider.observe_pins(part).await {
-            let names: Vec<String> = chunk.iter().map(|d| d.name.clone()).collect();
-            gw.pins.forget(server, kind, &names);
-            tracing::warn!(upstream = %server, "could not report listed definitions for pinning (retried with the next list): {e}");
+        match gw.decider.observe_pins(part).await {
+            Ok(()) => {
+                let done: Vec<(String, String)> = chunk.iter().map(|d| (d.name.clone(), d.digest.clone())).collect();
+                gw.pins.reported(server, kind, &done);
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %server, "could not report listed definitions for pinning (retried with the next list; calls are checked against them meanwhile): {e}")
+            }
         }
     }
 }
@@ -426,10 +430,10 @@ impl<'a> Reader<'a> {
             all.extend(definitions_of(kind, key, items, max));
             match result.get("nextCursor").and_then(Value::as_str) {
                 Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
-                _ => return Ok(all),
+                _ => return Ok(crate::pins::merge_duplicates(all, max)),
             }
         }
-        Ok(all)
+        Ok(crate::pins::merge_duplicates(all, max))
     }
 
     /// Every pinned list, statelessly: the tools list must answer; the others may be

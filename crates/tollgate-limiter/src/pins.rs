@@ -204,6 +204,12 @@ impl Pin {
     /// Keeps at most [`MAX_PENDING_PER_NAME`] pending and [`MAX_REJECTED_PER_NAME`]
     /// rejected definitions (the oldest go), never the approved one or the current one.
     fn bound(&mut self) {
+        // Rejected definitions are remembered by digest; the text only of the one listed now.
+        for d in &mut self.definitions {
+            if d.state == PinState::Rejected && d.digest != self.current {
+                d.definition.clear();
+            }
+        }
         for (state, most) in [
             (PinState::Pending, MAX_PENDING_PER_NAME),
             (PinState::Rejected, MAX_REJECTED_PER_NAME),
@@ -238,6 +244,12 @@ impl Pin {
                     known.last_seen_ms = now_ms;
                     changed = true;
                 }
+                // A rejected definition listed again keeps its text while it is the one
+                // listed, so that an operator can review it again (and approve it after all).
+                if known.state == PinState::Rejected && known.definition.is_empty() && !seen.definition.is_empty() {
+                    known.definition = seen.definition.clone();
+                    changed = true;
+                }
             }
             None => {
                 // A name's later definitions always wait for an operator, whatever the mode:
@@ -245,6 +257,9 @@ impl Pin {
                 self.add(seen, now_ms, false);
                 changed = true;
             }
+        }
+        if changed {
+            self.bound();
         }
         changed
     }
@@ -273,9 +288,6 @@ impl Pin {
         definition.resolved_by = cut(by);
         definition.reason = cut(reason);
         definition.resolved_ms = now_ms;
-        if !approve {
-            definition.definition.clear();
-        }
         self.bound();
         Some(true)
     }
@@ -291,8 +303,19 @@ pub enum PinVerdict {
 }
 
 /// Checks `digest` (the edge's last seen definition; empty: the store's last seen one) of
-/// `pin` against `approved` (the store's approved digest, or the lockfile's).
-pub fn check(pin: Option<&Pin>, name: &str, noun: &str, digest: &str, approved: Option<&str>) -> PinVerdict {
+/// `pin` against `approved` (the store's approved digest, or the lockfile's). With
+/// `pending_refuses` (the store approves, not a lockfile), a name with a definition awaiting
+/// review is refused whatever is listed now: an upstream that shows another definition to
+/// some readers (agents) than to others (an edge's refresh) cannot have calls admitted while
+/// the one it showed waits for review.
+pub fn check(
+    pin: Option<&Pin>,
+    name: &str,
+    noun: &str,
+    digest: &str,
+    approved: Option<&str>,
+    pending_refuses: bool,
+) -> PinVerdict {
     let Some(pin) = pin else {
         if !digest.is_empty() && approved == Some(digest) {
             // A lockfile approves what this edge saw; the store has no record (yet).
@@ -313,7 +336,15 @@ pub fn check(pin: Option<&Pin>, name: &str, noun: &str, digest: &str, approved: 
     };
     let state = pin.definition(seen).map(|d| d.state);
     let refused = |state: &'static str, why: String| PinVerdict::Refused { state, reason: why };
+    let awaiting = pending_refuses && pin.definitions.iter().any(|d| d.state == PinState::Pending);
     match approved {
+        Some(approved) if approved == seen && approved == pin.current && awaiting => refused(
+            "changed",
+            format!(
+                "a changed definition of {noun} {name} awaits review; its calls are refused until an operator \
+                 approves or rejects it"
+            ),
+        ),
         Some(approved) if approved == seen && approved == pin.current => PinVerdict::Approved,
         Some(approved) if approved == seen => refused(
             "changed",
@@ -360,17 +391,20 @@ pub trait PinStore: Send + Sync + 'static {
     ) -> Result<PinResolution, StoreError>;
 }
 
-/// Applies `seen` to `records` (read before), giving the records to write and the answer.
-/// Shared by the stores: `get` reads one record, `count` is how many names the store holds.
+/// Applies `seen` to the records (`get` reads one as it was), giving the records of the
+/// names recorded (in order) and those to write. A name not recorded yet is added only while
+/// `room` allows (`None`: the store checks); the others are skipped, with a warning, so that a
+/// full store still records changes to the names it holds.
 pub(crate) fn apply_seen(
     seen: &[Seen],
     now_ms: u64,
     mut get: impl FnMut(&PinKey) -> Option<Pin>,
-    count: usize,
-) -> Result<(Vec<Pin>, Vec<Pin>), StoreError> {
+    room: Option<usize>,
+) -> (Vec<Pin>, Vec<Pin>) {
     let mut answer: Vec<Pin> = Vec::with_capacity(seen.len());
     let mut changed: HashMap<String, Pin> = HashMap::new();
     let mut added = 0usize;
+    let mut skipped = 0usize;
     for s in seen {
         let field = s.key.field();
         let before = changed.get(&field).cloned().or_else(|| get(&s.key));
@@ -382,11 +416,9 @@ pub(crate) fn apply_seen(
                 pin
             }
             None => {
-                if count + added >= MAX_PINNED {
-                    return Err(StoreError::Full(format!(
-                        "the store pins {MAX_PINNED} names already; {} of {} cannot be recorded",
-                        s.key.name, s.key.server
-                    )));
+                if room.is_some_and(|room| added >= room) {
+                    skipped += 1;
+                    continue;
                 }
                 added += 1;
                 let pin = Pin::first(s, now_ms);
@@ -396,7 +428,13 @@ pub(crate) fn apply_seen(
         };
         answer.push(pin);
     }
-    Ok((answer, changed.into_values().collect()))
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "the store pins {MAX_PINNED} names already: new names are not recorded (in enforce they stay hidden and refused)"
+        );
+    }
+    (answer, changed.into_values().collect())
 }
 
 /// Pins in this process (`tollgate up`, tests).
@@ -415,8 +453,8 @@ impl MemoryPins {
 impl PinStore for MemoryPins {
     async fn observe(&self, seen: &[Seen], now_ms: u64) -> Result<Vec<Pin>, StoreError> {
         let mut records = self.lock();
-        let count = records.len();
-        let (answer, changed) = apply_seen(seen, now_ms, |k| records.get(&k.field()).cloned(), count)?;
+        let room = MAX_PINNED.saturating_sub(records.len());
+        let (answer, changed) = apply_seen(seen, now_ms, |k| records.get(&k.field()).cloned(), Some(room));
         for pin in changed {
             records.insert(pin.key.field(), pin);
         }
@@ -482,7 +520,7 @@ mod tests {
         assert_eq!(first[0].definitions[0].state, PinState::Pending, "enforce: pending");
         let id = first[0].key.id_of("a1");
         assert!(is_pin_id(&id));
-        let verdict = check(Some(&first[0]), "scale", "tool", "a1", None);
+        let verdict = check(Some(&first[0]), "scale", "tool", "a1", None, true);
         assert!(
             matches!(verdict, PinVerdict::Refused { state: "pending", .. }),
             "{verdict:?}"
@@ -492,7 +530,7 @@ mod tests {
             panic!("not resolved")
         };
         assert_eq!(
-            check(Some(&pin), "scale", "tool", "a1", Some("a1")),
+            check(Some(&pin), "scale", "tool", "a1", Some("a1"), true),
             PinVerdict::Approved
         );
         // The server changes the tool: the new definition is pending, the old one approved.
@@ -503,11 +541,11 @@ mod tests {
         let approved = pin.approved().map(|d| d.digest.as_str());
         // An edge that still holds the old digest is refused too: the store saw the change.
         assert!(matches!(
-            check(Some(pin), "scale", "tool", "a1", approved),
+            check(Some(pin), "scale", "tool", "a1", approved, true),
             PinVerdict::Refused { state: "changed", .. }
         ));
         assert!(matches!(
-            check(Some(pin), "scale", "tool", "b2", approved),
+            check(Some(pin), "scale", "tool", "b2", approved, true),
             PinVerdict::Refused { state: "changed", .. }
         ));
         let rejected = pin.key.id_of("b2");
@@ -521,12 +559,12 @@ mod tests {
         let pins = store.pins(std::slice::from_ref(&pin.key)).await.expect("pins");
         let pin = pins[0].as_ref().expect("recorded");
         assert!(matches!(
-            check(Some(pin), "scale", "tool", "b2", Some("a1")),
+            check(Some(pin), "scale", "tool", "b2", Some("a1"), true),
             PinVerdict::Refused { state: "rejected", .. }
         ));
         assert!(
-            pin.definition("b2").expect("kept").definition.is_empty(),
-            "only the digest is kept"
+            !pin.definition("b2").expect("kept").definition.is_empty(),
+            "the text of the rejected definition listed now stays, for another review"
         );
         // Listing the rejected definition again does not make it pending again.
         let again = store.observe(&[seen("scale", "b2", false)], 5).await.expect("observe");
@@ -534,8 +572,12 @@ mod tests {
         // The server goes back to the approved definition: approved again.
         let back = store.observe(&[seen("scale", "a1", false)], 6).await.expect("observe");
         assert_eq!(
-            check(Some(&back[0]), "scale", "tool", "a1", Some("a1")),
+            check(Some(&back[0]), "scale", "tool", "a1", Some("a1"), true),
             PinVerdict::Approved
+        );
+        assert!(
+            back[0].definition("b2").expect("kept").definition.is_empty(),
+            "once another is listed, only the rejected one's digest is kept"
         );
         assert!(matches!(
             store.resolve(&id, true, "ops", "", 7).await.expect("resolve"),
@@ -576,7 +618,15 @@ mod tests {
         assert!(pin.definitions[0].reason.contains("2000000 bytes"));
         // Names are bounded per store.
         let many: Vec<Seen> = (0..MAX_PINNED).map(|i| seen(&format!("t{i}"), "d", true)).collect();
-        let full = store.observe(&many, 30).await;
-        assert!(matches!(full, Err(StoreError::Full(_))), "{full:?}");
+        let recorded = store.observe(&many, 30).await.expect("observe");
+        assert_eq!(recorded.len(), MAX_PINNED - 2, "only what fits");
+        assert_eq!(store.list().await.expect("list").len(), MAX_PINNED);
+        // A full store still records a change to a name it holds.
+        let changed = store
+            .observe(&[seen("get", "w", true), seen("new", "n", true)], 31)
+            .await
+            .expect("observe");
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].current, "w");
     }
 }

@@ -1614,6 +1614,9 @@ fn parse_pin(text: &str) -> Result<crate::Pin, StoreError> {
 impl crate::PinStore for RedisStore {
     async fn observe(&self, seen: &[crate::Seen], now_ms: u64) -> Result<Vec<crate::Pin>, StoreError> {
         let fields: Vec<String> = seen.iter().map(|s| s.key.field()).collect();
+        // New names are added while the script finds room; when it does not, the round is
+        // made again without them, so that changes to the names held are still recorded.
+        let mut room = None;
         for _ in 0..PIN_CAS_ROUNDS {
             let texts = self.pin_texts(&fields).await?;
             let read: HashMap<String, String> = fields
@@ -1625,14 +1628,16 @@ impl crate::PinStore for RedisStore {
             for (field, text) in &read {
                 parsed.insert(field.clone(), parse_pin(text)?);
             }
-            // Counted by the script, which refuses a write past the bound.
-            let (answer, changed) = crate::pins::apply_seen(seen, now_ms, |k| parsed.get(&k.field()).cloned(), 0)?;
+            let (answer, changed) = crate::pins::apply_seen(seen, now_ms, |k| parsed.get(&k.field()).cloned(), room);
             let writes: Vec<(Option<String>, crate::Pin)> = changed
                 .into_iter()
                 .map(|pin| (read.get(&pin.key.field()).cloned(), pin))
                 .collect();
-            if self.pin_cas(&writes).await? {
-                return Ok(answer);
+            match self.pin_cas(&writes).await {
+                Ok(true) => return Ok(answer),
+                Ok(false) => {}
+                Err(StoreError::Full(_)) if room.is_none() => room = Some(0),
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::Rejected(
