@@ -387,11 +387,14 @@ impl ListFilter {
         // A name listed twice is reported as one definition of both (refused until reviewed),
         // and neither entry is shown.
         let definitions = if pinned {
-            let definitions = crate::pins::definitions_of(kind, key, items, self.gw.pins.max_definition_bytes());
-            crate::pins::drop_duplicate_names(items, key);
+            let definitions = self.gw.pins.definitions(&self.server, kind, key, items);
+            // One definition per entry unless a name is listed twice.
+            if definitions.len() != items.len() {
+                crate::pins::drop_duplicate_names(items, key);
+            }
             definitions
         } else {
-            Vec::new()
+            Default::default()
         };
         if pinned {
             crate::pin_refresh::report(&self.gw, &self.server, kind, &definitions, false).await;

@@ -257,7 +257,21 @@ pub(crate) struct EdgePins {
     pub(crate) locked: Option<Locked>,
     /// Per upstream: asks its refresher to read the lists now.
     pub(crate) wake: HashMap<String, Arc<tokio::sync::Notify>>,
+    /// The definitions of the last lists seen per (kind, upstream), with their entries: the
+    /// same list again (compared in full, never by hash) reuses them.
+    memo: Mutex<HashMap<(i32, String), Vec<Memo>>>,
 }
+
+/// One list's entries and their definitions.
+struct Memo {
+    items: Vec<Value>,
+    definitions: Arc<Vec<Definition>>,
+}
+
+/// Lists remembered per (kind, upstream): pages of one list.
+const MEMO_LISTS: usize = 8;
+/// Largest list (its definitions' bytes) remembered.
+const MEMO_MAX_BYTES: usize = 1024 * 1024;
 
 fn pinning(mode: PinningMode) -> Pinning {
     match mode {
@@ -300,7 +314,41 @@ impl EdgePins {
             last: Mutex::default(),
             locked,
             wake,
+            memo: Mutex::default(),
         })
+    }
+
+    /// [`definitions_of`] the entries of a list, reusing the answer for a list seen before.
+    pub(crate) fn definitions(
+        &self,
+        server: &str,
+        kind: SubjectKind,
+        key: &str,
+        items: &[Value],
+    ) -> Arc<Vec<Definition>> {
+        let memo_key = (kind as i32, server.to_owned());
+        {
+            let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = memo
+                .get(&memo_key)
+                .and_then(|lists| lists.iter().find(|m| m.items == items))
+            {
+                return hit.definitions.clone();
+            }
+        }
+        let definitions = Arc::new(definitions_of(kind, key, items, self.max_definition_bytes));
+        if definitions.iter().map(|d| d.bytes).sum::<usize>() <= MEMO_MAX_BYTES {
+            let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            let lists = memo.entry(memo_key).or_default();
+            if lists.len() >= MEMO_LISTS {
+                lists.remove(0);
+            }
+            lists.push(Memo {
+                items: items.to_vec(),
+                definitions: definitions.clone(),
+            });
+        }
+        definitions
     }
 
     pub(crate) fn mode(&self, server: &str) -> Pinning {
