@@ -380,40 +380,17 @@ impl ListFilter {
                 .and_then(Value::as_str)
                 .is_some_and(|n| tollgate_api::check_subject(kind, n).is_ok())
         });
-        // Tool pinning: each definition's digest, reported when new to this edge, and checked
-        // with the rest of the list.
-        let pinned =
-            kind != SubjectKind::Resource && self.gw.pins.mode(&self.server) != tollgate_api::proto::Pinning::Off;
-        // A name listed twice is reported as one definition of both (refused until reviewed),
-        // and neither entry is shown.
-        let definitions = if pinned {
-            let definitions = self.gw.pins.definitions(&self.server, kind, key, items);
-            // One definition per entry unless a name is listed twice.
-            if definitions.len() != items.len() {
-                crate::pins::drop_duplicate_names(items, key);
-            }
-            definitions
-        } else {
-            Default::default()
-        };
-        if pinned {
-            crate::pin_refresh::report(&self.gw, &self.server, kind, &definitions, false).await;
-        }
-        let digests: std::collections::HashMap<&str, &str> = definitions
-            .iter()
-            .map(|d| (d.name.as_str(), d.digest.as_str()))
-            .collect();
+        // Tool pinning: each entry's pin check (none when the upstream is not pinned).
+        let pins = crate::pin_refresh::pin_checks(&self.gw, &self.server, kind, key, items).await;
         let listed: Vec<Tool> = items
             .iter()
             .filter_map(|item| {
                 let name = name_of(item)?;
-                let pin = if pinned {
-                    self.gw
-                        .pins
-                        .check(&self.server, kind, &name, digests.get(name.as_str()).copied())
-                } else {
-                    None
-                };
+                let pin = pins.as_ref().and_then(|p| {
+                    p.get(name.as_str())
+                        .cloned()
+                        .or_else(|| self.gw.pins.check(&self.server, kind, &name, None))
+                });
                 Some(Tool {
                     name,
                     annotations: (kind == SubjectKind::Tool).then(|| annotations_of(item)),

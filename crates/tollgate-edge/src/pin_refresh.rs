@@ -78,6 +78,34 @@ pub(crate) async fn retain_pinned_templates(
     true
 }
 
+/// The pin check of each entry of a tools or prompts list of `server` (by name), `None` when
+/// the upstream is not pinned: the definitions digested (reused for a list seen before), a
+/// name listed twice hidden (and pinned as one definition of both), what is new to this edge
+/// reported.
+pub(crate) async fn pin_checks(
+    gw: &Gateway,
+    server: &str,
+    kind: SubjectKind,
+    key: &str,
+    items: &mut Vec<Value>,
+) -> Option<std::collections::HashMap<String, tollgate_api::proto::PinCheck>> {
+    if kind == SubjectKind::Resource || gw.pins.mode(server) == tollgate_api::proto::Pinning::Off {
+        return None;
+    }
+    let definitions = gw.pins.definitions(server, kind, key, items);
+    // One definition per entry unless a name is listed twice.
+    if definitions.len() != items.len() {
+        crate::pins::drop_duplicate_names(items, key);
+    }
+    report(gw, server, kind, &definitions, false).await;
+    Some(
+        definitions
+            .iter()
+            .filter_map(|d| Some((d.name.clone(), gw.pins.check(server, kind, &d.name, Some(&d.digest))?)))
+            .collect(),
+    )
+}
+
 /// Reports `definitions` of `server` that are new to this edge to the decision service.
 /// A report that fails is tried again with the next list.
 pub(crate) async fn report(gw: &Gateway, server: &str, kind: SubjectKind, definitions: &[Definition], all: bool) {
