@@ -497,8 +497,11 @@ async fn an_admission_waits_for_its_replica_and_is_refused_without_one() {
     let details = refusal(&refused).unwrap_or_else(|| panic!("refused without a replica: {refused}"));
     assert_eq!(details["verdict"], "DENY", "{details}");
     let reason = details["reason"].as_str().unwrap_or_default();
+    // Redis answers the WAIT with 0 after its timeout; on a loaded machine that answer can
+    // miss the client's own deadline (timeout + 100 ms), which is the same refusal.
     assert!(
-        reason.contains("0 of the 1 replicas store.replica_ack asks for acknowledged"),
+        reason.contains("0 of the 1 replicas store.replica_ack asks for acknowledged")
+            || reason.contains("WAIT for 1 replicas failed: no answer"),
         "{details}"
     );
     assert_eq!(
