@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -22,48 +22,9 @@ const POLICY: &str = r#"{
   "tools": { "k8s_delete_namespace": { "action": "deny", "reason": "namespaces are deleted by people" } }
 }"#;
 
-struct Upstream(Child);
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The Python SDK upstream on a free port, and its `/mcp` URL once it accepts connections.
-fn rugpull_upstream() -> (Upstream, String) {
-    use std::io::BufRead;
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
-    assert!(
-        python.exists(),
-        "the MCP Python SDK is not installed: run scripts/test.sh (it makes target/py)"
-    );
-    let mut child = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/py_rugpull_server.py"
-        ))
-        .arg("0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python");
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the Python upstream did not print its port: {line:?}"));
-    let upstream = Upstream(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the Python upstream did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (upstream, format!("http://127.0.0.1:{port}/mcp"))
+/// The Python SDK upstream that changes its tool on command, on a free port.
+fn rugpull_upstream() -> (support::PythonUpstream, String) {
+    support::python_upstream("py_rugpull_server.py")
 }
 
 /// A config with `upstreams` (name, url) pinned as `pinning`, grant `a`, an operator.

@@ -6,11 +6,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{KEY_A, Proc, write_config};
+use support::{KEY_A, Proc, python, write_config};
 
 const POLICY: &str = r#"{
   "version": "1",
@@ -20,53 +20,9 @@ const POLICY: &str = r#"{
   }
 }"#;
 
-struct Upstream(Child);
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python() -> std::path::PathBuf {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
-    assert!(
-        python.exists(),
-        "the MCP Python SDK is not installed: run scripts/test.sh (it makes target/py)"
-    );
-    python
-}
-
 /// The Python SDK's `MCPServer` on a free port; its `/mcp` URL once it accepts connections.
-fn modern_upstream() -> (Upstream, String) {
-    use std::io::BufRead;
-    let mut child = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/py_modern_server.py"
-        ))
-        .arg("0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python");
-    // The server binds a free port itself and prints it, then serves on it.
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the Python upstream did not print its port: {line:?}"));
-    let upstream = Upstream(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the Python upstream did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (upstream, format!("http://127.0.0.1:{port}/mcp"))
+fn modern_upstream() -> (support::PythonUpstream, String) {
+    support::python_upstream("py_modern_server.py")
 }
 
 /// The Python SDK client in `mode` against `url`: what it saw. A client that failed as a

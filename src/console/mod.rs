@@ -606,27 +606,47 @@ struct ResolveForm {
     reason: String,
 }
 
+impl Console {
+    /// An approve-or-`no` form: the session, its CSRF token, the decision and the reason,
+    /// checked (the session, whether it approves, the reason), or the answer refusing it.
+    async fn resolve_form<'f>(
+        &self,
+        headers: &HeaderMap,
+        form: &'f ResolveForm,
+        no: &str,
+    ) -> Result<(Session, bool, &'f str), Box<Response>> {
+        let Some(session) = self.session(headers).await else {
+            return Err(Box::new(unauthorized()));
+        };
+        if !self.csrf_ok(&session, &form.csrf) {
+            return Err(Box::new(csrf_refused()));
+        }
+        let approve = match form.decision.as_str() {
+            "approve" => true,
+            d if d == no => false,
+            _ => {
+                let text = format!("decision must be approve or {no}");
+                return Err(Box::new((StatusCode::BAD_REQUEST, text).into_response()));
+            }
+        };
+        let reason = form.reason.trim();
+        if let Err(message) = check_reason(reason) {
+            return Err(Box::new((StatusCode::BAD_REQUEST, message).into_response()));
+        }
+        Ok((session, approve, reason))
+    }
+}
+
 async fn resolve(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<ResolveForm>,
 ) -> Response {
-    let Some(session) = console.session(&headers).await else {
-        return unauthorized();
+    let (session, approve, reason) = match console.resolve_form(&headers, &form, "deny").await {
+        Ok(checked) => checked,
+        Err(refused) => return *refused,
     };
-    if !console.csrf_ok(&session, &form.csrf) {
-        return csrf_refused();
-    }
-    let approve = match form.decision.as_str() {
-        "approve" => true,
-        "deny" => false,
-        _ => return (StatusCode::BAD_REQUEST, "decision must be approve or deny").into_response(),
-    };
-    let reason = form.reason.trim();
-    if let Err(message) = check_reason(reason) {
-        return (StatusCode::BAD_REQUEST, message).into_response();
-    }
     if approve {
         // An approval is confirmed on a page that shows the call whole, so a click that
         // landed on the wrong entry (or an entry that moved) approves nothing by itself.
@@ -786,21 +806,10 @@ async fn resolve_pin(
     Path(id): Path<String>,
     Form(form): Form<ResolveForm>,
 ) -> Response {
-    let Some(session) = console.session(&headers).await else {
-        return unauthorized();
+    let (session, approve, reason) = match console.resolve_form(&headers, &form, "reject").await {
+        Ok(checked) => checked,
+        Err(refused) => return *refused,
     };
-    if !console.csrf_ok(&session, &form.csrf) {
-        return csrf_refused();
-    }
-    let approve = match form.decision.as_str() {
-        "approve" => true,
-        "reject" => false,
-        _ => return (StatusCode::BAD_REQUEST, "decision must be approve or reject").into_response(),
-    };
-    let reason = form.reason.trim();
-    if let Err(message) = check_reason(reason) {
-        return (StatusCode::BAD_REQUEST, message).into_response();
-    }
     let done = match console
         .engine
         .resolve_pins(std::slice::from_ref(&id), false, approve, &session.o, reason)

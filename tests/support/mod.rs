@@ -562,3 +562,53 @@ pub fn text(result: &Value) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// The test virtualenv's Python (`target/py`, made by `scripts/test.sh` with the MCP SDK).
+pub fn python() -> std::path::PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
+    assert!(
+        python.exists(),
+        "the MCP Python SDK is not installed: run scripts/test.sh (it makes target/py)"
+    );
+    python
+}
+
+/// A Python MCP server of `tests/interop/` (killed when dropped).
+pub struct PythonUpstream(Child);
+
+impl Drop for PythonUpstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tests/interop/{script}` on a free port (the script binds port 0 and prints the
+/// port it got); its `/mcp` URL once it accepts connections.
+pub fn python_upstream(script: &str) -> (PythonUpstream, String) {
+    let mut child = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop").join(script))
+        .arg("0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python");
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the Python upstream {script} did not print its port: {line:?}"));
+    let upstream = PythonUpstream(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Python upstream {script} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (upstream, format!("http://127.0.0.1:{port}/mcp"))
+}

@@ -401,7 +401,7 @@ impl<'a> Reader<'a> {
         let stream = crate::request::content_type_is(&parts.headers, "text/event-stream");
         let read = async {
             if stream {
-                answer_in_stream(body, &id, self.limit).await
+                sse::answer_in(body, &id, self.limit).await
             } else {
                 let bytes = Limited::new(body, self.limit)
                     .collect()
@@ -536,34 +536,6 @@ impl<'a> Reader<'a> {
                 .upstream
                 .send(Method::DELETE, &headers, "", Body::empty(), self.timeout)
                 .await;
-        }
-    }
-}
-
-/// The message answering `id` in an SSE stream.
-async fn answer_in_stream(body: hyper::body::Incoming, id: &Value, limit: usize) -> Result<Value, String> {
-    let mut splitter = sse::EventSplitter::new(limit);
-    let mut body = body;
-    loop {
-        let Some(frame) = body.frame().await else {
-            return Err("a stream that ended without the answer".into());
-        };
-        let frame = frame.map_err(|e| format!("a broken stream ({e})"))?;
-        let Ok(chunk) = frame.into_data() else { continue };
-        splitter.push(&chunk);
-        while let Some(event) = splitter
-            .next_event()
-            .map_err(|sse::EventTooLarge(max)| format!("an event larger than {max} bytes"))?
-        {
-            let Some(data) = sse::data(&event) else { continue };
-            if data.trim().is_empty() {
-                continue;
-            }
-            let message =
-                jsonrpc::parse_strict(data.as_bytes()).map_err(|e| format!("an event that is not JSON ({e})"))?;
-            if message.get("id") == Some(id) && message.get("method").is_none() {
-                return Ok(message);
-            }
         }
     }
 }

@@ -108,6 +108,40 @@ pub fn with_data(event: &[u8], new_data: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// Reads an SSE body until the message answering `id` (a response, not a request or
+/// notification), each event at most `limit` bytes; why not, when the stream ends, breaks or
+/// carries what cannot be read first.
+pub(crate) async fn answer_in(
+    mut body: hyper::body::Incoming,
+    id: &serde_json::Value,
+    limit: usize,
+) -> Result<serde_json::Value, String> {
+    use http_body_util::BodyExt;
+    let mut splitter = EventSplitter::new(limit);
+    loop {
+        let Some(frame) = body.frame().await else {
+            return Err("a stream that ended without the answer".into());
+        };
+        let frame = frame.map_err(|e| format!("a broken stream ({e})"))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        splitter.push(&chunk);
+        while let Some(event) = splitter
+            .next_event()
+            .map_err(|EventTooLarge(max)| format!("an event larger than {max} bytes"))?
+        {
+            let Some(data) = data(&event) else { continue };
+            if data.trim().is_empty() {
+                continue;
+            }
+            let message = crate::jsonrpc::parse_strict(data.as_bytes())
+                .map_err(|e| format!("an event that is not JSON ({e})"))?;
+            if message.get("id") == Some(id) && message.get("method").is_none() {
+                return Ok(message);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

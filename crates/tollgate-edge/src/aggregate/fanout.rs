@@ -78,7 +78,7 @@ impl Agg<'_> {
             }
             let limit = self.gw.settings.max_upstream_message_bytes;
             let answer = if content_type_is(&parts.headers, "text/event-stream") {
-                answer_in_stream(body, id, limit).await?
+                sse::answer_in(body, id, limit).await?
             } else {
                 let bytes = Limited::new(body, limit)
                     .collect()
@@ -477,36 +477,4 @@ fn merged_initialize(results: &[(&String, Value)], requested: &str, agg: &Aggreg
         result["instructions"] = json!(instructions.join("\n"));
     }
     result
-}
-
-/// Reads an SSE answer until the event that answers `id`; other events (progress,
-/// notifications) of a list's or initialize's stream are not passed on.
-async fn answer_in_stream(body: hyper::body::Incoming, id: &Value, limit: usize) -> Result<Value, String> {
-    let mut splitter = sse::EventSplitter::new(limit);
-    let mut body = body;
-    loop {
-        let Some(frame) = body.frame().await else {
-            return Err("a stream that ended without the answer".into());
-        };
-        let frame = frame.map_err(|e| format!("a broken stream ({e})"))?;
-        let Ok(chunk) = frame.into_data() else { continue };
-        splitter.push(&chunk);
-        loop {
-            match splitter.next_event() {
-                Ok(Some(event)) => {
-                    let Some(data) = sse::data(&event) else { continue };
-                    if data.trim().is_empty() {
-                        continue;
-                    }
-                    let message = jsonrpc::parse_strict(data.as_bytes())
-                        .map_err(|e| format!("an event that is not JSON ({e})"))?;
-                    if message.get("id") == Some(id) && message.get("method").is_none() {
-                        return Ok(message);
-                    }
-                }
-                Ok(None) => break,
-                Err(sse::EventTooLarge(max)) => return Err(format!("an event larger than {max} bytes")),
-            }
-        }
-    }
 }
