@@ -7,6 +7,7 @@ mod config;
 mod console;
 mod explain;
 mod pins;
+mod policy_test;
 mod shutdown;
 mod webhook;
 
@@ -331,6 +332,28 @@ enum PolicyCommand {
         #[arg(long)]
         args: Option<String>,
     },
+    /// Test a policy offline against case files: calls (with times, for limits) and operator
+    /// actions, each with what must happen. Memory store, virtual clock; exits 1 when a case
+    /// fails, naming its file:line.
+    ///
+    /// A case file (YAML or JSON):
+    ///   defaults: { server: k8s, grant: a }
+    ///   cases:
+    ///     - name: pauses are limited to 10 a minute
+    ///       steps:
+    ///         - { tool: k8s_rollout_pause, repeat: 10, expect: { verdict: ALLOW } }
+    ///         - { tool: k8s_rollout_pause, expect: { verdict: RATE_LIMITED, remaining: { k8s_rollout_pause_rate: 0 } } }
+    ///         - { after: 1m, tool: k8s_rollout_pause, expect: { verdict: ALLOW } }
+    Test {
+        /// The policy file.
+        policy: PathBuf,
+        /// Case files (YAML or JSON).
+        #[arg(long, required = true, num_args = 1..)]
+        cases: Vec<PathBuf>,
+        /// Also write a JUnit XML report here (for CI).
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -359,6 +382,9 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => return commands::policy_check(&file),
+        Command::Policy {
+            command: PolicyCommand::Test { policy, cases, junit },
+        } => policy_test::policy_test(&policy, &cases, junit.as_deref()),
         Command::Policy {
             command:
                 PolicyCommand::Explain {

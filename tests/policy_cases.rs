@@ -1,0 +1,112 @@
+//! `tollgate policy test` (issue 29, item 1): case files run offline against a policy, with a
+//! virtual clock, operator actions, a readable report naming file:line, and JUnit XML.
+
+mod support;
+
+use support::{run, temp_dir};
+
+#[test]
+fn the_example_policys_cases_pass() {
+    let (code, out, err) = run(&[
+        "policy",
+        "test",
+        "examples/policy.json",
+        "--cases",
+        "examples/policy.cases.yaml",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("4 cases, 4 passed, 0 failed"), "{out}");
+}
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "pause": { "limits": [{ "counter": "pauses", "window": "1m", "max": 2, "scope": "grant" }] },
+    "scale": { "action": "require_approval", "approval": { "timeout": "5m", "mode": "retry" } }
+  },
+  "prompts": { "incident_*": {} },
+  "resources": { "file:///public/*": {} }
+}"#;
+
+#[test]
+fn limits_approvals_prompts_and_resources_are_checked_and_a_failure_names_its_line() {
+    let dir = temp_dir("policy-cases");
+    let policy = dir.join("policy.json");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let cases = dir.join("cases.yaml");
+    std::fs::write(
+        &cases,
+        r#"defaults: { server: k8s, grant: a }
+cases:
+  - name: two pauses a minute
+    steps:
+      - { tool: pause, repeat: 2, expect: { verdict: ALLOW } }
+      - { tool: pause, expect: { verdict: RATE_LIMITED, remaining: { pauses: 0 } } }
+      - { after: 61s, tool: pause, expect: { verdict: ALLOW, remaining: { pauses: 1 } } }
+  - name: scaling waits for an operator
+    steps:
+      - { tool: scale, arguments: { replicas: 3 }, expect: { verdict: APPROVAL_REQUIRED } }
+      - { approve: true }
+      - { tool: scale, arguments: { replicas: 3 }, expect: { verdict: ALLOW } }
+      - { tool: scale, arguments: { replicas: 9 }, expect: { verdict: APPROVAL_REQUIRED } }
+      - { approve: false }
+      - { tool: scale, arguments: { replicas: 9 }, expect: { verdict: DENY } }
+  - name: prompts and resources
+    steps:
+      - { prompt: incident_summary, expect: { verdict: ALLOW } }
+      - { prompt: secrets_dump, expect: { verdict: DENY } }
+      - { resource: "file:///public/a.txt", expect: { verdict: ALLOW } }
+      - { resource: "file:///etc/shadow", expect: { verdict: DENY } }
+  - name: a wrong expectation fails
+    steps:
+      - { tool: pause, expect: { verdict: DENY } }
+"#,
+    )
+    .expect("cases");
+    let junit = dir.join("report.xml");
+    let (code, out, err) = run(&[
+        "policy",
+        "test",
+        policy.to_str().unwrap(),
+        "--cases",
+        cases.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "a failed case exits 1: {out}{err}");
+    assert!(out.contains("ok    two pauses a minute"), "{out}");
+    assert!(out.contains("ok    scaling waits for an operator"), "{out}");
+    assert!(out.contains("ok    prompts and resources"), "{out}");
+    let at = format!(
+        "FAIL  a wrong expectation fails ({}:22): step 1 (pause): expected DENY, got ALLOW",
+        cases.display()
+    );
+    assert!(out.contains(&at), "{out}");
+    assert!(out.contains("4 cases, 3 passed, 1 failed"), "{out}");
+    let report = std::fs::read_to_string(&junit).expect("JUnit written");
+    assert!(report.contains("tests=\"4\" failures=\"1\""), "{report}");
+    assert!(
+        report.contains("<failure message=\"step 1 (pause): expected DENY, got ALLOW"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_broken_case_file_is_refused_with_its_position() {
+    let dir = temp_dir("policy-cases-bad");
+    let cases = dir.join("cases.json");
+    std::fs::write(&cases, "{\"cases\": [{\"name\": \"x\", \"stepz\": []}]}").expect("cases");
+    let (code, _out, err) = run(&[
+        "policy",
+        "test",
+        "examples/policy.json",
+        "--cases",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("{}:1:", cases.display())) && err.contains("stepz"),
+        "{err}"
+    );
+}
