@@ -784,6 +784,8 @@ async fn a_list_smuggled_into_another_answer_is_filtered_or_refused() {
         match (message.get("method").and_then(Value::as_str), name) {
             // Another request's id, with every tool.
             (Some("ping"), _) => Reply::Json(200, tools_list("999", &LISTED)),
+            // A stateless call answered with another id.
+            (Some("tools/call"), Some("limited")) => Reply::Json(200, tools_list("77", &LISTED)),
             // Its own id, with a tools list as the call's result.
             (Some("tools/call"), Some("allowed")) => {
                 let id = message.get("id").map(Value::to_string).unwrap_or_default();
@@ -813,4 +815,24 @@ async fn a_list_smuggled_into_another_answer_is_filtered_or_refused() {
         "filtered to what the grant may call: {tools}"
     );
     assert!(!call.text.contains("\"secret\""), "{}", call.text);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    let stateless = send(
+        reqwest::Method::POST,
+        &url,
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+               "params": {"name": "limited", "arguments": {"ns": "a"}, "_meta": meta}})
+        .to_string(),
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "limited"),
+        ],
+    )
+    .await;
+    assert_eq!(stateless.status, 502, "{}", stateless.text);
+    assert!(
+        stateless.text.contains("does not answer the request"),
+        "{}",
+        stateless.text
+    );
 }

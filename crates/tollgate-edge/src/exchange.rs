@@ -196,6 +196,13 @@ impl Exchange<'_> {
                 );
             }
         };
+        if crate::guard::answers_another(&answer, id) {
+            let text = format!(
+                "upstream MCP server \"{}\" sent an answer that does not answer the request it was sent for",
+                self.upstream.name
+            );
+            return jsonrpc::error_response(StatusCode::BAD_GATEWAY, Some(id), jsonrpc::UPSTREAM_ERROR, &text, None);
+        }
         let body = match filter.filter(&mut answer).await {
             Ok(true) => axum::body::Bytes::from(answer.to_string()),
             Ok(false) => bytes,

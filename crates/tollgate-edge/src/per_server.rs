@@ -219,7 +219,9 @@ async fn completion_visible(exchange: &Exchange<'_>, message: &serde_json::Value
     {
         Some("ref/prompt") => (SubjectKind::Prompt, text("name")),
         Some("ref/resource") => (SubjectKind::Resource, text("uri")),
-        _ => return Ok(true),
+        // MCP has these two: any other spelling ("ref/prompt ", "REF/PROMPT") is not passed
+        // on, so an upstream lenient about it cannot be reached past the check.
+        _ => return Ok(false),
     };
     let Some(name) = name else { return Ok(false) };
     match exchange.list_filter().sees(kind, &name).await {

@@ -41,6 +41,9 @@ pub(crate) async fn retain_pinned_templates(
     items.retain(|item| item.get("uriTemplate").and_then(Value::as_str).is_some());
     let definitions = definitions_of(kind, "uriTemplate", items, gw.pins.max_definition_bytes());
     crate::pins::drop_duplicate_names(items, "uriTemplate");
+    if gw.pins.mode(server) == Pinning::Enforce {
+        crate::pins::strip_unpinned(kind, items);
+    }
     report(gw, server, kind, &definitions, false).await;
     if gw.pins.mode(server) != Pinning::Enforce {
         return true;
@@ -96,6 +99,9 @@ pub(crate) async fn pin_checks(
     // One definition per entry unless a name is listed twice.
     if definitions.len() != items.len() {
         crate::pins::drop_duplicate_names(items, key);
+    }
+    if gw.pins.mode(server) == tollgate_api::proto::Pinning::Enforce {
+        crate::pins::strip_unpinned(kind, items);
     }
     report(gw, server, kind, &definitions, false).await;
     Some(

@@ -81,7 +81,16 @@ impl Lockfile {
                 lock.version
             ));
         }
+        let mut named = std::collections::HashSet::new();
         for p in &lock.pins {
+            if !named.insert((p.server.as_str(), p.kind.as_str(), p.name.as_str())) {
+                return Err(format!(
+                    "{}: {:?} of {:?} is pinned twice (one digest per name)",
+                    path.display(),
+                    p.name,
+                    p.server
+                ));
+            }
             if !is_digest(&p.digest) || !matches!(p.kind.as_str(), "tool" | "prompt" | "template") {
                 return Err(format!(
                     "{}: the pin of {:?} on {:?} needs kind tool, prompt or template and a SHA-256 digest",
@@ -174,6 +183,17 @@ pub fn drop_duplicate_names(items: &mut Vec<Value>, key: &str) -> usize {
     dropped
 }
 
+/// In `enforce`, the members of each entry that its digest does not cover are not passed on
+/// (but `icons` and `_meta`): what an agent reads of a definition is what was approved.
+pub fn strip_unpinned(kind: SubjectKind, items: &mut [Value]) {
+    let members = tollgate_api::definitions::definition_members(kind);
+    for item in items.iter_mut() {
+        if let Value::Object(entry) = item {
+            entry.retain(|k, _| members.contains(&k.as_str()) || k == "icons" || k == "_meta");
+        }
+    }
+}
+
 /// Computes the definitions of `items` (entries of a list of `kind`, named by `key`).
 pub fn definitions_of(kind: SubjectKind, key: &str, items: &[Value], max_bytes: usize) -> Vec<Definition> {
     let each = items
@@ -210,9 +230,9 @@ pub fn merge_duplicates(definitions: Vec<Definition>, max_bytes: usize) -> Vec<D
         if group.is_empty() {
             order.push(d.name.clone());
         }
-        if !group.iter().any(|g| g.digest == d.digest) {
-            group.push(d);
-        }
+        // The same definition twice is a name listed twice too: its entries are hidden, so its
+        // calls must be refused with them.
+        group.push(d);
     }
     order
         .into_iter()

@@ -280,9 +280,26 @@ impl Agg<'_> {
                 let name = text_of("name");
                 match self.agg().split(&name) {
                     Some((server, inner)) => {
-                        let server = server.to_owned();
-                        message["params"]["ref"]["name"] = json!(inner);
-                        Some(server)
+                        // Only a prompt the caller could see listed (the policy's answer and,
+                        // with tool pinning, an approved definition), as on /mcp/{server}.
+                        let headers = self.headers_for(session.session_of(server).flatten());
+                        let seen = match self.exchange_for(session, server, &headers) {
+                            Some(exchange) => exchange.list_filter().sees(SubjectKind::Prompt, inner).await,
+                            None => Ok(false),
+                        };
+                        match seen {
+                            Ok(true) => {
+                                let server = server.to_owned();
+                                message["params"]["ref"]["name"] = json!(inner);
+                                Some(server)
+                            }
+                            Ok(false) => None,
+                            Err(refused) => {
+                                let body =
+                                    jsonrpc::error_body(Some(id), jsonrpc::INTERNAL_ERROR, &refused.message, None);
+                                return jsonrpc::json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+                            }
+                        }
                     }
                     None => None,
                 }
