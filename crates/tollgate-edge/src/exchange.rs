@@ -196,7 +196,7 @@ impl Exchange<'_> {
                 );
             }
         };
-        if crate::guard::answers_another(&answer, id) {
+        if jsonrpc::answers_another(&answer, id) {
             let text = format!(
                 "upstream MCP server \"{}\" sent an answer that does not answer the request it was sent for",
                 self.upstream.name

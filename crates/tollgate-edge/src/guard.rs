@@ -77,7 +77,7 @@ pub(crate) async fn guarded(
         }
     };
     if let Some(id) = &request_id
-        && answers_another(&answer, id)
+        && crate::jsonrpc::answers_another(&answer, id)
     {
         return refuse(
             "an answer that does not answer the request it was sent for (another id, or not one response)".into(),
@@ -95,20 +95,6 @@ pub(crate) async fn guarded(
             );
             crate::jsonrpc::json_response(refused.status, &error)
         }
-    }
-}
-
-/// Whether a JSON answer to request `id` is not that request's response: a request or
-/// notification, a batch, no id, or another id (an error with a null id, for a request the
-/// upstream could not read, is a response).
-pub(crate) fn answers_another(answer: &Value, id: &Value) -> bool {
-    if answer.is_array() || answer.get("method").is_some() {
-        return true;
-    }
-    match answer.get("id") {
-        Some(Value::Null) => answer.get("error").is_none(),
-        Some(answered) => answered != id,
-        None => true,
     }
 }
 

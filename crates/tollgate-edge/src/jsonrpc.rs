@@ -339,6 +339,20 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+/// Whether a JSON answer to request `id` is not that request's response: a request or
+/// notification, a batch, no id, or another id (an error with a null id, for a request the
+/// upstream could not read, is a response).
+pub(crate) fn answers_another(answer: &Value, id: &Value) -> bool {
+    if answer.is_array() || answer.get("method").is_some() {
+        return true;
+    }
+    match answer.get("id") {
+        Some(Value::Null) => answer.get("error").is_none(),
+        Some(answered) => answered != id,
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
