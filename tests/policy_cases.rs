@@ -110,3 +110,51 @@ fn a_broken_case_file_is_refused_with_its_position() {
         "{err}"
     );
 }
+
+/// The JSON examples of README's "Policy reference", in order; a rule fragment
+/// (`"k8s_scale": {…}`) as the only rule of a `tools` map under a default of deny.
+fn reference_examples() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let start = readme.find("## Policy reference").expect("a Policy reference section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    section
+        .split("```json\n")
+        .skip(1)
+        .filter_map(|block| block.split("\n```").next())
+        .map(|block| {
+            if block.trim_start().starts_with('{') {
+                block.to_owned()
+            } else {
+                format!("{{\"version\": \"1\", \"default\": \"deny\", \"tools\": {{ {block} }}}}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_policy_reference_example_has_cases_that_pass() {
+    let examples = reference_examples();
+    let dir = temp_dir("policy-reference");
+    let case_files = std::fs::read_dir("examples/readme")
+        .expect("examples/readme")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".cases.yaml"))
+        })
+        .count();
+    assert_eq!(
+        examples.len(),
+        case_files,
+        "each JSON example of the README's policy reference has its case file examples/readme/policy-N.cases.yaml"
+    );
+    for (i, example) in examples.iter().enumerate() {
+        let n = i + 1;
+        let policy = dir.join(format!("policy-{n}.json"));
+        std::fs::write(&policy, example).expect("policy");
+        let cases = format!("examples/readme/policy-{n}.cases.yaml");
+        let (code, out, err) = run(&["policy", "test", policy.to_str().unwrap(), "--cases", &cases]);
+        assert_eq!(code, 0, "example {n}:\n{example}\n{out}{err}");
+        assert!(out.contains(" failed") && out.contains(", 0 failed"), "{out}");
+    }
+}
