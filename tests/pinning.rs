@@ -462,8 +462,9 @@ async fn a_silent_change_between_list_and_call_is_refused_within_the_refresh_bou
     );
     assert!(!modern_tools(&endpoint).await.contains(&"k8s_scale".to_owned()));
 
-    // The operator's approvals are in the journal's chain; the refusals name the pin.
-    drop(up);
+    // The operator's approvals are in the journal's chain; the refusals name the pin. (A
+    // clean stop: records are written in groups, and a SIGKILL may lose the last group.)
+    up.terminate();
     let (code, out, err) = support::run(&["audit", "export", journal.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let records: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
