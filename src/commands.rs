@@ -593,40 +593,62 @@ pub enum ApprovalAction {
     Resolve { id: String, approve: bool, reason: String },
 }
 
-/// `tollgate approvals …`: a client of the operators' API.
-pub fn approvals(
-    config_path: &Path,
-    url: Option<String>,
-    key: Option<String>,
-    action: ApprovalAction,
-) -> anyhow::Result<()> {
-    let base = match url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let config = Config::load(config_path).with_context(
-                || "the operators' API address comes from decision.admin_listen: pass --url or --config",
-            )?;
-            format!("http://{}", config.decision()?.admin_listen)
-        }
-    };
-    let key = key.ok_or_else(|| anyhow::anyhow!("an operator key is needed: --key or TOLLGATE_ADMIN_KEY"))?;
-    runtime()?.block_on(async move {
+/// JSON for a terminal: pretty, with bidirectional and invisible controls (only ever inside
+/// strings) as `\u` escapes, so that it reads as it parses and stays valid JSON.
+pub(crate) fn terminal_json(value: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)?
+        .chars()
+        .map(|c| {
+            if crate::console::is_invisible_control(c) {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect())
+}
+
+/// The operators' API a command talks to (`tollgate approvals`, `tollgate pins`): its
+/// address (`--url`, else `decision.admin_listen` of the config) and the operator key.
+pub(crate) struct OperatorsApi {
+    base: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl OperatorsApi {
+    pub(crate) fn new(config_path: &Path, url: Option<String>, key: Option<String>) -> anyhow::Result<OperatorsApi> {
+        let base = match url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let config = Config::load(config_path).with_context(
+                    || "the operators' API address comes from decision.admin_listen: pass --url or --config",
+                )?;
+                format!("http://{}", config.decision()?.admin_listen)
+            }
+        };
+        let key = key.ok_or_else(|| anyhow::anyhow!("an operator key is needed: --key or TOLLGATE_ADMIN_KEY"))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .context("HTTP client")?;
-        let request = match &action {
-            ApprovalAction::List { .. } => client.get(format!("{base}/admin/approvals")),
-            ApprovalAction::Resolve { id, approve, reason } => {
-                let verb = if *approve { "approve" } else { "deny" };
-                let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                client
-                    .post(format!("{base}/admin/approvals/{id}/{verb}"))
-                    .json(&serde_json::json!({ "reason": reason }))
-            }
-        };
+        Ok(OperatorsApi { base, key, client })
+    }
+
+    pub(crate) fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.base))
+    }
+
+    pub(crate) fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.base))
+    }
+
+    /// Sends `request` with the operator key; the JSON answer, or the API's refusal as an
+    /// error.
+    pub(crate) async fn ask(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let base = &self.base;
         let response = request
-            .bearer_auth(key.trim())
+            .bearer_auth(self.key.trim())
             .send()
             .await
             .with_context(|| format!("cannot reach the operators' API at {base}"))?;
@@ -639,24 +661,35 @@ pub fn approvals(
             let message = body["error"].as_str().unwrap_or("request refused");
             bail!("{status}: {message}");
         }
+        Ok(body)
+    }
+}
+
+/// `tollgate approvals …`: a client of the operators' API.
+pub fn approvals(
+    config_path: &Path,
+    url: Option<String>,
+    key: Option<String>,
+    action: ApprovalAction,
+) -> anyhow::Result<()> {
+    let api = OperatorsApi::new(config_path, url, key)?;
+    runtime()?.block_on(async move {
+        let request = match &action {
+            ApprovalAction::List { .. } => api.get("/admin/approvals"),
+            ApprovalAction::Resolve { id, approve, reason } => {
+                let verb = if *approve { "approve" } else { "deny" };
+                let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                api.post(&format!("/admin/approvals/{id}/{verb}"))
+                    .json(&serde_json::json!({ "reason": reason }))
+            }
+        };
+        let body = api.ask(request).await?;
         match action {
             ApprovalAction::List { json: true } => {
                 let listed: Vec<tollgate_limiter::Approval> =
                     serde_json::from_value(body).context("unreadable approval list")?;
                 let out: Vec<serde_json::Value> = listed.iter().map(approval_json).collect();
-                // Bidirectional and invisible controls (only ever inside strings) as \u
-                // escapes: valid JSON that reads on a terminal as it parses.
-                let text: String = serde_json::to_string_pretty(&out)?
-                    .chars()
-                    .map(|c| {
-                        if crate::console::is_invisible_control(c) {
-                            format!("\\u{:04x}", c as u32)
-                        } else {
-                            c.to_string()
-                        }
-                    })
-                    .collect();
-                println!("{text}");
+                println!("{}", terminal_json(&out)?);
             }
             ApprovalAction::List { json: false } => {
                 let listed: Vec<tollgate_limiter::Approval> =

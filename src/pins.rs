@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
 use tollgate_decision::definitions::{Line, line_diff, readable};
 use tollgate_edge::pin_refresh::read_lists;
@@ -68,42 +68,8 @@ pub fn pins(config_path: &Path, url: Option<String>, key: Option<String>, action
     if let PinsAction::Check { lockfile } = action {
         return check(config_path, lockfile);
     }
-    let base = match url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let config = Config::load(config_path).with_context(
-                || "the operators' API address comes from decision.admin_listen: pass --url or --config",
-            )?;
-            format!("http://{}", config.decision()?.admin_listen)
-        }
-    };
-    let key = key.ok_or_else(|| anyhow::anyhow!("an operator key is needed: --key or TOLLGATE_ADMIN_KEY"))?;
+    let api = crate::commands::OperatorsApi::new(config_path, url, key)?;
     crate::commands::runtime()?.block_on(async move {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("HTTP client")?;
-        let ask = |request: reqwest::RequestBuilder| {
-            let key = key.clone();
-            let base = base.clone();
-            async move {
-                let response = request
-                    .bearer_auth(key.trim())
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach the operators' API at {base}"))?;
-                let status = response.status();
-                let body: Value = response
-                    .json()
-                    .await
-                    .with_context(|| format!("unreadable answer from {base} ({status})"))?;
-                if !status.is_success() {
-                    let message = body["error"].as_str().unwrap_or("request refused");
-                    bail!("{status}: {message}");
-                }
-                Ok(body)
-            }
-        };
         match action {
             PinsAction::Resolve {
                 ids,
@@ -114,10 +80,11 @@ pub fn pins(config_path: &Path, url: Option<String>, key: Option<String>, action
                 if ids.is_empty() && !all {
                     bail!("name the definitions to resolve (ids from `tollgate pins list`), or --all");
                 }
-                let body = ask(client.post(format!("{base}/admin/pins/resolve")).json(&json!({
-                    "ids": ids, "all_pending": all, "approve": approve, "reason": reason
-                })))
-                .await?;
+                let body = api
+                    .ask(api.post("/admin/pins/resolve").json(&json!({
+                        "ids": ids, "all_pending": all, "approve": approve, "reason": reason
+                    })))
+                    .await?;
                 let verb = if approve { "approved" } else { "rejected" };
                 let resolved = body["resolved"].as_array().cloned().unwrap_or_default();
                 for d in &resolved {
@@ -143,7 +110,7 @@ pub fn pins(config_path: &Path, url: Option<String>, key: Option<String>, action
                 Ok(())
             }
             other => {
-                let listed = ask(client.get(format!("{base}/admin/pins"))).await?;
+                let listed = api.ask(api.get("/admin/pins")).await?;
                 let listed = listed.as_array().cloned().unwrap_or_default();
                 show(other, &listed)
             }
@@ -162,7 +129,7 @@ fn short(digest: &str) -> &str {
 fn show(action: PinsAction, listed: &[Value]) -> anyhow::Result<()> {
     match action {
         PinsAction::List { json: true } => {
-            println!("{}", shown(&serde_json::to_string_pretty(listed)?));
+            println!("{}", crate::commands::terminal_json(&listed)?);
         }
         PinsAction::List { json: false } => {
             if listed.is_empty() {
