@@ -417,6 +417,14 @@ pub fn check(config_path: &Path, role: Role) -> anyhow::Result<()> {
             for w in &compiled.warnings {
                 println!("policy warning: {w}");
             }
+            if let Some(shadow) = &settings.shadow_policy {
+                let compiled = tollgate_policy::load_file(shadow)
+                    .map_err(|e| anyhow::anyhow!("invalid shadow policy (decision.shadow_policy):\n{e}"))?;
+                for w in &compiled.warnings {
+                    println!("shadow policy warning: {w}");
+                }
+                println!("shadow policy: ok ({})", shadow.display());
+            }
             let (store, ..) = config.store.build()?;
             operators(&config)?;
             config.console.check()?;
@@ -839,6 +847,23 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
         .with_max_pending_per_grant(config.approvals.max_pending_per_grant.max(1))
         .with_recorded_arguments(config.telemetry.record_arguments)
         .with_full_cache_entries(settings.full_cache_entries);
+    // The candidate every decision is also evaluated against; like the live policy, one that
+    // does not compile refuses the start.
+    let candidate_status = match &settings.shadow_policy {
+        Some(path) => {
+            let compiled = tollgate_policy::load_file(path).map_err(|e| {
+                anyhow::anyhow!("invalid shadow policy (decision.shadow_policy), refusing to start:\n{e}")
+            })?;
+            for w in &compiled.warnings {
+                tracing::warn!("shadow policy warning: {w}");
+            }
+            let status = PolicyStatus::loaded(path, &compiled.source);
+            engine.replace_candidate(Some(compiled.policy));
+            tracing::info!(shadow_policy = %path.display(), "shadow policy loaded: decisions are also evaluated against it");
+            Some(status)
+        }
+        None => None,
+    };
     if let Some(journal) = journal {
         let dir = journal.dir.clone();
         let journal = tollgate_journal::Journal::open(journal)
@@ -888,6 +913,11 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
             .filter(|h| !h.is_empty() && h.len() <= 253)
             .unwrap_or_else(|| "localhost".to_owned());
         let replica = format!("{host}/{}", std::process::id());
+        engine = engine.with_shadow_log(tollgate_decision::shadow::ShadowLog::start(
+            broadcast.clone(),
+            replica.clone(),
+            candidate_status.clone(),
+        ));
         engine = engine.with_tail(tollgate_decision::DecisionTail::start(broadcast, replica));
     }
     let engine = Arc::new(engine);
@@ -899,6 +929,14 @@ async fn start_engine(config: &Config, role: &str) -> anyhow::Result<(Arc<Engine
             Duration::from_millis(settings.reload_interval_ms),
             status.clone(),
         );
+        if let (Some(path), Some(candidate)) = (&settings.shadow_policy, &candidate_status) {
+            tollgate_decision::watch_shadow_policy(
+                engine.clone(),
+                path.clone(),
+                Duration::from_millis(settings.reload_interval_ms),
+                candidate.clone(),
+            );
+        }
     }
     Ok((engine, status))
 }

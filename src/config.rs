@@ -366,6 +366,7 @@ impl Config {
             all.push(&mut decision.policy);
             all.extend(
                 [
+                    &mut decision.shadow_policy,
                     &mut decision.tls_cert,
                     &mut decision.tls_key,
                     &mut decision.tls_client_ca,

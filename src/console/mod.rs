@@ -382,6 +382,7 @@ pub fn router(console: Arc<Console>) -> axum::Router {
         .route("/console/tools", get(tools))
         .route("/console/tools/{id}", post(resolve_pin))
         .route("/console/counters", get(counters))
+        .route("/console/candidate", get(candidate))
         .route(
             "/console/assets/console.css",
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
@@ -797,6 +798,14 @@ async fn tools(State(console): State<Arc<Console>>, headers: HeaderMap, Query(qu
     let listed = console.engine.list_pins().await;
     let notice = query.done.as_deref().and_then(pages::pin_notice);
     pages::tools(&console, &session, listed, notice).into_response()
+}
+
+/// The candidate (shadow) policy and what it would change.
+async fn candidate(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(session) = console.session(&headers).await else {
+        return sign_in_required("sign in to open the console");
+    };
+    pages::candidate(&console, &session).into_response()
 }
 
 /// Approves or rejects one pinned definition (the Tools page's forms).

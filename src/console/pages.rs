@@ -121,6 +121,7 @@ fn layout(title: &str, session: Option<(&Session, &str)>, current: &str, body: M
                             (link("/console/counters", "Counters"))
                             (link("/console/policy", "Policy"))
                             (link("/console/tools", "Tools"))
+                            (link("/console/candidate", "Candidate policy"))
                         }
                         form.signout method="post" action="/console/logout" {
                             span.who { "Signed in as " strong { (Shown(&session.o)) } }
@@ -538,6 +539,123 @@ pub fn policy(
         }
     };
     layout("Policy", Some((session, &csrf)), "/console/policy", body)
+}
+
+/// The candidate (shadow) policy: where it comes from, and the decisions it would have
+/// answered otherwise, added up over every replica, by tool, grant and verdict pair.
+pub fn candidate(console: &Console, session: &Session) -> Html<String> {
+    let csrf = console.csrf(session);
+    let engine = &console.engine;
+    let candidate = engine.candidate();
+    let log = engine.shadow_log();
+    let file = log.and_then(|l| l.file());
+    let digest = candidate.as_ref().map(|c| format!("{:016x}", c.digest()));
+    let (disagreements, evaluated, other, replicas) = match (log, &digest) {
+        (Some(log), Some(digest)) => {
+            let all = log.cluster();
+            let replicas = all.iter().filter(|c| &c.candidate == digest).count();
+            let (d, evaluated, other) = tollgate_decision::shadow::add_up(&all, digest);
+            (d, evaluated, other, replicas)
+        }
+        _ => (Vec::new(), 0, 0, 0),
+    };
+    let changed: u64 = disagreements.iter().map(|d| d.count).sum::<u64>() + other;
+    let now = tollgate_limiter::wall_clock_ms();
+    let body = html! {
+        section.panel aria-labelledby="candidate-title" {
+            h1 #candidate-title { "Candidate policy" }
+            @match (&candidate, file) {
+                (None, _) => p.hint #no-candidate {
+                    "No candidate is loaded. Set " code { "[decision] shadow_policy = \"candidate.json\"" }
+                    ", or give rules of the live policy " code { "\"mode\": \"shadow\"" }
+                    ": every decision is then also evaluated against the candidate, and what it would answer \
+                     otherwise is listed here (never enforced)."
+                },
+                (Some(_), Some(file)) => {
+                    @let active = file.active();
+                    dl.facts {
+                        dt { "File" } dd { code #candidate-file { (Shown(&active.path)) } }
+                        dt { "Generation" } dd { (active.generation) }
+                        dt { "Installed" } dd { (clock(active.installed_ms)) " UTC" }
+                        dt { "Digest" } dd { code { (digest.as_deref().unwrap_or_default()) } }
+                    }
+                    @if let Some(error) = file.last_error() {
+                        div.alert role="alert" {
+                            strong { "The last reload of the candidate was rejected" }
+                            "; generation " (active.generation) " stays the candidate."
+                            pre { (Shown(&error)) }
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    p.hint #candidate-rules {
+                        "The candidate is the live policy with its " code { "\"mode\": \"shadow\"" }
+                        " rules in force (digest " code { (digest.as_deref().unwrap_or_default()) } ")."
+                    }
+                }
+            }
+        }
+        @if candidate.is_some() {
+            section.panel aria-labelledby="changes-title" {
+                h1 #changes-title { "What would change" }
+                @if log.is_none() {
+                    p.hint { "Counting needs the console's channel; see the metric tollgate_shadow_disagreements_total." }
+                }
+                p #shadow-summary {
+                    strong #shadow-changed { (changed) } " of " strong #shadow-evaluated { (evaluated) }
+                    " decisions would have been answered otherwise, on " (replicas) " replica(s), since each loaded this candidate."
+                    @if other > 0 { " (" (other) " of them in kinds not listed.)" }
+                }
+                @if !disagreements.is_empty() {
+                    table.changes {
+                        thead { tr {
+                            th scope="col" { "Tool" } th scope="col" { "Server" } th scope="col" { "Grant" }
+                            th scope="col" { "Live → candidate" } th scope="col" { "Calls" } th scope="col" { "Examples" }
+                        } }
+                        tbody {
+                            @for d in &disagreements {
+                                tr.change {
+                                    td { code.tool { (Shown(&d.tool)) } @if d.method != "tools/call" { " " small { (Shown(&d.method)) } } }
+                                    td { (Shown(&d.server)) }
+                                    td { (Shown(&d.grant)) }
+                                    td {
+                                        span.verdict.live { (Shown(&d.live)) } " " code { (Shown(&d.live_rule)) }
+                                        " → "
+                                        span.verdict.shadow { (Shown(&d.shadow)) } " " code { (Shown(&d.shadow_rule)) }
+                                    }
+                                    td.count { (d.count) }
+                                    td {
+                                        ul.examples {
+                                            @for e in &d.examples {
+                                                li {
+                                                    (ago(now.saturating_sub(e.at_ms))) ", agent " (Shown(&e.agent))
+                                                    @if !e.arguments_sha256.is_empty() {
+                                                        ", arguments " code title=(plain(&e.arguments_sha256)) { (Shown(e.arguments_sha256.get(..12).unwrap_or(&e.arguments_sha256))) }
+                                                    }
+                                                    ", decision " code { (Shown(&e.decision_id)) }
+                                                    @if !e.shadow_reason.is_empty() { br; "candidate: " (Shown(&e.shadow_reason)) }
+                                                    @if !e.live_reason.is_empty() { br; "live: " (Shown(&e.live_reason)) }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } @else {
+                    p.notice #no-changes { "No decision would have been answered otherwise so far." }
+                }
+            }
+        }
+        @if let Some(file) = file {
+            section.panel aria-labelledby="candidate-source" {
+                h1 #candidate-source { "Candidate source" }
+                pre.source aria-label="Candidate source" { (Shown(&file.active().source)) }
+            }
+        }
+    };
+    layout("Candidate policy", Some((session, &csrf)), "/console/candidate", body)
 }
 
 /// One row of a side-by-side diff: the approved line, the pending line (either may be

@@ -186,6 +186,39 @@ pub struct JournalRecord {
     /// The call's raw arguments, only with `telemetry.record_arguments` (as on the live span).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub arguments: String,
+    /// The tool's annotations as the edge sent them (`{"destructiveHint":true,…}`, only the
+    /// hints the upstream stated), so that class rules can be replayed; empty for none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub annotations: String,
+}
+
+/// A tool's annotations as a journal record keeps them: the stated hints, as JSON.
+pub fn annotations_json(a: Option<&crate::proto::ToolAnnotations>) -> String {
+    let Some(a) = a else { return String::new() };
+    let mut hints = serde_json::Map::new();
+    for (name, value) in [
+        ("readOnlyHint", a.read_only_hint),
+        ("destructiveHint", a.destructive_hint),
+        ("idempotentHint", a.idempotent_hint),
+        ("openWorldHint", a.open_world_hint),
+    ] {
+        if let Some(value) = value {
+            hints.insert(name.into(), value.into());
+        }
+    }
+    serde_json::Value::Object(hints).to_string()
+}
+
+/// The annotations [`annotations_json`] wrote; none when there were none (or it is unreadable).
+pub fn annotations_of(json: &str) -> Option<crate::proto::ToolAnnotations> {
+    let hints: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).ok()?;
+    let hint = |name: &str| hints.get(name).and_then(serde_json::Value::as_bool);
+    Some(crate::proto::ToolAnnotations {
+        read_only_hint: hint("readOnlyHint"),
+        destructive_hint: hint("destructiveHint"),
+        idempotent_hint: hint("idempotentHint"),
+        open_world_hint: hint("openWorldHint"),
+    })
 }
 
 // The journal's record: the decision span itself, as OTLP protobuf, behind a short header.
@@ -258,6 +291,9 @@ pub fn encode_record(record: &JournalRecord) -> Vec<u8> {
     if !record.arguments.is_empty() {
         put_attribute(w, &["tollgate.arguments"], Value::Text(&record.arguments));
     }
+    if !record.annotations.is_empty() {
+        put_attribute(w, &["tollgate.tool.annotations"], Value::Text(&record.annotations));
+    }
     if !d.session.is_empty() {
         put_attribute(w, &["mcp.session.id"], Value::Text(&d.session));
     }
@@ -267,6 +303,10 @@ pub fn encode_record(record: &JournalRecord) -> Vec<u8> {
     if !d.pin_state.is_empty() {
         put_attribute(w, &["tollgate.pin.state"], Value::Text(&d.pin_state));
         put_attribute(w, &["tollgate.pin.digest"], Value::Text(&d.pin_digest));
+    }
+    if !d.shadow_verdict.is_empty() {
+        put_attribute(w, &["tollgate.shadow.verdict"], Value::Text(&d.shadow_verdict));
+        put_attribute(w, &["tollgate.shadow.rule"], Value::Text(&d.shadow_rule));
     }
     if d.retry_after_ms > 0 {
         put_attribute(w, &["tollgate.retry_after_ms"], Value::Int(d.retry_after_ms));
@@ -422,6 +462,7 @@ pub fn decode_record(payload: &[u8]) -> Result<JournalRecord, String> {
             "tollgate.request_id" => record.request_id = text,
             "tollgate.arguments.sha256" => d.arguments_sha256 = text,
             "tollgate.arguments" => record.arguments = text,
+            "tollgate.tool.annotations" => record.annotations = text,
             "gen_ai.tool.name" | "mcp.resource.uri" | "gen_ai.prompt.name" => d.tool = text,
             "mcp.method.name" => {
                 d.method = text.clone();
@@ -431,6 +472,8 @@ pub fn decode_record(payload: &[u8]) -> Result<JournalRecord, String> {
             "tollgate.approval.id" => d.approval_id = text,
             "tollgate.pin.state" => d.pin_state = text,
             "tollgate.pin.digest" => d.pin_digest = text,
+            "tollgate.shadow.verdict" => d.shadow_verdict = text,
+            "tollgate.shadow.rule" => d.shadow_rule = text,
             "tollgate.retry_after_ms" => d.retry_after_ms = number,
             key => {
                 let Some(limit) = key.strip_prefix("tollgate.limit.") else {
@@ -506,6 +549,9 @@ pub(crate) fn span_of(record: &JournalRecord) -> Span {
     if !record.arguments.is_empty() {
         attributes.push(text("tollgate.arguments", &record.arguments));
     }
+    if !record.annotations.is_empty() {
+        attributes.push(text("tollgate.tool.annotations", &record.annotations));
+    }
     // No session (a stateless request, or a server without sessions): no attribute, as on the
     // span the engine records.
     if !d.session.is_empty() {
@@ -517,6 +563,10 @@ pub(crate) fn span_of(record: &JournalRecord) -> Span {
     if !d.pin_state.is_empty() {
         attributes.push(text("tollgate.pin.state", &d.pin_state));
         attributes.push(text("tollgate.pin.digest", &d.pin_digest));
+    }
+    if !d.shadow_verdict.is_empty() {
+        attributes.push(text("tollgate.shadow.verdict", &d.shadow_verdict));
+        attributes.push(text("tollgate.shadow.rule", &d.shadow_rule));
     }
     if d.retry_after_ms > 0 {
         attributes.push(int(
@@ -587,6 +637,8 @@ mod tests {
                 retry_after_ms: 1500,
                 pin_state: "approved".into(),
                 pin_digest: "cd".repeat(32),
+                shadow_verdict: "DENY".into(),
+                shadow_rule: "tools[\"k8s_scale\"]".into(),
                 limits: vec![
                     LimitRecord {
                         counter: "per.grant".into(),

@@ -51,6 +51,10 @@ pub struct Engine {
     /// Tool pinning's records, and this replica's short-lived copy of them (Redis only).
     pins: Arc<dyn tollgate_limiter::PinStore>,
     pin_cache: Option<crate::pins::PinCache>,
+    /// The candidate policy (`[decision] shadow_policy`), evaluated beside the live one.
+    candidate_file: arc_swap::ArcSwapOption<Policy>,
+    /// Counts disagreements with the candidate for the console, when it is on.
+    shadow_log: Option<Arc<crate::shadow::ShadowLog>>,
 }
 
 /// One counter's use, read from the store (see [`Engine::counter_use`]).
@@ -89,7 +93,37 @@ impl Engine {
             journal: None,
             pins: Arc::new(tollgate_limiter::MemoryPins::default()),
             pin_cache: None,
+            candidate_file: arc_swap::ArcSwapOption::empty(),
+            shadow_log: None,
         }
+    }
+
+    /// Installs (or, with `None`, removes) the candidate policy every decision is also
+    /// evaluated against (`[decision] shadow_policy`). Its shadow-mode rules are in force.
+    pub fn replace_candidate(&self, candidate: Option<Policy>) {
+        let candidate = candidate.map(|policy| match policy.with_shadow_rules() {
+            Some(all) => all.clone(),
+            None => Arc::new(policy),
+        });
+        self.candidate_file.store(candidate);
+    }
+
+    pub(crate) fn candidate_file(&self) -> &arc_swap::ArcSwapOption<Policy> {
+        &self.candidate_file
+    }
+
+    /// Counts disagreements with the candidate for the console's "Candidate policy" page.
+    pub fn with_shadow_log(mut self, log: Arc<crate::shadow::ShadowLog>) -> Self {
+        self.shadow_log = Some(log);
+        self
+    }
+
+    pub fn shadow_log(&self) -> Option<&Arc<crate::shadow::ShadowLog>> {
+        self.shadow_log.as_ref()
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn CounterStore> {
+        &self.store
     }
 
     /// Keeps tool pins in `pins`, read through a cache of `cache_ttl` (zero: none; use none
@@ -357,7 +391,7 @@ impl Engine {
         // The console's tail takes this decision only while its batch has room (checked once,
         // here: beyond that, nothing is built for it).
         let tail = self.tail.as_ref().filter(|t| t.has_room());
-        let digest = if !span.is_disabled() || tail.is_some() || self.journal.is_some() {
+        let digest = if !span.is_disabled() || tail.is_some() || self.journal.is_some() || self.shadow_log.is_some() {
             arguments_digest(&parsed, &request.arguments_json)
         } else {
             String::new()
@@ -378,11 +412,23 @@ impl Engine {
             span.record("tollgate.pin.state", pin.state.as_str());
             span.record("tollgate.pin.digest", pin.digest.as_str());
         }
-        let decision = tracing::Instrument::instrument(
-            self.evaluate(request, call_arguments(parsed), pin.as_ref()),
-            span.clone(),
-        )
-        .await;
+        let arguments = call_arguments(parsed);
+        let decision =
+            tracing::Instrument::instrument(self.evaluate(request, &arguments, pin.as_ref()), span.clone()).await;
+        // The candidate's verdict, recorded beside the live one (never enforced).
+        let shadow = match self.candidate() {
+            Some(candidate) => {
+                let finding = self
+                    .shadow_decide(&candidate, request, &arguments, pin.as_ref(), &decision)
+                    .await;
+                Some((finding, candidate.digest()))
+            }
+            None => None,
+        };
+        if let Some((finding, _)) = &shadow {
+            span.record("tollgate.shadow.verdict", verdict_name(finding.verdict));
+            span.record("tollgate.shadow.rule", finding.rule.as_str());
+        }
         let verdict = verdict_name(decision.verdict());
         span.record("tollgate.verdict", verdict);
         span.record("tollgate.rule", decision.rule.as_str());
@@ -402,6 +448,11 @@ impl Engine {
             span.set_attribute(format!("tollgate.limit.{}.max", limit.counter), limit.limit as i64);
         }
         let mut decision = decision;
+        // The console's candidate page shows examples by their arguments' digest.
+        let counted_digest = match (&shadow, &self.shadow_log) {
+            (Some(_), Some(_)) => digest.clone(),
+            _ => String::new(),
+        };
         if tail.is_some() || self.journal.is_some() {
             let (trace_id, span_id) = match own_ids {
                 Some(ids) => ids,
@@ -440,6 +491,11 @@ impl Engine {
                 retry_after_ms: decision.retry_after_ms,
                 pin_state: pin.as_ref().map(|p| p.state.clone()).unwrap_or_default(),
                 pin_digest: pin.as_ref().map(|p| p.digest.clone()).unwrap_or_default(),
+                shadow_verdict: shadow
+                    .as_ref()
+                    .map(|(f, _)| verdict_name(f.verdict).to_owned())
+                    .unwrap_or_default(),
+                shadow_rule: shadow.as_ref().map(|(f, _)| f.rule.clone()).unwrap_or_default(),
                 limits: decision
                     .limits
                     .iter()
@@ -483,6 +539,21 @@ impl Engine {
             SubjectKind::Prompt => "_prompt",
         };
         metrics().observe_decision(verdict, &request.server, tool_label, started.elapsed());
+        if let Some((finding, candidate)) = &shadow {
+            let shadow_verdict = verdict_name(finding.verdict);
+            if shadow_verdict != verdict {
+                metrics().shadow_disagreement(verdict, shadow_verdict, &request.server, tool_label);
+            }
+            if let Some(log) = &self.shadow_log {
+                log.count(crate::shadow::Counted {
+                    request,
+                    live: &decision,
+                    shadow: finding,
+                    candidate: *candidate,
+                    arguments_sha256: &counted_digest,
+                });
+            }
+        }
         span.in_scope(|| {
             // Fields that came over the wire are logged with `?` (quoted and escaped): a
             // value holding a newline cannot forge a log line, whatever the format.
@@ -532,6 +603,8 @@ impl Engine {
             tollgate.arguments = Empty,
             tollgate.pin.state = Empty,
             tollgate.pin.digest = Empty,
+            tollgate.shadow.verdict = Empty,
+            tollgate.shadow.rule = Empty,
             gen_ai.tool.name = Empty,
             gen_ai.prompt.name = Empty,
             mcp.resource.uri = Empty,
@@ -584,6 +657,7 @@ impl Engine {
             mcp_method: tollgate_api::subject_method(request.kind()).to_owned(),
             subject: request.subject.clone(),
             issuer: request.issuer.clone(),
+            annotations: crate::audit::annotations_json(request.annotations.as_ref()),
             // Bounded: a record holds at most 1 MiB, and spans travel in batches to a
             // collector; larger arguments are named by their SHA-256 (on the record anyway).
             arguments: match self.record_arguments {
@@ -620,7 +694,7 @@ impl Engine {
     async fn evaluate(
         &self,
         request: &DecideRequest,
-        arguments: Result<Value, String>,
+        arguments: &Result<Value, String>,
         pin: Option<&crate::pins::PinFinding>,
     ) -> Decision {
         let policy = self.policy.load();
@@ -637,7 +711,7 @@ impl Engine {
         }
         let arguments = match arguments {
             Ok(v) => v,
-            Err(reason) => return decision.with(Verdict::Deny, "arguments", reason),
+            Err(reason) => return decision.with(Verdict::Deny, "arguments", reason.clone()),
         };
         let call = Call {
             server: &request.server,
@@ -645,7 +719,7 @@ impl Engine {
             grant: &request.grant,
             agent: &request.agent,
             session: &request.session_id,
-            arguments: &arguments,
+            arguments,
             annotations: annotations(request.annotations.as_ref()),
         };
         let kind = policy_kind(request.kind());
@@ -1172,7 +1246,7 @@ pub enum Taken {
 }
 
 /// A counter hit as the store takes it.
-fn store_hit(h: &CounterHit<'_>) -> Hit {
+pub(crate) fn store_hit(h: &CounterHit<'_>) -> Hit {
     Hit {
         key: h.key.clone(),
         tag: h.tag().into_owned(),
@@ -1280,7 +1354,7 @@ impl Subject<'_> {
     }
 }
 
-fn policy_kind(kind: SubjectKind) -> Kind {
+pub(crate) fn policy_kind(kind: SubjectKind) -> Kind {
     match kind {
         SubjectKind::Tool => Kind::Tool,
         SubjectKind::Resource => Kind::Resource,
@@ -1327,7 +1401,7 @@ fn call_arguments(parsed: Option<Result<Value, serde_json::Error>>) -> Result<Va
     }
 }
 
-fn annotations(a: Option<&proto::ToolAnnotations>) -> Annotations {
+pub(crate) fn annotations(a: Option<&proto::ToolAnnotations>) -> Annotations {
     a.map_or_else(Annotations::default, |a| Annotations {
         read_only: a.read_only_hint,
         destructive: a.destructive_hint,

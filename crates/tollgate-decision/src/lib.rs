@@ -15,6 +15,7 @@ pub mod journal_export;
 pub mod pins;
 mod reload;
 mod service;
+pub mod shadow;
 mod tail;
 
 pub use approvals::{
@@ -22,7 +23,7 @@ pub use approvals::{
 };
 pub use engine::{CounterUse, DEFAULT_FULL_CACHE_ENTRIES, Engine};
 // The decision API, re-exported for callers that link the whole service.
-pub use reload::{ActivePolicy, PolicyStatus, watch_policy};
+pub use reload::{ActivePolicy, PolicyStatus, watch_policy, watch_shadow_policy};
 pub use service::{DecisionSettings, ServeOptions, ServiceLimits, serve};
 pub use tail::{DecisionRecord, DecisionTail, LimitRecord};
 pub use tollgate_api::definitions;

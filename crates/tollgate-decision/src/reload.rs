@@ -78,6 +78,27 @@ fn fingerprint(path: &PathBuf) -> Option<(SystemTime, u64)> {
 /// Polls `path` every `interval` and installs each new version that compiles, reporting to
 /// `status`.
 pub fn watch_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration, status: Arc<PolicyStatus>) {
+    watch(path, interval, status, "policy", move |compiled| {
+        engine.replace_policy(compiled.policy);
+        tollgate_telemetry::metrics::metrics().policy_reloaded(true);
+    });
+}
+
+/// Polls the candidate policy (`[decision] shadow_policy`) the same way; a version that does
+/// not compile is reported and the last good candidate stays.
+pub fn watch_shadow_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration, status: Arc<PolicyStatus>) {
+    watch(path, interval, status, "shadow policy", move |compiled| {
+        engine.replace_candidate(Some(compiled.policy));
+    });
+}
+
+fn watch(
+    path: PathBuf,
+    interval: Duration,
+    status: Arc<PolicyStatus>,
+    what: &'static str,
+    install: impl Fn(tollgate_policy::Compiled) + Send + 'static,
+) {
     tokio::spawn(async move {
         let mut seen = fingerprint(&path);
         let mut ticker = tokio::time::interval(interval);
@@ -96,19 +117,21 @@ pub fn watch_policy(engine: Arc<Engine>, path: PathBuf, interval: Duration, stat
             match loaded {
                 Ok(Ok(compiled)) => {
                     for w in &compiled.warnings {
-                        tracing::warn!("policy warning: {w}");
+                        tracing::warn!("{what} warning: {w}");
                     }
-                    engine.replace_policy(compiled.policy);
-                    status.installed(&compiled.source);
-                    tollgate_telemetry::metrics::metrics().policy_reloaded(true);
-                    tracing::info!(policy = %path.display(), "policy reloaded");
+                    let source = compiled.source.clone();
+                    install(compiled);
+                    status.installed(&source);
+                    tracing::info!(policy = %path.display(), "{what} reloaded");
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(policy = %path.display(), "policy reload rejected, keeping the last good policy:\n{e}");
+                    tracing::error!(policy = %path.display(), "{what} reload rejected, keeping the last good one:\n{e}");
                     status.rejected(e.to_string());
-                    tollgate_telemetry::metrics::metrics().policy_reloaded(false);
+                    if what == "policy" {
+                        tollgate_telemetry::metrics::metrics().policy_reloaded(false);
+                    }
                 }
-                Err(e) => tracing::error!("policy reload task failed: {e}"),
+                Err(e) => tracing::error!("{what} reload task failed: {e}"),
             }
         }
     });

@@ -37,6 +37,10 @@ pub struct DecisionSettings {
     pub listen: SocketAddr,
     /// Policy file (JSON, YAML or TOML). Relative paths resolve against the config file.
     pub policy: PathBuf,
+    /// A candidate policy every decision is also evaluated against (its verdict recorded,
+    /// never enforced); reloaded like `policy`.
+    #[serde(default)]
+    pub shadow_policy: Option<PathBuf>,
     /// How often the policy file is checked for changes, in milliseconds; 0 disables reload.
     #[serde(default = "default_reload_ms")]
     pub reload_interval_ms: u64,

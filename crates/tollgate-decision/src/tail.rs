@@ -58,6 +58,9 @@ pub struct DecisionRecord {
     pub pin_state: String,
     /// The digest of the definition checked.
     pub pin_digest: String,
+    /// The candidate (shadow) policy's verdict and rule, empty when none is loaded.
+    pub shadow_verdict: String,
+    pub shadow_rule: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -89,6 +92,8 @@ impl DecisionRecord {
             &mut self.approval_id,
             &mut self.pin_state,
             &mut self.pin_digest,
+            &mut self.shadow_verdict,
+            &mut self.shadow_rule,
         ] {
             if field.len() > MAX_FIELD {
                 *field = tollgate_limiter::cut_short(field, MAX_FIELD);

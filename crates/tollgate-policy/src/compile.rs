@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::document::{
-    Action, Algorithm, ApprovalMode, ApprovalSpec, LimitSpec, PolicyDocument, RuleSpec, Scope, ScopeDim, ScopeSpec,
-    UniqueMap, Window,
+    Action, Algorithm, ApprovalMode, ApprovalSpec, LimitSpec, PolicyDocument, RuleMode, RuleSpec, Scope, ScopeDim,
+    ScopeSpec, UniqueMap, Window,
 };
 use sha2::{Digest, Sha256};
 
@@ -41,20 +41,34 @@ pub fn compile_str(name: &str, text: &str) -> Result<Compiled, PolicyError> {
 
 pub fn compile_with_format(name: &str, text: &str, format: Format) -> Result<Compiled, PolicyError> {
     let source = Source { name, text, format };
-    let document = source.parse()?;
-    let mut compiled = Compiler {
+    let compiler = |with_shadow_rules: bool| Compiler {
         source: &source,
         errors: Vec::new(),
         warnings: Vec::new(),
         counters: HashMap::new(),
         entries: Vec::new(),
         covers: [true, false, false],
-    }
-    .compile(document)?;
+        with_shadow_rules,
+    };
+    let document = source.parse()?;
+    let has_shadow_rules = document.has_shadow_rules();
+    // Every rule is compiled (and checked) once with the shadow-mode rules in force; the
+    // policy enforced is the same document without them.
+    let mut compiled = compiler(true).compile(document)?;
     let digest = Sha256::digest(text.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     compiled.policy.digest = u64::from_be_bytes(first);
+    if has_shadow_rules {
+        let mut enforced = compiler(false).compile(source.parse()?)?;
+        enforced.policy.digest = compiled.policy.digest;
+        // The candidate's digest differs from the enforced policy's: edges cache answers by
+        // digest, and the two answer differently.
+        compiled.policy.digest = !compiled.policy.digest;
+        enforced.policy.shadow_rules = Some(Arc::new(compiled.policy));
+        enforced.warnings = compiled.warnings;
+        compiled = enforced;
+    }
     compiled.source = text.to_owned();
     Ok(compiled)
 }
@@ -103,6 +117,9 @@ struct Compiler<'s, 'a> {
     entries: Vec<Entry>,
     /// Per [`Kind`]: whether the policy has a section for it anywhere.
     covers: [bool; 3],
+    /// Rules with `"mode": "shadow"` are compiled in (for the candidate), or left out (for
+    /// the policy enforced).
+    with_shadow_rules: bool,
 }
 
 /// A scope's (or the top level's) rule maps, per [`Kind`].
@@ -166,6 +183,9 @@ impl Compiler<'_, '_> {
 
         let mut classes: [Option<Arc<Rule>>; 3] = Default::default();
         for (name, spec) in &doc.classes.0 {
+            if spec.mode == Some(RuleMode::Shadow) && !self.with_shadow_rules {
+                continue;
+            }
             let Some(class) = Class::parse(name) else {
                 self.error(
                     &["classes", name],
@@ -193,6 +213,12 @@ impl Compiler<'_, '_> {
             covers: self.covers,
             digest: 0,
             given_back: Default::default(),
+            shadow_rules: None,
+            counter_shapes: self
+                .counters
+                .iter()
+                .map(|(name, used)| (name.clone(), (used.window, used.algorithm)))
+                .collect(),
         };
         policy.given_back = policy.counters_that_can_be_given_back();
         Ok(Compiled {
@@ -339,6 +365,9 @@ impl Compiler<'_, '_> {
     ) -> RuleSet {
         let mut set = RuleSet::default();
         for (key, spec) in &specs.0 {
+            if spec.mode == Some(RuleMode::Shadow) && !self.with_shadow_rules {
+                continue;
+            }
             let mut p = path.to_vec();
             p.push(key);
             if key.is_empty() {
@@ -479,6 +508,7 @@ impl Compiler<'_, '_> {
             action_stated: spec.action.is_some(),
             limits_stated: spec.limits.is_some() || spec.rate_limit.is_some(),
             arguments,
+            shadow: spec.mode == Some(RuleMode::Shadow),
         })
     }
 

@@ -38,6 +38,28 @@ pub struct PolicyDocument {
     pub classes: UniqueMap<RuleSpec>,
 }
 
+impl PolicyDocument {
+    /// Whether any rule says `"mode": "shadow"`.
+    pub fn has_shadow_rules(&self) -> bool {
+        fn any(map: Option<&UniqueMap<RuleSpec>>) -> bool {
+            map.is_some_and(|m| m.0.values().any(|r| r.mode == Some(RuleMode::Shadow)))
+        }
+        let scope = |tools: &UniqueMap<RuleSpec>,
+                     resources: &Option<UniqueMap<RuleSpec>>,
+                     prompts: &Option<UniqueMap<RuleSpec>>| {
+            any(Some(tools)) || any(resources.as_ref()) || any(prompts.as_ref())
+        };
+        scope(&self.tools, &self.resources, &self.prompts)
+            || any(Some(&self.classes))
+            || self
+                .servers
+                .0
+                .values()
+                .chain(self.grants.0.values())
+                .any(|s| scope(&s.tools, &s.resources, &s.prompts))
+    }
+}
+
 /// Rules that apply to one upstream server or one grant.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +98,19 @@ pub struct RuleSpec {
     /// session by default in a counter named `<tool>_rate`.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// `"shadow"`: the rule is evaluated and its verdict recorded, never enforced (calls are
+    /// decided as if it were not there). `"enforce"` (the default) is an ordinary rule.
+    #[serde(default)]
+    pub mode: Option<RuleMode>,
+}
+
+/// Whether a rule decides calls or only has its verdict recorded beside the live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    #[default]
+    Enforce,
+    Shadow,
 }
 
 #[derive(Debug, Deserialize)]

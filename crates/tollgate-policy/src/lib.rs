@@ -16,7 +16,8 @@ mod source;
 
 pub use compile::{Compiled, MAX_COUNT, MAX_SLIDING_LOG_MAX, compile_str, compile_with_format};
 pub use document::{
-    Action, Algorithm, ApprovalBind, ApprovalMode, MAX_WINDOW, OnStoreError, Scope, ScopeDim, Window, parse_duration,
+    Action, Algorithm, ApprovalBind, ApprovalMode, MAX_WINDOW, OnStoreError, RuleMode, Scope, ScopeDim, Window,
+    parse_duration,
 };
 pub use error::{Diagnostic, Location, PolicyError};
 pub use glob::Glob;

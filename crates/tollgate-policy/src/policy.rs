@@ -32,6 +32,13 @@ pub struct Policy {
     /// Counters whose hits a store may take and then give back within the same decision
     /// (see [`Policy::may_be_given_back`]).
     pub(crate) given_back: std::collections::HashSet<String>,
+    /// When some rules say `"mode": "shadow"`: the same policy with those rules in force (the
+    /// candidate a decision is also evaluated against). This policy, the one enforced, leaves
+    /// them out.
+    pub(crate) shadow_rules: Option<Arc<Policy>>,
+    /// Each counter's window and algorithm (every rule that names a counter counts it the
+    /// same way).
+    pub(crate) counter_shapes: HashMap<String, (Duration, Algorithm)>,
 }
 
 /// What a decision is about: the MCP method that reaches data.
@@ -85,6 +92,9 @@ pub struct Rule {
     pub limits_stated: bool,
     /// The JSON Schema the call's arguments must satisfy, compiled.
     pub arguments: Option<ArgumentSchema>,
+    /// `"mode": "shadow"`: present only in the policy's [`Policy::with_shadow_rules`]; its
+    /// verdict is recorded, never enforced.
+    pub shadow: bool,
 }
 
 /// A `require_approval` rule's `approval` settings, as compiled.
@@ -179,6 +189,7 @@ impl Rule {
             action_stated: true,
             limits_stated: true,
             arguments: None,
+            shadow: false,
         }
     }
 
@@ -453,6 +464,16 @@ impl Policy {
     /// cache about a policy's answers by it.
     pub fn digest(&self) -> u64 {
         self.digest
+    }
+
+    /// How the policy counts `counter` (its window and algorithm), when a rule names it.
+    pub fn counter_shape(&self, counter: &str) -> Option<(Duration, Algorithm)> {
+        self.counter_shapes.get(counter).copied()
+    }
+
+    /// The policy with its `"mode": "shadow"` rules in force, when it has any.
+    pub fn with_shadow_rules(&self) -> Option<&Arc<Policy>> {
+        self.shadow_rules.as_ref()
     }
 
     /// Whether the policy decides subjects of `kind`: always for tools; for resources and

@@ -36,6 +36,7 @@ fn batch_sizes() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<Labels, Counter>,
+    pub shadow_disagreements: Family<Labels, Counter>,
     pub decision_seconds: Histograms,
     pub store_seconds: Histograms,
     pub store_errors: Family<Labels, Counter>,
@@ -93,6 +94,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tollgate");
         let m = Metrics {
             decisions: Family::default(),
+            shadow_disagreements: Family::default(),
             decision_seconds: Family::new_with_constructor(latency),
             store_seconds: Family::new_with_constructor(latency),
             store_errors: Family::default(),
@@ -126,6 +128,12 @@ impl Metrics {
             "decisions",
             "Decisions by verdict, server and tool",
             m.decisions.clone(),
+        );
+        registry.register(
+            "shadow_disagreements",
+            "Decisions whose verdict under the candidate (shadow) policy differs from the live one, by live verdict, \
+             shadow verdict, server and tool",
+            m.shadow_disagreements.clone(),
         );
         registry.register(
             "decision_duration_seconds",
@@ -310,6 +318,17 @@ impl Metrics {
         self.decision_seconds
             .get_or_create(&Vec::new())
             .observe(took.as_secs_f64());
+    }
+
+    /// A decision the candidate policy would have answered otherwise.
+    pub fn shadow_disagreement(&self, live: &str, shadow: &str, server: &str, tool: &str) {
+        let labels = vec![
+            ("live".into(), live.to_owned()),
+            ("shadow".into(), shadow.to_owned()),
+            ("server".into(), server.to_owned()),
+            ("tool".into(), self.tool_label(tool)),
+        ];
+        self.shadow_disagreements.get_or_create(&labels).inc();
     }
 
     pub fn observe_store(&self, store: &str, took: Duration, failed: bool) {

@@ -1,0 +1,573 @@
+//! Shadow evaluation: every decision is also evaluated against a candidate policy (the
+//! `[decision] shadow_policy` file, or the live policy with its `"mode": "shadow"` rules in
+//! force), and the candidate's verdict is recorded beside the live one, never enforced.
+//!
+//! The candidate takes nothing: no counter hits, no approvals. Its limits are read as the
+//! store holds them (as the console's counters page reads them): a counter the live policy
+//! counts the same way (same window and algorithm) shows live use, with this very call's
+//! live hit taken out, so the candidate is asked whether it would have admitted the call
+//! before it; a counter the live policy does not count (or counts another way) has never
+//! been filled, and is read as empty without asking the store (reading it with another
+//! window or algorithm would convert the live key in place).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tollgate_limiter::{Broadcast, Hit};
+use tollgate_policy::{Action, Call, CounterHit, OnStoreError, Policy};
+
+use crate::Engine;
+use crate::proto::{DecideRequest, Decision, Verdict};
+
+/// The candidate's verdict on one call.
+#[derive(Debug, Clone)]
+pub struct ShadowFinding {
+    pub verdict: Verdict,
+    pub rule: String,
+    pub reason: String,
+}
+
+impl ShadowFinding {
+    fn new(verdict: Verdict, rule: &str, reason: String) -> ShadowFinding {
+        ShadowFinding {
+            verdict,
+            rule: rule.to_owned(),
+            reason,
+        }
+    }
+}
+
+impl Engine {
+    /// The candidate every decision is also evaluated against now: the shadow policy file,
+    /// or else the live policy with its shadow-mode rules in force (when it has any).
+    pub fn candidate(&self) -> Option<Arc<Policy>> {
+        if let Some(file) = self.candidate_file().load_full() {
+            return Some(file);
+        }
+        self.policy().with_shadow_rules().cloned()
+    }
+
+    /// What `candidate` would have answered, knowing what the live policy answered (`live`):
+    /// pinning and unreadable arguments refuse as they do live; an approval the live
+    /// decision consumed counts as given; limits are read, never taken.
+    pub(crate) async fn shadow_decide(
+        &self,
+        candidate: &Policy,
+        request: &DecideRequest,
+        arguments: &Result<Value, String>,
+        pin: Option<&crate::pins::PinFinding>,
+        live: &Decision,
+    ) -> ShadowFinding {
+        if let Some(pin) = pin
+            && pin.refuses()
+        {
+            return ShadowFinding::new(Verdict::Deny, "pins", pin.reason.clone());
+        }
+        let arguments = match arguments {
+            Ok(arguments) => arguments,
+            Err(reason) => return ShadowFinding::new(Verdict::Deny, "arguments", reason.clone()),
+        };
+        let call = Call {
+            server: &request.server,
+            tool: &request.tool,
+            grant: &request.grant,
+            agent: &request.agent,
+            session: &request.session_id,
+            arguments,
+            annotations: crate::engine::annotations(request.annotations.as_ref()),
+        };
+        let kind = crate::engine::policy_kind(request.kind());
+        if !candidate.covers(kind) {
+            return ShadowFinding::new(
+                Verdict::Allow,
+                &format!("(no {} section)", kind.section()),
+                String::new(),
+            );
+        }
+        let rule = candidate.rule_for_subject(kind, call.server, call.tool, call.grant, call.annotations);
+        if rule.action != Action::Deny
+            && let Some(schema) = &rule.arguments
+            && let Err(violations) = schema.check(call.arguments)
+        {
+            return ShadowFinding::new(Verdict::Deny, &rule.label, format!("arguments rejected: {violations}"));
+        }
+        match rule.action {
+            Action::Deny => {
+                return ShadowFinding::new(
+                    Verdict::Deny,
+                    &rule.label,
+                    rule.reason.clone().unwrap_or_else(|| "denied".into()),
+                );
+            }
+            Action::RequireApproval if !(live.verdict() == Verdict::Allow && !live.approval_id.is_empty()) => {
+                return ShadowFinding::new(
+                    Verdict::ApprovalRequired,
+                    &rule.label,
+                    "would need an operator's approval".into(),
+                );
+            }
+            Action::RequireApproval | Action::Allow => {}
+        }
+        let hits = candidate.counter_hits(rule, &call);
+        if hits.is_empty() {
+            return ShadowFinding::new(Verdict::Allow, &rule.label, String::new());
+        }
+        // The hits the live decision took (when it was admitted on counters).
+        let live_policy = self.policy();
+        let live_rule = live_policy.rule_for_subject(kind, call.server, call.tool, call.grant, call.annotations);
+        let live_hits = if live.limits.is_empty() {
+            Vec::new()
+        } else {
+            live_policy.counter_hits(live_rule, &call)
+        };
+        // The same counters asked the same way: the store's answer to the live decision is
+        // the candidate's answer.
+        if !live.limits.is_empty() && live_rule.on_store_error == rule.on_store_error && same_hits(&hits, &live_hits) {
+            return ShadowFinding::new(live.verdict(), &rule.label, live.reason.clone());
+        }
+        let taken: HashMap<&str, u64> = match live.verdict() {
+            Verdict::Allow => live_hits.iter().map(|h| (h.key.as_str(), h.limit.cost)).collect(),
+            _ => HashMap::new(),
+        };
+        // Each readable counter, asked for more than it could hold (so the store refuses and
+        // writes nothing), with room for this call's own live hit added back.
+        let mut asked = Vec::new();
+        let mut read = Vec::new();
+        for (i, hit) in hits.iter().enumerate() {
+            let counted_alike = live_policy
+                .counter_shape(&hit.limit.counter)
+                .is_some_and(|(window, algorithm)| {
+                    window == hit.limit.window.duration && algorithm == hit.limit.algorithm
+                });
+            if !counted_alike {
+                continue;
+            }
+            let own = taken.get(hit.key.as_str()).copied().unwrap_or(0);
+            let mut max = hit.limit.max.saturating_add(own);
+            if hit.limit.algorithm == tollgate_policy::Algorithm::SlidingLog {
+                max = max.min(tollgate_limiter::MAX_SLIDING_LOG_MAX);
+            }
+            asked.push(Hit {
+                max,
+                cost: max.saturating_add(1),
+                ..crate::engine::store_hit(hit)
+            });
+            read.push(i);
+        }
+        if asked.is_empty() {
+            return ShadowFinding::new(Verdict::Allow, &rule.label, String::new());
+        }
+        let answer = tokio::time::timeout(self.store_timeout(), self.store().acquire("", &asked)).await;
+        let admission = match answer {
+            Ok(Ok(admission)) if !admission.admitted => admission,
+            failed => {
+                let cause = match failed {
+                    Ok(Ok(_)) => "the counter store admitted a read".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("the counter store did not answer within {:?}", self.store_timeout()),
+                };
+                return match rule.on_store_error {
+                    OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
+                    OnStoreError::Allow => ShadowFinding::new(Verdict::Allow, &rule.label, cause),
+                };
+            }
+        };
+        let exceeded: Vec<String> = read
+            .iter()
+            .zip(&admission.counters)
+            .filter(|(i, status)| status.remaining < hits[**i].limit.cost)
+            .map(|(i, _)| {
+                let limit = hits[*i].limit;
+                format!("rate limit {}: {}", limit.counter, limit.describe())
+            })
+            .collect();
+        if exceeded.is_empty() {
+            ShadowFinding::new(Verdict::Allow, &rule.label, String::new())
+        } else {
+            ShadowFinding::new(Verdict::RateLimited, &rule.label, exceeded.join("; "))
+        }
+    }
+}
+
+/// Whether two calls' hits ask the same counters the same way.
+fn same_hits(a: &[CounterHit<'_>], b: &[CounterHit<'_>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.key == b.key
+                && a.limit.max == b.limit.max
+                && a.limit.cost == b.limit.cost
+                && a.limit.window.duration == b.limit.window.duration
+                && a.limit.algorithm == b.limit.algorithm
+        })
+}
+
+/// Distinct (server, tool, grant, live verdict, shadow verdict) a replica counts at most;
+/// the rest are counted together.
+pub const MAX_DISAGREEMENT_KINDS: usize = 1000;
+/// Examples kept per kind of disagreement.
+pub const EXAMPLES: usize = 3;
+/// Kinds a replica publishes at once (the most frequent; the rest as `other`).
+const PUBLISHED_KINDS: usize = 200;
+/// Longest text kept in an entry.
+const MAX_TEXT: usize = 256;
+/// How often a replica publishes what it counted (when it changed).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// Replicas whose counts the console keeps at most; a replica not heard from for
+/// [`FORGET_AFTER`] is dropped.
+const MAX_REPLICAS: usize = 256;
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// One kind of disagreement: calls of a tool by a grant that the live policy answered one
+/// way and the candidate another.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Disagreement {
+    pub server: String,
+    pub tool: String,
+    /// `tools/call`, `resources/read` or `prompts/get`.
+    pub method: String,
+    pub grant: String,
+    pub live: String,
+    pub shadow: String,
+    pub live_rule: String,
+    pub shadow_rule: String,
+    pub count: u64,
+    pub examples: Vec<Example>,
+}
+
+/// One call the candidate would have answered otherwise.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Example {
+    pub decision_id: String,
+    pub at_ms: u64,
+    pub agent: String,
+    pub arguments_sha256: String,
+    pub live_reason: String,
+    pub shadow_reason: String,
+}
+
+/// What one replica counted since it loaded the candidate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ShadowCounts {
+    pub replica: String,
+    /// The candidate's digest (hex): counts of another candidate are not added up.
+    pub candidate: String,
+    pub since_ms: u64,
+    /// Decisions evaluated against the candidate.
+    pub evaluated: u64,
+    pub disagreements: Vec<Disagreement>,
+    /// Disagreements beyond the kinds kept.
+    pub other: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Published {
+    shadow_counts: ShadowCounts,
+}
+
+/// A replica's count of disagreements (for the console's "Candidate policy" page), shared
+/// with the other replicas on the console's channel.
+pub struct ShadowLog {
+    /// The candidate policy file's status (`[decision] shadow_policy`), when one is set.
+    file: Option<Arc<crate::PolicyStatus>>,
+    mine: Mutex<Mine>,
+    heard: Mutex<HashMap<String, (std::time::Instant, ShadowCounts)>>,
+}
+
+#[derive(Default)]
+struct Mine {
+    counts: ShadowCounts,
+    /// Index into `counts.disagreements` by kind.
+    index: HashMap<(String, String, String, String, String), usize>,
+    changed: bool,
+}
+
+/// What the decision was, for counting.
+pub(crate) struct Counted<'a> {
+    pub request: &'a DecideRequest,
+    pub live: &'a Decision,
+    pub shadow: &'a ShadowFinding,
+    pub candidate: u64,
+    pub arguments_sha256: &'a str,
+}
+
+fn short(text: &str) -> String {
+    tollgate_limiter::cut_short(text, MAX_TEXT)
+}
+
+impl ShadowLog {
+    /// Counts this replica's disagreements as `replica`, and publishes them on `channel`
+    /// (with every other replica's heard there).
+    pub fn start(
+        channel: Arc<dyn Broadcast>,
+        replica: String,
+        file: Option<Arc<crate::PolicyStatus>>,
+    ) -> Arc<ShadowLog> {
+        let log = Arc::new(ShadowLog {
+            file,
+            mine: Mutex::new(Mine {
+                counts: ShadowCounts {
+                    replica,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            heard: Mutex::default(),
+        });
+        let heard = channel.subscribe();
+        tokio::spawn(publish(Arc::downgrade(&log), channel));
+        tokio::spawn(listen(Arc::downgrade(&log), heard));
+        log
+    }
+
+    pub(crate) fn count(&self, c: Counted<'_>) {
+        let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
+        let candidate = format!("{:016x}", c.candidate);
+        if mine.counts.candidate != candidate {
+            // A new candidate: what was counted against the old one no longer says anything.
+            mine.counts = ShadowCounts {
+                replica: std::mem::take(&mut mine.counts.replica),
+                candidate,
+                since_ms: tollgate_limiter::wall_clock_ms(),
+                ..Default::default()
+            };
+            mine.index.clear();
+        }
+        mine.counts.evaluated += 1;
+        mine.changed = true;
+        let live = crate::verdict_name(c.live.verdict());
+        let shadow = crate::verdict_name(c.shadow.verdict);
+        if live == shadow {
+            return;
+        }
+        let r = c.request;
+        let key = (
+            short(&r.server),
+            short(&r.tool),
+            short(&r.grant),
+            live.to_owned(),
+            shadow.to_owned(),
+        );
+        let at = match mine.index.get(&key) {
+            Some(at) => *at,
+            None if mine.index.len() < MAX_DISAGREEMENT_KINDS => {
+                let at = mine.counts.disagreements.len();
+                mine.counts.disagreements.push(Disagreement {
+                    server: key.0.clone(),
+                    tool: key.1.clone(),
+                    method: tollgate_api::subject_method(r.kind()).to_owned(),
+                    grant: key.2.clone(),
+                    live: key.3.clone(),
+                    shadow: key.4.clone(),
+                    ..Default::default()
+                });
+                mine.index.insert(key, at);
+                at
+            }
+            None => {
+                mine.counts.other += 1;
+                return;
+            }
+        };
+        let entry = &mut mine.counts.disagreements[at];
+        entry.count += 1;
+        entry.live_rule = short(&c.live.rule);
+        entry.shadow_rule = short(&c.shadow.rule);
+        if entry.examples.len() == EXAMPLES {
+            entry.examples.remove(0);
+        }
+        entry.examples.push(Example {
+            decision_id: short(&c.live.decision_id),
+            at_ms: tollgate_limiter::wall_clock_ms(),
+            agent: short(&r.agent),
+            arguments_sha256: short(c.arguments_sha256),
+            live_reason: short(&c.live.reason),
+            shadow_reason: short(&c.shadow.reason),
+        });
+    }
+
+    /// The candidate policy file's status, when `[decision] shadow_policy` is set.
+    pub fn file(&self) -> Option<&Arc<crate::PolicyStatus>> {
+        self.file.as_ref()
+    }
+
+    /// This replica's counts.
+    pub fn mine(&self) -> ShadowCounts {
+        self.mine.lock().unwrap_or_else(|e| e.into_inner()).counts.clone()
+    }
+
+    /// The latest counts heard from every replica (this one's included once published),
+    /// of replicas heard from lately.
+    pub fn cluster(&self) -> Vec<ShadowCounts> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<ShadowCounts> = heard
+            .values()
+            .filter(|(at, _)| at.elapsed() < FORGET_AFTER)
+            .map(|(_, c)| c.clone())
+            .collect();
+        all.sort_by(|a, b| a.replica.cmp(&b.replica));
+        all
+    }
+
+    fn heard(&self, counts: ShadowCounts) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard.retain(|_, (at, _)| at.elapsed() < FORGET_AFTER);
+        if heard.len() >= MAX_REPLICAS && !heard.contains_key(&counts.replica) {
+            return;
+        }
+        heard.insert(counts.replica.clone(), (std::time::Instant::now(), counts));
+    }
+
+    /// What to publish: the most frequent kinds (bounded), the rest as `other`.
+    fn to_publish(&self) -> Option<ShadowCounts> {
+        let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
+        if !mine.changed {
+            return None;
+        }
+        mine.changed = false;
+        let mut counts = mine.counts.clone();
+        drop(mine);
+        counts.disagreements.sort_by(|a, b| b.count.cmp(&a.count));
+        for dropped in counts
+            .disagreements
+            .drain(PUBLISHED_KINDS.min(counts.disagreements.len())..)
+        {
+            counts.other += dropped.count;
+        }
+        Some(counts)
+    }
+}
+
+async fn publish(log: std::sync::Weak<ShadowLog>, channel: Arc<dyn Broadcast>) {
+    let mut ticker = tokio::time::interval(PUBLISH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Published again now and then even unchanged, so that consoles keep hearing this replica.
+    let mut quiet = 0u32;
+    loop {
+        ticker.tick().await;
+        let Some(log) = log.upgrade() else { return };
+        let counts = match log.to_publish() {
+            Some(counts) => counts,
+            None if quiet >= 10 && !log.mine().candidate.is_empty() => {
+                let mut counts = log.mine();
+                counts.disagreements.sort_by(|a, b| b.count.cmp(&a.count));
+                counts.disagreements.truncate(PUBLISHED_KINDS);
+                counts
+            }
+            None => {
+                quiet += 1;
+                continue;
+            }
+        };
+        quiet = 0;
+        drop(log);
+        let message = match serde_json::to_string(&Published { shadow_counts: counts }) {
+            Ok(message) if message.len() <= tollgate_limiter::MAX_BROADCAST_BYTES => message,
+            Ok(message) => {
+                tracing::warn!(
+                    "shadow policy: counts of {} bytes are too large to publish",
+                    message.len()
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("shadow policy: cannot encode counts: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = channel.publish(message).await {
+            tracing::debug!("shadow policy: cannot publish counts: {e}");
+        }
+    }
+}
+
+async fn listen(log: std::sync::Weak<ShadowLog>, mut heard: tokio::sync::broadcast::Receiver<Arc<str>>) {
+    loop {
+        let message = match heard.recv().await {
+            Ok(message) => message,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(log) = log.upgrade() else { return };
+        if !message.starts_with("{\"shadow_counts\"") {
+            continue;
+        }
+        match serde_json::from_str::<Published>(&message) {
+            Ok(published) => log.heard(bounded(published.shadow_counts)),
+            Err(e) => tracing::debug!("shadow policy: ignoring unreadable counts: {e}"),
+        }
+    }
+}
+
+/// Counts heard from the channel, cut to the bounds this replica publishes within.
+fn bounded(mut counts: ShadowCounts) -> ShadowCounts {
+    counts.replica = short(&counts.replica);
+    counts.candidate = short(&counts.candidate);
+    counts.disagreements.truncate(PUBLISHED_KINDS);
+    for d in &mut counts.disagreements {
+        for field in [
+            &mut d.server,
+            &mut d.tool,
+            &mut d.method,
+            &mut d.grant,
+            &mut d.live,
+            &mut d.shadow,
+            &mut d.live_rule,
+            &mut d.shadow_rule,
+        ] {
+            *field = short(field);
+        }
+        d.examples.truncate(EXAMPLES);
+        for e in &mut d.examples {
+            for field in [
+                &mut e.decision_id,
+                &mut e.agent,
+                &mut e.arguments_sha256,
+                &mut e.live_reason,
+                &mut e.shadow_reason,
+            ] {
+                *field = short(field);
+            }
+        }
+    }
+    counts
+}
+
+/// Every replica's counts for `candidate` (hex digest), added up by kind, most frequent
+/// first; and the decisions evaluated and the `other` count.
+pub fn add_up(all: &[ShadowCounts], candidate: &str) -> (Vec<Disagreement>, u64, u64) {
+    let mut by_kind: HashMap<(String, String, String, String, String), Disagreement> = HashMap::new();
+    let (mut evaluated, mut other) = (0, 0);
+    for counts in all.iter().filter(|c| c.candidate == candidate) {
+        evaluated += counts.evaluated;
+        other += counts.other;
+        for d in &counts.disagreements {
+            let key = (
+                d.server.clone(),
+                d.tool.clone(),
+                d.grant.clone(),
+                d.live.clone(),
+                d.shadow.clone(),
+            );
+            let entry = by_kind.entry(key).or_insert_with(|| Disagreement {
+                examples: Vec::new(),
+                count: 0,
+                ..d.clone()
+            });
+            entry.count += d.count;
+            entry.examples.extend(d.examples.iter().cloned());
+        }
+    }
+    let mut out: Vec<Disagreement> = by_kind.into_values().collect();
+    for d in &mut out {
+        d.examples.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        d.examples.truncate(EXAMPLES);
+    }
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tool.cmp(&b.tool)));
+    (out, evaluated, other)
+}
