@@ -780,7 +780,7 @@ fn approval_json(a: &tollgate_limiter::Approval) -> serde_json::Value {
 }
 
 /// Milliseconds since the Unix epoch as RFC 3339 UTC, e.g. `2026-12-04T10:15:00.123Z`.
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

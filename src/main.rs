@@ -8,6 +8,7 @@ mod console;
 mod explain;
 mod pins;
 mod policy_test;
+mod replay;
 mod shutdown;
 mod webhook;
 
@@ -354,6 +355,40 @@ enum PolicyCommand {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Decide recorded decisions again under a candidate policy, offline, and print what
+    /// would change: counts by verdict pair (live -> candidate), by tool and grant, and
+    /// sample calls. Records come from decision journals ([audit] journal_dir, one per
+    /// replica) or from `tollgate audit export` JSON lines; limits are counted on a memory
+    /// store whose clock follows the recorded times; an approval the live call consumed is
+    /// given to the candidate too. Calls whose arguments were not recorded
+    /// (telemetry.record_arguments) are not decided again when the candidate's rule reads
+    /// arguments; they are counted as such.
+    Replay {
+        /// A journal directory, or a JSON lines file from `tollgate audit export` (repeat for
+        /// several replicas).
+        #[arg(long = "journal", required = true, num_args = 1..)]
+        journal: Vec<PathBuf>,
+        /// The candidate policy (JSON, YAML or TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Only decisions made at or after this time (ms since the Unix epoch, or UTC like
+        /// 2026-12-08T10:15:00Z).
+        #[arg(long, value_parser = replay::parse_time)]
+        since: Option<u64>,
+        /// Only decisions made before this time (same forms as --since).
+        #[arg(long, value_parser = replay::parse_time)]
+        until: Option<u64>,
+        /// Exit 1 when this holds (repeatable): newly-denied, newly-allowed, any-change,
+        /// unknown.
+        #[arg(long = "fail-on", value_enum)]
+        fail_on: Vec<replay::FailOn>,
+        /// Sample calls shown per verdict pair.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -385,6 +420,26 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Test { policy, cases, junit },
         } => policy_test::policy_test(&policy, &cases, junit.as_deref()),
+        Command::Policy {
+            command:
+                PolicyCommand::Replay {
+                    journal,
+                    policy,
+                    since,
+                    until,
+                    fail_on,
+                    samples,
+                    json,
+                },
+        } => replay::policy_replay(replay::Options {
+            inputs: journal,
+            policy,
+            since,
+            until,
+            fail_on,
+            samples,
+            json,
+        }),
         Command::Policy {
             command:
                 PolicyCommand::Explain {

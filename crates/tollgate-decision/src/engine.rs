@@ -77,9 +77,15 @@ pub const DEFAULT_FULL_CACHE_ENTRIES: usize = 100_000;
 
 impl Engine {
     pub fn new(policy: Policy, store: Arc<dyn CounterStore>, store_timeout: Duration) -> Self {
+        Engine::new_shared(Arc::new(policy), store, store_timeout)
+    }
+
+    /// [`Engine::new`] with a policy shared with others (e.g. a candidate's variant with its
+    /// shadow-mode rules in force).
+    pub fn new_shared(policy: Arc<Policy>, store: Arc<dyn CounterStore>, store_timeout: Duration) -> Self {
         metrics().register_store(store.kind());
         Engine {
-            policy: ArcSwap::from_pointee(policy),
+            policy: ArcSwap::new(policy),
             approvals: Arc::new(MemoryApprovals::default()),
             tasks: Arc::new(tollgate_limiter::MemoryTasks::default()),
             new_approvals: None,

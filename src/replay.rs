@@ -1,0 +1,494 @@
+//! `tollgate policy replay --journal PATH… --policy CANDIDATE`: recorded decisions decided
+//! again under a candidate policy, offline. The records come from decision journals
+//! (`[audit] journal_dir`, one directory per replica) or from JSON lines written by
+//! `tollgate audit export`. They are replayed in the order they were decided, on a memory
+//! store whose clock is set to each record's time, so that limits count as they would have
+//! over the recorded traffic; an approval the live call consumed is given to the candidate
+//! too. What would change is printed by verdict pair, by tool and grant, with sample calls.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tollgate_decision::Engine;
+use tollgate_decision::audit::JournalRecord;
+use tollgate_decision::proto::{DecideRequest, SubjectKind, Verdict};
+use tollgate_limiter::{ManualClock, MemoryStore};
+
+/// What `--fail-on` can ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// A call the live policy admitted that the candidate would not (denied, limited, or
+    /// held for approval).
+    NewlyDenied,
+    /// A call the live policy refused that the candidate would admit.
+    NewlyAllowed,
+    /// Any call answered otherwise.
+    AnyChange,
+    /// A recorded call that could not be decided again (its arguments were not recorded and
+    /// the candidate's rule looks at them).
+    Unknown,
+}
+
+/// How to replay.
+pub struct Options {
+    pub inputs: Vec<PathBuf>,
+    pub policy: PathBuf,
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    pub fail_on: Vec<FailOn>,
+    pub samples: usize,
+    pub json: bool,
+}
+
+/// One call answered otherwise.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub at_ms: u64,
+    pub decision_id: String,
+    pub method: String,
+    pub server: String,
+    pub tool: String,
+    pub grant: String,
+    pub agent: String,
+    pub live: String,
+    pub live_rule: String,
+    pub candidate: String,
+    pub candidate_rule: String,
+    pub candidate_reason: String,
+}
+
+/// What a replay found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Decision records read (within --since/--until).
+    pub records: u64,
+    /// Decided again and compared.
+    pub compared: u64,
+    /// Answered the same way.
+    pub same: u64,
+    /// Answered otherwise, per "LIVE -> CANDIDATE".
+    pub changed: BTreeMap<String, u64>,
+    /// Answered otherwise, per tool (method, server, tool) and grant, per verdict pair.
+    pub by_tool: Vec<ToolChanges>,
+    /// Not decided again, with why (e.g. arguments not recorded), per reason.
+    pub unknown: BTreeMap<String, u64>,
+    /// Records that are not policy decisions of a call (refusals by the journal itself,
+    /// operators' actions): left out.
+    pub skipped: u64,
+    /// Some calls answered otherwise, per verdict pair (at most --samples each).
+    pub samples: BTreeMap<String, Vec<Change>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolChanges {
+    pub method: String,
+    pub server: String,
+    pub tool: String,
+    pub grant: String,
+    pub live: String,
+    pub candidate: String,
+    pub calls: u64,
+}
+
+/// Reads the decision records of every input: a journal directory, or a JSON lines file.
+pub fn read_records(inputs: &[PathBuf]) -> anyhow::Result<Vec<JournalRecord>> {
+    let mut all = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            tollgate_journal::each_record(input, 1, |record| {
+                match tollgate_decision::audit::decode_record(&record.payload) {
+                    Ok(decoded) => all.push(decoded),
+                    Err(e) => eprintln!("tollgate: {} record {} skipped: {e}", input.display(), record.seq),
+                }
+                Ok(true)
+            })
+            .map_err(|e| anyhow::anyhow!("cannot read the journal in {}: {e}", input.display()))?;
+            if let Err(broken) = tollgate_journal::verify(input, None) {
+                eprintln!(
+                    "tollgate: {}: the chain breaks at record {} ({broken}); replaying the records before it",
+                    input.display(),
+                    broken.seq
+                );
+            }
+        } else {
+            let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let record: JournalRecord = serde_json::from_str(line)
+                    .map_err(|e| anyhow::anyhow!("{}:{}: not a decision record: {e}", input.display(), i + 1))?;
+                all.push(record);
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn kind_of(method: &str) -> Option<SubjectKind> {
+    match method {
+        "tools/call" => Some(SubjectKind::Tool),
+        "resources/read" => Some(SubjectKind::Resource),
+        "prompts/get" => Some(SubjectKind::Prompt),
+        _ => None,
+    }
+}
+
+fn verdict_of(text: &str) -> Option<Verdict> {
+    Some(match text {
+        "ALLOW" => Verdict::Allow,
+        "DENY" => Verdict::Deny,
+        "RATE_LIMITED" => Verdict::RateLimited,
+        "APPROVAL_REQUIRED" => Verdict::ApprovalRequired,
+        _ => return None,
+    })
+}
+
+/// Whether the rule that decides the call under `policy` looks at its arguments (a schema,
+/// or a limit scoped by an argument).
+fn rule_reads_arguments(policy: &tollgate_policy::Policy, request: &DecideRequest) -> bool {
+    let kind = match request.kind() {
+        SubjectKind::Tool => tollgate_policy::Kind::Tool,
+        SubjectKind::Resource => tollgate_policy::Kind::Resource,
+        SubjectKind::Prompt => tollgate_policy::Kind::Prompt,
+    };
+    let annotations = request
+        .annotations
+        .as_ref()
+        .map_or_else(Default::default, |a| tollgate_policy::Annotations {
+            read_only: a.read_only_hint,
+            destructive: a.destructive_hint,
+            idempotent: a.idempotent_hint,
+            open_world: a.open_world_hint,
+        });
+    let rule = policy.rule_for_subject(kind, &request.server, &request.tool, &request.grant, annotations);
+    rule.arguments.is_some()
+        || rule.limits.iter().any(|l| {
+            l.scope
+                .0
+                .iter()
+                .any(|d| matches!(d, tollgate_policy::ScopeDim::Argument(_)))
+        })
+}
+
+/// Replays `records` under the policy at `policy_path`.
+pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &Options) -> anyhow::Result<Report> {
+    let compiled = tollgate_policy::load_file(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The candidate with its shadow-mode rules in force: replay asks what it would enforce.
+    let policy = match compiled.policy.with_shadow_rules() {
+        Some(_) => {
+            // Compiled again to own the variant with the shadow-mode rules (an `Arc` inside).
+            let again = tollgate_policy::load_file(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            match again.policy.with_shadow_rules() {
+                Some(all) => Arc::clone(all),
+                None => Arc::new(again.policy),
+            }
+        }
+        None => Arc::new(compiled.policy),
+    };
+    let clock = Arc::new(ManualClock::default());
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    let engine = Engine::new_shared(policy.clone(), store, Duration::from_secs(1));
+    let mut report = Report::default();
+    let mut records: Vec<JournalRecord> = records
+        .into_iter()
+        .filter(|r| options.since.is_none_or(|t| r.decision.at_ms >= t))
+        .filter(|r| options.until.is_none_or(|t| r.decision.at_ms < t))
+        .collect();
+    records.sort_by_key(|r| (r.decision.at_ms, r.start_ns));
+    let mut by_tool: BTreeMap<(String, String, String, String, String, String), u64> = BTreeMap::new();
+    let mut now_ms = 0u64;
+    for (n, record) in records.iter().enumerate() {
+        let d = &record.decision;
+        let (Some(kind), Some(live)) = (kind_of(&d.method), verdict_of(&d.verdict)) else {
+            report.skipped += 1;
+            continue;
+        };
+        report.records += 1;
+        // Not the policy's answer: a refusal by the journal itself.
+        if d.rule == "audit" {
+            report.skipped += 1;
+            continue;
+        }
+        // The clock moves to the record's time (never back: records of two replicas can
+        // be a millisecond apart out of order).
+        if d.at_ms > now_ms {
+            clock.advance(Duration::from_millis(d.at_ms - now_ms));
+            now_ms = d.at_ms;
+        }
+        let mut request = DecideRequest {
+            request_id: format!("replay-{n}"),
+            server: d.server.clone(),
+            tool: d.tool.clone(),
+            grant: d.grant.clone(),
+            agent: d.agent.clone(),
+            session_id: d.session.clone(),
+            subject: record.subject.clone(),
+            issuer: record.issuer.clone(),
+            arguments_json: record.arguments.clone(),
+            annotations: tollgate_decision::audit::annotations_of(&record.annotations),
+            ..Default::default()
+        };
+        request.set_kind(kind);
+        let (verdict, rule, reason) = if d.rule == "pins" {
+            // Tool pinning refuses whatever the policy says.
+            (Verdict::Deny, "pins".to_owned(), d.reason.clone())
+        } else if record.arguments.is_empty()
+            && !d.arguments_sha256.is_empty()
+            && rule_reads_arguments(&policy, &request)
+        {
+            *report
+                .unknown
+                .entry("arguments not recorded (telemetry.record_arguments) and the candidate's rule reads them".into())
+                .or_default() += 1;
+            continue;
+        } else {
+            let mut decision = engine.decide(&request).await;
+            // The live call consumed an operator's approval: the candidate gets one too.
+            if live == Verdict::Allow
+                && !d.approval_id.is_empty()
+                && decision.verdict() == Verdict::ApprovalRequired
+                && !decision.approval_id.is_empty()
+            {
+                if let Err(e) = engine
+                    .resolve_approval(&decision.approval_id, true, "policy-replay", "")
+                    .await
+                {
+                    bail!("replaying an approval failed: {e}");
+                }
+                decision = engine.decide(&request).await;
+            }
+            (decision.verdict(), decision.rule.clone(), decision.reason.clone())
+        };
+        report.compared += 1;
+        if verdict == live {
+            report.same += 1;
+            continue;
+        }
+        let candidate = tollgate_decision::verdict_name(verdict).to_owned();
+        let pair = format!("{} -> {candidate}", d.verdict);
+        *report.changed.entry(pair.clone()).or_default() += 1;
+        *by_tool
+            .entry((
+                d.method.clone(),
+                d.server.clone(),
+                d.tool.clone(),
+                d.grant.clone(),
+                d.verdict.clone(),
+                candidate.clone(),
+            ))
+            .or_default() += 1;
+        let samples = report.samples.entry(pair).or_default();
+        if samples.len() < options.samples {
+            samples.push(Change {
+                at_ms: d.at_ms,
+                decision_id: d.id.clone(),
+                method: d.method.clone(),
+                server: d.server.clone(),
+                tool: d.tool.clone(),
+                grant: d.grant.clone(),
+                agent: d.agent.clone(),
+                live: d.verdict.clone(),
+                live_rule: d.rule.clone(),
+                candidate,
+                candidate_rule: rule,
+                candidate_reason: reason,
+            });
+        }
+    }
+    report.by_tool = by_tool
+        .into_iter()
+        .map(|((method, server, tool, grant, live, candidate), calls)| ToolChanges {
+            method,
+            server,
+            tool,
+            grant,
+            live,
+            candidate,
+            calls,
+        })
+        .collect();
+    report.by_tool.sort_by(|a, b| b.calls.cmp(&a.calls));
+    Ok(report)
+}
+
+/// Which `--fail-on` conditions hold.
+pub fn failed(report: &Report, fail_on: &[FailOn]) -> Vec<&'static str> {
+    let pairs = || report.changed.iter().filter(|(_, n)| **n > 0).map(|(p, _)| p.as_str());
+    let mut out = Vec::new();
+    for condition in fail_on {
+        let holds = match condition {
+            FailOn::NewlyDenied => pairs().any(|p| p.starts_with("ALLOW -> ")),
+            FailOn::NewlyAllowed => pairs().any(|p| p.ends_with(" -> ALLOW")),
+            FailOn::AnyChange => pairs().next().is_some(),
+            FailOn::Unknown => !report.unknown.is_empty(),
+        };
+        if holds {
+            out.push(match condition {
+                FailOn::NewlyDenied => "newly-denied",
+                FailOn::NewlyAllowed => "newly-allowed",
+                FailOn::AnyChange => "any-change",
+                FailOn::Unknown => "unknown",
+            });
+        }
+    }
+    out
+}
+
+/// Text for people: control characters in recorded names shown as escapes.
+fn shown(text: &str) -> String {
+    text.chars().flat_map(char::escape_debug).collect()
+}
+
+/// The report as text.
+pub fn text(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let changed: u64 = report.changed.values().sum();
+    let unknown: u64 = report.unknown.values().sum();
+    let _ = writeln!(
+        out,
+        "{} decisions replayed: {} the same, {changed} answered otherwise, {unknown} not decided again ({} other records skipped)",
+        report.compared, report.same, report.skipped
+    );
+    for (why, n) in &report.unknown {
+        let _ = writeln!(out, "  not decided again: {n} ({why})");
+    }
+    if changed == 0 {
+        return out;
+    }
+    let _ = writeln!(out, "\nBy verdict (live -> candidate):");
+    for (pair, n) in &report.changed {
+        let _ = writeln!(out, "  {pair:<36} {n}");
+    }
+    let _ = writeln!(out, "\nBy tool and grant:");
+    for t in &report.by_tool {
+        let _ = writeln!(
+            out,
+            "  {:<6} {} {}/{} grant {}: {} -> {}",
+            t.calls,
+            shown(&t.method),
+            shown(&t.server),
+            shown(&t.tool),
+            shown(&t.grant),
+            t.live,
+            t.candidate
+        );
+    }
+    let _ = writeln!(out, "\nSamples:");
+    for (pair, samples) in &report.samples {
+        let _ = writeln!(out, "  {pair}");
+        for s in samples {
+            let _ = writeln!(
+                out,
+                "    {} {} {}/{} grant {} agent {}: live {} by {}; candidate by {}{}",
+                crate::commands::rfc3339(s.at_ms),
+                shown(&s.decision_id),
+                shown(&s.server),
+                shown(&s.tool),
+                shown(&s.grant),
+                shown(&s.agent),
+                s.live,
+                shown(&s.live_rule),
+                shown(&s.candidate_rule),
+                if s.candidate_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", shown(&s.candidate_reason))
+                }
+            );
+        }
+    }
+    out
+}
+
+/// A time given on the command line: milliseconds since the Unix epoch, or RFC 3339 in UTC
+/// (`2026-12-08T10:15:00Z`, fractions of a second allowed).
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let bad =
+        || format!("{text:?} is neither milliseconds since the Unix epoch nor a UTC time like 2026-12-08T10:15:00Z");
+    let rest = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix('z'))
+        .ok_or_else(bad)?;
+    let (date, time) = rest.split_once(['T', 't', ' ']).ok_or_else(bad)?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next()) else {
+        return Err(bad());
+    };
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>());
+    let (Some(Ok(h)), Some(Ok(min)), Some(Ok(s)), None) = (t.next(), t.next(), t.next(), t.next()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || s > 60 || y < 1970 {
+        return Err(bad());
+    }
+    let ms_fraction = if fraction.is_empty() {
+        0
+    } else if fraction.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{fraction:0<3}")[..3].parse::<i64>().map_err(|_| bad())?
+    } else {
+        return Err(bad());
+    };
+    // Days since 1970-01-01 of a civil date (the inverse of the one `rfc3339` uses).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = ((days * 86_400 + h * 3600 + min * 60 + s) * 1000) + ms_fraction;
+    u64::try_from(ms).map_err(|_| bad())
+}
+
+/// `tollgate policy replay`.
+pub fn policy_replay(options: Options) -> anyhow::Result<()> {
+    if options.inputs.is_empty() {
+        bail!("name at least one journal directory or JSON lines export: --journal PATH");
+    }
+    let records = read_records(&options.inputs)?;
+    let report = crate::commands::runtime()?.block_on(replay(records, &options.policy, &options))?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", text(&report));
+    }
+    let failed = failed(&report, &options.fail_on);
+    if !failed.is_empty() {
+        bail!("--fail-on {} holds", failed.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_milliseconds_or_utc() {
+        assert_eq!(parse_time("1765189500000"), Ok(1_765_189_500_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2026-12-08T10:15:00Z"), Ok(1_796_724_900_000));
+        assert_eq!(parse_time("2026-12-08T10:15:00.5Z"), Ok(1_796_724_900_500));
+        assert_eq!(
+            crate::commands::rfc3339(parse_time("2024-02-29T23:59:59.123Z").unwrap()),
+            "2024-02-29T23:59:59.123Z"
+        );
+        for bad in [
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-12-08T10:15:00",
+            "2026-12-08T10:15Z",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+}

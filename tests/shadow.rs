@@ -1,0 +1,447 @@
+//! Issue 29, items 2 and 3: a candidate policy evaluated beside the live one on real traffic
+//! through two decision replicas on Redis (the metric, the audit records and the console's
+//! "Candidate policy" page show exactly the calls it would answer otherwise; the live
+//! verdicts and the counters in Redis are what the live policy alone makes them), and
+//! `tollgate policy replay` deciding the recorded run again: no difference under the live
+//! policy, exactly the expected ones under the candidate.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::SET_COOKIE;
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::{KEY_A, Mcp, Proc, append, refusal, run, sha256_hex, write_config};
+
+const OPERATOR_KEY: &str = "tg_operator_shadow_key";
+
+const LIVE: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "1m", "max": 10, "scope": "grant" }] },
+    "k8s_scale": { "action": "allow" },
+    "k8s_get_pods": { "action": "allow" }
+  }
+}"#;
+
+/// Denies one tool, lowers one limit (the same counter, counted the same way), and adds a
+/// counter the live policy does not have.
+const CANDIDATE: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "1m", "max": 3, "scope": "grant" }] },
+    "k8s_scale": { "action": "deny", "reason": "scaling goes through the change process" },
+    "k8s_get_pods": { "limits": [{ "counter": "pods_candidate", "window": "1m", "max": 1, "scope": "grant" }] }
+  }
+}"#;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+async fn sign_in(admin: &str) -> String {
+    let answer = client()
+        .post(format!("{admin}/console/login"))
+        .form(&[("key", OPERATOR_KEY)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let cookie = answer
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie")
+        .to_owned();
+    cookie.split(';').next().unwrap_or_default().to_owned()
+}
+
+async fn page(url: &str, cookie: &str) -> String {
+    let answer = client().get(url).header("cookie", cookie).send().await.expect("GET");
+    assert_eq!(answer.status(), StatusCode::OK, "{url}");
+    answer.text().await.unwrap_or_default()
+}
+
+/// `tollgate_shadow_disagreements_total` of every replica, added up by (live, shadow, tool).
+async fn disagreements(metrics: &[String]) -> BTreeMap<(String, String, String), u64> {
+    let mut out = BTreeMap::new();
+    for url in metrics {
+        let text = support::get_text(url).await;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("tollgate_shadow_disagreements_total{") else {
+                continue;
+            };
+            let (labels, value) = rest.split_once("} ").expect("a sample");
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            let n: u64 = value.trim().parse().expect("a count");
+            *out.entry((label("live"), label("shadow"), label("tool"))).or_default() += n;
+        }
+    }
+    out
+}
+
+fn key(live: &str, shadow: &str, tool: &str) -> (String, String, String) {
+    (live.into(), shadow.into(), tool.into())
+}
+
+/// The decision records of a journal directory, as `tollgate audit export` writes them.
+fn exported(journal: &Path) -> Vec<Value> {
+    let (code, out, err) = run(&["audit", "export", journal.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn replay(args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["policy", "replay", "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(&all);
+    let report = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a JSON report ({e}):\n{out}\n{err}"));
+    (code, report, err)
+}
+
+#[tokio::test]
+async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_journals() {
+    let redis = RedisServer::start();
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("shadow");
+    let candidate = dir.join("candidate.json");
+    std::fs::write(&candidate, CANDIDATE).expect("write the candidate");
+    let live = dir.join("live.json");
+    std::fs::write(&live, LIVE).expect("write the live policy");
+    let journals = [dir.join("journal-0"), dir.join("journal-1")];
+
+    let mut replicas = Vec::new();
+    for (i, journal) in journals.iter().enumerate() {
+        let config = write_config(&dir, &upstream.url("/mcp"), &[], LIVE, "");
+        append(
+            &config,
+            &format!(
+                "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\n\
+                 [console]\nsession_secret = \"{}\"\n",
+                redis.url(),
+                sha256_hex(OPERATOR_KEY),
+                "s".repeat(40)
+            ),
+        );
+        let env = [
+            ("TOLLGATE_DECISION__SHADOW_POLICY", candidate.to_str().unwrap()),
+            ("TOLLGATE_AUDIT__JOURNAL_DIR", journal.to_str().unwrap()),
+            ("TOLLGATE_TELEMETRY__RECORD_ARGUMENTS", "true"),
+        ];
+        replicas.push(Proc::start(
+            &format!("decision-{i}"),
+            &["decision", "--config", config.to_str().unwrap()],
+            &env,
+        ));
+    }
+    let urls: Vec<String> = replicas.iter().map(|r| r.url("")).collect();
+    let config = write_config(&dir, &upstream.url("/mcp"), &urls, LIVE, "decision_timeout_ms = 5000");
+    let edge = Proc::start("edge", &["edge", "--config", config.to_str().unwrap()], &[]);
+
+    // Traffic through both replicas (the edge asks them in turn).
+    let mut agent = Mcp::new(&edge.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    // Listed first, so the metric names the tools (unlisted ones are `_unlisted`).
+    agent.tool_names().await;
+    for i in 0..6 {
+        let result = agent
+            .call(
+                "k8s_rollout_pause",
+                json!({"namespace": "web", "name": format!("api-{i}")}),
+            )
+            .await;
+        assert!(refusal(&result).is_none(), "pause {i} is admitted live: {result}");
+    }
+    for i in 0..2 {
+        let result = agent
+            .call(
+                "k8s_scale",
+                json!({"namespace": "web", "name": "api", "replicas": i + 2}),
+            )
+            .await;
+        assert!(refusal(&result).is_none(), "scale {i} is admitted live: {result}");
+        let result = agent.call("k8s_get_pods", json!({"namespace": "web"})).await;
+        assert!(refusal(&result).is_none(), "get_pods {i} is admitted live: {result}");
+    }
+    let result = agent.call("k8s_delete_namespace", json!({"namespace": "prod"})).await;
+    assert!(refusal(&result).is_some(), "delete is denied live: {result}");
+
+    // The metric: exactly the five calls the candidate answers otherwise (the candidate's own
+    // counter `pods_candidate` is never filled, so shadow evaluation cannot limit on it).
+    let metrics: Vec<String> = replicas
+        .iter()
+        .map(|r| r.metrics_url.clone().expect("metrics"))
+        .collect();
+    let found = disagreements(&metrics).await;
+    let expected = BTreeMap::from([
+        (key("ALLOW", "RATE_LIMITED", "k8s_rollout_pause"), 3),
+        (key("ALLOW", "DENY", "k8s_scale"), 2),
+    ]);
+    assert_eq!(found, expected);
+
+    // Counters in Redis are the live policy's alone: six pauses taken, and nothing written
+    // for the candidate's counter.
+    let keys = redis.cli(&["--scan", "--pattern", "*"]);
+    assert!(!keys.contains("pods_candidate"), "the candidate created a key:\n{keys}");
+    let pause_keys: Vec<&str> = keys.lines().filter(|k| k.contains("pause/grant=a")).collect();
+    assert_eq!(pause_keys.len(), 1, "{keys}");
+    assert_eq!(redis.cli(&["ZCARD", pause_keys[0]]).trim(), "6");
+
+    // The audit records carry both verdicts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records: Vec<Value> = journals.iter().flat_map(|j| exported(j)).collect();
+    assert_eq!(records.len(), 11, "{records:#?}");
+    let pairs: BTreeMap<(String, String, String), usize> = records.iter().fold(BTreeMap::new(), |mut m, r| {
+        let field = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
+        *m.entry((field("verdict"), field("shadow_verdict"), field("tool")))
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(pairs[&key("ALLOW", "RATE_LIMITED", "k8s_rollout_pause")], 3);
+    assert_eq!(pairs[&key("ALLOW", "ALLOW", "k8s_rollout_pause")], 3);
+    assert_eq!(pairs[&key("ALLOW", "DENY", "k8s_scale")], 2);
+    assert_eq!(pairs[&key("DENY", "DENY", "k8s_delete_namespace")], 1);
+    let scale = records
+        .iter()
+        .find(|r| r["tool"] == "k8s_scale")
+        .expect("a scale record");
+    assert_eq!(scale["shadow_rule"], "tools[\"k8s_scale\"]");
+    assert!(
+        records.iter().any(|r| r["replica"] != records[0]["replica"]),
+        "both replicas decided"
+    );
+
+    // The console of one replica shows every replica's disagreements.
+    let admin = replicas[1].admin_url.clone().expect("admin");
+    let cookie = sign_in(&admin).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
+        if text.contains("id=\"shadow-evaluated\">11<") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page did not add up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(shown.contains("id=\"shadow-changed\">5<"), "{shown}");
+    assert!(shown.contains(&candidate.display().to_string()), "{shown}");
+    let rows: Vec<&str> = shown.split("<tr class=\"change\">").skip(1).collect();
+    assert_eq!(rows.len(), 2, "{shown}");
+    assert!(
+        rows[0].contains("k8s_rollout_pause") && rows[0].contains("RATE_LIMITED"),
+        "{}",
+        rows[0]
+    );
+    assert!(rows[0].contains("<td class=\"count\">3</td>"), "{}", rows[0]);
+    assert!(rows[1].contains("k8s_scale") && rows[1].contains("scaling goes through the change process"));
+    assert!(rows[1].contains("<td class=\"count\">2</td>"), "{}", rows[1]);
+    let table = shown.split("</table>").next().unwrap_or_default();
+    assert!(!table.contains("k8s_get_pods"), "{table}");
+
+    // Replay: the live policy reproduces every recorded verdict.
+    let j0 = journals[0].to_str().unwrap();
+    let j1 = journals[1].to_str().unwrap();
+    let (code, report, err) = replay(&[
+        "--journal",
+        j0,
+        j1,
+        "--policy",
+        live.to_str().unwrap(),
+        "--fail-on",
+        "any-change",
+    ]);
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(report["compared"], 11, "{report:#}");
+    assert_eq!(report["same"], 11, "{report:#}");
+    assert_eq!(report["changed"], json!({}));
+
+    // The candidate: the five the shadow saw, and the second get_pods, which replay counts
+    // on the candidate's own counter. One journal given as an export's JSON lines.
+    let (code, lines, err) = run(&["audit", "export", j1]);
+    assert_eq!(code, 0, "{err}");
+    let jsonl = dir.join("journal-1.jsonl");
+    std::fs::write(&jsonl, lines).expect("write the export");
+    let candidate_path = candidate.to_str().unwrap();
+    let (code, report, err) = replay(&[
+        "--journal",
+        j0,
+        jsonl.to_str().unwrap(),
+        "--policy",
+        candidate_path,
+        "--fail-on",
+        "newly-allowed",
+    ]);
+    assert_eq!(code, 0, "nothing newly allowed: {report:#}\n{err}");
+    assert_eq!(
+        report["changed"],
+        json!({"ALLOW -> DENY": 2, "ALLOW -> RATE_LIMITED": 4}),
+        "{report:#}"
+    );
+    let by_tool: BTreeMap<String, u64> = report["by_tool"]
+        .as_array()
+        .expect("by_tool")
+        .iter()
+        .map(|t| {
+            (
+                format!("{} {}", t["tool"].as_str().unwrap(), t["candidate"].as_str().unwrap()),
+                t["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_tool,
+        BTreeMap::from([
+            ("k8s_get_pods RATE_LIMITED".to_owned(), 1),
+            ("k8s_rollout_pause RATE_LIMITED".to_owned(), 3),
+            ("k8s_scale DENY".to_owned(), 2),
+        ])
+    );
+    let sample = &report["samples"]["ALLOW -> DENY"][0];
+    assert_eq!(sample["candidate_rule"], "tools[\"k8s_scale\"]");
+    let (code, _, err) = replay(&[
+        "--journal",
+        j0,
+        j1,
+        "--policy",
+        candidate_path,
+        "--fail-on",
+        "newly-denied",
+    ]);
+    assert_eq!(code, 1, "newly denied calls fail the replay");
+    assert!(err.contains("--fail-on newly-denied holds"), "{err}");
+    // The human-readable form names the pairs and the tools.
+    let (code, text, _) = run(&["policy", "replay", "--journal", j0, j1, "--policy", candidate_path]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("11 decisions replayed: 5 the same, 6 answered otherwise"),
+        "{text}"
+    );
+    assert!(text.contains("ALLOW -> RATE_LIMITED"), "{text}");
+
+    // Without the arguments, a candidate whose rule reads them cannot decide those calls.
+    let reads = dir.join("reads-arguments.json");
+    std::fs::write(
+        &reads,
+        r#"{"version": "1", "default": "allow", "tools": {"k8s_scale": {"arguments": {"type": "object", "properties": {"replicas": {"maximum": 2}}}}}}"#,
+    )
+    .expect("write");
+    let (code, lines0, err) = run(&["audit", "export", j0]);
+    assert_eq!(code, 0, "{err}");
+    let exported_lines = std::fs::read_to_string(&jsonl).expect("read") + &lines0;
+    let scales = exported_lines
+        .lines()
+        .filter(|l| l.contains("\"tool\":\"k8s_scale\""))
+        .count() as u64;
+    let stripped: String = exported_lines
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("json");
+            v.as_object_mut().expect("object").remove("arguments");
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&jsonl, stripped).expect("write");
+    let (code, report, _) = replay(&[
+        "--journal",
+        jsonl.to_str().unwrap(),
+        "--policy",
+        reads.to_str().unwrap(),
+        "--fail-on",
+        "unknown",
+    ]);
+    assert_eq!(code, 1, "{report:#}");
+    let unknown: u64 = report["unknown"]
+        .as_object()
+        .expect("unknown")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!((unknown, scales), (2, 2), "{report:#}");
+    assert_eq!(report["compared"], 9, "{report:#}");
+}
+
+/// A rule with `"mode": "shadow"` inside the live policy: its verdict is recorded, the call
+/// is decided as if it were not there.
+#[tokio::test]
+async fn a_shadow_mode_rule_is_recorded_not_enforced() {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir("shadow-rule");
+    let policy = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": { "k8s_scale": { "action": "allow" } },
+  "grants": { "a": { "tools": { "k8s_scale": { "action": "deny", "mode": "shadow", "reason": "grant a loses scale" } } } }
+}"#;
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
+    append(
+        &config,
+        &format!(
+            "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\n[audit]\njournal_dir = \"{}\"\n",
+            sha256_hex(OPERATOR_KEY),
+            dir.join("journal").display()
+        ),
+    );
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+    agent.initialize().await;
+    agent.tool_names().await;
+    let result = agent
+        .call("k8s_scale", json!({"namespace": "web", "name": "api", "replicas": 2}))
+        .await;
+    assert!(refusal(&result).is_none(), "the shadow rule is not enforced: {result}");
+
+    let metrics = support::get_text(&up.url("/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_shadow_disagreements_total{")
+                && l.contains("live=\"ALLOW\"")
+                && l.contains("shadow=\"DENY\"")
+                && l.contains("tool=\"k8s_scale\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let admin = up.admin_url.clone().expect("admin");
+    let cookie = sign_in(&admin).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
+        if text.contains("id=\"shadow-changed\">1<") {
+            assert!(text.contains("id=\"candidate-rules\""), "{text}");
+            assert!(
+                text.contains("grants[&quot;a&quot;].tools[&quot;k8s_scale&quot;]"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records = exported(&dir.join("journal"));
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["verdict"], "ALLOW");
+    assert_eq!(records[0]["rule"], "tools[\"k8s_scale\"]");
+    assert_eq!(records[0]["shadow_verdict"], "DENY");
+    assert_eq!(records[0]["shadow_rule"], "grants[\"a\"].tools[\"k8s_scale\"]");
+}
