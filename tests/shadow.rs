@@ -25,19 +25,22 @@ const LIVE: &str = r#"{
   "tools": {
     "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "1m", "max": 10, "scope": "grant" }] },
     "k8s_scale": { "action": "allow" },
-    "k8s_get_pods": { "action": "allow" }
+    "k8s_get_pods": { "action": "allow" },
+    "k8s_list_namespaces": { "action": "allow" }
   }
 }"#;
 
-/// Denies one tool, lowers one limit (the same counter, counted the same way), and adds a
-/// counter the live policy does not have.
+/// Denies one tool, lowers one limit (the same counter, counted the same way: answered from
+/// the live decision's own store answer), limits another tool on that live counter (read from
+/// the store), and adds a counter the live policy does not have.
 const CANDIDATE: &str = r#"{
   "version": "1",
   "default": "deny",
   "tools": {
     "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "1m", "max": 3, "scope": "grant" }] },
     "k8s_scale": { "action": "deny", "reason": "scaling goes through the change process" },
-    "k8s_get_pods": { "limits": [{ "counter": "pods_candidate", "window": "1m", "max": 1, "scope": "grant" }] }
+    "k8s_get_pods": { "limits": [{ "counter": "pods_candidate", "window": "1m", "max": 1, "scope": "grant" }] },
+    "k8s_list_namespaces": { "limits": [{ "counter": "pause", "window": "1m", "max": 6, "scope": "grant" }] }
   }
 }"#;
 
@@ -180,11 +183,15 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
         let result = agent.call("k8s_get_pods", json!({"namespace": "web"})).await;
         assert!(refusal(&result).is_none(), "get_pods {i} is admitted live: {result}");
     }
+    let result = agent.call("k8s_list_namespaces", json!({})).await;
+    assert!(refusal(&result).is_none(), "list_namespaces is admitted live: {result}");
     let result = agent.call("k8s_delete_namespace", json!({"namespace": "prod"})).await;
     assert!(refusal(&result).is_some(), "delete is denied live: {result}");
 
-    // The metric: exactly the five calls the candidate answers otherwise (the candidate's own
-    // counter `pods_candidate` is never filled, so shadow evaluation cannot limit on it).
+    // The metric: exactly the six calls the candidate answers otherwise: three pauses past
+    // the lowered limit, both scales, and list_namespaces on the six pauses the live counter
+    // holds (the candidate's own counter `pods_candidate` is never filled, so shadow
+    // evaluation cannot limit on it).
     let metrics: Vec<String> = replicas
         .iter()
         .map(|r| r.metrics_url.clone().expect("metrics"))
@@ -193,6 +200,7 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     let expected = BTreeMap::from([
         (key("ALLOW", "RATE_LIMITED", "k8s_rollout_pause"), 3),
         (key("ALLOW", "DENY", "k8s_scale"), 2),
+        (key("ALLOW", "RATE_LIMITED", "k8s_list_namespaces"), 1),
     ]);
     assert_eq!(found, expected);
 
@@ -207,7 +215,7 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     // The audit records carry both verdicts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let records: Vec<Value> = journals.iter().flat_map(|j| exported(j)).collect();
-    assert_eq!(records.len(), 11, "{records:#?}");
+    assert_eq!(records.len(), 12, "{records:#?}");
     let pairs: BTreeMap<(String, String, String), usize> = records.iter().fold(BTreeMap::new(), |mut m, r| {
         let field = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
         *m.entry((field("verdict"), field("shadow_verdict"), field("tool")))
@@ -234,7 +242,7 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let shown = loop {
         let text = page(&format!("{admin}/console/candidate"), &cookie).await;
-        if text.contains("id=\"shadow-evaluated\">11<") {
+        if text.contains("id=\"shadow-evaluated\">12<") {
             break text;
         }
         assert!(
@@ -243,10 +251,10 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(shown.contains("id=\"shadow-changed\">5<"), "{shown}");
+    assert!(shown.contains("id=\"shadow-changed\">6<"), "{shown}");
     assert!(shown.contains(&candidate.display().to_string()), "{shown}");
     let rows: Vec<&str> = shown.split("<tr class=\"change\">").skip(1).collect();
-    assert_eq!(rows.len(), 2, "{shown}");
+    assert_eq!(rows.len(), 3, "{shown}");
     assert!(
         rows[0].contains("k8s_rollout_pause") && rows[0].contains("RATE_LIMITED"),
         "{}",
@@ -255,6 +263,7 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     assert!(rows[0].contains("<td class=\"count\">3</td>"), "{}", rows[0]);
     assert!(rows[1].contains("k8s_scale") && rows[1].contains("scaling goes through the change process"));
     assert!(rows[1].contains("<td class=\"count\">2</td>"), "{}", rows[1]);
+    assert!(rows[2].contains("k8s_list_namespaces") && rows[2].contains("rate limit pause: 6 per 1m"));
     let table = shown.split("</table>").next().unwrap_or_default();
     assert!(!table.contains("k8s_get_pods"), "{table}");
 
@@ -271,12 +280,14 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
         "any-change",
     ]);
     assert_eq!(code, 0, "{report:#}\n{err}");
-    assert_eq!(report["compared"], 11, "{report:#}");
-    assert_eq!(report["same"], 11, "{report:#}");
+    assert_eq!(report["compared"], 12, "{report:#}");
+    assert_eq!(report["same"], 12, "{report:#}");
     assert_eq!(report["changed"], json!({}));
 
-    // The candidate: the five the shadow saw, and the second get_pods, which replay counts
-    // on the candidate's own counter. One journal given as an export's JSON lines.
+    // The candidate: the pauses and scales the shadow saw, and the second get_pods, which
+    // replay counts on the candidate's own counter; list_namespaces is admitted here, since
+    // under the candidate only three pauses would have taken the counter it shares. One
+    // journal given as an export's JSON lines.
     let (code, lines, err) = run(&["audit", "export", j1]);
     assert_eq!(code, 0, "{err}");
     let jsonl = dir.join("journal-1.jsonl");
@@ -333,7 +344,7 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     let (code, text, _) = run(&["policy", "replay", "--journal", j0, j1, "--policy", candidate_path]);
     assert_eq!(code, 0);
     assert!(
-        text.contains("11 decisions replayed: 5 the same, 6 answered otherwise"),
+        text.contains("12 decisions replayed: 6 the same, 6 answered otherwise"),
         "{text}"
     );
     assert!(text.contains("ALLOW -> RATE_LIMITED"), "{text}");
@@ -377,7 +388,7 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
         .filter_map(Value::as_u64)
         .sum();
     assert_eq!((unknown, scales), (2, 2), "{report:#}");
-    assert_eq!(report["compared"], 9, "{report:#}");
+    assert_eq!(report["compared"], 10, "{report:#}");
 }
 
 /// A rule with `"mode": "shadow"` inside the live policy: its verdict is recorded, the call

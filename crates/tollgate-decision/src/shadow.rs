@@ -128,24 +128,47 @@ impl Engine {
         if !live.limits.is_empty() && live_rule.on_store_error == rule.on_store_error && same_hits(&hits, &live_hits) {
             return ShadowFinding::new(live.verdict(), &rule.label, live.reason.clone());
         }
-        let taken: HashMap<&str, u64> = match live.verdict() {
-            Verdict::Allow => live_hits.iter().map(|h| (h.key.as_str(), h.limit.cost)).collect(),
-            _ => HashMap::new(),
-        };
-        // Each readable counter, asked for more than it could hold (so the store refuses and
-        // writes nothing), with room for this call's own live hit added back.
+        let admitted = live.verdict() == Verdict::Allow;
+        // What the live decision's store answer says of each key it asked: the live max,
+        // the remaining it answered (after this call when admitted), and what this call took.
+        let answered: HashMap<&str, (&CounterHit<'_>, u64, u64)> = live_hits
+            .iter()
+            .filter_map(|h| {
+                let status = live.limits.iter().find(|l| l.counter == h.limit.counter)?;
+                let took = if admitted { h.limit.cost } else { 0 };
+                Some((h.key.as_str(), (h, status.remaining, took)))
+            })
+            .collect();
+        let mut exceeded: Vec<String> = Vec::new();
+        // Counters the live answer does not cover, each asked for more than it could hold
+        // (so the store refuses and writes nothing), with room for this call's own live hit
+        // added back.
         let mut asked = Vec::new();
         let mut read = Vec::new();
         for (i, hit) in hits.iter().enumerate() {
+            let alike = |window: Duration, algorithm: tollgate_policy::Algorithm| {
+                window == hit.limit.window.duration && algorithm == hit.limit.algorithm
+            };
+            // The same key counted the same way, and the live answer says how much is used
+            // (a remaining of 0 only says "at least the max"): no store round trip.
+            if let Some((live_hit, remaining, took)) = answered.get(hit.key.as_str())
+                && alike(live_hit.limit.window.duration, live_hit.limit.algorithm)
+                && *remaining > 0
+            {
+                let used = live_hit.limit.max.saturating_sub(*remaining);
+                let room = u128::from(hit.limit.max) + u128::from(*took);
+                if room < u128::from(used) + u128::from(hit.limit.cost) {
+                    exceeded.push(format!("rate limit {}: {}", hit.limit.counter, hit.limit.describe()));
+                }
+                continue;
+            }
             let counted_alike = live_policy
                 .counter_shape(&hit.limit.counter)
-                .is_some_and(|(window, algorithm)| {
-                    window == hit.limit.window.duration && algorithm == hit.limit.algorithm
-                });
+                .is_some_and(|(window, algorithm)| alike(window, algorithm));
             if !counted_alike {
                 continue;
             }
-            let own = taken.get(hit.key.as_str()).copied().unwrap_or(0);
+            let own = answered.get(hit.key.as_str()).map_or(0, |(_, _, took)| *took);
             let mut max = hit.limit.max.saturating_add(own);
             if hit.limit.algorithm == tollgate_policy::Algorithm::SlidingLog {
                 max = max.min(tollgate_limiter::MAX_SLIDING_LOG_MAX);
@@ -157,33 +180,29 @@ impl Engine {
             });
             read.push(i);
         }
-        if asked.is_empty() {
-            return ShadowFinding::new(Verdict::Allow, &rule.label, String::new());
-        }
-        let answer = tokio::time::timeout(self.store_timeout(), self.store().acquire("", &asked)).await;
-        let admission = match answer {
-            Ok(Ok(admission)) if !admission.admitted => admission,
-            failed => {
-                let cause = match failed {
-                    Ok(Ok(_)) => "the counter store admitted a read".to_owned(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("the counter store did not answer within {:?}", self.store_timeout()),
-                };
-                return match rule.on_store_error {
-                    OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
-                    OnStoreError::Allow => ShadowFinding::new(Verdict::Allow, &rule.label, cause),
-                };
-            }
-        };
-        let exceeded: Vec<String> = read
-            .iter()
-            .zip(&admission.counters)
-            .filter(|(i, status)| status.remaining < hits[**i].limit.cost)
-            .map(|(i, _)| {
+        if !asked.is_empty() {
+            let answer = tokio::time::timeout(self.store_timeout(), self.store().acquire("", &asked)).await;
+            let admission = match answer {
+                Ok(Ok(admission)) if !admission.admitted => admission,
+                failed => {
+                    let cause = match failed {
+                        Ok(Ok(_)) => "the counter store admitted a read".to_owned(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("the counter store did not answer within {:?}", self.store_timeout()),
+                    };
+                    return match rule.on_store_error {
+                        OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
+                        OnStoreError::Allow => ShadowFinding::new(Verdict::Allow, &rule.label, cause),
+                    };
+                }
+            };
+            for (i, status) in read.iter().zip(&admission.counters) {
                 let limit = hits[*i].limit;
-                format!("rate limit {}: {}", limit.counter, limit.describe())
-            })
-            .collect();
+                if status.remaining < limit.cost {
+                    exceeded.push(format!("rate limit {}: {}", limit.counter, limit.describe()));
+                }
+            }
+        }
         if exceeded.is_empty() {
             ShadowFinding::new(Verdict::Allow, &rule.label, String::new())
         } else {
