@@ -389,6 +389,55 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
         .sum();
     assert_eq!((unknown, scales), (2, 2), "{report:#}");
     assert_eq!(report["compared"], 10, "{report:#}");
+
+    // The candidate reloads like the live policy: a file that does not compile is reported on
+    // the page and the last good candidate stays; a good one replaces it, and counting starts
+    // again for it.
+    std::fs::write(
+        &candidate,
+        r#"{"version": "1", "tools": {"k8s_scale": {"action": "maybe"}}}"#,
+    )
+    .expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
+        if text.contains("The last reload of the candidate was rejected") {
+            assert!(text.contains("maybe"), "{text}");
+            assert!(
+                text.contains("id=\"shadow-changed\">6<"),
+                "still the last good candidate: {text}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(&candidate, LIVE).expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
+        if text.contains("<dt>Generation</dt><dd>2</dd>") && !text.contains("was rejected") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both replicas must have the new candidate before the call (each polls its file).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let result = agent
+        .call("k8s_scale", json!({"namespace": "web", "name": "api", "replicas": 3}))
+        .await;
+    assert!(refusal(&result).is_none(), "{result}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
+        if text.contains("id=\"shadow-evaluated\">1<") {
+            assert!(text.contains("id=\"no-changes\""), "{text}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A rule with `"mode": "shadow"` inside the live policy: its verdict is recorded, the call

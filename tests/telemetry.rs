@@ -948,3 +948,58 @@ async fn a_collector_outage_under_load_loses_no_decision() {
     assert_eq!(decisions, answered, "every answered call's decision arrives");
     assert_eq!(span_ids, answered, "one span id per decision (duplicates repeat it)");
 }
+
+/// Issue 29: with a candidate (here a `"mode": "shadow"` rule of the live policy) the
+/// decision span names the candidate's verdict and rule beside the live one, whether the span
+/// goes through the tracing pipeline or comes from the decision journal.
+#[tokio::test]
+async fn the_decision_span_carries_the_candidates_verdict() {
+    for journal in [false, true] {
+        let (collector, endpoint) = Collector::start().await;
+        let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+        let dir = support::temp_dir(&format!("otel-shadow-{journal}"));
+        let policy = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": { "k8s_rollout_pause": { "action": "allow" } },
+  "grants": { "a": { "tools": { "k8s_*": { "action": "deny", "mode": "shadow", "reason": "no k8s calls" } } } }
+}"#;
+        let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
+        append(&config, &telemetry_section(&endpoint, ""));
+        if journal {
+            append(
+                &config,
+                &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
+            );
+        }
+        let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+        let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
+        let allowed = agent
+            .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
+            .await;
+        assert!(refusal(&allowed).is_none(), "{allowed}");
+        let denied = agent.call("k8s_get_pods", json!({"namespace": "default"})).await;
+        assert!(refusal(&denied).is_some(), "{denied}");
+        let decides = collector.wait_for("tollgate.decide", 2).await;
+        assert_eq!(decides.len(), 2, "journal {journal}");
+        let by_tool = |tool: &str| {
+            decides
+                .iter()
+                .find(|s| s.attr("gen_ai.tool.name").as_deref() == Some(tool))
+                .unwrap_or_else(|| panic!("no span for {tool}: {decides:?}"))
+        };
+        let pause = by_tool("k8s_rollout_pause");
+        assert_eq!(pause.attr("tollgate.verdict").as_deref(), Some("ALLOW"));
+        assert_eq!(
+            pause.attr("tollgate.shadow.verdict").as_deref(),
+            Some("DENY"),
+            "journal {journal}"
+        );
+        assert_eq!(pause.attr("tollgate.shadow.rule").as_deref(), Some("grants[\"a\"].tools[\"k8s_*\"]"));
+        let pods = by_tool("k8s_get_pods");
+        assert_eq!(pods.attr("tollgate.verdict").as_deref(), Some("DENY"));
+        assert_eq!(pods.attr("tollgate.rule").as_deref(), Some("default"));
+        assert_eq!(pods.attr("tollgate.shadow.verdict").as_deref(), Some("DENY"));
+        assert_eq!(pods.attr("tollgate.shadow.rule").as_deref(), Some("grants[\"a\"].tools[\"k8s_*\"]"));
+    }
+}

@@ -925,3 +925,54 @@ fn counters_taken_before_a_rules_last_slot_group_may_be_given_back() {
     assert!(!p.may_be_given_back("alone"));
     assert!(!p.may_be_given_back("alone-too"));
 }
+
+/// `"mode": "shadow"`: the rule is left out of the policy enforced and is in force in its
+/// candidate, at every level (top, server, grant, classes); the two digests differ.
+#[test]
+fn shadow_mode_rules_are_only_in_the_candidate() {
+    let text = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_scale": { "action": "allow" },
+    "k8s_*": { "action": "deny", "mode": "shadow" },
+    "k8s_get_pods": { "action": "allow", "mode": "enforce" }
+  },
+  "grants": { "ci": { "tools": { "k8s_scale": { "action": "require_approval", "mode": "shadow" } } } },
+  "classes": { "read_only": { "action": "allow", "mode": "shadow" } }
+}"#;
+    let enforced = policy(text);
+    let candidate = enforced.with_shadow_rules().expect("a candidate").clone();
+    assert_ne!(enforced.digest(), candidate.digest());
+    assert!(candidate.with_shadow_rules().is_none());
+    // Enforced: the shadow rules are not there.
+    assert_eq!(label(&enforced, "k8s", "k8s_scale", "ci"), "tools[\"k8s_scale\"]");
+    assert_eq!(label(&enforced, "k8s", "k8s_rollout_pause", "a"), "default");
+    assert_eq!(label(&enforced, "k8s", "k8s_get_pods", "a"), "tools[\"k8s_get_pods\"]");
+    let read_only = Annotations {
+        read_only: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(enforced.rule_for("k8s", "list", "a", read_only).label, "default");
+    // The candidate: they decide, and say they are shadow rules.
+    let scale = candidate.rule_for("k8s", "k8s_scale", "ci", Annotations::default());
+    assert_eq!(scale.label, "grants[\"ci\"].tools[\"k8s_scale\"]");
+    assert!(scale.shadow);
+    let pause = candidate.rule_for("k8s", "k8s_rollout_pause", "a", Annotations::default());
+    assert_eq!((pause.label.as_str(), pause.action), ("tools[\"k8s_*\"]", Action::Deny));
+    assert!(
+        !candidate
+            .rule_for("k8s", "k8s_get_pods", "a", Annotations::default())
+            .shadow
+    );
+    assert_eq!(
+        candidate.rule_for("k8s", "list", "a", read_only).label,
+        "classes[\"read_only\"]"
+    );
+    // A policy without shadow rules has no candidate.
+    assert!(policy(SEED).with_shadow_rules().is_none());
+    // An unknown mode is refused where it is written.
+    let e = errors("p.json", r#"{"version": "1", "tools": {"t": {"mode": "dry_run"}}}"#);
+    let text = e.to_string();
+    assert!(text.contains("p.json:1:") && text.contains("dry_run"), "{text}");
+}
