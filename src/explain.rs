@@ -119,6 +119,17 @@ pub fn explain(
             }
         }
     }
+    // A rule with "mode": "shadow" that would decide the call: recorded, never enforced.
+    if let Some(candidate) = policy.with_shadow_rules() {
+        let shadow = candidate.rule_for_subject(kind, server, tool, grant, annotations);
+        if shadow.shadow {
+            out.push(format!(
+                "shadow: {} (\"mode\": \"shadow\") would decide this call: {}; its verdict is recorded beside \
+                 the one above (tollgate.shadow.verdict), never enforced",
+                shadow.label, shadow.action
+            ));
+        }
+    }
     if kind == Kind::Tool {
         out.push(
             "(tool annotations are unknown here, so class rules see the MCP defaults: destructive, open world)"

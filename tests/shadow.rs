@@ -461,6 +461,23 @@ async fn a_shadow_mode_rule_is_recorded_not_enforced() {
             dir.join("journal").display()
         ),
     );
+    // `policy explain` names the shadow-mode rule that would decide the call.
+    let (code, explained, err) = run(&[
+        "policy",
+        "explain",
+        dir.join("policy.json").to_str().unwrap(),
+        "--tool",
+        "k8s_scale",
+        "--grant",
+        "a",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(explained.contains("rule:   tools[\"k8s_scale\"]"), "{explained}");
+    assert!(
+        explained
+            .contains("shadow: grants[\"a\"].tools[\"k8s_scale\"] (\"mode\": \"shadow\") would decide this call: deny"),
+        "{explained}"
+    );
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
     agent.initialize().await;

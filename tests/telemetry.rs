@@ -995,11 +995,17 @@ async fn the_decision_span_carries_the_candidates_verdict() {
             Some("DENY"),
             "journal {journal}"
         );
-        assert_eq!(pause.attr("tollgate.shadow.rule").as_deref(), Some("grants[\"a\"].tools[\"k8s_*\"]"));
+        assert_eq!(
+            pause.attr("tollgate.shadow.rule").as_deref(),
+            Some("grants[\"a\"].tools[\"k8s_*\"]")
+        );
         let pods = by_tool("k8s_get_pods");
         assert_eq!(pods.attr("tollgate.verdict").as_deref(), Some("DENY"));
         assert_eq!(pods.attr("tollgate.rule").as_deref(), Some("default"));
         assert_eq!(pods.attr("tollgate.shadow.verdict").as_deref(), Some("DENY"));
-        assert_eq!(pods.attr("tollgate.shadow.rule").as_deref(), Some("grants[\"a\"].tools[\"k8s_*\"]"));
+        assert_eq!(
+            pods.attr("tollgate.shadow.rule").as_deref(),
+            Some("grants[\"a\"].tools[\"k8s_*\"]")
+        );
     }
 }
