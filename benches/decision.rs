@@ -114,5 +114,73 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions);
+/// Candidates for the shadow group: the same rule for `one` (answered by the live decision
+/// itself), a lowered limit on the same counter (answered from the live decision's store
+/// answer), and `one` limited on another live counter (`t1`, read from the store).
+const SAME_RULE: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "one": { "limits": [ { "counter": "one", "window": "10ms", "max": 100000 } ] },
+    "three": { "action": "deny" }
+  }
+}"#;
+const LOWERED_LIMIT: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": { "one": { "limits": [ { "counter": "one", "window": "10ms", "max": 50000 } ] } }
+}"#;
+const OTHER_COUNTER: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": { "one": { "limits": [ { "counter": "t1", "window": "10ms", "max": 100000, "scope": "grant" } ] } }
+}"#;
+
+/// One decision with a candidate policy evaluated beside it, against none, on both stores.
+fn shadow(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redis = redis_support::RedisServer::start();
+    let settings = RedisSettings {
+        url: Some(redis.url()),
+        ..RedisSettings::default()
+    };
+    let stores: [(&str, Arc<dyn CounterStore>); 2] = [
+        ("memory", Arc::new(MemoryStore::default())),
+        ("redis", Arc::new(RedisStore::new(&settings).expect("redis store"))),
+    ];
+    let mut group = c.benchmark_group("shadow");
+    group.throughput(Throughput::Elements(1));
+    for (name, store) in stores {
+        for (candidate, text) in [
+            ("none", None),
+            ("same_rule", Some(SAME_RULE)),
+            ("lowered_limit", Some(LOWERED_LIMIT)),
+            ("other_counter", Some(OTHER_COUNTER)),
+        ] {
+            let engine = engine(store.clone());
+            if let Some(text) = text {
+                let policy = tollgate_policy::compile_str("candidate.json", text)
+                    .expect("candidate")
+                    .policy;
+                engine.replace_candidate(Some(policy));
+            }
+            let req = request("one");
+            group.bench_function(format!("{name}/{candidate}"), |b| {
+                b.to_async(&runtime).iter(|| async {
+                    let mut call = req.clone();
+                    call.request_id = next_id();
+                    let decision = engine.decide(&call).await;
+                    assert_eq!(decision.verdict, 1, "bench calls are admitted: {}", decision.reason);
+                    decision
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, shadow);
 criterion_main!(benches);

@@ -71,6 +71,10 @@ impl CounterStore for Late {
         self.store.release(request_id, hits, admission).await
     }
 
+    async fn read(&self, hits: &[Hit]) -> Result<Vec<tollgate_limiter::CounterStatus>, StoreError> {
+        self.store.read(hits).await
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

@@ -228,6 +228,42 @@ async fn contract(store: &dyn CounterStore) {
     sliding_window_limits_too(store, &p).await;
     largest_costs_are_taken_and_given_back_whole(store, &format!("{p}same-")).await;
     algorithm_changes_keep_their_hits(store, &p).await;
+    reads_take_nothing(store, &p).await;
+}
+
+/// `read` answers each counter's use against the max asked (even the largest a sliding log
+/// may have), for counters in several slots and for one never taken, and takes nothing.
+async fn reads_take_nothing(store: &dyn CounterStore, p: &str) {
+    let log = hit(&format!("{p}read-log/grant=a"), "grant=a", 60_000, 5);
+    let window = Hit {
+        algorithm: Algorithm::SlidingWindow,
+        ..hit(&format!("{p}read-window/global"), "global", 60_000, 5)
+    };
+    for _ in 0..3 {
+        assert!(take(store, &[log.clone(), window.clone()]).await.admitted);
+    }
+    let largest = Hit {
+        max: tollgate_limiter::MAX_SLIDING_LOG_MAX,
+        ..log.clone()
+    };
+    let never = hit(&format!("{p}read-never/grant=a"), "grant=a", 60_000, 7);
+    for _ in 0..2 {
+        let read = store
+            .read(&[log.clone(), window.clone(), largest.clone(), never.clone()])
+            .await
+            .expect("store answers a read");
+        let remaining: Vec<u64> = read.iter().map(|s| s.remaining).collect();
+        assert_eq!(remaining, vec![2, 2, tollgate_limiter::MAX_SLIDING_LOG_MAX - 3, 7]);
+        assert!(read.iter().all(|s| !s.exceeded()), "{read:?}");
+    }
+    // Two more fit: the reads took nothing.
+    for _ in 0..2 {
+        assert!(take(store, &[log.clone(), window.clone()]).await.admitted);
+    }
+    assert!(!take(store, &[log.clone()]).await.admitted);
+    let full = store.read(&[log, window]).await.expect("read");
+    assert_eq!(full.iter().map(|s| s.remaining).collect::<Vec<_>>(), vec![0, 0]);
+    assert!(full.iter().all(|s| s.exceeded()), "{full:?}");
 }
 
 #[tokio::test]

@@ -163,10 +163,9 @@ impl Engine {
         self.policy.load_full()
     }
 
-    /// Each counter a call would take, as the store holds it now, without taking anything:
-    /// every hit is asked for more than its `max` with no request id, which every store
-    /// refuses without writing, answering each counter as it stands. Empty when the rule
-    /// that decides the call takes no counters (or denies it).
+    /// Each counter a call would take, as the store holds it now, without taking anything
+    /// ([`CounterStore::read`]). Empty when the rule that decides the call takes no counters
+    /// (or denies it).
     pub async fn counter_use(&self, call: &Call<'_>, kind: Kind) -> Result<Vec<CounterUse>, String> {
         let policy = self.policy.load();
         let rule = policy.rule_for_subject(kind, call.server, call.tool, call.grant, call.annotations);
@@ -177,15 +176,9 @@ impl Engine {
         if hits.is_empty() {
             return Ok(Vec::new());
         }
-        let asked: Vec<Hit> = hits
-            .iter()
-            .map(|h| Hit {
-                cost: h.limit.max.saturating_add(1),
-                ..store_hit(h)
-            })
-            .collect();
-        let admission = match tokio::time::timeout(self.store_timeout, self.store.acquire("", &asked)).await {
-            Ok(Ok(admission)) => admission,
+        let asked: Vec<Hit> = hits.iter().map(store_hit).collect();
+        let statuses = match tokio::time::timeout(self.store_timeout, self.store.read(&asked)).await {
+            Ok(Ok(statuses)) => statuses,
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => {
                 return Err(format!(
@@ -194,13 +187,9 @@ impl Engine {
                 ));
             }
         };
-        if admission.admitted {
-            // Cannot happen (every hit asks for more than its max); never report it as use.
-            return Err("the counter store admitted a read; not shown".into());
-        }
         Ok(hits
             .iter()
-            .zip(&admission.counters)
+            .zip(&statuses)
             .map(|(hit, status)| CounterUse {
                 counter: hit.limit.counter.clone(),
                 key: hit.key.clone(),

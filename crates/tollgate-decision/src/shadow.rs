@@ -140,9 +140,14 @@ impl Engine {
             })
             .collect();
         let mut exceeded: Vec<String> = Vec::new();
-        // Counters the live answer does not cover, each asked for more than it could hold
-        // (so the store refuses and writes nothing), with room for this call's own live hit
-        // added back.
+        let mut refuses = |hit: &CounterHit<'_>, used: u64, took: u64| {
+            // The hits that counted before this call (its own live hit taken out), and this
+            // call's cost under the candidate.
+            if u128::from(used.saturating_sub(took)) + u128::from(hit.limit.cost) > u128::from(hit.limit.max) {
+                exceeded.push(format!("rate limit {}: {}", hit.limit.counter, hit.limit.describe()));
+            }
+        };
+        // Counters the live answer does not cover, read from the store (nothing taken).
         let mut asked = Vec::new();
         let mut read = Vec::new();
         for (i, hit) in hits.iter().enumerate() {
@@ -155,11 +160,7 @@ impl Engine {
                 && alike(live_hit.limit.window.duration, live_hit.limit.algorithm)
                 && *remaining > 0
             {
-                let used = live_hit.limit.max.saturating_sub(*remaining);
-                let room = u128::from(hit.limit.max) + u128::from(*took);
-                if room < u128::from(used) + u128::from(hit.limit.cost) {
-                    exceeded.push(format!("rate limit {}: {}", hit.limit.counter, hit.limit.describe()));
-                }
+                refuses(hit, live_hit.limit.max.saturating_sub(*remaining), *took);
                 continue;
             }
             let counted_alike = live_policy
@@ -168,27 +169,29 @@ impl Engine {
             if !counted_alike {
                 continue;
             }
-            let own = answered.get(hit.key.as_str()).map_or(0, |(_, _, took)| *took);
-            let mut max = hit.limit.max.saturating_add(own);
-            if hit.limit.algorithm == tollgate_policy::Algorithm::SlidingLog {
-                max = max.min(tollgate_limiter::MAX_SLIDING_LOG_MAX);
-            }
+            // Read against a max with room for what this call took live, so that the
+            // answer (max less what counts, at least 0) says exactly how much is used.
+            let took = answered.get(hit.key.as_str()).map_or(0, |(_, _, took)| *took);
+            let largest = match hit.limit.algorithm {
+                tollgate_policy::Algorithm::SlidingLog => tollgate_limiter::MAX_SLIDING_LOG_MAX,
+                tollgate_policy::Algorithm::SlidingWindow => tollgate_limiter::MAX_COUNT,
+            };
+            let max = hit.limit.max.saturating_add(took).min(largest);
             asked.push(Hit {
                 max,
-                cost: max.saturating_add(1),
+                cost: 1,
                 ..crate::engine::store_hit(hit)
             });
-            read.push(i);
+            read.push((i, max, took));
         }
         if !asked.is_empty() {
-            let answer = tokio::time::timeout(self.store_timeout(), self.store().acquire("", &asked)).await;
-            let admission = match answer {
-                Ok(Ok(admission)) if !admission.admitted => admission,
+            let answer = tokio::time::timeout(self.store_timeout(), self.store().read(&asked)).await;
+            let statuses = match answer {
+                Ok(Ok(statuses)) => statuses,
                 failed => {
                     let cause = match failed {
-                        Ok(Ok(_)) => "the counter store admitted a read".to_owned(),
                         Ok(Err(e)) => e.to_string(),
-                        Err(_) => format!("the counter store did not answer within {:?}", self.store_timeout()),
+                        _ => format!("the counter store did not answer within {:?}", self.store_timeout()),
                     };
                     return match rule.on_store_error {
                         OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
@@ -196,11 +199,8 @@ impl Engine {
                     };
                 }
             };
-            for (i, status) in read.iter().zip(&admission.counters) {
-                let limit = hits[*i].limit;
-                if status.remaining < limit.cost {
-                    exceeded.push(format!("rate limit {}: {}", limit.counter, limit.describe()));
-                }
+            for ((i, max, took), status) in read.iter().zip(&statuses) {
+                refuses(&hits[*i], max.saturating_sub(status.remaining), *took);
             }
         }
         if exceeded.is_empty() {

@@ -224,6 +224,12 @@ pub trait CounterStore: Send + Sync + 'static {
     /// hits that were given back.
     async fn release(&self, request_id: &str, hits: &[Hit], admission: &Admission) -> Result<(), StoreError>;
 
+    /// Each counter as it stands, nothing taken or recorded: `remaining` is the hit's `max`
+    /// less the hits that count now (at least 0), as a refused call reports it. Ask with the
+    /// window and algorithm the counter is kept with: a counter asked another way is carried
+    /// over to it in place, as [`CounterStore::acquire`] would (a policy reload).
+    async fn read(&self, hits: &[Hit]) -> Result<Vec<CounterStatus>, StoreError>;
+
     /// A short name for logs and metrics, e.g. `memory`.
     fn kind(&self) -> &'static str;
 

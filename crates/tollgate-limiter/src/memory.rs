@@ -242,6 +242,35 @@ impl MemoryStore {
         Ok(admission)
     }
 
+    /// The synchronous core of [`CounterStore::read`].
+    pub fn read_now(&self, hits: &[Hit]) -> Result<Vec<CounterStatus>, StoreError> {
+        Hit::check_all(hits)?;
+        let now = self.clock.now();
+        let mut state = self.lock();
+        Ok(hits
+            .iter()
+            .map(|hit| match state.counters.get_mut(&hit.key) {
+                Some(counter) => {
+                    counter.convert(now, hit);
+                    let mut status = match counter {
+                        Counter::Log(log) => log.check(now, hit),
+                        Counter::Window(w) => w.check(now, hit),
+                    };
+                    // Nothing is taken: a counter with room keeps all of it.
+                    if !status.exceeded() {
+                        status.remaining += hit.cost;
+                    }
+                    status
+                }
+                None => CounterStatus {
+                    remaining: hit.max,
+                    reset_after: Duration::ZERO,
+                    retry_after: None,
+                },
+            })
+            .collect())
+    }
+
     /// The synchronous core of [`CounterStore::release`].
     pub fn release_now(&self, request_id: &str, hits: &[Hit], admission: &Admission) -> Result<(), StoreError> {
         if !admission.admitted {
@@ -311,6 +340,10 @@ impl CounterStore for MemoryStore {
 
     async fn release(&self, request_id: &str, hits: &[Hit], admission: &Admission) -> Result<(), StoreError> {
         self.release_now(request_id, hits, admission)
+    }
+
+    async fn read(&self, hits: &[Hit]) -> Result<Vec<CounterStatus>, StoreError> {
+        self.read_now(hits)
     }
 
     fn kind(&self) -> &'static str {

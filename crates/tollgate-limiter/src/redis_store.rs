@@ -1387,6 +1387,21 @@ fn record_ttl_ms() -> u64 {
 
 #[async_trait::async_trait]
 impl CounterStore for RedisStore {
+    async fn read(&self, hits: &[Hit]) -> Result<Vec<CounterStatus>, StoreError> {
+        Hit::check_all(hits)?;
+        let mut statuses: Vec<Option<CounterStatus>> = vec![None; hits.len()];
+        for (tag, indexes) in slot_groups(hits) {
+            let group: Vec<&Hit> = indexes.iter().map(|&i| &hits[i]).collect();
+            for (&i, status) in indexes.iter().zip(self.read_group(tag, &group).await?) {
+                statuses[i] = Some(status);
+            }
+        }
+        statuses
+            .into_iter()
+            .map(|s| s.ok_or_else(|| StoreError::Rejected("acquire.lua answered fewer counters than asked".into())))
+            .collect()
+    }
+
     async fn acquire(&self, request_id: &str, hits: &[Hit]) -> Result<Admission, StoreError> {
         Hit::check_all(hits)?;
         if hits.is_empty() {
