@@ -465,6 +465,7 @@ decision_client_key = "a"
 pins_file = "a"
 [decision]
 policy = "a"
+shadow_policy = "a"
 tls_cert = "a"
 tls_key = "a"
 tls_client_ca = "a"

@@ -312,7 +312,7 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
             calls,
         })
         .collect();
-    report.by_tool.sort_by(|a, b| b.calls.cmp(&a.calls));
+    report.by_tool.sort_by_key(|t| std::cmp::Reverse(t.calls));
     Ok(report)
 }
 

@@ -662,6 +662,7 @@ mod tests {
             subject: "user@example".into(),
             issuer: "https://issuer".into(),
             arguments: "{\"replicas\":3}".into(),
+            annotations: "{\"destructiveHint\":true}".into(),
         }
     }
 

@@ -102,7 +102,7 @@ impl Engine {
                     rule.reason.clone().unwrap_or_else(|| "denied".into()),
                 );
             }
-            Action::RequireApproval if !(live.verdict() == Verdict::Allow && !live.approval_id.is_empty()) => {
+            Action::RequireApproval if live.verdict() != Verdict::Allow || live.approval_id.is_empty() => {
                 return ShadowFinding::new(
                     Verdict::ApprovalRequired,
                     &rule.label,
@@ -236,7 +236,7 @@ const MAX_TEXT: usize = 256;
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Replicas whose counts the console keeps at most; a replica not heard from for
 /// [`FORGET_AFTER`] is dropped.
-const MAX_REPLICAS: usize = 256;
+const MAX_REPLICAS: usize = 64;
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// One kind of disagreement: calls of a tool by a grant that the live policy answered one
@@ -451,7 +451,7 @@ impl ShadowLog {
         mine.changed = false;
         let mut counts = mine.counts.clone();
         drop(mine);
-        counts.disagreements.sort_by(|a, b| b.count.cmp(&a.count));
+        counts.disagreements.sort_by_key(|d| std::cmp::Reverse(d.count));
         for dropped in counts
             .disagreements
             .drain(PUBLISHED_KINDS.min(counts.disagreements.len())..)
@@ -474,7 +474,7 @@ async fn publish(log: std::sync::Weak<ShadowLog>, channel: Arc<dyn Broadcast>) {
             Some(counts) => counts,
             None if quiet >= 10 && !log.mine().candidate.is_empty() => {
                 let mut counts = log.mine();
-                counts.disagreements.sort_by(|a, b| b.count.cmp(&a.count));
+                counts.disagreements.sort_by_key(|d| std::cmp::Reverse(d.count));
                 counts.disagreements.truncate(PUBLISHED_KINDS);
                 counts
             }
@@ -584,7 +584,7 @@ pub fn add_up(all: &[ShadowCounts], candidate: &str) -> (Vec<Disagreement>, u64,
     }
     let mut out: Vec<Disagreement> = by_kind.into_values().collect();
     for d in &mut out {
-        d.examples.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        d.examples.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
         d.examples.truncate(EXAMPLES);
     }
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tool.cmp(&b.tool)));
