@@ -48,7 +48,9 @@ pub fn up(config_path: &Path, demo_listen: Option<String>) -> anyhow::Result<()>
         let banner = |addr| {
             format!("tollgate up: edge + decision in one process, {store} store, listening on {scheme}://{addr}")
         };
+        let journal = engine.journal().cloned();
         let served = run_edge(&config, engine, Some(status), &shutdown, banner, demo_listen.is_some()).await;
+        close_journal(journal).await;
         flush(telemetry).await;
         served
     })
@@ -160,6 +162,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
             }
         );
         let drain = Duration::from_millis(config.edge.drain_timeout_ms);
+        let journal = engine.journal().cloned();
         let served = shutdown
             .drain(
                 drain,
@@ -177,6 +180,7 @@ pub fn decision(config_path: &Path) -> anyhow::Result<()> {
                 ),
             )
             .await;
+        close_journal(journal).await;
         flush(telemetry).await;
         served.transpose()?;
         Ok(())
@@ -1090,6 +1094,16 @@ pub fn audit_export(dir: &Path, from: u64, since: Option<u64>, format: &str) -> 
         );
     }
     Ok(())
+}
+
+/// On a clean stop: the journal's last records written and synced, its segment ending at the
+/// last record.
+async fn close_journal(journal: Option<tollgate_journal::Journal>) {
+    if let Some(journal) = journal
+        && let Err(e) = journal.close(Duration::from_secs(5)).await
+    {
+        tracing::error!("closing the decision journal: {e}");
+    }
 }
 
 /// Refreshes the journal's gauges every second (the backlog only when spans are exported

@@ -110,6 +110,9 @@ struct Append {
     done: Option<oneshot::Sender<Result<Receipt, JournalError>>>,
     /// Not a record: asks the writer whether it could take records again.
     probe: bool,
+    /// Not a record: the writer writes what is queued, ends the segment at its last record
+    /// and stops (`done` is told once it has).
+    close: bool,
 }
 
 /// A journal open for appending.
@@ -169,6 +172,7 @@ impl Journal {
                 payload,
                 done: Some(done),
                 probe: false,
+                close: false,
             })
             .await
             .map_err(|_| JournalError::Stopped)?;
@@ -188,6 +192,7 @@ impl Journal {
             payload,
             done: None,
             probe: false,
+            close: false,
         };
         match self.tx.try_send(append) {
             Ok(()) => {
@@ -214,11 +219,32 @@ impl Journal {
             payload: Vec::new(),
             done: None,
             probe: true,
+            close: false,
         });
     }
 
     pub fn stats(&self) -> &Arc<JournalStats> {
         &self.stats
+    }
+
+    /// Writes and syncs every record queued before it, ends the open segment at its last
+    /// record (no zeros ahead), and stops the writer: for a clean stop. Appends after it are
+    /// refused (`Stopped`). Waits at most `wait`.
+    pub async fn close(&self, wait: Duration) -> Result<(), JournalError> {
+        let (done, answer) = oneshot::channel();
+        let close = Append {
+            payload: Vec::new(),
+            done: Some(done),
+            probe: false,
+            close: true,
+        };
+        tokio::time::timeout(wait, async {
+            self.tx.send(close).await.map_err(|_| JournalError::Stopped)?;
+            self.full.notify_one();
+            answer.await.map_err(|_| JournalError::Stopped)?.map(|_| ())
+        })
+        .await
+        .map_err(|_| JournalError::Io(format!("the journal's writer did not finish within {wait:?}")))?
     }
 }
 
@@ -431,6 +457,14 @@ impl Writer {
             }
             let probed = batch.iter().any(|a| a.probe);
             batch.retain(|a| !a.probe);
+            // A close ends the batch: what came after it is refused below.
+            let closing = batch.iter().position(|a| a.close);
+            let mut after = Vec::new();
+            let mut closer = None;
+            if let Some(at) = closing {
+                after = batch.split_off(at + 1);
+                closer = batch.pop();
+            }
             // On the writer's own thread: blocking here holds up nothing else.
             let results = if batch.is_empty() {
                 Vec::new()
@@ -445,12 +479,43 @@ impl Writer {
                     let _ = done.send(result);
                 }
             }
+            if let Some(closer) = closer {
+                let ended = self.end_segment();
+                for refused in after {
+                    if let Some(done) = refused.done {
+                        let _ = done.send(Err(JournalError::Stopped));
+                    }
+                }
+                if let Some(done) = closer.done {
+                    let _ = done.send(ended.map(|()| Receipt {
+                        seq: self.next_seq.saturating_sub(1),
+                        hash: self.head,
+                    }));
+                }
+                rx.close();
+                while let Ok(refused) = rx.try_recv() {
+                    if let Some(done) = refused.done {
+                        let _ = done.send(Err(JournalError::Stopped));
+                    }
+                }
+                return;
+            }
         }
         // Closed: the segment ends at its last record (after a crash the zeros ahead stay,
         // and mark the end just as well).
+        let _ = self.end_segment();
+    }
+
+    /// Cuts the zeros ahead of the open segment's records, so that it ends at its last one.
+    fn end_segment(&mut self) -> Result<(), JournalError> {
         if self.zeroed > self.size && self.linked().is_ok() {
-            let _ = self.file.set_len(self.size).and_then(|()| self.file.sync_all());
+            self.file
+                .set_len(self.size)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| JournalError::Io(e.to_string()))?;
+            self.zeroed = self.size;
         }
+        Ok(())
     }
 
     /// Writes and syncs one batch; each record's outcome. Records are made durable segment

@@ -452,3 +452,35 @@ async fn records_written_over_zeros_read_back_and_survive_a_crash() {
     drop(journal);
     assert_eq!(receipts.len(), 20);
 }
+
+/// A clean stop: `close` writes what was queued (records nobody waited for included), cuts
+/// the zeros ahead so the segment ends at its last record, and refuses records after it.
+#[tokio::test]
+async fn close_writes_what_was_queued_and_ends_the_segment_at_its_last_record() {
+    let dir = temp("close");
+    let journal = Journal::open(JournalSettings {
+        sync_ms: 1000,
+        ..JournalSettings::new(&dir)
+    })
+    .expect("open");
+    for i in 0..5 {
+        journal.append_later(payload(i));
+    }
+    journal.close(std::time::Duration::from_secs(5)).await.expect("closed");
+    let segment = segments(&dir).expect("segments").pop().expect("a segment").1;
+    let expected: u64 = HEADER_BYTES + (0..5).map(|i| RECORD_OVERHEAD + payload(i).len() as u64).sum::<u64>();
+    assert_eq!(std::fs::metadata(&segment).expect("segment").len(), expected);
+    assert_eq!(
+        journal.append(payload(9)).await,
+        Err(JournalError::Stopped),
+        "nothing is taken after a close"
+    );
+    let mut seen = 0;
+    crate::each_record(&dir, 1, |_| {
+        seen += 1;
+        Ok(true)
+    })
+    .expect("read");
+    assert_eq!(seen, 5);
+    assert!(crate::verify(&dir, None).is_ok());
+}
