@@ -408,13 +408,20 @@ impl Engine {
             span.record("tollgate.pin.digest", pin.digest.as_str());
         }
         let arguments = call_arguments(parsed);
-        let decision =
-            tracing::Instrument::instrument(self.evaluate(request, &arguments, pin.as_ref()), span.clone()).await;
+        let candidate = self.candidate();
+        // The candidate's counters that the live decision does not take are read beside it
+        // (the read does not depend on it), so a candidate adds no round trip of latency.
+        let early = match &candidate {
+            Some(candidate) => crate::shadow::EarlyReads::plan(self, candidate, request, &arguments),
+            None => crate::shadow::EarlyReads::default(),
+        };
+        let evaluated = tracing::Instrument::instrument(self.evaluate(request, &arguments, pin.as_ref()), span.clone());
+        let (decision, early) = tokio::join!(evaluated, early.run(self));
         // The candidate's verdict, recorded beside the live one (never enforced).
-        let shadow = match self.candidate() {
+        let shadow = match candidate {
             Some(candidate) => {
                 let finding = self
-                    .shadow_decide(&candidate, request, &arguments, pin.as_ref(), &decision)
+                    .shadow_decide(&candidate, request, &arguments, pin.as_ref(), &decision, &early)
                     .await;
                 Some((finding, candidate.digest()))
             }

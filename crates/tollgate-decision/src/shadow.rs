@@ -60,6 +60,7 @@ impl Engine {
         arguments: &Result<Value, String>,
         pin: Option<&crate::pins::PinFinding>,
         live: &Decision,
+        early: &EarlyReads,
     ) -> ShadowFinding {
         if let Some(pin) = pin
             && pin.refuses()
@@ -169,6 +170,20 @@ impl Engine {
             if !counted_alike {
                 continue;
             }
+            // Read beside the live decision already (a key it did not take).
+            match early.answer(hit) {
+                Some(Ok(used)) => {
+                    refuses(hit, used, 0);
+                    continue;
+                }
+                Some(Err(cause)) => {
+                    return match rule.on_store_error {
+                        OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
+                        OnStoreError::Allow => ShadowFinding::new(Verdict::Allow, &rule.label, cause),
+                    };
+                }
+                None => {}
+            }
             // Read against a max with room for what this call took live, so that the
             // answer (max less what counts, at least 0) says exactly how much is used.
             let took = answered.get(hit.key.as_str()).map_or(0, |(_, _, took)| *took);
@@ -208,6 +223,108 @@ impl Engine {
         } else {
             ShadowFinding::new(Verdict::RateLimited, &rule.label, exceeded.join("; "))
         }
+    }
+}
+
+/// Reads of the candidate's counters that the live rule for the call does not take: they do
+/// not depend on the live decision, so they run beside it (`tokio::join!` in
+/// `decide_with_parent`) instead of after it.
+#[derive(Default)]
+pub(crate) struct EarlyReads {
+    hits: Vec<Hit>,
+    /// Per hit, the hits counted now; or why the store did not say.
+    answers: Vec<Result<u64, String>>,
+}
+
+impl EarlyReads {
+    /// The reads a candidate's evaluation of `request` will need whatever the live decision
+    /// is: each counter of the candidate's rule that the live policy counts the same way and
+    /// the live rule for the call does not take.
+    pub(crate) fn plan(
+        engine: &Engine,
+        candidate: &Policy,
+        request: &DecideRequest,
+        arguments: &Result<Value, String>,
+    ) -> EarlyReads {
+        let Ok(arguments) = arguments else {
+            return EarlyReads::default();
+        };
+        let call = Call {
+            server: &request.server,
+            tool: &request.tool,
+            grant: &request.grant,
+            agent: &request.agent,
+            session: &request.session_id,
+            arguments,
+            annotations: crate::engine::annotations(request.annotations.as_ref()),
+        };
+        let kind = crate::engine::policy_kind(request.kind());
+        if !candidate.covers(kind) {
+            return EarlyReads::default();
+        }
+        let rule = candidate.rule_for_subject(kind, call.server, call.tool, call.grant, call.annotations);
+        if rule.action == Action::Deny || rule.limits.is_empty() {
+            return EarlyReads::default();
+        }
+        let live = engine.policy();
+        let live_keys: Vec<String> = if live.covers(kind) {
+            let live_rule = live.rule_for_subject(kind, call.server, call.tool, call.grant, call.annotations);
+            live.counter_hits(live_rule, &call).into_iter().map(|h| h.key).collect()
+        } else {
+            Vec::new()
+        };
+        let hits = candidate
+            .counter_hits(rule, &call)
+            .iter()
+            .filter(|h| !live_keys.contains(&h.key))
+            .filter(|h| {
+                live.counter_shape(&h.limit.counter).is_some_and(|(window, algorithm)| {
+                    window == h.limit.window.duration && algorithm == h.limit.algorithm
+                })
+            })
+            .map(|h| Hit {
+                cost: 1,
+                ..crate::engine::store_hit(h)
+            })
+            .collect();
+        EarlyReads {
+            hits,
+            answers: Vec::new(),
+        }
+    }
+
+    /// Reads the planned counters (nothing when none are planned).
+    pub(crate) async fn run(mut self, engine: &Engine) -> EarlyReads {
+        if self.hits.is_empty() {
+            return self;
+        }
+        let read = tokio::time::timeout(engine.store_timeout(), engine.store().read(&self.hits)).await;
+        self.answers = match read {
+            Ok(Ok(statuses)) if statuses.len() == self.hits.len() => self
+                .hits
+                .iter()
+                .zip(statuses)
+                .map(|(hit, status)| Ok(hit.max.saturating_sub(status.remaining)))
+                .collect(),
+            failed => {
+                let cause = match failed {
+                    Ok(Ok(_)) => "the counter store answered another number of counters".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("the counter store did not answer within {:?}", engine.store_timeout()),
+                };
+                self.hits.iter().map(|_| Err(cause.clone())).collect()
+            }
+        };
+        self
+    }
+
+    /// The hits counted now on `hit`'s counter, when it was read early with its max.
+    fn answer(&self, hit: &CounterHit<'_>) -> Option<Result<u64, String>> {
+        let i = self
+            .hits
+            .iter()
+            .position(|h| h.key == hit.key && h.max == hit.limit.max)?;
+        self.answers.get(i).cloned()
     }
 }
 
