@@ -94,14 +94,16 @@ pub struct ToolChanges {
     pub calls: u64,
 }
 
-/// Reads the decision records of every input: a journal directory, or a JSON lines file.
-pub fn read_records(inputs: &[PathBuf]) -> anyhow::Result<Vec<JournalRecord>> {
+/// Reads the decision records of every input (a journal directory, or a JSON lines file)
+/// that `keep` accepts (only those are held in memory).
+pub fn read_records(inputs: &[PathBuf], keep: impl Fn(&JournalRecord) -> bool) -> anyhow::Result<Vec<JournalRecord>> {
     let mut all = Vec::new();
     for input in inputs {
         if input.is_dir() {
             tollgate_journal::each_record(input, 1, |record| {
                 match tollgate_decision::audit::decode_record(&record.payload) {
-                    Ok(decoded) => all.push(decoded),
+                    Ok(decoded) if keep(&decoded) => all.push(decoded),
+                    Ok(_) => {}
                     Err(e) => eprintln!("tollgate: {} record {} skipped: {e}", input.display(), record.seq),
                 }
                 Ok(true)
@@ -115,14 +117,19 @@ pub fn read_records(inputs: &[PathBuf]) -> anyhow::Result<Vec<JournalRecord>> {
                 );
             }
         } else {
-            let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
-            for (i, line) in text.lines().enumerate() {
+            use std::io::BufRead;
+            let file = std::fs::File::open(input).with_context(|| format!("cannot read {}", input.display()))?;
+            // Line by line: an export can be larger than memory would like.
+            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let line = line.with_context(|| format!("{}:{}: cannot read the line", input.display(), i + 1))?;
                 if line.trim().is_empty() {
                     continue;
                 }
-                let record: JournalRecord = serde_json::from_str(line)
+                let record: JournalRecord = serde_json::from_str(&line)
                     .map_err(|e| anyhow::anyhow!("{}:{}: not a decision record: {e}", input.display(), i + 1))?;
-                all.push(record);
+                if keep(&record) {
+                    all.push(record);
+                }
             }
         }
     }
@@ -454,7 +461,10 @@ pub fn policy_replay(options: Options) -> anyhow::Result<()> {
     if options.inputs.is_empty() {
         bail!("name at least one journal directory or JSON lines export: --journal PATH");
     }
-    let records = read_records(&options.inputs)?;
+    let (since, until) = (options.since, options.until);
+    let records = read_records(&options.inputs, |r| {
+        since.is_none_or(|t| r.decision.at_ms >= t) && until.is_none_or(|t| r.decision.at_ms < t)
+    })?;
     let report = crate::commands::runtime()?.block_on(replay(records, &options.policy, &options))?;
     if options.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -283,6 +283,19 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     assert_eq!(report["compared"], 12, "{report:#}");
     assert_eq!(report["same"], 12, "{report:#}");
     assert_eq!(report["changed"], json!({}));
+    // --since/--until select by decision time.
+    let (code, report, err) = replay(&[
+        "--journal",
+        j0,
+        j1,
+        "--policy",
+        live.to_str().unwrap(),
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert_eq!((code, report["records"].as_u64()), (0, Some(0)), "{report:#}\n{err}");
+    let (code, report, err) = replay(&["--journal", j0, j1, "--policy", live.to_str().unwrap(), "--until", "1"]);
+    assert_eq!((code, report["records"].as_u64()), (0, Some(0)), "{report:#}\n{err}");
 
     // The candidate: the pauses and scales the shadow saw, and the second get_pods, which
     // replay counts on the candidate's own counter; list_namespaces is admitted here, since
