@@ -388,6 +388,10 @@ enum PolicyCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Decide with the policy's `"mode": "shadow"` rules in force (as a `shadow_policy`
+        /// candidate is evaluated); by default they are left out, as when the policy is live.
+        #[arg(long)]
+        with_shadow_rules: bool,
     },
 }
 
@@ -430,6 +434,7 @@ fn main() -> ExitCode {
                     fail_on,
                     samples,
                     json,
+                    with_shadow_rules,
                 },
         } => replay::policy_replay(replay::Options {
             inputs: journal,
@@ -439,6 +444,7 @@ fn main() -> ExitCode {
             fail_on,
             samples,
             json,
+            with_shadow_rules,
         }),
         Command::Policy {
             command:

@@ -42,6 +42,8 @@ pub struct Options {
     pub fail_on: Vec<FailOn>,
     pub samples: usize,
     pub json: bool,
+    /// Rules with `"mode": "shadow"` in force (by default they are left out, as live).
+    pub with_shadow_rules: bool,
 }
 
 /// One call answered otherwise.
@@ -79,6 +81,8 @@ pub struct Report {
     /// Records that are not policy decisions of a call (refusals by the journal itself,
     /// operators' actions): left out.
     pub skipped: u64,
+    /// Records given more than once (the same decision id in two inputs): replayed once.
+    pub duplicates: u64,
     /// Some calls answered otherwise, per verdict pair (at most --samples each).
     pub samples: BTreeMap<String, Vec<Change>>,
 }
@@ -96,11 +100,18 @@ pub struct ToolChanges {
 
 /// Reads the decision records of every input (a journal directory, or a JSON lines file)
 /// that `keep` accepts (only those are held in memory).
-pub fn read_records(inputs: &[PathBuf], keep: impl Fn(&JournalRecord) -> bool) -> anyhow::Result<Vec<JournalRecord>> {
+pub fn read_records(
+    inputs: &[PathBuf],
+    keep: impl Fn(&JournalRecord) -> bool,
+) -> anyhow::Result<(Vec<JournalRecord>, Vec<String>)> {
     let mut all = Vec::new();
+    // Journals whose chain breaks: replayed up to the break, and reported as a failure.
+    let mut broken_chains = Vec::new();
     for input in inputs {
+        let mut read = 0u64;
         if input.is_dir() {
             tollgate_journal::each_record(input, 1, |record| {
+                read += 1;
                 match tollgate_decision::audit::decode_record(&record.payload) {
                     Ok(decoded) if keep(&decoded) => all.push(decoded),
                     Ok(_) => {}
@@ -115,6 +126,7 @@ pub fn read_records(inputs: &[PathBuf], keep: impl Fn(&JournalRecord) -> bool) -
                     input.display(),
                     broken.seq
                 );
+                broken_chains.push(format!("{} at record {}", input.display(), broken.seq));
             }
         } else {
             use std::io::BufRead;
@@ -127,13 +139,21 @@ pub fn read_records(inputs: &[PathBuf], keep: impl Fn(&JournalRecord) -> bool) -
                 }
                 let record: JournalRecord = serde_json::from_str(&line)
                     .map_err(|e| anyhow::anyhow!("{}:{}: not a decision record: {e}", input.display(), i + 1))?;
+                read += 1;
                 if keep(&record) {
                     all.push(record);
                 }
             }
         }
+        // A wrong path must not pass for a replay of nothing.
+        if read == 0 {
+            bail!(
+                "{}: no records (not a journal directory, nor JSON lines from `tollgate audit export`)",
+                input.display()
+            );
+        }
     }
-    Ok(all)
+    Ok((all, broken_chains))
 }
 
 fn kind_of(method: &str) -> Option<SubjectKind> {
@@ -185,9 +205,10 @@ fn rule_reads_arguments(policy: &tollgate_policy::Policy, request: &DecideReques
 /// Replays `records` under the policy at `policy_path`.
 pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &Options) -> anyhow::Result<Report> {
     let compiled = tollgate_policy::load_file(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // The candidate with its shadow-mode rules in force: replay asks what it would enforce.
+    // The policy as it would be enforced live (shadow-mode rules left out), or with them in
+    // force when asked (as a `shadow_policy` candidate is evaluated).
     let policy = match compiled.policy.with_shadow_rules() {
-        Some(_) => {
+        Some(_) if options.with_shadow_rules => {
             // Compiled again to own the variant with the shadow-mode rules (an `Arc` inside).
             let again = tollgate_policy::load_file(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
             match again.policy.with_shadow_rules() {
@@ -195,7 +216,7 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
                 None => Arc::new(again.policy),
             }
         }
-        None => Arc::new(compiled.policy),
+        _ => Arc::new(compiled.policy),
     };
     let clock = Arc::new(ManualClock::default());
     let store = Arc::new(MemoryStore::new(clock.clone()));
@@ -207,6 +228,16 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
         .filter(|r| options.until.is_none_or(|t| r.decision.at_ms < t))
         .collect();
     records.sort_by_key(|r| (r.decision.at_ms, r.start_ns));
+    // The same decision from two inputs (a journal and its export, a journal given twice)
+    // is one call: replayed twice, it would take its limits twice.
+    let mut seen = std::collections::HashSet::new();
+    records.retain(|r| {
+        let first = r.decision.id.is_empty() || seen.insert(r.decision.id.clone());
+        if !first {
+            report.duplicates += 1;
+        }
+        first
+    });
     let mut by_tool: BTreeMap<(String, String, String, String, String, String), u64> = BTreeMap::new();
     let mut now_ms = 0u64;
     for (n, record) in records.iter().enumerate() {
@@ -255,21 +286,33 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
             continue;
         } else {
             let mut decision = engine.decide(&request).await;
-            // The live call consumed an operator's approval: the candidate gets one too.
-            if live == Verdict::Allow
+            // The live call met an operator's answer: an approval it consumed (ALLOW), or one
+            // denied or expired (DENY naming it). The candidate gets the same answer.
+            let answered = match live {
+                Verdict::Allow => Some(true),
+                Verdict::Deny => Some(false),
+                _ => None,
+            };
+            if let Some(approve) = answered
                 && !d.approval_id.is_empty()
                 && decision.verdict() == Verdict::ApprovalRequired
                 && !decision.approval_id.is_empty()
             {
                 if let Err(e) = engine
-                    .resolve_approval(&decision.approval_id, true, "policy-replay", "")
+                    .resolve_approval(&decision.approval_id, approve, "policy-replay", "")
                     .await
                 {
                     bail!("replaying an approval failed: {e}");
                 }
                 decision = engine.decide(&request).await;
             }
-            (decision.verdict(), decision.rule.clone(), decision.reason.clone())
+            // An approval the replay engine asked for exists nowhere else: not named.
+            let reason = if decision.verdict() == Verdict::ApprovalRequired {
+                format!("needs an operator's approval (rule {})", decision.rule)
+            } else {
+                decision.reason.clone()
+            };
+            (decision.verdict(), decision.rule.clone(), reason)
         };
         report.compared += 1;
         if verdict == live {
@@ -362,6 +405,13 @@ pub fn text(report: &Report) -> String {
         "{} decisions replayed: {} the same, {changed} answered otherwise, {unknown} not decided again ({} other records skipped)",
         report.compared, report.same, report.skipped
     );
+    if report.duplicates > 0 {
+        let _ = writeln!(
+            out,
+            "  {} records were given more than once (the same decision id) and replayed once",
+            report.duplicates
+        );
+    }
     for (why, n) in &report.unknown {
         let _ = writeln!(out, "  not decided again: {n} ({why})");
     }
@@ -435,7 +485,14 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     let (Some(Ok(h)), Some(Ok(min)), Some(Ok(s)), None) = (t.next(), t.next(), t.next(), t.next()) else {
         return Err(bad());
     };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || s > 60 || y < 1970 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in_month = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&m) || !(1..=days_in_month).contains(&day) || h > 23 || min > 59 || s > 59 || y < 1970 {
         return Err(bad());
     }
     let ms_fraction = if fraction.is_empty() {
@@ -462,14 +519,28 @@ pub fn policy_replay(options: Options) -> anyhow::Result<()> {
         bail!("name at least one journal directory or JSON lines export: --journal PATH");
     }
     let (since, until) = (options.since, options.until);
-    let records = read_records(&options.inputs, |r| {
+    let (records, broken_chains) = read_records(&options.inputs, |r| {
         since.is_none_or(|t| r.decision.at_ms >= t) && until.is_none_or(|t| r.decision.at_ms < t)
     })?;
     let report = crate::commands::runtime()?.block_on(replay(records, &options.policy, &options))?;
-    if options.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let output = if options.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print!("{}", text(&report));
+        text(&report)
+    };
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(output.as_bytes())
+            .and_then(|()| stdout.flush())
+            .context("cannot write the report")?;
+    }
+    if !broken_chains.is_empty() {
+        bail!(
+            "the chain of {} breaks: only the records before the break were replayed (see `tollgate audit verify`)",
+            broken_chains.join(", ")
+        );
     }
     let failed = failed(&report, &options.fail_on);
     if !failed.is_empty() {
@@ -497,6 +568,9 @@ mod tests {
             "2026-13-01T00:00:00Z",
             "2026-12-08T10:15:00",
             "2026-12-08T10:15Z",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-12-08T03:44:60Z",
         ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }

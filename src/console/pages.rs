@@ -559,7 +559,7 @@ pub fn candidate(console: &Console, session: &Session) -> Html<String> {
         }
         _ => (Vec::new(), 0, 0, 0),
     };
-    let changed: u64 = disagreements.iter().map(|d| d.count).sum::<u64>() + other;
+    let changed = disagreements.iter().fold(other, |sum, d| sum.saturating_add(d.count));
     let now = tollgate_limiter::wall_clock_ms();
     let body = html! {
         section.panel aria-labelledby="candidate-title" {

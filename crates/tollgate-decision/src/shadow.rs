@@ -474,7 +474,7 @@ impl ShadowLog {
             };
             mine.index.clear();
         }
-        mine.counts.evaluated += 1;
+        mine.counts.evaluated = mine.counts.evaluated.saturating_add(1);
         mine.changed = true;
         let live = crate::verdict_name(c.live.verdict());
         let shadow = crate::verdict_name(c.shadow.verdict);
@@ -506,12 +506,12 @@ impl ShadowLog {
                 at
             }
             None => {
-                mine.counts.other += 1;
+                mine.counts.other = mine.counts.other.saturating_add(1);
                 return;
             }
         };
         let entry = &mut mine.counts.disagreements[at];
-        entry.count += 1;
+        entry.count = entry.count.saturating_add(1);
         entry.live_rule = short(&c.live.rule);
         entry.shadow_rule = short(&c.shadow.rule);
         if entry.examples.len() == EXAMPLES {
@@ -573,7 +573,7 @@ impl ShadowLog {
             .disagreements
             .drain(PUBLISHED_KINDS.min(counts.disagreements.len())..)
         {
-            counts.other += dropped.count;
+            counts.other = counts.other.saturating_add(dropped.count);
         }
         Some(counts)
     }
@@ -596,7 +596,7 @@ async fn publish(log: std::sync::Weak<ShadowLog>, channel: Arc<dyn Broadcast>) {
                 counts
             }
             None => {
-                quiet += 1;
+                quiet = quiet.saturating_add(1);
                 continue;
             }
         };
@@ -680,8 +680,9 @@ pub fn add_up(all: &[ShadowCounts], candidate: &str) -> (Vec<Disagreement>, u64,
     let mut by_kind: HashMap<(String, String, String, String, String), Disagreement> = HashMap::new();
     let (mut evaluated, mut other) = (0, 0);
     for counts in all.iter().filter(|c| c.candidate == candidate) {
-        evaluated += counts.evaluated;
-        other += counts.other;
+        // Counts heard on the channel are added without trusting them to be small.
+        evaluated = counts.evaluated.saturating_add(evaluated);
+        other = counts.other.saturating_add(other);
         for d in &counts.disagreements {
             let key = (
                 d.server.clone(),
@@ -695,7 +696,7 @@ pub fn add_up(all: &[ShadowCounts], candidate: &str) -> (Vec<Disagreement>, u64,
                 count: 0,
                 ..d.clone()
             });
-            entry.count += d.count;
+            entry.count = entry.count.saturating_add(d.count);
             entry.examples.extend(d.examples.iter().cloned());
         }
     }
@@ -706,4 +707,33 @@ pub fn add_up(all: &[ShadowCounts], candidate: &str) -> (Vec<Disagreement>, u64,
     }
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tool.cmp(&b.tool)));
     (out, evaluated, other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts heard from the channel are not trusted to be small: adding them saturates.
+    #[test]
+    fn counts_add_up_without_overflowing() {
+        let huge = |replica: &str| ShadowCounts {
+            replica: replica.into(),
+            candidate: "c".into(),
+            evaluated: u64::MAX,
+            other: u64::MAX,
+            disagreements: vec![Disagreement {
+                tool: "t".into(),
+                live: "ALLOW".into(),
+                shadow: "DENY".into(),
+                count: u64::MAX,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (kinds, evaluated, other) = add_up(&[huge("a"), huge("b")], "c");
+        assert_eq!((evaluated, other), (u64::MAX, u64::MAX));
+        assert_eq!(kinds[0].count, u64::MAX);
+        // Another candidate's counts are not added.
+        assert_eq!(add_up(&[huge("a")], "d").1, 0);
+    }
 }

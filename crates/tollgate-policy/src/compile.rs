@@ -147,8 +147,18 @@ impl Compiler<'_, '_> {
         let default = Arc::new(Rule::default_rule("default".into(), default_action));
         for kind in [Kind::Resource, Kind::Prompt] {
             let k = kind as usize;
-            let scoped = |s: &ScopeSpec| sections(&s.tools, &s.resources, &s.prompts)[k].is_some();
-            self.covers[k] = sections(&doc.tools, &doc.resources, &doc.prompts)[k].is_some()
+            // A section covers its kind (if only `{}`), unless every rule in it is a
+            // shadow-mode rule left out of the policy enforced: the section is not there for it.
+            let with_shadow_rules = self.with_shadow_rules;
+            let counts = move |section: Option<&UniqueMap<RuleSpec>>| {
+                section.is_some_and(|rules| {
+                    with_shadow_rules
+                        || rules.0.is_empty()
+                        || rules.0.values().any(|r| r.mode != Some(RuleMode::Shadow))
+                })
+            };
+            let scoped = |s: &ScopeSpec| counts(sections(&s.tools, &s.resources, &s.prompts)[k]);
+            self.covers[k] = counts(sections(&doc.tools, &doc.resources, &doc.prompts)[k])
                 || doc.servers.0.values().any(scoped)
                 || doc.grants.0.values().any(scoped);
         }

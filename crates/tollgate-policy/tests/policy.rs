@@ -969,6 +969,23 @@ fn shadow_mode_rules_are_only_in_the_candidate() {
         candidate.rule_for("k8s", "list", "a", read_only).label,
         "classes[\"read_only\"]"
     );
+    // A resources or prompts section of shadow-mode rules only is not there for the policy
+    // enforced: reads and gets pass unchecked as before; the candidate covers them.
+    let sections = policy(
+        r#"{"version": "1", "default": "deny", "tools": {},
+            "resources": {"k8s://secrets/*": {"action": "deny", "mode": "shadow"}},
+            "grants": {"g": {"prompts": {"p": {"action": "deny", "mode": "shadow"}}}}}"#,
+    );
+    assert!(!sections.covers(Kind::Resource) && !sections.covers(Kind::Prompt));
+    let candidate = sections.with_shadow_rules().expect("a candidate");
+    assert!(candidate.covers(Kind::Resource) && candidate.covers(Kind::Prompt));
+    // An explicit empty section still covers its kind, and a section with one enforced rule
+    // does.
+    let mixed = policy(
+        r#"{"version": "1", "default": "deny", "prompts": {},
+            "resources": {"a://x": {"action": "allow"}, "a://y": {"action": "deny", "mode": "shadow"}}}"#,
+    );
+    assert!(mixed.covers(Kind::Resource) && mixed.covers(Kind::Prompt));
     // A policy without shadow rules has no candidate.
     assert!(policy(SEED).with_shadow_rules().is_none());
     // An unknown mode is refused where it is written.
