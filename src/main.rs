@@ -359,10 +359,13 @@ enum PolicyCommand {
     /// would change: counts by verdict pair (live -> candidate), by tool and grant, and
     /// sample calls. Records come from decision journals ([audit] journal_dir, one per
     /// replica) or from `tollgate audit export` JSON lines; limits are counted on a memory
-    /// store whose clock follows the recorded times; an approval the live call consumed is
-    /// given to the candidate too. Calls whose arguments were not recorded
-    /// (telemetry.record_arguments) are not decided again when the candidate's rule reads
-    /// arguments; they are counted as such.
+    /// store whose clock follows the recorded times; an approval the live call consumed, or an
+    /// operator's denial it met, is given to the candidate too; a decision given twice is
+    /// replayed once. The policy is decided as it would be enforced live (its "mode":
+    /// "shadow" rules left out; see --with-shadow-rules). Calls whose arguments were not
+    /// recorded (telemetry.record_arguments) are not decided again when the candidate's rule
+    /// reads arguments; they are counted as such. Exits 1 on an input with no records, a
+    /// journal whose chain breaks, or a --fail-on condition that holds.
     Replay {
         /// A journal directory, or a JSON lines file from `tollgate audit export` (repeat for
         /// several replicas).
