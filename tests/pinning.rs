@@ -374,40 +374,14 @@ async fn a_changed_tool_is_hidden_and_refused_on_two_edges_until_an_operator_app
     assert!(session.tool_names().await.contains(&"k8s_scale".to_owned()));
 }
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-}
+use support::no_redirects;
 
 async fn sign_in(admin: &str) -> String {
-    let answer = no_redirects()
-        .post(format!("{admin}/console/login"))
-        .form(&[("key", OPERATOR_KEY)])
-        .send()
-        .await
-        .expect("sign in");
-    assert_eq!(answer.status(), reqwest::StatusCode::SEE_OTHER);
-    let cookie = answer
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .expect("a session cookie")
-        .to_owned();
-    cookie.split(';').next().unwrap_or_default().to_owned()
+    support::console_sign_in(admin, OPERATOR_KEY).await
 }
 
 async fn page(url: &str, cookie: &str) -> String {
-    no_redirects()
-        .get(url)
-        .header("cookie", cookie)
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .unwrap_or_default()
+    support::console_page(url, cookie).await
 }
 
 fn csrf_of(page: &str) -> String {

@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use reqwest::header::SET_COOKIE;
 use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::{KEY_A, Mcp, Proc, append, refusal, run, sha256_hex, write_config};
@@ -44,34 +42,24 @@ const CANDIDATE: &str = r#"{
   }
 }"#;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-}
-
 async fn sign_in(admin: &str) -> String {
-    let answer = client()
-        .post(format!("{admin}/console/login"))
-        .form(&[("key", OPERATOR_KEY)])
-        .send()
-        .await
-        .expect("sign in");
-    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
-    let cookie = answer
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .expect("a session cookie")
-        .to_owned();
-    cookie.split(';').next().unwrap_or_default().to_owned()
+    support::console_sign_in(admin, OPERATOR_KEY).await
 }
 
-async fn page(url: &str, cookie: &str) -> String {
-    let answer = client().get(url).header("cookie", cookie).send().await.expect("GET");
-    assert_eq!(answer.status(), StatusCode::OK, "{url}");
-    answer.text().await.unwrap_or_default()
+/// The Candidate policy page at `admin`, once it satisfies `ready` (10 s at most).
+async fn candidate_page(admin: &str, cookie: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = support::console_page(&format!("{admin}/console/candidate"), cookie).await;
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never got there:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `tollgate_shadow_disagreements_total` of every replica, added up by (live, shadow, tool).
@@ -239,18 +227,7 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     // The console of one replica shows every replica's disagreements.
     let admin = replicas[1].admin_url.clone().expect("admin");
     let cookie = sign_in(&admin).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let shown = loop {
-        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
-        if text.contains("id=\"shadow-evaluated\">12<") {
-            break text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the page did not add up:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let shown = candidate_page(&admin, &cookie, |t| t.contains("id=\"shadow-evaluated\">12<")).await;
     assert!(shown.contains("id=\"shadow-changed\">6<"), "{shown}");
     assert!(shown.contains(&candidate.display().to_string()), "{shown}");
     let rows: Vec<&str> = shown.split("<tr class=\"change\">").skip(1).collect();
@@ -411,46 +388,28 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
         r#"{"version": "1", "tools": {"k8s_scale": {"action": "maybe"}}}"#,
     )
     .expect("write");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
-        if text.contains("The last reload of the candidate was rejected") {
-            assert!(text.contains("maybe"), "{text}");
-            assert!(
-                text.contains("id=\"shadow-changed\">6<"),
-                "still the last good candidate: {text}"
-            );
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let text = candidate_page(&admin, &cookie, |t| {
+        t.contains("The last reload of the candidate was rejected")
+    })
+    .await;
+    assert!(text.contains("maybe"), "{text}");
+    assert!(
+        text.contains("id=\"shadow-changed\">6<"),
+        "still the last good candidate: {text}"
+    );
     std::fs::write(&candidate, LIVE).expect("write");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
-        if text.contains("<dt>Generation</dt><dd>2</dd>") && !text.contains("was rejected") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    candidate_page(&admin, &cookie, |t| {
+        t.contains("<dt>Generation</dt><dd>2</dd>") && !t.contains("was rejected")
+    })
+    .await;
     // Both replicas must have the new candidate before the call (each polls its file).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let result = agent
         .call("k8s_scale", json!({"namespace": "web", "name": "api", "replicas": 3}))
         .await;
     assert!(refusal(&result).is_none(), "{result}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
-        if text.contains("id=\"shadow-evaluated\">1<") {
-            assert!(text.contains("id=\"no-changes\""), "{text}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let text = candidate_page(&admin, &cookie, |t| t.contains("id=\"shadow-evaluated\">1<")).await;
+    assert!(text.contains("id=\"no-changes\""), "{text}");
 }
 
 /// A rule with `"mode": "shadow"` inside the live policy: its verdict is recorded, the call
@@ -517,20 +476,12 @@ async fn a_shadow_mode_rule_is_recorded_not_enforced() {
         "{metrics}"
     );
     let cookie = sign_in(&admin).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = page(&format!("{admin}/console/candidate"), &cookie).await;
-        if text.contains("id=\"shadow-changed\">1<") {
-            assert!(text.contains("id=\"candidate-rules\""), "{text}");
-            assert!(
-                text.contains("grants[&quot;a&quot;].tools[&quot;k8s_scale&quot;]"),
-                "{text}"
-            );
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let text = candidate_page(&admin, &cookie, |t| t.contains("id=\"shadow-changed\">1<")).await;
+    assert!(text.contains("id=\"candidate-rules\""), "{text}");
+    assert!(
+        text.contains("grants[&quot;a&quot;].tools[&quot;k8s_scale&quot;]"),
+        "{text}"
+    );
     // A resources section of shadow-mode rules only is not there for the policy enforced:
     // a resource read passes unchecked, as without the section (the demo has no resources,
     // so the upstream answers; Tollgate does not refuse it).

@@ -612,3 +612,43 @@ pub fn python_upstream(script: &str) -> (PythonUpstream, String) {
     }
     (upstream, format!("http://127.0.0.1:{port}/mcp"))
 }
+
+/// A client that follows no redirects and keeps no cookies: each request shows exactly what
+/// the server answered (the console's tests).
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Signs in to the console at `admin` with the operator key `key`: the session cookie
+/// (`tg_console=…`).
+pub async fn console_sign_in(admin: &str, key: &str) -> String {
+    let answer = no_redirects()
+        .post(format!("{admin}/console/login"))
+        .form(&[("key", key)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(answer.status(), reqwest::StatusCode::SEE_OTHER, "signing in");
+    let cookie = answer
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie")
+        .to_owned();
+    cookie.split(';').next().unwrap_or_default().to_owned()
+}
+
+/// The console page at `url` with the session `cookie`, once it answers 200.
+pub async fn console_page(url: &str, cookie: &str) -> String {
+    let answer = no_redirects()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(answer.status(), reqwest::StatusCode::OK, "{url}");
+    answer.text().await.unwrap_or_default()
+}

@@ -715,15 +715,7 @@ impl Engine {
             Ok(v) => v,
             Err(reason) => return decision.with(Verdict::Deny, "arguments", reason.clone()),
         };
-        let call = Call {
-            server: &request.server,
-            tool: &request.tool,
-            grant: &request.grant,
-            agent: &request.agent,
-            session: &request.session_id,
-            arguments,
-            annotations: annotations(request.annotations.as_ref()),
-        };
+        let call = call_of(request, arguments);
         let kind = policy_kind(request.kind());
         if !policy.covers(kind) {
             // Documented: a policy without a `resources` (`prompts`) section leaves reads
@@ -1400,6 +1392,19 @@ fn call_arguments(parsed: Option<Result<Value, serde_json::Error>>) -> Result<Va
         Some(Ok(v @ (Value::Object(_) | Value::Null))) => Ok(v),
         Some(Ok(_)) => Err("tool arguments must be a JSON object".into()),
         Some(Err(e)) => Err(format!("tool arguments are not valid JSON: {e}")),
+    }
+}
+
+/// What the policy sees of a decided call: `request`'s subject and caller, with `arguments`.
+pub(crate) fn call_of<'a>(request: &'a DecideRequest, arguments: &'a Value) -> Call<'a> {
+    Call {
+        server: &request.server,
+        tool: &request.tool,
+        grant: &request.grant,
+        agent: &request.agent,
+        session: &request.session_id,
+        arguments,
+        annotations: annotations(request.annotations.as_ref()),
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_limiter::{Broadcast, Hit};
-use tollgate_policy::{Action, Call, CounterHit, OnStoreError, Policy};
+use tollgate_policy::{Action, CounterHit, OnStoreError, Policy};
 
 use crate::Engine;
 use crate::proto::{DecideRequest, Decision, Verdict};
@@ -71,15 +71,7 @@ impl Engine {
             Ok(arguments) => arguments,
             Err(reason) => return ShadowFinding::new(Verdict::Deny, "arguments", reason.clone()),
         };
-        let call = Call {
-            server: &request.server,
-            tool: &request.tool,
-            grant: &request.grant,
-            agent: &request.agent,
-            session: &request.session_id,
-            arguments,
-            annotations: crate::engine::annotations(request.annotations.as_ref()),
-        };
+        let call = crate::engine::call_of(request, arguments);
         let kind = crate::engine::policy_kind(request.kind());
         if !candidate.covers(kind) {
             return ShadowFinding::new(
@@ -249,15 +241,7 @@ impl EarlyReads {
         let Ok(arguments) = arguments else {
             return EarlyReads::default();
         };
-        let call = Call {
-            server: &request.server,
-            tool: &request.tool,
-            grant: &request.grant,
-            agent: &request.agent,
-            session: &request.session_id,
-            arguments,
-            annotations: crate::engine::annotations(request.annotations.as_ref()),
-        };
+        let call = crate::engine::call_of(request, arguments);
         let kind = crate::engine::policy_kind(request.kind());
         if !candidate.covers(kind) {
             return EarlyReads::default();
