@@ -54,7 +54,11 @@ fn request(tool: &str) -> DecideRequest {
     }
 }
 
-fn decisions(c: &mut Criterion) {
+/// The stores a bench runs on, by name.
+type Stores = [(&'static str, Arc<dyn CounterStore>); 2];
+
+/// A runtime, a `redis-server` (stopped when dropped) and the two stores to bench on.
+fn setup() -> (tokio::runtime::Runtime, redis_support::RedisServer, Stores) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,10 +68,15 @@ fn decisions(c: &mut Criterion) {
         url: Some(redis.url()),
         ..RedisSettings::default()
     };
-    let stores: [(&str, Arc<dyn CounterStore>); 2] = [
+    let stores: Stores = [
         ("memory", Arc::new(MemoryStore::default())),
         ("redis", Arc::new(RedisStore::new(&settings).expect("redis store"))),
     ];
+    (runtime, redis, stores)
+}
+
+fn decisions(c: &mut Criterion) {
+    let (runtime, _redis, stores) = setup();
     let mut group = c.benchmark_group("decide");
     group.throughput(Throughput::Elements(1));
     for (name, store) in stores {
@@ -138,19 +147,7 @@ const OTHER_COUNTER: &str = r#"{
 
 /// One decision with a candidate policy evaluated beside it, against none, on both stores.
 fn shadow(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let redis = redis_support::RedisServer::start();
-    let settings = RedisSettings {
-        url: Some(redis.url()),
-        ..RedisSettings::default()
-    };
-    let stores: [(&str, Arc<dyn CounterStore>); 2] = [
-        ("memory", Arc::new(MemoryStore::default())),
-        ("redis", Arc::new(RedisStore::new(&settings).expect("redis store"))),
-    ];
+    let (runtime, _redis, stores) = setup();
     let mut group = c.benchmark_group("shadow");
     group.throughput(Throughput::Elements(1));
     for (name, store) in stores {

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::Value;
 use tollgate_decision::Engine;
-use tollgate_decision::proto::{DecideRequest, SubjectKind, Verdict};
+use tollgate_decision::proto::{DecideRequest, SubjectKind};
 use tollgate_limiter::{ManualClock, MemoryStore};
 
 /// One case file.
@@ -120,16 +120,6 @@ fn read_cases(path: &Path) -> anyhow::Result<(CaseFile, Vec<usize>)> {
     Ok((file, lines))
 }
 
-fn verdict_of(text: &str) -> Option<Verdict> {
-    Some(match text {
-        "ALLOW" => Verdict::Allow,
-        "DENY" => Verdict::Deny,
-        "RATE_LIMITED" => Verdict::RateLimited,
-        "APPROVAL_REQUIRED" => Verdict::ApprovalRequired,
-        _ => return None,
-    })
-}
-
 /// Runs one case on a fresh engine; why it failed.
 async fn run_case(policy: tollgate_policy::Policy, defaults: &Defaults, case: &Case) -> Result<(), String> {
     let clock = Arc::new(ManualClock::default());
@@ -217,7 +207,7 @@ async fn run_case(policy: tollgate_policy::Policy, defaults: &Defaults, case: &C
                 decision.reason
             );
             if let Some(v) = &expect.verdict {
-                let wanted = verdict_of(v).ok_or_else(|| {
+                let wanted = tollgate_decision::verdict_named(v).ok_or_else(|| {
                     format!("{at}: verdict {v:?} is none of ALLOW, DENY, RATE_LIMITED, APPROVAL_REQUIRED")
                 })?;
                 if decision.verdict() != wanted {

@@ -165,16 +165,6 @@ fn kind_of(method: &str) -> Option<SubjectKind> {
     }
 }
 
-fn verdict_of(text: &str) -> Option<Verdict> {
-    Some(match text {
-        "ALLOW" => Verdict::Allow,
-        "DENY" => Verdict::Deny,
-        "RATE_LIMITED" => Verdict::RateLimited,
-        "APPROVAL_REQUIRED" => Verdict::ApprovalRequired,
-        _ => return None,
-    })
-}
-
 /// Whether the rule that decides the call under `policy` looks at its arguments (a schema,
 /// or a limit scoped by an argument).
 fn rule_reads_arguments(policy: &tollgate_policy::Policy, request: &DecideRequest) -> bool {
@@ -242,7 +232,7 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
     let mut now_ms = 0u64;
     for (n, record) in records.iter().enumerate() {
         let d = &record.decision;
-        let (Some(kind), Some(live)) = (kind_of(&d.method), verdict_of(&d.verdict)) else {
+        let (Some(kind), Some(live)) = (kind_of(&d.method), tollgate_decision::verdict_named(&d.verdict)) else {
             report.skipped += 1;
             continue;
         };

@@ -83,3 +83,14 @@ pub fn verdict_name(v: proto::Verdict) -> &'static str {
         proto::Verdict::Unspecified => "UNSPECIFIED",
     }
 }
+
+/// The verdict [`verdict_name`] spells `name` as (never `Unspecified`).
+pub fn verdict_named(name: &str) -> Option<proto::Verdict> {
+    Some(match name {
+        "ALLOW" => proto::Verdict::Allow,
+        "DENY" => proto::Verdict::Deny,
+        "RATE_LIMITED" => proto::Verdict::RateLimited,
+        "APPROVAL_REQUIRED" => proto::Verdict::ApprovalRequired,
+        _ => return None,
+    })
+}

@@ -29,5 +29,5 @@ pub use tail::{DecisionRecord, DecisionTail, LimitRecord};
 pub use tollgate_api::definitions;
 pub use tollgate_api::{
     DEFAULT_BATCH_MAX, Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth,
-    check_subject, check_tool_name, listener, proto, verdict_name,
+    check_subject, check_tool_name, listener, proto, verdict_name, verdict_named,
 };
