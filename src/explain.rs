@@ -33,6 +33,7 @@ pub fn explain(
 ) -> Vec<String> {
     let mut out = Vec::new();
 
+    let annotations = Annotations::default();
     if !policy.covers(kind) {
         out.push(format!("rule:   none: the policy has no `{}` section", kind.section()));
         out.push(format!(
@@ -41,9 +42,24 @@ pub fn explain(
             tollgate_api_method(kind),
             kind.section()
         ));
+        // Its `"mode": "shadow"` rules give the candidate such a section: there, every one is
+        // decided, by those rules or the defaults.
+        if let Some(candidate) = policy.with_shadow_rules()
+            && candidate.covers(kind)
+        {
+            let shadow = candidate.rule_for_subject(kind, server, tool, grant, annotations);
+            out.push(format!(
+                "shadow: the `{}` rules with \"mode\": \"shadow\" give the candidate a `{}` section, so there every {} \
+                 is decided; this one by {}: {} (recorded beside the verdict above, never enforced)",
+                kind.section(),
+                kind.section(),
+                tollgate_api_method(kind),
+                shadow.label,
+                shadow.action
+            ));
+        }
         return out;
     }
-    let annotations = Annotations::default();
     let rule = policy.rule_for_subject(kind, server, tool, grant, annotations);
     let agent = if agent.is_empty() { grant } else { agent };
     let call = Call {

@@ -210,7 +210,9 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
     };
     let clock = Arc::new(ManualClock::default());
     let store = Arc::new(MemoryStore::new(clock.clone()));
-    let engine = Engine::new_shared(policy.clone(), store, Duration::from_secs(1));
+    // Approvals the replay asks for are never bounded per grant: live, each was answered.
+    let engine =
+        Engine::new_shared(policy.clone(), store, Duration::from_secs(1)).with_max_pending_per_grant(usize::MAX);
     let mut report = Report::default();
     let mut records: Vec<JournalRecord> = records
         .into_iter()
@@ -279,7 +281,8 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
             // The live call met an operator's answer: an approval it consumed (ALLOW), or one
             // denied or expired (DENY naming it). The candidate gets the same answer.
             let answered = match live {
-                Verdict::Allow => Some(true),
+                // Claimed: used, or kept for the next call when a limit refused it.
+                Verdict::Allow | Verdict::RateLimited => Some(true),
                 Verdict::Deny => Some(false),
                 _ => None,
             };
@@ -513,6 +516,18 @@ pub fn policy_replay(options: Options) -> anyhow::Result<()> {
         since.is_none_or(|t| r.decision.at_ms >= t) && until.is_none_or(|t| r.decision.at_ms < t)
     })?;
     let report = crate::commands::runtime()?.block_on(replay(records, &options.policy, &options))?;
+    // Nothing to compare is not a pass: a wrong file, or a time window with no decision.
+    if report.records == 0 {
+        bail!(
+            "no decision records to replay{} ({} other records skipped)",
+            if since.is_some() || until.is_some() {
+                " within --since/--until"
+            } else {
+                ""
+            },
+            report.skipped
+        );
+    }
     let output = if options.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {

@@ -260,19 +260,19 @@ async fn a_candidate_policy_is_evaluated_on_live_traffic_and_replayed_from_the_j
     assert_eq!(report["compared"], 12, "{report:#}");
     assert_eq!(report["same"], 12, "{report:#}");
     assert_eq!(report["changed"], json!({}));
-    // --since/--until select by decision time.
-    let (code, report, err) = replay(&[
-        "--journal",
-        j0,
-        j1,
-        "--policy",
-        live.to_str().unwrap(),
-        "--since",
-        "2999-01-01T00:00:00Z",
-    ]);
-    assert_eq!((code, report["records"].as_u64()), (0, Some(0)), "{report:#}\n{err}");
-    let (code, report, err) = replay(&["--journal", j0, j1, "--policy", live.to_str().unwrap(), "--until", "1"]);
-    assert_eq!((code, report["records"].as_u64()), (0, Some(0)), "{report:#}\n{err}");
+    // --since/--until select by decision time; a window with no decision is an error, not a
+    // pass.
+    let live_path = live.to_str().unwrap();
+    for window in [["--since", "2999-01-01T00:00:00Z"], ["--until", "1"]] {
+        let mut args = vec!["policy", "replay", "--journal", j0, j1, "--policy", live_path];
+        args.extend_from_slice(&window);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{window:?}");
+        assert!(
+            err.contains("no decision records to replay within --since/--until"),
+            "{err}"
+        );
+    }
 
     // The candidate: the pauses and scales the shadow saw, and the second get_pods, which
     // replay counts on the candidate's own counter; list_namespaces is admitted here, since
@@ -423,7 +423,10 @@ async fn a_shadow_mode_rule_is_recorded_not_enforced() {
   "default": "deny",
   "tools": {
     "k8s_scale": { "action": "allow" },
-    "k8s_rollout_pause": { "action": "require_approval", "approval": { "mode": "retry" } }
+    "k8s_rollout_pause": {
+      "action": "require_approval", "approval": { "mode": "retry" },
+      "limits": [{ "counter": "pauses", "window": "1h", "max": 1, "scope": "grant" }]
+    }
   },
   "grants": { "a": { "tools": { "k8s_scale": { "action": "deny", "mode": "shadow", "reason": "grant a loses scale" } } } },
   "resources": { "k8s://secrets/*": { "action": "deny", "mode": "shadow" } }
@@ -452,6 +455,26 @@ async fn a_shadow_mode_rule_is_recorded_not_enforced() {
     assert!(
         explained
             .contains("shadow: grants[\"a\"].tools[\"k8s_scale\"] (\"mode\": \"shadow\") would decide this call: deny"),
+        "{explained}"
+    );
+    // A resources section of shadow-mode rules only: not there for the policy enforced, but
+    // the candidate has it, so there every read is decided (here by the default).
+    let (code, explained, err) = run(&[
+        "policy",
+        "explain",
+        dir.join("policy.json").to_str().unwrap(),
+        "--resource",
+        "k8s://config/x",
+        "--grant",
+        "a",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        explained.contains("rule:   none: the policy has no `resources` section"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("give the candidate a `resources` section") && explained.contains("by default: deny"),
         "{explained}"
     );
     let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
@@ -539,6 +562,32 @@ async fn a_shadow_mode_rule_is_recorded_not_enforced() {
         .call("k8s_rollout_pause", json!({"namespace": "db", "name": "pg"}))
         .await;
     assert!(refusal(&consumed).is_none(), "{consumed}");
+    // Approved, but the rule's limit refuses it: live RATE_LIMITED, the approval kept; the
+    // candidate (the same rule) answers the same, it is not "held for approval".
+    let asked = agent
+        .call("k8s_rollout_pause", json!({"namespace": "ops", "name": "q"}))
+        .await;
+    let kept_id = refusal(&asked).expect("held for approval")["approval_id"]
+        .as_str()
+        .expect("an approval id")
+        .to_owned();
+    let (code, _, err) = run(&["approvals", "approve", &kept_id, "--url", &admin, "--key", OPERATOR_KEY]);
+    assert_eq!(code, 0, "{err}");
+    let limited = agent
+        .call("k8s_rollout_pause", json!({"namespace": "ops", "name": "q"}))
+        .await;
+    assert_eq!(
+        refusal(&limited).expect("limited")["verdict"],
+        "RATE_LIMITED",
+        "{limited}"
+    );
+    let metrics = support::get_text(&up.url("/metrics")).await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_shadow_disagreements_total{") && l.contains("k8s_rollout_pause")),
+        "the candidate answered the pauses as live did:\n{metrics}"
+    );
 
     // A clean stop closes the journal; then its records.
     up.terminate();

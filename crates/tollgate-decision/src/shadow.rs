@@ -95,14 +95,28 @@ impl Engine {
                     rule.reason.clone().unwrap_or_else(|| "denied".into()),
                 );
             }
-            Action::RequireApproval if live.verdict() != Verdict::Allow || live.approval_id.is_empty() => {
-                return ShadowFinding::new(
-                    Verdict::ApprovalRequired,
-                    &rule.label,
-                    "would need an operator's approval".into(),
-                );
-            }
-            Action::RequireApproval | Action::Allow => {}
+            // The operator's answer the live call met counts for the candidate too: an
+            // approval it claimed (used, or kept for the next call when a limit refused it),
+            // or one denied or expired.
+            Action::RequireApproval => match live.verdict() {
+                _ if live.approval_id.is_empty() => {
+                    return ShadowFinding::new(
+                        Verdict::ApprovalRequired,
+                        &rule.label,
+                        "would need an operator's approval".into(),
+                    );
+                }
+                Verdict::Allow | Verdict::RateLimited => {}
+                Verdict::Deny => return ShadowFinding::new(Verdict::Deny, &rule.label, live.reason.clone()),
+                _ => {
+                    return ShadowFinding::new(
+                        Verdict::ApprovalRequired,
+                        &rule.label,
+                        "would need an operator's approval".into(),
+                    );
+                }
+            },
+            Action::Allow => {}
         }
         let hits = candidate.counter_hits(rule, &call);
         if hits.is_empty() {
