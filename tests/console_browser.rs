@@ -30,6 +30,15 @@ const POLICY: &str = r#"{
   }
 }"#;
 
+const CANDIDATE: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "k8s_rollout_pause": { "limits": [{ "counter": "pause", "window": "1m", "max": 10, "scope": "grant" }] },
+    "k8s_scale": { "action": "deny", "reason": "scaling moves to the change process" }
+  }
+}"#;
+
 #[test]
 fn the_console_works_in_a_real_browser() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
@@ -53,7 +62,14 @@ fn the_console_works_in_a_real_browser() {
             sha256_hex(OPERATOR_KEY)
         ),
     );
-    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    // A candidate that denies k8s_scale: the Candidate policy page lists those calls.
+    let candidate = dir.join("candidate.json");
+    std::fs::write(&candidate, CANDIDATE).expect("write the candidate");
+    let up = Proc::start(
+        "up",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("TOLLGATE_DECISION__SHADOW_POLICY", candidate.to_str().unwrap())],
+    );
     let admin = up.admin_url.clone().expect("the admin listener");
 
     let (code, explained, stderr) = run(&[
@@ -99,6 +115,7 @@ fn the_console_works_in_a_real_browser() {
         "console-decisions",
         "console-counters",
         "console-policy",
+        "console-candidate",
     ] {
         let png = shots.join(format!("{shot}.png"));
         let bytes = std::fs::read(&png).unwrap_or_default();

@@ -199,6 +199,17 @@ try {
   check(answer === expected, `explain:\n${answer}\n--- expected (CLI):\n${expected}`);
   await page.screenshot({ path: `${shots}/console-policy.png`, fullPage: true });
 
+  step("the candidate policy page lists the calls it would answer otherwise");
+  await page.goto(`${base}/console/candidate`);
+  let changes = "";
+  for (let i = 0; i < 50 && !changes.includes("k8s_scale"); i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    await page.goto(`${base}/console/candidate`);
+    changes = await page.$eval("main", (m) => m.textContent);
+  }
+  check(changes.includes("k8s_scale") && changes.includes("scaling moves to the change process"), `candidate page: ${changes}`);
+  await page.screenshot({ path: `${shots}/console-candidate.png`, fullPage: true });
+
   step("a state change without the CSRF token is refused");
   const forged = await page.evaluate(async () => {
     const r = await fetch("/console/approvals/apr_00000000000000000000000000000000", {
