@@ -345,6 +345,9 @@ enum PolicyCommand {
     ///         - { tool: k8s_rollout_pause, repeat: 10, expect: { verdict: ALLOW } }
     ///         - { tool: k8s_rollout_pause, expect: { verdict: RATE_LIMITED, remaining: { k8s_rollout_pause_rate: 0 } } }
     ///         - { after: 1m, tool: k8s_rollout_pause, expect: { verdict: ALLOW } }
+    ///
+    /// `expect` may also hold `shadow: { verdict, rule }`: what the policy's "mode": "shadow"
+    /// rules would answer (recorded, not enforced).
     Test {
         /// The policy file.
         policy: PathBuf,

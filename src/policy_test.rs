@@ -76,6 +76,15 @@ struct Expect {
     reason: Option<String>,
     /// What each named counter has left after the call.
     remaining: Option<BTreeMap<String, u64>>,
+    /// What the policy's `"mode": "shadow"` rules would answer (recorded, not enforced).
+    shadow: Option<ShadowExpect>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowExpect {
+    verdict: Option<String>,
+    rule: Option<String>,
 }
 
 /// One case's outcome.
@@ -190,7 +199,7 @@ async fn run_case(policy: tollgate_policy::Policy, defaults: &Defaults, case: &C
                 ..Default::default()
             };
             request.set_kind(kind);
-            let decision = engine.decide(&request).await;
+            let (decision, shadow) = engine.decide_with_shadow(&request, None).await;
             if !decision.approval_id.is_empty() {
                 last_approval = decision.approval_id.clone();
             }
@@ -223,6 +232,24 @@ async fn run_case(policy: tollgate_policy::Policy, defaults: &Defaults, case: &C
                 && !decision.reason.contains(reason.as_str())
             {
                 return Err(format!("{call}: expected a reason with {reason:?}, got {got}"));
+            }
+            if let Some(wanted) = &expect.shadow {
+                let Some(shadow) = &shadow else {
+                    return Err(format!(
+                        "{call}: expects a shadow verdict, but the policy has no \"mode\": \"shadow\" rules"
+                    ));
+                };
+                let got = format!("{} by {}", tollgate_decision::verdict_name(shadow.verdict), shadow.rule);
+                if let Some(v) = &wanted.verdict
+                    && tollgate_decision::verdict_name(shadow.verdict) != v
+                {
+                    return Err(format!("{call}: expected the shadow verdict {v}, got {got}"));
+                }
+                if let Some(rule) = &wanted.rule
+                    && &shadow.rule != rule
+                {
+                    return Err(format!("{call}: expected the shadow rule {rule}, got {got}"));
+                }
             }
             for (counter, left) in expect.remaining.iter().flatten() {
                 match decision.limits.iter().find(|l| &l.counter == counter) {

@@ -92,6 +92,58 @@ cases:
     );
 }
 
+/// A case can expect what the policy's `"mode": "shadow"` rules would answer; a wrong
+/// expectation, or one against a policy without such rules, fails with what was found.
+#[test]
+fn shadow_verdicts_are_expected_like_live_ones() {
+    let dir = temp_dir("policy-cases-shadow");
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"version": "1", "default": "deny", "tools": {"scale": {}},
+            "grants": {"ci": {"tools": {"scale": {"action": "deny", "mode": "shadow"}}}}}"#,
+    )
+    .expect("policy");
+    let plain = dir.join("plain.json");
+    std::fs::write(&plain, r#"{"version": "1", "tools": {"scale": {}}}"#).expect("policy");
+    let cases = dir.join("cases.yaml");
+    std::fs::write(
+        &cases,
+        r#"defaults: { server: k8s, grant: ci }
+cases:
+  - name: recorded, not enforced
+    steps:
+      - { tool: scale, expect: { verdict: ALLOW, shadow: { verdict: DENY, rule: 'grants["ci"].tools["scale"]' } } }
+  - name: a wrong shadow expectation fails
+    steps:
+      - { tool: scale, expect: { shadow: { verdict: ALLOW } } }
+"#,
+    )
+    .expect("cases");
+    let (code, out, err) = run(&[
+        "policy",
+        "test",
+        policy.to_str().unwrap(),
+        "--cases",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("ok    recorded, not enforced"), "{out}");
+    assert!(
+        out.contains("expected the shadow verdict ALLOW, got DENY by grants[\"ci\"].tools[\"scale\"]"),
+        "{out}"
+    );
+    let (code, out, _) = run(&[
+        "policy",
+        "test",
+        plain.to_str().unwrap(),
+        "--cases",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("the policy has no \"mode\": \"shadow\" rules"), "{out}");
+}
+
 #[test]
 fn a_broken_case_file_is_refused_with_its_position() {
     let dir = temp_dir("policy-cases-bad");

@@ -352,6 +352,16 @@ impl Engine {
         request: &DecideRequest,
         parent: Option<opentelemetry::Context>,
     ) -> Decision {
+        self.decide_with_shadow(request, parent).await.0
+    }
+
+    /// [`Engine::decide_with_parent`], with the candidate policy's verdict beside the
+    /// decision (`None` without a candidate): what `tollgate policy test` checks.
+    pub async fn decide_with_shadow(
+        &self,
+        request: &DecideRequest,
+        parent: Option<opentelemetry::Context>,
+    ) -> (Decision, Option<crate::shadow::ShadowFinding>) {
         let began = wall_clock_ns();
         // The parent span (the edge's), for the journal's record of the decision span (read
         // only when a journal is kept).
@@ -577,7 +587,7 @@ impl Engine {
                 "decision"
             )
         });
-        decision
+        (decision, shadow.map(|(finding, _)| finding))
     }
 
     /// The `tollgate.decide` span of a decision whose span goes through the tracing pipeline.
