@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use tollgate_decision::Engine;
 use tollgate_decision::audit::JournalRecord;
-use tollgate_decision::proto::{DecideRequest, SubjectKind, Verdict};
+use tollgate_decision::proto::{DecideRequest, Verdict};
 use tollgate_limiter::{ManualClock, MemoryStore};
 
 /// What `--fail-on` can ask.
@@ -156,32 +156,11 @@ pub fn read_records(
     Ok((all, broken_chains))
 }
 
-fn kind_of(method: &str) -> Option<SubjectKind> {
-    match method {
-        "tools/call" => Some(SubjectKind::Tool),
-        "resources/read" => Some(SubjectKind::Resource),
-        "prompts/get" => Some(SubjectKind::Prompt),
-        _ => None,
-    }
-}
-
 /// Whether the rule that decides the call under `policy` looks at its arguments (a schema,
 /// or a limit scoped by an argument).
 fn rule_reads_arguments(policy: &tollgate_policy::Policy, request: &DecideRequest) -> bool {
-    let kind = match request.kind() {
-        SubjectKind::Tool => tollgate_policy::Kind::Tool,
-        SubjectKind::Resource => tollgate_policy::Kind::Resource,
-        SubjectKind::Prompt => tollgate_policy::Kind::Prompt,
-    };
-    let annotations = request
-        .annotations
-        .as_ref()
-        .map_or_else(Default::default, |a| tollgate_policy::Annotations {
-            read_only: a.read_only_hint,
-            destructive: a.destructive_hint,
-            idempotent: a.idempotent_hint,
-            open_world: a.open_world_hint,
-        });
+    let kind = tollgate_decision::policy_kind(request.kind());
+    let annotations = tollgate_decision::policy_annotations(request.annotations.as_ref());
     let rule = policy.rule_for_subject(kind, &request.server, &request.tool, &request.grant, annotations);
     rule.arguments.is_some()
         || rule.limits.iter().any(|l| {
@@ -234,7 +213,10 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
     let mut now_ms = 0u64;
     for (n, record) in records.iter().enumerate() {
         let d = &record.decision;
-        let (Some(kind), Some(live)) = (kind_of(&d.method), tollgate_decision::verdict_named(&d.verdict)) else {
+        let (Some(kind), Some(live)) = (
+            tollgate_decision::method_subject(&d.method),
+            tollgate_decision::verdict_named(&d.verdict),
+        ) else {
             report.skipped += 1;
             continue;
         };

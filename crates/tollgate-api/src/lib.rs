@@ -13,7 +13,7 @@ pub use batch::DEFAULT_BATCH_MAX;
 pub use client::{GrpcDecider, GrpcDeciderError};
 pub use names::{
     MAX_RESOURCE_URI_BYTES, MAX_TOOL_NAME_CHARS, check_prompt_name, check_resource_uri, check_subject, check_tool_name,
-    subject_attribute, subject_label, subject_method,
+    method_subject, subject_attribute, subject_label, subject_method,
 };
 pub use tollgate_proto::v1 as proto;
 

@@ -211,6 +211,14 @@ pub fn subject_method(kind: SubjectKind) -> &'static str {
     }
 }
 
+/// The kind of decision a `method` asks for ([`subject_method`]'s inverse); `None` for any
+/// other method.
+pub fn method_subject(method: &str) -> Option<SubjectKind> {
+    [SubjectKind::Tool, SubjectKind::Resource, SubjectKind::Prompt]
+        .into_iter()
+        .find(|kind| subject_method(*kind) == method)
+}
+
 /// The span attribute (OpenTelemetry GenAI and MCP conventions) that names a subject of
 /// `kind`: `gen_ai.tool.name`, `mcp.resource.uri` or `gen_ai.prompt.name`.
 pub fn subject_attribute(kind: SubjectKind) -> &'static str {
@@ -321,6 +329,10 @@ mod tests {
             "resources/read file:///x"
         );
         assert_eq!(subject_label(SubjectKind::Prompt, "p"), "prompts/get p");
+        for kind in [SubjectKind::Tool, SubjectKind::Resource, SubjectKind::Prompt] {
+            assert_eq!(method_subject(subject_method(kind)), Some(kind));
+        }
+        assert_eq!(method_subject("tools/list"), None);
     }
 
     #[test]

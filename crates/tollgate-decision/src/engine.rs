@@ -128,10 +128,6 @@ impl Engine {
         self.shadow_log.as_ref()
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn CounterStore> {
-        &self.store
-    }
-
     /// Keeps tool pins in `pins`, read through a cache of `cache_ttl` (zero: none; use none
     /// for a store in this process).
     pub fn with_pins(mut self, pins: Arc<dyn tollgate_limiter::PinStore>, cache_ttl: Duration) -> Self {
@@ -177,16 +173,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let asked: Vec<Hit> = hits.iter().map(store_hit).collect();
-        let statuses = match tokio::time::timeout(self.store_timeout, self.store.read(&asked)).await {
-            Ok(Ok(statuses)) => statuses,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => {
-                return Err(format!(
-                    "the counter store did not answer within {:?}",
-                    self.store_timeout
-                ));
-            }
-        };
+        let statuses = self.read(&asked).await?;
         Ok(hits
             .iter()
             .zip(&statuses)
@@ -200,6 +187,19 @@ impl Engine {
                 empty_in: status.reset_after,
             })
             .collect())
+    }
+
+    /// [`CounterStore::read`] within the store's timeout: one status per hit, or why not.
+    pub(crate) async fn read(&self, hits: &[Hit]) -> Result<Vec<tollgate_limiter::CounterStatus>, String> {
+        match tokio::time::timeout(self.store_timeout, self.store.read(hits)).await {
+            Ok(Ok(statuses)) if statuses.len() == hits.len() => Ok(statuses),
+            Ok(Ok(_)) => Err("the counter store answered another number of counters".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the counter store did not answer within {:?}",
+                self.store_timeout
+            )),
+        }
     }
 
     /// Remember at most `entries` counter keys as full (`[decision] full_cache_entries`);
@@ -1164,7 +1164,7 @@ impl Engine {
                     &request.server,
                     &t.name,
                     &request.grant,
-                    annotations(t.annotations.as_ref()),
+                    policy_annotations(t.annotations.as_ref()),
                 );
                 pins_hid |= by_policy && !pinned;
                 by_policy && *pinned
@@ -1358,7 +1358,8 @@ impl Subject<'_> {
     }
 }
 
-pub(crate) fn policy_kind(kind: SubjectKind) -> Kind {
+/// The policy's kind of subject for a decision's.
+pub fn policy_kind(kind: SubjectKind) -> Kind {
     match kind {
         SubjectKind::Tool => Kind::Tool,
         SubjectKind::Resource => Kind::Resource,
@@ -1414,11 +1415,12 @@ pub(crate) fn call_of<'a>(request: &'a DecideRequest, arguments: &'a Value) -> C
         agent: &request.agent,
         session: &request.session_id,
         arguments,
-        annotations: annotations(request.annotations.as_ref()),
+        annotations: policy_annotations(request.annotations.as_ref()),
     }
 }
 
-pub(crate) fn annotations(a: Option<&proto::ToolAnnotations>) -> Annotations {
+/// A tool's annotations as the edge sent them, as the policy reads them (none: all unstated).
+pub fn policy_annotations(a: Option<&proto::ToolAnnotations>) -> Annotations {
     a.map_or_else(Annotations::default, |a| Annotations {
         read_only: a.read_only_hint,
         destructive: a.destructive_hint,

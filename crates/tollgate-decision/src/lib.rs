@@ -21,7 +21,7 @@ mod tail;
 pub use approvals::{
     MAX_REASON_BYTES, MAX_WAIT, OperatorRefusal, OperatorSettings, Operators, approval_message, check_reason,
 };
-pub use engine::{CounterUse, DEFAULT_FULL_CACHE_ENTRIES, Engine};
+pub use engine::{CounterUse, DEFAULT_FULL_CACHE_ENTRIES, Engine, policy_annotations, policy_kind};
 // The decision API, re-exported for callers that link the whole service.
 pub use reload::{ActivePolicy, PolicyStatus, watch_policy, watch_shadow_policy};
 pub use service::{DecisionSettings, ServeOptions, ServiceLimits, serve};
@@ -29,5 +29,5 @@ pub use tail::{DecisionRecord, DecisionTail, LimitRecord};
 pub use tollgate_api::definitions;
 pub use tollgate_api::{
     DEFAULT_BATCH_MAX, Decider, DecisionError, GrpcDecider, GrpcDeciderError, MAX_MESSAGE_BYTES, PolicyHealth,
-    check_subject, check_tool_name, listener, proto, verdict_name, verdict_named,
+    check_subject, check_tool_name, listener, method_subject, proto, verdict_name, verdict_named,
 };

@@ -99,15 +99,10 @@ impl Engine {
             // approval it claimed (used, or kept for the next call when a limit refused it),
             // or one denied or expired.
             Action::RequireApproval => match live.verdict() {
-                _ if live.approval_id.is_empty() => {
-                    return ShadowFinding::new(
-                        Verdict::ApprovalRequired,
-                        &rule.label,
-                        "would need an operator's approval".into(),
-                    );
+                Verdict::Allow | Verdict::RateLimited if !live.approval_id.is_empty() => {}
+                Verdict::Deny if !live.approval_id.is_empty() => {
+                    return ShadowFinding::new(Verdict::Deny, &rule.label, live.reason.clone());
                 }
-                Verdict::Allow | Verdict::RateLimited => {}
-                Verdict::Deny => return ShadowFinding::new(Verdict::Deny, &rule.label, live.reason.clone()),
                 _ => {
                     return ShadowFinding::new(
                         Verdict::ApprovalRequired,
@@ -158,22 +153,16 @@ impl Engine {
         let mut asked = Vec::new();
         let mut read = Vec::new();
         for (i, hit) in hits.iter().enumerate() {
-            let alike = |window: Duration, algorithm: tollgate_policy::Algorithm| {
-                window == hit.limit.window.duration && algorithm == hit.limit.algorithm
-            };
             // The same key counted the same way, and the live answer says how much is used
             // (a remaining of 0 only says "at least the max"): no store round trip.
             if let Some((live_hit, remaining, took)) = answered.get(hit.key.as_str())
-                && alike(live_hit.limit.window.duration, live_hit.limit.algorithm)
+                && counts_alike(hit.limit, live_hit.limit.window.duration, live_hit.limit.algorithm)
                 && *remaining > 0
             {
                 refuses(hit, live_hit.limit.max.saturating_sub(*remaining), *took);
                 continue;
             }
-            let counted_alike = live_policy
-                .counter_shape(&hit.limit.counter)
-                .is_some_and(|(window, algorithm)| alike(window, algorithm));
-            if !counted_alike {
+            if !counted_live(&live_policy, hit.limit) {
                 continue;
             }
             // Read beside the live decision already (a key it did not take).
@@ -182,12 +171,7 @@ impl Engine {
                     refuses(hit, used, 0);
                     continue;
                 }
-                Some(Err(cause)) => {
-                    return match rule.on_store_error {
-                        OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
-                        OnStoreError::Allow => ShadowFinding::new(Verdict::Allow, &rule.label, cause),
-                    };
-                }
+                Some(Err(cause)) => return store_failed(rule, cause),
                 None => {}
             }
             // Read against a max with room for what this call took live, so that the
@@ -206,19 +190,9 @@ impl Engine {
             read.push((i, max, took));
         }
         if !asked.is_empty() {
-            let answer = tokio::time::timeout(self.store_timeout(), self.store().read(&asked)).await;
-            let statuses = match answer {
-                Ok(Ok(statuses)) => statuses,
-                failed => {
-                    let cause = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("the counter store did not answer within {:?}", self.store_timeout()),
-                    };
-                    return match rule.on_store_error {
-                        OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
-                        OnStoreError::Allow => ShadowFinding::new(Verdict::Allow, &rule.label, cause),
-                    };
-                }
+            let statuses = match self.read(&asked).await {
+                Ok(statuses) => statuses,
+                Err(cause) => return store_failed(rule, cause),
             };
             for ((i, max, took), status) in read.iter().zip(&statuses) {
                 refuses(&hits[*i], max.saturating_sub(status.remaining), *took);
@@ -274,12 +248,7 @@ impl EarlyReads {
         let hits = candidate
             .counter_hits(rule, &call)
             .iter()
-            .filter(|h| !live_keys.contains(&h.key))
-            .filter(|h| {
-                live.counter_shape(&h.limit.counter).is_some_and(|(window, algorithm)| {
-                    window == h.limit.window.duration && algorithm == h.limit.algorithm
-                })
-            })
+            .filter(|h| !live_keys.contains(&h.key) && counted_live(&live, h.limit))
             .map(|h| Hit {
                 cost: 1,
                 ..crate::engine::store_hit(h)
@@ -296,22 +265,14 @@ impl EarlyReads {
         if self.hits.is_empty() {
             return self;
         }
-        let read = tokio::time::timeout(engine.store_timeout(), engine.store().read(&self.hits)).await;
-        self.answers = match read {
-            Ok(Ok(statuses)) if statuses.len() == self.hits.len() => self
+        self.answers = match engine.read(&self.hits).await {
+            Ok(statuses) => self
                 .hits
                 .iter()
                 .zip(statuses)
                 .map(|(hit, status)| Ok(hit.max.saturating_sub(status.remaining)))
                 .collect(),
-            failed => {
-                let cause = match failed {
-                    Ok(Ok(_)) => "the counter store answered another number of counters".to_owned(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("the counter store did not answer within {:?}", engine.store_timeout()),
-                };
-                self.hits.iter().map(|_| Err(cause.clone())).collect()
-            }
+            Err(cause) => self.hits.iter().map(|_| Err(cause.clone())).collect(),
         };
         self
     }
@@ -326,6 +287,27 @@ impl EarlyReads {
     }
 }
 
+/// Whether `limit` counts with this window and algorithm.
+fn counts_alike(limit: &tollgate_policy::Limit, window: Duration, algorithm: tollgate_policy::Algorithm) -> bool {
+    limit.window.duration == window && limit.algorithm == algorithm
+}
+
+/// Whether the live policy counts `limit`'s counter the same way: only then may it be read
+/// (another window or algorithm would convert the live key in place).
+fn counted_live(live: &Policy, limit: &tollgate_policy::Limit) -> bool {
+    live.counter_shape(&limit.counter)
+        .is_some_and(|(window, algorithm)| counts_alike(limit, window, algorithm))
+}
+
+/// The candidate's answer when the store could not say how much a counter holds: what its
+/// rule does on a store error.
+fn store_failed(rule: &tollgate_policy::Rule, cause: String) -> ShadowFinding {
+    match rule.on_store_error {
+        OnStoreError::Deny => ShadowFinding::new(Verdict::Deny, &rule.label, cause),
+        OnStoreError::Allow => ShadowFinding::new(Verdict::Allow, &rule.label, cause),
+    }
+}
+
 /// Whether two calls' hits ask the same counters the same way.
 fn same_hits(a: &[CounterHit<'_>], b: &[CounterHit<'_>]) -> bool {
     a.len() == b.len()
@@ -333,8 +315,7 @@ fn same_hits(a: &[CounterHit<'_>], b: &[CounterHit<'_>]) -> bool {
             a.key == b.key
                 && a.limit.max == b.limit.max
                 && a.limit.cost == b.limit.cost
-                && a.limit.window.duration == b.limit.window.duration
-                && a.limit.algorithm == b.limit.algorithm
+                && counts_alike(a.limit, b.limit.window.duration, b.limit.algorithm)
         })
 }
 
