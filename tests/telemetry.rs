@@ -158,6 +158,32 @@ fn split_with(tag: &str, endpoint: &str, edge_extra: &str, journal: bool) -> (Pr
     (upstream, decision, edge, dir)
 }
 
+/// `tollgate up` serving `policy` and exporting to `endpoint` (`telemetry_extra` in its
+/// `[telemetry]`), keeping a decision journal when `journal`, `more` appended to its config;
+/// and the demo upstream behind it.
+fn up_exporting(
+    tag: &str,
+    endpoint: &str,
+    policy: &str,
+    telemetry_extra: &str,
+    journal: bool,
+    more: &str,
+) -> (Proc, Proc) {
+    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
+    let dir = support::temp_dir(tag);
+    let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
+    append(&config, &telemetry_section(endpoint, telemetry_extra));
+    if journal {
+        append(
+            &config,
+            &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
+        );
+    }
+    append(&config, more);
+    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    (upstream, up)
+}
+
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const AGENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -314,17 +340,7 @@ async fn raw_arguments_are_recorded_from_the_journal_too() {
 
 async fn raw_arguments_recorded(journal: bool) {
     let (collector, endpoint) = Collector::start().await;
-    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-    let dir = support::temp_dir("otel-args");
-    let config = write_config(&dir, &upstream.url("/mcp"), &[], POLICY, "");
-    append(&config, &telemetry_section(&endpoint, "record_arguments = true"));
-    if journal {
-        append(
-            &config,
-            &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
-        );
-    }
-    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let (_upstream, up) = up_exporting("otel-args", &endpoint, POLICY, "record_arguments = true", journal, "");
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
     agent
         .call("k8s_rollout_pause", json!({"namespace": "prod", "name": "api"}))
@@ -541,27 +557,14 @@ async fn the_journal_exported_decision_that_consumes_an_approval_links_to_the_op
 
 async fn approval_link(journal: bool) {
     let (collector, endpoint) = Collector::start().await;
-    let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-    let dir = support::temp_dir("otel-approval");
     let policy =
         r#"{"version": "1", "tools": {"k8s_scale": {"action": "require_approval", "approval": {"mode": "retry"}}}}"#;
-    let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
-    if journal {
-        append(
-            &config,
-            &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
-        );
-    }
     let key = "tg_operator_key_for_spans";
-    append(
-        &config,
-        &format!(
-            "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n{}",
-            support::sha256_hex(key),
-            telemetry_section(&endpoint, "")
-        ),
+    let operators = format!(
+        "\n[[operators]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n",
+        support::sha256_hex(key)
     );
-    let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+    let (_upstream, up) = up_exporting("otel-approval", &endpoint, policy, "", journal, &operators);
     let admin = up.admin_url.clone().expect("operators' API");
     let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
     let arguments = json!({"namespace": "web", "name": "api", "replicas": 2});
@@ -956,23 +959,13 @@ async fn a_collector_outage_under_load_loses_no_decision() {
 async fn the_decision_span_carries_the_candidates_verdict() {
     for journal in [false, true] {
         let (collector, endpoint) = Collector::start().await;
-        let upstream = Proc::start("demo-upstream", &["demo-upstream", "--listen", "127.0.0.1:0"], &[]);
-        let dir = support::temp_dir(&format!("otel-shadow-{journal}"));
         let policy = r#"{
   "version": "1",
   "default": "deny",
   "tools": { "k8s_rollout_pause": { "action": "allow" } },
   "grants": { "a": { "tools": { "k8s_*": { "action": "deny", "mode": "shadow", "reason": "no k8s calls" } } } }
 }"#;
-        let config = write_config(&dir, &upstream.url("/mcp"), &[], policy, "");
-        append(&config, &telemetry_section(&endpoint, ""));
-        if journal {
-            append(
-                &config,
-                &format!("\n[audit]\njournal_dir = \"{}\"\n", dir.join("journal").display()),
-            );
-        }
-        let up = Proc::start("up", &["up", "--config", config.to_str().unwrap()], &[]);
+        let (_upstream, up) = up_exporting(&format!("otel-shadow-{journal}"), &endpoint, policy, "", journal, "");
         let mut agent = Mcp::new(&up.url("/mcp/k8s"), KEY_A);
         let allowed = agent
             .call("k8s_rollout_pause", json!({"namespace": "default", "name": "web"}))
