@@ -171,20 +171,14 @@ fn rule_reads_arguments(policy: &tollgate_policy::Policy, request: &DecideReques
         })
 }
 
-/// Replays `records` under the policy at `policy_path`.
+/// Replays `records` (already within `--since`/`--until`, see [`read_records`]) under the policy at
+/// `policy_path`.
 pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &Options) -> anyhow::Result<Report> {
     let compiled = tollgate_policy::load_file(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The policy as it would be enforced live (shadow-mode rules left out), or with them in
     // force when asked (as a `shadow_policy` candidate is evaluated).
     let policy = match compiled.policy.with_shadow_rules() {
-        Some(_) if options.with_shadow_rules => {
-            // Compiled again to own the variant with the shadow-mode rules (an `Arc` inside).
-            let again = tollgate_policy::load_file(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            match again.policy.with_shadow_rules() {
-                Some(all) => Arc::clone(all),
-                None => Arc::new(again.policy),
-            }
-        }
+        Some(all) if options.with_shadow_rules => Arc::clone(all),
         _ => Arc::new(compiled.policy),
     };
     let clock = Arc::new(ManualClock::default());
@@ -193,11 +187,8 @@ pub async fn replay(records: Vec<JournalRecord>, policy_path: &Path, options: &O
     let engine =
         Engine::new_shared(policy.clone(), store, Duration::from_secs(1)).with_max_pending_per_grant(usize::MAX);
     let mut report = Report::default();
-    let mut records: Vec<JournalRecord> = records
-        .into_iter()
-        .filter(|r| options.since.is_none_or(|t| r.decision.at_ms >= t))
-        .filter(|r| options.until.is_none_or(|t| r.decision.at_ms < t))
-        .collect();
+    // (--since/--until were applied while reading: `records` holds only the window.)
+    let mut records = records;
     records.sort_by_key(|r| (r.decision.at_ms, r.start_ns));
     // The same decision from two inputs (a journal and its export, a journal given twice)
     // is one call: replayed twice, it would take its limits twice.
