@@ -539,9 +539,12 @@ impl ShadowLog {
     }
 
     /// What to publish: the most frequent kinds (bounded), the rest as `other`.
-    fn to_publish(&self) -> Option<ShadowCounts> {
+    /// `None` when nothing changed since the last time, unless `again` (then the same counts
+    /// once more, while a candidate is loaded).
+    fn to_publish(&self, again: bool) -> Option<ShadowCounts> {
         let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
-        if !mine.changed {
+        let repeat = again && !mine.counts.candidate.is_empty();
+        if !mine.changed && !repeat {
             return None;
         }
         mine.changed = false;
@@ -566,14 +569,8 @@ async fn publish(log: std::sync::Weak<ShadowLog>, channel: Arc<dyn Broadcast>) {
     loop {
         ticker.tick().await;
         let Some(log) = log.upgrade() else { return };
-        let counts = match log.to_publish() {
+        let counts = match log.to_publish(quiet >= 10) {
             Some(counts) => counts,
-            None if quiet >= 10 && !log.mine().candidate.is_empty() => {
-                let mut counts = log.mine();
-                counts.disagreements.sort_by_key(|d| std::cmp::Reverse(d.count));
-                counts.disagreements.truncate(PUBLISHED_KINDS);
-                counts
-            }
             None => {
                 quiet = quiet.saturating_add(1);
                 continue;
