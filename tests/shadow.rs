@@ -661,4 +661,33 @@ async fn a_shadow_mode_rule_is_recorded_not_enforced() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("no records"), "{err}");
+    // A journal whose chain breaks (one byte changed in a copy): what comes before the break
+    // is replayed and reported, and the replay fails.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).expect("dir");
+    for entry in std::fs::read_dir(&journal).expect("journal").flatten() {
+        if entry.path().extension().is_some_and(|x| x == "tgj") {
+            let mut bytes = std::fs::read(entry.path()).expect("segment");
+            let at = bytes.len() * 3 / 4;
+            bytes[at] ^= 0x20;
+            std::fs::write(broken.join(entry.file_name()), bytes).expect("copy");
+        }
+    }
+    let (code, out, err) = run(&[
+        "policy",
+        "replay",
+        "--journal",
+        broken.to_str().unwrap(),
+        "--policy",
+        policy_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("decisions replayed"),
+        "the records before the break: {out}"
+    );
+    assert!(
+        err.contains("breaks: only the records before the break were replayed"),
+        "{err}"
+    );
 }
